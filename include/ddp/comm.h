@@ -1,0 +1,85 @@
+/*
+ * comm: collectives over all ranks. One opaque handle; the implementation is chosen at
+ * run time from a table (src/comm/): "mpi" (buffers in host memory, or device memory
+ * staged through pinned host buffers), "nccl" (device buffers), "local" (a world of
+ * one; every collective is a copy).
+ *
+ * Every function marked COLLECTIVE must be reached by all ranks of the communicator, in
+ * the same order, with the same count and type; otherwise the job hangs or corrupts
+ * data. A rank that cannot go on calls ddp_comm_abort, which ends every rank.
+ */
+#ifndef DDP_COMM_H
+#define DDP_COMM_H
+
+#include "ddp/backend.h"
+#include "ddp/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { DDP_COMM_AUTO = 0, DDP_COMM_MPI, DDP_COMM_NCCL, DDP_COMM_LOCAL } ddp_comm_kind;
+typedef enum { DDP_F32 = 0, DDP_BF16, DDP_F64, DDP_I32, DDP_I64, DDP_U8, DDP_U32, DDP_U64 } ddp_dtype;
+typedef enum { DDP_SUM = 0, DDP_MAX, DDP_MIN, DDP_AVG } ddp_redop;
+
+size_t ddp_dtype_size(ddp_dtype t);
+
+typedef struct ddp_comm ddp_comm;
+typedef struct ddp_comm_req ddp_comm_req;
+
+/* Initializes MPI (with thread level MPI_THREAD_MULTIPLE where available, else the best
+ * offered) if nobody has yet. Call once at program start, before any comm is created.
+ * Returns the thread level obtained in *thread_level (may be NULL). Not collective. */
+ddp_status ddp_mpi_init(int *argc, char ***argv, int *thread_level);
+/* Finalizes MPI if ddp_mpi_init initialized it. COLLECTIVE. */
+void ddp_mpi_finalize(void);
+
+/* Creates a communicator over all ranks of the job (MPI_COMM_WORLD). The backend says
+ * where buffers live; NCCL needs a CUDA backend. AUTO picks NCCL for a CUDA backend
+ * when NCCL is built in, else MPI. COLLECTIVE (MPI, NCCL). */
+ddp_status ddp_comm_create(ddp_comm_kind kind, ddp_backend *b, ddp_comm **out);
+/* Frees the communicator. COLLECTIVE for NCCL. */
+void ddp_comm_free(ddp_comm *c);
+
+const char *ddp_comm_name(const ddp_comm *c);
+int ddp_comm_rank(const ddp_comm *c);
+int ddp_comm_size(const ddp_comm *c);
+/* Rank among the ranks on this node, and their number (from MPI_COMM_TYPE_SHARED). */
+int ddp_comm_local_rank(const ddp_comm *c);
+int ddp_comm_local_size(const ddp_comm *c);
+
+/* In-place all-reduce of count elements. COLLECTIVE; blocking. */
+ddp_status ddp_comm_allreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op);
+/* Starts an in-place all-reduce and returns at once. COLLECTIVE (all ranks start the
+ * same operations in the same order). Complete it with ddp_comm_wait. */
+ddp_status ddp_comm_iallreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t,
+                               ddp_redop op, ddp_comm_req **req);
+/* Lets outstanding operations progress; *done = 1 when req is complete (req stays
+ * valid until ddp_comm_wait). Not collective. */
+ddp_status ddp_comm_test(ddp_comm *c, ddp_comm_req *req, int *done);
+/* Waits for req and frees it. Not collective, but blocks until all ranks started it. */
+ddp_status ddp_comm_wait(ddp_comm *c, ddp_comm_req *req);
+/* root's buf is copied to every rank. COLLECTIVE. */
+ddp_status ddp_comm_broadcast(ddp_comm *c, void *buf, size_t count, ddp_dtype t, int root);
+/* recv (size * count) receives every rank's send (count), in rank order. COLLECTIVE. */
+ddp_status ddp_comm_allgather(ddp_comm *c, const void *send, void *recv, size_t count,
+                              ddp_dtype t);
+/* Reduces send (size * count) over ranks; rank r receives block r (count). COLLECTIVE. */
+ddp_status ddp_comm_reduce_scatter(ddp_comm *c, const void *send, void *recv, size_t count,
+                                   ddp_dtype t, ddp_redop op);
+/* COLLECTIVE. */
+ddp_status ddp_comm_barrier(ddp_comm *c);
+/* Ends every rank of the job with exit status `code`. Not collective: any rank may call
+ * it, and it does not return when the job is really distributed. */
+void ddp_comm_abort(ddp_comm *c, int code);
+
+/* Agreement on success: every rank passes its own status; on return *failed_rank is the
+ * lowest rank whose status was not DDP_OK, or -1 if all succeeded. Lets all ranks leave
+ * together with a clear message instead of some waiting forever in the next collective.
+ * COLLECTIVE. */
+ddp_status ddp_comm_agree(ddp_comm *c, ddp_status local, int *failed_rank);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,122 @@
+/*
+ * core: status codes with an error trace, rank-prefixed logging, a seeded RNG and
+ * a monotonic clock. Every other module depends on this one and on nothing else.
+ *
+ * Errors: a fallible function returns ddp_status. The place that detects a failure
+ * records a message with DDP_FAIL (the message says what was wrong and what to do);
+ * each caller that passes the status up adds its file:line with DDP_CHECK, so the
+ * trace reads from the root cause outward. The message and trace are per thread.
+ */
+#ifndef DDP_CORE_H
+#define DDP_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    DDP_OK = 0,
+    DDP_ERR_INVALID_ARG, /* a flag, a size or a combination of them is wrong */
+    DDP_ERR_IO,          /* a file could not be opened, read or written */
+    DDP_ERR_FORMAT,      /* a file was read but its contents are wrong */
+    DDP_ERR_NOMEM,       /* host or device allocation failed */
+    DDP_ERR_COMM,        /* a collective failed (MPI, NCCL) */
+    DDP_ERR_BACKEND,     /* a compute call failed (BLAS, CUDA, cuBLAS) */
+    DDP_ERR_MISMATCH,    /* ranks disagree (configuration, parameters) */
+    DDP_ERR_NONFINITE,   /* a loss or gradient is NaN or infinite */
+    DDP_ERR_TIMEOUT,     /* a rank did not answer in time */
+    DDP_ERR_UNSUPPORTED, /* not built in, or no device present */
+    DDP_ERR_REMOTE,      /* another rank failed; its message was reported there */
+    DDP_ERR_INTERNAL,    /* a bug in ddp: please report it */
+    DDP_STATUS_COUNT
+} ddp_status;
+
+/* The fixed name of a status ("invalid argument", ...). Never NULL. */
+const char *ddp_status_str(ddp_status s);
+
+/* Records the root cause of a failure in this thread's error state and returns s.
+ * Use through DDP_FAIL so the location is filled in. */
+ddp_status ddp_error_set(ddp_status s, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Appends one "at file:line" frame to the trace of the current error. */
+void ddp_error_trace(const char *file, int line);
+/* The message of the last recorded error ("" when none). */
+const char *ddp_error_message(void);
+/* The message followed by its trace, one frame per line. */
+const char *ddp_error_trace_str(void);
+/* The status of the last recorded error (DDP_OK when none). */
+ddp_status ddp_error_status(void);
+void ddp_error_clear(void);
+
+#define DDP_FAIL(st, ...) ddp_error_set((st), __FILE__, __LINE__, __VA_ARGS__)
+
+#define DDP_CHECK(expr)                                                                    \
+    do {                                                                                   \
+        ddp_status ddp_check_s_ = (expr);                                                  \
+        if (ddp_check_s_ != DDP_OK) {                                                      \
+            ddp_error_trace(__FILE__, __LINE__);                                           \
+            return ddp_check_s_;                                                           \
+        }                                                                                  \
+    } while (0)
+
+/* Like DDP_CHECK but jumps to a cleanup label with the status stored in `var`. */
+#define DDP_CHECK_GOTO(expr, var, label)                                                   \
+    do {                                                                                   \
+        (var) = (expr);                                                                    \
+        if ((var) != DDP_OK) {                                                             \
+            ddp_error_trace(__FILE__, __LINE__);                                           \
+            goto label;                                                                    \
+        }                                                                                  \
+    } while (0)
+
+/* ---- logging ---------------------------------------------------------------------- */
+
+typedef enum { DDP_LOG_ERROR = 0, DDP_LOG_WARN, DDP_LOG_INFO, DDP_LOG_DEBUG } ddp_log_level;
+
+/* Sets the rank printed in every line's prefix and whether this rank prints info lines
+ * (by default only rank 0 does; errors and warnings print on every rank). */
+void ddp_log_init(int rank, int world, ddp_log_level level);
+void ddp_log(ddp_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define ddp_log_error(...) ddp_log(DDP_LOG_ERROR, __VA_ARGS__)
+#define ddp_log_warn(...) ddp_log(DDP_LOG_WARN, __VA_ARGS__)
+#define ddp_log_info(...) ddp_log(DDP_LOG_INFO, __VA_ARGS__)
+#define ddp_log_debug(...) ddp_log(DDP_LOG_DEBUG, __VA_ARGS__)
+/* Prints the current error (message and trace) as one error line on this rank. */
+void ddp_log_current_error(const char *what);
+
+/* ---- random numbers --------------------------------------------------------------- */
+
+/* xoshiro256** seeded through splitmix64: small, fast, and the same stream on every
+ * platform, so that every rank derives identical replicated state from one seed. */
+typedef struct {
+    uint64_t s[4];
+} ddp_rng;
+
+/* Seeds from a base seed and a stream number (e.g. an epoch), so that independent
+ * streams need no shared state. */
+void ddp_rng_seed(ddp_rng *rng, uint64_t seed, uint64_t stream);
+uint64_t ddp_rng_u64(ddp_rng *rng);
+/* Uniform in [0, n) without modulo bias; n > 0. */
+uint64_t ddp_rng_below(ddp_rng *rng, uint64_t n);
+/* Uniform float in [0, 1). */
+float ddp_rng_uniform(ddp_rng *rng);
+/* Standard normal (Box-Muller; one value per call, deterministic). */
+float ddp_rng_normal(ddp_rng *rng);
+
+/* ---- time ------------------------------------------------------------------------- */
+
+/* Seconds on a monotonic clock. */
+double ddp_time_now(void);
+
+/* ---- checksums -------------------------------------------------------------------- */
+
+/* CRC-32 (zlib) of a byte range, continuing from `crc` (start with 0). */
+uint32_t ddp_crc32(uint32_t crc, const void *data, size_t bytes);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,104 @@
+/*
+ * train: the step loop. Each step every rank takes its share of the global batch,
+ * splits it into `accum` micro-batches, runs forward and backward on each (gradients
+ * accumulate in the flat buffer, scaled by 1/global_batch), all-reduces the gradients
+ * once after the last micro-batch, and applies the same optimizer update.
+ */
+#ifndef DDP_TRAIN_H
+#define DDP_TRAIN_H
+
+#include "ddp/backend.h"
+#include "ddp/comm.h"
+#include "ddp/data.h"
+#include "ddp/model.h"
+#include "ddp/optim.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DDP_PATH_MAX 1024
+
+typedef struct {
+    /* model */
+    ddp_mlp_spec model; /* input_dim and num_classes are taken from the data */
+    /* data */
+    char data_dir[DDP_PATH_MAX];
+    /* batch: global = micro_batch * accum * world; set global_batch and one of
+     * accum / micro_batch (0 = derive it) */
+    size_t global_batch;
+    int accum;
+    size_t micro_batch;
+    /* length: max_steps when > 0, else epochs */
+    int epochs;
+    int64_t max_steps;
+    /* optimizer */
+    ddp_optim_config optim;
+    ddp_schedule sched; /* total_steps is filled in from the run length */
+    float clip_norm;    /* 0 = no clipping */
+    uint64_t seed;
+    int shuffle;
+    /* where */
+    ddp_device_kind device;
+    ddp_comm_kind comm;
+    ddp_math math;
+    int threads;        /* BLAS threads per rank; 0 = cores / local ranks */
+    /* output */
+    int log_every;      /* steps between progress lines and metrics records */
+    int eval_every;     /* steps between evaluations; 0 = end of each epoch */
+    int check_sync;     /* steps between bitwise parameter checks; 0 = never */
+    char metrics_path[DDP_PATH_MAX];
+    int quiet;          /* no progress lines */
+} ddp_train_config;
+
+void ddp_train_config_defaults(ddp_train_config *cfg);
+
+/* Checks the batch arithmetic for `world` ranks and fills in the derived numbers
+ * (accum or micro_batch). A message says which numbers would work. Not collective. */
+ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world);
+
+/* Writes the options that must agree on every rank as one canonical line (everything
+ * but output paths and per-rank settings); the fingerprint is its CRC-32. */
+size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t cap);
+
+typedef struct {
+    int64_t step;         /* steps completed after this one */
+    uint64_t epoch;
+    float lr;
+    double loss;          /* mean training loss over the global batch */
+    double grad_norm;     /* before clipping; 0 when clipping is off */
+    double t_forward, t_backward, t_allreduce, t_optim, t_step; /* seconds */
+} ddp_step_stats;
+
+typedef struct ddp_trainer ddp_trainer;
+
+/* Creates the model (initialized from cfg->seed), optimizer and sampler; checks that
+ * every rank has the same configuration fingerprint and model shape, and says which
+ * rank differs. `comm` carries the gradients; `ctrl` carries host-side control traffic
+ * (agreement, counts, fingerprints) and may be the same communicator when it is MPI or
+ * local. COLLECTIVE over both. */
+ddp_status ddp_trainer_create(const ddp_train_config *cfg, ddp_backend *b, ddp_comm *comm,
+                              ddp_comm *ctrl, const ddp_dataset *train,
+                              const ddp_dataset *test, ddp_trainer **out);
+void ddp_trainer_free(ddp_trainer *t);
+
+/* One optimizer step over one global batch. COLLECTIVE. */
+ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *stats);
+/* Accuracy and mean loss on the test set, every sample counted once over all ranks.
+ * COLLECTIVE. */
+ddp_status ddp_trainer_evaluate(ddp_trainer *t, double *accuracy, double *loss);
+/* Verifies that parameters are bitwise identical on all ranks; DDP_ERR_MISMATCH names
+ * the first rank that differs from rank 0. COLLECTIVE. */
+ddp_status ddp_trainer_check_sync(ddp_trainer *t);
+/* The whole run: steps, progress, evaluation, metrics. COLLECTIVE. */
+ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy);
+
+int64_t ddp_trainer_total_steps(const ddp_trainer *t);
+ddp_model *ddp_trainer_model(ddp_trainer *t);
+/* Copies the parameters to host memory (n = ddp_model_num_params). */
+ddp_status ddp_trainer_get_params(ddp_trainer *t, float *host);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

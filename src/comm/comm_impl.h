@@ -1,0 +1,46 @@
+/*
+ * The comm's table of operations, private to src/. Implementations: mpi, nccl, local.
+ * The public wrappers in comm.c check arguments and dispatch through it; they are also
+ * where faults can be injected in tests.
+ */
+#ifndef DDP_COMM_IMPL_H
+#define DDP_COMM_IMPL_H
+
+#include "ddp/comm.h"
+
+typedef struct {
+    const char *name;
+    void (*destroy)(ddp_comm *c);
+    ddp_status (*allreduce)(ddp_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op);
+    ddp_status (*iallreduce)(ddp_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op,
+                             ddp_comm_req **req);
+    ddp_status (*test)(ddp_comm *c, ddp_comm_req *req, int *done);
+    ddp_status (*wait)(ddp_comm *c, ddp_comm_req *req);
+    ddp_status (*broadcast)(ddp_comm *c, void *buf, size_t count, ddp_dtype t, int root);
+    ddp_status (*allgather)(ddp_comm *c, const void *send, void *recv, size_t count,
+                            ddp_dtype t);
+    ddp_status (*reduce_scatter)(ddp_comm *c, const void *send, void *recv, size_t count,
+                                 ddp_dtype t, ddp_redop op);
+    ddp_status (*barrier)(ddp_comm *c);
+    void (*abort)(ddp_comm *c, int code);
+} ddp_comm_ops;
+
+/* Every comm struct starts with this header; implementations extend it. */
+struct ddp_comm {
+    const ddp_comm_ops *ops;
+    ddp_backend *backend;
+    int rank, size;
+    int local_rank, local_size;
+};
+
+/* Constructors, called only by the registry (comm_registry.c). */
+ddp_status ddp_comm_mpi_create(ddp_backend *b, ddp_comm **out);
+ddp_status ddp_comm_local_create(ddp_backend *b, ddp_comm **out);
+#ifdef DDP_HAVE_NCCL
+ddp_status ddp_comm_nccl_create(ddp_backend *b, ddp_comm **out);
+#endif
+
+/* Local rank and size on this node, from MPI_COMM_TYPE_SHARED (used by every comm). */
+ddp_status ddp_mpi_local_rank(int *local_rank, int *local_size);
+
+#endif
