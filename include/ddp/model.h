@@ -58,7 +58,8 @@ int ddp_model_num_views(const ddp_model *m);
 const ddp_param_view *ddp_model_view(const ddp_model *m, int i);
 /* A text that identifies the architecture and shapes ("mlp 784-256-128-10 relu"). */
 const char *ddp_model_describe(const ddp_model *m);
-/* Multiply-adds of one forward pass per sample (for FLOP figures). */
+/* Floating-point operations of one forward pass per sample (2 per multiply-add of the
+ * matrix products; training costs about 3 times this). */
 double ddp_model_flops_per_sample(const ddp_model *m);
 
 /* Kaiming (He) normal weights and zero biases, from `seed` alone: the same on every

@@ -1,0 +1,226 @@
+/*
+ * The CPU backend: matrix products through CBLAS (OpenBLAS), everything else as plain
+ * loops. It is the readable reference that the CUDA backend is tested against, so it
+ * favours clarity (and double accumulators where sums are long) over speed outside
+ * the GEMMs, which dominate the time anyway.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend_impl.h"
+
+typedef struct {
+    struct ddp_backend base;
+} cpu_backend;
+
+static void cpu_destroy(ddp_backend *b) { free(b); }
+
+static ddp_status cpu_alloc(ddp_backend *b, size_t bytes, void **ptr) {
+    /* 64-byte alignment: cache lines, and AVX-512 loads in the BLAS. */
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    *ptr = aligned_alloc(64, rounded);
+    if (!*ptr)
+        return DDP_FAIL(DDP_ERR_NOMEM, "cpu backend: could not allocate %zu bytes", bytes);
+    return DDP_OK;
+}
+
+static void cpu_dealloc(ddp_backend *b, void *ptr) { free(ptr); }
+
+static ddp_status cpu_copy(ddp_backend *b, void *dst, const void *src, size_t bytes,
+                           ddp_copy_kind kind) {
+    memmove(dst, src, bytes);
+    return DDP_OK;
+}
+
+static ddp_status cpu_zero(ddp_backend *b, void *ptr, size_t bytes) {
+    memset(ptr, 0, bytes);
+    return DDP_OK;
+}
+
+static ddp_status cpu_sync(ddp_backend *b) { return DDP_OK; }
+
+static ddp_status cpu_gemm(ddp_backend *b, int ta, int tb, int M, int N, int K, float alpha,
+                           const float *A, int lda, const float *B, int ldb, float beta,
+                           float *C, int ldc) {
+    if (K == 0) {
+        /* BLAS leaves C untouched when K = 0 only for beta = 1; make it explicit. */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
+        return DDP_OK;
+    }
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return DDP_OK;
+}
+
+static ddp_status cpu_bias_add(ddp_backend *b, float *y, const float *bias, int N, int C) {
+    for (int i = 0; i < N; i++) {
+        float *row = y + (size_t)i * C;
+        for (int j = 0; j < C; j++) row[j] += bias[j];
+    }
+    return DDP_OK;
+}
+
+static ddp_status cpu_bias_grad(ddp_backend *b, float *dbias, const float *dy, int N, int C) {
+    /* Row-major walk with float partial sums per column: N is a micro-batch (small),
+     * so the rounding matches the CUDA column reduction to well within tolerance. */
+    for (int i = 0; i < N; i++) {
+        const float *row = dy + (size_t)i * C;
+        for (int j = 0; j < C; j++) dbias[j] += row[j];
+    }
+    return DDP_OK;
+}
+
+/* GELU, tanh approximation (as in GPT-2 and PyTorch's approximate="tanh"). */
+#define GELU_K 0.7978845608028654f /* sqrt(2 / pi) */
+#define GELU_C 0.044715f
+
+static inline float gelu(float x) {
+    float u = GELU_K * (x + GELU_C * x * x * x);
+    return 0.5f * x * (1.0f + tanhf(u));
+}
+
+static inline float gelu_grad(float x) {
+    float u = GELU_K * (x + GELU_C * x * x * x);
+    float t = tanhf(u);
+    float du = GELU_K * (1.0f + 3.0f * GELU_C * x * x);
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+}
+
+static ddp_status cpu_act_forward(ddp_backend *b, ddp_act act, const float *x, float *y,
+                                  size_t n) {
+    if (act == DDP_ACT_RELU)
+        for (size_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    else
+        for (size_t i = 0; i < n; i++) y[i] = gelu(x[i]);
+    return DDP_OK;
+}
+
+static ddp_status cpu_act_backward(ddp_backend *b, ddp_act act, const float *x,
+                                   const float *dy, float *dx, size_t n) {
+    if (act == DDP_ACT_RELU)
+        for (size_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+    else
+        for (size_t i = 0; i < n; i++) dx[i] = dy[i] * gelu_grad(x[i]);
+    return DDP_OK;
+}
+
+static ddp_status cpu_softmax_xent(ddp_backend *b, const float *logits, const int32_t *labels,
+                                   int N, int C, float grad_scale, float *dlogits,
+                                   float *stats) {
+    double loss = 0.0;
+    int correct = 0;
+    for (int i = 0; i < N; i++) {
+        const float *z = logits + (size_t)i * C;
+        int label = labels[i];
+        if (label < 0 || label >= C)
+            return DDP_FAIL(DDP_ERR_INVALID_ARG, "softmax_xent: label %d of row %d is outside [0, %d)",
+                            label, i, C);
+        int arg = 0;
+        for (int j = 1; j < C; j++)
+            if (z[j] > z[arg]) arg = j;
+        float zmax = z[arg];
+        double sum = 0.0;
+        for (int j = 0; j < C; j++) sum += exp((double)(z[j] - zmax));
+        double logsum = log(sum);
+        loss += logsum - (double)(z[label] - zmax);
+        correct += arg == label;
+        if (dlogits) {
+            float *d = dlogits + (size_t)i * C;
+            for (int j = 0; j < C; j++) {
+                float p = (float)(exp((double)(z[j] - zmax) - logsum));
+                d[j] = grad_scale * (p - (j == label ? 1.0f : 0.0f));
+            }
+        }
+    }
+    stats[0] += (float)loss;
+    stats[1] += (float)correct;
+    return DDP_OK;
+}
+
+static ddp_status cpu_gather_rows(ddp_backend *b, void *dst, const void *src, const int32_t *idx,
+                                  size_t n, size_t row_bytes) {
+    char *d = dst;
+    const char *s = src;
+    for (size_t i = 0; i < n; i++) memcpy(d + i * row_bytes, s + (size_t)idx[i] * row_bytes, row_bytes);
+    return DDP_OK;
+}
+
+static ddp_status cpu_scale(ddp_backend *b, float *x, size_t n, float alpha) {
+    for (size_t i = 0; i < n; i++) x[i] *= alpha;
+    return DDP_OK;
+}
+
+static ddp_status cpu_sumsq(ddp_backend *b, const float *x, size_t n, double *out) {
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * (double)x[i];
+    *out = s;
+    return DDP_OK;
+}
+
+static ddp_status cpu_sgd_step(ddp_backend *b, float *p, const float *g, float *buf, size_t n,
+                               float lr, float momentum, float wd, int nesterov, int first) {
+    for (size_t i = 0; i < n; i++) {
+        float d = g[i] + wd * p[i];
+        float m = first ? d : momentum * buf[i] + d;
+        buf[i] = m;
+        p[i] -= lr * (nesterov ? d + momentum * m : m);
+    }
+    return DDP_OK;
+}
+
+static ddp_status cpu_adamw_step(ddp_backend *b, float *p, const float *g, float *m, float *v,
+                                 size_t n, float lr, float b1, float b2, float eps, float wd,
+                                 int64_t t) {
+    /* Bias corrections folded into the step size and denominator, as PyTorch does. */
+    float bc1 = 1.0f - powf(b1, (float)t);
+    float bc2_sqrt = sqrtf(1.0f - powf(b2, (float)t));
+    float step = lr / bc1;
+    for (size_t i = 0; i < n; i++) {
+        p[i] -= lr * wd * p[i];
+        m[i] = b1 * m[i] + (1.0f - b1) * g[i];
+        v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
+        p[i] -= step * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
+    }
+    return DDP_OK;
+}
+
+static const ddp_backend_ops cpu_ops = {
+    .name = "cpu",
+    .device = DDP_DEVICE_CPU,
+    .is_host = 1,
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .dealloc = cpu_dealloc,
+    .host_alloc = cpu_alloc,
+    .host_dealloc = cpu_dealloc,
+    .copy = cpu_copy,
+    .zero = cpu_zero,
+    .sync = cpu_sync,
+    .gemm = cpu_gemm,
+    .bias_add = cpu_bias_add,
+    .bias_grad = cpu_bias_grad,
+    .act_forward = cpu_act_forward,
+    .act_backward = cpu_act_backward,
+    .softmax_xent = cpu_softmax_xent,
+    .gather_rows = cpu_gather_rows,
+    .scale = cpu_scale,
+    .sumsq = cpu_sumsq,
+    .sgd_step = cpu_sgd_step,
+    .adamw_step = cpu_adamw_step,
+};
+
+ddp_status ddp_backend_cpu_create(const ddp_backend_options *opt, ddp_backend **out) {
+    cpu_backend *b = calloc(1, sizeof *b);
+    if (!b) return DDP_FAIL(DDP_ERR_NOMEM, "cpu backend: out of memory");
+    b->base.ops = &cpu_ops;
+    b->base.opt = *opt;
+    b->base.opt.device = DDP_DEVICE_CPU;
+    /* BLAS threads are per process; with several ranks on a node each gets its share of
+     * the cores (set by the caller), or they oversubscribe and fight. */
+    if (opt->threads > 0) openblas_set_num_threads(opt->threads);
+    *out = &b->base;
+    return DDP_OK;
+}

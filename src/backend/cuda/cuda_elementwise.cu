@@ -1,0 +1,146 @@
+/*
+ * Elementwise and broadcast kernels: bias add and its gradient (column sums), the
+ * activations (ReLU, tanh-approximated GELU) forward and backward, and scaling.
+ *
+ * The activation formulas are the CPU backend's, written the same way, so that the two
+ * agree to float rounding: GELU(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))),
+ * and ReLU passes x > 0 (its derivative at 0 is 0).
+ */
+#include <cuda_runtime.h>
+
+#include "backend/cuda/cuda_internal.h"
+
+#define GELU_K0 0.7978845608028654f /* sqrt(2 / pi) */
+#define GELU_K1 0.044715f
+
+/* ---- bias ----------------------------------------------------------------------------- */
+
+/* y (N, C) += bias (C) broadcast over rows. */
+__global__ static void bias_add_kernel(float *y, const float *bias, size_t total, size_t C) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] += bias[i % C];
+}
+
+#define BG_COLS 32 /* columns per block: one warp reads 32 neighbours of a row, coalesced */
+#define BG_ROWS 16 /* rows read at once per block */
+
+/* dbias (C) += column sums of dy (N, C). Each block owns BG_COLS columns and sums them
+ * in a fixed order (no atomics), so the result is the same on every run. */
+__global__ static void bias_grad_kernel(float *dbias, const float *dy, int N, int C) {
+    __shared__ float part[BG_ROWS][BG_COLS + 1];
+    int c = blockIdx.x * BG_COLS + threadIdx.x;
+    float s = 0.0f;
+    if (c < C)
+        for (int r = threadIdx.y; r < N; r += BG_ROWS) s += dy[(size_t)r * C + c];
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float t = 0.0f;
+        for (int k = 0; k < BG_ROWS; k++) t += part[k][threadIdx.x];
+        dbias[c] += t;
+    }
+}
+
+extern "C" ddp_status ddp_cuda_bias_add(ddp_backend *b, float *y, const float *bias, int N,
+                                        int C) {
+    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    size_t total = (size_t)N * (size_t)C;
+    if (total == 0) return DDP_OK;
+    bias_add_kernel<<<ddp_cuda_blocks(total, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0,
+                      cb->stream>>>(y, bias, total, (size_t)C);
+    DDP_CUDA_CHECK_LAUNCH("bias_add_kernel");
+    return DDP_OK;
+}
+
+extern "C" ddp_status ddp_cuda_bias_grad(ddp_backend *b, float *dbias, const float *dy, int N,
+                                         int C) {
+    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    /* N == 0 adds nothing; C == 0 has nothing to add to. */
+    if (N <= 0 || C <= 0) return DDP_OK;
+    dim3 block(BG_COLS, BG_ROWS);
+    dim3 grid((unsigned int)((C + BG_COLS - 1) / BG_COLS));
+    bias_grad_kernel<<<grid, block, 0, cb->stream>>>(dbias, dy, N, C);
+    DDP_CUDA_CHECK_LAUNCH("bias_grad_kernel");
+    return DDP_OK;
+}
+
+/* ---- activations ---------------------------------------------------------------------- */
+
+__device__ static float gelu(float x) {
+    return 0.5f * x * (1.0f + tanhf(GELU_K0 * (x + GELU_K1 * x * x * x)));
+}
+
+/* d/dx of gelu: 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2),
+ * with t = tanh(sqrt(2/pi) (x + 0.044715 x^3)). */
+__device__ static float gelu_grad(float x) {
+    float t = tanhf(GELU_K0 * (x + GELU_K1 * x * x * x));
+    return 0.5f * (1.0f + t) +
+           0.5f * x * (1.0f - t * t) * GELU_K0 * (1.0f + 3.0f * GELU_K1 * x * x);
+}
+
+/* y = act(x); y may equal x. */
+__global__ static void act_forward_kernel(int act, const float *x, float *y, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float v = x[i];
+        y[i] = act == DDP_ACT_RELU ? (v > 0.0f ? v : 0.0f) : gelu(v);
+    }
+}
+
+/* dx = dy * act'(x); dx may equal dy. */
+__global__ static void act_backward_kernel(int act, const float *x, const float *dy, float *dx,
+                                           size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float v = x[i], g = dy[i];
+        dx[i] = act == DDP_ACT_RELU ? (v > 0.0f ? g : 0.0f) : g * gelu_grad(v);
+    }
+}
+
+static ddp_status check_act(ddp_act act) {
+    if (act != DDP_ACT_RELU && act != DDP_ACT_GELU)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "unknown activation %d for the CUDA backend; use relu or gelu",
+                        (int)act);
+    return DDP_OK;
+}
+
+extern "C" ddp_status ddp_cuda_act_forward(ddp_backend *b, ddp_act act, const float *x,
+                                           float *y, size_t n) {
+    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(check_act(act));
+    if (n == 0) return DDP_OK;
+    act_forward_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0,
+                         cb->stream>>>((int)act, x, y, n);
+    DDP_CUDA_CHECK_LAUNCH("act_forward_kernel");
+    return DDP_OK;
+}
+
+extern "C" ddp_status ddp_cuda_act_backward(ddp_backend *b, ddp_act act, const float *x,
+                                            const float *dy, float *dx, size_t n) {
+    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(check_act(act));
+    if (n == 0) return DDP_OK;
+    act_backward_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0,
+                          cb->stream>>>((int)act, x, dy, dx, n);
+    DDP_CUDA_CHECK_LAUNCH("act_backward_kernel");
+    return DDP_OK;
+}
+
+/* ---- scale ---------------------------------------------------------------------------- */
+
+__global__ static void scale_kernel(float *x, size_t n, float alpha) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        x[i] *= alpha;
+}
+
+extern "C" ddp_status ddp_cuda_scale(ddp_backend *b, float *x, size_t n, float alpha) {
+    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    if (n == 0) return DDP_OK;
+    scale_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
+        x, n, alpha);
+    DDP_CUDA_CHECK_LAUNCH("scale_kernel");
+    return DDP_OK;
+}

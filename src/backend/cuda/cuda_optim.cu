@@ -1,0 +1,75 @@
+/*
+ * Optimizer updates as single fused elementwise passes over the flat parameter buffer
+ * (or a shard of it): SGD with momentum (PyTorch semantics) and AdamW. The formulas are
+ * the ones in include/ddp/backend.h, written in the same order as the CPU backend.
+ */
+#include <math.h>
+
+#include <cuda_runtime.h>
+
+#include "backend/cuda/cuda_internal.h"
+
+/* g = grad + wd p; buf = first ? g : momentum buf + g;
+ * p -= lr (nesterov ? g + momentum buf : buf). Without buf (no momentum state) p -= lr g. */
+__global__ static void sgd_kernel(float *p, const float *grad, float *buf, size_t n, float lr,
+                                  float momentum, float wd, int nesterov, int first) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float pi = p[i];
+        float g = grad[i] + wd * pi;
+        float step = g;
+        if (buf) {
+            float bi = first ? g : momentum * buf[i] + g;
+            buf[i] = bi;
+            step = nesterov ? g + momentum * bi : bi;
+        }
+        p[i] = pi - lr * step;
+    }
+}
+
+/* lr_wd = lr * wd; bc1 = 1 - b1^t; bc2 = 1 - b2^t (from the host, in double). */
+__global__ static void adamw_kernel(float *p, const float *grad, float *m, float *v, size_t n,
+                                    float lr, float b1, float b2, float eps, float lr_wd,
+                                    float bc1, float bc2) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float g = grad[i];
+        float pi = p[i];
+        pi -= lr_wd * pi;
+        float mi = b1 * m[i] + (1.0f - b1) * g;
+        float vi = b2 * v[i] + (1.0f - b2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        pi -= lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
+        p[i] = pi;
+    }
+}
+
+extern "C" ddp_status ddp_cuda_sgd_step(ddp_backend *b, float *p, const float *g, float *buf,
+                                        size_t n, float lr, float momentum, float wd,
+                                        int nesterov, int first) {
+    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    if (n == 0) return DDP_OK;
+    sgd_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
+        p, g, buf, n, lr, momentum, wd, nesterov ? 1 : 0, first ? 1 : 0);
+    DDP_CUDA_CHECK_LAUNCH("sgd_kernel");
+    return DDP_OK;
+}
+
+extern "C" ddp_status ddp_cuda_adamw_step(ddp_backend *b, float *p, const float *g, float *m,
+                                          float *v, size_t n, float lr, float b1, float b2,
+                                          float eps, float wd, int64_t t) {
+    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    if (t < 1)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "AdamW step number %lld: the step count starts at 1 (bias correction "
+                        "divides by 1 - beta^t)",
+                        (long long)t);
+    if (n == 0) return DDP_OK;
+    float bc1 = (float)(1.0 - pow((double)b1, (double)t));
+    float bc2 = (float)(1.0 - pow((double)b2, (double)t));
+    adamw_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
+        p, g, m, v, n, lr, b1, b2, eps, lr * wd, bc1, bc2);
+    DDP_CUDA_CHECK_LAUNCH("adamw_kernel");
+    return DDP_OK;
+}

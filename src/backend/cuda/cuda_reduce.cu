@@ -1,0 +1,68 @@
+/*
+ * Sum of squares (gradient-norm clipping, checks) in double precision, in two passes
+ * without atomics: each block of the first pass writes one partial sum, and a single
+ * block adds the partials in a fixed order. The grid depends only on n, so the result
+ * is the same on every run and on every rank with the same data.
+ */
+#include <cuda_runtime.h>
+
+#include "backend/cuda/cuda_internal.h"
+
+#define SUMSQ_THREADS 256
+
+/* Every thread gets the block's sum, added in a fixed order. s holds 32 entries. */
+__device__ static double block_sum(double x, double *s) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+    for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+    if (lane == 0) s[warp] = x;
+    __syncthreads();
+    if (warp == 0) {
+        x = lane < nwarps ? s[lane] : 0.0;
+        for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+        if (lane == 0) s[0] = x;
+    }
+    __syncthreads();
+    return s[0];
+}
+
+/* partials[blockIdx.x] = sum over this block's grid-stride share of x[i]^2. */
+__global__ static void sumsq_partial_kernel(const float *x, size_t n, double *partials) {
+    __shared__ double s[32];
+    double acc = 0.0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        double v = (double)x[i];
+        acc += v * v;
+    }
+    acc = block_sum(acc, s);
+    if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+}
+
+/* partials[count] = sum of partials[0 .. count); one block. */
+__global__ static void sumsq_final_kernel(double *partials, unsigned int count) {
+    __shared__ double s[32];
+    double acc = 0.0;
+    for (unsigned int i = threadIdx.x; i < count; i += blockDim.x) acc += partials[i];
+    acc = block_sum(acc, s);
+    if (threadIdx.x == 0) partials[count] = acc;
+}
+
+extern "C" ddp_status ddp_cuda_sumsq(ddp_backend *b, const float *x, size_t n, double *out) {
+    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    if (n == 0) {
+        *out = 0.0;
+        return DDP_OK;
+    }
+    unsigned int blocks = ddp_cuda_blocks(n, SUMSQ_THREADS);
+    if (blocks > DDP_CUDA_REDUCE_BLOCKS) blocks = DDP_CUDA_REDUCE_BLOCKS;
+    sumsq_partial_kernel<<<blocks, SUMSQ_THREADS, 0, cb->stream>>>(x, n, cb->partials);
+    DDP_CUDA_CHECK_LAUNCH("sumsq_partial_kernel");
+    sumsq_final_kernel<<<1, SUMSQ_THREADS, 0, cb->stream>>>(cb->partials, blocks);
+    DDP_CUDA_CHECK_LAUNCH("sumsq_final_kernel");
+    DDP_CUDA_CHECK(cudaMemcpyAsync(cb->host_result, cb->partials + blocks, sizeof(double),
+                                   cudaMemcpyDeviceToHost, cb->stream));
+    /* The API returns the value on the host, so this call waits for the stream. */
+    DDP_CUDA_CHECK(cudaStreamSynchronize(cb->stream));
+    *out = *cb->host_result;
+    return DDP_OK;
+}

@@ -1,0 +1,145 @@
+/*
+ * ddp-train: data-parallel training from the command line, one process per rank under
+ * mpirun.
+ *
+ * Failure policy. Set-up (options, device, data, communicator, model) may fail on one
+ * rank alone; after each phase all ranks agree on the outcome, so every rank exits with
+ * a message and a non-zero status and none waits in a collective. Once training runs,
+ * the other ranks may already be inside a collective, so a failing rank reports and
+ * aborts the whole job through the communicator.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ddp/cli.h"
+
+#define EXIT_USAGE 2
+
+/* All ranks agree on the outcome of a set-up phase. On failure the rank that failed
+ * prints its own error; rank 0 also names it, if it was another rank. */
+static int phase_ok(ddp_comm *ctrl, ddp_status s, const char *phase) {
+    if (s != DDP_OK) ddp_log_current_error(phase);
+    int failed = -1;
+    if (ddp_comm_agree(ctrl, s, &failed) != DDP_OK) {
+        ddp_log_current_error("agreeing on the outcome of set-up");
+        ddp_comm_abort(ctrl, 1);
+    }
+    if (failed >= 0 && s == DDP_OK && ddp_comm_rank(ctrl) == 0)
+        ddp_log_error("%s failed on rank %d (see its message); stopping all ranks", phase, failed);
+    return failed < 0;
+}
+
+static ddp_status dump_params(ddp_trainer *t, const char *path) {
+    ddp_model *m = ddp_trainer_model(t);
+    size_t n = ddp_model_num_params(m);
+    float *host = malloc(n * sizeof(float));
+    if (!host) return DDP_FAIL(DDP_ERR_NOMEM, "out of memory");
+    ddp_status s = ddp_trainer_get_params(t, host);
+    if (s == DDP_OK) {
+        FILE *f = fopen(path, "wb");
+        if (!f || fwrite(host, sizeof(float), n, f) != n || fclose(f) != 0)
+            s = DDP_FAIL(DDP_ERR_IO, "--dump-params %s: could not write %zu floats", path, n);
+    }
+    free(host);
+    return s;
+}
+
+int main(int argc, char **argv) {
+    int thread_level;
+    if (ddp_mpi_init(&argc, &argv, &thread_level) != DDP_OK) {
+        fprintf(stderr, "ddp-train: %s\n", ddp_error_message());
+        return 1;
+    }
+    ddp_comm *ctrl = NULL, *comm = NULL;
+    ddp_backend *backend = NULL;
+    ddp_trainer *trainer = NULL;
+    ddp_dataset train = {0}, test = {0};
+    int code = 1;
+    ddp_status s = ddp_comm_create(DDP_COMM_MPI, NULL, &ctrl);
+    if (s != DDP_OK) {
+        fprintf(stderr, "ddp-train: %s\n", ddp_error_message());
+        ddp_mpi_finalize();
+        return 1;
+    }
+    int rank = ddp_comm_rank(ctrl), world = ddp_comm_size(ctrl);
+    ddp_log_init(rank, world, DDP_LOG_INFO);
+
+    ddp_cli_options opt;
+    s = ddp_cli_parse(argc, argv, &opt);
+    if (!phase_ok(ctrl, s, "parsing options")) {
+        if (rank == 0 || s != DDP_OK) fprintf(stderr, "usage: see %s --help\n", argv[0]);
+        code = EXIT_USAGE;
+        goto done;
+    }
+    if (opt.help || opt.version) {
+        if (rank == 0) {
+            if (opt.help) ddp_cli_usage(stdout, argv[0]);
+            if (opt.version) printf("ddp-train 0.1.0\n");
+        }
+        code = 0;
+        goto done;
+    }
+    ddp_train_config *cfg = &opt.train;
+    s = ddp_train_config_resolve(cfg, world);
+    if (!phase_ok(ctrl, s, "checking the batch configuration")) {
+        code = EXIT_USAGE;
+        goto done;
+    }
+
+    /* Device: local rank modulo the visible GPUs; BLAS threads: this node's cores shared
+     * among the ranks on it, unless given. */
+    int local_rank = ddp_comm_local_rank(ctrl), local_size = ddp_comm_local_size(ctrl);
+    int gpus = ddp_backend_cuda_device_count();
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    ddp_backend_options bo = {
+        .device = cfg->device,
+        .device_index = gpus > 0 ? local_rank % gpus : 0,
+        .threads = cfg->threads > 0 ? cfg->threads
+                                    : (int)(cores / local_size > 0 ? cores / local_size : 1),
+        .math = cfg->math,
+    };
+    s = ddp_backend_create(&bo, &backend);
+    if (!phase_ok(ctrl, s, "creating the compute backend")) goto done;
+
+    s = ddp_dataset_load_dir(cfg->data_dir, "train", &train);
+    if (s == DDP_OK) s = ddp_dataset_load_dir(cfg->data_dir, "t10k", &test);
+    if (!phase_ok(ctrl, s, "loading the data")) goto done;
+
+    /* Every rank creates the gradient communicator (collective). */
+    s = ddp_comm_create(cfg->comm, backend, &comm);
+    if (!phase_ok(ctrl, s, "creating the communicator")) goto done;
+
+    s = ddp_trainer_create(cfg, backend, comm, ctrl, &train, &test, &trainer);
+    if (s != DDP_OK) {
+        /* ddp_trainer_create agrees on failure itself; the failing rank prints why. */
+        if (ddp_error_status() != DDP_ERR_REMOTE) ddp_log_current_error("setting up training");
+        goto done;
+    }
+
+    double accuracy = -1.0;
+    s = ddp_trainer_run(trainer, &accuracy);
+    if (s != DDP_OK) {
+        /* Other ranks may be inside a collective already: end the whole job. */
+        ddp_log_current_error("training");
+        ddp_log_error("aborting all %d ranks", world);
+        ddp_comm_abort(ctrl, 1);
+    }
+    if (accuracy >= 0.0) ddp_log_info("final test accuracy %.4f", accuracy);
+    if (opt.dump_params[0] && rank == 0) {
+        s = dump_params(trainer, opt.dump_params);
+        if (s != DDP_OK) ddp_log_current_error("writing parameters");
+    }
+    if (!phase_ok(ctrl, s, "finishing")) goto done;
+    code = 0;
+done:
+    ddp_trainer_free(trainer);
+    ddp_comm_free(comm);
+    ddp_dataset_free(&train);
+    ddp_dataset_free(&test);
+    ddp_backend_free(backend);
+    ddp_comm_free(ctrl);
+    ddp_mpi_finalize();
+    return code;
+}

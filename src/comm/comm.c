@@ -1,0 +1,104 @@
+/*
+ * Public comm wrappers: argument checks, then dispatch through the ops table. This thin
+ * layer is also the seam where tests inject faults into the real communicator.
+ */
+#include <stdlib.h>
+
+#include "comm/comm_impl.h"
+
+size_t ddp_dtype_size(ddp_dtype t) {
+    switch (t) {
+    case DDP_F32: return 4;
+    case DDP_BF16: return 2;
+    case DDP_F64: return 8;
+    case DDP_I32: return 4;
+    case DDP_I64: return 8;
+    case DDP_U8: return 1;
+    case DDP_U32: return 4;
+    case DDP_U64: return 8;
+    }
+    return 0;
+}
+
+const char *ddp_comm_name(const ddp_comm *c) { return c->ops->name; }
+int ddp_comm_rank(const ddp_comm *c) { return c->rank; }
+int ddp_comm_size(const ddp_comm *c) { return c->size; }
+int ddp_comm_local_rank(const ddp_comm *c) { return c->local_rank; }
+int ddp_comm_local_size(const ddp_comm *c) { return c->local_size; }
+
+void ddp_comm_free(ddp_comm *c) {
+    if (c) c->ops->destroy(c);
+}
+
+static ddp_status check_type(ddp_dtype t) {
+    if (ddp_dtype_size(t) == 0) return DDP_FAIL(DDP_ERR_INVALID_ARG, "unknown dtype %d", (int)t);
+    return DDP_OK;
+}
+
+ddp_status ddp_comm_allreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op) {
+    DDP_CHECK(check_type(t));
+    if (count == 0) return DDP_OK;
+    DDP_CHECK(c->ops->allreduce(c, buf, count, t, op));
+    return DDP_OK;
+}
+
+ddp_status ddp_comm_iallreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op,
+                               ddp_comm_req **req) {
+    *req = NULL;
+    DDP_CHECK(check_type(t));
+    DDP_CHECK(c->ops->iallreduce(c, buf, count, t, op, req));
+    return DDP_OK;
+}
+
+ddp_status ddp_comm_test(ddp_comm *c, ddp_comm_req *req, int *done) {
+    *done = 1;
+    if (!req) return DDP_OK;
+    DDP_CHECK(c->ops->test(c, req, done));
+    return DDP_OK;
+}
+
+ddp_status ddp_comm_wait(ddp_comm *c, ddp_comm_req *req) {
+    if (!req) return DDP_OK;
+    DDP_CHECK(c->ops->wait(c, req));
+    return DDP_OK;
+}
+
+ddp_status ddp_comm_broadcast(ddp_comm *c, void *buf, size_t count, ddp_dtype t, int root) {
+    DDP_CHECK(check_type(t));
+    if (root < 0 || root >= c->size)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "broadcast: root %d outside [0, %d)", root, c->size);
+    if (count == 0) return DDP_OK;
+    DDP_CHECK(c->ops->broadcast(c, buf, count, t, root));
+    return DDP_OK;
+}
+
+ddp_status ddp_comm_allgather(ddp_comm *c, const void *send, void *recv, size_t count,
+                              ddp_dtype t) {
+    DDP_CHECK(check_type(t));
+    if (count == 0) return DDP_OK;
+    DDP_CHECK(c->ops->allgather(c, send, recv, count, t));
+    return DDP_OK;
+}
+
+ddp_status ddp_comm_reduce_scatter(ddp_comm *c, const void *send, void *recv, size_t count,
+                                   ddp_dtype t, ddp_redop op) {
+    DDP_CHECK(check_type(t));
+    if (count == 0) return DDP_OK;
+    DDP_CHECK(c->ops->reduce_scatter(c, send, recv, count, t, op));
+    return DDP_OK;
+}
+
+ddp_status ddp_comm_barrier(ddp_comm *c) {
+    DDP_CHECK(c->ops->barrier(c));
+    return DDP_OK;
+}
+
+void ddp_comm_abort(ddp_comm *c, int code) { c->ops->abort(c, code); }
+
+ddp_status ddp_comm_agree(ddp_comm *c, ddp_status local, int *failed_rank) {
+    /* MIN over (rank if failed, else size): the lowest failing rank, or size if none. */
+    int32_t v = local == DDP_OK ? c->size : c->rank;
+    DDP_CHECK(ddp_comm_allreduce(c, &v, 1, DDP_I32, DDP_MIN));
+    *failed_rank = v == c->size ? -1 : v;
+    return DDP_OK;
+}

@@ -1,0 +1,438 @@
+/*
+ * The MPI comm. Buffers are in host memory, or in device memory of a non-host backend,
+ * in which case each collective stages through page-locked host buffers (the path that
+ * lets several ranks share one GPU, which NCCL refuses).
+ *
+ * MPI errors are returned, not fatal: MPI_COMM_WORLD gets MPI_ERRORS_RETURN so that a
+ * failure becomes a ddp_status with MPI's own message, and the caller decides to abort.
+ */
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm/comm_impl.h"
+
+/* ---- MPI start-up ----------------------------------------------------------------- */
+
+static int we_initialized_mpi = 0;
+
+ddp_status ddp_mpi_init(int *argc, char ***argv, int *thread_level) {
+    int inited = 0, provided = MPI_THREAD_SINGLE;
+    MPI_Initialized(&inited);
+    if (!inited) {
+        /* MULTIPLE lets a progress thread drive non-blocking collectives while the main
+         * thread computes; take what the library offers and report it. */
+        if (MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS)
+            return DDP_FAIL(DDP_ERR_COMM, "MPI_Init_thread failed: is this started by mpirun?");
+        we_initialized_mpi = 1;
+    } else {
+        MPI_Query_thread(&provided);
+    }
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    if (thread_level) *thread_level = provided;
+    return DDP_OK;
+}
+
+void ddp_mpi_finalize(void) {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (we_initialized_mpi && !finalized) MPI_Finalize();
+}
+
+static ddp_status mpi_fail(int rc, const char *what, const char *file, int line) {
+    char msg[MPI_MAX_ERROR_STRING] = "";
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    return ddp_error_set(DDP_ERR_COMM, file, line, "%s failed: %s", what, msg);
+}
+
+#define MPI_TRY(call, what)                                                                \
+    do {                                                                                   \
+        int mpi_rc_ = (call);                                                              \
+        if (mpi_rc_ != MPI_SUCCESS) return mpi_fail(mpi_rc_, (what), __FILE__, __LINE__);   \
+    } while (0)
+
+ddp_status ddp_mpi_local_rank(int *local_rank, int *local_size) {
+    static int cached = 0, lr = 0, ls = 1;
+    if (!cached) {
+        MPI_Comm node;
+        MPI_TRY(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
+                "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)");
+        MPI_Comm_rank(node, &lr);
+        MPI_Comm_size(node, &ls);
+        MPI_Comm_free(&node);
+        cached = 1;
+    }
+    *local_rank = lr;
+    *local_size = ls;
+    return DDP_OK;
+}
+
+/* ---- types and reductions ------------------------------------------------------------ */
+
+/* bf16 has no MPI type: it travels as 16-bit words with a user-defined sum that widens
+ * to fp32, adds, and rounds to nearest even. */
+static float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static void bf16_sum(void *in, void *inout, int *len, MPI_Datatype *type) {
+    const uint16_t *a = in;
+    uint16_t *b = inout;
+    for (int i = 0; i < *len; i++) b[i] = f32_to_bf16(bf16_to_f32(a[i]) + bf16_to_f32(b[i]));
+}
+
+static MPI_Datatype mpi_type(ddp_dtype t) {
+    switch (t) {
+    case DDP_F32: return MPI_FLOAT;
+    case DDP_BF16: return MPI_UINT16_T;
+    case DDP_F64: return MPI_DOUBLE;
+    case DDP_I32: return MPI_INT32_T;
+    case DDP_I64: return MPI_INT64_T;
+    case DDP_U8: return MPI_UINT8_T;
+    case DDP_U32: return MPI_UINT32_T;
+    case DDP_U64: return MPI_UINT64_T;
+    }
+    return MPI_DATATYPE_NULL;
+}
+
+typedef struct {
+    void *ptr;
+    size_t bytes;
+    int in_use;
+} stage_buf;
+
+#define MAX_STAGE 64
+
+typedef struct {
+    struct ddp_comm base;
+    MPI_Comm comm;
+    MPI_Op bf16_sum_op;
+    int device_buffers; /* stage through host memory */
+    stage_buf stage[MAX_STAGE];
+} mpi_comm;
+
+struct ddp_comm_req {
+    MPI_Request req;
+    void *user_buf;     /* where the result must end up */
+    stage_buf *staged;  /* host copy used by MPI, or NULL */
+    size_t count;
+    ddp_dtype type;
+    int average;        /* divide by size after the sum */
+};
+
+static ddp_status mpi_op(mpi_comm *c, ddp_dtype t, ddp_redop op, MPI_Op *out) {
+    if (t == DDP_BF16) {
+        if (op != DDP_SUM && op != DDP_AVG)
+            return DDP_FAIL(DDP_ERR_UNSUPPORTED, "MPI comm: bf16 supports only sum and average");
+        *out = c->bf16_sum_op;
+        return DDP_OK;
+    }
+    switch (op) {
+    case DDP_SUM:
+    case DDP_AVG: *out = MPI_SUM; return DDP_OK;
+    case DDP_MAX: *out = MPI_MAX; return DDP_OK;
+    case DDP_MIN: *out = MPI_MIN; return DDP_OK;
+    }
+    return DDP_FAIL(DDP_ERR_INVALID_ARG, "unknown reduction %d", (int)op);
+}
+
+static ddp_status divide_by_size(void *buf, size_t count, ddp_dtype t, int size) {
+    if (t == DDP_F32) {
+        float *x = buf, s = 1.0f / (float)size;
+        for (size_t i = 0; i < count; i++) x[i] *= s;
+    } else if (t == DDP_F64) {
+        double *x = buf;
+        for (size_t i = 0; i < count; i++) x[i] /= (double)size;
+    } else if (t == DDP_BF16) {
+        uint16_t *x = buf;
+        for (size_t i = 0; i < count; i++) x[i] = f32_to_bf16(bf16_to_f32(x[i]) / (float)size);
+    } else {
+        return DDP_FAIL(DDP_ERR_UNSUPPORTED, "average is defined only for floating types");
+    }
+    return DDP_OK;
+}
+
+/* ---- staging through host memory --------------------------------------------------- */
+
+static ddp_status stage_get(mpi_comm *c, size_t bytes, stage_buf **out) {
+    stage_buf *free_slot = NULL;
+    for (int i = 0; i < MAX_STAGE; i++) {
+        stage_buf *s = &c->stage[i];
+        if (s->in_use) continue;
+        if (s->ptr && s->bytes >= bytes) {
+            s->in_use = 1;
+            *out = s;
+            return DDP_OK;
+        }
+        if (!free_slot) free_slot = s;
+    }
+    if (!free_slot)
+        return DDP_FAIL(DDP_ERR_INTERNAL, "MPI comm: more than %d staged operations in flight",
+                        MAX_STAGE);
+    ddp_backend_host_dealloc(c->base.backend, free_slot->ptr);
+    free_slot->ptr = NULL;
+    DDP_CHECK(ddp_backend_host_alloc(c->base.backend, bytes, &free_slot->ptr));
+    free_slot->bytes = bytes;
+    free_slot->in_use = 1;
+    *out = free_slot;
+    return DDP_OK;
+}
+
+/* ---- operations ------------------------------------------------------------------- */
+
+static ddp_status mpi_iallreduce(ddp_comm *base, void *buf, size_t count, ddp_dtype t,
+                                 ddp_redop op, ddp_comm_req **out) {
+    mpi_comm *c = (mpi_comm *)base;
+    if (count > (size_t)INT32_MAX)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "MPI comm: %zu elements in one call (max %d)",
+                        count, INT32_MAX);
+    MPI_Op mop = MPI_OP_NULL;
+    DDP_CHECK(mpi_op(c, t, op, &mop));
+    ddp_comm_req *r = calloc(1, sizeof *r);
+    if (!r) return DDP_FAIL(DDP_ERR_NOMEM, "MPI comm: out of memory");
+    r->user_buf = buf;
+    r->count = count;
+    r->type = t;
+    r->average = op == DDP_AVG;
+    void *host = buf;
+    size_t bytes = count * ddp_dtype_size(t);
+    if (c->device_buffers) {
+        ddp_status s = stage_get(c, bytes, &r->staged);
+        if (s == DDP_OK)
+            s = ddp_backend_copy(base->backend, r->staged->ptr, buf, bytes, DDP_COPY_D2H);
+        if (s != DDP_OK) {
+            if (r->staged) r->staged->in_use = 0;
+            free(r);
+            DDP_CHECK(s);
+        }
+        host = r->staged->ptr;
+    }
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, host, (int)count, mpi_type(t), mop, c->comm, &r->req);
+    if (rc != MPI_SUCCESS) {
+        if (r->staged) r->staged->in_use = 0;
+        free(r);
+        return mpi_fail(rc, "MPI_Iallreduce", __FILE__, __LINE__);
+    }
+    *out = r;
+    return DDP_OK;
+}
+
+static ddp_status finish(mpi_comm *c, ddp_comm_req *r) {
+    void *host = r->staged ? r->staged->ptr : r->user_buf;
+    ddp_status s = DDP_OK;
+    if (r->average) s = divide_by_size(host, r->count, r->type, c->base.size);
+    if (s == DDP_OK && r->staged)
+        s = ddp_backend_copy(c->base.backend, r->user_buf, host, r->count * ddp_dtype_size(r->type),
+                             DDP_COPY_H2D);
+    if (r->staged) r->staged->in_use = 0;
+    free(r);
+    DDP_CHECK(s);
+    return DDP_OK;
+}
+
+static ddp_status mpi_test(ddp_comm *base, ddp_comm_req *r, int *done) {
+    int flag = 0;
+    if (r->req == MPI_REQUEST_NULL) {
+        *done = 1;
+        return DDP_OK;
+    }
+    MPI_TRY(MPI_Test(&r->req, &flag, MPI_STATUS_IGNORE), "MPI_Test");
+    *done = flag;
+    return DDP_OK;
+}
+
+static ddp_status mpi_wait(ddp_comm *base, ddp_comm_req *r) {
+    int rc = MPI_Wait(&r->req, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) {
+        if (r->staged) r->staged->in_use = 0;
+        free(r);
+        return mpi_fail(rc, "MPI_Wait (all-reduce)", __FILE__, __LINE__);
+    }
+    DDP_CHECK(finish((mpi_comm *)base, r));
+    return DDP_OK;
+}
+
+static ddp_status mpi_allreduce(ddp_comm *base, void *buf, size_t count, ddp_dtype t,
+                                ddp_redop op) {
+    mpi_comm *c = (mpi_comm *)base;
+    if (!c->device_buffers) {
+        /* The blocking call lets MPI pick its best algorithm for the size. */
+        MPI_Op mop = MPI_OP_NULL;
+        DDP_CHECK(mpi_op(c, t, op, &mop));
+        if (count > (size_t)INT32_MAX)
+            return DDP_FAIL(DDP_ERR_INVALID_ARG, "MPI comm: %zu elements in one call", count);
+        MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, buf, (int)count, mpi_type(t), mop, c->comm),
+                "MPI_Allreduce");
+        if (op == DDP_AVG) DDP_CHECK(divide_by_size(buf, count, t, base->size));
+        return DDP_OK;
+    }
+    ddp_comm_req *r;
+    DDP_CHECK(mpi_iallreduce(base, buf, count, t, op, &r));
+    DDP_CHECK(mpi_wait(base, r));
+    return DDP_OK;
+}
+
+/* Host pointer for a (possibly device) buffer: the buffer itself, or a staged copy. */
+static ddp_status to_host(mpi_comm *c, const void *buf, size_t bytes, int copy_in,
+                          stage_buf **staged, void **host) {
+    *staged = NULL;
+    *host = (void *)buf;
+    if (!c->device_buffers) return DDP_OK;
+    DDP_CHECK(stage_get(c, bytes, staged));
+    *host = (*staged)->ptr;
+    if (copy_in) {
+        ddp_status s = ddp_backend_copy(c->base.backend, *host, buf, bytes, DDP_COPY_D2H);
+        if (s != DDP_OK) {
+            (*staged)->in_use = 0;
+            DDP_CHECK(s);
+        }
+    }
+    return DDP_OK;
+}
+
+static ddp_status from_host(mpi_comm *c, stage_buf *staged, void *buf, size_t bytes) {
+    if (!staged) return DDP_OK;
+    ddp_status s = ddp_backend_copy(c->base.backend, buf, staged->ptr, bytes, DDP_COPY_H2D);
+    staged->in_use = 0;
+    DDP_CHECK(s);
+    return DDP_OK;
+}
+
+static ddp_status mpi_broadcast(ddp_comm *base, void *buf, size_t count, ddp_dtype t, int root) {
+    mpi_comm *c = (mpi_comm *)base;
+    size_t bytes = count * ddp_dtype_size(t);
+    stage_buf *st;
+    void *host;
+    DDP_CHECK(to_host(c, buf, bytes, base->rank == root, &st, &host));
+    int rc = MPI_Bcast(host, (int)count, mpi_type(t), root, c->comm);
+    if (rc != MPI_SUCCESS) {
+        if (st) st->in_use = 0;
+        return mpi_fail(rc, "MPI_Bcast", __FILE__, __LINE__);
+    }
+    DDP_CHECK(from_host(c, st, buf, bytes));
+    return DDP_OK;
+}
+
+static ddp_status mpi_allgather(ddp_comm *base, const void *send, void *recv, size_t count,
+                                ddp_dtype t) {
+    mpi_comm *c = (mpi_comm *)base;
+    size_t bytes = count * ddp_dtype_size(t);
+    stage_buf *ss, *rs;
+    void *hs, *hr;
+    DDP_CHECK(to_host(c, send, bytes, 1, &ss, &hs));
+    ddp_status s = to_host(c, recv, bytes * (size_t)base->size, 0, &rs, &hr);
+    if (s != DDP_OK) {
+        if (ss) ss->in_use = 0;
+        DDP_CHECK(s);
+    }
+    int rc = MPI_Allgather(hs, (int)count, mpi_type(t), hr, (int)count, mpi_type(t), c->comm);
+    if (ss) ss->in_use = 0;
+    if (rc != MPI_SUCCESS) {
+        if (rs) rs->in_use = 0;
+        return mpi_fail(rc, "MPI_Allgather", __FILE__, __LINE__);
+    }
+    DDP_CHECK(from_host(c, rs, recv, bytes * (size_t)base->size));
+    return DDP_OK;
+}
+
+static ddp_status mpi_reduce_scatter(ddp_comm *base, const void *send, void *recv, size_t count,
+                                     ddp_dtype t, ddp_redop op) {
+    mpi_comm *c = (mpi_comm *)base;
+    MPI_Op mop = MPI_OP_NULL;
+    DDP_CHECK(mpi_op(c, t, op, &mop));
+    size_t bytes = count * ddp_dtype_size(t);
+    stage_buf *ss, *rs;
+    void *hs, *hr;
+    DDP_CHECK(to_host(c, send, bytes * (size_t)base->size, 1, &ss, &hs));
+    ddp_status s = to_host(c, recv, bytes, 0, &rs, &hr);
+    if (s != DDP_OK) {
+        if (ss) ss->in_use = 0;
+        DDP_CHECK(s);
+    }
+    int rc = MPI_Reduce_scatter_block(hs, hr, (int)count, mpi_type(t), mop, c->comm);
+    if (ss) ss->in_use = 0;
+    if (rc == MPI_SUCCESS && op == DDP_AVG) s = divide_by_size(hr, count, t, base->size);
+    if (rc != MPI_SUCCESS || s != DDP_OK) {
+        if (rs) rs->in_use = 0;
+        if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Reduce_scatter_block", __FILE__, __LINE__);
+        DDP_CHECK(s);
+    }
+    DDP_CHECK(from_host(c, rs, recv, bytes));
+    return DDP_OK;
+}
+
+static ddp_status mpi_barrier(ddp_comm *base) {
+    MPI_TRY(MPI_Barrier(((mpi_comm *)base)->comm), "MPI_Barrier");
+    return DDP_OK;
+}
+
+static void mpi_abort(ddp_comm *base, int code) {
+    /* Ends every process of the job, including ranks blocked in a collective. */
+    MPI_Abort(MPI_COMM_WORLD, code ? code : 1);
+}
+
+static void mpi_destroy(ddp_comm *base) {
+    mpi_comm *c = (mpi_comm *)base;
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    for (int i = 0; i < MAX_STAGE; i++) ddp_backend_host_dealloc(base->backend, c->stage[i].ptr);
+    if (!finalized) {
+        MPI_Op_free(&c->bf16_sum_op);
+        MPI_Comm_free(&c->comm);
+    }
+    free(c);
+}
+
+static const ddp_comm_ops mpi_ops = {
+    .name = "mpi",
+    .destroy = mpi_destroy,
+    .allreduce = mpi_allreduce,
+    .iallreduce = mpi_iallreduce,
+    .test = mpi_test,
+    .wait = mpi_wait,
+    .broadcast = mpi_broadcast,
+    .allgather = mpi_allgather,
+    .reduce_scatter = mpi_reduce_scatter,
+    .barrier = mpi_barrier,
+    .abort = mpi_abort,
+};
+
+ddp_status ddp_comm_mpi_create(ddp_backend *b, ddp_comm **out) {
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) return DDP_FAIL(DDP_ERR_COMM, "MPI comm: call ddp_mpi_init first");
+    mpi_comm *c = calloc(1, sizeof *c);
+    if (!c) return DDP_FAIL(DDP_ERR_NOMEM, "MPI comm: out of memory");
+    c->base.ops = &mpi_ops;
+    c->base.backend = b;
+    c->device_buffers = b && !ddp_backend_is_host(b);
+    /* A private duplicate keeps our collectives from matching anyone else's. */
+    int rc = MPI_Comm_dup(MPI_COMM_WORLD, &c->comm);
+    if (rc != MPI_SUCCESS) {
+        free(c);
+        return mpi_fail(rc, "MPI_Comm_dup", __FILE__, __LINE__);
+    }
+    MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(c->comm, &c->base.rank);
+    MPI_Comm_size(c->comm, &c->base.size);
+    MPI_Op_create(bf16_sum, 1, &c->bf16_sum_op);
+    ddp_status s = ddp_mpi_local_rank(&c->base.local_rank, &c->base.local_size);
+    if (s != DDP_OK) {
+        mpi_destroy(&c->base);
+        DDP_CHECK(s);
+    }
+    *out = &c->base;
+    return DDP_OK;
+}

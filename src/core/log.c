@@ -1,0 +1,49 @@
+/*
+ * Logging with a rank prefix. Info and debug lines print on rank 0 only (the others
+ * would repeat them); warnings and errors print on every rank, to stderr, so that the
+ * rank that failed is the one that says why.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "ddp/core.h"
+
+static int log_rank = 0;
+static int log_world = 1;
+static ddp_log_level log_level = DDP_LOG_INFO;
+
+void ddp_log_init(int rank, int world, ddp_log_level level) {
+    log_rank = rank;
+    log_world = world;
+    log_level = level;
+}
+
+void ddp_log(ddp_log_level level, const char *fmt, ...) {
+    if (level > log_level) return;
+    if (level >= DDP_LOG_INFO && log_rank != 0) return;
+    static const char *const tags[] = {"error", "warning", "", "debug"};
+    FILE *f = level <= DDP_LOG_WARN ? stderr : stdout;
+    char line[2048];
+    int off;
+    if (log_world > 1)
+        off = snprintf(line, sizeof line, "[rank %d] ", log_rank);
+    else
+        off = 0;
+    if (tags[level][0]) off += snprintf(line + off, sizeof line - (size_t)off, "%s: ", tags[level]);
+    va_list ap;
+    va_start(ap, fmt);
+    if (off < (int)sizeof line) vsnprintf(line + off, sizeof line - (size_t)off, fmt, ap);
+    va_end(ap);
+    /* One write per line keeps lines of different ranks from interleaving mid-line. */
+    fprintf(f, "%s\n", line);
+    fflush(f);
+}
+
+void ddp_log_current_error(const char *what) {
+    char host[256] = "?";
+    gethostname(host, sizeof host - 1);
+    ddp_log(DDP_LOG_ERROR, "%s: %s (%s)\n  on %s pid %d\n  trace: %s", what,
+            ddp_error_message(), ddp_status_str(ddp_error_status()), host, (int)getpid(),
+            ddp_error_trace_str());
+}

@@ -1,0 +1,23 @@
+/* The monotonic clock and CRC-32 (through zlib, which the data reader needs anyway). */
+#include <time.h>
+#include <zlib.h>
+
+#include "ddp/core.h"
+
+double ddp_time_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+uint32_t ddp_crc32(uint32_t crc, const void *data, size_t bytes) {
+    const unsigned char *p = data;
+    /* zlib takes uInt lengths; feed large buffers in pieces. */
+    while (bytes > 0) {
+        uInt n = bytes > (1u << 30) ? (1u << 30) : (uInt)bytes;
+        crc = (uint32_t)crc32((uLong)crc, p, n);
+        p += n;
+        bytes -= n;
+    }
+    return crc;
+}

@@ -1,0 +1,54 @@
+/*
+ * The layer kinds of the MLP: Linear (y = x W^T + b) and elementwise activations.
+ * Shapes are row-major: x (n, in), W (out, in), y (n, out).
+ */
+#include "model/layer.h"
+
+static ddp_status linear_forward(ddp_layer *l, ddp_backend *b, const float *x, float *y,
+                                 size_t n) {
+    int N = (int)n, in = (int)l->in_dim, out = (int)l->out_dim;
+    /* y (n, out) = x (n, in) . W^T (in, out) */
+    DDP_CHECK(ddp_backend_gemm(b, 0, 1, N, out, in, 1.0f, x, in, l->w, in, 0.0f, y, out));
+    DDP_CHECK(ddp_backend_bias_add(b, y, l->bias, N, out));
+    return DDP_OK;
+}
+
+static ddp_status linear_backward(ddp_layer *l, ddp_backend *b, const float *x, const float *y,
+                                  const float *dy, float *dx, size_t n, ddp_grad_ready_fn ready,
+                                  void *ctx) {
+    int N = (int)n, in = (int)l->in_dim, out = (int)l->out_dim;
+    /* dW (out, in) += dy^T (out, n) . x (n, in); accumulation across micro-batches */
+    DDP_CHECK(ddp_backend_gemm(b, 1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, l->dw, in));
+    DDP_CHECK(ddp_backend_bias_grad(b, l->dbias, dy, N, out));
+    if (ready) DDP_CHECK(ready(ctx, l->param_offset, l->param_count));
+    if (dx) {
+        /* dx (n, in) = dy (n, out) . W (out, in) */
+        DDP_CHECK(ddp_backend_gemm(b, 0, 0, N, in, out, 1.0f, dy, out, l->w, in, 0.0f, dx, in));
+    }
+    return DDP_OK;
+}
+
+static const ddp_layer_ops linear_ops = {"linear", linear_forward, linear_backward};
+
+static ddp_status act_forward(ddp_layer *l, ddp_backend *b, const float *x, float *y, size_t n) {
+    DDP_CHECK(ddp_backend_act_forward(b, l->act, x, y, n * l->out_dim));
+    return DDP_OK;
+}
+
+static ddp_status act_backward(ddp_layer *l, ddp_backend *b, const float *x, const float *y,
+                               const float *dy, float *dx, size_t n, ddp_grad_ready_fn ready,
+                               void *ctx) {
+    if (dx) DDP_CHECK(ddp_backend_act_backward(b, l->act, x, dy, dx, n * l->out_dim));
+    return DDP_OK;
+}
+
+static const ddp_layer_ops act_ops = {"activation", act_forward, act_backward};
+
+void ddp_layer_linear(ddp_layer *l, size_t in_dim, size_t out_dim) {
+    *l = (ddp_layer){.ops = &linear_ops, .in_dim = in_dim, .out_dim = out_dim};
+    l->param_count = out_dim * in_dim + out_dim;
+}
+
+void ddp_layer_activation(ddp_layer *l, ddp_act act, size_t dim) {
+    *l = (ddp_layer){.ops = &act_ops, .in_dim = dim, .out_dim = dim, .act = act};
+}

@@ -1,0 +1,143 @@
+/*
+ * Training configuration: defaults, the batch arithmetic (global = micro x accum x
+ * world) and the canonical text whose CRC is the fingerprint that all ranks compare.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "ddp/train.h"
+
+void ddp_train_config_defaults(ddp_train_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->model.n_hidden = 2;
+    cfg->model.hidden[0] = 256;
+    cfg->model.hidden[1] = 128;
+    cfg->model.act = DDP_ACT_RELU;
+    snprintf(cfg->data_dir, sizeof cfg->data_dir, "/usr/share/datasets/fashion-mnist");
+    cfg->global_batch = 128;
+    cfg->accum = 0;
+    cfg->micro_batch = 0;
+    cfg->epochs = 20;
+    cfg->max_steps = 0;
+    cfg->optim.kind = DDP_OPTIM_SGD;
+    cfg->optim.momentum = 0.9f;
+    cfg->optim.nesterov = 0;
+    cfg->optim.beta1 = 0.9f;
+    cfg->optim.beta2 = 0.999f;
+    cfg->optim.eps = 1e-8f;
+    cfg->optim.weight_decay = 1e-4f;
+    cfg->sched.kind = DDP_SCHED_COSINE;
+    cfg->sched.base_lr = 0.05f;
+    cfg->sched.min_lr = 0.0f;
+    cfg->sched.warmup_steps = 200;
+    cfg->clip_norm = 0.0f;
+    cfg->seed = 42;
+    cfg->shuffle = 1;
+    cfg->device = DDP_DEVICE_AUTO;
+    cfg->comm = DDP_COMM_AUTO;
+    cfg->math = DDP_MATH_FP32;
+    cfg->threads = 0;
+    cfg->log_every = 50;
+    cfg->eval_every = 0;
+    cfg->check_sync = 0;
+}
+
+/* Divisors of n near `want`, for messages that say which numbers would work. */
+static void nearby_divisors(size_t n, size_t want, char *buf, size_t cap) {
+    size_t below = 0, above = 0;
+    for (size_t d = want; d >= 1; d--)
+        if (n % d == 0) {
+            below = d;
+            break;
+        }
+    for (size_t d = want + 1; d <= n; d++)
+        if (n % d == 0) {
+            above = d;
+            break;
+        }
+    if (above)
+        snprintf(buf, cap, "%zu or %zu", below, above);
+    else
+        snprintf(buf, cap, "%zu", below);
+}
+
+ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world) {
+    if (world < 1) return DDP_FAIL(DDP_ERR_INVALID_ARG, "world size %d", world);
+    size_t B = cfg->global_batch;
+    if (B == 0) return DDP_FAIL(DDP_ERR_INVALID_ARG, "--batch must be positive");
+    if (B % (size_t)world != 0) {
+        size_t lo = B / (size_t)world * (size_t)world, hi = lo + (size_t)world;
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "--batch %zu cannot be split evenly over %d ranks: use a multiple of "
+                        "%d, such as %zu or %zu",
+                        B, world, world, lo ? lo : hi, hi);
+    }
+    size_t local = B / (size_t)world;
+    char hint[64];
+    if (cfg->accum < 0) return DDP_FAIL(DDP_ERR_INVALID_ARG, "--accum %d is negative", cfg->accum);
+    if (cfg->micro_batch > 0) {
+        if (local % cfg->micro_batch != 0) {
+            nearby_divisors(local, cfg->micro_batch, hint, sizeof hint);
+            return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                            "--micro-batch %zu does not divide the %zu samples per rank "
+                            "(--batch %zu over %d ranks): use a micro-batch of %s",
+                            cfg->micro_batch, local, B, world, hint);
+        }
+        size_t k = local / cfg->micro_batch;
+        if (cfg->accum > 0 && (size_t)cfg->accum != k)
+            return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                            "--accum %d and --micro-batch %zu disagree: --batch %zu = micro-batch "
+                            "x accum x ranks (%d) needs --accum %zu",
+                            cfg->accum, cfg->micro_batch, B, world, k);
+        cfg->accum = (int)k;
+    } else {
+        if (cfg->accum == 0) cfg->accum = 1;
+        if ((size_t)cfg->accum > local || local % (size_t)cfg->accum != 0) {
+            nearby_divisors(local, (size_t)cfg->accum, hint, sizeof hint);
+            return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                            "--accum %d does not divide the %zu samples per rank (--batch %zu "
+                            "over %d ranks): use --accum %s, or change --batch",
+                            cfg->accum, local, B, world, hint);
+        }
+        cfg->micro_batch = local / (size_t)cfg->accum;
+    }
+    if (cfg->epochs <= 0 && cfg->max_steps <= 0)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "set --epochs or --steps to a positive number");
+    if (cfg->sched.base_lr <= 0.0f)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "--lr %g must be positive", cfg->sched.base_lr);
+    if (cfg->sched.min_lr < 0.0f || cfg->sched.min_lr > cfg->sched.base_lr)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "--min-lr %g must be in [0, --lr %g]",
+                        cfg->sched.min_lr, cfg->sched.base_lr);
+    if (cfg->sched.warmup_steps < 0 || cfg->clip_norm < 0.0f || cfg->log_every < 0 ||
+        cfg->eval_every < 0 || cfg->check_sync < 0)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "--warmup, --clip, --log-every, --eval-every and --check-sync must not "
+                        "be negative");
+    if (cfg->log_every == 0) cfg->log_every = 1;
+    return DDP_OK;
+}
+
+size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t cap) {
+    int n = 0;
+#define PUT(...)                                                                           \
+    do {                                                                                   \
+        if ((size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, __VA_ARGS__);           \
+    } while (0)
+    PUT("hidden=");
+    for (int i = 0; i < cfg->model.n_hidden; i++) PUT("%s%zu", i ? "," : "", cfg->model.hidden[i]);
+    PUT(" act=%d batch=%zu accum=%d micro=%zu epochs=%d steps=%lld", (int)cfg->model.act,
+        cfg->global_batch, cfg->accum, cfg->micro_batch, cfg->epochs, (long long)cfg->max_steps);
+    PUT(" optim=%d momentum=%a nesterov=%d betas=%a,%a eps=%a wd=%a", (int)cfg->optim.kind,
+        cfg->optim.momentum, cfg->optim.nesterov, cfg->optim.beta1, cfg->optim.beta2,
+        cfg->optim.eps, cfg->optim.weight_decay);
+    PUT(" sched=%d lr=%a min_lr=%a warmup=%lld clip=%a seed=%llu shuffle=%d",
+        (int)cfg->sched.kind, cfg->sched.base_lr, cfg->sched.min_lr,
+        (long long)cfg->sched.warmup_steps, cfg->clip_norm, (unsigned long long)cfg->seed,
+        cfg->shuffle);
+    /* log_every, eval_every and check_sync decide which collectives run when, so they
+     * must agree too or ranks would wait in different collectives. */
+    PUT(" device=%d comm=%d math=%d log_every=%d eval_every=%d check_sync=%d", (int)cfg->device,
+        (int)cfg->comm, (int)cfg->math, cfg->log_every, cfg->eval_every, cfg->check_sync);
+#undef PUT
+    return (size_t)n < cap ? (size_t)n : cap - 1;
+}

@@ -1,0 +1,288 @@
+/*
+ * The trainer: set-up (model, optimizer, sampler, data on the device, the check that
+ * all ranks agree), one training step, evaluation, and the parameter sync check.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "train/trainer_impl.h"
+
+/* Evaluation and the model's activations use batches of at least this many samples. */
+#define EVAL_BATCH 1000
+
+static ddp_status upload(ddp_trainer *t, const void *host, size_t bytes, void **dev) {
+    if (ddp_backend_is_host(t->backend)) {
+        *dev = (void *)host; /* the CPU backend computes on the dataset's own memory */
+        return DDP_OK;
+    }
+    DDP_CHECK(ddp_backend_alloc(t->backend, bytes, dev));
+    DDP_CHECK(ddp_backend_copy(t->backend, *dev, host, bytes, DDP_COPY_H2D));
+    return DDP_OK;
+}
+
+/* Every rank must run the same configuration on the same data with the same model, or
+ * the collectives would mismatch; compare fingerprints and name the rank that differs. */
+static ddp_status check_fingerprints(ddp_trainer *t) {
+    char canon[2048];
+    size_t len = ddp_train_config_canonical(&t->cfg, canon, sizeof canon);
+    uint32_t fp = ddp_crc32(0, canon, len);
+    const char *shape = ddp_model_describe(t->model);
+    fp = ddp_crc32(fp, shape, strlen(shape));
+    size_t data_shape[4] = {t->train->n, t->train->dim, t->test->n, (size_t)t->num_classes};
+    fp = ddp_crc32(fp, data_shape, sizeof data_shape);
+    fp = ddp_crc32(fp, t->train->y, t->train->n * sizeof(int32_t));
+    uint32_t *all = calloc((size_t)t->world, sizeof *all);
+    if (!all) return DDP_FAIL(DDP_ERR_NOMEM, "out of memory");
+    /* All ranks reach this allgather in ddp_trainer_create. */
+    ddp_status s = ddp_comm_allgather(t->ctrl, &fp, all, 1, DDP_U32);
+    if (s != DDP_OK) {
+        free(all);
+        DDP_CHECK(s);
+    }
+    int first_bad = -1, n_bad = 0, mine_differs = all[t->rank] != all[0];
+    for (int r = 1; r < t->world; r++)
+        if (all[r] != all[0]) {
+            if (first_bad < 0) first_bad = r;
+            n_bad++;
+        }
+    free(all);
+    if (first_bad < 0) return DDP_OK;
+    if (mine_differs)
+        ddp_log_error("my configuration: %s | model %s | data %zu/%zu samples", canon, shape,
+                      t->train->n, t->test->n);
+    return DDP_FAIL(DDP_ERR_MISMATCH,
+                    "rank %d (and %d rank(s) in all) runs a different configuration, model or "
+                    "data than rank 0: every rank must get the same options and dataset",
+                    first_bad, n_bad);
+}
+
+/* Everything in set-up that involves no collective: it may fail on one rank alone. */
+static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
+    const ddp_dataset *train = t->train, *test = t->test;
+    if (test->dim != train->dim || test->num_classes != train->num_classes)
+        return DDP_FAIL(DDP_ERR_FORMAT,
+                        "test set (%zu features, %d classes) does not match the training set "
+                        "(%zu features, %d classes)",
+                        test->dim, test->num_classes, train->dim, train->num_classes);
+    DDP_CHECK(ddp_train_config_resolve(&t->cfg, t->world));
+    DDP_CHECK(ddp_sampler_init(&t->sampler, train->n, t->cfg.global_batch, t->rank, t->world,
+                               t->cfg.seed, t->cfg.shuffle));
+    t->total_steps = t->cfg.max_steps > 0
+                         ? t->cfg.max_steps
+                         : (int64_t)t->cfg.epochs * (int64_t)t->sampler.steps_per_epoch;
+    t->cfg.sched.total_steps = t->total_steps;
+
+    ddp_mlp_spec spec = t->cfg.model;
+    spec.input_dim = t->dim;
+    spec.num_classes = t->num_classes;
+    t->max_batch = t->cfg.micro_batch > EVAL_BATCH ? t->cfg.micro_batch : EVAL_BATCH;
+    DDP_CHECK(ddp_model_create_mlp(b, &spec, t->max_batch, &t->model));
+    /* Same seed on every rank: identical initial parameters without a broadcast. */
+    DDP_CHECK(ddp_model_init_params(t->model, t->cfg.seed));
+    t->num_params = ddp_model_num_params(t->model);
+    DDP_CHECK(ddp_optim_create(b, &t->cfg.optim, t->num_params, &t->optim));
+
+    t->owns_device_data = !ddp_backend_is_host(b);
+    DDP_CHECK(upload(t, train->x, train->n * t->dim * sizeof(float), (void **)&t->d_train_x));
+    DDP_CHECK(upload(t, train->y, train->n * sizeof(int32_t), (void **)&t->d_train_y));
+    DDP_CHECK(upload(t, test->x, test->n * t->dim * sizeof(float), (void **)&t->d_test_x));
+    DDP_CHECK(upload(t, test->y, test->n * sizeof(int32_t), (void **)&t->d_test_y));
+
+    size_t local = t->sampler.local_batch;
+    t->h_idx = malloc(local * sizeof(int32_t));
+    t->h_params = malloc(t->num_params * sizeof(float));
+    if (!t->h_idx || !t->h_params) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
+    DDP_CHECK(ddp_backend_alloc(b, local * sizeof(int32_t), (void **)&t->d_idx));
+    DDP_CHECK(ddp_backend_alloc(b, t->max_batch * t->dim * sizeof(float), (void **)&t->d_x));
+    DDP_CHECK(ddp_backend_alloc(b, t->max_batch * sizeof(int32_t), (void **)&t->d_y));
+    DDP_CHECK(ddp_backend_alloc(b, t->max_batch * (size_t)t->num_classes * sizeof(float),
+                                (void **)&t->d_dlogits));
+    DDP_CHECK(ddp_backend_alloc(b, 2 * sizeof(float), (void **)&t->d_stats));
+    return DDP_OK;
+}
+
+ddp_status ddp_trainer_create(const ddp_train_config *cfg, ddp_backend *b, ddp_comm *comm,
+                              ddp_comm *ctrl, const ddp_dataset *train,
+                              const ddp_dataset *test, ddp_trainer **out) {
+    *out = NULL;
+    ddp_trainer *t = calloc(1, sizeof *t);
+    if (!t) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
+    t->cfg = *cfg;
+    t->backend = b;
+    t->comm = comm;
+    t->ctrl = ctrl;
+    t->rank = ddp_comm_rank(comm);
+    t->world = ddp_comm_size(comm);
+    t->train = train;
+    t->test = test;
+    t->dim = train->dim;
+    t->num_classes = train->num_classes;
+    ddp_status s = setup_local(t, b);
+    if (s != DDP_OK) ddp_error_trace(__FILE__, __LINE__);
+    /* All ranks agree on the outcome before the first collective of the run, so a rank
+     * that failed alone does not leave the others waiting in it. */
+    int failed;
+    ddp_status agree = ddp_comm_agree(ctrl, s, &failed);
+    if (s == DDP_OK && agree != DDP_OK) s = agree;
+    if (s == DDP_OK && failed >= 0)
+        s = DDP_FAIL(DDP_ERR_REMOTE, "rank %d failed to set up training (its message says why)",
+                     failed);
+    if (s == DDP_OK) s = check_fingerprints(t);
+    if (s != DDP_OK) {
+        ddp_trainer_free(t);
+        return s;
+    }
+    *out = t;
+    return DDP_OK;
+}
+
+void ddp_trainer_free(ddp_trainer *t) {
+    if (!t) return;
+    ddp_backend *b = t->backend;
+    if (t->owns_device_data) {
+        ddp_backend_dealloc(b, t->d_train_x);
+        ddp_backend_dealloc(b, t->d_train_y);
+        ddp_backend_dealloc(b, t->d_test_x);
+        ddp_backend_dealloc(b, t->d_test_y);
+    }
+    ddp_backend_dealloc(b, t->d_idx);
+    ddp_backend_dealloc(b, t->d_x);
+    ddp_backend_dealloc(b, t->d_y);
+    ddp_backend_dealloc(b, t->d_dlogits);
+    ddp_backend_dealloc(b, t->d_stats);
+    free(t->h_idx);
+    free(t->h_params);
+    ddp_optim_free(t->optim);
+    ddp_model_free(t->model);
+    ddp_sampler_free(&t->sampler);
+    if (t->metrics) fclose(t->metrics);
+    free(t);
+}
+
+int64_t ddp_trainer_total_steps(const ddp_trainer *t) { return t->total_steps; }
+ddp_model *ddp_trainer_model(ddp_trainer *t) { return t->model; }
+
+ddp_status ddp_trainer_get_params(ddp_trainer *t, float *host) {
+    DDP_CHECK(ddp_backend_copy(t->backend, host, ddp_model_params(t->model),
+                               t->num_params * sizeof(float), DDP_COPY_D2H));
+    return DDP_OK;
+}
+
+/* Reads the device stats (loss sum, correct count) and sums them over all ranks.
+ * COLLECTIVE over ctrl. */
+static ddp_status reduce_stats(ddp_trainer *t, double out[2]) {
+    float h[2];
+    DDP_CHECK(ddp_backend_copy(t->backend, h, t->d_stats, sizeof h, DDP_COPY_D2H));
+    out[0] = h[0];
+    out[1] = h[1];
+    DDP_CHECK(ddp_comm_allreduce(t->ctrl, out, 2, DDP_F64, DDP_SUM));
+    return DDP_OK;
+}
+
+ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
+    ddp_backend *b = t->backend;
+    const ddp_train_config *c = &t->cfg;
+    size_t micro = c->micro_batch;
+    float grad_scale = 1.0f / (float)c->global_batch;
+    memset(st, 0, sizeof *st);
+    /* Phase timings need the device to be idle at the boundaries; on the CPU that is
+     * free, on a GPU it costs syncs, so only the logged steps pay for it there. */
+    int log_step = (t->step + 1) % c->log_every == 0 || t->step + 1 == t->total_steps;
+    int timed = ddp_backend_is_host(b) || log_step;
+    double t0 = ddp_time_now(), t1;
+
+    DDP_CHECK(ddp_sampler_next(&t->sampler, t->h_idx, &t->epoch));
+    DDP_CHECK(ddp_backend_copy(b, t->d_idx, t->h_idx, t->sampler.local_batch * sizeof(int32_t),
+                               DDP_COPY_H2D));
+    DDP_CHECK(ddp_model_zero_grads(t->model));
+    DDP_CHECK(ddp_backend_zero(b, t->d_stats, 2 * sizeof(float)));
+    for (int k = 0; k < c->accum; k++) {
+        const int32_t *idx = t->d_idx + (size_t)k * micro;
+        t1 = ddp_time_now();
+        DDP_CHECK(ddp_backend_gather_rows(b, t->d_x, t->d_train_x, idx, micro, t->dim * sizeof(float)));
+        DDP_CHECK(ddp_backend_gather_rows(b, t->d_y, t->d_train_y, idx, micro, sizeof(int32_t)));
+        const float *logits;
+        DDP_CHECK(ddp_model_forward(t->model, t->d_x, micro, &logits));
+        /* Scaling by 1/global_batch here makes the summed all-reduce an average over
+         * the global batch, with no separate division. */
+        DDP_CHECK(ddp_backend_softmax_xent(b, logits, t->d_y, (int)micro, t->num_classes,
+                                           grad_scale, t->d_dlogits, t->d_stats));
+        if (timed) DDP_CHECK(ddp_backend_sync(b));
+        st->t_forward += ddp_time_now() - t1;
+        t1 = ddp_time_now();
+        DDP_CHECK(ddp_model_backward(t->model, t->d_dlogits, micro, NULL, NULL));
+        if (timed) DDP_CHECK(ddp_backend_sync(b));
+        st->t_backward += ddp_time_now() - t1;
+    }
+    t1 = ddp_time_now();
+    /* Every rank reaches this all-reduce once per step, after its last micro-batch. */
+    DDP_CHECK(ddp_comm_allreduce(t->comm, ddp_model_grads(t->model), t->num_params, DDP_F32, DDP_SUM));
+    if (timed) DDP_CHECK(ddp_backend_sync(b));
+    st->t_allreduce = ddp_time_now() - t1;
+
+    t1 = ddp_time_now();
+    if (c->clip_norm > 0.0f)
+        DDP_CHECK(ddp_clip_grad_norm(b, ddp_model_grads(t->model), t->num_params, c->clip_norm,
+                                     &st->grad_norm));
+    st->lr = ddp_schedule_lr(&c->sched, t->step);
+    DDP_CHECK(ddp_optim_step(t->optim, ddp_model_params(t->model), ddp_model_grads(t->model), st->lr));
+    if (timed) DDP_CHECK(ddp_backend_sync(b));
+    st->t_optim = ddp_time_now() - t1;
+
+    t->step++;
+    st->step = t->step;
+    st->epoch = t->epoch;
+    st->loss = -1.0;
+    if (log_step) {
+        double sums[2];
+        /* All ranks log on the same steps (log_every is in the fingerprint). */
+        DDP_CHECK(reduce_stats(t, sums));
+        st->loss = sums[0] / (double)c->global_batch;
+    }
+    st->t_step = ddp_time_now() - t0;
+    return DDP_OK;
+}
+
+ddp_status ddp_trainer_evaluate(ddp_trainer *t, double *accuracy, double *loss) {
+    size_t begin, count;
+    ddp_shard_range(t->test->n, t->rank, t->world, &begin, &count);
+    DDP_CHECK(ddp_backend_zero(t->backend, t->d_stats, 2 * sizeof(float)));
+    for (size_t i = 0; i < count; i += t->max_batch) {
+        size_t n = count - i < t->max_batch ? count - i : t->max_batch;
+        const float *x = t->d_test_x + (begin + i) * t->dim;
+        const float *logits;
+        DDP_CHECK(ddp_model_forward(t->model, x, n, &logits));
+        DDP_CHECK(ddp_backend_softmax_xent(t->backend, logits, t->d_test_y + begin + i, (int)n,
+                                           t->num_classes, 0.0f, NULL, t->d_stats));
+    }
+    double sums[2];
+    /* Every rank evaluates at the same steps; its shard may be empty but it still
+     * contributes to the sums. */
+    DDP_CHECK(reduce_stats(t, sums));
+    *accuracy = sums[1] / (double)t->test->n;
+    *loss = sums[0] / (double)t->test->n;
+    return DDP_OK;
+}
+
+ddp_status ddp_trainer_check_sync(ddp_trainer *t) {
+    DDP_CHECK(ddp_trainer_get_params(t, t->h_params));
+    uint32_t crc = ddp_crc32(0, t->h_params, t->num_params * sizeof(float));
+    uint32_t *all = calloc((size_t)t->world, sizeof *all);
+    if (!all) return DDP_FAIL(DDP_ERR_NOMEM, "out of memory");
+    ddp_status s = ddp_comm_allgather(t->ctrl, &crc, all, 1, DDP_U32);
+    int bad = -1;
+    for (int r = 1; s == DDP_OK && r < t->world; r++)
+        if (all[r] != all[0]) {
+            bad = r;
+            break;
+        }
+    uint32_t c0 = all[0], cb = bad >= 0 ? all[bad] : 0;
+    free(all);
+    DDP_CHECK(s);
+    if (bad >= 0)
+        return DDP_FAIL(DDP_ERR_MISMATCH,
+                        "parameters diverged after step %lld: rank %d's checksum %08x differs "
+                        "from rank 0's %08x (a rank computed a different update)",
+                        (long long)t->step, bad, cb, c0);
+    return DDP_OK;
+}
