@@ -2,9 +2,36 @@
  * Public comm wrappers: argument checks, then dispatch through the ops table. This thin
  * layer is also the seam where tests inject faults into the real communicator.
  */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "comm/comm_impl.h"
+
+/* Fault injection for tests: DDP_INJECT_FAULT="OP:RANK:N" makes the N-th call (1-based)
+ * of operation OP (allreduce, iallreduce, broadcast, allgather, barrier) on rank RANK
+ * fail with DDP_ERR_COMM, as a broken link would. Read once, at the first call. */
+static struct {
+    int parsed;
+    char op[32];
+    int rank;
+    long n;
+    long calls;
+} fault;
+
+static ddp_status maybe_inject(const ddp_comm *c, const char *op) {
+    if (!fault.parsed) {
+        fault.parsed = 1;
+        fault.rank = -1;
+        const char *env = getenv("DDP_INJECT_FAULT");
+        if (env && sscanf(env, "%31[a-z_]:%d:%ld", fault.op, &fault.rank, &fault.n) != 3)
+            fault.rank = -1;
+    }
+    if (fault.rank != c->rank || strcmp(op, fault.op) != 0 || c->size == 1) return DDP_OK;
+    if (++fault.calls != fault.n) return DDP_OK;
+    return DDP_FAIL(DDP_ERR_COMM, "%s: injected fault on rank %d at call %ld (DDP_INJECT_FAULT)",
+                    op, c->rank, fault.n);
+}
 
 size_t ddp_dtype_size(ddp_dtype t) {
     switch (t) {
@@ -37,6 +64,7 @@ static ddp_status check_type(ddp_dtype t) {
 
 ddp_status ddp_comm_allreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op) {
     DDP_CHECK(check_type(t));
+    DDP_CHECK(maybe_inject(c, "allreduce"));
     if (count == 0) return DDP_OK;
     DDP_CHECK(c->ops->allreduce(c, buf, count, t, op));
     return DDP_OK;
@@ -46,6 +74,7 @@ ddp_status ddp_comm_iallreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t
                                ddp_comm_req **req) {
     *req = NULL;
     DDP_CHECK(check_type(t));
+    DDP_CHECK(maybe_inject(c, "iallreduce"));
     DDP_CHECK(c->ops->iallreduce(c, buf, count, t, op, req));
     return DDP_OK;
 }
@@ -65,6 +94,7 @@ ddp_status ddp_comm_wait(ddp_comm *c, ddp_comm_req *req) {
 
 ddp_status ddp_comm_broadcast(ddp_comm *c, void *buf, size_t count, ddp_dtype t, int root) {
     DDP_CHECK(check_type(t));
+    DDP_CHECK(maybe_inject(c, "broadcast"));
     if (root < 0 || root >= c->size)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "broadcast: root %d outside [0, %d)", root, c->size);
     if (count == 0) return DDP_OK;
@@ -75,6 +105,7 @@ ddp_status ddp_comm_broadcast(ddp_comm *c, void *buf, size_t count, ddp_dtype t,
 ddp_status ddp_comm_allgather(ddp_comm *c, const void *send, void *recv, size_t count,
                               ddp_dtype t) {
     DDP_CHECK(check_type(t));
+    DDP_CHECK(maybe_inject(c, "allgather"));
     if (count == 0) return DDP_OK;
     DDP_CHECK(c->ops->allgather(c, send, recv, count, t));
     return DDP_OK;
@@ -89,6 +120,7 @@ ddp_status ddp_comm_reduce_scatter(ddp_comm *c, const void *send, void *recv, si
 }
 
 ddp_status ddp_comm_barrier(ddp_comm *c) {
+    DDP_CHECK(maybe_inject(c, "barrier"));
     DDP_CHECK(c->ops->barrier(c));
     return DDP_OK;
 }

@@ -5,6 +5,7 @@
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "ddp/core.h"
@@ -43,7 +44,10 @@ void ddp_log(ddp_log_level level, const char *fmt, ...) {
 void ddp_log_current_error(const char *what) {
     char host[256] = "?";
     gethostname(host, sizeof host - 1);
-    ddp_log(DDP_LOG_ERROR, "%s: %s (%s)\n  on %s pid %d\n  trace: %s", what,
-            ddp_error_message(), ddp_status_str(ddp_error_status()), host, (int)getpid(),
-            ddp_error_trace_str());
+    /* The trace starts with the message; what follows it are the "at file:line" frames. */
+    const char *msg = ddp_error_message(), *trace = ddp_error_trace_str();
+    size_t n = strlen(msg);
+    const char *frames = strncmp(trace, msg, n) == 0 ? trace + n : "";
+    ddp_log(DDP_LOG_ERROR, "%s: %s (%s; on %s, pid %d)%s", what, msg,
+            ddp_status_str(ddp_error_status()), host, (int)getpid(), frames);
 }

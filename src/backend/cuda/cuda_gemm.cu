@@ -25,6 +25,16 @@ __global__ static void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size
     }
 }
 
+/* C (M, N) *= beta: the product of an empty K, computed as the CPU backend does. */
+__global__ static void scale_matrix_kernel(float *C, size_t M, size_t N, size_t ldc, float beta) {
+    size_t total = M * N;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / N, c = i - r * N;
+        C[r * ldc + c] *= beta;
+    }
+}
+
 /* Makes workspace slot `slot` hold at least `bytes`. Growing is stream-ordered where the
  * device has memory pools, so no host synchronization happens even then. */
 static ddp_status workspace(ddp_cuda_backend *cb, int slot, size_t bytes, void **out) {
@@ -79,6 +89,13 @@ extern "C" ddp_status ddp_cuda_gemm(ddp_backend *b, int ta, int tb, int M, int N
                                     int ldb, float beta, float *C, int ldc) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
     if (M == 0 || N == 0) return DDP_OK;
+    if (K == 0) {
+        size_t total = (size_t)M * (size_t)N;
+        scale_matrix_kernel<<<ddp_cuda_blocks(total, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0,
+                              cb->stream>>>(C, (size_t)M, (size_t)N, (size_t)ldc, beta);
+        DDP_CUDA_CHECK_LAUNCH("scale_matrix_kernel");
+        return DDP_OK;
+    }
     cublasOperation_t op_a = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t op_b = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
 

@@ -27,10 +27,12 @@ __global__ static void sgd_kernel(float *p, const float *grad, float *buf, size_
     }
 }
 
-/* lr_wd = lr * wd; bc1 = 1 - b1^t; bc2 = 1 - b2^t (from the host, in double). */
+/* AdamW with the bias corrections folded into the step size and the denominator, as
+ * PyTorch and the CPU backend do: step = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t),
+ * lr_wd = lr * wd (all computed on the host the way the CPU backend computes them). */
 __global__ static void adamw_kernel(float *p, const float *grad, float *m, float *v, size_t n,
-                                    float lr, float b1, float b2, float eps, float lr_wd,
-                                    float bc1, float bc2) {
+                                    float b1, float b2, float eps, float lr_wd, float step,
+                                    float bc2_sqrt) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         float g = grad[i];
@@ -40,7 +42,7 @@ __global__ static void adamw_kernel(float *p, const float *grad, float *m, float
         float vi = b2 * v[i] + (1.0f - b2) * g * g;
         m[i] = mi;
         v[i] = vi;
-        pi -= lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
+        pi -= step * mi / (sqrtf(vi) / bc2_sqrt + eps);
         p[i] = pi;
     }
 }
@@ -66,10 +68,10 @@ extern "C" ddp_status ddp_cuda_adamw_step(ddp_backend *b, float *p, const float 
                         "divides by 1 - beta^t)",
                         (long long)t);
     if (n == 0) return DDP_OK;
-    float bc1 = (float)(1.0 - pow((double)b1, (double)t));
-    float bc2 = (float)(1.0 - pow((double)b2, (double)t));
+    float bc1 = 1.0f - powf(b1, (float)t);
+    float bc2_sqrt = sqrtf(1.0f - powf(b2, (float)t));
     adamw_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
-        p, g, m, v, n, lr, b1, b2, eps, lr * wd, bc1, bc2);
+        p, g, m, v, n, b1, b2, eps, lr * wd, lr / bc1, bc2_sqrt);
     DDP_CUDA_CHECK_LAUNCH("adamw_kernel");
     return DDP_OK;
 }

@@ -1,0 +1,30 @@
+/* A small synthetic classification set for training tests: class centres plus noise,
+ * generated from a seed, so every rank builds the same data without files. */
+#ifndef DDP_TEST_SYNTHETIC_H
+#define DDP_TEST_SYNTHETIC_H
+
+#include <stdlib.h>
+
+#include "ddp/data.h"
+
+static inline void synthetic_dataset(ddp_dataset *ds, size_t n, size_t dim, int classes,
+                                     uint64_t seed) {
+    ddp_rng rng;
+    ddp_rng_seed(&rng, seed, 0);
+    float *centres = malloc((size_t)classes * dim * sizeof(float));
+    for (size_t i = 0; i < (size_t)classes * dim; i++) centres[i] = ddp_rng_normal(&rng);
+    ds->n = n;
+    ds->dim = dim;
+    ds->num_classes = classes;
+    ds->x = malloc(n * dim * sizeof(float));
+    ds->y = malloc(n * sizeof(int32_t));
+    for (size_t i = 0; i < n; i++) {
+        int c = (int)ddp_rng_below(&rng, (uint64_t)classes);
+        ds->y[i] = c;
+        for (size_t j = 0; j < dim; j++)
+            ds->x[i * dim + j] = centres[(size_t)c * dim + j] + 0.8f * ddp_rng_normal(&rng);
+    }
+    free(centres);
+}
+
+#endif

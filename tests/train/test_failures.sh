@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Bad input and failures end every rank with a clear message and a non-zero exit, in
+# bounded time, with no process left behind. Drives the real ddp-train under mpirun.
+# Needs: DDP_TRAIN (path to ddp-train), MPIEXEC; Fashion-MNIST in DATA (default below).
+set -u
+TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
+MPIEXEC=${MPIEXEC:-mpirun}
+DATA=${DDP_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+TMP=$(mktemp -d /tmp/ddp-failures.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+MPI="$MPIEXEC --oversubscribe"
+fails=0 passes=0
+
+# run NAME EXPECTED_EXIT(nonzero|0|N) PATTERN -- command...: runs with a time limit and
+# checks the exit status and that the output matches PATTERN (extended regex).
+run() {
+    local name=$1 want=$2 pattern=$3
+    shift 4
+    local out="$TMP/$name.log" start end rc
+    start=$(date +%s)
+    timeout -k 5 90 "$@" >"$out" 2>&1
+    rc=$?
+    end=$(date +%s)
+    local ok=1
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        echo "FAIL $name: timed out (a rank hung)"; ok=0
+    elif [ "$want" = nonzero ] && [ "$rc" -eq 0 ]; then
+        echo "FAIL $name: exit status 0, expected failure"; ok=0
+    elif [ "$want" != nonzero ] && [ "$rc" -ne "$want" ]; then
+        echo "FAIL $name: exit status $rc, expected $want"; ok=0
+    elif ! grep -Eq -e "$pattern" "$out"; then
+        echo "FAIL $name: output does not match /$pattern/"; ok=0
+    fi
+    # No rank may outlive the job.
+    if pgrep -f "$TMP" >/dev/null; then
+        echo "FAIL $name: processes left behind"; pkill -9 -f "$TMP"; ok=0
+    fi
+    if [ $ok -eq 1 ]; then
+        echo "ok   $name (exit $rc, $((end - start)) s)"; passes=$((passes + 1))
+    else
+        sed 's/^/     | /' "$out" | tail -25; fails=$((fails + 1))
+    fi
+}
+
+if [ ! -d "$DATA" ]; then
+    echo "Fashion-MNIST not found in $DATA (apt-get install dataset-fashion-mnist)"; exit 1
+fi
+# A private copy of the data path, so pgrep can find exactly this test's processes.
+mkdir -p "$TMP/good" "$TMP/corrupt"
+cp "$DATA"/*.gz "$TMP/good/"
+cp "$DATA"/*.gz "$TMP/corrupt/"
+# Truncate the training images: valid gzip header, stream cut short.
+head -c 100000 "$DATA/train-images-idx3-ubyte.gz" >"$TMP/corrupt/train-images-idx3-ubyte.gz"
+# Labels that do not match the images in number.
+mkdir -p "$TMP/mismatch" && cp "$DATA"/*.gz "$TMP/mismatch/"
+cp "$DATA/t10k-labels-idx1-ubyte.gz" "$TMP/mismatch/train-labels-idx1-ubyte.gz"
+
+COMMON=(--steps 30 --log-every 10 --quiet)
+
+run missing_data_on_one_rank nonzero "rank 1.*($TMP/nowhere|loading the data)" -- \
+    $MPI -np 1 "$TRAIN" --data "$TMP/good" "${COMMON[@]}" : -np 1 "$TRAIN" --data "$TMP/nowhere" "${COMMON[@]}"
+run corrupt_data_on_one_rank nonzero "train-images-idx3-ubyte.gz" -- \
+    $MPI -np 1 "$TRAIN" --data "$TMP/good" "${COMMON[@]}" : -np 1 "$TRAIN" --data "$TMP/corrupt" "${COMMON[@]}"
+run label_count_mismatch nonzero "60000|10000" -- \
+    $MPI -np 2 "$TRAIN" --data "$TMP/mismatch" "${COMMON[@]}"
+run config_differs_on_one_rank nonzero "rank 1.*different configuration" -- \
+    $MPI -np 1 "$TRAIN" --data "$TMP/good" "${COMMON[@]}" : -np 1 "$TRAIN" --data "$TMP/good" --hidden 64 "${COMMON[@]}"
+run batch_not_divisible 2 "multiple of 3" -- \
+    $MPI -np 3 "$TRAIN" --data "$TMP/good" --batch 100 "${COMMON[@]}"
+run accum_not_dividing 2 "--accum 5 does not divide" -- \
+    $MPI -np 2 "$TRAIN" --data "$TMP/good" --batch 128 --accum 5 "${COMMON[@]}"
+run unknown_option 2 "unknown option '--bogus'" -- \
+    $MPI -np 2 "$TRAIN" --data "$TMP/good" --bogus "${COMMON[@]}"
+run bad_number 2 "--lr 'fast'" -- \
+    $MPI -np 2 "$TRAIN" --data "$TMP/good" --lr fast "${COMMON[@]}"
+run bad_option_on_one_rank 2 "rank 1" -- \
+    $MPI -np 1 "$TRAIN" --data "$TMP/good" "${COMMON[@]}" : -np 1 "$TRAIN" --data "$TMP/good" --batch 0 "${COMMON[@]}"
+run comm_failure_mid_training nonzero "injected fault.*|aborting all" -- \
+    env DDP_INJECT_FAULT=allreduce:1:40 $MPI -np 2 "$TRAIN" --data "$TMP/good" --steps 2000 --quiet
+run cuda_without_gpu_or_build nonzero "cuda|CUDA|GPU" -- \
+    $MPI -np 1 "$TRAIN" --data "$TMP/good" --device cuda "${COMMON[@]}"
+run metrics_to_unwritable_path nonzero "metrics" -- \
+    $MPI -np 2 "$TRAIN" --data "$TMP/good" --metrics /nonexistent-dir/m.json "${COMMON[@]}"
+run help_exits_zero 0 "--micro-batch" -- "$TRAIN" --help
+
+echo "$passes passed, $fails failed"
+[ "$fails" -eq 0 ]
