@@ -93,6 +93,10 @@ ddp_status ddp_backend_gather_rows(ddp_backend *b, void *dst, const void *src,
                                    const int32_t *idx, size_t n, size_t row_bytes);
 /* x *= alpha. */
 ddp_status ddp_backend_scale(ddp_backend *b, float *x, size_t n, float alpha);
+/* Round fp32 to bf16 (nearest even; NaN stays NaN) and back, n elements. For
+ * reduced-precision gradient communication. */
+ddp_status ddp_backend_f32_to_bf16(ddp_backend *b, const float *x, uint16_t *y, size_t n);
+ddp_status ddp_backend_bf16_to_f32(ddp_backend *b, const uint16_t *x, float *y, size_t n);
 /* Sum of squares of x into a host double (synchronizes). Non-finite values propagate. */
 ddp_status ddp_backend_sumsq(ddp_backend *b, const float *x, size_t n, double *out);
 

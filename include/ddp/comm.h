@@ -31,6 +31,8 @@ typedef struct ddp_comm_req ddp_comm_req;
  * offered) if nobody has yet. Call once at program start, before any comm is created.
  * Returns the thread level obtained in *thread_level (may be NULL). Not collective. */
 ddp_status ddp_mpi_init(int *argc, char ***argv, int *thread_level);
+/* Nonzero when MPI runs with MPI_THREAD_MULTIPLE (any thread may call it). */
+int ddp_mpi_thread_multiple(void);
 /* Finalizes MPI if ddp_mpi_init initialized it. COLLECTIVE. */
 void ddp_mpi_finalize(void);
 

@@ -111,6 +111,25 @@ float ddp_rng_normal(ddp_rng *rng);
 /* Seconds on a monotonic clock. */
 double ddp_time_now(void);
 
+/* ---- tracing ---------------------------------------------------------------------- */
+
+/* Chrome trace-event output (opens in Perfetto or chrome://tracing): one JSON file per
+ * rank with complete ("X") events, pid = rank, tid = thread. While no trace is open the
+ * calls below cost one branch. Times are host times: on a GPU they show when work was
+ * queued unless the caller synchronizes. */
+ddp_status ddp_trace_open(const char *path, int rank);
+ddp_status ddp_trace_close(void);
+int ddp_trace_enabled(void);
+/* Names this thread's track (tid 0 is the main thread). */
+void ddp_trace_thread(int tid, const char *name);
+/* Nested spans on this thread; name and cat must outlive the span (string literals or
+ * stable storage). */
+ddp_status ddp_trace_begin(const char *name, const char *cat);
+ddp_status ddp_trace_end(void);
+/* A span with explicit times (ddp_time_now seconds) on track tid (-1: this thread's). */
+ddp_status ddp_trace_span(const char *name, const char *cat, double t_start, double t_end,
+                          int tid);
+
 /* ---- checksums -------------------------------------------------------------------- */
 
 /* CRC-32 (zlib) of a byte range, continuing from `crc` (start with 0). */

@@ -12,12 +12,17 @@
 #include "ddp/data.h"
 #include "ddp/model.h"
 #include "ddp/optim.h"
+#include "ddp/reducer.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 #define DDP_PATH_MAX 1024
+
+/* What a step does when the loss or the averaged gradients are NaN or infinite. Every
+ * rank sees the same averaged gradients, so all ranks decide alike. */
+enum { DDP_NONFINITE_ABORT = 0, DDP_NONFINITE_SKIP = 1 };
 
 typedef struct {
     /* model */
@@ -43,12 +48,18 @@ typedef struct {
     ddp_comm_kind comm;
     ddp_math math;
     int threads;        /* BLAS threads per rank; 0 = cores / local ranks */
+    /* gradient communication */
+    ddp_reducer_options reducer;
+    int on_nonfinite;   /* DDP_NONFINITE_ABORT or DDP_NONFINITE_SKIP */
     /* output */
     int log_every;      /* steps between progress lines and metrics records */
     int eval_every;     /* steps between evaluations; 0 = end of each epoch */
     int check_sync;     /* steps between bitwise parameter checks; 0 = never */
     char metrics_path[DDP_PATH_MAX];
+    char trace_path[DDP_PATH_MAX]; /* Chrome trace events, one file per rank */
     int quiet;          /* no progress lines */
+    /* failure detection (per rank; not part of the fingerprint) */
+    float timeout_s;    /* a collective blocked this long ends the job (--timeout); 0 = never */
 } ddp_train_config;
 
 void ddp_train_config_defaults(ddp_train_config *cfg);
@@ -68,6 +79,8 @@ typedef struct {
     double loss;          /* mean training loss over the global batch */
     double grad_norm;     /* before clipping; 0 when clipping is off */
     double t_forward, t_backward, t_allreduce, t_optim, t_step; /* seconds */
+    double t_exposed;     /* part of the all-reduce time not hidden behind backward */
+    int skipped;          /* the update was skipped: non-finite gradients */
 } ddp_step_stats;
 
 typedef struct ddp_trainer ddp_trainer;

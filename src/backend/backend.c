@@ -112,6 +112,16 @@ ddp_status ddp_backend_scale(ddp_backend *b, float *x, size_t n, float alpha) {
     return b->ops->scale(b, x, n, alpha);
 }
 
+ddp_status ddp_backend_f32_to_bf16(ddp_backend *b, const float *x, uint16_t *y, size_t n) {
+    if (n == 0) return DDP_OK;
+    return b->ops->f32_to_bf16(b, x, y, n);
+}
+
+ddp_status ddp_backend_bf16_to_f32(ddp_backend *b, const uint16_t *x, float *y, size_t n) {
+    if (n == 0) return DDP_OK;
+    return b->ops->bf16_to_f32(b, x, y, n);
+}
+
 ddp_status ddp_backend_sumsq(ddp_backend *b, const float *x, size_t n, double *out) {
     *out = 0.0;
     if (n == 0) return DDP_OK;

@@ -153,6 +153,26 @@ static ddp_status cpu_scale(ddp_backend *b, float *x, size_t n, float alpha) {
     return DDP_OK;
 }
 
+static ddp_status cpu_f32_to_bf16(ddp_backend *b, const float *x, uint16_t *y, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        if ((u & 0x7fffffffu) > 0x7f800000u)
+            y[i] = (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+        else
+            y[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+    return DDP_OK;
+}
+
+static ddp_status cpu_bf16_to_f32(ddp_backend *b, const uint16_t *x, float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)x[i] << 16;
+        memcpy(&y[i], &u, 4);
+    }
+    return DDP_OK;
+}
+
 static ddp_status cpu_sumsq(ddp_backend *b, const float *x, size_t n, double *out) {
     double s = 0.0;
     for (size_t i = 0; i < n; i++) s += (double)x[i] * (double)x[i];
@@ -207,6 +227,8 @@ static const ddp_backend_ops cpu_ops = {
     .softmax_xent = cpu_softmax_xent,
     .gather_rows = cpu_gather_rows,
     .scale = cpu_scale,
+    .f32_to_bf16 = cpu_f32_to_bf16,
+    .bf16_to_f32 = cpu_bf16_to_f32,
     .sumsq = cpu_sumsq,
     .sgd_step = cpu_sgd_step,
     .adamw_step = cpu_adamw_step,

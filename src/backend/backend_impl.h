@@ -34,6 +34,8 @@ typedef struct {
     ddp_status (*gather_rows)(ddp_backend *b, void *dst, const void *src, const int32_t *idx,
                               size_t n, size_t row_bytes);
     ddp_status (*scale)(ddp_backend *b, float *x, size_t n, float alpha);
+    ddp_status (*f32_to_bf16)(ddp_backend *b, const float *x, uint16_t *y, size_t n);
+    ddp_status (*bf16_to_f32)(ddp_backend *b, const uint16_t *x, float *y, size_t n);
     ddp_status (*sumsq)(ddp_backend *b, const float *x, size_t n, double *out);
     ddp_status (*sgd_step)(ddp_backend *b, float *p, const float *g, float *buf, size_t n,
                            float lr, float momentum, float wd, int nesterov, int first);

@@ -118,6 +118,16 @@ int main(int argc, char **argv) {
         goto done;
     }
 
+    if (cfg->trace_path[0]) {
+        /* One file per rank: FILE itself for a single rank, else FILE.rankN.json. */
+        char path[DDP_PATH_MAX + 32];
+        if (world == 1)
+            snprintf(path, sizeof path, "%s", cfg->trace_path);
+        else
+            snprintf(path, sizeof path, "%s.rank%d.json", cfg->trace_path, rank);
+        s = ddp_trace_open(path, rank);
+        if (!phase_ok(ctrl, s, "opening the trace")) goto done;
+    }
     double accuracy = -1.0;
     s = ddp_trainer_run(trainer, &accuracy);
     if (s != DDP_OK) {
@@ -127,6 +137,7 @@ int main(int argc, char **argv) {
         ddp_comm_abort(ctrl, 1);
     }
     if (accuracy >= 0.0) ddp_log_info("final test accuracy %.4f", accuracy);
+    if (s == DDP_OK) s = ddp_trace_close();
     if (opt.dump_params[0] && rank == 0) {
         s = dump_params(trainer, opt.dump_params);
         if (s != DDP_OK) ddp_log_current_error("writing parameters");

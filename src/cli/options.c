@@ -15,7 +15,9 @@ enum {
     OPT_OPTIM, OPT_LR, OPT_MIN_LR, OPT_MOMENTUM, OPT_NESTEROV, OPT_BETA1, OPT_BETA2, OPT_EPS,
     OPT_WD, OPT_SCHEDULE, OPT_WARMUP, OPT_CLIP, OPT_SEED, OPT_NO_SHUFFLE, OPT_DEVICE, OPT_COMM,
     OPT_PRECISION, OPT_THREADS, OPT_LOG_EVERY, OPT_EVAL_EVERY, OPT_CHECK_SYNC, OPT_METRICS,
-    OPT_QUIET, OPT_DUMP_PARAMS, OPT_HELP, OPT_VERSION,
+    OPT_QUIET, OPT_DUMP_PARAMS, OPT_HELP, OPT_VERSION, OPT_BUCKET_MB, OPT_FIRST_BUCKET_MB,
+    OPT_GRAD_DTYPE, OPT_NO_OVERLAP, OPT_PROGRESS, OPT_ON_NONFINITE, OPT_TRACE,
+    OPT_TIMEOUT,
 };
 
 static const struct option long_options[] = {
@@ -51,6 +53,14 @@ static const struct option long_options[] = {
     {"metrics", required_argument, 0, OPT_METRICS},
     {"quiet", no_argument, 0, OPT_QUIET},
     {"dump-params", required_argument, 0, OPT_DUMP_PARAMS},
+    {"bucket-mb", required_argument, 0, OPT_BUCKET_MB},
+    {"first-bucket-mb", required_argument, 0, OPT_FIRST_BUCKET_MB},
+    {"grad-dtype", required_argument, 0, OPT_GRAD_DTYPE},
+    {"no-overlap", no_argument, 0, OPT_NO_OVERLAP},
+    {"progress", required_argument, 0, OPT_PROGRESS},
+    {"on-nonfinite", required_argument, 0, OPT_ON_NONFINITE},
+    {"trace", required_argument, 0, OPT_TRACE},
+    {"timeout", required_argument, 0, OPT_TIMEOUT},
     {"help", no_argument, 0, OPT_HELP},
     {"version", no_argument, 0, OPT_VERSION},
     {0, 0, 0, 0},
@@ -88,6 +98,13 @@ void ddp_cli_usage(FILE *f, const char *prog) {
             "  --comm auto|nccl|mpi       gradient all-reduce (default auto: NCCL on GPUs)\n"
             "  --precision fp32|tf32|bf16 matrix-product precision (default fp32)\n"
             "  --threads N           BLAS threads per rank (default: cores / ranks on the node)\n"
+            "Gradient communication\n"
+            "  --bucket-mb MB        gradient bucket size (default 25)\n"
+            "  --first-bucket-mb MB  the first, last-layer bucket (default 1): starts comm early\n"
+            "  --grad-dtype fp32|bf16  all-reduce precision (default fp32; bf16 halves traffic)\n"
+            "  --no-overlap          one all-reduce after backward instead of buckets during it\n"
+            "  --progress auto|thread|test  how MPI buckets progress during backward\n"
+            "  --on-nonfinite abort|skip    NaN/inf gradients: stop (default) or skip the step\n"
             "Output\n"
             "  --log-every N         steps between progress lines (default 50)\n"
             "  --eval-every N        steps between test evaluations (default: each epoch)\n"
@@ -95,6 +112,10 @@ void ddp_cli_usage(FILE *f, const char *prog) {
             "  --metrics FILE        one JSON object per logged step (rank 0)\n"
             "  --dump-params FILE    write the final parameters as raw float32 (rank 0)\n"
             "  --quiet               no progress lines\n"
+            "  --trace FILE          Chrome trace events (Perfetto); FILE.rankN.json per rank\n"
+            "Failure detection\n"
+            "  --timeout SECONDS     end the whole job when a collective waits this long for\n"
+            "                        a rank that died or hangs (default 300; 0 = never)\n"
             "  --help, --version\n",
             prog);
 }
@@ -228,7 +249,40 @@ static ddp_status apply(int code, const char *name, const char *arg, ddp_cli_opt
     case OPT_CHECK_SYNC: return parse_int(name, arg, 1, 1 << 30, &c->check_sync);
     case OPT_METRICS: return copy_path(name, arg, c->metrics_path);
     case OPT_QUIET: c->quiet = 1; return DDP_OK;
+    case OPT_TIMEOUT: return parse_float(name, arg, 0.0, 1e6, &c->timeout_s);
     case OPT_DUMP_PARAMS: return copy_path(name, arg, o->dump_params);
+    case OPT_BUCKET_MB:
+    case OPT_FIRST_BUCKET_MB: {
+        float mb;
+        DDP_CHECK(parse_float(name, arg, 1e-6, 1e5, &mb));
+        size_t bytes = (size_t)((double)mb * 1048576.0);
+        if (bytes < sizeof(float)) bytes = sizeof(float);
+        if (code == OPT_BUCKET_MB)
+            c->reducer.bucket_bytes = bytes;
+        else
+            c->reducer.first_bucket_bytes = bytes;
+        return DDP_OK;
+    }
+    case OPT_GRAD_DTYPE: {
+        static const char *const dtypes[] = {"fp32", "bf16"};
+        DDP_CHECK(parse_choice(name, arg, dtypes, 2, &i));
+        c->reducer.grad_dtype = i ? DDP_BF16 : DDP_F32;
+        return DDP_OK;
+    }
+    case OPT_NO_OVERLAP: c->reducer.overlap = 0; return DDP_OK;
+    case OPT_PROGRESS: {
+        static const char *const modes[] = {"auto", "thread", "test"};
+        DDP_CHECK(parse_choice(name, arg, modes, 3, &i));
+        c->reducer.progress = (ddp_progress)i;
+        return DDP_OK;
+    }
+    case OPT_ON_NONFINITE: {
+        static const char *const policies[] = {"abort", "skip"};
+        DDP_CHECK(parse_choice(name, arg, policies, 2, &i));
+        c->on_nonfinite = i;
+        return DDP_OK;
+    }
+    case OPT_TRACE: return copy_path(name, arg, c->trace_path);
     case OPT_HELP: o->help = 1; return DDP_OK;
     case OPT_VERSION: o->version = 1; return DDP_OK;
     }

@@ -33,6 +33,13 @@ ddp_status ddp_mpi_init(int *argc, char ***argv, int *thread_level) {
     return DDP_OK;
 }
 
+int ddp_mpi_thread_multiple(void) {
+    int inited = 0, level = MPI_THREAD_SINGLE;
+    MPI_Initialized(&inited);
+    if (inited) MPI_Query_thread(&level);
+    return level == MPI_THREAD_MULTIPLE;
+}
+
 void ddp_mpi_finalize(void) {
     int finalized = 0;
     MPI_Finalized(&finalized);

@@ -71,6 +71,7 @@ ddp_status ddp_model_create_mlp(ddp_backend *b, const ddp_mlp_spec *spec, size_t
     for (int i = 0; i + 1 < nd; i++) {
         ddp_layer *l = &m->layers[m->n_layers++];
         ddp_layer_linear(l, dims[i], dims[i + 1]);
+        snprintf(l->name, sizeof l->name, "fc%d", i);
         l->param_offset = offset;
         char name[40];
         snprintf(name, sizeof name, "fc%d.weight", i);
@@ -79,7 +80,11 @@ ddp_status ddp_model_create_mlp(ddp_backend *b, const ddp_mlp_spec *spec, size_t
         add_view(m, name, offset + dims[i + 1] * dims[i], dims[i + 1], 0);
         offset += l->param_count;
         m->flops += 2.0 * (double)dims[i] * (double)dims[i + 1];
-        if (i + 2 < nd) ddp_layer_activation(&m->layers[m->n_layers++], spec->act, dims[i + 1]);
+        if (i + 2 < nd) {
+            ddp_layer *a = &m->layers[m->n_layers++];
+            ddp_layer_activation(a, spec->act, dims[i + 1]);
+            snprintf(a->name, sizeof a->name, "%s%d", spec->act == DDP_ACT_GELU ? "gelu" : "relu", i);
+        }
         off += snprintf(m->describe + off, sizeof m->describe - (size_t)off, "%zu-", dims[i]);
     }
     for (int i = 0; i < nd; i++)
@@ -171,7 +176,9 @@ ddp_status ddp_model_forward(ddp_model *m, const float *x, size_t n, const float
     m->acts[0] = x;
     for (int i = 0; i < m->n_layers; i++) {
         ddp_layer *l = &m->layers[i];
+        DDP_CHECK(ddp_trace_begin(l->name, "forward"));
         DDP_CHECK(l->ops->forward(l, m->backend, m->acts[i], m->act_mem[i], n));
+        DDP_CHECK(ddp_trace_end());
     }
     *logits = m->acts[m->n_layers];
     return DDP_OK;
@@ -185,8 +192,10 @@ ddp_status ddp_model_backward(ddp_model *m, const float *dlogits, size_t n,
         ddp_layer *l = &m->layers[i];
         /* The first layer's input gradient is never needed. */
         float *dx = i > 0 ? m->scratch[i & 1] : NULL;
+        DDP_CHECK(ddp_trace_begin(l->name, "backward"));
         DDP_CHECK(l->ops->backward(l, m->backend, m->acts[i], m->acts[i + 1], dy, dx, n, ready,
                                    ctx));
+        DDP_CHECK(ddp_trace_end());
         dy = dx;
     }
     return DDP_OK;

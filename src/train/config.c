@@ -37,9 +37,16 @@ void ddp_train_config_defaults(ddp_train_config *cfg) {
     cfg->comm = DDP_COMM_AUTO;
     cfg->math = DDP_MATH_FP32;
     cfg->threads = 0;
+    cfg->reducer.bucket_bytes = 25u << 20;
+    cfg->reducer.first_bucket_bytes = 1u << 20;
+    cfg->reducer.grad_dtype = DDP_F32;
+    cfg->reducer.overlap = 1;
+    cfg->reducer.progress = DDP_PROGRESS_AUTO;
+    cfg->on_nonfinite = DDP_NONFINITE_ABORT;
     cfg->log_every = 50;
     cfg->eval_every = 0;
     cfg->check_sync = 0;
+    cfg->timeout_s = 300.0f;
 }
 
 /* Divisors of n near `want`, for messages that say which numbers would work. */
@@ -138,6 +145,10 @@ size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t
      * must agree too or ranks would wait in different collectives. */
     PUT(" device=%d comm=%d math=%d log_every=%d eval_every=%d check_sync=%d", (int)cfg->device,
         (int)cfg->comm, (int)cfg->math, cfg->log_every, cfg->eval_every, cfg->check_sync);
+    /* The buckets decide which all-reduces run, in which order and with which type. */
+    PUT(" bucket=%zu first_bucket=%zu grad_dtype=%d overlap=%d progress=%d nonfinite=%d",
+        cfg->reducer.bucket_bytes, cfg->reducer.first_bucket_bytes, (int)cfg->reducer.grad_dtype,
+        cfg->reducer.overlap, (int)cfg->reducer.progress, cfg->on_nonfinite);
 #undef PUT
     return (size_t)n < cap ? (size_t)n : cap - 1;
 }

@@ -25,7 +25,9 @@ static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, double
                           st->t_forward, "t_backward", st->t_backward, "t_allreduce",
                           st->t_allreduce, "t_optim", st->t_optim, "t_step", st->t_step);
     if (!o) return DDP_FAIL(DDP_ERR_INTERNAL, "metrics: could not build the JSON record");
-    if (t->cfg.clip_norm > 0.0f) json_object_set_new(o, "grad_norm", json_real(st->grad_norm));
+    json_object_set_new(o, "t_exposed_comm", json_real(st->t_exposed));
+    json_object_set_new(o, "grad_norm", json_real(st->grad_norm));
+    if (t->skipped_steps > 0) json_object_set_new(o, "skipped_steps", json_integer(t->skipped_steps));
     if (accuracy >= 0.0) json_object_set_new(o, "test_accuracy", json_real(accuracy));
     int rc = json_dumpf(o, t->metrics, JSON_COMPACT | JSON_REAL_PRECISION(7));
     json_decref(o);

@@ -2,6 +2,7 @@
  * The trainer: set-up (model, optimizer, sampler, data on the device, the check that
  * all ranks agree), one training step, evaluation, and the parameter sync check.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,6 +82,15 @@ static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
     DDP_CHECK(ddp_model_init_params(t->model, t->cfg.seed));
     t->num_params = ddp_model_num_params(t->model);
     DDP_CHECK(ddp_optim_create(b, &t->cfg.optim, t->num_params, &t->optim));
+    /* Buckets are cut only on tensor boundaries (the model's named views). */
+    int nv = ddp_model_num_views(t->model);
+    size_t *bounds = malloc((size_t)nv * sizeof *bounds);
+    if (!bounds) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
+    for (int i = 0; i < nv; i++) bounds[i] = ddp_model_view(t->model, i)->offset;
+    ddp_status rs = ddp_reducer_create(t->comm, b, ddp_model_grads(t->model), t->num_params,
+                                       bounds, nv, &t->cfg.reducer, &t->reducer);
+    free(bounds);
+    DDP_CHECK(rs);
 
     t->owns_device_data = !ddp_backend_is_host(b);
     DDP_CHECK(upload(t, train->x, train->n * t->dim * sizeof(float), (void **)&t->d_train_x));
@@ -152,6 +162,7 @@ void ddp_trainer_free(ddp_trainer *t) {
     ddp_backend_dealloc(b, t->d_stats);
     free(t->h_idx);
     free(t->h_params);
+    ddp_reducer_free(t->reducer);
     ddp_optim_free(t->optim);
     ddp_model_free(t->model);
     ddp_sampler_free(&t->sampler);
@@ -184,6 +195,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     const ddp_train_config *c = &t->cfg;
     size_t micro = c->micro_batch;
     float grad_scale = 1.0f / (float)c->global_batch;
+    float *grads = ddp_model_grads(t->model);
     memset(st, 0, sizeof *st);
     /* Phase timings need the device to be idle at the boundaries; on the CPU that is
      * free, on a GPU it costs syncs, so only the logged steps pay for it there. */
@@ -198,7 +210,9 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     DDP_CHECK(ddp_backend_zero(b, t->d_stats, 2 * sizeof(float)));
     for (int k = 0; k < c->accum; k++) {
         const int32_t *idx = t->d_idx + (size_t)k * micro;
+        int last = k == c->accum - 1;
         t1 = ddp_time_now();
+        DDP_CHECK(ddp_trace_begin("forward", "compute"));
         DDP_CHECK(ddp_backend_gather_rows(b, t->d_x, t->d_train_x, idx, micro, t->dim * sizeof(float)));
         DDP_CHECK(ddp_backend_gather_rows(b, t->d_y, t->d_train_y, idx, micro, sizeof(int32_t)));
         const float *logits;
@@ -208,25 +222,49 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         DDP_CHECK(ddp_backend_softmax_xent(b, logits, t->d_y, (int)micro, t->num_classes,
                                            grad_scale, t->d_dlogits, t->d_stats));
         if (timed) DDP_CHECK(ddp_backend_sync(b));
+        DDP_CHECK(ddp_trace_end());
         st->t_forward += ddp_time_now() - t1;
         t1 = ddp_time_now();
-        DDP_CHECK(ddp_model_backward(t->model, t->d_dlogits, micro, NULL, NULL));
+        DDP_CHECK(ddp_trace_begin("backward", "compute"));
+        /* Only the last micro-batch communicates: its backward hands each bucket to the
+         * reducer as soon as the bucket's gradients are final. */
+        if (last) DDP_CHECK(ddp_reducer_begin(t->reducer));
+        DDP_CHECK(ddp_model_backward(t->model, t->d_dlogits, micro, last ? ddp_reducer_ready : NULL,
+                                     last ? t->reducer : NULL));
         if (timed) DDP_CHECK(ddp_backend_sync(b));
+        DDP_CHECK(ddp_trace_end());
         st->t_backward += ddp_time_now() - t1;
     }
-    t1 = ddp_time_now();
-    /* Every rank reaches this all-reduce once per step, after its last micro-batch. */
-    DDP_CHECK(ddp_comm_allreduce(t->comm, ddp_model_grads(t->model), t->num_params, DDP_F32, DDP_SUM));
+    ddp_reducer_stats rs;
+    /* Every rank reaches this once per step, after its last micro-batch. */
+    DDP_CHECK(ddp_trace_begin("allreduce wait", "comm"));
+    DDP_CHECK(ddp_reducer_finish(t->reducer, &rs));
     if (timed) DDP_CHECK(ddp_backend_sync(b));
-    st->t_allreduce = ddp_time_now() - t1;
+    DDP_CHECK(ddp_trace_end());
+    st->t_allreduce = rs.t_comm;
+    st->t_exposed = rs.t_exposed;
 
     t1 = ddp_time_now();
-    if (c->clip_norm > 0.0f)
-        DDP_CHECK(ddp_clip_grad_norm(b, ddp_model_grads(t->model), t->num_params, c->clip_norm,
-                                     &st->grad_norm));
+    DDP_CHECK(ddp_trace_begin("optimizer", "compute"));
+    /* The averaged gradients are identical on every rank, so every rank reaches the
+     * same verdict on them without communicating. */
+    DDP_CHECK(ddp_clip_grad_norm(b, grads, t->num_params, c->clip_norm, &st->grad_norm));
     st->lr = ddp_schedule_lr(&c->sched, t->step);
-    DDP_CHECK(ddp_optim_step(t->optim, ddp_model_params(t->model), ddp_model_grads(t->model), st->lr));
+    if (!isfinite(st->grad_norm)) {
+        if (c->on_nonfinite == DDP_NONFINITE_ABORT)
+            return DDP_FAIL(DDP_ERR_NONFINITE,
+                            "step %lld: the averaged gradients are not finite (NaN or inf); lower "
+                            "--lr, add --clip, or pass --on-nonfinite skip to skip such steps",
+                            (long long)t->step + 1);
+        st->skipped = 1;
+        t->skipped_steps++;
+        ddp_log_warn("step %lld: non-finite gradients, update skipped (%lld so far)",
+                     (long long)t->step + 1, (long long)t->skipped_steps);
+    } else {
+        DDP_CHECK(ddp_optim_step(t->optim, ddp_model_params(t->model), grads, st->lr));
+    }
     if (timed) DDP_CHECK(ddp_backend_sync(b));
+    DDP_CHECK(ddp_trace_end());
     st->t_optim = ddp_time_now() - t1;
 
     t->step++;

@@ -16,6 +16,8 @@ struct ddp_trainer {
     ddp_model *model;
     ddp_optim *optim;
     ddp_sampler sampler;
+    ddp_reducer *reducer;
+    int64_t skipped_steps; /* updates skipped for non-finite gradients */
     size_t num_params;
     int num_classes;
     size_t dim;

@@ -1,0 +1,71 @@
+/*
+ * reducer: averages the flat gradient buffer over all ranks, overlapping communication
+ * with the backward pass.
+ *
+ * The buffer is cut into buckets in reverse layer order (the last layers' gradients are
+ * final first, and they sit at the end of the buffer): a small first bucket so that
+ * communication starts early, then buckets of about bucket_bytes, with boundaries on
+ * tensor boundaries. During the backward of the last micro-batch the model reports each
+ * layer's gradients as final; the reducer starts the all-reduce of every bucket whose
+ * elements are all final, while earlier layers still compute. finish() waits for all.
+ *
+ * Progress. An MPI non-blocking collective moves only while some thread is inside MPI.
+ * DDP_PROGRESS_THREAD runs each bucket's blocking all-reduce on a communication thread
+ * (needs MPI_THREAD_MULTIPLE); DDP_PROGRESS_TEST starts non-blocking all-reduces and
+ * tests them between layers (what NCCL needs anyway: its work runs on the GPU).
+ */
+#ifndef DDP_REDUCER_H
+#define DDP_REDUCER_H
+
+#include "ddp/backend.h"
+#include "ddp/comm.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { DDP_PROGRESS_AUTO = 0, DDP_PROGRESS_THREAD, DDP_PROGRESS_TEST } ddp_progress;
+
+typedef struct {
+    size_t bucket_bytes;       /* of fp32 gradients per bucket (default 25 MB) */
+    size_t first_bucket_bytes; /* the first (last-layer) bucket (default 1 MB) */
+    ddp_dtype grad_dtype;      /* DDP_F32, or DDP_BF16 to halve the bytes sent */
+    int overlap;               /* 0: one all-reduce of the whole buffer after backward */
+    ddp_progress progress;
+} ddp_reducer_options;
+
+typedef struct {
+    double t_comm;    /* seconds the buckets' all-reduces took, summed */
+    double t_exposed; /* seconds finish() waited: communication not hidden by backward */
+    int n_buckets;
+} ddp_reducer_stats;
+
+typedef struct ddp_reducer ddp_reducer;
+
+/* boundaries: offsets (elements, ascending) where tensors start; buckets are cut only
+ * there. Not collective. */
+ddp_status ddp_reducer_create(ddp_comm *comm, ddp_backend *b, float *grads, size_t n,
+                              const size_t *boundaries, int n_boundaries,
+                              const ddp_reducer_options *opt, ddp_reducer **out);
+void ddp_reducer_free(ddp_reducer *r);
+
+/* Starts a communicating backward pass. */
+ddp_status ddp_reducer_begin(ddp_reducer *r);
+/* A ddp_grad_ready_fn (ctx = the reducer): gradients [offset, offset + count) are final.
+ * Starts the all-reduce of each bucket that became complete. COLLECTIVE in effect: all
+ * ranks report the same layers in the same order. */
+ddp_status ddp_reducer_ready(void *reducer, size_t offset, size_t count);
+/* Starts what is left, waits for every bucket; afterwards the buffer holds the sum over
+ * ranks (callers scale by 1/global batch beforehand). COLLECTIVE. */
+ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats);
+
+int ddp_reducer_num_buckets(const ddp_reducer *r);
+/* Element range [*begin, *end) of bucket i (bucket 0 is at the end of the buffer). */
+void ddp_reducer_bucket(const ddp_reducer *r, int i, size_t *begin, size_t *end);
+/* The progress mode in use (AUTO resolved). */
+ddp_progress ddp_reducer_progress(const ddp_reducer *r);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,319 @@
+/*
+ * The gradient reducer: buckets over the flat gradient buffer, launched as they become
+ * ready during backward, with real progress for MPI (a communication thread, or tests
+ * between layers) and timing of the communication that backward did not hide.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ddp/reducer.h"
+
+typedef struct {
+    size_t begin, end; /* elements */
+    ddp_comm_req *req; /* DDP_PROGRESS_TEST: the request (NULL if complete at once) */
+    int in_flight;     /* DDP_PROGRESS_TEST: started, not yet completed */
+    double t_start, t_end;
+} bucket;
+
+struct ddp_reducer {
+    ddp_comm *comm;
+    ddp_backend *backend;
+    float *grads;
+    size_t n;
+    ddp_reducer_options opt;
+    int n_buckets;
+    bucket *buckets;
+    uint16_t *wire; /* bf16 copy of the gradients (device), when grad_dtype is BF16 */
+    /* per backward pass */
+    size_t ready_from; /* [ready_from, n) is final */
+    int launched;      /* buckets [0, launched) have been started */
+    /* communication thread (DDP_PROGRESS_THREAD) */
+    pthread_t thread;
+    int thread_running;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int queued;        /* buckets [0, queued) handed to the thread */
+    int done;          /* buckets [0, done) complete */
+    int stop;
+    ddp_status thread_status;
+    char thread_msg[1024];
+};
+
+/* ---- one bucket's all-reduce ------------------------------------------------------- */
+
+/* Blocking all-reduce of bucket i, converting to and from bf16 when asked. Called by
+ * the communication thread, or by finish() without overlap. */
+static ddp_status reduce_bucket_blocking(ddp_reducer *r, int i) {
+    bucket *bk = &r->buckets[i];
+    size_t count = bk->end - bk->begin;
+    float *g = r->grads + bk->begin;
+    if (r->opt.grad_dtype == DDP_BF16) {
+        uint16_t *w = r->wire + bk->begin;
+        DDP_CHECK(ddp_backend_f32_to_bf16(r->backend, g, w, count));
+        DDP_CHECK(ddp_comm_allreduce(r->comm, w, count, DDP_BF16, DDP_SUM));
+        DDP_CHECK(ddp_backend_bf16_to_f32(r->backend, w, g, count));
+    } else {
+        DDP_CHECK(ddp_comm_allreduce(r->comm, g, count, DDP_F32, DDP_SUM));
+    }
+    return DDP_OK;
+}
+
+static ddp_status start_bucket_nonblocking(ddp_reducer *r, int i) {
+    bucket *bk = &r->buckets[i];
+    size_t count = bk->end - bk->begin;
+    bk->t_start = ddp_time_now();
+    bk->t_end = bk->t_start - 1.0; /* not yet seen complete */
+    if (r->opt.grad_dtype == DDP_BF16) {
+        uint16_t *w = r->wire + bk->begin;
+        DDP_CHECK(ddp_backend_f32_to_bf16(r->backend, r->grads + bk->begin, w, count));
+        DDP_CHECK(ddp_comm_iallreduce(r->comm, w, count, DDP_BF16, DDP_SUM, &bk->req));
+    } else {
+        DDP_CHECK(ddp_comm_iallreduce(r->comm, r->grads + bk->begin, count, DDP_F32, DDP_SUM,
+                                      &bk->req));
+    }
+    bk->in_flight = 1;
+    return DDP_OK;
+}
+
+static ddp_status complete_bucket_nonblocking(ddp_reducer *r, int i) {
+    bucket *bk = &r->buckets[i];
+    ddp_comm_req *req = bk->req;
+    bk->req = NULL;
+    bk->in_flight = 0;
+    DDP_CHECK(ddp_comm_wait(r->comm, req));
+    if (r->opt.grad_dtype == DDP_BF16)
+        DDP_CHECK(ddp_backend_bf16_to_f32(r->backend, r->wire + bk->begin, r->grads + bk->begin,
+                                          bk->end - bk->begin));
+    bk->t_end = ddp_time_now();
+    return DDP_OK;
+}
+
+/* ---- the communication thread ------------------------------------------------------ */
+
+static void *comm_thread(void *arg) {
+    ddp_reducer *r = arg;
+    ddp_trace_thread(1, "comm");
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        while (!r->stop && r->done == r->queued) pthread_cond_wait(&r->cv, &r->mu);
+        if (r->stop) break;
+        int i = r->done;
+        pthread_mutex_unlock(&r->mu);
+        r->buckets[i].t_start = ddp_time_now();
+        ddp_status s = r->thread_status == DDP_OK ? reduce_bucket_blocking(r, i) : DDP_OK;
+        r->buckets[i].t_end = ddp_time_now();
+        ddp_trace_span("allreduce bucket", "comm", r->buckets[i].t_start, r->buckets[i].t_end, 1);
+        pthread_mutex_lock(&r->mu);
+        if (s != DDP_OK && r->thread_status == DDP_OK) {
+            /* The error state is per thread: carry the message over to finish(). */
+            r->thread_status = s;
+            snprintf(r->thread_msg, sizeof r->thread_msg, "%s", ddp_error_trace_str());
+        }
+        r->done = i + 1;
+        pthread_cond_broadcast(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+/* ---- set-up ---------------------------------------------------------------------- */
+
+static ddp_status make_buckets(ddp_reducer *r, const size_t *bounds, int nb) {
+    r->buckets = calloc((size_t)nb + 1, sizeof *r->buckets);
+    if (!r->buckets) return DDP_FAIL(DDP_ERR_NOMEM, "reducer: out of memory");
+    size_t first = r->opt.first_bucket_bytes / sizeof(float);
+    size_t cap = r->opt.bucket_bytes / sizeof(float);
+    if (first == 0) first = 1;
+    if (cap == 0) cap = 1;
+    /* Walk tensor boundaries from the end; close a bucket once it holds at least its
+     * capacity (a tensor larger than the capacity gets a bucket of its own). */
+    size_t end = r->n;
+    for (int i = nb - 1; i >= 0; i--) {
+        size_t begin = bounds[i];
+        size_t want = r->n_buckets == 0 ? first : cap;
+        if (end - begin >= want || i == 0) {
+            r->buckets[r->n_buckets++] = (bucket){.begin = begin, .end = end};
+            end = begin;
+        }
+    }
+    if (end != 0) return DDP_FAIL(DDP_ERR_INVALID_ARG, "reducer: boundaries do not start at 0");
+    return DDP_OK;
+}
+
+ddp_status ddp_reducer_create(ddp_comm *comm, ddp_backend *b, float *grads, size_t n,
+                              const size_t *boundaries, int n_boundaries,
+                              const ddp_reducer_options *opt, ddp_reducer **out) {
+    *out = NULL;
+    if (n == 0 || n_boundaries < 1 || boundaries[0] != 0)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "reducer: %zu gradients, %d tensor boundaries", n,
+                        n_boundaries);
+    for (int i = 1; i < n_boundaries; i++)
+        if (boundaries[i] <= boundaries[i - 1] || boundaries[i] >= n)
+            return DDP_FAIL(DDP_ERR_INVALID_ARG, "reducer: tensor boundaries must ascend in [0, %zu)", n);
+    if (opt->grad_dtype != DDP_F32 && opt->grad_dtype != DDP_BF16)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "--grad-dtype: only fp32 and bf16 are supported");
+    ddp_reducer *r = calloc(1, sizeof *r);
+    if (!r) return DDP_FAIL(DDP_ERR_NOMEM, "reducer: out of memory");
+    r->comm = comm;
+    r->backend = b;
+    r->grads = grads;
+    r->n = n;
+    r->opt = *opt;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    ddp_status s = make_buckets(r, boundaries, n_boundaries);
+    if (s == DDP_OK && opt->grad_dtype == DDP_BF16)
+        s = ddp_backend_alloc(b, n * sizeof(uint16_t), (void **)&r->wire);
+    if (s == DDP_OK && r->opt.progress == DDP_PROGRESS_AUTO) {
+        /* Device buffers (NCCL) progress on the GPU; MPI on the host needs a thread
+         * inside MPI, which needs MPI_THREAD_MULTIPLE. */
+        r->opt.progress = DDP_PROGRESS_TEST;
+        if (strcmp(ddp_comm_name(comm), "mpi") == 0 && ddp_mpi_thread_multiple())
+            r->opt.progress = DDP_PROGRESS_THREAD;
+    }
+    if (s == DDP_OK && r->opt.progress == DDP_PROGRESS_THREAD && strcmp(ddp_comm_name(comm), "mpi") == 0 &&
+        !ddp_mpi_thread_multiple())
+        s = DDP_FAIL(DDP_ERR_UNSUPPORTED, "--progress thread needs MPI_THREAD_MULTIPLE, which this "
+                                          "MPI library did not provide; use --progress test");
+    if (s == DDP_OK && r->opt.overlap && r->opt.progress == DDP_PROGRESS_THREAD) {
+        if (pthread_create(&r->thread, NULL, comm_thread, r) != 0)
+            s = DDP_FAIL(DDP_ERR_INTERNAL, "reducer: could not start the communication thread");
+        else
+            r->thread_running = 1;
+    }
+    if (s != DDP_OK) {
+        ddp_reducer_free(r);
+        DDP_CHECK(s);
+    }
+    *out = r;
+    return DDP_OK;
+}
+
+void ddp_reducer_free(ddp_reducer *r) {
+    if (!r) return;
+    if (r->thread_running) {
+        pthread_mutex_lock(&r->mu);
+        r->stop = 1;
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+        pthread_join(r->thread, NULL);
+    }
+    for (int i = 0; i < r->n_buckets; i++)
+        if (r->buckets[i].in_flight) ddp_comm_wait(r->comm, r->buckets[i].req);
+    ddp_backend_dealloc(r->backend, r->wire);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    free(r->buckets);
+    free(r);
+}
+
+int ddp_reducer_num_buckets(const ddp_reducer *r) { return r->n_buckets; }
+ddp_progress ddp_reducer_progress(const ddp_reducer *r) { return r->opt.progress; }
+
+void ddp_reducer_bucket(const ddp_reducer *r, int i, size_t *begin, size_t *end) {
+    *begin = r->buckets[i].begin;
+    *end = r->buckets[i].end;
+}
+
+/* ---- one backward pass ------------------------------------------------------------ */
+
+ddp_status ddp_reducer_begin(ddp_reducer *r) {
+    r->ready_from = r->n;
+    r->launched = 0;
+    if (r->thread_running) {
+        pthread_mutex_lock(&r->mu);
+        r->queued = r->done = 0;
+        r->thread_status = DDP_OK;
+        pthread_mutex_unlock(&r->mu);
+    }
+    return DDP_OK;
+}
+
+/* Starts bucket i: hands it to the thread, or starts a non-blocking all-reduce. */
+static ddp_status launch(ddp_reducer *r, int i) {
+    if (r->thread_running) {
+        pthread_mutex_lock(&r->mu);
+        r->queued = i + 1;
+        pthread_cond_signal(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+        return DDP_OK;
+    }
+    DDP_CHECK(start_bucket_nonblocking(r, i));
+    return DDP_OK;
+}
+
+ddp_status ddp_reducer_ready(void *reducer, size_t offset, size_t count) {
+    ddp_reducer *r = reducer;
+    if (!r->opt.overlap) return DDP_OK;
+    if (offset < r->ready_from) r->ready_from = offset;
+    /* Buckets become complete from the end of the buffer towards its start; all ranks
+     * report the same layers in the same order, so they start the same buckets in the
+     * same order. */
+    while (r->launched < r->n_buckets && r->buckets[r->launched].begin >= r->ready_from) {
+        DDP_CHECK(launch(r, r->launched));
+        r->launched++;
+    }
+    if (!r->thread_running) {
+        /* Give MPI a chance to move the buckets already in flight. */
+        for (int i = 0; i < r->launched; i++) {
+            bucket *bk = &r->buckets[i];
+            int done = 1;
+            if (bk->req && bk->t_end < bk->t_start) {
+                DDP_CHECK(ddp_comm_test(r->comm, bk->req, &done));
+                if (done) bk->t_end = ddp_time_now(); /* first seen complete */
+            }
+        }
+    }
+    return DDP_OK;
+}
+
+ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats) {
+    double t0 = ddp_time_now();
+    ddp_status s = DDP_OK;
+    if (!r->opt.overlap) {
+        /* The unbucketed path: one all-reduce of the whole buffer after backward. */
+        bucket whole = {.begin = 0, .end = r->n};
+        bucket *saved = r->buckets;
+        int saved_n = r->n_buckets;
+        r->buckets = &whole;
+        r->n_buckets = 1;
+        s = reduce_bucket_blocking(r, 0);
+        r->buckets = saved;
+        r->n_buckets = saved_n;
+        DDP_CHECK(s);
+        double t = ddp_time_now() - t0;
+        if (stats) *stats = (ddp_reducer_stats){.t_comm = t, .t_exposed = t, .n_buckets = 1};
+        return DDP_OK;
+    }
+    while (s == DDP_OK && r->launched < r->n_buckets) s = launch(r, r->launched++);
+    if (r->thread_running) {
+        pthread_mutex_lock(&r->mu);
+        while (r->done < r->launched) pthread_cond_wait(&r->cv, &r->mu);
+        if (r->thread_status != DDP_OK && s == DDP_OK)
+            s = ddp_error_set(r->thread_status, __FILE__, __LINE__, "%s", r->thread_msg);
+        pthread_mutex_unlock(&r->mu);
+    } else {
+        /* Wait for every bucket even after a failure, so none is left in flight. */
+        for (int i = 0; i < r->launched; i++) {
+            bucket *bk = &r->buckets[i];
+            if (!bk->in_flight) continue;
+            int seen_done = bk->t_end >= bk->t_start;
+            double t_seen = bk->t_end;
+            ddp_status w = complete_bucket_nonblocking(r, i);
+            if (seen_done) bk->t_end = t_seen;
+            if (w == DDP_OK) w = ddp_trace_span("allreduce bucket", "comm", bk->t_start, bk->t_end, 1);
+            if (s == DDP_OK) s = w;
+        }
+    }
+    DDP_CHECK(s);
+    if (stats) {
+        stats->t_exposed = ddp_time_now() - t0;
+        stats->t_comm = 0.0;
+        for (int i = 0; i < r->n_buckets; i++)
+            stats->t_comm += r->buckets[i].t_end - r->buckets[i].t_start;
+        stats->n_buckets = r->n_buckets;
+    }
+    return DDP_OK;
+}
