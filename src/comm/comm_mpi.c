@@ -243,6 +243,8 @@ static ddp_status finish(mpi_comm *c, ddp_comm_req *r) {
     if (s == DDP_OK && r->staged)
         s = ddp_backend_copy(c->base.backend, r->user_buf, host, r->count * ddp_dtype_size(r->type),
                              DDP_COPY_H2D);
+    /* Host-to-device copies may still read the staging buffer: wait before reusing it. */
+    if (s == DDP_OK && r->staged) s = ddp_backend_sync(c->base.backend);
     if (r->staged) r->staged->in_use = 0;
     free(r);
     DDP_CHECK(s);
@@ -312,6 +314,8 @@ static ddp_status to_host(mpi_comm *c, const void *buf, size_t bytes, int copy_i
 static ddp_status from_host(mpi_comm *c, stage_buf *staged, void *buf, size_t bytes) {
     if (!staged) return DDP_OK;
     ddp_status s = ddp_backend_copy(c->base.backend, buf, staged->ptr, bytes, DDP_COPY_H2D);
+    /* Host-to-device copies may still read the staging buffer: wait before reusing it. */
+    if (s == DDP_OK) s = ddp_backend_sync(c->base.backend);
     staged->in_use = 0;
     DDP_CHECK(s);
     return DDP_OK;

@@ -26,14 +26,14 @@
 
 typedef struct {
     struct ddp_comm base;
-    ncclComm_t nccl;       /* NULL once aborted */
-    MPI_Comm host_comm;    /* host-memory collectives and the bootstrap */
-    int device;            /* the backend's GPU */
-    cudaStream_t compute;  /* the backend's stream: producer and consumer of buffers */
-    cudaStream_t stream;   /* collectives run here */
-    cudaEvent_t ready;     /* recorded on compute: the comm stream waits for it */
-    cudaEvent_t done;      /* recorded on the comm stream: compute waits for it */
-    int32_t *barrier_buf;  /* (1) device int reduced by the barrier */
+    ncclComm_t nccl;      /* NULL once aborted */
+    MPI_Comm host_comm;   /* host-memory collectives and the bootstrap */
+    int device;           /* the backend's GPU */
+    cudaStream_t compute; /* the backend's stream: producer and consumer of buffers */
+    cudaStream_t stream;  /* collectives run here */
+    cudaEvent_t ready;    /* recorded on compute: the comm stream waits for it */
+    cudaEvent_t done;     /* recorded on the comm stream: compute waits for it */
+    int32_t *barrier_buf; /* (1) device int reduced by the barrier */
 } nccl_comm;
 
 struct ddp_comm_req {
@@ -58,9 +58,7 @@ static ddp_status nccl_fail(nccl_comm *c, ncclResult_t r, const char *call, cons
     case ncclUnhandledCudaError:
         hint = "a CUDA call inside NCCL failed: check the GPU with nvidia-smi";
         break;
-    default:
-        hint = "rerun with NCCL_DEBUG=WARN for details";
-        break;
+    default: hint = "rerun with NCCL_DEBUG=WARN for details"; break;
     }
     const char *detail = ncclGetLastError(c ? c->nccl : NULL);
     return ddp_error_set(DDP_ERR_COMM, file, line, "%s failed on rank %d: %s (%s); %s", call,
@@ -68,11 +66,10 @@ static ddp_status nccl_fail(nccl_comm *c, ncclResult_t r, const char *call, cons
                          detail && detail[0] ? detail : "no detail", hint);
 }
 
-#define NCCL_TRY(c, call)                                                                  \
-    do {                                                                                   \
-        ncclResult_t nccl_r_ = (call);                                                     \
-        if (nccl_r_ != ncclSuccess)                                                        \
-            return nccl_fail((c), nccl_r_, #call, __FILE__, __LINE__);                     \
+#define NCCL_TRY(c, call)                                                                          \
+    do {                                                                                           \
+        ncclResult_t nccl_r_ = (call);                                                             \
+        if (nccl_r_ != ncclSuccess) return nccl_fail((c), nccl_r_, #call, __FILE__, __LINE__);     \
     } while (0)
 
 static ddp_status mpi_fail(int rc, const char *call, const char *file, int line) {
@@ -82,16 +79,17 @@ static ddp_status mpi_fail(int rc, const char *call, const char *file, int line)
     return ddp_error_set(DDP_ERR_COMM, file, line, "%s failed: %s", call, msg);
 }
 
-#define MPI_TRY(call)                                                                      \
-    do {                                                                                   \
-        int mpi_rc_ = (call);                                                              \
-        if (mpi_rc_ != MPI_SUCCESS) return mpi_fail(mpi_rc_, #call, __FILE__, __LINE__);   \
+#define MPI_TRY(call)                                                                              \
+    do {                                                                                           \
+        int mpi_rc_ = (call);                                                                      \
+        if (mpi_rc_ != MPI_SUCCESS) return mpi_fail(mpi_rc_, #call, __FILE__, __LINE__);           \
     } while (0)
 
 static ddp_status check_alive(nccl_comm *c) {
     if (!c->nccl)
-        return DDP_FAIL(DDP_ERR_COMM, "the NCCL communicator of rank %d was aborted after an "
-                                      "earlier error (reported above); the job must stop",
+        return DDP_FAIL(DDP_ERR_COMM,
+                        "the NCCL communicator of rank %d was aborted after an "
+                        "earlier error (reported above); the job must stop",
                         c->base.rank);
     return DDP_OK;
 }
@@ -185,20 +183,23 @@ static ddp_status host_type(ddp_dtype t, MPI_Datatype *out) {
 
 static ddp_status host_count(size_t count, int *out) {
     if (count > (size_t)0x7fffffff)
-        return DDP_FAIL(DDP_ERR_INVALID_ARG, "NCCL comm: host buffer of %zu elements is too "
-                                             "large for MPI; pass a device buffer", count);
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "NCCL comm: host buffer of %zu elements is too "
+                        "large for MPI; pass a device buffer",
+                        count);
     *out = (int)count;
     return DDP_OK;
 }
 
-static ddp_status host_allreduce(nccl_comm *c, void *buf, size_t count, ddp_dtype t,
-                                 ddp_redop op) {
-    MPI_Datatype mt;
-    int n;
+static ddp_status host_allreduce(nccl_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op) {
+    MPI_Datatype mt = MPI_BYTE;
+    int n = 0;
     DDP_CHECK(host_type(t, &mt));
     DDP_CHECK(host_count(count, &n));
-    MPI_Op mo = op == DDP_SUM ? MPI_SUM : op == DDP_MAX ? MPI_MAX : op == DDP_MIN ? MPI_MIN
-                                                                                 : MPI_OP_NULL;
+    MPI_Op mo = op == DDP_SUM   ? MPI_SUM
+                : op == DDP_MAX ? MPI_MAX
+                : op == DDP_MIN ? MPI_MIN
+                                : MPI_OP_NULL;
     if (mo == MPI_OP_NULL)
         return DDP_FAIL(DDP_ERR_UNSUPPORTED, "NCCL comm: host buffers support sum, max and min; "
                                              "average a device buffer instead");
@@ -208,7 +209,7 @@ static ddp_status host_allreduce(nccl_comm *c, void *buf, size_t count, ddp_dtyp
 }
 
 static ddp_status host_broadcast(nccl_comm *c, void *buf, size_t count, ddp_dtype t, int root) {
-    int n;
+    int n = 0;
     DDP_CHECK(host_count(count * ddp_dtype_size(t), &n));
     /* COLLECTIVE: every rank reaches this with its host buffer. */
     MPI_TRY(MPI_Bcast(buf, n, MPI_BYTE, root, c->host_comm));
@@ -229,6 +230,8 @@ static ddp_status need_device(const void *p, const char *what) {
 /* The comm stream waits for everything queued on compute so far. */
 static ddp_status begin(nccl_comm *c) {
     DDP_CHECK(check_alive(c));
+    /* Any thread may call the comm: make the backend's GPU current in this one. */
+    DDP_CUDA_CHECK(cudaSetDevice(c->device));
     DDP_CUDA_CHECK(cudaEventRecord(c->ready, c->compute));
     DDP_CUDA_CHECK(cudaStreamWaitEvent(c->stream, c->ready, 0));
     return DDP_OK;
@@ -251,8 +254,8 @@ static ddp_status nccl_allreduce(ddp_comm *base, void *buf, size_t count, ddp_dt
         DDP_CHECK(host_allreduce(c, buf, count, t, op));
         return DDP_OK;
     }
-    ncclDataType_t nt;
-    ncclRedOp_t no;
+    ncclDataType_t nt = ncclFloat32;
+    ncclRedOp_t no = ncclSum;
     DDP_CHECK(nccl_type(t, &nt));
     DDP_CHECK(nccl_op(op, &no));
     DDP_CHECK(begin(c));
@@ -266,11 +269,13 @@ static ddp_status nccl_iallreduce(ddp_comm *base, void *buf, size_t count, ddp_d
                                   ddp_redop op, ddp_comm_req **out) {
     nccl_comm *c = (nccl_comm *)base;
     *out = NULL;
-    ncclDataType_t nt;
-    ncclRedOp_t no;
+    if (count == 0) return DDP_OK; /* nothing to reduce: a NULL request is complete */
+    ncclDataType_t nt = ncclFloat32;
+    ncclRedOp_t no = ncclSum;
     DDP_CHECK(need_device(buf, "a non-blocking all-reduce"));
     DDP_CHECK(nccl_type(t, &nt));
     DDP_CHECK(nccl_op(op, &no));
+    DDP_CHECK(begin(c)); /* first: it also makes the GPU current for the event below */
     ddp_comm_req *r = calloc(1, sizeof *r);
     if (!r) return DDP_FAIL(DDP_ERR_NOMEM, "NCCL comm: out of host memory for a request");
     ddp_status s = DDP_OK;
@@ -279,7 +284,6 @@ static ddp_status nccl_iallreduce(ddp_comm *base, void *buf, size_t count, ddp_d
         free(r);
         return ddp_cuda_error(e, "cudaEventCreateWithFlags", __FILE__, __LINE__);
     }
-    DDP_CHECK_GOTO(begin(c), s, fail);
     /* COLLECTIVE: every rank queues the same all-reduce in the same order. */
     ncclResult_t nr = ncclAllReduce(buf, buf, count, nt, no, c->nccl, c->stream);
     if (nr != ncclSuccess) {
@@ -327,14 +331,13 @@ static ddp_status nccl_wait(ddp_comm *base, ddp_comm_req *r) {
     return DDP_OK;
 }
 
-static ddp_status nccl_broadcast(ddp_comm *base, void *buf, size_t count, ddp_dtype t,
-                                 int root) {
+static ddp_status nccl_broadcast(ddp_comm *base, void *buf, size_t count, ddp_dtype t, int root) {
     nccl_comm *c = (nccl_comm *)base;
     if (is_host_pointer(buf)) {
         DDP_CHECK(host_broadcast(c, buf, count, t, root));
         return DDP_OK;
     }
-    ncclDataType_t nt;
+    ncclDataType_t nt = ncclFloat32;
     DDP_CHECK(nccl_type(t, &nt));
     DDP_CHECK(begin(c));
     /* COLLECTIVE: every rank queues the same broadcast in the same order. */
@@ -346,7 +349,7 @@ static ddp_status nccl_broadcast(ddp_comm *base, void *buf, size_t count, ddp_dt
 static ddp_status nccl_allgather(ddp_comm *base, const void *send, void *recv, size_t count,
                                  ddp_dtype t) {
     nccl_comm *c = (nccl_comm *)base;
-    ncclDataType_t nt;
+    ncclDataType_t nt = ncclFloat32;
     DDP_CHECK(need_device(send, "all-gather"));
     DDP_CHECK(need_device(recv, "all-gather"));
     DDP_CHECK(nccl_type(t, &nt));
@@ -357,11 +360,11 @@ static ddp_status nccl_allgather(ddp_comm *base, const void *send, void *recv, s
     return DDP_OK;
 }
 
-static ddp_status nccl_reduce_scatter(ddp_comm *base, const void *send, void *recv,
-                                      size_t count, ddp_dtype t, ddp_redop op) {
+static ddp_status nccl_reduce_scatter(ddp_comm *base, const void *send, void *recv, size_t count,
+                                      ddp_dtype t, ddp_redop op) {
     nccl_comm *c = (nccl_comm *)base;
-    ncclDataType_t nt;
-    ncclRedOp_t no;
+    ncclDataType_t nt = ncclFloat32;
+    ncclRedOp_t no = ncclSum;
     DDP_CHECK(need_device(send, "reduce-scatter"));
     DDP_CHECK(need_device(recv, "reduce-scatter"));
     DDP_CHECK(nccl_type(t, &nt));
@@ -414,8 +417,7 @@ static void nccl_destroy(ddp_comm *base) {
         if (c->nccl) {
             /* COLLECTIVE: ncclCommDestroy flushes the communicator on every rank. */
             ncclResult_t r = ncclCommDestroy(c->nccl);
-            if (r != ncclSuccess)
-                ddp_log_warn("ncclCommDestroy failed: %s", ncclGetErrorString(r));
+            if (r != ncclSuccess) ddp_log_warn("ncclCommDestroy failed: %s", ncclGetErrorString(r));
         }
     }
     if (c->barrier_buf) cudaFree(c->barrier_buf);
@@ -460,8 +462,7 @@ static ddp_status check_one_rank_per_gpu(nccl_comm *c, const cudaUUID_t *all) {
                             "NCCL cannot put two ranks on one GPU: ranks %d and %d both use GPU "
                             "%d of this node (%d ranks on the node, %d GPU(s) visible); start "
                             "at most one rank per GPU, or use --comm mpi to share GPUs",
-                            r < me ? r : me, r < me ? me : r, c->device, c->base.local_size,
-                            ngpu);
+                            r < me ? r : me, r < me ? me : r, c->device, c->base.local_size, ngpu);
         }
     }
     return DDP_OK;
@@ -474,8 +475,9 @@ static ddp_status agree(nccl_comm *c, ddp_status local, const char *stage) {
     MPI_TRY(MPI_Allreduce(&mine, &lowest, 1, MPI_INT, MPI_MIN, c->host_comm));
     if (local != DDP_OK) return local;
     if (lowest < c->base.size)
-        return DDP_FAIL(DDP_ERR_REMOTE, "NCCL comm: rank %d failed during %s (see its "
-                                        "message); rank %d stops as well",
+        return DDP_FAIL(DDP_ERR_REMOTE,
+                        "NCCL comm: rank %d failed during %s (see its "
+                        "message); rank %d stops as well",
                         lowest, stage, c->base.rank);
     return DDP_OK;
 }

@@ -58,6 +58,11 @@ unsigned int ddp_cuda_blocks(size_t n, unsigned int threads) {
     return (unsigned int)blocks;
 }
 
+ddp_status ddp_cuda_use(ddp_cuda_backend *cb) {
+    DDP_CUDA_CHECK(cudaSetDevice(cb->device));
+    return DDP_OK;
+}
+
 /* ---- devices ------------------------------------------------------------------------ */
 
 int ddp_backend_cuda_count(void) {
@@ -82,7 +87,7 @@ static ddp_status cuda_alloc(ddp_backend *b, size_t bytes, void **ptr) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
     *ptr = NULL;
     if (bytes == 0) return DDP_OK;
-    DDP_CUDA_CHECK(cudaSetDevice(cb->device));
+    DDP_CHECK(ddp_cuda_use(cb));
     cudaError_t e = cudaMalloc(ptr, bytes);
     if (e != cudaSuccess) {
         *ptr = NULL;
@@ -109,7 +114,7 @@ static ddp_status cuda_host_alloc(ddp_backend *b, size_t bytes, void **ptr) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
     *ptr = NULL;
     if (bytes == 0) return DDP_OK;
-    DDP_CUDA_CHECK(cudaSetDevice(cb->device));
+    DDP_CHECK(ddp_cuda_use(cb));
     cudaError_t e = cudaMallocHost(ptr, bytes);
     if (e != cudaSuccess) {
         *ptr = NULL;
@@ -126,13 +131,13 @@ static ddp_status cuda_host_alloc(ddp_backend *b, size_t bytes, void **ptr) {
 static void cuda_host_dealloc(ddp_backend *b, void *ptr) {
     if (!ptr) return;
     cudaError_t e = cudaFreeHost(ptr);
-    if (e != cudaSuccess)
-        ddp_log_warn("cudaFreeHost failed: %s", cudaGetErrorString(e));
+    if (e != cudaSuccess) ddp_log_warn("cudaFreeHost failed: %s", cudaGetErrorString(e));
 }
 
 static ddp_status cuda_copy(ddp_backend *b, void *dst, const void *src, size_t bytes,
                             ddp_copy_kind kind) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
     if (bytes == 0) return DDP_OK;
     enum cudaMemcpyKind k = kind == DDP_COPY_H2D   ? cudaMemcpyHostToDevice
                             : kind == DDP_COPY_D2H ? cudaMemcpyDeviceToHost
@@ -145,13 +150,16 @@ static ddp_status cuda_copy(ddp_backend *b, void *dst, const void *src, size_t b
 
 static ddp_status cuda_zero(ddp_backend *b, void *ptr, size_t bytes) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
     if (bytes == 0) return DDP_OK;
     DDP_CUDA_CHECK(cudaMemsetAsync(ptr, 0, bytes, cb->stream));
     return DDP_OK;
 }
 
 static ddp_status cuda_sync(ddp_backend *b) {
-    DDP_CUDA_CHECK(cudaStreamSynchronize(((ddp_cuda_backend *)b)->stream));
+    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
+    DDP_CUDA_CHECK(cudaStreamSynchronize(cb->stream));
     return DDP_OK;
 }
 
@@ -165,8 +173,8 @@ static void cuda_destroy(ddp_backend *b) {
     if (cb->stream) {
         cudaError_t e = cudaStreamSynchronize(cb->stream);
         if (e != cudaSuccess)
-            ddp_log_warn("CUDA backend on GPU %d: pending work failed at shutdown: %s",
-                         cb->device, cudaGetErrorString(e));
+            ddp_log_warn("CUDA backend on GPU %d: pending work failed at shutdown: %s", cb->device,
+                         cudaGetErrorString(e));
     }
     ddp_cuda_gemm_release(cb);
     if (cb->cublas) cublasDestroy(cb->cublas);
@@ -184,8 +192,8 @@ static ddp_status cuda_init(ddp_cuda_backend *cb) {
     DDP_CUBLAS_CHECK(cublasSetStream(cb->cublas, cb->stream));
     /* FP32 products stay true FP32; TF32 and BF16 are asked for per call (cuda_gemm.cu). */
     DDP_CUBLAS_CHECK(cublasSetMathMode(cb->cublas, CUBLAS_DEFAULT_MATH));
-    DDP_CUDA_CHECK(cudaMalloc((void **)&cb->partials,
-                              (DDP_CUDA_REDUCE_BLOCKS + 1) * sizeof(double)));
+    DDP_CUDA_CHECK(
+        cudaMalloc((void **)&cb->partials, (DDP_CUDA_REDUCE_BLOCKS + 1) * sizeof(double)));
     DDP_CUDA_CHECK(cudaMallocHost((void **)&cb->host_result, sizeof(double)));
     int pools = 0;
     DDP_CUDA_CHECK(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, cb->device));
@@ -213,6 +221,8 @@ static const ddp_backend_ops cuda_ops = {
     .softmax_xent = ddp_cuda_softmax_xent,
     .gather_rows = ddp_cuda_gather_rows,
     .scale = ddp_cuda_scale,
+    .f32_to_bf16 = ddp_cuda_f32_to_bf16,
+    .bf16_to_f32 = ddp_cuda_bf16_to_f32,
     .sumsq = ddp_cuda_sumsq,
     .sgd_step = ddp_cuda_sgd_step,
     .adamw_step = ddp_cuda_adamw_step,
@@ -240,8 +250,7 @@ ddp_status ddp_backend_cuda_create(const ddp_backend_options *opt, ddp_backend *
                         (int)opt->math);
 
     ddp_cuda_backend *cb = calloc(1, sizeof *cb);
-    if (!cb)
-        return DDP_FAIL(DDP_ERR_NOMEM, "out of host memory creating the CUDA backend");
+    if (!cb) return DDP_FAIL(DDP_ERR_NOMEM, "out of host memory creating the CUDA backend");
     cb->base.ops = &cuda_ops;
     cb->base.opt = *opt;
     cb->base.opt.device = DDP_DEVICE_CUDA;

@@ -25,21 +25,21 @@ int ddp_cuda_device(ddp_backend *b);
  * DDP_ERR_BACKEND otherwise. Use through DDP_CUDA_CHECK. */
 ddp_status ddp_cuda_error(cudaError_t e, const char *call, const char *file, int line);
 
-#define DDP_CUDA_CHECK(call)                                                               \
-    do {                                                                                   \
-        cudaError_t ddp_cuda_e_ = (call);                                                  \
-        if (ddp_cuda_e_ != cudaSuccess)                                                    \
-            return ddp_cuda_error(ddp_cuda_e_, #call, __FILE__, __LINE__);                 \
+#define DDP_CUDA_CHECK(call)                                                                       \
+    do {                                                                                           \
+        cudaError_t ddp_cuda_e_ = (call);                                                          \
+        if (ddp_cuda_e_ != cudaSuccess)                                                            \
+            return ddp_cuda_error(ddp_cuda_e_, #call, __FILE__, __LINE__);                         \
     } while (0)
 
 /* After a kernel launch: reports a bad launch configuration (or an earlier asynchronous
  * fault) under the kernel's name. */
-#define DDP_CUDA_CHECK_LAUNCH(kernel_name)                                                 \
-    do {                                                                                   \
-        cudaError_t ddp_cuda_e_ = cudaGetLastError();                                      \
-        if (ddp_cuda_e_ != cudaSuccess)                                                    \
-            return ddp_cuda_error(ddp_cuda_e_, "launch of kernel " kernel_name, __FILE__,  \
-                                  __LINE__);                                               \
+#define DDP_CUDA_CHECK_LAUNCH(kernel_name)                                                         \
+    do {                                                                                           \
+        cudaError_t ddp_cuda_e_ = cudaGetLastError();                                              \
+        if (ddp_cuda_e_ != cudaSuccess)                                                            \
+            return ddp_cuda_error(ddp_cuda_e_, "launch of kernel " kernel_name, __FILE__,          \
+                                  __LINE__);                                                       \
     } while (0)
 
 #ifdef __cplusplus

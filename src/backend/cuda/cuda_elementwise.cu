@@ -32,23 +32,25 @@ __global__ static void bias_grad_kernel(float *dbias, const float *dy, int N, in
     int c = blockIdx.x * BG_COLS + threadIdx.x;
     float s = 0.0f;
     if (c < C)
-        for (int r = threadIdx.y; r < N; r += BG_ROWS) s += dy[(size_t)r * C + c];
+        for (int r = threadIdx.y; r < N; r += BG_ROWS)
+            s += dy[(size_t)r * C + c];
     part[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y == 0 && c < C) {
         float t = 0.0f;
-        for (int k = 0; k < BG_ROWS; k++) t += part[k][threadIdx.x];
+        for (int k = 0; k < BG_ROWS; k++)
+            t += part[k][threadIdx.x];
         dbias[c] += t;
     }
 }
 
-extern "C" ddp_status ddp_cuda_bias_add(ddp_backend *b, float *y, const float *bias, int N,
-                                        int C) {
+extern "C" ddp_status ddp_cuda_bias_add(ddp_backend *b, float *y, const float *bias, int N, int C) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
     size_t total = (size_t)N * (size_t)C;
     if (total == 0) return DDP_OK;
-    bias_add_kernel<<<ddp_cuda_blocks(total, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0,
-                      cb->stream>>>(y, bias, total, (size_t)C);
+    bias_add_kernel<<<ddp_cuda_blocks(total, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
+        y, bias, total, (size_t)C);
     DDP_CUDA_CHECK_LAUNCH("bias_add_kernel");
     return DDP_OK;
 }
@@ -56,6 +58,7 @@ extern "C" ddp_status ddp_cuda_bias_add(ddp_backend *b, float *y, const float *b
 extern "C" ddp_status ddp_cuda_bias_grad(ddp_backend *b, float *dbias, const float *dy, int N,
                                          int C) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
     /* N == 0 adds nothing; C == 0 has nothing to add to. */
     if (N <= 0 || C <= 0) return DDP_OK;
     dim3 block(BG_COLS, BG_ROWS);
@@ -101,18 +104,18 @@ __global__ static void act_backward_kernel(int act, const float *x, const float 
 static ddp_status check_act(ddp_act act) {
     if (act != DDP_ACT_RELU && act != DDP_ACT_GELU)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
-                        "unknown activation %d for the CUDA backend; use relu or gelu",
-                        (int)act);
+                        "unknown activation %d for the CUDA backend; use relu or gelu", (int)act);
     return DDP_OK;
 }
 
-extern "C" ddp_status ddp_cuda_act_forward(ddp_backend *b, ddp_act act, const float *x,
-                                           float *y, size_t n) {
+extern "C" ddp_status ddp_cuda_act_forward(ddp_backend *b, ddp_act act, const float *x, float *y,
+                                           size_t n) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
     DDP_CHECK(check_act(act));
     if (n == 0) return DDP_OK;
-    act_forward_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0,
-                         cb->stream>>>((int)act, x, y, n);
+    act_forward_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
+        (int)act, x, y, n);
     DDP_CUDA_CHECK_LAUNCH("act_forward_kernel");
     return DDP_OK;
 }
@@ -120,10 +123,11 @@ extern "C" ddp_status ddp_cuda_act_forward(ddp_backend *b, ddp_act act, const fl
 extern "C" ddp_status ddp_cuda_act_backward(ddp_backend *b, ddp_act act, const float *x,
                                             const float *dy, float *dx, size_t n) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
     DDP_CHECK(check_act(act));
     if (n == 0) return DDP_OK;
-    act_backward_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0,
-                          cb->stream>>>((int)act, x, dy, dx, n);
+    act_backward_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
+        (int)act, x, dy, dx, n);
     DDP_CUDA_CHECK_LAUNCH("act_backward_kernel");
     return DDP_OK;
 }
@@ -138,9 +142,10 @@ __global__ static void scale_kernel(float *x, size_t n, float alpha) {
 
 extern "C" ddp_status ddp_cuda_scale(ddp_backend *b, float *x, size_t n, float alpha) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
     if (n == 0) return DDP_OK;
-    scale_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
-        x, n, alpha);
+    scale_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(x, n,
+                                                                                            alpha);
     DDP_CUDA_CHECK_LAUNCH("scale_kernel");
     return DDP_OK;
 }

@@ -26,8 +26,8 @@ static ddp_status launch(ddp_cuda_backend *cb, void *dst, const void *src, const
                          size_t n, size_t row_bytes) {
     size_t words = row_bytes / sizeof(W);
     size_t total = n * words;
-    gather_kernel<W><<<ddp_cuda_blocks(total, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0,
-                       cb->stream>>>((W *)dst, (const W *)src, idx, n, words);
+    gather_kernel<W><<<ddp_cuda_blocks(total, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
+        (W *)dst, (const W *)src, idx, n, words);
     DDP_CUDA_CHECK_LAUNCH("gather_kernel");
     return DDP_OK;
 }
@@ -39,6 +39,7 @@ static int aligned(const void *dst, const void *src, size_t row_bytes, size_t a)
 extern "C" ddp_status ddp_cuda_gather_rows(ddp_backend *b, void *dst, const void *src,
                                            const int32_t *idx, size_t n, size_t row_bytes) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
     if (n == 0 || row_bytes == 0) return DDP_OK;
     /* Indices are not checked on the device: the caller (sampler) keeps them in range. */
     if (aligned(dst, src, row_bytes, 16))

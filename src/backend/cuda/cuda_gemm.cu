@@ -85,9 +85,10 @@ static ddp_status convert(ddp_cuda_backend *cb, int slot, const float *src, int 
 }
 
 extern "C" ddp_status ddp_cuda_gemm(ddp_backend *b, int ta, int tb, int M, int N, int K,
-                                    float alpha, const float *A, int lda, const float *B,
-                                    int ldb, float beta, float *C, int ldc) {
+                                    float alpha, const float *A, int lda, const float *B, int ldb,
+                                    float beta, float *C, int ldc) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
     if (M == 0 || N == 0) return DDP_OK;
     if (K == 0) {
         size_t total = (size_t)M * (size_t)N;
@@ -102,10 +103,10 @@ extern "C" ddp_status ddp_cuda_gemm(ddp_backend *b, int ta, int tb, int M, int N
     switch (b->opt.math) {
     case DDP_MATH_FP32:
     case DDP_MATH_TF32: {
-        cublasComputeType_t ct = b->opt.math == DDP_MATH_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                              : CUBLAS_COMPUTE_32F;
-        DDP_CUBLAS_CHECK(cublasGemmEx(cb->cublas, op_b, op_a, N, M, K, &alpha, B, CUDA_R_32F,
-                                      ldb, A, CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc, ct,
+        cublasComputeType_t ct =
+            b->opt.math == DDP_MATH_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+        DDP_CUBLAS_CHECK(cublasGemmEx(cb->cublas, op_b, op_a, N, M, K, &alpha, B, CUDA_R_32F, ldb,
+                                      A, CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc, ct,
                                       CUBLAS_GEMM_DEFAULT));
         return DDP_OK;
     }
@@ -119,13 +120,13 @@ extern "C" ddp_status ddp_cuda_gemm(ddp_backend *b, int ta, int tb, int M, int N
         /* The copies are compact: the leading dimension is the stored column count
          * (at least 1, as cuBLAS requires even for empty operands). */
         int lda16 = a_cols > 0 ? a_cols : 1, ldb16 = b_cols > 0 ? b_cols : 1;
-        DDP_CUBLAS_CHECK(cublasGemmEx(cb->cublas, op_b, op_a, N, M, K, &alpha, B16,
-                                      CUDA_R_16BF, ldb16, A16, CUDA_R_16BF, lda16, &beta, C,
-                                      CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
-                                      CUBLAS_GEMM_DEFAULT));
+        DDP_CUBLAS_CHECK(cublasGemmEx(cb->cublas, op_b, op_a, N, M, K, &alpha, B16, CUDA_R_16BF,
+                                      ldb16, A16, CUDA_R_16BF, lda16, &beta, C, CUDA_R_32F, ldc,
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         return DDP_OK;
     }
     }
-    return DDP_FAIL(DDP_ERR_INVALID_ARG, "unknown math mode %d in the CUDA gemm; use fp32, "
-                                         "tf32 or bf16", (int)b->opt.math);
+    return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                    "unknown math mode %d in the CUDA gemm; use fp32, tf32 or bf16",
+                    (int)b->opt.math);
 }

@@ -52,12 +52,14 @@ __device__ static void block_argmax(float &v, int &i, float *s_v, int *s_i) {
 /* Every thread gets the block's sum, added in a fixed order. s holds 32 entries. */
 __device__ static float block_sum(float x, float *s) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
-    for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+    for (int off = 16; off > 0; off >>= 1)
+        x += __shfl_xor_sync(0xffffffffu, x, off);
     if (lane == 0) s[warp] = x;
     __syncthreads();
     if (warp == 0) {
         x = lane < nwarps ? s[lane] : 0.0f;
-        for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+        for (int off = 16; off > 0; off >>= 1)
+            x += __shfl_xor_sync(0xffffffffu, x, off);
         if (lane == 0) s[0] = x;
     }
     __syncthreads();
@@ -81,11 +83,13 @@ __global__ static void softmax_xent_kernel(const float *logits, const int32_t *l
 
     float best = -INFINITY;
     int arg = INT_MAX;
-    for (int j = threadIdx.x; j < C; j += blockDim.x) take_better(best, arg, x[j], j);
+    for (int j = threadIdx.x; j < C; j += blockDim.x)
+        take_better(best, arg, x[j], j);
     block_argmax(best, arg, s_v, s_i);
 
     float sum = 0.0f;
-    for (int j = threadIdx.x; j < C; j += blockDim.x) sum += expf(x[j] - best);
+    for (int j = threadIdx.x; j < C; j += blockDim.x)
+        sum += expf(x[j] - best);
     sum = block_sum(sum, s_sum);
 
     if (threadIdx.x == 0) {
@@ -105,9 +109,10 @@ __global__ static void softmax_xent_kernel(const float *logits, const int32_t *l
 }
 
 extern "C" ddp_status ddp_cuda_softmax_xent(ddp_backend *b, const float *logits,
-                                            const int32_t *labels, int N, int C,
-                                            float grad_scale, float *dlogits, float *stats) {
+                                            const int32_t *labels, int N, int C, float grad_scale,
+                                            float *dlogits, float *stats) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
     if (N <= 0) return DDP_OK;
     if (C <= 0)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
@@ -115,8 +120,8 @@ extern "C" ddp_status ddp_cuda_softmax_xent(ddp_backend *b, const float *logits,
     /* One warp for small class counts, up to 256 threads for large vocabularies. */
     int threads = ((C + 31) / 32) * 32;
     if (threads > 256) threads = 256;
-    softmax_xent_kernel<<<(unsigned int)N, threads, 0, cb->stream>>>(logits, labels, C,
-                                                                     grad_scale, dlogits, stats);
+    softmax_xent_kernel<<<(unsigned int)N, threads, 0, cb->stream>>>(logits, labels, C, grad_scale,
+                                                                     dlogits, stats);
     DDP_CUDA_CHECK_LAUNCH("softmax_xent_kernel");
     return DDP_OK;
 }

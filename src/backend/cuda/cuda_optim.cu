@@ -48,9 +48,10 @@ __global__ static void adamw_kernel(float *p, const float *grad, float *m, float
 }
 
 extern "C" ddp_status ddp_cuda_sgd_step(ddp_backend *b, float *p, const float *g, float *buf,
-                                        size_t n, float lr, float momentum, float wd,
-                                        int nesterov, int first) {
+                                        size_t n, float lr, float momentum, float wd, int nesterov,
+                                        int first) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
     if (n == 0) return DDP_OK;
     sgd_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
         p, g, buf, n, lr, momentum, wd, nesterov ? 1 : 0, first ? 1 : 0);
@@ -62,6 +63,7 @@ extern "C" ddp_status ddp_cuda_adamw_step(ddp_backend *b, float *p, const float 
                                           float *v, size_t n, float lr, float b1, float b2,
                                           float eps, float wd, int64_t t) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
     if (t < 1)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "AdamW step number %lld: the step count starts at 1 (bias correction "

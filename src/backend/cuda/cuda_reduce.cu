@@ -13,12 +13,14 @@
 /* Every thread gets the block's sum, added in a fixed order. s holds 32 entries. */
 __device__ static double block_sum(double x, double *s) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
-    for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+    for (int off = 16; off > 0; off >>= 1)
+        x += __shfl_xor_sync(0xffffffffu, x, off);
     if (lane == 0) s[warp] = x;
     __syncthreads();
     if (warp == 0) {
         x = lane < nwarps ? s[lane] : 0.0;
-        for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+        for (int off = 16; off > 0; off >>= 1)
+            x += __shfl_xor_sync(0xffffffffu, x, off);
         if (lane == 0) s[0] = x;
     }
     __syncthreads();
@@ -42,13 +44,15 @@ __global__ static void sumsq_partial_kernel(const float *x, size_t n, double *pa
 __global__ static void sumsq_final_kernel(double *partials, unsigned int count) {
     __shared__ double s[32];
     double acc = 0.0;
-    for (unsigned int i = threadIdx.x; i < count; i += blockDim.x) acc += partials[i];
+    for (unsigned int i = threadIdx.x; i < count; i += blockDim.x)
+        acc += partials[i];
     acc = block_sum(acc, s);
     if (threadIdx.x == 0) partials[count] = acc;
 }
 
 extern "C" ddp_status ddp_cuda_sumsq(ddp_backend *b, const float *x, size_t n, double *out) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
     if (n == 0) {
         *out = 0.0;
         return DDP_OK;
