@@ -174,8 +174,15 @@ static ddp_status cpu_bf16_to_f32(ddp_backend *b, const uint16_t *x, float *y, s
 }
 
 static ddp_status cpu_sumsq(ddp_backend *b, const float *x, size_t n, double *out) {
+    /* dsdot: float inputs, double accumulation, vectorized by the BLAS (a plain loop
+     * with a double accumulator cannot be reordered by the compiler and is ~3x slower).
+     * Chunks keep the count within the BLAS integer. NaN and inf propagate. */
     double s = 0.0;
-    for (size_t i = 0; i < n; i++) s += (double)x[i] * (double)x[i];
+    const size_t chunk = (size_t)1 << 30;
+    for (size_t i = 0; i < n; i += chunk) {
+        size_t m = n - i < chunk ? n - i : chunk;
+        s += cblas_dsdot((int)m, x + i, 1, x + i, 1);
+    }
     *out = s;
     return DDP_OK;
 }
