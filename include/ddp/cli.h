@@ -16,6 +16,7 @@ extern "C" {
 typedef struct {
     ddp_train_config train;
     char dump_params[DDP_PATH_MAX]; /* write final parameters as raw float32 (rank 0) */
+    char export_path[DDP_PATH_MAX]; /* write final parameters as safetensors (rank 0) */
     int help;
     int version;
 } ddp_cli_options;

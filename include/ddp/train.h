@@ -58,6 +58,11 @@ typedef struct {
     char metrics_path[DDP_PATH_MAX];
     char trace_path[DDP_PATH_MAX]; /* Chrome trace events, one file per rank */
     int quiet;          /* no progress lines */
+    /* checkpoints (ddp/checkpoint.h); only rank 0 uses the directory */
+    char checkpoint_dir[DDP_PATH_MAX]; /* "" = no checkpoints */
+    int checkpoint_every; /* steps between checkpoints; 0 = only after the last step */
+    int keep;             /* newest checkpoints kept; 0 = all */
+    int resume;           /* continue from the newest checkpoint in checkpoint_dir */
     /* failure detection (per rank; not part of the fingerprint) */
     float timeout_s;    /* a collective blocked this long ends the job (--timeout); 0 = never */
 } ddp_train_config;

@@ -13,14 +13,40 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ddp/checkpoint.h"
 #include "ddp/cli.h"
+#include "ddp/watchdog.h"
 
 #define EXIT_USAGE 2
+#define EXIT_TIMEOUT 3 /* the watchdog ended the job: a rank died or stopped responding */
+
+/* The watchdog's way out, on its own thread: a collective waited longer than --timeout,
+ * so a peer died or hangs, and only ending every rank (the hung one too) frees the job. */
+static void watchdog_expired(void *ctx, const char *message) {
+    (void)message; /* the watchdog has logged it */
+    /* Should the abort itself hang, SIGALRM's default action ends this process, and
+     * mpirun ends the others when it sees a rank exit without finalizing. */
+    alarm(30);
+    /* MPI_Abort from a second thread is allowed only at MPI_THREAD_MULTIPLE; without it,
+     * exiting is the safe way to make mpirun end the job. */
+    if (ddp_mpi_thread_multiple()) ddp_comm_abort((ddp_comm *)ctx, EXIT_TIMEOUT);
+    _exit(EXIT_TIMEOUT);
+}
+
+/* A collective that failed may have left the ranks out of step (the others still inside
+ * it): one more collective to agree could then pair with the wrong call and wait until
+ * the watchdog fires, so a communication error ends the job at once. */
+static void abort_if_comm_failed(ddp_comm *ctrl, ddp_status s, const char *phase) {
+    if (s != DDP_ERR_COMM) return;
+    ddp_log_error("%s: communication failed; aborting all %d ranks", phase, ddp_comm_size(ctrl));
+    ddp_comm_abort(ctrl, 1);
+}
 
 /* All ranks agree on the outcome of a set-up phase. On failure the rank that failed
  * prints its own error; rank 0 also names it, if it was another rank. */
 static int phase_ok(ddp_comm *ctrl, ddp_status s, const char *phase) {
     if (s != DDP_OK) ddp_log_current_error(phase);
+    abort_if_comm_failed(ctrl, s, phase);
     int failed = -1;
     if (ddp_comm_agree(ctrl, s, &failed) != DDP_OK) {
         ddp_log_current_error("agreeing on the outcome of set-up");
@@ -29,6 +55,12 @@ static int phase_ok(ddp_comm *ctrl, ddp_status s, const char *phase) {
     if (failed >= 0 && s == DDP_OK && ddp_comm_rank(ctrl) == 0)
         ddp_log_error("%s failed on rank %d (see its message); stopping all ranks", phase, failed);
     return failed < 0;
+}
+
+/* A set-up step that agrees on failure by itself failed: the rank at fault prints why. */
+static void agreed_failure(ddp_comm *ctrl, ddp_status s, const char *phase) {
+    if (ddp_error_status() != DDP_ERR_REMOTE) ddp_log_current_error(phase);
+    abort_if_comm_failed(ctrl, s, phase);
 }
 
 static ddp_status dump_params(ddp_trainer *t, const char *path) {
@@ -87,6 +119,10 @@ int main(int argc, char **argv) {
         code = EXIT_USAGE;
         goto done;
     }
+    /* From here on, a rank that dies or hangs must not leave the others waiting forever in
+     * a collective: the watchdog ends the job after --timeout seconds. */
+    s = ddp_watchdog_init(cfg->timeout_s, rank, watchdog_expired, ctrl);
+    if (!phase_ok(ctrl, s, "starting the watchdog")) goto done;
 
     /* Device: local rank modulo the visible GPUs; BLAS threads: this node's cores shared
      * among the ranks on it, unless given. */
@@ -114,7 +150,21 @@ int main(int argc, char **argv) {
     s = ddp_trainer_create(cfg, backend, comm, ctrl, &train, &test, &trainer);
     if (s != DDP_OK) {
         /* ddp_trainer_create agrees on failure itself; the failing rank prints why. */
-        if (ddp_error_status() != DDP_ERR_REMOTE) ddp_log_current_error("setting up training");
+        agreed_failure(ctrl, s, "setting up training");
+        goto done;
+    }
+    if (cfg->resume) {
+        /* Collective, and it agrees on failure itself; the failing rank prints why. */
+        s = ddp_trainer_resume(trainer, cfg->checkpoint_dir, NULL);
+        if (s != DDP_OK) {
+            agreed_failure(ctrl, s, "resuming");
+            goto done;
+        }
+    }
+    /* An unusable checkpoint directory is a set-up error, found before training. */
+    s = ddp_trainer_prepare_checkpoints(trainer);
+    if (s != DDP_OK) {
+        agreed_failure(ctrl, s, "checkpoints");
         goto done;
     }
 
@@ -142,9 +192,14 @@ int main(int argc, char **argv) {
         s = dump_params(trainer, opt.dump_params);
         if (s != DDP_OK) ddp_log_current_error("writing parameters");
     }
+    if (opt.export_path[0] && rank == 0 && s == DDP_OK) {
+        s = ddp_trainer_export(trainer, opt.export_path);
+        if (s != DDP_OK) ddp_log_current_error("exporting parameters");
+    }
     if (!phase_ok(ctrl, s, "finishing")) goto done;
     code = 0;
 done:
+    ddp_watchdog_free(); /* before ctrl, which it aborts through */
     ddp_trainer_free(trainer);
     ddp_comm_free(comm);
     ddp_dataset_free(&train);

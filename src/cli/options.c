@@ -18,6 +18,7 @@ enum {
     OPT_QUIET, OPT_DUMP_PARAMS, OPT_HELP, OPT_VERSION, OPT_BUCKET_MB, OPT_FIRST_BUCKET_MB,
     OPT_GRAD_DTYPE, OPT_NO_OVERLAP, OPT_PROGRESS, OPT_ON_NONFINITE, OPT_TRACE,
     OPT_TIMEOUT,
+    OPT_CHECKPOINT_DIR, OPT_CHECKPOINT_EVERY, OPT_KEEP, OPT_RESUME, OPT_EXPORT,
 };
 
 static const struct option long_options[] = {
@@ -61,6 +62,11 @@ static const struct option long_options[] = {
     {"on-nonfinite", required_argument, 0, OPT_ON_NONFINITE},
     {"trace", required_argument, 0, OPT_TRACE},
     {"timeout", required_argument, 0, OPT_TIMEOUT},
+    {"checkpoint-dir", required_argument, 0, OPT_CHECKPOINT_DIR},
+    {"checkpoint-every", required_argument, 0, OPT_CHECKPOINT_EVERY},
+    {"keep", required_argument, 0, OPT_KEEP},
+    {"resume", no_argument, 0, OPT_RESUME},
+    {"export", required_argument, 0, OPT_EXPORT},
     {"help", no_argument, 0, OPT_HELP},
     {"version", no_argument, 0, OPT_VERSION},
     {0, 0, 0, 0},
@@ -113,6 +119,13 @@ void ddp_cli_usage(FILE *f, const char *prog) {
             "  --dump-params FILE    write the final parameters as raw float32 (rank 0)\n"
             "  --quiet               no progress lines\n"
             "  --trace FILE          Chrome trace events (Perfetto); FILE.rankN.json per rank\n"
+            "Checkpoints\n"
+            "  --checkpoint-dir DIR  save checkpoints there (rank 0), after the last step and\n"
+            "  --checkpoint-every N  every N steps\n"
+            "  --keep K              keep the K newest checkpoints (default 3; 0 = all)\n"
+            "  --resume              continue from the newest checkpoint in DIR (fresh if none);\n"
+            "                        the number of ranks may change, the global batch may not\n"
+            "  --export FILE         write the final parameters as safetensors (rank 0)\n"
             "Failure detection\n"
             "  --timeout SECONDS     end the whole job when a collective waits this long for\n"
             "                        a rank that died or hangs (default 300; 0 = never)\n"
@@ -251,6 +264,11 @@ static ddp_status apply(int code, const char *name, const char *arg, ddp_cli_opt
     case OPT_QUIET: c->quiet = 1; return DDP_OK;
     case OPT_TIMEOUT: return parse_float(name, arg, 0.0, 1e6, &c->timeout_s);
     case OPT_DUMP_PARAMS: return copy_path(name, arg, o->dump_params);
+    case OPT_CHECKPOINT_DIR: return copy_path(name, arg, c->checkpoint_dir);
+    case OPT_CHECKPOINT_EVERY: return parse_int(name, arg, 1, 1 << 30, &c->checkpoint_every);
+    case OPT_KEEP: return parse_int(name, arg, 0, 1 << 20, &c->keep);
+    case OPT_RESUME: c->resume = 1; return DDP_OK;
+    case OPT_EXPORT: return copy_path(name, arg, o->export_path);
     case OPT_BUCKET_MB:
     case OPT_FIRST_BUCKET_MB: {
         float mb;

@@ -46,6 +46,7 @@ void ddp_train_config_defaults(ddp_train_config *cfg) {
     cfg->log_every = 50;
     cfg->eval_every = 0;
     cfg->check_sync = 0;
+    cfg->keep = 3;
     cfg->timeout_s = 300.0f;
 }
 
@@ -121,6 +122,12 @@ ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world) {
                         "--warmup, --clip, --log-every, --eval-every and --check-sync must not "
                         "be negative");
     if (cfg->log_every == 0) cfg->log_every = 1;
+    if ((cfg->checkpoint_every > 0 || cfg->resume) && !cfg->checkpoint_dir[0])
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "--checkpoint-every and --resume need --checkpoint-dir "
+                        "DIR (where checkpoints are written and found)");
+    if (cfg->checkpoint_every < 0 || cfg->keep < 0)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "--checkpoint-every and --keep must not be negative");
     return DDP_OK;
 }
 
@@ -149,6 +156,10 @@ size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t
     PUT(" bucket=%zu first_bucket=%zu grad_dtype=%d overlap=%d progress=%d nonfinite=%d",
         cfg->reducer.bucket_bytes, cfg->reducer.first_bucket_bytes, (int)cfg->reducer.grad_dtype,
         cfg->reducer.overlap, (int)cfg->reducer.progress, cfg->on_nonfinite);
+    /* Saving and resuming end in an agreement over all ranks, so whether and when they
+     * happen must agree; the directory and --keep concern rank 0 alone. */
+    PUT(" ckpt=%d ckpt_every=%d resume=%d", cfg->checkpoint_dir[0] != '\0', cfg->checkpoint_every,
+        cfg->resume);
 #undef PUT
     return (size_t)n < cap ? (size_t)n : cap - 1;
 }

@@ -5,6 +5,8 @@
 #include <jansson.h>
 #include <stdio.h>
 
+#include "ddp/watchdog.h"
+#include "train/checkpoint_impl.h"
 #include "train/trainer_impl.h"
 
 static void format_eta(double seconds, char *buf, size_t cap) {
@@ -39,10 +41,12 @@ static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, double
 ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
     const ddp_train_config *c = &t->cfg;
     if (c->metrics_path[0] && t->rank == 0 && !t->metrics) {
-        t->metrics = fopen(c->metrics_path, "w");
+        /* A resumed run continues the records of the run it resumes. */
+        t->metrics = fopen(c->metrics_path, t->step > 0 ? "a" : "w");
         if (!t->metrics)
             return DDP_FAIL(DDP_ERR_IO, "--metrics %s: cannot open for writing", c->metrics_path);
     }
+    DDP_CHECK(ddp_trainer_prepare_checkpoints(t));
     size_t spe = t->sampler.steps_per_epoch;
     if (!c->quiet)
         ddp_log_info("training %s (%zu parameters) on %d rank(s), %s backend, %s comm: batch %zu "
@@ -57,6 +61,7 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
     int64_t window_steps = 0, first_step = t->step;
     while (t->step < t->total_steps) {
         ddp_step_stats st;
+        ddp_watchdog_set_step(t->step + 1); /* named if a collective of this step hangs */
         DDP_CHECK(ddp_trainer_step(t, &st));
         window_steps++;
         int epoch_end = spe > 0 && t->step % (int64_t)spe == 0;
@@ -87,6 +92,7 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
             window_start = now;
             window_steps = 0;
         }
+        DDP_CHECK(ddp_checkpoint_run_step(t));
     }
     if (final_accuracy) *final_accuracy = accuracy;
     return DDP_OK;

@@ -1,0 +1,203 @@
+/*
+ * Checkpoints of a trainer: what goes into one, saving it from rank 0, and resuming on
+ * any number of ranks that divides the same global batch.
+ *
+ * Who reads and writes. Parameters and optimizer state are replicated, so rank 0 alone
+ * writes. On resume rank 0 alone reads, checks, and broadcasts the file's bytes over the
+ * control communicator: the other ranks need no access to the directory (no shared file
+ * system), and every rank loads the very same bytes, so all end bitwise identical.
+ * After every save and load all ranks agree on the outcome, so a failure on one rank
+ * stops all of them with a message instead of leaving some inside the next collective.
+ *
+ * Once optimizer state is sharded (ZeRO), no rank holds all of it: each rank will write
+ * its own shard file (its slice of the state, possibly of the parameters) and rank 0 a
+ * small manifest naming the shards, the world size and the slice boundaries, renamed
+ * into place last so that it is the commit point. Resuming on another number of ranks
+ * then means re-slicing: every rank reads the byte ranges of the shards that overlap
+ * its new slice. The single-file format below stays the world-of-1 special case.
+ *
+ * What must match on resume is the "settings" text (ddp_checkpoint_settings): the
+ * canonical configuration without what may change (ranks and the batch split into
+ * micro-batches, run length, devices, communication, logging), plus the training set.
+ * The shuffle needs no stored random state: each epoch's order is derived from (seed,
+ * epoch), so the sampler's cursor (epoch, step in epoch) is all it takes.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "train/checkpoint_impl.h"
+#include "train/trainer_impl.h"
+
+/* Keys of the canonical configuration that may differ between the run that wrote a
+ * checkpoint and the run that resumes it. Everything else must match; a key added to
+ * the canonical text later must match too unless it is listed here. */
+static const char *const may_change[] = {
+    "accum",     "micro",      "epochs",     "steps",      "device",       "comm",       "math",
+    "log_every", "eval_every", "check_sync", "bucket",     "first_bucket", "grad_dtype", "overlap",
+    "progress",  "nonfinite",  "ckpt",       "ckpt_every", "resume",
+};
+
+static int key_may_change(const char *key, size_t n) {
+    for (size_t i = 0; i < sizeof may_change / sizeof *may_change; i++)
+        if (strlen(may_change[i]) == n && memcmp(may_change[i], key, n) == 0) return 1;
+    return 0;
+}
+
+size_t ddp_checkpoint_settings(const ddp_trainer *t, char *buf, size_t cap) {
+    char canon[4096];
+    size_t len = ddp_train_config_canonical(&t->cfg, canon, sizeof canon);
+    size_t n = 0;
+    buf[0] = '\0';
+    /* Tokens are "key=value" separated by single spaces. */
+    for (size_t i = 0; i < len;) {
+        size_t end = i;
+        while (end < len && canon[end] != ' ')
+            end++;
+        size_t klen = 0;
+        while (i + klen < end && canon[i + klen] != '=')
+            klen++;
+        if (end > i && !key_may_change(canon + i, klen) && n < cap)
+            n += (size_t)snprintf(buf + n, cap - n, "%s%.*s", n ? " " : "", (int)(end - i),
+                                  canon + i);
+        i = end + 1;
+    }
+    /* The sampler's cursor is only meaningful on the same training set. */
+    const ddp_dataset *d = t->train;
+    if (n < cap)
+        n += (size_t)snprintf(buf + n, cap - n, " train=%zu dim=%zu classes=%d labels=%08x", d->n,
+                              d->dim, d->num_classes, ddp_crc32(0, d->y, d->n * sizeof(int32_t)));
+    return n < cap ? n : cap - 1;
+}
+
+ddp_status ddp_ckpt_agree(ddp_trainer *t, ddp_status local, const char *what) {
+    /* A collective that failed here (a broadcast of the checkpoint) may have left the
+     * others inside it: agreeing now could pair with the wrong call and wait forever.
+     * The caller aborts the job on a communication error instead. */
+    if (local == DDP_ERR_COMM) return local;
+    int failed = -1;
+    ddp_status a = ddp_comm_agree(t->ctrl, local, &failed);
+    if (local != DDP_OK) return local;
+    DDP_CHECK(a);
+    if (failed >= 0)
+        return DDP_FAIL(DDP_ERR_REMOTE, "rank %d failed to %s (its message says why)", failed,
+                        what);
+    return DDP_OK;
+}
+
+/* ---- saving ------------------------------------------------------------------------- */
+
+/* Copies device memory to the file through a bounded host buffer. */
+static ddp_status put_device(ddp_trainer *t, ddp_ckpt_writer *w, const float *dev, size_t n,
+                             float *host, size_t host_cap) {
+    for (size_t i = 0; i < n; i += host_cap) {
+        size_t k = n - i < host_cap ? n - i : host_cap;
+        DDP_CHECK(ddp_backend_copy(t->backend, host, dev + i, k * sizeof(float), DDP_COPY_D2H));
+        DDP_CHECK(ddp_ckpt_writer_put(w, host, k * sizeof(float)));
+    }
+    return DDP_OK;
+}
+
+static ddp_status write_body(ddp_trainer *t, ddp_ckpt_writer *w, const unsigned char *header,
+                             size_t header_len) {
+    enum { CHUNK = 1 << 18 };
+    DDP_CHECK(ddp_ckpt_writer_put(w, header, header_len));
+    float *host = malloc(CHUNK * sizeof(float));
+    if (!host) return DDP_FAIL(DDP_ERR_NOMEM, "checkpoint: out of memory");
+    ddp_status s = put_device(t, w, ddp_model_params(t->model), t->num_params, host, CHUNK);
+    for (int i = 0; s == DDP_OK && i < ddp_optim_num_states(t->optim); i++)
+        s = put_device(t, w, ddp_optim_state(t->optim, i), ddp_optim_size(t->optim), host, CHUNK);
+    free(host);
+    DDP_CHECK(s);
+    return DDP_OK;
+}
+
+/* Rank 0's part of a save. */
+static ddp_status write_checkpoint(ddp_trainer *t) {
+    const char *dir = t->cfg.checkpoint_dir;
+    double t0 = ddp_time_now();
+    char settings[4096];
+    const char *model = ddp_model_describe(t->model);
+    ddp_checkpoint_info h = {
+        .settings = settings,
+        .settings_len = ddp_checkpoint_settings(t, settings, sizeof settings),
+        .model = model,
+        .model_len = strlen(model),
+        .num_params = t->num_params,
+        .global_batch = t->cfg.global_batch,
+        .world = (uint32_t)t->world,
+        .step = t->step,
+        .epoch = t->epoch,
+        .sampler_epoch = t->sampler.epoch,
+        .sampler_step = t->sampler.step,
+        .total_steps = t->total_steps,
+        .optim_kind = (uint32_t)t->cfg.optim.kind,
+        .num_states = (uint32_t)ddp_optim_num_states(t->optim),
+        .optim_steps = ddp_optim_steps(t->optim),
+        .state_size = ddp_optim_size(t->optim),
+    };
+    unsigned char *header;
+    size_t header_len;
+    DDP_CHECK(ddp_ckpt_encode_header(&h, &header, &header_len));
+    ddp_ckpt_writer w;
+    ddp_status s = ddp_ckpt_writer_open(&w, dir, t->step);
+    if (s == DDP_OK) {
+        s = write_body(t, &w, header, header_len);
+        if (s == DDP_OK)
+            s = ddp_ckpt_writer_commit(&w);
+        else
+            ddp_ckpt_writer_abort(&w);
+    }
+    free(header);
+    DDP_CHECK(s);
+    if (!t->cfg.quiet)
+        ddp_log_info("checkpoint of step %lld written to %s (%.1f MB in %.2f s)",
+                     (long long)t->step, w.final, (double)w.bytes / 1e6, ddp_time_now() - t0);
+    /* Old checkpoints go only after the new one is safely in place. */
+    ddp_ckpt_prune(dir, t->cfg.keep, t->step);
+    return DDP_OK;
+}
+
+ddp_status ddp_trainer_save_checkpoint(ddp_trainer *t) {
+    ddp_status s = DDP_OK;
+    if (!t->cfg.checkpoint_dir[0])
+        s = DDP_FAIL(DDP_ERR_INVALID_ARG, "saving a checkpoint needs --checkpoint-dir");
+    else if (t->rank == 0)
+        s = write_checkpoint(t);
+    if (s != DDP_OK) ddp_error_trace(__FILE__, __LINE__);
+    /* Every rank reaches this after the same step, whether rank 0's write worked or not. */
+    DDP_CHECK(ddp_ckpt_agree(t, s, "write a checkpoint"));
+    return DDP_OK;
+}
+
+ddp_status ddp_trainer_prepare_checkpoints(ddp_trainer *t) {
+    const char *dir = t->cfg.checkpoint_dir;
+    if (!dir[0]) return DDP_OK;
+    ddp_status s = DDP_OK;
+    if (t->rank == 0) {
+        s = ddp_ckpt_mkdirs(dir);
+        int64_t *steps = NULL;
+        size_t n = 0;
+        if (s == DDP_OK && t->step == 0) s = ddp_checkpoint_list(dir, &steps, &n);
+        /* A fresh run's checkpoints would interleave with the old ones, and pruning or a
+         * later --resume could pick the wrong run's. */
+        if (s == DDP_OK && n > 0)
+            s = DDP_FAIL(DDP_ERR_INVALID_ARG,
+                         "--checkpoint-dir %s already holds %zu checkpoint(s) of another run "
+                         "(the newest of step %lld): pass --resume to continue it, or use an "
+                         "empty directory",
+                         dir, n, (long long)steps[n - 1]);
+        free(steps);
+    }
+    /* All ranks reach this when checkpoints are on (the setting is part of the
+     * configuration fingerprint). */
+    DDP_CHECK(ddp_ckpt_agree(t, s, "prepare the checkpoint directory"));
+    return DDP_OK;
+}
+
+ddp_status ddp_checkpoint_run_step(ddp_trainer *t) {
+    if (!t->cfg.checkpoint_dir[0]) return DDP_OK;
+    int every = t->cfg.checkpoint_every;
+    if ((every > 0 && t->step % every == 0) || t->step == t->total_steps)
+        DDP_CHECK(ddp_trainer_save_checkpoint(t));
+    return DDP_OK;
+}

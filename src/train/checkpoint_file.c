@@ -1,0 +1,450 @@
+/*
+ * The checkpoint file: encoding and strict parsing of the format described in
+ * ddp/checkpoint.h, reading a whole file, and the directory side (names, listing,
+ * atomic replacement, pruning). Nothing here knows about trainers or ranks.
+ *
+ * Why a checkpoint is either complete or invisible: it is written to a hidden temporary
+ * name, flushed and fsync'ed, and only then renamed to ckpt-<step>.ddp; rename is
+ * atomic within a file system, and the directory is fsync'ed afterwards so that the new
+ * name itself survives a power cut. A process killed at any point leaves the old set of
+ * checkpoints, or the old set plus the new one, never a partial ckpt-*.ddp.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "train/checkpoint_impl.h"
+
+/* Float arrays are stored as the host's bytes; the format says little-endian. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "checkpoints store float32 little-endian: add byte swapping for this host"
+#endif
+
+/* Bounds on the two texts, so that a damaged length cannot point far outside. */
+#define MAX_TEXT   (64u << 10)
+#define MAX_STATES 16u
+
+static void put32(unsigned char **p, uint32_t v) {
+    for (int i = 0; i < 4; i++)
+        *(*p)++ = (unsigned char)(v >> (8 * i));
+}
+static void put64(unsigned char **p, uint64_t v) {
+    for (int i = 0; i < 8; i++)
+        *(*p)++ = (unsigned char)(v >> (8 * i));
+}
+
+static size_t header_bytes(size_t settings_len, size_t model_len) {
+    size_t n = DDP_CKPT_FIXED_BYTES + settings_len + model_len;
+    return (n + DDP_CKPT_ALIGN - 1) / DDP_CKPT_ALIGN * DDP_CKPT_ALIGN;
+}
+
+ddp_status ddp_ckpt_encode_header(const ddp_checkpoint_info *in, unsigned char **out, size_t *len) {
+    if (in->settings_len > MAX_TEXT || in->model_len > MAX_TEXT || in->num_states > MAX_STATES)
+        return DDP_FAIL(DDP_ERR_INTERNAL,
+                        "checkpoint header: texts of %zu and %zu bytes, %u "
+                        "state buffers exceed the format's limits",
+                        in->settings_len, in->model_len, in->num_states);
+    size_t n = header_bytes(in->settings_len, in->model_len);
+    unsigned char *buf = calloc(1, n), *p = buf;
+    if (!buf) return DDP_FAIL(DDP_ERR_NOMEM, "checkpoint header: out of memory");
+    memcpy(p, DDP_CKPT_MAGIC, 8);
+    p += 8;
+    put32(&p, DDP_CKPT_VERSION);
+    put32(&p, ddp_crc32(0, in->settings, in->settings_len));
+    put32(&p, (uint32_t)in->settings_len);
+    memcpy(p, in->settings, in->settings_len);
+    p += in->settings_len;
+    put32(&p, (uint32_t)in->model_len);
+    memcpy(p, in->model, in->model_len);
+    p += in->model_len;
+    put64(&p, in->num_params);
+    put64(&p, in->global_batch);
+    put32(&p, in->world);
+    put64(&p, (uint64_t)in->step);
+    put64(&p, in->epoch);
+    put64(&p, in->sampler_epoch);
+    put64(&p, in->sampler_step);
+    put64(&p, (uint64_t)in->total_steps);
+    put32(&p, in->optim_kind);
+    put32(&p, in->num_states);
+    put64(&p, (uint64_t)in->optim_steps);
+    put64(&p, in->state_size);
+    *out = buf;
+    *len = n;
+    return DDP_OK;
+}
+
+/* A bounds-checked cursor: reads past the end yield zeros and set `short_read`. */
+typedef struct {
+    const unsigned char *p;
+    size_t len, pos;
+    int short_read;
+} reader;
+
+static const unsigned char *take(reader *r, size_t n) {
+    if (r->short_read || n > r->len - r->pos) {
+        r->short_read = 1;
+        return NULL;
+    }
+    const unsigned char *at = r->p + r->pos;
+    r->pos += n;
+    return at;
+}
+static uint32_t get32(reader *r) {
+    const unsigned char *b = take(r, 4);
+    uint32_t v = 0;
+    for (int i = 0; b && i < 4; i++)
+        v |= (uint32_t)b[i] << (8 * i);
+    return v;
+}
+static uint64_t get64(reader *r) {
+    const unsigned char *b = take(r, 8);
+    uint64_t v = 0;
+    for (int i = 0; b && i < 8; i++)
+        v |= (uint64_t)b[i] << (8 * i);
+    return v;
+}
+
+/* Reads the header fields and the size the whole file must have. Returns 1 when they
+ * were read, 0 when the header runs past the end of the buffer, -1 when its numbers are
+ * impossible. */
+static int parse_header(const unsigned char *buf, size_t len, ddp_checkpoint_info *h,
+                        uint64_t *expected) {
+    reader r = {buf, len, 8, 0};
+    memset(h, 0, sizeof *h);
+    h->version = get32(&r);
+    h->fingerprint = get32(&r);
+    h->settings_len = get32(&r);
+    if (h->settings_len > MAX_TEXT) return -1;
+    h->settings = (const char *)take(&r, h->settings_len);
+    h->model_len = get32(&r);
+    if (h->model_len > MAX_TEXT) return -1;
+    h->model = (const char *)take(&r, h->model_len);
+    h->num_params = get64(&r);
+    h->global_batch = get64(&r);
+    h->world = get32(&r);
+    h->step = (int64_t)get64(&r);
+    h->epoch = get64(&r);
+    h->sampler_epoch = get64(&r);
+    h->sampler_step = get64(&r);
+    h->total_steps = (int64_t)get64(&r);
+    h->optim_kind = get32(&r);
+    h->num_states = get32(&r);
+    h->optim_steps = (int64_t)get64(&r);
+    h->state_size = get64(&r);
+    if (r.short_read) return 0;
+    /* Bounded so that the products below cannot overflow. */
+    if (h->num_states > MAX_STATES || h->num_params > ((uint64_t)1 << 60) ||
+        h->state_size > ((uint64_t)1 << 60))
+        return -1;
+    uint64_t data_off = header_bytes(h->settings_len, h->model_len);
+    uint64_t states_off = data_off + 4 * h->num_params;
+    *expected = states_off + 4 * (uint64_t)h->num_states * h->state_size + 4;
+    h->params = buf + (data_off <= len ? data_off : len);
+    h->states = buf + (states_off <= len ? states_off : len);
+    return 1;
+}
+
+ddp_status ddp_checkpoint_parse(const void *data, size_t len, const char *name,
+                                ddp_checkpoint_info *info) {
+    const unsigned char *buf = data;
+    memset(info, 0, sizeof *info);
+    if (len < 8 || memcmp(buf, DDP_CKPT_MAGIC, 8) != 0)
+        return DDP_FAIL(DDP_ERR_FORMAT,
+                        "checkpoint %s: not a ddp checkpoint (%s): it does not start with "
+                        "\"DDPCKPT\"; was it written by ddp-train --checkpoint-dir?",
+                        name, len < 8 ? "shorter than the magic number" : "bad magic number");
+    ddp_checkpoint_info h;
+    uint64_t expected = 0;
+    int header = parse_header(buf, len, &h, &expected);
+    uint32_t stored = 0, crc = 0;
+    if (len >= 12) {
+        const unsigned char *c = buf + len - 4;
+        stored = (uint32_t)c[0] | (uint32_t)c[1] << 8 | (uint32_t)c[2] << 16 | (uint32_t)c[3] << 24;
+        crc = ddp_crc32(0, buf, len - 4);
+    }
+    /* Only an intact file is believed about its version: a damaged byte is reported as
+     * damage, never as a strange version or setting. */
+    int intact = len >= 12 && crc == stored;
+    if (intact && h.version != DDP_CKPT_VERSION)
+        return DDP_FAIL(DDP_ERR_UNSUPPORTED,
+                        "checkpoint %s has format version %u; this build reads version %u: "
+                        "resume it with the ddp-train that wrote it",
+                        name, h.version, DDP_CKPT_VERSION);
+    if (!intact && header == 0)
+        return DDP_FAIL(DDP_ERR_FORMAT,
+                        "checkpoint %s is truncated or damaged: its %zu bytes end inside its "
+                        "header; resume from an older checkpoint or start afresh",
+                        name, len);
+    if (!intact && header == 1 && expected != len)
+        return DDP_FAIL(DDP_ERR_FORMAT,
+                        "checkpoint %s is truncated or damaged: %zu bytes where its header "
+                        "promises %llu, and the CRC-32 does not match; resume from an older "
+                        "checkpoint or start afresh",
+                        name, len, (unsigned long long)expected);
+    if (!intact)
+        return DDP_FAIL(DDP_ERR_FORMAT,
+                        "checkpoint %s is damaged: CRC-32 mismatch (stored %08x, computed %08x "
+                        "over %zu bytes); resume from an older checkpoint or start afresh",
+                        name, stored, crc, len >= 4 ? len - 4 : 0);
+    if (header != 1 || expected != len)
+        return DDP_FAIL(DDP_ERR_FORMAT,
+                        "checkpoint %s: its %zu bytes do not match the sizes in its header; "
+                        "the file was not written by ddp-train",
+                        name, len);
+    if (ddp_crc32(0, h.settings, h.settings_len) != h.fingerprint || h.step < 0 ||
+        h.optim_steps < 0 || h.total_steps < 0)
+        return DDP_FAIL(DDP_ERR_FORMAT,
+                        "checkpoint %s: inconsistent header (fingerprint or counters); the "
+                        "file was not written by ddp-train",
+                        name);
+    *info = h;
+    return DDP_OK;
+}
+
+ddp_status ddp_checkpoint_read(const char *path, void **buf, size_t *len,
+                               ddp_checkpoint_info *info) {
+    *buf = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return DDP_FAIL(DDP_ERR_IO, "checkpoint %s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return DDP_FAIL(DDP_ERR_IO, "checkpoint %s: not a regular file", path);
+    }
+    size_t n = (size_t)st.st_size;
+    unsigned char *b = malloc(n ? n : 1);
+    if (!b) {
+        fclose(f);
+        return DDP_FAIL(DDP_ERR_NOMEM, "checkpoint %s: no memory for its %zu bytes", path, n);
+    }
+    size_t got = fread(b, 1, n, f);
+    int err = ferror(f);
+    fclose(f);
+    if (err) {
+        free(b);
+        return DDP_FAIL(DDP_ERR_IO, "checkpoint %s: read error", path);
+    }
+    ddp_status s = ddp_checkpoint_parse(b, got, path, info);
+    if (s != DDP_OK) {
+        free(b);
+        DDP_CHECK(s);
+    }
+    *buf = b;
+    *len = got;
+    return DDP_OK;
+}
+
+void ddp_checkpoint_path(char *buf, size_t cap, const char *dir, int64_t step) {
+    snprintf(buf, cap, "%s/ckpt-%08lld.ddp", dir, (long long)step);
+}
+
+/* The step of a name "ckpt-<digits>.ddp", or -1 for any other name. */
+static int64_t step_of_name(const char *name) {
+    if (strncmp(name, "ckpt-", 5) != 0) return -1;
+    const char *p = name + 5;
+    int64_t step = 0;
+    int digits = 0;
+    for (; *p >= '0' && *p <= '9' && digits < 18; p++, digits++)
+        step = step * 10 + (*p - '0');
+    return digits > 0 && strcmp(p, ".ddp") == 0 ? step : -1;
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+ddp_status ddp_checkpoint_list(const char *dir, int64_t **steps, size_t *n) {
+    *steps = NULL;
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (errno == ENOENT) return DDP_OK;
+        return DDP_FAIL(DDP_ERR_IO, "checkpoint directory %s: %s", dir, strerror(errno));
+    }
+    size_t cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        int64_t step = step_of_name(e->d_name);
+        if (step < 0) continue;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 16;
+            int64_t *grown = realloc(*steps, cap * sizeof *grown);
+            if (!grown) {
+                closedir(d);
+                free(*steps);
+                *steps = NULL;
+                *n = 0;
+                return DDP_FAIL(DDP_ERR_NOMEM, "listing %s: out of memory", dir);
+            }
+            *steps = grown;
+        }
+        (*steps)[(*n)++] = step;
+    }
+    closedir(d);
+    if (*n > 1) qsort(*steps, *n, sizeof **steps, cmp_i64);
+    return DDP_OK;
+}
+
+ddp_status ddp_ckpt_mkdirs(const char *dir) {
+    char p[DDP_PATH_MAX];
+    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "checkpoint directory name too long: %s", dir);
+    /* Each prefix in turn, so that missing parents are created as well. */
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != '\0') continue;
+        char c = *s;
+        *s = '\0';
+        if (mkdir(p, 0777) != 0 && errno != EEXIST)
+            return DDP_FAIL(DDP_ERR_IO, "--checkpoint-dir %s: cannot create %s: %s", dir, p,
+                            strerror(errno));
+        *s = c;
+        if (c == '\0') break;
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return DDP_FAIL(DDP_ERR_IO, "--checkpoint-dir %s exists but is not a directory", dir);
+    return DDP_OK;
+}
+
+/* Crash injection for tests: DDP_INJECT_CKPT_CRASH="STEP:BYTES" kills this process with
+ * SIGKILL once BYTES bytes of the checkpoint of step STEP are in its temporary file, as a
+ * crash or a kill in the middle of a write would. Returns the byte budget for the write of
+ * `step`, or -1 when none applies. Read once. */
+static long long crash_after(int64_t step) {
+    static int parsed;
+    static long long at_step = -1, at_bytes = -1;
+    if (!parsed) {
+        parsed = 1;
+        const char *env = getenv("DDP_INJECT_CKPT_CRASH");
+        if (env && sscanf(env, "%lld:%lld", &at_step, &at_bytes) != 2) at_step = -1;
+    }
+    return at_step == step && at_bytes >= 0 ? at_bytes : -1;
+}
+
+static void maybe_crash(ddp_ckpt_writer *w, const void *data, size_t bytes) {
+    long long budget = crash_after(w->step);
+    if (budget < 0 || (long long)(w->bytes + bytes) < budget) return;
+    size_t part = (size_t)(budget - (long long)w->bytes);
+    if (part > 0) fwrite(data, 1, part, w->f);
+    fflush(w->f);
+    fsync(fileno(w->f));
+    ddp_log_error("checkpoint: injected crash after %lld bytes of %s (DDP_INJECT_CKPT_CRASH)",
+                  budget, w->tmp);
+    raise(SIGKILL);
+}
+
+ddp_status ddp_ckpt_writer_open(ddp_ckpt_writer *w, const char *dir, int64_t step) {
+    memset(w, 0, sizeof *w);
+    w->step = step;
+    snprintf(w->dir, sizeof w->dir, "%s", dir);
+    snprintf(w->tmp, sizeof w->tmp, "%s/.ckpt-%08lld.ddp.tmp", dir, (long long)step);
+    ddp_checkpoint_path(w->final, sizeof w->final, dir, step);
+    w->f = fopen(w->tmp, "wb");
+    if (!w->f)
+        return DDP_FAIL(DDP_ERR_IO,
+                        "checkpoint: cannot create %s: %s; check that --checkpoint-dir exists "
+                        "and is writable",
+                        w->tmp, strerror(errno));
+    return DDP_OK;
+}
+
+ddp_status ddp_ckpt_writer_put(ddp_ckpt_writer *w, const void *data, size_t bytes) {
+    maybe_crash(w, data, bytes);
+    if (bytes && fwrite(data, 1, bytes, w->f) != bytes)
+        return DDP_FAIL(DDP_ERR_IO,
+                        "checkpoint: writing %s failed after %llu bytes: %s (disk "
+                        "full?)",
+                        w->tmp, (unsigned long long)w->bytes, strerror(errno));
+    w->crc = ddp_crc32(w->crc, data, bytes);
+    w->bytes += bytes;
+    return DDP_OK;
+}
+
+void ddp_ckpt_writer_abort(ddp_ckpt_writer *w) {
+    if (w->f) fclose(w->f);
+    w->f = NULL;
+    if (w->tmp[0]) unlink(w->tmp);
+}
+
+static ddp_status fail_commit(ddp_ckpt_writer *w, const char *what) {
+    int e = errno;
+    ddp_ckpt_writer_abort(w);
+    return DDP_FAIL(DDP_ERR_IO, "checkpoint: %s %s failed: %s (disk full or not writable?)", what,
+                    w->final, strerror(e));
+}
+
+ddp_status ddp_ckpt_writer_commit(ddp_ckpt_writer *w) {
+    unsigned char crc[4], *p = crc;
+    put32(&p, w->crc);
+    ddp_status s = ddp_ckpt_writer_put(w, crc, sizeof crc);
+    if (s != DDP_OK) {
+        ddp_ckpt_writer_abort(w);
+        DDP_CHECK(s);
+    }
+    /* Data on disk before the name: otherwise a crash after the rename could leave the
+     * final name pointing at blocks that were never written. */
+    if (fflush(w->f) != 0 || fsync(fileno(w->f)) != 0) return fail_commit(w, "syncing");
+    int rc = fclose(w->f);
+    w->f = NULL;
+    if (rc != 0) return fail_commit(w, "closing");
+    if (rename(w->tmp, w->final) != 0) return fail_commit(w, "renaming into");
+    int fd = open(w->dir, O_RDONLY | O_DIRECTORY);
+    /* Some file systems cannot sync a directory (EINVAL): the rename is all they offer. */
+    if (fd < 0 || (fsync(fd) != 0 && errno != EINVAL && errno != ENOTSUP)) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        return DDP_FAIL(DDP_ERR_IO, "checkpoint %s: syncing the directory failed: %s", w->final,
+                        strerror(e));
+    }
+    close(fd);
+    return DDP_OK;
+}
+
+/* A temporary file of an interrupted write: ".ckpt-<digits>.ddp.tmp". */
+static int is_stale_tmp(const char *name) {
+    size_t n = strlen(name);
+    return strncmp(name, ".ckpt-", 6) == 0 && n > 14 && strcmp(name + n - 8, ".ddp.tmp") == 0;
+}
+
+void ddp_ckpt_prune(const char *dir, int keep, int64_t newest) {
+    char path[DDP_PATH_MAX + 300];
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            if (!is_stale_tmp(e->d_name)) continue;
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            if (unlink(path) != 0)
+                ddp_log_warn("checkpoint: cannot remove the stale %s: %s", path, strerror(errno));
+        }
+        closedir(d);
+    }
+    if (keep <= 0) return;
+    int64_t *steps;
+    size_t n;
+    if (ddp_checkpoint_list(dir, &steps, &n) != DDP_OK) {
+        ddp_log_warn("checkpoint: old checkpoints not pruned: %s", ddp_error_message());
+        ddp_error_clear();
+        return;
+    }
+    /* Later steps than the one just written are left alone: they are not older, and
+     * this run will replace them when it gets there. */
+    while (n > 0 && steps[n - 1] > newest)
+        n--;
+    /* Oldest first, leaving the `keep` newest. */
+    for (size_t i = 0; i + (size_t)keep < n; i++) {
+        ddp_checkpoint_path(path, sizeof path, dir, steps[i]);
+        if (unlink(path) != 0)
+            ddp_log_warn("checkpoint: cannot remove the old %s: %s", path, strerror(errno));
+    }
+    free(steps);
+}

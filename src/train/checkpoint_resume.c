@@ -1,0 +1,336 @@
+/*
+ * Resuming from a checkpoint: rank 0 chooses the file and checks that it belongs to
+ * this run, its bytes are broadcast to every rank, and every rank loads them.
+ *
+ * A damaged newest checkpoint. Files only appear complete (see checkpoint_file.c), so a
+ * damaged one means the storage failed or someone changed it. We skip it with a warning
+ * that names it and the problem, and resume from the next older intact one: the job
+ * goes on, having lost the steps since that one, and the damaged file is renamed to
+ * <name>.damaged, kept for inspection but out of the way of pruning and of the next
+ * resume. When no checkpoint is intact we refuse, naming the newest: starting
+ * afresh would silently discard the run. A checkpoint that is intact but belongs to
+ * another configuration, model or global batch is refused, never skipped, since the
+ * older ones in the same directory belong to the same other run.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "train/checkpoint_impl.h"
+#include "train/trainer_impl.h"
+
+/* The option behind a key of the settings text, for messages. */
+static const char *option_of(const char *key, size_t n) {
+    static const char *const map[][2] = {
+        {"hidden", "--hidden"},
+        {"act", "--act"},
+        {"batch", "--batch"},
+        {"optim", "--optim"},
+        {"momentum", "--momentum"},
+        {"nesterov", "--nesterov"},
+        {"betas", "--beta1/--beta2"},
+        {"eps", "--eps"},
+        {"wd", "--weight-decay"},
+        {"sched", "--schedule"},
+        {"lr", "--lr"},
+        {"min_lr", "--min-lr"},
+        {"warmup", "--warmup"},
+        {"clip", "--clip"},
+        {"seed", "--seed"},
+        {"shuffle", "--no-shuffle"},
+        {"train", "--data"},
+        {"dim", "--data"},
+        {"classes", "--data"},
+        {"labels", "--data"},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof *map; i++)
+        if (strlen(map[i][0]) == n && memcmp(map[i][0], key, n) == 0) return map[i][1];
+    return NULL;
+}
+
+/* A value of the settings text for people: hexadecimal floats (exact, which is why the
+ * text has them) are shown in decimal, item by item in lists like "betas=a,b". */
+static void show_value(const char *v, size_t n, char *out, size_t cap) {
+    size_t o = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i <= n && o < cap;) {
+        size_t end = i;
+        while (end < n && v[end] != ',')
+            end++;
+        char part[128];
+        size_t pl = end - i < sizeof part - 1 ? end - i : sizeof part - 1;
+        memcpy(part, v + i, pl);
+        part[pl] = '\0';
+        char *e;
+        double d = strtod(part, &e);
+        if (strstr(part, "0x") && e != part && *e == '\0')
+            o += (size_t)snprintf(out + o, cap - o, "%s%g", i ? "," : "", d);
+        else
+            o += (size_t)snprintf(out + o, cap - o, "%s%s", i ? "," : "", part);
+        i = end + 1;
+    }
+}
+
+/* The token "key=value" at or after *pos in s; 0 at the end. */
+static int next_token(const char *s, size_t len, size_t *pos, const char **key, size_t *klen,
+                      const char **val, size_t *vlen) {
+    while (*pos < len && s[*pos] == ' ')
+        (*pos)++;
+    if (*pos >= len) return 0;
+    size_t i = *pos, end = i;
+    while (end < len && s[end] != ' ')
+        end++;
+    size_t k = 0;
+    while (i + k < end && s[i + k] != '=')
+        k++;
+    *key = s + i;
+    *klen = k;
+    *val = s + i + (k < end - i ? k + 1 : k);
+    *vlen = end - (size_t)(*val - s);
+    *pos = end;
+    return 1;
+}
+
+/* Finds key in s; *val is NULL when absent. */
+static void lookup(const char *s, size_t len, const char *key, size_t klen, const char **val,
+                   size_t *vlen) {
+    size_t pos = 0, kl;
+    const char *k, *v;
+    *val = NULL;
+    *vlen = 0;
+    while (next_token(s, len, &pos, &k, &kl, &v, vlen))
+        if (kl == klen && memcmp(k, key, klen) == 0) {
+            *val = v;
+            return;
+        }
+}
+
+/* Describes the first setting of `a` (the checkpoint's) that differs in `b` (this
+ * run's), or one that only b has. Returns 0 when they agree. */
+static int first_difference(const char *a, size_t alen, const char *b, size_t blen, char *msg,
+                            size_t cap) {
+    for (int pass = 0; pass < 2; pass++) {
+        const char *s = pass ? b : a, *other = pass ? a : b;
+        size_t len = pass ? blen : alen, olen = pass ? alen : blen, pos = 0, kl, vl, ovl;
+        const char *k, *v, *ov;
+        while (next_token(s, len, &pos, &k, &kl, &v, &vl)) {
+            lookup(other, olen, k, kl, &ov, &ovl);
+            if (ov && ovl == vl && memcmp(ov, v, vl) == 0) continue;
+            char mine[160], theirs[160] = "(absent)";
+            show_value(v, vl, mine, sizeof mine);
+            if (ov) show_value(ov, ovl, theirs, sizeof theirs);
+            const char *opt = option_of(k, kl);
+            snprintf(msg, cap, "setting '%.*s'%s%s%s differs: %s in the checkpoint, %s in this run",
+                     (int)kl, k, opt ? " (" : "", opt ? opt : "", opt ? ")" : "",
+                     pass ? theirs : mine, pass ? mine : theirs);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Rank 0: does this checkpoint belong to this run? Same checks give the same answer on
+ * every rank, since all ranks run the same configuration (checked at set-up). */
+static ddp_status check_compatible(ddp_trainer *t, const ddp_checkpoint_info *h, const char *path) {
+    if (h->global_batch != t->cfg.global_batch)
+        return DDP_FAIL(DDP_ERR_MISMATCH,
+                        "checkpoint %s was written with global batch %llu but this run has "
+                        "--batch %zu: resume with --batch %llu (the number of ranks may change, "
+                        "as long as it divides the batch)",
+                        path, (unsigned long long)h->global_batch, t->cfg.global_batch,
+                        (unsigned long long)h->global_batch);
+    char mine[4096], diff[512];
+    size_t len = ddp_checkpoint_settings(t, mine, sizeof mine);
+    if (h->fingerprint != ddp_crc32(0, mine, len) || h->settings_len != len ||
+        memcmp(h->settings, mine, len) != 0) {
+        if (!first_difference(h->settings, h->settings_len, mine, len, diff, sizeof diff))
+            snprintf(diff, sizeof diff, "the settings fingerprints differ");
+        return DDP_FAIL(DDP_ERR_MISMATCH,
+                        "checkpoint %s belongs to a run with other settings: %s; resume with the "
+                        "checkpoint's settings, or start afresh in another --checkpoint-dir",
+                        path, diff);
+    }
+    const char *model = ddp_model_describe(t->model);
+    if (h->model_len != strlen(model) || memcmp(h->model, model, h->model_len) != 0 ||
+        h->num_params != t->num_params)
+        return DDP_FAIL(DDP_ERR_MISMATCH,
+                        "checkpoint %s holds the model '%.*s' (%llu parameters) but this run "
+                        "builds '%s' (%zu parameters)",
+                        path, (int)h->model_len, h->model, (unsigned long long)h->num_params, model,
+                        t->num_params);
+    if (h->optim_kind != (uint32_t)t->cfg.optim.kind ||
+        h->num_states != (uint32_t)ddp_optim_num_states(t->optim) ||
+        h->state_size != ddp_optim_size(t->optim))
+        return DDP_FAIL(DDP_ERR_MISMATCH,
+                        "checkpoint %s holds optimizer %u with %u state buffer(s) of %llu "
+                        "elements, which does not fit this run's optimizer",
+                        path, h->optim_kind, h->num_states, (unsigned long long)h->state_size);
+    if (h->sampler_step >= t->sampler.steps_per_epoch)
+        return DDP_FAIL(DDP_ERR_MISMATCH,
+                        "checkpoint %s resumes at step %llu of an epoch, but an epoch of this "
+                        "run has %zu steps",
+                        path, (unsigned long long)h->sampler_step, t->sampler.steps_per_epoch);
+    return DDP_OK;
+}
+
+/* Rank 0: reads the newest intact checkpoint of dir. *steps (free() it) gets the n
+ * steps found, ascending, of which the *skipped last are damaged. *len = 0 when there
+ * is none. */
+static ddp_status newest_intact(const char *dir, void **buf, size_t *len, char *path, size_t cap,
+                                ddp_checkpoint_info *h, int64_t **steps, size_t *n,
+                                size_t *skipped) {
+    *skipped = 0;
+    DDP_CHECK(ddp_checkpoint_list(dir, steps, n));
+    char newest_problem[1024] = "";
+    for (size_t i = *n; i-- > 0;) {
+        ddp_checkpoint_path(path, cap, dir, (*steps)[i]);
+        ddp_status s = ddp_checkpoint_read(path, buf, len, h);
+        if (s == DDP_OK) return DDP_OK;
+        /* Unreadable, or of another version: not ours to skip. */
+        if (s != DDP_ERR_FORMAT) DDP_CHECK(s);
+        if (!(*skipped)++)
+            snprintf(newest_problem, sizeof newest_problem, "%s", ddp_error_message());
+        ddp_log_warn("skipping a damaged checkpoint: %s", ddp_error_message());
+        ddp_error_clear();
+    }
+    if (*n > 0)
+        return DDP_FAIL(DDP_ERR_FORMAT,
+                        "no usable checkpoint in %s: all %zu are damaged; the newest: %s", dir, *n,
+                        newest_problem);
+    return DDP_OK;
+}
+
+/* Renames damaged checkpoints to <name>.damaged: kept for inspection, but out of the
+ * way of pruning (which would otherwise count them among the newest) and of the next
+ * resume. */
+static void move_aside(const char *dir, const int64_t *steps, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        char from[DDP_PATH_MAX + 64], to[DDP_PATH_MAX + 80];
+        ddp_checkpoint_path(from, sizeof from, dir, steps[i]);
+        snprintf(to, sizeof to, "%s.damaged", from);
+        if (rename(from, to) != 0)
+            ddp_log_warn("could not move the damaged %s aside: %s", from, strerror(errno));
+        else
+            ddp_log_warn("moved the damaged %s aside to %s", from, to);
+    }
+}
+
+/* Rank 0: reads `file`, or else the newest intact checkpoint of dir (see the policy at
+ * the top), and checks that it belongs to this run. *len = 0 when dir holds none. */
+static ddp_status pick(ddp_trainer *t, const char *dir, const char *file, void **buf, size_t *len,
+                       char *path, size_t cap) {
+    ddp_checkpoint_info h;
+    int64_t *steps = NULL;
+    size_t skipped = 0, n = 0;
+    ddp_status s;
+    if (file) {
+        snprintf(path, cap, "%s", file);
+        s = ddp_checkpoint_read(path, buf, len, &h);
+    } else {
+        s = newest_intact(dir, buf, len, path, cap, &h, &steps, &n, &skipped);
+    }
+    if (s == DDP_OK && *len > 0) s = check_compatible(t, &h, path);
+    if (s == DDP_OK && skipped > 0) {
+        ddp_log_warn("resuming from the older %s: the %zu newer checkpoint(s) are damaged", path,
+                     skipped);
+        move_aside(dir, steps + n - skipped, skipped);
+    }
+    free(steps);
+    if (s != DDP_OK) {
+        free(*buf);
+        *buf = NULL;
+        *len = 0;
+        DDP_CHECK(s);
+    }
+    return DDP_OK;
+}
+
+/* Every rank: puts the checkpoint's state into the trainer. */
+static ddp_status apply(ddp_trainer *t, const ddp_checkpoint_info *h) {
+    ddp_backend *b = t->backend;
+    DDP_CHECK(ddp_sampler_seek(&t->sampler, h->sampler_epoch, (size_t)h->sampler_step));
+    DDP_CHECK(ddp_backend_copy(b, ddp_model_params(t->model), h->params,
+                               t->num_params * sizeof(float), DDP_COPY_H2D));
+    size_t n = ddp_optim_size(t->optim);
+    for (uint32_t i = 0; i < h->num_states; i++)
+        DDP_CHECK(ddp_backend_copy(b, ddp_optim_state(t->optim, (int)i),
+                                   (const char *)h->states + (size_t)i * n * sizeof(float),
+                                   n * sizeof(float), DDP_COPY_H2D));
+    /* The host buffer is freed after this: the copies must be done with it. */
+    DDP_CHECK(ddp_backend_sync(b));
+    ddp_optim_set_steps(t->optim, h->optim_steps);
+    t->step = h->step;
+    t->epoch = h->epoch;
+    return DDP_OK;
+}
+
+static void report(ddp_trainer *t, const ddp_checkpoint_info *h, const char *path) {
+    if (t->rank != 0) return;
+    ddp_log_info("resumed from %s: step %lld of %lld, epoch %llu (written by %u rank(s), now %d)",
+                 path, (long long)h->step, (long long)t->total_steps, (unsigned long long)h->epoch,
+                 h->world, t->world);
+    if (t->cfg.sched.kind == DDP_SCHED_COSINE && h->total_steps != t->total_steps &&
+        h->step > t->cfg.sched.warmup_steps)
+        ddp_log_warn("the cosine schedule now ends at step %lld instead of %lld: learning rates "
+                     "from here on differ from those of the run that wrote %s",
+                     (long long)t->total_steps, (long long)h->total_steps, path);
+    if (h->step >= t->total_steps)
+        ddp_log_info("the checkpoint is at or past the last step (%lld): nothing left to train",
+                     (long long)t->total_steps);
+}
+
+/* Broadcasts n bytes from rank 0 in pieces that MPI's int counts can carry. */
+static ddp_status broadcast_bytes(ddp_comm *c, void *buf, size_t n) {
+    const size_t piece = (size_t)1 << 30;
+    for (size_t i = 0; i < n; i += piece)
+        DDP_CHECK(ddp_comm_broadcast(c, (char *)buf + i, n - i < piece ? n - i : piece, DDP_U8, 0));
+    return DDP_OK;
+}
+
+static ddp_status load(ddp_trainer *t, const char *dir, const char *file, int64_t *resumed) {
+    if (resumed) *resumed = 0;
+    void *buf = NULL;
+    size_t len = 0;
+    char path[DDP_PATH_MAX + 64] = "";
+    ddp_status s = DDP_OK;
+    if (t->rank == 0) s = pick(t, dir, file, &buf, &len, path, sizeof path);
+    if (s != DDP_OK) ddp_error_trace(__FILE__, __LINE__);
+    /* Every rank reaches each of the collectives below, in this order. */
+    DDP_CHECK(ddp_ckpt_agree(t, s, "read a checkpoint"));
+    uint64_t n = len;
+    s = ddp_comm_broadcast(t->ctrl, &n, 1, DDP_U64, 0);
+    if (s == DDP_OK) s = ddp_comm_broadcast(t->ctrl, path, sizeof path, DDP_U8, 0);
+    if (s == DDP_OK && n == 0) {
+        ddp_log_info("--resume: no checkpoint in %s, starting from step 0", dir);
+        return DDP_OK;
+    }
+    if (s == DDP_OK && t->rank != 0) {
+        buf = malloc(n);
+        if (!buf)
+            s = DDP_FAIL(DDP_ERR_NOMEM, "no memory for the %llu-byte checkpoint %s",
+                         (unsigned long long)n, path);
+    }
+    s = ddp_ckpt_agree(t, s, "receive the checkpoint");
+    if (s == DDP_OK) s = broadcast_bytes(t->ctrl, buf, n);
+    ddp_checkpoint_info h = {0};
+    /* Parsed again on every rank: rank 0 checked these bytes, the others got them over
+     * the network, and the CRC covers that hop too. */
+    if (s == DDP_OK) s = ddp_checkpoint_parse(buf, n, path, &h);
+    if (s == DDP_OK) s = apply(t, &h);
+    if (s == DDP_OK) report(t, &h, path);
+    free(buf);
+    DDP_CHECK(ddp_ckpt_agree(t, s, "load the checkpoint"));
+    if (resumed) *resumed = h.step;
+    return DDP_OK;
+}
+
+ddp_status ddp_trainer_resume(ddp_trainer *t, const char *dir, int64_t *resumed_step) {
+    DDP_CHECK(load(t, dir, NULL, resumed_step));
+    return DDP_OK;
+}
+
+ddp_status ddp_trainer_load_checkpoint(ddp_trainer *t, const char *path) {
+    DDP_CHECK(load(t, NULL, path, NULL));
+    return DDP_OK;
+}

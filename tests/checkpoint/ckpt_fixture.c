@@ -1,0 +1,151 @@
+/* The checkpoint tests' shared set-up and helpers (see ckpt_fixture.h). */
+#include <dirent.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "checkpoint/ckpt_fixture.h"
+#include "train/synthetic.h"
+
+ddp_backend *fx_backend;
+ddp_comm *fx_world, *fx_local;
+ddp_dataset fx_train, fx_test;
+int fx_rank, fx_size;
+
+void fx_init(int *argc, char ***argv) {
+    if (ddp_mpi_init(argc, argv, NULL) != DDP_OK) abort();
+    ddp_backend_options bo = {.device = DDP_DEVICE_CPU, .threads = 1};
+    if (ddp_backend_create(&bo, &fx_backend) != DDP_OK ||
+        ddp_comm_create(DDP_COMM_MPI, fx_backend, &fx_world) != DDP_OK ||
+        ddp_comm_create(DDP_COMM_LOCAL, fx_backend, &fx_local) != DDP_OK) {
+        fprintf(stderr, "set-up failed: %s\n", ddp_error_trace_str());
+        abort();
+    }
+    fx_rank = ddp_comm_rank(fx_world);
+    fx_size = ddp_comm_size(fx_world);
+    /* Warnings stay on: the fallback tests print theirs, which is worth seeing. */
+    ddp_log_init(fx_rank, fx_size, DDP_LOG_WARN);
+    /* 640 samples in batches of 32: 20 steps per epoch, so runs cross an epoch. */
+    synthetic_dataset(&fx_train, 640, 20, 4, 7);
+    synthetic_dataset(&fx_test, 200, 20, 4, 8);
+}
+
+int fx_finish(int failed) {
+    int any = failed;
+    ddp_comm_allreduce(fx_world, &any, 1, DDP_I32, DDP_MAX);
+    ddp_dataset_free(&fx_train);
+    ddp_dataset_free(&fx_test);
+    ddp_comm_free(fx_local);
+    ddp_comm_free(fx_world);
+    ddp_backend_free(fx_backend);
+    ddp_mpi_finalize();
+    return any ? 1 : 0;
+}
+
+ddp_train_config fx_config(ddp_optim_kind kind, int64_t steps) {
+    ddp_train_config c;
+    ddp_train_config_defaults(&c);
+    c.model.n_hidden = 2;
+    c.model.hidden[0] = 24;
+    c.model.hidden[1] = 12;
+    c.global_batch = 32;
+    c.max_steps = steps;
+    c.sched.kind = DDP_SCHED_COSINE;
+    c.sched.warmup_steps = 5;
+    c.sched.base_lr = 0.1f;
+    c.log_every = 5;
+    c.quiet = 1;
+    c.optim.kind = kind;
+    if (kind == DDP_OPTIM_ADAMW) {
+        c.sched.base_lr = 3e-3f;
+        c.optim.weight_decay = 0.01f;
+        c.clip_norm = 0.5f;
+    }
+    return c;
+}
+
+void fx_tempdir(char *out, size_t cap) {
+    char name[256] = "";
+    if (fx_rank == 0) {
+        snprintf(name, sizeof name, "/tmp/ddp-ckpt-test.XXXXXX");
+        if (!mkdtemp(name)) fail_msg("mkdtemp failed");
+    }
+    /* Only rank 0 touches the directory, but the configurations must agree. */
+    assert_int_equal(ddp_comm_broadcast(fx_world, name, sizeof name, DDP_U8, 0), DDP_OK);
+    snprintf(out, cap, "%s", name);
+}
+
+void fx_rmdir(const char *dir) {
+    if (fx_rank != 0) return;
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char path[1400];
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+void fx_copy(const char *from, const char *to) {
+    if (fx_rank != 0) return;
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    assert_non_null(in);
+    assert_non_null(out);
+    char buf[1 << 14];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        assert_int_equal(fwrite(buf, 1, n, out), n);
+    fclose(in);
+    assert_int_equal(fclose(out), 0);
+}
+
+ddp_trainer *fx_create(const ddp_train_config *cfg, ddp_comm *comm) {
+    ddp_trainer *t = NULL;
+    if (ddp_trainer_create(cfg, fx_backend, comm, comm, &fx_train, &fx_test, &t) != DDP_OK)
+        fail_msg("trainer_create: %s", ddp_error_trace_str());
+    return t;
+}
+
+float *fx_params(ddp_trainer *t, size_t *n) {
+    *n = ddp_model_num_params(ddp_trainer_model(t));
+    float *p = malloc(*n * sizeof(float));
+    assert_non_null(p);
+    assert_int_equal(ddp_trainer_get_params(t, p), DDP_OK);
+    return p;
+}
+
+float *fx_train_run(const ddp_train_config *cfg, ddp_comm *comm, size_t *n) {
+    ddp_trainer *t = fx_create(cfg, comm);
+    if (ddp_trainer_run(t, NULL) != DDP_OK) fail_msg("run: %s", ddp_error_trace_str());
+    float *p = fx_params(t, n);
+    ddp_trainer_free(t);
+    return p;
+}
+
+void fx_list(const char *dir, char *out, size_t cap) {
+    int64_t *steps;
+    size_t n, o = 0;
+    out[0] = '\0';
+    assert_int_equal(ddp_checkpoint_list(dir, &steps, &n), DDP_OK);
+    for (size_t i = 0; i < n && o < cap; i++)
+        o += (size_t)snprintf(out + o, cap - o, "%s%lld", i ? "," : "", (long long)steps[i]);
+    free(steps);
+}
+
+void fx_assert_same_on_all_ranks(const float *p, size_t n) {
+    uint32_t crc = ddp_crc32(0, p, n * sizeof(float));
+    uint32_t *all = calloc((size_t)fx_size, sizeof *all);
+    assert_int_equal(ddp_comm_allgather(fx_world, &crc, all, 1, DDP_U32), DDP_OK);
+    for (int r = 1; r < fx_size; r++)
+        assert_int_equal(all[r], all[0]);
+    free(all);
+}

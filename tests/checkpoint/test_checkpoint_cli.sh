@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# ddp-train with checkpoints, end to end on Fashion-MNIST: 60 steps in one run equal 40
+# steps plus a resumed 20 bit for bit (2 ranks); a 2-rank checkpoint resumes on 1 rank;
+# a damaged newest checkpoint falls back to the previous one; other settings, a missing
+# --checkpoint-dir, an unusable directory and another run's directory are refused with a
+# message, in bounded time, on every rank; --export writes safetensors.
+# Needs: DDP_TRAIN (path to ddp-train), MPIEXEC; Fashion-MNIST in DATA (default below).
+set -u
+TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
+MPIEXEC=${MPIEXEC:-mpirun}
+DATA=${DDP_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+TMP=$(mktemp -d /tmp/ddp-ckpt-cli.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+MPI="$MPIEXEC --oversubscribe"
+fails=0 passes=0
+
+# run NAME EXPECTED_EXIT(nonzero|N) PATTERN -- command...: runs with a time limit and
+# checks the exit status and that the output matches PATTERN (extended regex).
+run() {
+    local name=$1 want=$2 pattern=$3
+    shift 4
+    local out="$TMP/$name.log" rc ok=1
+    timeout -k 5 180 "$@" >"$out" 2>&1
+    rc=$?
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        echo "FAIL $name: timed out (a rank hung)"; ok=0
+    elif [ "$want" = nonzero ] && [ "$rc" -eq 0 ]; then
+        echo "FAIL $name: exit status 0, expected failure"; ok=0
+    elif [ "$want" != nonzero ] && [ "$rc" -ne "$want" ]; then
+        echo "FAIL $name: exit status $rc, expected $want"; ok=0
+    elif ! grep -Eq -e "$pattern" "$out"; then
+        echo "FAIL $name: output does not match /$pattern/"; ok=0
+    fi
+    if pgrep -f "$TMP" >/dev/null; then
+        echo "FAIL $name: processes left behind"; pkill -9 -f "$TMP"; ok=0
+    fi
+    if [ $ok -eq 1 ]; then
+        echo "ok   $name"; passes=$((passes + 1))
+    else
+        sed 's/^/     | /' "$out" | tail -25; fails=$((fails + 1))
+    fi
+}
+
+# check NAME CONDITION...: a plain assertion between runs.
+check() {
+    local name=$1
+    shift
+    if "$@"; then
+        echo "ok   $name"; passes=$((passes + 1))
+    else
+        echo "FAIL $name"; fails=$((fails + 1))
+    fi
+}
+
+if [ ! -d "$DATA" ]; then
+    echo "Fashion-MNIST not found in $DATA (apt-get install dataset-fashion-mnist)"; exit 1
+fi
+# A private copy of the data path, so pgrep can find exactly this test's processes.
+mkdir -p "$TMP/data" && cp "$DATA"/*.gz "$TMP/data/"
+
+# A constant schedule: the learning rate of a step must not depend on --steps, since the
+# interrupted run is told --steps 40 and the resumed one --steps 60.
+COMMON=(--data "$TMP/data" --hidden 64 --batch 64 --schedule constant --warmup 5 --lr 0.05
+        --log-every 20 --eval-every 1000)
+
+run whole_run 0 "checkpoint of step 60 written" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --steps 60 --checkpoint-every 20 \
+    --checkpoint-dir "$TMP/whole" --dump-params "$TMP/A.bin"
+run first_40_steps 0 "checkpoint of step 40 written" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --steps 40 --checkpoint-every 20 \
+    --checkpoint-dir "$TMP/split"
+cp -r "$TMP/split" "$TMP/split1"
+cp -r "$TMP/split" "$TMP/damaged"
+run resumed_to_60 0 "resumed from .*ckpt-00000040.ddp: step 40" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --steps 60 --checkpoint-every 20 \
+    --checkpoint-dir "$TMP/split" --resume --dump-params "$TMP/B.bin" --export "$TMP/B.safetensors"
+check resumed_params_equal_uninterrupted_bitwise cmp "$TMP/A.bin" "$TMP/B.bin"
+
+run resumed_on_one_rank 0 "written by 2 rank\(s\), now 1" -- \
+    $MPI -np 1 "$TRAIN" "${COMMON[@]}" --steps 60 --checkpoint-dir "$TMP/split1" --resume \
+    --dump-params "$TMP/C.bin"
+
+# The newest checkpoint cut short (as storage failure would): the one of step 20 is used.
+head -c 1000 "$TMP/split/ckpt-00000040.ddp" >"$TMP/damaged/ckpt-00000040.ddp"
+run damaged_newest_falls_back 0 "skipping a damaged checkpoint.*ckpt-00000040.ddp.*truncated" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --steps 60 --checkpoint-dir "$TMP/damaged" --resume
+check fallback_resumed_from_step_20 grep -q "resumed from .*ckpt-00000020.ddp" "$TMP/damaged_newest_falls_back.log"
+
+if command -v python3 >/dev/null; then
+    # One rank sums in another order than two, so only closeness is expected.
+    check one_rank_resume_close_to_two_ranks python3 - "$TMP/A.bin" "$TMP/C.bin" <<'PY'
+import array, math, sys
+a, c = (array.array("f", open(p, "rb").read()) for p in sys.argv[1:3])
+err = math.sqrt(sum((x - y) ** 2 for x, y in zip(a, c)) / sum(x * x for x in a))
+print("relative error", err)
+sys.exit(0 if len(a) == len(c) and err < 1e-4 else 1)
+PY
+    check export_is_valid_safetensors python3 - "$TMP/B.safetensors" "$TMP/B.bin" <<'PY'
+import array, json, struct, sys
+blob = open(sys.argv[1], "rb").read()
+params = open(sys.argv[2], "rb").read()
+(n,) = struct.unpack("<Q", blob[:8])
+header = json.loads(blob[8:8 + n])
+assert n % 8 == 0
+assert header.pop("__metadata__")["model"].startswith("mlp 784-64-10")
+assert sorted(header) == ["fc0.bias", "fc0.weight", "fc1.bias", "fc1.weight"], sorted(header)
+assert header["fc0.weight"]["shape"] == [64, 784] and header["fc1.bias"]["shape"] == [10]
+data = blob[8 + n:]
+assert len(data) == len(params) == sum(t["data_offsets"][1] - t["data_offsets"][0] for t in header.values())
+assert all(t["dtype"] == "F32" for t in header.values())
+b, e = header["fc0.weight"]["data_offsets"]
+assert data[b:e] == params[:e - b]
+PY
+else
+    echo "skip python checks (no python3)"
+fi
+
+# A write interrupted for real: rank 0 is SIGKILLed when 3000 bytes of the step-40
+# checkpoint are on disk. The job ends; only the partial temporary file and the intact
+# step-20 checkpoint are there; resuming loads step 20 and ends bit for bit where the
+# uninterrupted run did.
+t0=$(date +%s)
+DDP_INJECT_CKPT_CRASH=40:3000 timeout -k 5 180 $MPI -np 2 "$TRAIN" "${COMMON[@]}" --steps 60 \
+    --checkpoint-every 20 --checkpoint-dir "$TMP/crash" >"$TMP/crash.log" 2>&1
+rc=$?
+dt=$(($(date +%s) - t0))
+check "killed_mid_write_ends_the_job (exit $rc in $dt s)" \
+    bash -c "[ $rc -ne 0 ] && [ $dt -lt 120 ] && grep -q 'injected crash after 3000 bytes' '$TMP/crash.log'"
+check killed_mid_write_leaves_previous_checkpoint_and_partial_tmp \
+    bash -c "[ -s '$TMP/crash/ckpt-00000020.ddp' ] && [ ! -e '$TMP/crash/ckpt-00000040.ddp' ] &&
+             [ \$(stat -c %s '$TMP/crash/.ckpt-00000040.ddp.tmp') -eq 3000 ]"
+run resumed_after_killed_write 0 "resumed from .*ckpt-00000020.ddp: step 20" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --steps 60 --checkpoint-every 20 \
+    --checkpoint-dir "$TMP/crash" --resume --dump-params "$TMP/crash.bin"
+check resumed_after_killed_write_equals_uninterrupted_bitwise cmp "$TMP/A.bin" "$TMP/crash.bin"
+check stale_tmp_removed_by_the_next_save bash -c "! ls -A '$TMP/crash' | grep -q tmp"
+
+run resume_empty_dir_starts_fresh 0 "no checkpoint in .*starting from step 0" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --steps 5 --checkpoint-dir "$TMP/empty" --resume
+run other_hidden_refused nonzero "'hidden' \(--hidden\) differs: 64 in the checkpoint, 32 in this run" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --hidden 32 --steps 60 --checkpoint-dir "$TMP/split1" --resume
+run other_batch_refused nonzero "global batch 64 but this run has --batch 128" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --batch 128 --steps 60 --checkpoint-dir "$TMP/split1" --resume
+run fresh_run_into_used_dir_refused nonzero "already holds .*pass --resume" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --steps 5 --checkpoint-dir "$TMP/split1"
+touch "$TMP/a-file"
+run unusable_dir_refused nonzero "a-file/ckpt" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --steps 5 --checkpoint-dir "$TMP/a-file/ckpt"
+run every_without_dir_refused 2 "need --checkpoint-dir" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --steps 5 --checkpoint-every 2
+
+echo "$passes passed, $fails failed"
+[ "$fails" -eq 0 ]
