@@ -2,11 +2,14 @@
  * Public comm wrappers: argument checks, then dispatch through the ops table. This thin
  * layer is also the seam where tests inject faults into the real communicator.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "comm/comm_impl.h"
+#include "ddp/watchdog.h"
 
 /* Fault injection for tests: DDP_INJECT_FAULT="OP:RANK:N" makes the N-th call (1-based)
  * of operation OP (allreduce, iallreduce, broadcast, allgather, barrier) on rank RANK
@@ -19,7 +22,31 @@ static struct {
     long calls;
 } fault;
 
+/* DDP_INJECT_DELAY="OP:RANK:MS" makes rank RANK sleep MS milliseconds before every call
+ * of OP: a slow but live rank, which the watchdog must tolerate. Read once. */
+static struct {
+    int parsed;
+    char op[32];
+    int rank;
+    long ms;
+} delay;
+
+static void maybe_delay(const ddp_comm *c, const char *op) {
+    if (!delay.parsed) {
+        delay.parsed = 1;
+        delay.rank = -1;
+        const char *env = getenv("DDP_INJECT_DELAY");
+        if (env && sscanf(env, "%31[a-z_]:%d:%ld", delay.op, &delay.rank, &delay.ms) != 3)
+            delay.rank = -1;
+    }
+    if (delay.rank != c->rank || delay.ms <= 0 || strcmp(op, delay.op) != 0) return;
+    struct timespec ts = {.tv_sec = delay.ms / 1000, .tv_nsec = (delay.ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
 static ddp_status maybe_inject(const ddp_comm *c, const char *op) {
+    maybe_delay(c, op);
     if (!fault.parsed) {
         fault.parsed = 1;
         fault.rank = -1;
@@ -66,7 +93,11 @@ ddp_status ddp_comm_allreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t,
     DDP_CHECK(check_type(t));
     DDP_CHECK(maybe_inject(c, "allreduce"));
     if (count == 0) return DDP_OK;
-    DDP_CHECK(c->ops->allreduce(c, buf, count, t, op));
+    /* Every blocking call is watched: a peer that died or hangs would block it forever. */
+    int wd = ddp_watchdog_arm("allreduce");
+    ddp_status s = c->ops->allreduce(c, buf, count, t, op);
+    ddp_watchdog_disarm(wd);
+    DDP_CHECK(s);
     return DDP_OK;
 }
 
@@ -88,7 +119,10 @@ ddp_status ddp_comm_test(ddp_comm *c, ddp_comm_req *req, int *done) {
 
 ddp_status ddp_comm_wait(ddp_comm *c, ddp_comm_req *req) {
     if (!req) return DDP_OK;
-    DDP_CHECK(c->ops->wait(c, req));
+    int wd = ddp_watchdog_arm("wait (non-blocking all-reduce)");
+    ddp_status s = c->ops->wait(c, req);
+    ddp_watchdog_disarm(wd);
+    DDP_CHECK(s);
     return DDP_OK;
 }
 
@@ -98,7 +132,10 @@ ddp_status ddp_comm_broadcast(ddp_comm *c, void *buf, size_t count, ddp_dtype t,
     if (root < 0 || root >= c->size)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "broadcast: root %d outside [0, %d)", root, c->size);
     if (count == 0) return DDP_OK;
-    DDP_CHECK(c->ops->broadcast(c, buf, count, t, root));
+    int wd = ddp_watchdog_arm("broadcast");
+    ddp_status s = c->ops->broadcast(c, buf, count, t, root);
+    ddp_watchdog_disarm(wd);
+    DDP_CHECK(s);
     return DDP_OK;
 }
 
@@ -107,7 +144,10 @@ ddp_status ddp_comm_allgather(ddp_comm *c, const void *send, void *recv, size_t 
     DDP_CHECK(check_type(t));
     DDP_CHECK(maybe_inject(c, "allgather"));
     if (count == 0) return DDP_OK;
-    DDP_CHECK(c->ops->allgather(c, send, recv, count, t));
+    int wd = ddp_watchdog_arm("allgather");
+    ddp_status s = c->ops->allgather(c, send, recv, count, t);
+    ddp_watchdog_disarm(wd);
+    DDP_CHECK(s);
     return DDP_OK;
 }
 
@@ -115,13 +155,19 @@ ddp_status ddp_comm_reduce_scatter(ddp_comm *c, const void *send, void *recv, si
                                    ddp_dtype t, ddp_redop op) {
     DDP_CHECK(check_type(t));
     if (count == 0) return DDP_OK;
-    DDP_CHECK(c->ops->reduce_scatter(c, send, recv, count, t, op));
+    int wd = ddp_watchdog_arm("reduce_scatter");
+    ddp_status s = c->ops->reduce_scatter(c, send, recv, count, t, op);
+    ddp_watchdog_disarm(wd);
+    DDP_CHECK(s);
     return DDP_OK;
 }
 
 ddp_status ddp_comm_barrier(ddp_comm *c) {
     DDP_CHECK(maybe_inject(c, "barrier"));
-    DDP_CHECK(c->ops->barrier(c));
+    int wd = ddp_watchdog_arm("barrier");
+    ddp_status s = c->ops->barrier(c);
+    ddp_watchdog_disarm(wd);
+    DDP_CHECK(s);
     return DDP_OK;
 }
 
