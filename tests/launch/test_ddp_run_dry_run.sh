@@ -174,7 +174,8 @@ refuses "--gpus-per-node 0" "positive" -n 2 --gpus-per-node 0 --bin /bin/true
 refuses "unknown option" "unknown option '--steps'.*after --" -n 2 --steps 5
 refuses "stray argument" "after --" -n 2 ddp-train
 refuses "--env of an unset variable" "NOT_PASSED is not set" -n 2 --env NOT_PASSED --bin /bin/true
-refuses "--restarts is not there yet" "not implemented" -n 2 --restarts 3
+refuses "--restarts without --checkpoint-dir" "needs ddp-train.s --checkpoint-dir" -n 2 --restarts 3 -- --steps 5
+refuses "--restarts that is not a number" "must be a number" -n 2 --restarts x -- --checkpoint-dir d
 refuses "missing program" "not an executable file" -n 1 --bin "$TMP/none" --mpirun /bin/true
 DDP_TRAIN=$TMP/none refuses "\$DDP_TRAIN that does not exist" "not an executable file" -n 1 --mpirun /bin/true
 
