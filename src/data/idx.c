@@ -264,6 +264,45 @@ static ddp_status count_rest(gzFile f, size_t *rest, int *at_least, const char *
     }
 }
 
+/* Reads up to `want` bytes of the file, of which the first head_len (the header) are
+ * already in `head`, into a buffer that grows with the data that actually arrives
+ * (doubling from 1 MiB) rather than one of the size the header declares: a file of a
+ * few bytes whose header claims gigabytes then costs a few bytes, not a huge allocation
+ * that fails, or succeeds and is freed a moment later. */
+static ddp_status read_body(gzFile f, const char *path, const unsigned char *head,
+                            size_t head_len, size_t want, unsigned char **out, size_t *len) {
+    size_t cap = want < ((size_t)1 << 20) ? want : ((size_t)1 << 20);
+    if (cap < head_len) cap = head_len;
+    unsigned char *buf = malloc(cap);
+    if (buf == NULL)
+        return DDP_FAIL(DDP_ERR_NOMEM, "out of host memory for %zu bytes of IDX file '%s'", cap,
+                        path);
+    memcpy(buf, head, head_len);
+    size_t n = head_len;
+    for (;;) {
+        size_t got;
+        ddp_status s = read_upto(f, buf + n, cap - n, &got, path);
+        if (s != DDP_OK) {
+            free(buf);
+            DDP_CHECK(s);
+        }
+        n += got;
+        if (n < cap || cap == want) break; /* the end of the file, or all that was wanted */
+        size_t next = cap > want / 2 ? want : 2 * cap;
+        unsigned char *grown = realloc(buf, next);
+        if (grown == NULL) {
+            free(buf);
+            return DDP_FAIL(DDP_ERR_NOMEM, "out of host memory for %zu bytes of IDX file '%s'",
+                            next, path);
+        }
+        buf = grown;
+        cap = next;
+    }
+    *out = buf;
+    *len = n;
+    return DDP_OK;
+}
+
 static ddp_status read_open(gzFile f, const char *path, ddp_idx *out) {
     unsigned char head[IDX_MAX_HEADER];
     size_t got, more = 0;
@@ -289,14 +328,10 @@ static ddp_status read_open(gzFile f, const char *path, ddp_idx *out) {
     }
 
     /* One byte more than the header declares, so that trailing data shows up. */
-    unsigned char *buf = malloc(h.total_bytes + 1);
-    if (buf == NULL)
-        return DDP_FAIL(DDP_ERR_NOMEM, "out of host memory for %zu bytes of IDX file '%s'",
-                        h.total_bytes + 1, path);
-    memcpy(buf, head, head_len);
+    unsigned char *buf = NULL;
+    size_t len = 0;
     ddp_status s;
-    DDP_CHECK_GOTO(read_upto(f, buf + head_len, h.total_bytes + 1 - head_len, &got, path), s, done);
-    size_t len = head_len + got;
+    DDP_CHECK_GOTO(read_body(f, path, head, head_len, h.total_bytes + 1, &buf, &len), s, done);
     DDP_CHECK_GOTO(check_stream_end(f, path), s, done);
     if (len > h.total_bytes) {
         size_t rest;
