@@ -149,3 +149,16 @@ void fx_assert_same_on_all_ranks(const float *p, size_t n) {
         assert_int_equal(all[r], all[0]);
     free(all);
 }
+
+unsigned char *fx_slurp(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    *len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc(*len ? *len : 1);
+    assert_non_null(b);
+    assert_int_equal(fread(b, 1, *len, f), *len);
+    fclose(f);
+    return b;
+}

@@ -26,6 +26,8 @@ ddp_train_config fx_config(ddp_optim_kind kind, int64_t steps);
 void fx_tempdir(char *out, size_t cap);
 /* Rank 0 removes dir and the files in it. */
 void fx_rmdir(const char *dir);
+/* Reads a whole file (malloc'd), failing the test if it cannot. */
+unsigned char *fx_slurp(const char *path, size_t *len);
 /* Rank 0 copies a file. */
 void fx_copy(const char *from, const char *to);
 

@@ -15,32 +15,10 @@ trap 'rm -rf "$TMP"' EXIT
 MPI="$MPIEXEC --oversubscribe"
 fails=0 passes=0
 
-# run NAME EXPECTED_EXIT(nonzero|N) PATTERN -- command...: runs with a time limit and
-# checks the exit status and that the output matches PATTERN (extended regex).
-run() {
-    local name=$1 want=$2 pattern=$3
-    shift 4
-    local out="$TMP/$name.log" rc ok=1
-    timeout -k 5 180 "$@" >"$out" 2>&1
-    rc=$?
-    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-        echo "FAIL $name: timed out (a rank hung)"; ok=0
-    elif [ "$want" = nonzero ] && [ "$rc" -eq 0 ]; then
-        echo "FAIL $name: exit status 0, expected failure"; ok=0
-    elif [ "$want" != nonzero ] && [ "$rc" -ne "$want" ]; then
-        echo "FAIL $name: exit status $rc, expected $want"; ok=0
-    elif ! grep -Eq -e "$pattern" "$out"; then
-        echo "FAIL $name: output does not match /$pattern/"; ok=0
-    fi
-    if pgrep -f "$TMP" >/dev/null; then
-        echo "FAIL $name: processes left behind"; pkill -9 -f "$TMP"; ok=0
-    fi
-    if [ $ok -eq 1 ]; then
-        echo "ok   $name"; passes=$((passes + 1))
-    else
-        sed 's/^/     | /' "$out" | tail -25; fails=$((fails + 1))
-    fi
-}
+# run NAME EXPECTED_EXIT PATTERN -- command...: see tests/script_lib.sh.
+RUN_TIMEOUT=180
+# shellcheck source=../script_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../script_lib.sh"
 
 # check NAME CONDITION...: a plain assertion between runs.
 check() {

@@ -51,19 +51,6 @@ static void master_path(int64_t step, char *out, size_t cap) {
     ddp_checkpoint_path(out, cap, master, step);
 }
 
-/* Rank 0 reads a whole file. */
-static unsigned char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    *len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(*len);
-    assert_int_equal(fread(b, 1, *len, f), *len);
-    fclose(f);
-    return b;
-}
-
 static void spill(const char *path, const void *buf, size_t len) {
     FILE *f = fopen(path, "wb");
     assert_non_null(f);
@@ -109,7 +96,7 @@ static void flipped_byte_anywhere_is_refused_naming_the_file(void **state) {
     unsigned char *bytes = NULL;
     size_t len = 0;
     if (fx_rank == 0) {
-        bytes = slurp(src, &len);
+        bytes = fx_slurp(src, &len);
         ddp_checkpoint_info h;
         assert_int_equal(ddp_checkpoint_parse(bytes, len, src, &h), DDP_OK);
         size_t model = (size_t)((const unsigned char *)h.model - bytes);
@@ -160,7 +147,7 @@ static void truncated_file_is_refused(void **state) {
     master_path(T, src, sizeof src);
     ddp_checkpoint_path(dst, sizeof dst, dir, T);
     size_t len = 0;
-    unsigned char *bytes = fx_rank == 0 ? slurp(src, &len) : NULL;
+    unsigned char *bytes = fx_rank == 0 ? fx_slurp(src, &len) : NULL;
     uint64_t full = len;
     assert_int_equal(ddp_comm_broadcast(fx_world, &full, 1, DDP_U64, 0), DDP_OK);
     const uint64_t cut[] = {0, 5, 8, 60, 150, full / 2, full - 4, full - 1};
@@ -182,7 +169,7 @@ static void other_format_version_is_refused_as_unsupported(void **state) {
     ddp_checkpoint_path(dst, sizeof dst, dir, T);
     if (fx_rank == 0) {
         size_t len;
-        unsigned char *b = slurp(src, &len);
+        unsigned char *b = fx_slurp(src, &len);
         b[8] = 2; /* version 2, with a CRC that matches: intact, just not ours */
         uint32_t crc = ddp_crc32(0, b, len - 4);
         for (int i = 0; i < 4; i++)
@@ -207,7 +194,7 @@ static void damaged_newest(const char *dir, int how) {
     master_path(T, src, sizeof src);
     ddp_checkpoint_path(dst, sizeof dst, dir, T);
     size_t len;
-    unsigned char *b = slurp(src, &len);
+    unsigned char *b = fx_slurp(src, &len);
     if (how == 0)
         len /= 2;
     else
@@ -273,7 +260,7 @@ static void all_checkpoints_damaged_is_refused_naming_the_newest(void **state) {
     ddp_checkpoint_path(older, sizeof older, dir, 4);
     if (fx_rank == 0) {
         size_t len;
-        unsigned char *b = slurp(older, &len);
+        unsigned char *b = fx_slurp(older, &len);
         spill(older, b, len - 1);
         free(b);
     }

@@ -15,21 +15,10 @@
 
 #include <cmocka.h>
 
+#include "checkpoint/ckpt_fixture.h"
 #include "ddp/checkpoint.h"
 
 static ddp_backend *backend;
-
-static unsigned char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    *len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(*len);
-    assert_int_equal(fread(b, 1, *len, f), *len);
-    fclose(f);
-    return b;
-}
 
 static void export_parses_back_to_the_model_tensors(void **state) {
     /* Odd sizes, so that the JSON header's length is not a multiple of 8 by chance. */
@@ -48,7 +37,7 @@ static void export_parses_back_to_the_model_tensors(void **state) {
     assert_int_equal(ddp_safetensors_write(m, params, path), DDP_OK);
 
     size_t len;
-    unsigned char *b = slurp(path, &len);
+    unsigned char *b = fx_slurp(path, &len);
     uint64_t hlen = 0;
     for (int i = 0; i < 8; i++)
         hlen |= (uint64_t)b[i] << (8 * i);

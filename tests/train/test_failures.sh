@@ -12,36 +12,9 @@ trap 'rm -rf "$TMP"' EXIT
 MPI="$MPIEXEC --oversubscribe"
 fails=0 passes=0
 
-# run NAME EXPECTED_EXIT(nonzero|0|N) PATTERN -- command...: runs with a time limit and
-# checks the exit status and that the output matches PATTERN (extended regex).
-run() {
-    local name=$1 want=$2 pattern=$3
-    shift 4
-    local out="$TMP/$name.log" start end rc
-    start=$(date +%s)
-    timeout -k 5 90 "$@" >"$out" 2>&1
-    rc=$?
-    end=$(date +%s)
-    local ok=1
-    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-        echo "FAIL $name: timed out (a rank hung)"; ok=0
-    elif [ "$want" = nonzero ] && [ "$rc" -eq 0 ]; then
-        echo "FAIL $name: exit status 0, expected failure"; ok=0
-    elif [ "$want" != nonzero ] && [ "$rc" -ne "$want" ]; then
-        echo "FAIL $name: exit status $rc, expected $want"; ok=0
-    elif ! grep -Eq -e "$pattern" "$out"; then
-        echo "FAIL $name: output does not match /$pattern/"; ok=0
-    fi
-    # No rank may outlive the job.
-    if pgrep -f "$TMP" >/dev/null; then
-        echo "FAIL $name: processes left behind"; pkill -9 -f "$TMP"; ok=0
-    fi
-    if [ $ok -eq 1 ]; then
-        echo "ok   $name (exit $rc, $((end - start)) s)"; passes=$((passes + 1))
-    else
-        sed 's/^/     | /' "$out" | tail -25; fails=$((fails + 1))
-    fi
-}
+# run NAME EXPECTED_EXIT PATTERN -- command...: see tests/script_lib.sh.
+# shellcheck source=../script_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../script_lib.sh"
 
 if [ ! -d "$DATA" ]; then
     echo "Fashion-MNIST not found in $DATA (apt-get install dataset-fashion-mnist)"; exit 1
