@@ -19,7 +19,16 @@ extern "C" {
 #endif
 
 typedef enum { DDP_COMM_AUTO = 0, DDP_COMM_MPI, DDP_COMM_NCCL, DDP_COMM_LOCAL } ddp_comm_kind;
-typedef enum { DDP_F32 = 0, DDP_BF16, DDP_F64, DDP_I32, DDP_I64, DDP_U8, DDP_U32, DDP_U64 } ddp_dtype;
+typedef enum {
+    DDP_F32 = 0,
+    DDP_BF16,
+    DDP_F64,
+    DDP_I32,
+    DDP_I64,
+    DDP_U8,
+    DDP_U32,
+    DDP_U64
+} ddp_dtype;
 typedef enum { DDP_SUM = 0, DDP_MAX, DDP_MIN, DDP_AVG } ddp_redop;
 
 size_t ddp_dtype_size(ddp_dtype t);
@@ -54,8 +63,8 @@ int ddp_comm_local_size(const ddp_comm *c);
 ddp_status ddp_comm_allreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op);
 /* Starts an in-place all-reduce and returns at once. COLLECTIVE (all ranks start the
  * same operations in the same order). Complete it with ddp_comm_wait. */
-ddp_status ddp_comm_iallreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t,
-                               ddp_redop op, ddp_comm_req **req);
+ddp_status ddp_comm_iallreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op,
+                               ddp_comm_req **req);
 /* Lets outstanding operations progress; *done = 1 when req is complete (req stays
  * valid until ddp_comm_wait). Not collective. */
 ddp_status ddp_comm_test(ddp_comm *c, ddp_comm_req *req, int *done);
@@ -64,8 +73,7 @@ ddp_status ddp_comm_wait(ddp_comm *c, ddp_comm_req *req);
 /* root's buf is copied to every rank. COLLECTIVE. */
 ddp_status ddp_comm_broadcast(ddp_comm *c, void *buf, size_t count, ddp_dtype t, int root);
 /* recv (size * count) receives every rank's send (count), in rank order. COLLECTIVE. */
-ddp_status ddp_comm_allgather(ddp_comm *c, const void *send, void *recv, size_t count,
-                              ddp_dtype t);
+ddp_status ddp_comm_allgather(ddp_comm *c, const void *send, void *recv, size_t count, ddp_dtype t);
 /* Reduces send (size * count) over ranks; rank r receives block r (count). COLLECTIVE. */
 ddp_status ddp_comm_reduce_scatter(ddp_comm *c, const void *send, void *recv, size_t count,
                                    ddp_dtype t, ddp_redop op);

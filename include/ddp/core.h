@@ -53,23 +53,23 @@ void ddp_error_clear(void);
 
 #define DDP_FAIL(st, ...) ddp_error_set((st), __FILE__, __LINE__, __VA_ARGS__)
 
-#define DDP_CHECK(expr)                                                                    \
-    do {                                                                                   \
-        ddp_status ddp_check_s_ = (expr);                                                  \
-        if (ddp_check_s_ != DDP_OK) {                                                      \
-            ddp_error_trace(__FILE__, __LINE__);                                           \
-            return ddp_check_s_;                                                           \
-        }                                                                                  \
+#define DDP_CHECK(expr)                                                                            \
+    do {                                                                                           \
+        ddp_status ddp_check_s_ = (expr);                                                          \
+        if (ddp_check_s_ != DDP_OK) {                                                              \
+            ddp_error_trace(__FILE__, __LINE__);                                                   \
+            return ddp_check_s_;                                                                   \
+        }                                                                                          \
     } while (0)
 
 /* Like DDP_CHECK but jumps to a cleanup label with the status stored in `var`. */
-#define DDP_CHECK_GOTO(expr, var, label)                                                   \
-    do {                                                                                   \
-        (var) = (expr);                                                                    \
-        if ((var) != DDP_OK) {                                                             \
-            ddp_error_trace(__FILE__, __LINE__);                                           \
-            goto label;                                                                    \
-        }                                                                                  \
+#define DDP_CHECK_GOTO(expr, var, label)                                                           \
+    do {                                                                                           \
+        (var) = (expr);                                                                            \
+        if ((var) != DDP_OK) {                                                                     \
+            ddp_error_trace(__FILE__, __LINE__);                                                   \
+            goto label;                                                                            \
+        }                                                                                          \
     } while (0)
 
 /* ---- logging ---------------------------------------------------------------------- */
@@ -81,8 +81,8 @@ typedef enum { DDP_LOG_ERROR = 0, DDP_LOG_WARN, DDP_LOG_INFO, DDP_LOG_DEBUG } dd
 void ddp_log_init(int rank, int world, ddp_log_level level);
 void ddp_log(ddp_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 #define ddp_log_error(...) ddp_log(DDP_LOG_ERROR, __VA_ARGS__)
-#define ddp_log_warn(...) ddp_log(DDP_LOG_WARN, __VA_ARGS__)
-#define ddp_log_info(...) ddp_log(DDP_LOG_INFO, __VA_ARGS__)
+#define ddp_log_warn(...)  ddp_log(DDP_LOG_WARN, __VA_ARGS__)
+#define ddp_log_info(...)  ddp_log(DDP_LOG_INFO, __VA_ARGS__)
 #define ddp_log_debug(...) ddp_log(DDP_LOG_DEBUG, __VA_ARGS__)
 /* Prints the current error (message and trace) as one error line on this rank. */
 void ddp_log_current_error(const char *what);
@@ -127,8 +127,7 @@ void ddp_trace_thread(int tid, const char *name);
 ddp_status ddp_trace_begin(const char *name, const char *cat);
 ddp_status ddp_trace_end(void);
 /* A span with explicit times (ddp_time_now seconds) on track tid (-1: this thread's). */
-ddp_status ddp_trace_span(const char *name, const char *cat, double t_start, double t_end,
-                          int tid);
+ddp_status ddp_trace_span(const char *name, const char *cat, double t_start, double t_end, int tid);
 
 /* ---- checksums -------------------------------------------------------------------- */
 

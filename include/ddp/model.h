@@ -29,8 +29,8 @@ typedef struct {
 } ddp_mlp_spec;
 
 typedef struct {
-    char name[48];   /* e.g. "fc0.weight" */
-    size_t offset;   /* in elements, into the flat buffers */
+    char name[48]; /* e.g. "fc0.weight" */
+    size_t offset; /* in elements, into the flat buffers */
     size_t count;
     int ndim;
     size_t shape[2]; /* weight: (out, in); bias: (out) */
@@ -70,8 +70,8 @@ ddp_status ddp_model_init_params(ddp_model *m, uint64_t seed);
 ddp_status ddp_model_forward(ddp_model *m, const float *x, size_t n, const float **logits);
 /* Backward pass from dlogits (n, num_classes) for the last forward; gradients are ADDED
  * to the flat gradient buffer (so micro-batches accumulate). ready may be NULL. */
-ddp_status ddp_model_backward(ddp_model *m, const float *dlogits, size_t n,
-                              ddp_grad_ready_fn ready, void *ctx);
+ddp_status ddp_model_backward(ddp_model *m, const float *dlogits, size_t n, ddp_grad_ready_fn ready,
+                              void *ctx);
 ddp_status ddp_model_zero_grads(ddp_model *m);
 
 #ifdef __cplusplus

@@ -47,24 +47,24 @@ typedef struct {
     ddp_device_kind device;
     ddp_comm_kind comm;
     ddp_math math;
-    int threads;        /* BLAS threads per rank; 0 = cores / local ranks */
+    int threads; /* BLAS threads per rank; 0 = cores / local ranks */
     /* gradient communication */
     ddp_reducer_options reducer;
-    int on_nonfinite;   /* DDP_NONFINITE_ABORT or DDP_NONFINITE_SKIP */
+    int on_nonfinite; /* DDP_NONFINITE_ABORT or DDP_NONFINITE_SKIP */
     /* output */
-    int log_every;      /* steps between progress lines and metrics records */
-    int eval_every;     /* steps between evaluations; 0 = end of each epoch */
-    int check_sync;     /* steps between bitwise parameter checks; 0 = never */
+    int log_every;  /* steps between progress lines and metrics records */
+    int eval_every; /* steps between evaluations; 0 = end of each epoch */
+    int check_sync; /* steps between bitwise parameter checks; 0 = never */
     char metrics_path[DDP_PATH_MAX];
     char trace_path[DDP_PATH_MAX]; /* Chrome trace events, one file per rank */
-    int quiet;          /* no progress lines */
+    int quiet;                     /* no progress lines */
     /* checkpoints (ddp/checkpoint.h); only rank 0 uses the directory */
     char checkpoint_dir[DDP_PATH_MAX]; /* "" = no checkpoints */
-    int checkpoint_every; /* steps between checkpoints; 0 = only after the last step */
-    int keep;             /* newest checkpoints kept; 0 = all */
-    int resume;           /* continue from the newest checkpoint in checkpoint_dir */
+    int checkpoint_every;              /* steps between checkpoints; 0 = only after the last step */
+    int keep;                          /* newest checkpoints kept; 0 = all */
+    int resume;                        /* continue from the newest checkpoint in checkpoint_dir */
     /* failure detection (per rank; not part of the fingerprint) */
-    float timeout_s;    /* a collective blocked this long ends the job (--timeout); 0 = never */
+    float timeout_s; /* a collective blocked this long ends the job (--timeout); 0 = never */
 } ddp_train_config;
 
 void ddp_train_config_defaults(ddp_train_config *cfg);
@@ -78,14 +78,14 @@ ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world);
 size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t cap);
 
 typedef struct {
-    int64_t step;         /* steps completed after this one */
+    int64_t step; /* steps completed after this one */
     uint64_t epoch;
     float lr;
-    double loss;          /* mean training loss over the global batch */
-    double grad_norm;     /* before clipping; 0 when clipping is off */
+    double loss;      /* mean training loss over the global batch */
+    double grad_norm; /* before clipping; 0 when clipping is off */
     double t_forward, t_backward, t_allreduce, t_optim, t_step; /* seconds */
-    double t_exposed;     /* part of the all-reduce time not hidden behind backward */
-    int skipped;          /* the update was skipped: non-finite gradients */
+    double t_exposed; /* part of the all-reduce time not hidden behind backward */
+    int skipped;      /* the update was skipped: non-finite gradients */
 } ddp_step_stats;
 
 typedef struct ddp_trainer ddp_trainer;
@@ -96,8 +96,8 @@ typedef struct ddp_trainer ddp_trainer;
  * (agreement, counts, fingerprints) and may be the same communicator when it is MPI or
  * local. COLLECTIVE over both. */
 ddp_status ddp_trainer_create(const ddp_train_config *cfg, ddp_backend *b, ddp_comm *comm,
-                              ddp_comm *ctrl, const ddp_dataset *train,
-                              const ddp_dataset *test, ddp_trainer **out);
+                              ddp_comm *ctrl, const ddp_dataset *train, const ddp_dataset *test,
+                              ddp_trainer **out);
 void ddp_trainer_free(ddp_trainer *t);
 
 /* One optimizer step over one global batch. COLLECTIVE. */

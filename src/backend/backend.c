@@ -86,23 +86,22 @@ ddp_status ddp_backend_act_forward(ddp_backend *b, ddp_act act, const float *x, 
     return b->ops->act_forward(b, act, x, y, n);
 }
 
-ddp_status ddp_backend_act_backward(ddp_backend *b, ddp_act act, const float *x,
-                                    const float *dy, float *dx, size_t n) {
+ddp_status ddp_backend_act_backward(ddp_backend *b, ddp_act act, const float *x, const float *dy,
+                                    float *dx, size_t n) {
     DDP_CHECK(check_act(act));
     if (n == 0) return DDP_OK;
     return b->ops->act_backward(b, act, x, dy, dx, n);
 }
 
 ddp_status ddp_backend_softmax_xent(ddp_backend *b, const float *logits, const int32_t *labels,
-                                    int N, int C, float grad_scale, float *dlogits,
-                                    float *stats) {
+                                    int N, int C, float grad_scale, float *dlogits, float *stats) {
     if (C <= 0) return DDP_FAIL(DDP_ERR_INVALID_ARG, "softmax_xent: %d classes", C);
     if (N <= 0) return DDP_OK;
     return b->ops->softmax_xent(b, logits, labels, N, C, grad_scale, dlogits, stats);
 }
 
-ddp_status ddp_backend_gather_rows(ddp_backend *b, void *dst, const void *src,
-                                   const int32_t *idx, size_t n, size_t row_bytes) {
+ddp_status ddp_backend_gather_rows(ddp_backend *b, void *dst, const void *src, const int32_t *idx,
+                                   size_t n, size_t row_bytes) {
     if (n == 0 || row_bytes == 0) return DDP_OK;
     return b->ops->gather_rows(b, dst, src, idx, n, row_bytes);
 }
@@ -128,16 +127,15 @@ ddp_status ddp_backend_sumsq(ddp_backend *b, const float *x, size_t n, double *o
     return b->ops->sumsq(b, x, n, out);
 }
 
-ddp_status ddp_backend_sgd_step(ddp_backend *b, float *p, const float *grad, float *buf,
-                                size_t n, float lr, float momentum, float wd, int nesterov,
-                                int first_step) {
+ddp_status ddp_backend_sgd_step(ddp_backend *b, float *p, const float *grad, float *buf, size_t n,
+                                float lr, float momentum, float wd, int nesterov, int first_step) {
     if (n == 0) return DDP_OK;
     return b->ops->sgd_step(b, p, grad, buf, n, lr, momentum, wd, nesterov, first_step);
 }
 
-ddp_status ddp_backend_adamw_step(ddp_backend *b, float *p, const float *grad, float *m,
-                                  float *v, size_t n, float lr, float beta1, float beta2,
-                                  float eps, float wd, int64_t t) {
+ddp_status ddp_backend_adamw_step(ddp_backend *b, float *p, const float *grad, float *m, float *v,
+                                  size_t n, float lr, float beta1, float beta2, float eps, float wd,
+                                  int64_t t) {
     if (t < 1) return DDP_FAIL(DDP_ERR_INVALID_ARG, "adamw: step %lld must be >= 1", (long long)t);
     if (n == 0) return DDP_OK;
     return b->ops->adamw_step(b, p, grad, m, v, n, lr, beta1, beta2, eps, wd, t);

@@ -21,8 +21,7 @@ static ddp_status cpu_alloc(ddp_backend *b, size_t bytes, void **ptr) {
     /* 64-byte alignment: cache lines, and AVX-512 loads in the BLAS. */
     size_t rounded = (bytes + 63) & ~(size_t)63;
     *ptr = aligned_alloc(64, rounded);
-    if (!*ptr)
-        return DDP_FAIL(DDP_ERR_NOMEM, "cpu backend: could not allocate %zu bytes", bytes);
+    if (!*ptr) return DDP_FAIL(DDP_ERR_NOMEM, "cpu backend: could not allocate %zu bytes", bytes);
     return DDP_OK;
 }
 
@@ -42,23 +41,25 @@ static ddp_status cpu_zero(ddp_backend *b, void *ptr, size_t bytes) {
 static ddp_status cpu_sync(ddp_backend *b) { return DDP_OK; }
 
 static ddp_status cpu_gemm(ddp_backend *b, int ta, int tb, int M, int N, int K, float alpha,
-                           const float *A, int lda, const float *B, int ldb, float beta,
-                           float *C, int ldc) {
+                           const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                           int ldc) {
     if (K == 0) {
         /* BLAS leaves C untouched when K = 0 only for beta = 1; make it explicit. */
         for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
+            for (int j = 0; j < N; j++)
+                C[(size_t)i * ldc + j] *= beta;
         return DDP_OK;
     }
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
+                K, alpha, A, lda, B, ldb, beta, C, ldc);
     return DDP_OK;
 }
 
 static ddp_status cpu_bias_add(ddp_backend *b, float *y, const float *bias, int N, int C) {
     for (int i = 0; i < N; i++) {
         float *row = y + (size_t)i * C;
-        for (int j = 0; j < C; j++) row[j] += bias[j];
+        for (int j = 0; j < C; j++)
+            row[j] += bias[j];
     }
     return DDP_OK;
 }
@@ -68,7 +69,8 @@ static ddp_status cpu_bias_grad(ddp_backend *b, float *dbias, const float *dy, i
      * so the rounding matches the CUDA column reduction to well within tolerance. */
     for (int i = 0; i < N; i++) {
         const float *row = dy + (size_t)i * C;
-        for (int j = 0; j < C; j++) dbias[j] += row[j];
+        for (int j = 0; j < C; j++)
+            dbias[j] += row[j];
     }
     return DDP_OK;
 }
@@ -89,41 +91,44 @@ static inline float gelu_grad(float x) {
     return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
 }
 
-static ddp_status cpu_act_forward(ddp_backend *b, ddp_act act, const float *x, float *y,
-                                  size_t n) {
+static ddp_status cpu_act_forward(ddp_backend *b, ddp_act act, const float *x, float *y, size_t n) {
     if (act == DDP_ACT_RELU)
-        for (size_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        for (size_t i = 0; i < n; i++)
+            y[i] = x[i] > 0.0f ? x[i] : 0.0f;
     else
-        for (size_t i = 0; i < n; i++) y[i] = gelu(x[i]);
+        for (size_t i = 0; i < n; i++)
+            y[i] = gelu(x[i]);
     return DDP_OK;
 }
 
-static ddp_status cpu_act_backward(ddp_backend *b, ddp_act act, const float *x,
-                                   const float *dy, float *dx, size_t n) {
+static ddp_status cpu_act_backward(ddp_backend *b, ddp_act act, const float *x, const float *dy,
+                                   float *dx, size_t n) {
     if (act == DDP_ACT_RELU)
-        for (size_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+        for (size_t i = 0; i < n; i++)
+            dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
     else
-        for (size_t i = 0; i < n; i++) dx[i] = dy[i] * gelu_grad(x[i]);
+        for (size_t i = 0; i < n; i++)
+            dx[i] = dy[i] * gelu_grad(x[i]);
     return DDP_OK;
 }
 
 static ddp_status cpu_softmax_xent(ddp_backend *b, const float *logits, const int32_t *labels,
-                                   int N, int C, float grad_scale, float *dlogits,
-                                   float *stats) {
+                                   int N, int C, float grad_scale, float *dlogits, float *stats) {
     double loss = 0.0;
     int correct = 0;
     for (int i = 0; i < N; i++) {
         const float *z = logits + (size_t)i * C;
         int label = labels[i];
         if (label < 0 || label >= C)
-            return DDP_FAIL(DDP_ERR_INVALID_ARG, "softmax_xent: label %d of row %d is outside [0, %d)",
-                            label, i, C);
+            return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                            "softmax_xent: label %d of row %d is outside [0, %d)", label, i, C);
         int arg = 0;
         for (int j = 1; j < C; j++)
             if (z[j] > z[arg]) arg = j;
         float zmax = z[arg];
         double sum = 0.0;
-        for (int j = 0; j < C; j++) sum += exp((double)(z[j] - zmax));
+        for (int j = 0; j < C; j++)
+            sum += exp((double)(z[j] - zmax));
         double logsum = log(sum);
         loss += logsum - (double)(z[label] - zmax);
         correct += arg == label;
@@ -144,12 +149,14 @@ static ddp_status cpu_gather_rows(ddp_backend *b, void *dst, const void *src, co
                                   size_t n, size_t row_bytes) {
     char *d = dst;
     const char *s = src;
-    for (size_t i = 0; i < n; i++) memcpy(d + i * row_bytes, s + (size_t)idx[i] * row_bytes, row_bytes);
+    for (size_t i = 0; i < n; i++)
+        memcpy(d + i * row_bytes, s + (size_t)idx[i] * row_bytes, row_bytes);
     return DDP_OK;
 }
 
 static ddp_status cpu_scale(ddp_backend *b, float *x, size_t n, float alpha) {
-    for (size_t i = 0; i < n; i++) x[i] *= alpha;
+    for (size_t i = 0; i < n; i++)
+        x[i] *= alpha;
     return DDP_OK;
 }
 

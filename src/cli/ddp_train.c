@@ -17,7 +17,7 @@
 #include "ddp/cli.h"
 #include "ddp/watchdog.h"
 
-#define EXIT_USAGE 2
+#define EXIT_USAGE   2
 #define EXIT_TIMEOUT 3 /* the watchdog ended the job: a rank died or stopped responding */
 
 /* The watchdog's way out, on its own thread: a collective waited longer than --timeout,

@@ -11,14 +11,53 @@
 #include "ddp/cli.h"
 
 enum {
-    OPT_DATA = 256, OPT_HIDDEN, OPT_ACT, OPT_BATCH, OPT_ACCUM, OPT_MICRO, OPT_EPOCHS, OPT_STEPS,
-    OPT_OPTIM, OPT_LR, OPT_MIN_LR, OPT_MOMENTUM, OPT_NESTEROV, OPT_BETA1, OPT_BETA2, OPT_EPS,
-    OPT_WD, OPT_SCHEDULE, OPT_WARMUP, OPT_CLIP, OPT_SEED, OPT_NO_SHUFFLE, OPT_DEVICE, OPT_COMM,
-    OPT_PRECISION, OPT_THREADS, OPT_LOG_EVERY, OPT_EVAL_EVERY, OPT_CHECK_SYNC, OPT_METRICS,
-    OPT_QUIET, OPT_DUMP_PARAMS, OPT_HELP, OPT_VERSION, OPT_BUCKET_MB, OPT_FIRST_BUCKET_MB,
-    OPT_GRAD_DTYPE, OPT_NO_OVERLAP, OPT_PROGRESS, OPT_ON_NONFINITE, OPT_TRACE,
+    OPT_DATA = 256,
+    OPT_HIDDEN,
+    OPT_ACT,
+    OPT_BATCH,
+    OPT_ACCUM,
+    OPT_MICRO,
+    OPT_EPOCHS,
+    OPT_STEPS,
+    OPT_OPTIM,
+    OPT_LR,
+    OPT_MIN_LR,
+    OPT_MOMENTUM,
+    OPT_NESTEROV,
+    OPT_BETA1,
+    OPT_BETA2,
+    OPT_EPS,
+    OPT_WD,
+    OPT_SCHEDULE,
+    OPT_WARMUP,
+    OPT_CLIP,
+    OPT_SEED,
+    OPT_NO_SHUFFLE,
+    OPT_DEVICE,
+    OPT_COMM,
+    OPT_PRECISION,
+    OPT_THREADS,
+    OPT_LOG_EVERY,
+    OPT_EVAL_EVERY,
+    OPT_CHECK_SYNC,
+    OPT_METRICS,
+    OPT_QUIET,
+    OPT_DUMP_PARAMS,
+    OPT_HELP,
+    OPT_VERSION,
+    OPT_BUCKET_MB,
+    OPT_FIRST_BUCKET_MB,
+    OPT_GRAD_DTYPE,
+    OPT_NO_OVERLAP,
+    OPT_PROGRESS,
+    OPT_ON_NONFINITE,
+    OPT_TRACE,
     OPT_TIMEOUT,
-    OPT_CHECKPOINT_DIR, OPT_CHECKPOINT_EVERY, OPT_KEEP, OPT_RESUME, OPT_EXPORT,
+    OPT_CHECKPOINT_DIR,
+    OPT_CHECKPOINT_EVERY,
+    OPT_KEEP,
+    OPT_RESUME,
+    OPT_EXPORT,
 };
 
 static const struct option long_options[] = {
@@ -73,64 +112,65 @@ static const struct option long_options[] = {
 };
 
 void ddp_cli_usage(FILE *f, const char *prog) {
-    fprintf(f,
-            "usage: mpirun -np N %s [options]\n"
-            "Data-parallel training: every rank trains on its share of each global batch and\n"
-            "gradients are averaged over all ranks before an identical update.\n"
-            "\n"
-            "Model and data\n"
-            "  --data DIR            Fashion-MNIST/MNIST IDX files (default\n"
-            "                        /usr/share/datasets/fashion-mnist)\n"
-            "  --hidden LIST         hidden layer sizes, e.g. 256,128 (default); 'none' for none\n"
-            "  --act relu|gelu       activation (default relu)\n"
-            "Batch and length\n"
-            "  --batch N             global batch over all ranks (default 128)\n"
-            "  --accum K             micro-batches per rank per step (gradient accumulation)\n"
-            "  --micro-batch M       or: samples per micro-batch; batch = M x K x ranks\n"
-            "  --epochs E            epochs (default 20); the tail batch of an epoch is dropped\n"
-            "  --steps S             stop after S steps instead\n"
-            "Optimizer\n"
-            "  --optim sgd|adamw     (default sgd, momentum 0.9)\n"
-            "  --lr LR               peak learning rate (default 0.05)\n"
-            "  --min-lr LR           floor of the cosine schedule (default 0)\n"
-            "  --schedule constant|cosine   (default cosine, after linear warm-up)\n"
-            "  --warmup S            warm-up steps (default 200)\n"
-            "  --momentum M --nesterov --beta1 B --beta2 B --eps E --weight-decay W (default 1e-4)\n"
-            "  --clip NORM           clip the global gradient norm (default off)\n"
-            "  --seed S              seed for initialization and shuffling (default 42)\n"
-            "  --no-shuffle          keep the dataset order\n"
-            "Devices\n"
-            "  --device auto|cpu|cuda     (default auto: CUDA when a GPU is present)\n"
-            "  --comm auto|nccl|mpi       gradient all-reduce (default auto: NCCL on GPUs)\n"
-            "  --precision fp32|tf32|bf16 matrix-product precision (default fp32)\n"
-            "  --threads N           BLAS threads per rank (default: cores / ranks on the node)\n"
-            "Gradient communication\n"
-            "  --bucket-mb MB        gradient bucket size (default 25)\n"
-            "  --first-bucket-mb MB  the first, last-layer bucket (default 1): starts comm early\n"
-            "  --grad-dtype fp32|bf16  all-reduce precision (default fp32; bf16 halves traffic)\n"
-            "  --no-overlap          one all-reduce after backward instead of buckets during it\n"
-            "  --progress auto|thread|test  how MPI buckets progress during backward\n"
-            "  --on-nonfinite abort|skip    NaN/inf gradients: stop (default) or skip the step\n"
-            "Output\n"
-            "  --log-every N         steps between progress lines (default 50)\n"
-            "  --eval-every N        steps between test evaluations (default: each epoch)\n"
-            "  --check-sync N        verify every N steps that all ranks hold identical parameters\n"
-            "  --metrics FILE        one JSON object per logged step (rank 0)\n"
-            "  --dump-params FILE    write the final parameters as raw float32 (rank 0)\n"
-            "  --quiet               no progress lines\n"
-            "  --trace FILE          Chrome trace events (Perfetto); FILE.rankN.json per rank\n"
-            "Checkpoints\n"
-            "  --checkpoint-dir DIR  save checkpoints there (rank 0), after the last step and\n"
-            "  --checkpoint-every N  every N steps\n"
-            "  --keep K              keep the K newest checkpoints (default 3; 0 = all)\n"
-            "  --resume              continue from the newest checkpoint in DIR (fresh if none);\n"
-            "                        the number of ranks may change, the global batch may not\n"
-            "  --export FILE         write the final parameters as safetensors (rank 0)\n"
-            "Failure detection\n"
-            "  --timeout SECONDS     end the whole job when a collective waits this long for\n"
-            "                        a rank that died or hangs (default 300; 0 = never)\n"
-            "  --help, --version\n",
-            prog);
+    fprintf(
+        f,
+        "usage: mpirun -np N %s [options]\n"
+        "Data-parallel training: every rank trains on its share of each global batch and\n"
+        "gradients are averaged over all ranks before an identical update.\n"
+        "\n"
+        "Model and data\n"
+        "  --data DIR            Fashion-MNIST/MNIST IDX files (default\n"
+        "                        /usr/share/datasets/fashion-mnist)\n"
+        "  --hidden LIST         hidden layer sizes, e.g. 256,128 (default); 'none' for none\n"
+        "  --act relu|gelu       activation (default relu)\n"
+        "Batch and length\n"
+        "  --batch N             global batch over all ranks (default 128)\n"
+        "  --accum K             micro-batches per rank per step (gradient accumulation)\n"
+        "  --micro-batch M       or: samples per micro-batch; batch = M x K x ranks\n"
+        "  --epochs E            epochs (default 20); the tail batch of an epoch is dropped\n"
+        "  --steps S             stop after S steps instead\n"
+        "Optimizer\n"
+        "  --optim sgd|adamw     (default sgd, momentum 0.9)\n"
+        "  --lr LR               peak learning rate (default 0.05)\n"
+        "  --min-lr LR           floor of the cosine schedule (default 0)\n"
+        "  --schedule constant|cosine   (default cosine, after linear warm-up)\n"
+        "  --warmup S            warm-up steps (default 200)\n"
+        "  --momentum M --nesterov --beta1 B --beta2 B --eps E --weight-decay W (default 1e-4)\n"
+        "  --clip NORM           clip the global gradient norm (default off)\n"
+        "  --seed S              seed for initialization and shuffling (default 42)\n"
+        "  --no-shuffle          keep the dataset order\n"
+        "Devices\n"
+        "  --device auto|cpu|cuda     (default auto: CUDA when a GPU is present)\n"
+        "  --comm auto|nccl|mpi       gradient all-reduce (default auto: NCCL on GPUs)\n"
+        "  --precision fp32|tf32|bf16 matrix-product precision (default fp32)\n"
+        "  --threads N           BLAS threads per rank (default: cores / ranks on the node)\n"
+        "Gradient communication\n"
+        "  --bucket-mb MB        gradient bucket size (default 25)\n"
+        "  --first-bucket-mb MB  the first, last-layer bucket (default 1): starts comm early\n"
+        "  --grad-dtype fp32|bf16  all-reduce precision (default fp32; bf16 halves traffic)\n"
+        "  --no-overlap          one all-reduce after backward instead of buckets during it\n"
+        "  --progress auto|thread|test  how MPI buckets progress during backward\n"
+        "  --on-nonfinite abort|skip    NaN/inf gradients: stop (default) or skip the step\n"
+        "Output\n"
+        "  --log-every N         steps between progress lines (default 50)\n"
+        "  --eval-every N        steps between test evaluations (default: each epoch)\n"
+        "  --check-sync N        verify every N steps that all ranks hold identical parameters\n"
+        "  --metrics FILE        one JSON object per logged step (rank 0)\n"
+        "  --dump-params FILE    write the final parameters as raw float32 (rank 0)\n"
+        "  --quiet               no progress lines\n"
+        "  --trace FILE          Chrome trace events (Perfetto); FILE.rankN.json per rank\n"
+        "Checkpoints\n"
+        "  --checkpoint-dir DIR  save checkpoints there (rank 0), after the last step and\n"
+        "  --checkpoint-every N  every N steps\n"
+        "  --keep K              keep the K newest checkpoints (default 3; 0 = all)\n"
+        "  --resume              continue from the newest checkpoint in DIR (fresh if none);\n"
+        "                        the number of ranks may change, the global batch may not\n"
+        "  --export FILE         write the final parameters as safetensors (rank 0)\n"
+        "Failure detection\n"
+        "  --timeout SECONDS     end the whole job when a collective waits this long for\n"
+        "                        a rank that died or hangs (default 300; 0 = never)\n"
+        "  --help, --version\n",
+        prog);
 }
 
 static ddp_status bad(const char *opt, const char *arg, const char *want) {
@@ -173,8 +213,8 @@ static ddp_status parse_float(const char *opt, const char *arg, double lo, doubl
     return DDP_OK;
 }
 
-static ddp_status parse_choice(const char *opt, const char *arg, const char *const *names,
-                               int n, int *out) {
+static ddp_status parse_choice(const char *opt, const char *arg, const char *const *names, int n,
+                               int *out) {
     for (int i = 0; i < n; i++)
         if (strcmp(arg, names[i]) == 0) {
             *out = i;
@@ -214,7 +254,8 @@ static ddp_status parse_hidden(const char *arg, ddp_mlp_spec *m) {
 
 static ddp_status copy_path(const char *opt, const char *arg, char *dst) {
     size_t n = strlen(arg);
-    if (n == 0 || n >= DDP_PATH_MAX) return bad(opt, arg, "a non-empty path shorter than 1024 bytes");
+    if (n == 0 || n >= DDP_PATH_MAX)
+        return bad(opt, arg, "a non-empty path shorter than 1024 bytes");
     memcpy(dst, arg, n + 1);
     return DDP_OK;
 }
@@ -233,13 +274,28 @@ static ddp_status apply(int code, const char *name, const char *arg, ddp_cli_opt
     switch (code) {
     case OPT_DATA: return copy_path(name, arg, c->data_dir);
     case OPT_HIDDEN: return parse_hidden(arg, &c->model);
-    case OPT_ACT: DDP_CHECK(parse_choice(name, arg, acts, 2, &i)); c->model.act = (ddp_act)i; return DDP_OK;
-    case OPT_BATCH: DDP_CHECK(parse_u64(name, arg, 1, 1u << 30, &u)); c->global_batch = u; return DDP_OK;
+    case OPT_ACT:
+        DDP_CHECK(parse_choice(name, arg, acts, 2, &i));
+        c->model.act = (ddp_act)i;
+        return DDP_OK;
+    case OPT_BATCH:
+        DDP_CHECK(parse_u64(name, arg, 1, 1u << 30, &u));
+        c->global_batch = u;
+        return DDP_OK;
     case OPT_ACCUM: return parse_int(name, arg, 1, 1 << 20, &c->accum);
-    case OPT_MICRO: DDP_CHECK(parse_u64(name, arg, 1, 1u << 30, &u)); c->micro_batch = u; return DDP_OK;
+    case OPT_MICRO:
+        DDP_CHECK(parse_u64(name, arg, 1, 1u << 30, &u));
+        c->micro_batch = u;
+        return DDP_OK;
     case OPT_EPOCHS: return parse_int(name, arg, 1, 1 << 20, &c->epochs);
-    case OPT_STEPS: DDP_CHECK(parse_u64(name, arg, 1, (uint64_t)1 << 40, &u)); c->max_steps = (int64_t)u; return DDP_OK;
-    case OPT_OPTIM: DDP_CHECK(parse_choice(name, arg, optims, 2, &i)); c->optim.kind = (ddp_optim_kind)i; return DDP_OK;
+    case OPT_STEPS:
+        DDP_CHECK(parse_u64(name, arg, 1, (uint64_t)1 << 40, &u));
+        c->max_steps = (int64_t)u;
+        return DDP_OK;
+    case OPT_OPTIM:
+        DDP_CHECK(parse_choice(name, arg, optims, 2, &i));
+        c->optim.kind = (ddp_optim_kind)i;
+        return DDP_OK;
     case OPT_LR: return parse_float(name, arg, 1e-12, 1e3, &c->sched.base_lr);
     case OPT_MIN_LR: return parse_float(name, arg, 0.0, 1e3, &c->sched.min_lr);
     case OPT_MOMENTUM: return parse_float(name, arg, 0.0, 0.999999, &c->optim.momentum);
@@ -248,14 +304,29 @@ static ddp_status apply(int code, const char *name, const char *arg, ddp_cli_opt
     case OPT_BETA2: return parse_float(name, arg, 0.0, 0.999999, &c->optim.beta2);
     case OPT_EPS: return parse_float(name, arg, 1e-30, 1.0, &c->optim.eps);
     case OPT_WD: return parse_float(name, arg, 0.0, 10.0, &c->optim.weight_decay);
-    case OPT_SCHEDULE: DDP_CHECK(parse_choice(name, arg, scheds, 2, &i)); c->sched.kind = (ddp_sched_kind)i; return DDP_OK;
-    case OPT_WARMUP: DDP_CHECK(parse_u64(name, arg, 0, (uint64_t)1 << 40, &u)); c->sched.warmup_steps = (int64_t)u; return DDP_OK;
+    case OPT_SCHEDULE:
+        DDP_CHECK(parse_choice(name, arg, scheds, 2, &i));
+        c->sched.kind = (ddp_sched_kind)i;
+        return DDP_OK;
+    case OPT_WARMUP:
+        DDP_CHECK(parse_u64(name, arg, 0, (uint64_t)1 << 40, &u));
+        c->sched.warmup_steps = (int64_t)u;
+        return DDP_OK;
     case OPT_CLIP: return parse_float(name, arg, 0.0, 1e9, &c->clip_norm);
     case OPT_SEED: return parse_u64(name, arg, 0, UINT64_MAX, &c->seed);
     case OPT_NO_SHUFFLE: c->shuffle = 0; return DDP_OK;
-    case OPT_DEVICE: DDP_CHECK(parse_choice(name, arg, devices, 3, &i)); c->device = (ddp_device_kind)i; return DDP_OK;
-    case OPT_COMM: DDP_CHECK(parse_choice(name, arg, comms, 3, &i)); c->comm = comm_kinds[i]; return DDP_OK;
-    case OPT_PRECISION: DDP_CHECK(parse_choice(name, arg, precisions, 3, &i)); c->math = (ddp_math)i; return DDP_OK;
+    case OPT_DEVICE:
+        DDP_CHECK(parse_choice(name, arg, devices, 3, &i));
+        c->device = (ddp_device_kind)i;
+        return DDP_OK;
+    case OPT_COMM:
+        DDP_CHECK(parse_choice(name, arg, comms, 3, &i));
+        c->comm = comm_kinds[i];
+        return DDP_OK;
+    case OPT_PRECISION:
+        DDP_CHECK(parse_choice(name, arg, precisions, 3, &i));
+        c->math = (ddp_math)i;
+        return DDP_OK;
     case OPT_THREADS: return parse_int(name, arg, 1, 1024, &c->threads);
     case OPT_LOG_EVERY: return parse_int(name, arg, 1, 1 << 30, &c->log_every);
     case OPT_EVAL_EVERY: return parse_int(name, arg, 1, 1 << 30, &c->eval_every);

@@ -13,13 +13,12 @@ struct ddp_comm_req {
     int unused;
 };
 
-static ddp_status local_allreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t,
-                                  ddp_redop op) {
+static ddp_status local_allreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op) {
     return DDP_OK; /* sum, max, min and average over one rank are the identity */
 }
 
-static ddp_status local_iallreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t,
-                                   ddp_redop op, ddp_comm_req **req) {
+static ddp_status local_iallreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op,
+                                   ddp_comm_req **req) {
     *req = NULL; /* complete at once; wait and test accept NULL */
     return DDP_OK;
 }

@@ -53,10 +53,10 @@ static ddp_status mpi_fail(int rc, const char *what, const char *file, int line)
     return ddp_error_set(DDP_ERR_COMM, file, line, "%s failed: %s", what, msg);
 }
 
-#define MPI_TRY(call, what)                                                                \
-    do {                                                                                   \
-        int mpi_rc_ = (call);                                                              \
-        if (mpi_rc_ != MPI_SUCCESS) return mpi_fail(mpi_rc_, (what), __FILE__, __LINE__);   \
+#define MPI_TRY(call, what)                                                                        \
+    do {                                                                                           \
+        int mpi_rc_ = (call);                                                                      \
+        if (mpi_rc_ != MPI_SUCCESS) return mpi_fail(mpi_rc_, (what), __FILE__, __LINE__);          \
     } while (0)
 
 ddp_status ddp_mpi_local_rank(int *local_rank, int *local_size) {
@@ -97,7 +97,8 @@ static uint16_t f32_to_bf16(float f) {
 static void bf16_sum(void *in, void *inout, int *len, MPI_Datatype *type) {
     const uint16_t *a = in;
     uint16_t *b = inout;
-    for (int i = 0; i < *len; i++) b[i] = f32_to_bf16(bf16_to_f32(a[i]) + bf16_to_f32(b[i]));
+    for (int i = 0; i < *len; i++)
+        b[i] = f32_to_bf16(bf16_to_f32(a[i]) + bf16_to_f32(b[i]));
 }
 
 static MPI_Datatype mpi_type(ddp_dtype t) {
@@ -132,11 +133,11 @@ typedef struct {
 
 struct ddp_comm_req {
     MPI_Request req;
-    void *user_buf;     /* where the result must end up */
-    stage_buf *staged;  /* host copy used by MPI, or NULL */
+    void *user_buf;    /* where the result must end up */
+    stage_buf *staged; /* host copy used by MPI, or NULL */
     size_t count;
     ddp_dtype type;
-    int average;        /* divide by size after the sum */
+    int average; /* divide by size after the sum */
 };
 
 static ddp_status mpi_op(mpi_comm *c, ddp_dtype t, ddp_redop op, MPI_Op *out) {
@@ -158,13 +159,16 @@ static ddp_status mpi_op(mpi_comm *c, ddp_dtype t, ddp_redop op, MPI_Op *out) {
 static ddp_status divide_by_size(void *buf, size_t count, ddp_dtype t, int size) {
     if (t == DDP_F32) {
         float *x = buf, s = 1.0f / (float)size;
-        for (size_t i = 0; i < count; i++) x[i] *= s;
+        for (size_t i = 0; i < count; i++)
+            x[i] *= s;
     } else if (t == DDP_F64) {
         double *x = buf;
-        for (size_t i = 0; i < count; i++) x[i] /= (double)size;
+        for (size_t i = 0; i < count; i++)
+            x[i] /= (double)size;
     } else if (t == DDP_BF16) {
         uint16_t *x = buf;
-        for (size_t i = 0; i < count; i++) x[i] = f32_to_bf16(bf16_to_f32(x[i]) / (float)size);
+        for (size_t i = 0; i < count; i++)
+            x[i] = f32_to_bf16(bf16_to_f32(x[i]) / (float)size);
     } else {
         return DDP_FAIL(DDP_ERR_UNSUPPORTED, "average is defined only for floating types");
     }
@@ -199,12 +203,12 @@ static ddp_status stage_get(mpi_comm *c, size_t bytes, stage_buf **out) {
 
 /* ---- operations ------------------------------------------------------------------- */
 
-static ddp_status mpi_iallreduce(ddp_comm *base, void *buf, size_t count, ddp_dtype t,
-                                 ddp_redop op, ddp_comm_req **out) {
+static ddp_status mpi_iallreduce(ddp_comm *base, void *buf, size_t count, ddp_dtype t, ddp_redop op,
+                                 ddp_comm_req **out) {
     mpi_comm *c = (mpi_comm *)base;
     if (count > (size_t)INT32_MAX)
-        return DDP_FAIL(DDP_ERR_INVALID_ARG, "MPI comm: %zu elements in one call (max %d)",
-                        count, INT32_MAX);
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "MPI comm: %zu elements in one call (max %d)", count,
+                        INT32_MAX);
     MPI_Op mop = MPI_OP_NULL;
     DDP_CHECK(mpi_op(c, t, op, &mop));
     ddp_comm_req *r = calloc(1, sizeof *r);
@@ -398,7 +402,8 @@ static void mpi_destroy(ddp_comm *base) {
     mpi_comm *c = (mpi_comm *)base;
     int finalized = 0;
     MPI_Finalized(&finalized);
-    for (int i = 0; i < MAX_STAGE; i++) ddp_backend_host_dealloc(base->backend, c->stage[i].ptr);
+    for (int i = 0; i < MAX_STAGE; i++)
+        ddp_backend_host_dealloc(base->backend, c->stage[i].ptr);
     if (!finalized) {
         MPI_Op_free(&c->bf16_sum_op);
         MPI_Comm_free(&c->comm);

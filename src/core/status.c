@@ -29,7 +29,7 @@ const char *ddp_status_str(ddp_status s) {
     return status_names[s];
 }
 
-#define MSG_CAP 1024
+#define MSG_CAP   1024
 #define TRACE_CAP 2048
 
 static _Thread_local ddp_status err_status;
@@ -50,8 +50,8 @@ ddp_status ddp_error_set(ddp_status s, const char *file, int line, const char *f
 
 void ddp_error_trace(const char *file, int line) {
     if (err_trace_len + 1 >= sizeof err_trace) return;
-    int n = snprintf(err_trace + err_trace_len, sizeof err_trace - err_trace_len,
-                     "\n  at %s:%d", file, line);
+    int n = snprintf(err_trace + err_trace_len, sizeof err_trace - err_trace_len, "\n  at %s:%d",
+                     file, line);
     if (n > 0) {
         err_trace_len += (size_t)n;
         if (err_trace_len >= sizeof err_trace) err_trace_len = sizeof err_trace - 1;

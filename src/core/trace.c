@@ -45,8 +45,8 @@ static ddp_status emit(json_t *ev) {
 }
 
 static ddp_status thread_name_event(int t, const char *name) {
-    return emit(json_pack("{s:s, s:s, s:i, s:i, s:{s:s}}", "name", "thread_name", "ph", "M",
-                          "pid", trace_rank, "tid", t, "args", "name", name));
+    return emit(json_pack("{s:s, s:s, s:i, s:i, s:{s:s}}", "name", "thread_name", "ph", "M", "pid",
+                          trace_rank, "tid", t, "args", "name", name));
 }
 
 ddp_status ddp_trace_open(const char *path, int rank) {

@@ -65,8 +65,10 @@ static ddp_status convert(const ddp_idx *im, const ddp_idx *lb, const char *labe
                         dim);
     }
     const uint8_t *pixels = im->data;
-    for (size_t i = 0; i < im->count; i++) x[i] = (float)pixels[i] / 255.0f;
-    for (size_t i = 0; i < n; i++) y[i] = labels[i];
+    for (size_t i = 0; i < im->count; i++)
+        x[i] = (float)pixels[i] / 255.0f;
+    for (size_t i = 0; i < n; i++)
+        y[i] = labels[i];
 
     out->n = n;
     out->dim = dim;

@@ -19,7 +19,7 @@
 
 /* Larger than any dataset this reader is meant for (Fashion-MNIST is 47 MB), small enough
  * that a wrong header fails with a message instead of exhausting host memory. */
-#define IDX_MAX_BYTES ((size_t)4 << 30)
+#define IDX_MAX_BYTES  ((size_t)4 << 30)
 #define IDX_MAX_HEADER (4 + 4 * DDP_IDX_MAX_DIMS)
 
 typedef struct {
@@ -167,7 +167,8 @@ static void copy_from_be(void *dst, const unsigned char *src, size_t count, size
     unsigned char *d = dst;
     for (size_t i = 0; i < count; i++, src += size, d += size) {
         uint64_t v = 0;
-        for (size_t b = 0; b < size; b++) v = v << 8 | src[b];
+        for (size_t b = 0; b < size; b++)
+            v = v << 8 | src[b];
         if (size == 2) {
             uint16_t v16 = (uint16_t)v;
             memcpy(d, &v16, 2);
@@ -269,8 +270,8 @@ static ddp_status count_rest(gzFile f, size_t *rest, int *at_least, const char *
  * (doubling from 1 MiB) rather than one of the size the header declares: a file of a
  * few bytes whose header claims gigabytes then costs a few bytes, not a huge allocation
  * that fails, or succeeds and is freed a moment later. */
-static ddp_status read_body(gzFile f, const char *path, const unsigned char *head,
-                            size_t head_len, size_t want, unsigned char **out, size_t *len) {
+static ddp_status read_body(gzFile f, const char *path, const unsigned char *head, size_t head_len,
+                            size_t want, unsigned char **out, size_t *len) {
     size_t cap = want < ((size_t)1 << 20) ? want : ((size_t)1 << 20);
     if (cap < head_len) cap = head_len;
     unsigned char *buf = malloc(cap);

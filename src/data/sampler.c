@@ -15,7 +15,8 @@
  * Starting from the identity every time (rather than reshuffling the last order) keeps
  * epoch e's order independent of how the sampler got there. */
 static void build_order(ddp_sampler *s) {
-    for (size_t i = 0; i < s->n; i++) s->order[i] = (uint32_t)i;
+    for (size_t i = 0; i < s->n; i++)
+        s->order[i] = (uint32_t)i;
     if (!s->shuffle) return;
     ddp_rng rng;
     ddp_rng_seed(&rng, s->seed, s->epoch);
@@ -99,7 +100,8 @@ ddp_status ddp_sampler_next(ddp_sampler *s, int32_t *idx, uint64_t *epoch_out) {
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "ddp_sampler_next: sampler not initialized or idx is NULL");
     const uint32_t *slice = s->order + s->step * s->global_batch + (size_t)s->rank * s->local_batch;
-    for (size_t i = 0; i < s->local_batch; i++) idx[i] = (int32_t)slice[i];
+    for (size_t i = 0; i < s->local_batch; i++)
+        idx[i] = (int32_t)slice[i];
     if (epoch_out) *epoch_out = s->epoch;
 
     /* Move on eagerly, so that epoch and step always name the next batch (which is what

@@ -24,7 +24,7 @@ typedef struct {
 
 struct ddp_layer {
     const ddp_layer_ops *ops;
-    char name[16];                    /* "fc0", "relu0": trace labels */
+    char name[16]; /* "fc0", "relu0": trace labels */
     size_t in_dim, out_dim;
     /* parameters, when the layer has any: views into the flat buffers */
     size_t param_offset, param_count; /* elements */

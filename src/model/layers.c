@@ -4,8 +4,7 @@
  */
 #include "model/layer.h"
 
-static ddp_status linear_forward(ddp_layer *l, ddp_backend *b, const float *x, float *y,
-                                 size_t n) {
+static ddp_status linear_forward(ddp_layer *l, ddp_backend *b, const float *x, float *y, size_t n) {
     int N = (int)n, in = (int)l->in_dim, out = (int)l->out_dim;
     /* y (n, out) = x (n, in) . W^T (in, out) */
     DDP_CHECK(ddp_backend_gemm(b, 0, 1, N, out, in, 1.0f, x, in, l->w, in, 0.0f, y, out));

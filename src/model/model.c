@@ -10,7 +10,7 @@
 #include "model/layer.h"
 
 #define MAX_LAYERS (2 * DDP_MAX_HIDDEN + 2)
-#define MAX_VIEWS (2 * (DDP_MAX_HIDDEN + 1))
+#define MAX_VIEWS  (2 * (DDP_MAX_HIDDEN + 1))
 
 struct ddp_model {
     ddp_backend *backend;
@@ -45,8 +45,8 @@ ddp_status ddp_model_create_mlp(ddp_backend *b, const ddp_mlp_spec *spec, size_t
                                 ddp_model **out) {
     *out = NULL;
     if (spec->n_hidden < 0 || spec->n_hidden > DDP_MAX_HIDDEN)
-        return DDP_FAIL(DDP_ERR_INVALID_ARG, "model: %d hidden layers (at most %d)",
-                        spec->n_hidden, DDP_MAX_HIDDEN);
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "model: %d hidden layers (at most %d)", spec->n_hidden,
+                        DDP_MAX_HIDDEN);
     if (spec->input_dim == 0 || spec->num_classes < 2)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "model: input size %zu and %d classes",
                         spec->input_dim, spec->num_classes);
@@ -63,7 +63,8 @@ ddp_status ddp_model_create_mlp(ddp_backend *b, const ddp_mlp_spec *spec, size_t
     size_t dims[DDP_MAX_HIDDEN + 2];
     int nd = 0;
     dims[nd++] = spec->input_dim;
-    for (int i = 0; i < spec->n_hidden; i++) dims[nd++] = spec->hidden[i];
+    for (int i = 0; i < spec->n_hidden; i++)
+        dims[nd++] = spec->hidden[i];
     dims[nd++] = (size_t)spec->num_classes;
 
     int off = snprintf(m->describe, sizeof m->describe, "mlp ");
@@ -83,7 +84,8 @@ ddp_status ddp_model_create_mlp(ddp_backend *b, const ddp_mlp_spec *spec, size_t
         if (i + 2 < nd) {
             ddp_layer *a = &m->layers[m->n_layers++];
             ddp_layer_activation(a, spec->act, dims[i + 1]);
-            snprintf(a->name, sizeof a->name, "%s%d", spec->act == DDP_ACT_GELU ? "gelu" : "relu", i);
+            snprintf(a->name, sizeof a->name, "%s%d", spec->act == DDP_ACT_GELU ? "gelu" : "relu",
+                     i);
         }
         off += snprintf(m->describe + off, sizeof m->describe - (size_t)off, "%zu-", dims[i]);
     }
@@ -123,8 +125,10 @@ void ddp_model_free(ddp_model *m) {
     ddp_backend *b = m->backend;
     ddp_backend_dealloc(b, m->params);
     ddp_backend_dealloc(b, m->grads);
-    for (int i = 0; i < m->n_layers; i++) ddp_backend_dealloc(b, m->act_mem[i]);
-    for (int i = 0; i < 2; i++) ddp_backend_dealloc(b, m->scratch[i]);
+    for (int i = 0; i < m->n_layers; i++)
+        ddp_backend_dealloc(b, m->act_mem[i]);
+    for (int i = 0; i < 2; i++)
+        ddp_backend_dealloc(b, m->scratch[i]);
     free(m);
 }
 
@@ -152,11 +156,12 @@ ddp_status ddp_model_init_params(ddp_model *m, uint64_t seed) {
         float std = sqrtf(2.0f / (float)l->in_dim); /* He: variance 2 / fan_in */
         float *w = host + l->param_offset;
         size_t nw = l->out_dim * l->in_dim;
-        for (size_t k = 0; k < nw; k++) w[k] = std * ddp_rng_normal(&rng);
+        for (size_t k = 0; k < nw; k++)
+            w[k] = std * ddp_rng_normal(&rng);
         memset(w + nw, 0, l->out_dim * sizeof(float));
     }
-    ddp_status s = ddp_backend_copy(m->backend, m->params, host, m->num_params * sizeof(float),
-                                    DDP_COPY_H2D);
+    ddp_status s =
+        ddp_backend_copy(m->backend, m->params, host, m->num_params * sizeof(float), DDP_COPY_H2D);
     if (s == DDP_OK) s = ddp_backend_sync(m->backend);
     free(host);
     DDP_CHECK(s);
@@ -184,8 +189,8 @@ ddp_status ddp_model_forward(ddp_model *m, const float *x, size_t n, const float
     return DDP_OK;
 }
 
-ddp_status ddp_model_backward(ddp_model *m, const float *dlogits, size_t n,
-                              ddp_grad_ready_fn ready, void *ctx) {
+ddp_status ddp_model_backward(ddp_model *m, const float *dlogits, size_t n, ddp_grad_ready_fn ready,
+                              void *ctx) {
     DDP_CHECK(check_batch(m, n));
     const float *dy = dlogits;
     for (int i = m->n_layers - 1; i >= 0; i--) {
@@ -193,8 +198,8 @@ ddp_status ddp_model_backward(ddp_model *m, const float *dlogits, size_t n,
         /* The first layer's input gradient is never needed. */
         float *dx = i > 0 ? m->scratch[i & 1] : NULL;
         DDP_CHECK(ddp_trace_begin(l->name, "backward"));
-        DDP_CHECK(l->ops->backward(l, m->backend, m->acts[i], m->acts[i + 1], dy, dx, n, ready,
-                                   ctx));
+        DDP_CHECK(
+            l->ops->backward(l, m->backend, m->acts[i], m->acts[i + 1], dy, dx, n, ready, ctx));
         DDP_CHECK(ddp_trace_end());
         dy = dx;
     }

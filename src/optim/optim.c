@@ -53,7 +53,8 @@ ddp_status ddp_optim_create(ddp_backend *b, const ddp_optim_config *cfg, size_t 
 
 void ddp_optim_free(ddp_optim *o) {
     if (!o) return;
-    for (int i = 0; i < 2; i++) ddp_backend_dealloc(o->backend, o->state[i]);
+    for (int i = 0; i < 2; i++)
+        ddp_backend_dealloc(o->backend, o->state[i]);
     free(o);
 }
 
@@ -73,7 +74,9 @@ ddp_status ddp_optim_step(ddp_optim *o, float *params, const float *grads, float
 int64_t ddp_optim_steps(const ddp_optim *o) { return o->t; }
 void ddp_optim_set_steps(ddp_optim *o, int64_t steps) { o->t = steps; }
 int ddp_optim_num_states(const ddp_optim *o) { return o->n_states; }
-float *ddp_optim_state(ddp_optim *o, int i) { return i >= 0 && i < o->n_states ? o->state[i] : NULL; }
+float *ddp_optim_state(ddp_optim *o, int i) {
+    return i >= 0 && i < o->n_states ? o->state[i] : NULL;
+}
 size_t ddp_optim_size(const ddp_optim *o) { return o->n; }
 
 float ddp_schedule_lr(const ddp_schedule *s, int64_t step) {

@@ -34,8 +34,8 @@ struct ddp_reducer {
     int thread_running;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int queued;        /* buckets [0, queued) handed to the thread */
-    int done;          /* buckets [0, done) complete */
+    int queued; /* buckets [0, queued) handed to the thread */
+    int done;   /* buckets [0, done) complete */
     int stop;
     ddp_status thread_status;
     char thread_msg[1024];
@@ -70,8 +70,8 @@ static ddp_status start_bucket_nonblocking(ddp_reducer *r, int i) {
         DDP_CHECK(ddp_backend_f32_to_bf16(r->backend, r->grads + bk->begin, w, count));
         DDP_CHECK(ddp_comm_iallreduce(r->comm, w, count, DDP_BF16, DDP_SUM, &bk->req));
     } else {
-        DDP_CHECK(ddp_comm_iallreduce(r->comm, r->grads + bk->begin, count, DDP_F32, DDP_SUM,
-                                      &bk->req));
+        DDP_CHECK(
+            ddp_comm_iallreduce(r->comm, r->grads + bk->begin, count, DDP_F32, DDP_SUM, &bk->req));
     }
     bk->in_flight = 1;
     return DDP_OK;
@@ -97,7 +97,8 @@ static void *comm_thread(void *arg) {
     ddp_trace_thread(1, "comm");
     pthread_mutex_lock(&r->mu);
     for (;;) {
-        while (!r->stop && r->done == r->queued) pthread_cond_wait(&r->cv, &r->mu);
+        while (!r->stop && r->done == r->queued)
+            pthread_cond_wait(&r->cv, &r->mu);
         if (r->stop) break;
         int i = r->done;
         pthread_mutex_unlock(&r->mu);
@@ -151,7 +152,8 @@ ddp_status ddp_reducer_create(ddp_comm *comm, ddp_backend *b, float *grads, size
                         n_boundaries);
     for (int i = 1; i < n_boundaries; i++)
         if (boundaries[i] <= boundaries[i - 1] || boundaries[i] >= n)
-            return DDP_FAIL(DDP_ERR_INVALID_ARG, "reducer: tensor boundaries must ascend in [0, %zu)", n);
+            return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                            "reducer: tensor boundaries must ascend in [0, %zu)", n);
     if (opt->grad_dtype != DDP_F32 && opt->grad_dtype != DDP_BF16)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "--grad-dtype: only fp32 and bf16 are supported");
     ddp_reducer *r = calloc(1, sizeof *r);
@@ -173,8 +175,8 @@ ddp_status ddp_reducer_create(ddp_comm *comm, ddp_backend *b, float *grads, size
         if (strcmp(ddp_comm_name(comm), "mpi") == 0 && ddp_mpi_thread_multiple())
             r->opt.progress = DDP_PROGRESS_THREAD;
     }
-    if (s == DDP_OK && r->opt.progress == DDP_PROGRESS_THREAD && strcmp(ddp_comm_name(comm), "mpi") == 0 &&
-        !ddp_mpi_thread_multiple())
+    if (s == DDP_OK && r->opt.progress == DDP_PROGRESS_THREAD &&
+        strcmp(ddp_comm_name(comm), "mpi") == 0 && !ddp_mpi_thread_multiple())
         s = DDP_FAIL(DDP_ERR_UNSUPPORTED, "--progress thread needs MPI_THREAD_MULTIPLE, which this "
                                           "MPI library did not provide; use --progress test");
     if (s == DDP_OK && r->opt.overlap && r->opt.progress == DDP_PROGRESS_THREAD) {
@@ -287,10 +289,12 @@ ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats) {
         if (stats) *stats = (ddp_reducer_stats){.t_comm = t, .t_exposed = t, .n_buckets = 1};
         return DDP_OK;
     }
-    while (s == DDP_OK && r->launched < r->n_buckets) s = launch(r, r->launched++);
+    while (s == DDP_OK && r->launched < r->n_buckets)
+        s = launch(r, r->launched++);
     if (r->thread_running) {
         pthread_mutex_lock(&r->mu);
-        while (r->done < r->launched) pthread_cond_wait(&r->cv, &r->mu);
+        while (r->done < r->launched)
+            pthread_cond_wait(&r->cv, &r->mu);
         if (r->thread_status != DDP_OK && s == DDP_OK)
             s = ddp_error_set(r->thread_status, __FILE__, __LINE__, "%s", r->thread_msg);
         pthread_mutex_unlock(&r->mu);
@@ -303,7 +307,8 @@ ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats) {
             double t_seen = bk->t_end;
             ddp_status w = complete_bucket_nonblocking(r, i);
             if (seen_done) bk->t_end = t_seen;
-            if (w == DDP_OK) w = ddp_trace_span("allreduce bucket", "comm", bk->t_start, bk->t_end, 1);
+            if (w == DDP_OK)
+                w = ddp_trace_span("allreduce bucket", "comm", bk->t_start, bk->t_end, 1);
             if (s == DDP_OK) s = w;
         }
     }

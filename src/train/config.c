@@ -133,21 +133,21 @@ ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world) {
 
 size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t cap) {
     int n = 0;
-#define PUT(...)                                                                           \
-    do {                                                                                   \
-        if ((size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, __VA_ARGS__);           \
+#define PUT(...)                                                                                   \
+    do {                                                                                           \
+        if ((size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, __VA_ARGS__);                 \
     } while (0)
     PUT("hidden=");
-    for (int i = 0; i < cfg->model.n_hidden; i++) PUT("%s%zu", i ? "," : "", cfg->model.hidden[i]);
+    for (int i = 0; i < cfg->model.n_hidden; i++)
+        PUT("%s%zu", i ? "," : "", cfg->model.hidden[i]);
     PUT(" act=%d batch=%zu accum=%d micro=%zu epochs=%d steps=%lld", (int)cfg->model.act,
         cfg->global_batch, cfg->accum, cfg->micro_batch, cfg->epochs, (long long)cfg->max_steps);
     PUT(" optim=%d momentum=%a nesterov=%d betas=%a,%a eps=%a wd=%a", (int)cfg->optim.kind,
         cfg->optim.momentum, cfg->optim.nesterov, cfg->optim.beta1, cfg->optim.beta2,
         cfg->optim.eps, cfg->optim.weight_decay);
-    PUT(" sched=%d lr=%a min_lr=%a warmup=%lld clip=%a seed=%llu shuffle=%d",
-        (int)cfg->sched.kind, cfg->sched.base_lr, cfg->sched.min_lr,
-        (long long)cfg->sched.warmup_steps, cfg->clip_norm, (unsigned long long)cfg->seed,
-        cfg->shuffle);
+    PUT(" sched=%d lr=%a min_lr=%a warmup=%lld clip=%a seed=%llu shuffle=%d", (int)cfg->sched.kind,
+        cfg->sched.base_lr, cfg->sched.min_lr, (long long)cfg->sched.warmup_steps, cfg->clip_norm,
+        (unsigned long long)cfg->seed, cfg->shuffle);
     /* log_every, eval_every and check_sync decide which collectives run when, so they
      * must agree too or ranks would wait in different collectives. */
     PUT(" device=%d comm=%d math=%d log_every=%d eval_every=%d check_sync=%d", (int)cfg->device,

@@ -29,7 +29,8 @@ static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, double
     if (!o) return DDP_FAIL(DDP_ERR_INTERNAL, "metrics: could not build the JSON record");
     json_object_set_new(o, "t_exposed_comm", json_real(st->t_exposed));
     json_object_set_new(o, "grad_norm", json_real(st->grad_norm));
-    if (t->skipped_steps > 0) json_object_set_new(o, "skipped_steps", json_integer(t->skipped_steps));
+    if (t->skipped_steps > 0)
+        json_object_set_new(o, "skipped_steps", json_integer(t->skipped_steps));
     if (accuracy >= 0.0) json_object_set_new(o, "test_accuracy", json_real(accuracy));
     int rc = json_dumpf(o, t->metrics, JSON_COMPACT | JSON_REAL_PRECISION(7));
     json_decref(o);

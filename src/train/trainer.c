@@ -86,9 +86,10 @@ static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
     int nv = ddp_model_num_views(t->model);
     size_t *bounds = malloc((size_t)nv * sizeof *bounds);
     if (!bounds) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
-    for (int i = 0; i < nv; i++) bounds[i] = ddp_model_view(t->model, i)->offset;
-    ddp_status rs = ddp_reducer_create(t->comm, b, ddp_model_grads(t->model), t->num_params,
-                                       bounds, nv, &t->cfg.reducer, &t->reducer);
+    for (int i = 0; i < nv; i++)
+        bounds[i] = ddp_model_view(t->model, i)->offset;
+    ddp_status rs = ddp_reducer_create(t->comm, b, ddp_model_grads(t->model), t->num_params, bounds,
+                                       nv, &t->cfg.reducer, &t->reducer);
     free(bounds);
     DDP_CHECK(rs);
 
@@ -112,8 +113,8 @@ static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
 }
 
 ddp_status ddp_trainer_create(const ddp_train_config *cfg, ddp_backend *b, ddp_comm *comm,
-                              ddp_comm *ctrl, const ddp_dataset *train,
-                              const ddp_dataset *test, ddp_trainer **out) {
+                              ddp_comm *ctrl, const ddp_dataset *train, const ddp_dataset *test,
+                              ddp_trainer **out) {
     *out = NULL;
     ddp_trainer *t = calloc(1, sizeof *t);
     if (!t) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
@@ -213,7 +214,8 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         int last = k == c->accum - 1;
         t1 = ddp_time_now();
         DDP_CHECK(ddp_trace_begin("forward", "compute"));
-        DDP_CHECK(ddp_backend_gather_rows(b, t->d_x, t->d_train_x, idx, micro, t->dim * sizeof(float)));
+        DDP_CHECK(
+            ddp_backend_gather_rows(b, t->d_x, t->d_train_x, idx, micro, t->dim * sizeof(float)));
         DDP_CHECK(ddp_backend_gather_rows(b, t->d_y, t->d_train_y, idx, micro, sizeof(int32_t)));
         const float *logits;
         DDP_CHECK(ddp_model_forward(t->model, t->d_x, micro, &logits));

@@ -21,12 +21,12 @@ struct ddp_trainer {
     size_t num_params;
     int num_classes;
     size_t dim;
-    int64_t step;       /* steps completed */
+    int64_t step; /* steps completed */
     int64_t total_steps;
-    uint64_t epoch;     /* epoch of the last step */
+    uint64_t epoch; /* epoch of the last step */
     /* device copies of the data (or the host arrays themselves on the CPU backend) */
-    float *d_train_x, *d_test_x;       /* (n, dim) */
-    int32_t *d_train_y, *d_test_y;     /* (n) */
+    float *d_train_x, *d_test_x;   /* (n, dim) */
+    int32_t *d_train_y, *d_test_y; /* (n) */
     int owns_device_data;
     /* per-step buffers */
     int32_t *h_idx, *d_idx; /* (local_batch) */
@@ -35,7 +35,7 @@ struct ddp_trainer {
     float *d_dlogits;       /* (max_batch, classes) */
     float *d_stats;         /* (2): loss sum, correct count */
     size_t max_batch;
-    float *h_params;        /* (num_params) host scratch for checks */
+    float *h_params; /* (num_params) host scratch for checks */
     FILE *metrics;
 };
 

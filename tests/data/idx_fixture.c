@@ -80,11 +80,13 @@ void fx_be16(unsigned char *p, uint16_t v) {
 }
 
 void fx_be32(unsigned char *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (24 - 8 * i));
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (24 - 8 * i));
 }
 
 void fx_be64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (56 - 8 * i));
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (56 - 8 * i));
 }
 
 size_t fx_idx_header(unsigned char *buf, int type, int ndims, const uint32_t *dims) {
@@ -92,7 +94,8 @@ size_t fx_idx_header(unsigned char *buf, int type, int ndims, const uint32_t *di
     buf[1] = 0;
     buf[2] = (unsigned char)type;
     buf[3] = (unsigned char)ndims;
-    for (int i = 0; i < ndims; i++) fx_be32(buf + 4 + 4 * i, dims[i]);
+    for (int i = 0; i < ndims; i++)
+        fx_be32(buf + 4 + 4 * i, dims[i]);
     return 4 + 4 * (size_t)ndims;
 }
 

@@ -208,7 +208,8 @@ static void check_real_split(const char *dir, const char *split, size_t n) {
         assert_in_range(ds.y[i], 0, 9);
         hist[ds.y[i]]++;
     }
-    for (int c = 0; c < 10; c++) assert_int_equal(hist[c], n / 10);
+    for (int c = 0; c < 10; c++)
+        assert_int_equal(hist[c], n / 10);
     float lo = 1.0f, hi = 0.0f;
     for (size_t i = 0; i < ds.n * ds.dim; i++) {
         if (ds.x[i] < lo) lo = ds.x[i];

@@ -47,7 +47,8 @@ static void u8_round_trip(const char *dir, int gz) {
     fx_path(path, sizeof path, dir, gz ? "u8.gz" : "u8");
     const uint32_t dims[3] = {2, 3, 4};
     unsigned char data[24];
-    for (int i = 0; i < 24; i++) data[i] = (unsigned char)(i * 11);
+    for (int i = 0; i < 24; i++)
+        data[i] = (unsigned char)(i * 11);
     fx_write_idx(path, DDP_IDX_U8, 3, dims, data, sizeof data, gz);
 
     ddp_idx idx;
@@ -72,7 +73,8 @@ static void test_reads_u8_raw_and_gzip(void **state) {
 static void test_converts_i32_from_big_endian(void **state) {
     const int32_t want[5] = {1, -2, 0x01020304, INT32_MIN, INT32_MAX};
     unsigned char data[20];
-    for (int i = 0; i < 5; i++) fx_be32(data + 4 * i, (uint32_t)want[i]);
+    for (int i = 0; i < 5; i++)
+        fx_be32(data + 4 * i, (uint32_t)want[i]);
     /* The file's first element is 00 00 00 01: big-endian, whatever the host is. */
     assert_int_equal(data[3], 1);
     const uint32_t dims[1] = {5};
@@ -86,7 +88,8 @@ static void test_converts_i32_from_big_endian(void **state) {
         assert_int_equal(idx.elem_size, 4);
         assert_int_equal(idx.count, 5);
         const int32_t *got = idx.data;
-        for (int i = 0; i < 5; i++) assert_int_equal(got[i], want[i]);
+        for (int i = 0; i < 5; i++)
+            assert_int_equal(got[i], want[i]);
         ddp_idx_free(&idx);
     }
 }
@@ -130,11 +133,13 @@ static void test_converts_i8_i16_f64(void **state) {
 
     h = fx_idx_header(buf, DDP_IDX_I16, 1, dims3);
     const int16_t w16[3] = {-300, 0x1234, INT16_MIN};
-    for (int i = 0; i < 3; i++) fx_be16(buf + h + 2 * i, (uint16_t)w16[i]);
+    for (int i = 0; i < 3; i++)
+        fx_be16(buf + h + 2 * i, (uint16_t)w16[i]);
     assert_int_equal(ddp_idx_parse(buf, h + 6, "i16", &idx), DDP_OK);
     assert_int_equal(idx.elem_size, 2);
     const int16_t *i16 = idx.data;
-    for (int i = 0; i < 3; i++) assert_int_equal(i16[i], w16[i]);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(i16[i], w16[i]);
     ddp_idx_free(&idx);
 
     h = fx_idx_header(buf, DDP_IDX_F64, 1, dims3);
@@ -292,7 +297,8 @@ static void test_rejects_missing_file_and_directory(void **state) {
 static void test_rejects_corrupt_gzip(void **state) {
     const uint32_t dims[2] = {64, 64};
     unsigned char data[4096];
-    for (int i = 0; i < 4096; i++) data[i] = (unsigned char)((i * 7919) >> 3);
+    for (int i = 0; i < 4096; i++)
+        data[i] = (unsigned char)((i * 7919) >> 3);
     unsigned char file[4096 + 12];
     size_t h = fx_idx_header(file, DDP_IDX_U8, 2, dims);
     memcpy(file + h, data, sizeof data);
@@ -306,7 +312,8 @@ static void test_rejects_corrupt_gzip(void **state) {
     unsigned char *bad = malloc(len);
     assert_non_null(bad);
     memcpy(bad, gz, len);
-    for (size_t i = len / 2; i < len / 2 + 16 && i < len - 8; i++) bad[i] ^= 0x5A;
+    for (size_t i = len / 2; i < len / 2 + 16 && i < len - 8; i++)
+        bad[i] ^= 0x5A;
     fx_write(path, bad, len, 0);
     expect_read_fails(path, DDP_ERR_FORMAT, "corrupt");
 

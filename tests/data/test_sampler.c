@@ -68,7 +68,8 @@ static void check_epoch(size_t n, size_t B, int world, uint64_t seed, int shuffl
     }
     assert_int_equal(used, steps * B);
     size_t distinct = 0;
-    for (size_t i = 0; i < n; i++) distinct += seen[i];
+    for (size_t i = 0; i < n; i++)
+        distinct += seen[i];
     assert_int_equal(distinct, steps * B);
 
     ddp_sampler_free(&one);
@@ -142,13 +143,15 @@ static void test_epochs_reshuffle_and_seeds_reproduce(void **state) {
 
     /* The shuffle moves most samples (a broken shuffle that does nothing would not). */
     int fixed = 0;
-    for (int i = 0; i < N; i++) fixed += a[i] == i;
+    for (int i = 0; i < N; i++)
+        fixed += a[i] == i;
     assert_true(fixed < N / 10);
 
     /* Without shuffling every epoch is 0, 1, 2, ... */
     for (uint64_t e = 0; e < 3; e++) {
         epoch_order(42, e, 0, N, b);
-        for (int i = 0; i < N; i++) assert_int_equal(b[i], i);
+        for (int i = 0; i < N; i++)
+            assert_int_equal(b[i], i);
     }
 }
 

@@ -12,7 +12,8 @@ static inline void synthetic_dataset(ddp_dataset *ds, size_t n, size_t dim, int 
     ddp_rng rng;
     ddp_rng_seed(&rng, seed, 0);
     float *centres = malloc((size_t)classes * dim * sizeof(float));
-    for (size_t i = 0; i < (size_t)classes * dim; i++) centres[i] = ddp_rng_normal(&rng);
+    for (size_t i = 0; i < (size_t)classes * dim; i++)
+        centres[i] = ddp_rng_normal(&rng);
     ds->n = n;
     ds->dim = dim;
     ds->num_classes = classes;

@@ -72,7 +72,8 @@ static void assert_identical_on_all_ranks(const float *p, size_t n) {
     uint32_t crc = ddp_crc32(0, p, n * sizeof(float));
     uint32_t *all = calloc((size_t)world, sizeof *all);
     assert_int_equal(ddp_comm_allgather(world_comm, &crc, all, 1, DDP_U32), DDP_OK);
-    for (int r = 1; r < world; r++) assert_int_equal(all[r], all[0]);
+    for (int r = 1; r < world; r++)
+        assert_int_equal(all[r], all[0]);
     free(all);
 }
 
@@ -83,7 +84,8 @@ static void compare_distributed_with_single(ddp_train_config cfg, ddp_train_conf
     assert_int_equal(n1, n2);
     double err = rel_error(dist, single, n1);
     if (rank == 0)
-        print_message("world %d accum %d: relative error %.3g vs one process\n", world, cfg.accum, err);
+        print_message("world %d accum %d: relative error %.3g vs one process\n", world, cfg.accum,
+                      err);
     assert_true(err < 1e-5);
     /* The runs must actually have moved the parameters: compare with the initial ones. */
     ddp_train_config init = reference;
@@ -142,12 +144,13 @@ static void overlapped_buckets_equal_unbucketed(void **state) {
         c.reducer.progress = modes[m];
         c.reducer.bucket_bytes = 1024; /* several buckets even for this small model */
         c.reducer.first_bucket_bytes = 64;
-        c.accum = 2;                    /* only the last micro-batch communicates */
+        c.accum = 2; /* only the last micro-batch communicates */
         size_t n2;
         float *p = train_world(c, &n2);
         double err = rel_error(p, ref, n);
-        if (rank == 0) print_message("progress %s: relative error %.3g vs unbucketed\n",
-                                     m == 0 ? "thread" : "test", err);
+        if (rank == 0)
+            print_message("progress %s: relative error %.3g vs unbucketed\n",
+                          m == 0 ? "thread" : "test", err);
         /* Same sums per element; only accumulation splitting changes the rounding. */
         assert_true(err < 1e-6);
         assert_identical_on_all_ranks(p, n2);
@@ -175,9 +178,8 @@ static void bf16_gradients_stay_close_and_identical(void **state) {
 static void check_sync_names_a_diverged_rank(void **state) {
     ddp_train_config c = base_config();
     ddp_trainer *t = NULL;
-    assert_int_equal(ddp_trainer_create(&c, backend, world_comm, world_comm, &train_set,
-                                        &test_set, &t),
-                     DDP_OK);
+    assert_int_equal(
+        ddp_trainer_create(&c, backend, world_comm, world_comm, &train_set, &test_set, &t), DDP_OK);
     ddp_step_stats st;
     assert_int_equal(ddp_trainer_step(t, &st), DDP_OK);
     assert_int_equal(ddp_trainer_check_sync(t), DDP_OK);
@@ -197,12 +199,11 @@ static void evaluation_counts_every_sample_once(void **state) {
      * counted exactly once the result is the same for any number of ranks. */
     ddp_train_config c = base_config();
     ddp_trainer *t = NULL, *t1 = NULL;
-    assert_int_equal(ddp_trainer_create(&c, backend, world_comm, world_comm, &train_set,
-                                        &test_set, &t),
-                     DDP_OK);
-    assert_int_equal(ddp_trainer_create(&c, backend, local_comm, local_comm, &train_set,
-                                        &test_set, &t1),
-                     DDP_OK);
+    assert_int_equal(
+        ddp_trainer_create(&c, backend, world_comm, world_comm, &train_set, &test_set, &t), DDP_OK);
+    assert_int_equal(
+        ddp_trainer_create(&c, backend, local_comm, local_comm, &train_set, &test_set, &t1),
+        DDP_OK);
     double acc, loss, acc1, loss1;
     assert_int_equal(ddp_trainer_evaluate(t, &acc, &loss), DDP_OK);
     assert_int_equal(ddp_trainer_evaluate(t1, &acc1, &loss1), DDP_OK);

@@ -86,11 +86,13 @@ static void ranks_sharing_a_gpu_over_mpi_match_one_rank(void **state) {
     float *dist = train(c, gpu, mpi_comm, ctrl, &n1);
     float *single = train(config(), gpu, local_gpu, local_gpu, &n2);
     double err = rel_error(dist, single, n1);
-    if (rank == 0) print_message("%d ranks on one GPU (MPI) vs one: relative error %.3g\n", world, err);
+    if (rank == 0)
+        print_message("%d ranks on one GPU (MPI) vs one: relative error %.3g\n", world, err);
     assert_true(err < 1e-5);
     uint32_t crc = ddp_crc32(0, dist, n1 * sizeof(float)), *all = calloc((size_t)world, 4);
     assert_int_equal(ddp_comm_allgather(ctrl, &crc, all, 1, DDP_U32), DDP_OK);
-    for (int r = 1; r < world; r++) assert_int_equal(all[r], all[0]);
+    for (int r = 1; r < world; r++)
+        assert_int_equal(all[r], all[0]);
     free(all);
     free(dist);
     free(single);
