@@ -22,19 +22,11 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "checkpoint/ckpt_fixture.h"
 
 #define T 30 /* steps: one and a half epochs */
-
-static double rel_error(const float *a, const float *b, size_t n) {
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * (double)b[i];
-    }
-    return sqrt(num / den);
-}
 
 static void step_n(ddp_trainer *t, int n) {
     ddp_step_stats st;

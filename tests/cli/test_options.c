@@ -12,11 +12,11 @@
 #include <stddef.h>
 
 #include <cmocka.h>
+
+#include "test_util.h"
 #include <string.h>
 
 #include "ddp/cli.h"
-
-#define assert_msg_has(s) assert_non_null(strstr(ddp_error_message(), (s)))
 
 /* argv from a list of strings, with the program name in front. */
 #define ARGV(...)       ((char *[]){"ddp-train", __VA_ARGS__, NULL})

@@ -108,3 +108,13 @@ void fx_write_idx(const char *path, int type, int ndims, const uint32_t *dims, c
     fx_write(path, buf, h + data_len, gz);
     free(buf);
 }
+
+int fx_tmpdir_setup(void **state) {
+    *state = fx_tmpdir();
+    return 0;
+}
+
+int fx_tmpdir_teardown(void **state) {
+    fx_rmdir(*state);
+    return 0;
+}

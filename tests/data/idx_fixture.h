@@ -13,6 +13,9 @@
 char *fx_tmpdir(void);
 /* Removes the directory and everything in it, and frees the name. */
 void fx_rmdir(char *dir);
+/* CMocka group setup and teardown: *state is a fresh fx_tmpdir(), removed after. */
+int fx_tmpdir_setup(void **state);
+int fx_tmpdir_teardown(void **state);
 /* Writes "<dir>/<name>" into buf (cap bytes) and returns buf. */
 const char *fx_path(char *buf, size_t cap, const char *dir, const char *name);
 

@@ -10,6 +10,8 @@
 #include <stddef.h>
 
 #include <cmocka.h>
+
+#include "test_util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,18 +19,6 @@
 
 #include "data/idx_fixture.h"
 #include "ddp/data.h"
-
-#define assert_msg_has(s) assert_non_null(strstr(ddp_error_message(), (s)))
-
-static int setup(void **state) {
-    *state = fx_tmpdir();
-    return 0;
-}
-
-static int teardown(void **state) {
-    fx_rmdir(*state);
-    return 0;
-}
 
 /* n images of rows x cols whose pixel j of image i is (i * 37 + j * 11) % 256. */
 static void write_images(const char *path, uint32_t n, uint32_t rows, uint32_t cols, int gz) {
@@ -233,13 +223,18 @@ static void test_real_fashion_mnist(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_loads_pixels_scaled_and_labels, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rejects_count_mismatch, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rejects_label_out_of_range, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rejects_wrong_dims_and_types, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_load_dir_prefers_gzip_and_falls_back_to_raw, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_load_dir_missing_says_how_to_install, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_loads_pixels_scaled_and_labels, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_rejects_count_mismatch, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_rejects_label_out_of_range, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_rejects_wrong_dims_and_types, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_load_dir_prefers_gzip_and_falls_back_to_raw,
+                                        fx_tmpdir_setup, fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_load_dir_missing_says_how_to_install, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
         cmocka_unit_test(test_real_fashion_mnist),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

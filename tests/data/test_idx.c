@@ -9,24 +9,14 @@
 #include <stddef.h>
 
 #include <cmocka.h>
+
+#include "test_util.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "data/idx_fixture.h"
 #include "ddp/data.h"
-
-#define assert_msg_has(s) assert_non_null(strstr(ddp_error_message(), (s)))
-
-static int setup(void **state) {
-    *state = fx_tmpdir();
-    return 0;
-}
-
-static int teardown(void **state) {
-    fx_rmdir(*state);
-    return 0;
-}
 
 /* Reads path and expects failure with status st and a message containing what (and the
  * path); the output must be left empty. */
@@ -339,21 +329,34 @@ static void test_parse_rejects_bad_arguments(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_reads_u8_raw_and_gzip, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_converts_i32_from_big_endian, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_converts_f32_from_big_endian, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reads_u8_raw_and_gzip, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_converts_i32_from_big_endian, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_converts_f32_from_big_endian, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
         cmocka_unit_test(test_converts_i8_i16_f64),
         cmocka_unit_test(test_accepts_four_dims_and_an_empty_tensor),
-        cmocka_unit_test_setup_teardown(test_rejects_truncated_header, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rejects_truncated_data, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rejects_trailing_bytes, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rejects_wrong_magic, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rejects_unknown_type, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rejects_zero_or_too_many_dims, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rejects_overflowing_and_huge_dims, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rejects_empty_file, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rejects_missing_file_and_directory, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rejects_corrupt_gzip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rejects_truncated_header, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_rejects_truncated_data, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_rejects_trailing_bytes, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_rejects_wrong_magic, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_rejects_unknown_type, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_rejects_zero_or_too_many_dims, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_rejects_overflowing_and_huge_dims, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_rejects_empty_file, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_rejects_missing_file_and_directory, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_rejects_corrupt_gzip, fx_tmpdir_setup,
+                                        fx_tmpdir_teardown),
         cmocka_unit_test(test_parse_rejects_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

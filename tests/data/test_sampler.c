@@ -10,12 +10,12 @@
 #include <stddef.h>
 
 #include <cmocka.h>
+
+#include "test_util.h"
 #include <stdlib.h>
 #include <string.h>
 
 #include "ddp/data.h"
-
-#define assert_msg_has(s) assert_non_null(strstr(ddp_error_message(), (s)))
 
 static const int worlds[] = {1, 2, 3, 4, 8};
 #define NWORLDS (sizeof worlds / sizeof worlds[0])

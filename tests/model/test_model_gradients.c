@@ -12,6 +12,8 @@
 #include <stddef.h>
 
 #include <cmocka.h>
+
+#include "test_util.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -19,8 +21,6 @@
 #include <string.h>
 
 #include "ddp/model.h"
-
-#define assert_msg_has(s) assert_non_null(strstr(ddp_error_message(), (s)))
 
 enum { IN = 7, H0 = 5, H1 = 4, CLASSES = 3, BATCH = 4 };
 /* 7*5+5 + 5*4+4 + 4*3+3 */
@@ -33,19 +33,6 @@ typedef struct {
     int32_t y[BATCH];               /* (BATCH) */
     float dlogits[BATCH * CLASSES]; /* (BATCH, CLASSES) */
 } fixture;
-
-static int setup_backend(void **state) {
-    ddp_backend_options opt = {.device = DDP_DEVICE_CPU};
-    ddp_backend *b = NULL;
-    if (ddp_backend_create(&opt, &b) != DDP_OK) return -1;
-    *state = b;
-    return 0;
-}
-
-static int teardown_backend(void **state) {
-    ddp_backend_free(*state);
-    return 0;
-}
 
 static ddp_mlp_spec small_spec(ddp_act act) {
     ddp_mlp_spec spec = {.input_dim = IN, .num_classes = CLASSES, .n_hidden = 2, .act = act};
@@ -514,5 +501,5 @@ int main(void) {
         cmocka_unit_test(test_create_rejects_bad_specs),
         cmocka_unit_test(test_forward_and_backward_reject_batches_outside_max_batch),
     };
-    return cmocka_run_group_tests(tests, setup_backend, teardown_backend);
+    return cmocka_run_group_tests(tests, cpu_backend_setup, cpu_backend_teardown);
 }

@@ -11,36 +11,12 @@
 #include <stddef.h>
 
 #include <cmocka.h>
+
+#include "test_util.h"
 #include <math.h>
 #include <string.h>
 
 #include "ddp/optim.h"
-
-#define assert_msg_has(s) assert_non_null(strstr(ddp_error_message(), (s)))
-#define assert_near(got, want, tol)                                                                \
-    assert_near_at((double)(got), (double)(want), (tol), #got, __FILE__, __LINE__)
-
-/* Fails, printing both values, unless |got - want| <= tol (NaN never passes). */
-static void assert_near_at(double got, double want, double tol, const char *what, const char *file,
-                           int line) {
-    if (!(fabs(got - want) <= tol)) {
-        print_error("%s = %.9g, expected %.9g (tolerance %g)\n", what, got, want, tol);
-        _fail(file, line);
-    }
-}
-
-static int setup(void **state) {
-    ddp_backend_options opt = {.device = DDP_DEVICE_CPU};
-    ddp_backend *b = NULL;
-    if (ddp_backend_create(&opt, &b) != DDP_OK) return -1;
-    *state = b;
-    return 0;
-}
-
-static int teardown(void **state) {
-    ddp_backend_free(*state);
-    return 0;
-}
 
 static const ddp_optim_config sgd_cfg = {.kind = DDP_OPTIM_SGD, .momentum = 0.5f};
 static const ddp_optim_config adamw_cfg = {
@@ -333,5 +309,5 @@ int main(void) {
         cmocka_unit_test(test_clip_leaves_smaller_gradients_untouched),
         cmocka_unit_test(test_clip_reports_nonfinite_norm_without_scaling),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, cpu_backend_setup, cpu_backend_teardown);
 }

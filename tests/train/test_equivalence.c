@@ -18,6 +18,8 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "ddp/train.h"
 #include "synthetic.h"
 
@@ -45,26 +47,7 @@ static ddp_train_config base_config(void) {
 
 /* Trains cfg over `comm` and returns the final parameters (malloc'd). */
 static float *train(ddp_train_config cfg, ddp_comm *comm, size_t *n) {
-    ddp_trainer *t = NULL;
-    ddp_status s = ddp_trainer_create(&cfg, backend, comm, comm, &train_set, &test_set, &t);
-    if (s != DDP_OK) fail_msg("trainer_create: %s", ddp_error_trace_str());
-    s = ddp_trainer_run(t, NULL);
-    if (s != DDP_OK) fail_msg("run: %s", ddp_error_trace_str());
-    *n = ddp_model_num_params(ddp_trainer_model(t));
-    float *p = malloc(*n * sizeof(float));
-    assert_int_equal(ddp_trainer_get_params(t, p), DDP_OK);
-    ddp_trainer_free(t);
-    return p;
-}
-
-static double rel_error(const float *a, const float *b, size_t n) {
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * (double)b[i];
-    }
-    return sqrt(num / den);
+    return train_params(cfg, backend, comm, comm, &train_set, &test_set, n);
 }
 
 /* The parameters of every rank hash to the same CRC. */

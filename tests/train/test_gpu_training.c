@@ -15,6 +15,8 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "ddp/train.h"
 #include "synthetic.h"
 
@@ -38,29 +40,6 @@ static ddp_train_config config(void) {
     return c;
 }
 
-static float *train(ddp_train_config cfg, ddp_backend *b, ddp_comm *comm, ddp_comm *control,
-                    size_t *n) {
-    ddp_trainer *t = NULL;
-    if (ddp_trainer_create(&cfg, b, comm, control, &train_set, &test_set, &t) != DDP_OK)
-        fail_msg("trainer_create: %s", ddp_error_trace_str());
-    if (ddp_trainer_run(t, NULL) != DDP_OK) fail_msg("run: %s", ddp_error_trace_str());
-    *n = ddp_model_num_params(ddp_trainer_model(t));
-    float *p = malloc(*n * sizeof(float));
-    assert_int_equal(ddp_trainer_get_params(t, p), DDP_OK);
-    ddp_trainer_free(t);
-    return p;
-}
-
-static double rel_error(const float *a, const float *b, size_t n) {
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * (double)b[i];
-    }
-    return sqrt(num / den);
-}
-
 static void nccl_rank_matches_cpu_reference(void **state) {
     if (world != 1) skip();
     ddp_comm *nccl = NULL;
@@ -69,8 +48,8 @@ static void nccl_rank_matches_cpu_reference(void **state) {
         skip();
     }
     size_t n1, n2;
-    float *on_gpu = train(config(), gpu, nccl, ctrl, &n1);
-    float *on_cpu = train(config(), cpu, local_cpu, local_cpu, &n2);
+    float *on_gpu = train_params(config(), gpu, nccl, ctrl, &train_set, &test_set, &n1);
+    float *on_cpu = train_params(config(), cpu, local_cpu, local_cpu, &train_set, &test_set, &n2);
     double err = rel_error(on_gpu, on_cpu, n1);
     print_message("CUDA+NCCL vs CPU: relative error %.3g\n", err);
     assert_true(err < 1e-4);
@@ -83,8 +62,8 @@ static void ranks_sharing_a_gpu_over_mpi_match_one_rank(void **state) {
     size_t n1, n2;
     ddp_train_config c = config();
     c.comm = DDP_COMM_MPI;
-    float *dist = train(c, gpu, mpi_comm, ctrl, &n1);
-    float *single = train(config(), gpu, local_gpu, local_gpu, &n2);
+    float *dist = train_params(c, gpu, mpi_comm, ctrl, &train_set, &test_set, &n1);
+    float *single = train_params(config(), gpu, local_gpu, local_gpu, &train_set, &test_set, &n2);
     double err = rel_error(dist, single, n1);
     if (rank == 0)
         print_message("%d ranks on one GPU (MPI) vs one: relative error %.3g\n", world, err);
