@@ -27,6 +27,16 @@ typedef struct {
 ddp_status ddp_cli_parse(int argc, char **argv, ddp_cli_options *opt);
 void ddp_cli_usage(FILE *f, const char *prog);
 
+/* Set-up phases of the command-line programs (ddp-train, ddp-bench), where one rank may
+ * fail alone. All ranks agree on the outcome of a phase: the rank that failed prints its
+ * own error (prefixed with `phase`), rank 0 also names it; returns 1 when the phase
+ * succeeded on every rank. A communication error (DDP_ERR_COMM) aborts the job instead,
+ * since the ranks may then be a collective apart. COLLECTIVE over ctrl. */
+int ddp_cli_phase_ok(ddp_comm *ctrl, ddp_status s, const char *phase);
+/* For a phase that agreed on its failure by itself: prints the error unless it was
+ * another rank's (DDP_ERR_REMOTE), and aborts the job on a communication error. */
+void ddp_cli_agreed_failure(ddp_comm *ctrl, ddp_status s, const char *phase);
+
 #ifdef __cplusplus
 }
 #endif

@@ -70,19 +70,6 @@ static void format_bytes(size_t b, char *buf, size_t cap) {
         snprintf(buf, cap, "%zu", b);
 }
 
-/* All ranks agree on the outcome of a set-up phase, as in ddp-train. */
-static int phase_ok(ddp_comm *ctrl, ddp_status s, const char *phase) {
-    if (s != DDP_OK) ddp_log_current_error(phase);
-    int failed = -1;
-    if (ddp_comm_agree(ctrl, s, &failed) != DDP_OK) {
-        ddp_log_current_error("agreeing on the outcome of set-up");
-        ddp_comm_abort(ctrl, 1);
-    }
-    if (failed >= 0 && s == DDP_OK && ddp_comm_rank(ctrl) == 0)
-        ddp_log_error("%s failed on rank %d (see its message); stopping all ranks", phase, failed);
-    return failed < 0;
-}
-
 /* The maximum over ranks of a time. COLLECTIVE over ctrl. */
 static ddp_status max_over_ranks(ddp_comm *ctrl, double *t) {
     DDP_CHECK(ddp_comm_allreduce(ctrl, t, 1, DDP_F64, DDP_MAX));
@@ -369,7 +356,7 @@ static int main_allreduce(ddp_comm *ctrl, int argc, char **argv) {
     int rank = ddp_comm_rank(ctrl);
     allreduce_args a;
     ddp_status s = parse_allreduce(argc, argv, &a);
-    if (!phase_ok(ctrl, s, "parsing options")) return EXIT_USAGE;
+    if (!ddp_cli_phase_ok(ctrl, s, "parsing options")) return EXIT_USAGE;
     bench_ctx c = {.ctrl = ctrl, .rank = rank, .world = ddp_comm_size(ctrl)};
     ddp_backend_options bo = {.device = a.comm == DDP_COMM_NCCL ? DDP_DEVICE_CUDA : DDP_DEVICE_CPU,
                               .threads = 1};
@@ -379,14 +366,14 @@ static int main_allreduce(ddp_comm *ctrl, int argc, char **argv) {
     }
     int code = 1;
     s = ddp_backend_create(&bo, &c.b);
-    if (!phase_ok(ctrl, s, "creating the backend")) goto done;
+    if (!ddp_cli_phase_ok(ctrl, s, "creating the backend")) goto done;
     size_t max_count = a.max_bytes / sizeof(float);
     c.host = malloc(max_count * sizeof(float));
     s = c.host ? ddp_backend_alloc(c.b, max_count * sizeof(float), (void **)&c.dev)
                : DDP_FAIL(DDP_ERR_NOMEM, "out of memory for %zu bytes", a.max_bytes);
-    if (!phase_ok(ctrl, s, "allocating the buffers")) goto done;
+    if (!ddp_cli_phase_ok(ctrl, s, "allocating the buffers")) goto done;
     s = ddp_comm_create(a.comm, c.b, &c.comm);
-    if (!phase_ok(ctrl, s, "creating the communicator")) goto done;
+    if (!ddp_cli_phase_ok(ctrl, s, "creating the communicator")) goto done;
     long wrong = 0;
     s = run_allreduce(&c, &a, &wrong);
     if (s != DDP_OK) {
@@ -478,7 +465,7 @@ static int main_train(ddp_comm *ctrl, int argc, char **argv) {
                          : DDP_FAIL(DDP_ERR_NOMEM, "out of memory");
     if (s == DDP_OK) s = ddp_cli_parse(pargc, pargv, &opt);
     free(pargv);
-    if (!phase_ok(ctrl, s, "parsing options")) return EXIT_USAGE;
+    if (!ddp_cli_phase_ok(ctrl, s, "parsing options")) return EXIT_USAGE;
     if (opt.help) {
         if (rank == 0) {
             printf("usage: ddp-bench train [ddp-train options] [--warmup-steps 5] "
@@ -497,7 +484,7 @@ static int main_train(ddp_comm *ctrl, int argc, char **argv) {
     cfg->quiet = 1;
     cfg->check_sync = 0;
     s = ddp_train_config_resolve(cfg, world);
-    if (!phase_ok(ctrl, s, "checking the batch configuration")) return EXIT_USAGE;
+    if (!ddp_cli_phase_ok(ctrl, s, "checking the batch configuration")) return EXIT_USAGE;
 
     ddp_backend *backend = NULL;
     ddp_comm *comm = NULL;
@@ -516,7 +503,7 @@ static int main_train(ddp_comm *ctrl, int argc, char **argv) {
         .math = cfg->math,
     };
     s = ddp_backend_create(&bo, &backend);
-    if (!phase_ok(ctrl, s, "creating the compute backend")) goto done;
+    if (!ddp_cli_phase_ok(ctrl, s, "creating the compute backend")) goto done;
     if (a.have_data) {
         s = ddp_dataset_load_dir(cfg->data_dir, "train", &train);
         if (s == DDP_OK) s = ddp_dataset_load_dir(cfg->data_dir, "t10k", &test);
@@ -524,12 +511,12 @@ static int main_train(ddp_comm *ctrl, int argc, char **argv) {
         s = make_synthetic(60000, 784, 10, 0, &train);
         if (s == DDP_OK) s = make_synthetic(1000, 784, 10, 1, &test);
     }
-    if (!phase_ok(ctrl, s, "preparing the data")) goto done;
+    if (!ddp_cli_phase_ok(ctrl, s, "preparing the data")) goto done;
     s = ddp_comm_create(cfg->comm, backend, &comm);
-    if (!phase_ok(ctrl, s, "creating the communicator")) goto done;
+    if (!ddp_cli_phase_ok(ctrl, s, "creating the communicator")) goto done;
     s = ddp_trainer_create(cfg, backend, comm, ctrl, &train, &test, &trainer);
     if (s != DDP_OK) {
-        if (ddp_error_status() != DDP_ERR_REMOTE) ddp_log_current_error("setting up training");
+        ddp_cli_agreed_failure(ctrl, s, "setting up training");
         goto done;
     }
 
@@ -607,7 +594,7 @@ static int main_train(ddp_comm *ctrl, int argc, char **argv) {
         fflush(stdout);
         s = a.json ? write_json(o, a.json) : DDP_OK;
     }
-    if (!phase_ok(ctrl, s, "writing the results")) goto done;
+    if (!ddp_cli_phase_ok(ctrl, s, "writing the results")) goto done;
     code = 0;
 done:
     json_decref(o);

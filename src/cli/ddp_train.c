@@ -33,36 +33,6 @@ static void watchdog_expired(void *ctx, const char *message) {
     _exit(EXIT_TIMEOUT);
 }
 
-/* A collective that failed may have left the ranks out of step (the others still inside
- * it): one more collective to agree could then pair with the wrong call and wait until
- * the watchdog fires, so a communication error ends the job at once. */
-static void abort_if_comm_failed(ddp_comm *ctrl, ddp_status s, const char *phase) {
-    if (s != DDP_ERR_COMM) return;
-    ddp_log_error("%s: communication failed; aborting all %d ranks", phase, ddp_comm_size(ctrl));
-    ddp_comm_abort(ctrl, 1);
-}
-
-/* All ranks agree on the outcome of a set-up phase. On failure the rank that failed
- * prints its own error; rank 0 also names it, if it was another rank. */
-static int phase_ok(ddp_comm *ctrl, ddp_status s, const char *phase) {
-    if (s != DDP_OK) ddp_log_current_error(phase);
-    abort_if_comm_failed(ctrl, s, phase);
-    int failed = -1;
-    if (ddp_comm_agree(ctrl, s, &failed) != DDP_OK) {
-        ddp_log_current_error("agreeing on the outcome of set-up");
-        ddp_comm_abort(ctrl, 1);
-    }
-    if (failed >= 0 && s == DDP_OK && ddp_comm_rank(ctrl) == 0)
-        ddp_log_error("%s failed on rank %d (see its message); stopping all ranks", phase, failed);
-    return failed < 0;
-}
-
-/* A set-up step that agrees on failure by itself failed: the rank at fault prints why. */
-static void agreed_failure(ddp_comm *ctrl, ddp_status s, const char *phase) {
-    if (ddp_error_status() != DDP_ERR_REMOTE) ddp_log_current_error(phase);
-    abort_if_comm_failed(ctrl, s, phase);
-}
-
 static ddp_status dump_params(ddp_trainer *t, const char *path) {
     ddp_model *m = ddp_trainer_model(t);
     size_t n = ddp_model_num_params(m);
@@ -100,7 +70,7 @@ int main(int argc, char **argv) {
 
     ddp_cli_options opt;
     s = ddp_cli_parse(argc, argv, &opt);
-    if (!phase_ok(ctrl, s, "parsing options")) {
+    if (!ddp_cli_phase_ok(ctrl, s, "parsing options")) {
         if (rank == 0 || s != DDP_OK) fprintf(stderr, "usage: see %s --help\n", argv[0]);
         code = EXIT_USAGE;
         goto done;
@@ -115,14 +85,14 @@ int main(int argc, char **argv) {
     }
     ddp_train_config *cfg = &opt.train;
     s = ddp_train_config_resolve(cfg, world);
-    if (!phase_ok(ctrl, s, "checking the batch configuration")) {
+    if (!ddp_cli_phase_ok(ctrl, s, "checking the batch configuration")) {
         code = EXIT_USAGE;
         goto done;
     }
     /* From here on, a rank that dies or hangs must not leave the others waiting forever in
      * a collective: the watchdog ends the job after --timeout seconds. */
     s = ddp_watchdog_init(cfg->timeout_s, rank, watchdog_expired, ctrl);
-    if (!phase_ok(ctrl, s, "starting the watchdog")) goto done;
+    if (!ddp_cli_phase_ok(ctrl, s, "starting the watchdog")) goto done;
 
     /* Device: local rank modulo the visible GPUs; BLAS threads: this node's cores shared
      * among the ranks on it, unless given. */
@@ -137,34 +107,34 @@ int main(int argc, char **argv) {
         .math = cfg->math,
     };
     s = ddp_backend_create(&bo, &backend);
-    if (!phase_ok(ctrl, s, "creating the compute backend")) goto done;
+    if (!ddp_cli_phase_ok(ctrl, s, "creating the compute backend")) goto done;
 
     s = ddp_dataset_load_dir(cfg->data_dir, "train", &train);
     if (s == DDP_OK) s = ddp_dataset_load_dir(cfg->data_dir, "t10k", &test);
-    if (!phase_ok(ctrl, s, "loading the data")) goto done;
+    if (!ddp_cli_phase_ok(ctrl, s, "loading the data")) goto done;
 
     /* Every rank creates the gradient communicator (collective). */
     s = ddp_comm_create(cfg->comm, backend, &comm);
-    if (!phase_ok(ctrl, s, "creating the communicator")) goto done;
+    if (!ddp_cli_phase_ok(ctrl, s, "creating the communicator")) goto done;
 
     s = ddp_trainer_create(cfg, backend, comm, ctrl, &train, &test, &trainer);
     if (s != DDP_OK) {
         /* ddp_trainer_create agrees on failure itself; the failing rank prints why. */
-        agreed_failure(ctrl, s, "setting up training");
+        ddp_cli_agreed_failure(ctrl, s, "setting up training");
         goto done;
     }
     if (cfg->resume) {
         /* Collective, and it agrees on failure itself; the failing rank prints why. */
         s = ddp_trainer_resume(trainer, cfg->checkpoint_dir, NULL);
         if (s != DDP_OK) {
-            agreed_failure(ctrl, s, "resuming");
+            ddp_cli_agreed_failure(ctrl, s, "resuming");
             goto done;
         }
     }
     /* An unusable checkpoint directory is a set-up error, found before training. */
     s = ddp_trainer_prepare_checkpoints(trainer);
     if (s != DDP_OK) {
-        agreed_failure(ctrl, s, "checkpoints");
+        ddp_cli_agreed_failure(ctrl, s, "checkpoints");
         goto done;
     }
 
@@ -176,7 +146,7 @@ int main(int argc, char **argv) {
         else
             snprintf(path, sizeof path, "%s.rank%d.json", cfg->trace_path, rank);
         s = ddp_trace_open(path, rank);
-        if (!phase_ok(ctrl, s, "opening the trace")) goto done;
+        if (!ddp_cli_phase_ok(ctrl, s, "opening the trace")) goto done;
     }
     double accuracy = -1.0;
     s = ddp_trainer_run(trainer, &accuracy);
@@ -196,7 +166,7 @@ int main(int argc, char **argv) {
         s = ddp_trainer_export(trainer, opt.export_path);
         if (s != DDP_OK) ddp_log_current_error("exporting parameters");
     }
-    if (!phase_ok(ctrl, s, "finishing")) goto done;
+    if (!ddp_cli_phase_ok(ctrl, s, "finishing")) goto done;
     code = 0;
 done:
     ddp_watchdog_free(); /* before ctrl, which it aborts through */
