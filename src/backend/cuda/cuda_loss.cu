@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 #include <math.h>
 
+#include "backend/cuda/cuda_block.cuh"
 #include "backend/cuda/cuda_internal.h"
 
 /* Keeps (v, i) or takes (ov, oi): the larger value wins, ties go to the lower index. */
@@ -47,23 +48,6 @@ __device__ static void block_argmax(float &v, int &i, float *s_v, int *s_i) {
     __syncthreads();
     v = s_v[0];
     i = s_i[0];
-}
-
-/* Every thread gets the block's sum, added in a fixed order. s holds 32 entries. */
-__device__ static float block_sum(float x, float *s) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
-    for (int off = 16; off > 0; off >>= 1)
-        x += __shfl_xor_sync(0xffffffffu, x, off);
-    if (lane == 0) s[warp] = x;
-    __syncthreads();
-    if (warp == 0) {
-        x = lane < nwarps ? s[lane] : 0.0f;
-        for (int off = 16; off > 0; off >>= 1)
-            x += __shfl_xor_sync(0xffffffffu, x, off);
-        if (lane == 0) s[0] = x;
-    }
-    __syncthreads();
-    return s[0];
 }
 
 /* logits (N, C), labels (N), stats (2), dlogits (N, C) or NULL; one block per row.

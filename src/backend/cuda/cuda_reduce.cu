@@ -6,26 +6,10 @@
  */
 #include <cuda_runtime.h>
 
+#include "backend/cuda/cuda_block.cuh"
 #include "backend/cuda/cuda_internal.h"
 
 #define SUMSQ_THREADS 256
-
-/* Every thread gets the block's sum, added in a fixed order. s holds 32 entries. */
-__device__ static double block_sum(double x, double *s) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
-    for (int off = 16; off > 0; off >>= 1)
-        x += __shfl_xor_sync(0xffffffffu, x, off);
-    if (lane == 0) s[warp] = x;
-    __syncthreads();
-    if (warp == 0) {
-        x = lane < nwarps ? s[lane] : 0.0;
-        for (int off = 16; off > 0; off >>= 1)
-            x += __shfl_xor_sync(0xffffffffu, x, off);
-        if (lane == 0) s[0] = x;
-    }
-    __syncthreads();
-    return s[0];
-}
 
 /* partials[blockIdx.x] = sum over this block's grid-stride share of x[i]^2. */
 __global__ static void sumsq_partial_kernel(const float *x, size_t n, double *partials) {
