@@ -86,7 +86,9 @@ void ddp_comm_abort(ddp_comm *c, int code);
 /* Agreement on success: every rank passes its own status; on return *failed_rank is the
  * lowest rank whose status was not DDP_OK, or -1 if all succeeded. Lets all ranks leave
  * together with a clear message instead of some waiting forever in the next collective.
- * COLLECTIVE. */
+ * COLLECTIVE, except after a communication error: with local == DDP_ERR_COMM the ranks
+ * may be out of step, so it returns local at once without communicating, and the caller
+ * must end the job (ddp_comm_abort). */
 ddp_status ddp_comm_agree(ddp_comm *c, ddp_status local, int *failed_rank);
 
 #ifdef __cplusplus

@@ -174,6 +174,12 @@ ddp_status ddp_comm_barrier(ddp_comm *c) {
 void ddp_comm_abort(ddp_comm *c, int code) { c->ops->abort(c, code); }
 
 ddp_status ddp_comm_agree(ddp_comm *c, ddp_status local, int *failed_rank) {
+    /* After a failed collective the ranks may be one call apart: agreeing could pair this
+     * all-reduce with another call and wait forever. The caller must abort the job. */
+    if (local == DDP_ERR_COMM) {
+        *failed_rank = c->rank;
+        return local;
+    }
     /* MIN over (rank if failed, else size): the lowest failing rank, or size if none. */
     int32_t v = local == DDP_OK ? c->size : c->rank;
     DDP_CHECK(ddp_comm_allreduce(c, &v, 1, DDP_I32, DDP_MIN));

@@ -70,10 +70,6 @@ size_t ddp_checkpoint_settings(const ddp_trainer *t, char *buf, size_t cap) {
 }
 
 ddp_status ddp_ckpt_agree(ddp_trainer *t, ddp_status local, const char *what) {
-    /* A collective that failed here (a broadcast of the checkpoint) may have left the
-     * others inside it: agreeing now could pair with the wrong call and wait forever.
-     * The caller aborts the job on a communication error instead. */
-    if (local == DDP_ERR_COMM) return local;
     int failed = -1;
     ddp_status a = ddp_comm_agree(t->ctrl, local, &failed);
     if (local != DDP_OK) return local;

@@ -47,8 +47,8 @@ void ddp_ckpt_prune(const char *dir, int keep, int64_t newest);
 
 /* All ranks learn whether `local` failed anywhere: the failing rank keeps its own error,
  * the others get DDP_ERR_REMOTE naming it and `what` ("write a checkpoint").
- * COLLECTIVE over ctrl, except that a communication error (DDP_ERR_COMM) is returned at
- * once: the ranks may then be out of step, and the caller must abort the job. */
+ * COLLECTIVE over ctrl, except after a communication error (see ddp_comm_agree): that is
+ * returned at once, and the caller must abort the job. */
 ddp_status ddp_ckpt_agree(ddp_trainer *t, ddp_status local, const char *what);
 
 /* The run loop's hook (src/train/run.c), after each step: saves every checkpoint_every
