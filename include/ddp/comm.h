@@ -58,6 +58,11 @@ int ddp_comm_size(const ddp_comm *c);
 /* Rank among the ranks on this node, and their number (from MPI_COMM_TYPE_SHARED). */
 int ddp_comm_local_rank(const ddp_comm *c);
 int ddp_comm_local_size(const ddp_comm *c);
+/* Nonzero when a large blocking all-reduce sleeps (a futex in shared memory) until the
+ * other ranks of this node have reached it, instead of spinning inside MPI: the default
+ * of the MPI comm with several ranks on a node, so that a communication thread waiting
+ * for a late peer leaves its core to the compute thread. DDP_MPI_GATE=0 turns it off. */
+int ddp_comm_sleeping_wait(const ddp_comm *c);
 
 /* In-place all-reduce of count elements. COLLECTIVE; blocking. */
 ddp_status ddp_comm_allreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op);

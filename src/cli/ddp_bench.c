@@ -291,8 +291,9 @@ static ddp_status run_allreduce(bench_ctx *c, const allreduce_args *a, long *tot
     double factor = c->world > 1 ? 2.0 * (c->world - 1) / c->world : 0.0;
     if (c->rank == 0) {
         printf("# ddp-bench allreduce: %d rank(s), comm %s, fp32 sum in place, %d warm-up + %d "
-               "timed iterations\n",
-               c->world, ddp_comm_name(c->comm), a->warmup, a->iters);
+               "timed iterations; waits for late ranks %s\n",
+               c->world, ddp_comm_name(c->comm), a->warmup, a->iters,
+               ddp_comm_sleeping_wait(c->comm) ? "asleep (node gate)" : "in the library");
         printf("# time: mean per all-reduce, max over ranks; busbw = algbw * 2(n-1)/n\n");
         printf("%10s %12s %12s %10s %10s", "size", "count", "time(us)", "algbw GB/s", "busbw GB/s");
         if (a->reducer) printf(" %8s %12s %10s %7s", "buckets", "red. time", "red. busbw", "ratio");
@@ -343,6 +344,8 @@ static ddp_status run_allreduce(bench_ctx *c, const allreduce_args *a, long *tot
                 s = DDP_FAIL(DDP_ERR_INTERNAL, "could not build the JSON results");
             else {
                 json_object_set_new(o, "wrong", json_integer(*total_wrong));
+                json_object_set_new(o, "sleeping_wait",
+                                    json_boolean(ddp_comm_sleeping_wait(c->comm)));
                 s = write_json(o, a->json);
                 json_decref(o);
             }
@@ -570,6 +573,7 @@ static int main_train(ddp_comm *ctrl, int argc, char **argv) {
         json_object_set_new(o, "threads", json_integer(bo.threads));
         json_object_set_new(o, "backend", json_string(ddp_backend_name(backend)));
         json_object_set_new(o, "comm", json_string(ddp_comm_name(comm)));
+        json_object_set_new(o, "sleeping_wait", json_boolean(ddp_comm_sleeping_wait(comm)));
         json_object_set_new(o, "global_batch", json_integer((json_int_t)cfg->global_batch));
         json_object_set_new(o, "micro_batch", json_integer((json_int_t)cfg->micro_batch));
         json_object_set_new(o, "accum", json_integer(cfg->accum));

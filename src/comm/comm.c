@@ -79,6 +79,7 @@ int ddp_comm_rank(const ddp_comm *c) { return c->rank; }
 int ddp_comm_size(const ddp_comm *c) { return c->size; }
 int ddp_comm_local_rank(const ddp_comm *c) { return c->local_rank; }
 int ddp_comm_local_size(const ddp_comm *c) { return c->local_size; }
+int ddp_comm_sleeping_wait(const ddp_comm *c) { return c->sleeping_wait; }
 
 void ddp_comm_free(ddp_comm *c) {
     if (c) c->ops->destroy(c);

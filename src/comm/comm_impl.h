@@ -17,8 +17,7 @@ typedef struct {
     ddp_status (*test)(ddp_comm *c, ddp_comm_req *req, int *done);
     ddp_status (*wait)(ddp_comm *c, ddp_comm_req *req);
     ddp_status (*broadcast)(ddp_comm *c, void *buf, size_t count, ddp_dtype t, int root);
-    ddp_status (*allgather)(ddp_comm *c, const void *send, void *recv, size_t count,
-                            ddp_dtype t);
+    ddp_status (*allgather)(ddp_comm *c, const void *send, void *recv, size_t count, ddp_dtype t);
     ddp_status (*reduce_scatter)(ddp_comm *c, const void *send, void *recv, size_t count,
                                  ddp_dtype t, ddp_redop op);
     ddp_status (*barrier)(ddp_comm *c);
@@ -31,6 +30,7 @@ struct ddp_comm {
     ddp_backend *backend;
     int rank, size;
     int local_rank, local_size;
+    int sleeping_wait; /* see ddp_comm_sleeping_wait */
 };
 
 /* Constructors, called only by the registry (comm_registry.c). */

@@ -11,6 +11,12 @@
 #include <string.h>
 
 #include "comm/comm_impl.h"
+#include "comm/shm_gate.h"
+
+/* Blocking all-reduces of at least this many bytes first pass the node's arrival gate
+ * (shm_gate.h); smaller ones are latency-bound, and a futex round trip would double
+ * them. The same on every rank, so every rank gates the same calls. */
+#define GATE_MIN_BYTES (64 * 1024)
 
 /* ---- MPI start-up ----------------------------------------------------------------- */
 
@@ -129,6 +135,8 @@ typedef struct {
     MPI_Op bf16_sum_op;
     int device_buffers; /* stage through host memory */
     stage_buf stage[MAX_STAGE];
+    MPI_Comm node;      /* the ranks on this node, or MPI_COMM_NULL */
+    ddp_shm_gate *gate; /* NULL: wait inside MPI */
 } mpi_comm;
 
 struct ddp_comm_req {
@@ -280,6 +288,8 @@ static ddp_status mpi_wait(ddp_comm *base, ddp_comm_req *r) {
 static ddp_status mpi_allreduce(ddp_comm *base, void *buf, size_t count, ddp_dtype t,
                                 ddp_redop op) {
     mpi_comm *c = (mpi_comm *)base;
+    /* Sleep until the node's ranks are all here, rather than spin in MPI for them. */
+    if (c->gate && count * ddp_dtype_size(t) >= GATE_MIN_BYTES) ddp_shm_gate_pass(c->gate);
     if (!c->device_buffers) {
         /* The blocking call lets MPI pick its best algorithm for the size. */
         MPI_Op mop = MPI_OP_NULL;
@@ -404,7 +414,9 @@ static void mpi_destroy(ddp_comm *base) {
     MPI_Finalized(&finalized);
     for (int i = 0; i < MAX_STAGE; i++)
         ddp_backend_host_dealloc(base->backend, c->stage[i].ptr);
+    ddp_shm_gate_free(c->gate);
     if (!finalized) {
+        if (c->node != MPI_COMM_NULL) MPI_Comm_free(&c->node);
         MPI_Op_free(&c->bf16_sum_op);
         MPI_Comm_free(&c->comm);
     }
@@ -433,6 +445,7 @@ ddp_status ddp_comm_mpi_create(ddp_backend *b, ddp_comm **out) {
     if (!c) return DDP_FAIL(DDP_ERR_NOMEM, "MPI comm: out of memory");
     c->base.ops = &mpi_ops;
     c->base.backend = b;
+    c->node = MPI_COMM_NULL;
     c->device_buffers = b && !ddp_backend_is_host(b);
     /* A private duplicate keeps our collectives from matching anyone else's. */
     int rc = MPI_Comm_dup(MPI_COMM_WORLD, &c->comm);
@@ -445,6 +458,17 @@ ddp_status ddp_comm_mpi_create(ddp_backend *b, ddp_comm **out) {
     MPI_Comm_size(c->comm, &c->base.size);
     MPI_Op_create(bf16_sum, 1, &c->bf16_sum_op);
     ddp_status s = ddp_mpi_local_rank(&c->base.local_rank, &c->base.local_size);
+    if (s == DDP_OK && c->base.local_size > 1) {
+        /* DDP_MPI_GATE=0 turns the arrival gate off (to compare, or where futexes
+         * misbehave); the gate is used only if every rank of the node agrees. */
+        const char *env = getenv("DDP_MPI_GATE");
+        int want = !(env && strcmp(env, "0") == 0);
+        rc = MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &c->node);
+        if (rc != MPI_SUCCESS)
+            s = mpi_fail(rc, "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)", __FILE__, __LINE__);
+        if (s == DDP_OK) s = ddp_shm_gate_create(c->node, want, &c->gate);
+        c->base.sleeping_wait = c->gate != NULL;
+    }
     if (s != DDP_OK) {
         mpi_destroy(&c->base);
         DDP_CHECK(s);

@@ -1,0 +1,154 @@
+/*
+ * The MPI comm under mpirun: exact all-reduce results on both sides of the size where
+ * the node's arrival gate starts, that a rank waiting for a late peer sleeps instead of
+ * burning its core, and that the gate is used on all ranks of a node or on none.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "ddp/comm.h"
+#include "test_util.h"
+
+static ddp_backend *backend;
+static ddp_comm *world_comm;
+static int rank, world;
+
+static double clock_s(clockid_t id) {
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Fills x with values whose sum over ranks is exact in fp32, and checks the sum. */
+static void fill(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(rank + (int)(i % 7));
+}
+
+static size_t count_wrong(const float *x, size_t n) {
+    size_t wrong = 0;
+    for (size_t i = 0; i < n; i++) {
+        float want = (float)(world * (int)(i % 7) + world * (world - 1) / 2);
+        if (x[i] != want) wrong++;
+    }
+    return wrong;
+}
+
+static void allreduce_sums_exactly_across_the_gate_threshold(void **state) {
+    /* 16384 floats = 64 KiB is where gating starts; odd sizes split unevenly. */
+    const size_t sizes[] = {1, 1000, 16383, 16384, 16385, 262147, 2000003};
+    float *x = malloc(sizes[6] * sizeof(float));
+    assert_non_null(x);
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        fill(x, sizes[k]);
+        assert_int_equal(ddp_comm_allreduce(world_comm, x, sizes[k], DDP_F32, DDP_SUM), DDP_OK);
+        if (count_wrong(x, sizes[k]) != 0)
+            fail_msg("rank %d: %zu of %zu elements wrong", rank, count_wrong(x, sizes[k]),
+                     sizes[k]);
+    }
+    /* A gated double all-reduce: the threshold is in bytes, not elements. */
+    double *d = (double *)x;
+    for (size_t i = 0; i < 10000; i++)
+        d[i] = (double)rank * 0.5 + (double)i;
+    assert_int_equal(ddp_comm_allreduce(world_comm, d, 10000, DDP_F64, DDP_SUM), DDP_OK);
+    for (size_t i = 0; i < 10000; i++)
+        assert_true(d[i] == 0.25 * world * (world - 1) + (double)world * (double)i);
+    free(x);
+}
+
+static void sleeping_wait_is_on_with_several_ranks_on_a_node(void **state) {
+    assert_int_equal(ddp_comm_sleeping_wait(world_comm) != 0, ddp_comm_local_size(world_comm) > 1);
+}
+
+static void late_peer_is_awaited_asleep(void **state) {
+    /* Rank 0 arrives 400 ms late; the others must wait for it in the all-reduce without
+     * spending that time on the CPU (a spinning wait costs about as much CPU as wall). */
+    if (!ddp_comm_sleeping_wait(world_comm)) skip();
+    const size_t n = 1 << 18; /* 1 MiB: gated */
+    float *x = malloc(n * sizeof(float));
+    assert_non_null(x);
+    fill(x, n);
+    assert_int_equal(ddp_comm_barrier(world_comm), DDP_OK);
+    if (rank == 0) usleep(400 * 1000);
+    double w0 = clock_s(CLOCK_MONOTONIC), c0 = clock_s(CLOCK_THREAD_CPUTIME_ID);
+    assert_int_equal(ddp_comm_allreduce(world_comm, x, n, DDP_F32, DDP_SUM), DDP_OK);
+    double wall = clock_s(CLOCK_MONOTONIC) - w0, cpu = clock_s(CLOCK_THREAD_CPUTIME_ID) - c0;
+    assert_int_equal(count_wrong(x, n), 0);
+    free(x);
+    if (rank != 0) {
+        if (wall < 0.3) fail_msg("rank %d waited only %.3f s for a peer 0.4 s late", rank, wall);
+        if (cpu > 0.25 * wall)
+            fail_msg("rank %d used %.3f s of CPU in %.3f s of waiting: it spun", rank, cpu, wall);
+    }
+}
+
+static void gate_can_be_turned_off(void **state) {
+    setenv("DDP_MPI_GATE", "0", 1);
+    ddp_comm *c = NULL;
+    ddp_status s = ddp_comm_create(DDP_COMM_MPI, backend, &c);
+    unsetenv("DDP_MPI_GATE");
+    assert_int_equal(s, DDP_OK);
+    assert_int_equal(ddp_comm_sleeping_wait(c), 0);
+    const size_t n = 100003;
+    float *x = malloc(n * sizeof(float));
+    assert_non_null(x);
+    fill(x, n);
+    assert_int_equal(ddp_comm_allreduce(c, x, n, DDP_F32, DDP_SUM), DDP_OK);
+    assert_int_equal(count_wrong(x, n), 0);
+    free(x);
+    ddp_comm_free(c);
+}
+
+static void one_rank_refusing_the_gate_turns_it_off_everywhere(void **state) {
+    /* If one rank gated and another did not, the gated one would wait at the gate for a
+     * peer already inside MPI: a hang. The ranks agree, so nobody gates. */
+    if (world < 2) skip();
+    if (rank == world - 1) setenv("DDP_MPI_GATE", "0", 1);
+    ddp_comm *c = NULL;
+    ddp_status s = ddp_comm_create(DDP_COMM_MPI, backend, &c);
+    unsetenv("DDP_MPI_GATE");
+    assert_int_equal(s, DDP_OK);
+    assert_int_equal(ddp_comm_sleeping_wait(c), 0);
+    const size_t n = 300000;
+    float *x = malloc(n * sizeof(float));
+    assert_non_null(x);
+    fill(x, n);
+    assert_int_equal(ddp_comm_allreduce(c, x, n, DDP_F32, DDP_SUM), DDP_OK);
+    assert_int_equal(count_wrong(x, n), 0);
+    free(x);
+    ddp_comm_free(c);
+}
+
+int main(int argc, char **argv) {
+    assert_int_equal(ddp_mpi_init(&argc, &argv, NULL), DDP_OK);
+    ddp_backend_options bo = {.device = DDP_DEVICE_CPU, .threads = 1};
+    assert_int_equal(ddp_backend_create(&bo, &backend), DDP_OK);
+    assert_int_equal(ddp_comm_create(DDP_COMM_MPI, backend, &world_comm), DDP_OK);
+    rank = ddp_comm_rank(world_comm);
+    world = ddp_comm_size(world_comm);
+    ddp_log_init(rank, world, DDP_LOG_WARN);
+
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(allreduce_sums_exactly_across_the_gate_threshold),
+        cmocka_unit_test(sleeping_wait_is_on_with_several_ranks_on_a_node),
+        cmocka_unit_test(late_peer_is_awaited_asleep),
+        cmocka_unit_test(gate_can_be_turned_off),
+        cmocka_unit_test(one_rank_refusing_the_gate_turns_it_off_everywhere),
+    };
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    /* A test that failed on one rank only must fail the job, not hang the others. */
+    int any = failed;
+    ddp_comm_allreduce(world_comm, &any, 1, DDP_I32, DDP_MAX);
+    ddp_comm_free(world_comm);
+    ddp_backend_free(backend);
+    ddp_mpi_finalize();
+    return any ? 1 : 0;
+}
