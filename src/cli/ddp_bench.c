@@ -526,6 +526,8 @@ static int main_train(ddp_comm *ctrl, int argc, char **argv) {
     ddp_step_stats st;
     for (int i = 0; s == DDP_OK && i < a.warmup_steps; i++)
         s = ddp_trainer_step(trainer, &st);
+    /* --trace records the timed steps only. */
+    if (s == DDP_OK && !ddp_cli_open_trace(ctrl, cfg->trace_path)) goto done;
     /* All ranks start the timed steps together. */
     if (s == DDP_OK) s = ddp_comm_barrier(ctrl);
     phase_sums sum = {0};
@@ -540,6 +542,7 @@ static int main_train(ddp_comm *ctrl, int argc, char **argv) {
         sum.step += st.t_step;
     }
     if (s == DDP_OK) s = ddp_backend_sync(backend);
+    if (s == DDP_OK) s = ddp_trace_close();
     /* The step ends on every rank when the slowest rank's all-reduce ends; the barrier
      * is cheap next to a step. */
     if (s == DDP_OK) s = ddp_comm_barrier(ctrl);

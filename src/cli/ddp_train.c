@@ -138,16 +138,7 @@ int main(int argc, char **argv) {
         goto done;
     }
 
-    if (cfg->trace_path[0]) {
-        /* One file per rank: FILE itself for a single rank, else FILE.rankN.json. */
-        char path[DDP_PATH_MAX + 32];
-        if (world == 1)
-            snprintf(path, sizeof path, "%s", cfg->trace_path);
-        else
-            snprintf(path, sizeof path, "%s.rank%d.json", cfg->trace_path, rank);
-        s = ddp_trace_open(path, rank);
-        if (!ddp_cli_phase_ok(ctrl, s, "opening the trace")) goto done;
-    }
+    if (!ddp_cli_open_trace(ctrl, cfg->trace_path)) goto done;
     double accuracy = -1.0;
     s = ddp_trainer_run(trainer, &accuracy);
     if (s != DDP_OK) {

@@ -3,6 +3,8 @@
  * fail on one rank alone (a missing file, no device), and the others must learn it
  * instead of waiting in the next collective.
  */
+#include <stdio.h>
+
 #include "ddp/cli.h"
 
 /* A collective that failed may have left the ranks out of step (the others still inside
@@ -30,4 +32,15 @@ int ddp_cli_phase_ok(ddp_comm *ctrl, ddp_status s, const char *phase) {
 void ddp_cli_agreed_failure(ddp_comm *ctrl, ddp_status s, const char *phase) {
     if (ddp_error_status() != DDP_ERR_REMOTE) ddp_log_current_error(phase);
     abort_if_comm_failed(ctrl, s, phase);
+}
+
+int ddp_cli_open_trace(ddp_comm *ctrl, const char *path) {
+    if (!path[0]) return 1;
+    int rank = ddp_comm_rank(ctrl);
+    char file[DDP_PATH_MAX + 32];
+    if (ddp_comm_size(ctrl) == 1)
+        snprintf(file, sizeof file, "%s", path);
+    else
+        snprintf(file, sizeof file, "%s.rank%d.json", path, rank);
+    return ddp_cli_phase_ok(ctrl, ddp_trace_open(file, rank), "opening the trace");
 }

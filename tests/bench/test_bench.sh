@@ -48,6 +48,34 @@ else
     cat "$TMP/train.log"
 fi
 
+# --trace: one Chrome trace per rank with the timed steps' phases, layers and buckets.
+if timeout -k 5 120 "$MPIEXEC" --oversubscribe -np 2 "$BENCH" train --hidden 64,32 --batch 64 \
+    --threads 1 --warmup-steps 1 --steps 3 --trace "$TMP/tr" >"$TMP/trace.log" 2>&1; then
+    for r in 0 1; do
+        python3 - "$TMP/tr.rank$r.json" <<'PY' || fail "trace: rank $r's file"
+import json, sys
+d = json.load(open(sys.argv[1]))
+ev = d["traceEvents"] if isinstance(d, dict) else d
+spans = [e for e in ev if e.get("ph") == "X"]
+for e in spans:
+    assert {"name", "ts", "dur", "pid", "tid"} <= e.keys() and e["dur"] >= 0, e
+names = [e["name"] for e in spans]
+# Three timed steps: each has a forward, a backward, an optimizer step, and at least one
+# bucket all-reduce on the communication thread; every layer shows up in both passes.
+for n in ("forward", "backward", "optimizer"):
+    assert names.count(n) == 3, (n, names.count(n))
+buckets = [e for e in spans if e["name"] == "allreduce bucket"]
+assert len(buckets) >= 3 and all(e["tid"] != 0 for e in buckets), buckets
+for layer in ("fc0", "fc1", "fc2"):
+    cats = {e.get("cat") for e in spans if e["name"] == layer}
+    assert {"forward", "backward"} <= cats, (layer, cats)
+PY
+    done
+else
+    fail "trace: exit status $?"
+    cat "$TMP/trace.log"
+fi
+
 # A bad option fails with a usage status and a message, on every rank, without hanging.
 timeout -k 5 60 "$MPIEXEC" --oversubscribe -np 2 "$BENCH" allreduce --max-bytes banana \
     >"$TMP/bad.log" 2>&1
