@@ -32,6 +32,10 @@ typedef struct {
     ddp_dtype grad_dtype;      /* DDP_F32, or DDP_BF16 to halve the bytes sent */
     int overlap;               /* 0: one all-reduce of the whole buffer after backward */
     ddp_progress progress;
+    /* Benchmarks only: no communication at all, every rank keeps its own gradients and
+     * the replicas drift apart. Measures what N ranks could reach with free
+     * communication (ddp-bench train --no-allreduce). */
+    int skip;
 } ddp_reducer_options;
 
 typedef struct {

@@ -422,6 +422,7 @@ typedef struct {
     int warmup_steps, bench_steps;
     const char *json;
     int have_data;
+    int no_allreduce;
 } train_args;
 
 /* Takes out the bench's own options; the rest go to ddp_cli_parse (argv[0] kept). */
@@ -444,6 +445,10 @@ static ddp_status split_train_args(int argc, char **argv, train_args *a, int *ou
             else
                 a->json = v;
             if (bad) return DDP_FAIL(DDP_ERR_INVALID_ARG, "%s %s: invalid value", o, v);
+            continue;
+        }
+        if (strcmp(o, "--no-allreduce") == 0) {
+            a->no_allreduce = 1;
             continue;
         }
         if (strcmp(o, "--data") == 0 || strncmp(o, "--data=", 7) == 0) a->have_data = 1;
@@ -472,8 +477,11 @@ static int main_train(ddp_comm *ctrl, int argc, char **argv) {
     if (opt.help) {
         if (rank == 0) {
             printf("usage: ddp-bench train [ddp-train options] [--warmup-steps 5] "
-                   "[--bench-steps 20] [--json FILE]\n"
-                   "Without --data, a synthetic dataset shaped like Fashion-MNIST is used.\n\n");
+                   "[--bench-steps 20] [--json FILE] [--no-allreduce]\n"
+                   "Without --data, a synthetic dataset shaped like Fashion-MNIST is used.\n"
+                   "--no-allreduce skips gradient averaging altogether (the replicas drift\n"
+                   "apart): the throughput N ranks would reach if communication were free,\n"
+                   "the ceiling of a scaling measurement on this machine.\n\n");
             ddp_cli_usage(stdout, "ddp-bench train");
         }
         return 0;
@@ -486,6 +494,7 @@ static int main_train(ddp_comm *ctrl, int argc, char **argv) {
     cfg->log_every = (int)cfg->max_steps + 1;
     cfg->quiet = 1;
     cfg->check_sync = 0;
+    cfg->reducer.skip = a.no_allreduce;
     s = ddp_train_config_resolve(cfg, world);
     if (!ddp_cli_phase_ok(ctrl, s, "checking the batch configuration")) return EXIT_USAGE;
 
@@ -581,6 +590,7 @@ static int main_train(ddp_comm *ctrl, int argc, char **argv) {
         json_object_set_new(o, "micro_batch", json_integer((json_int_t)cfg->micro_batch));
         json_object_set_new(o, "accum", json_integer(cfg->accum));
         json_object_set_new(o, "overlap", json_boolean(cfg->reducer.overlap));
+        json_object_set_new(o, "allreduce", json_boolean(!cfg->reducer.skip));
         json_object_set_new(o, "progress", json_string(progress_names[cfg->reducer.progress % 3]));
         json_object_set_new(o, "bucket_mb",
                             json_real((double)cfg->reducer.bucket_bytes / (1024.0 * 1024.0)));

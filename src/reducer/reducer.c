@@ -248,7 +248,7 @@ static ddp_status launch(ddp_reducer *r, int i) {
 
 ddp_status ddp_reducer_ready(void *reducer, size_t offset, size_t count) {
     ddp_reducer *r = reducer;
-    if (!r->opt.overlap) return DDP_OK;
+    if (!r->opt.overlap || r->opt.skip) return DDP_OK;
     if (offset < r->ready_from) r->ready_from = offset;
     /* Buckets become complete from the end of the buffer towards its start; all ranks
      * report the same layers in the same order, so they start the same buckets in the
@@ -274,6 +274,10 @@ ddp_status ddp_reducer_ready(void *reducer, size_t offset, size_t count) {
 ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats) {
     double t0 = ddp_time_now();
     ddp_status s = DDP_OK;
+    if (r->opt.skip) {
+        if (stats) *stats = (ddp_reducer_stats){.n_buckets = r->n_buckets};
+        return DDP_OK;
+    }
     if (!r->opt.overlap) {
         /* The unbucketed path: one all-reduce of the whole buffer after backward. */
         bucket whole = {.begin = 0, .end = r->n};

@@ -48,6 +48,21 @@ else
     cat "$TMP/train.log"
 fi
 
+# --no-allreduce: the compute-only ceiling; no bucket is ever reduced.
+if timeout -k 5 120 "$MPIEXEC" --oversubscribe -np 2 "$BENCH" train --hidden 64 --batch 64 \
+    --threads 1 --warmup-steps 1 --steps 3 --no-allreduce --json "$TMP/noar.json" \
+    >"$TMP/noar.log" 2>&1; then
+    python3 - "$TMP/noar.json" <<'PY' || fail "--no-allreduce: JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["allreduce"] is False and d["t_allreduce"] == 0 and d["t_exposed"] == 0, d
+assert d["samples_per_s"] > 0, d
+PY
+else
+    fail "--no-allreduce: exit status $?"
+    cat "$TMP/noar.log"
+fi
+
 # --trace: one Chrome trace per rank with the timed steps' phases, layers and buckets.
 if timeout -k 5 120 "$MPIEXEC" --oversubscribe -np 2 "$BENCH" train --hidden 64,32 --batch 64 \
     --threads 1 --warmup-steps 1 --steps 3 --trace "$TMP/tr" >"$TMP/trace.log" 2>&1; then
