@@ -74,6 +74,18 @@ ddp_status ddp_model_backward(ddp_model *m, const float *dlogits, size_t n, ddp_
                               void *ctx);
 ddp_status ddp_model_zero_grads(ddp_model *m);
 
+/* Makes backward compute and report the first layer's weight gradient in row slices of
+ * about max_elems elements (the lowest rows, sent last, in a shorter one) (0: in one piece, the
+ * default). The first layer's gradients are final last, so whatever bucket holds them is
+ * all-reduced after backward has ended; in slices, all but the last slice's all-reduce overlap with
+ * the rest of that layer's backward. The values are the same either way. Returns where the first
+ * layer's gradients end: [0, returned) is final last. */
+size_t ddp_model_set_grad_slices(ddp_model *m, size_t max_elems);
+/* The offsets (ascending) at which backward's ready reports begin: one per layer with
+ * parameters, one per slice of a sliced layer. The places a reducer may cut buckets.
+ * Writes at most max and returns how many there are. */
+int ddp_model_ready_points(ddp_model *m, size_t *offsets, int max);
+
 #ifdef __cplusplus
 }
 #endif

@@ -36,6 +36,10 @@ typedef struct {
      * the replicas drift apart. Measures what N ranks could reach with free
      * communication (ddp-bench train --no-allreduce). */
     int skip;
+    /* Set by the trainer: gradients [0, tail_elems) are final last (the first layer,
+     * reported in slices), so they are cut into buckets of first_bucket_bytes, like the
+     * first bucket, to leave little to send once backward has ended. */
+    size_t tail_elems;
 } ddp_reducer_options;
 
 typedef struct {

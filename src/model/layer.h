@@ -31,6 +31,10 @@ struct ddp_layer {
     float *w, *dw;                    /* (out_dim, in_dim) */
     float *bias, *dbias;              /* (out_dim) */
     ddp_act act;                      /* activation layers */
+    /* Linear: weight-gradient rows per ready report, last rows first (0: the whole
+     * layer in one report). Set on the first layer only: its gradients are final last,
+     * so slices let most of its all-reduce overlap with the rest of its own backward. */
+    size_t slice_rows;
 };
 
 void ddp_layer_linear(ddp_layer *l, size_t in_dim, size_t out_dim);

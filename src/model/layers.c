@@ -12,14 +12,37 @@ static ddp_status linear_forward(ddp_layer *l, ddp_backend *b, const float *x, f
     return DDP_OK;
 }
 
+/* dW rows [r0, r1) (r1 - r0, in) += dy[:, r0:r1]^T (r1 - r0, n) . x (n, in) */
+static ddp_status weight_grad_rows(ddp_layer *l, ddp_backend *b, const float *x, const float *dy,
+                                   int N, size_t r0, size_t r1) {
+    int in = (int)l->in_dim, out = (int)l->out_dim;
+    DDP_CHECK(ddp_backend_gemm(b, 1, 0, (int)(r1 - r0), in, N, 1.0f, dy + r0, out, x, in, 1.0f,
+                               l->dw + r0 * l->in_dim, in));
+    return DDP_OK;
+}
+
 static ddp_status linear_backward(ddp_layer *l, ddp_backend *b, const float *x, const float *y,
                                   const float *dy, float *dx, size_t n, ddp_grad_ready_fn ready,
                                   void *ctx) {
     int N = (int)n, in = (int)l->in_dim, out = (int)l->out_dim;
-    /* dW (out, in) += dy^T (out, n) . x (n, in); accumulation across micro-batches */
-    DDP_CHECK(ddp_backend_gemm(b, 1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, l->dw, in));
     DDP_CHECK(ddp_backend_bias_grad(b, l->dbias, dy, N, out));
-    if (ready) DDP_CHECK(ready(ctx, l->param_offset, l->param_count));
+    if (l->slice_rows == 0 || l->slice_rows >= l->out_dim) {
+        /* dW (out, in) += dy^T (out, n) . x (n, in); accumulation across micro-batches */
+        DDP_CHECK(weight_grad_rows(l, b, x, dy, N, 0, l->out_dim));
+        if (ready) DDP_CHECK(ready(ctx, l->param_offset, l->param_count));
+    } else {
+        /* Slices from the last rows down: each report extends the final tail of the flat
+         * buffer (the bias, after the weight, goes with the first slice). */
+        for (size_t r1 = l->out_dim; r1 > 0;) {
+            size_t r0 = r1 > l->slice_rows ? r1 - l->slice_rows : 0;
+            DDP_CHECK(weight_grad_rows(l, b, x, dy, N, r0, r1));
+            size_t begin = l->param_offset + r0 * l->in_dim;
+            size_t end = r1 == l->out_dim ? l->param_offset + l->param_count
+                                          : l->param_offset + r1 * l->in_dim;
+            if (ready) DDP_CHECK(ready(ctx, begin, end - begin));
+            r1 = r0;
+        }
+    }
     if (dx) {
         /* dx (n, in) = dy (n, out) . W (out, in) */
         DDP_CHECK(ddp_backend_gemm(b, 0, 0, N, in, out, 1.0f, dy, out, l->w, in, 0.0f, dx, in));

@@ -206,6 +206,39 @@ ddp_status ddp_model_backward(ddp_model *m, const float *dlogits, size_t n, ddp_
     return DDP_OK;
 }
 
+/* The first layer with parameters: its gradients are final last in backward. */
+static ddp_layer *first_param_layer(ddp_model *m) {
+    for (int i = 0; i < m->n_layers; i++)
+        if (m->layers[i].param_count > 0) return &m->layers[i];
+    return NULL;
+}
+
+size_t ddp_model_set_grad_slices(ddp_model *m, size_t max_elems) {
+    ddp_layer *l = first_param_layer(m);
+    if (!l) return 0;
+    /* At least max_elems per slice (a reducer closes a bucket once it holds that much),
+     * which leaves the lowest, last slice the short one: the least to send at the end. */
+    size_t rows = (max_elems + l->in_dim - 1) / l->in_dim;
+    l->slice_rows = max_elems == 0 || rows >= l->out_dim ? 0 : rows;
+    return l->param_offset + l->param_count;
+}
+
+int ddp_model_ready_points(ddp_model *m, size_t *offsets, int max) {
+    int n = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        const ddp_layer *l = &m->layers[i];
+        if (l->param_count == 0) continue;
+        size_t step = l->slice_rows ? l->slice_rows : l->out_dim;
+        /* Slices are cut from the last row down, so the first may be the short one. */
+        size_t first = l->out_dim % step ? l->out_dim % step : step;
+        for (size_t r = 0; r < l->out_dim; r = r == 0 ? first : r + step) {
+            if (n < max) offsets[n] = l->param_offset + r * l->in_dim;
+            n++;
+        }
+    }
+    return n;
+}
+
 ddp_status ddp_model_zero_grads(ddp_model *m) {
     DDP_CHECK(ddp_backend_zero(m->backend, m->grads, m->num_params * sizeof(float)));
     return DDP_OK;

@@ -133,7 +133,7 @@ static ddp_status make_buckets(ddp_reducer *r, const size_t *bounds, int nb) {
     size_t end = r->n;
     for (int i = nb - 1; i >= 0; i--) {
         size_t begin = bounds[i];
-        size_t want = r->n_buckets == 0 ? first : cap;
+        size_t want = r->n_buckets == 0 || begin < r->opt.tail_elems ? first : cap;
         if (end - begin >= want || i == 0) {
             r->buckets[r->n_buckets++] = (bucket){.begin = begin, .end = end};
             end = begin;

@@ -82,14 +82,19 @@ static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
     DDP_CHECK(ddp_model_init_params(t->model, t->cfg.seed));
     t->num_params = ddp_model_num_params(t->model);
     DDP_CHECK(ddp_optim_create(b, &t->cfg.optim, t->num_params, &t->optim));
-    /* Buckets are cut only on tensor boundaries (the model's named views). */
-    int nv = ddp_model_num_views(t->model);
-    size_t *bounds = malloc((size_t)nv * sizeof *bounds);
+    /* Buckets are cut where backward reports gradients ready; the first layer reports in
+     * slices of a first bucket's size, so that its all-reduce, which no other layer's
+     * backward can hide, mostly overlaps with its own. */
+    ddp_reducer_options ropt = t->cfg.reducer;
+    if (ropt.overlap)
+        ropt.tail_elems =
+            ddp_model_set_grad_slices(t->model, ropt.first_bucket_bytes / sizeof(float));
+    int nb = ddp_model_ready_points(t->model, NULL, 0);
+    size_t *bounds = malloc((size_t)nb * sizeof *bounds);
     if (!bounds) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
-    for (int i = 0; i < nv; i++)
-        bounds[i] = ddp_model_view(t->model, i)->offset;
+    ddp_model_ready_points(t->model, bounds, nb);
     ddp_status rs = ddp_reducer_create(t->comm, b, ddp_model_grads(t->model), t->num_params, bounds,
-                                       nv, &t->cfg.reducer, &t->reducer);
+                                       nb, &ropt, &t->reducer);
     free(bounds);
     DDP_CHECK(rs);
 

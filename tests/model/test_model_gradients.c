@@ -305,6 +305,41 @@ static void test_ready_is_called_once_per_linear_layer_last_first(void **state) 
     fixture_free(&f);
 }
 
+static void test_sliced_first_layer_reports_slices_last_rows_first(void **state) {
+    /* fc0 is 5 x 7: slices of at least 14 elements are 2 rows, cut from the last row
+     * down: rows 3-4 with the bias, rows 1-2, then row 0 alone, sent last. */
+    fixture f;
+    fixture_init(&f, *state, DDP_ACT_RELU, 23);
+    float whole[NUM_PARAMS];
+    analytic_grads(&f, whole);
+    assert_int_equal(ddp_model_set_grad_slices(f.m, 14), (size_t)(IN * H0 + H0));
+    size_t points[8];
+    assert_int_equal(ddp_model_ready_points(f.m, points, 8), 5);
+    const size_t want_points[5] = {0, IN, 3 * IN, IN * H0 + H0, IN * H0 + H0 + H0 * H1 + H1};
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(points[i], want_points[i]);
+    assert_int_equal(ddp_model_zero_grads(f.m), DDP_OK);
+    batch_loss(&f);
+    ready_log r = {.grads = ddp_model_grads(f.m)};
+    assert_int_equal(ddp_model_backward(f.m, f.dlogits, BATCH, record_ready, &r), DDP_OK);
+    assert_int_equal(r.calls, 5);
+    /* fc2, fc1 whole; then fc0 in three slices, each ending where the previous began. */
+    const size_t want_off[5] = {want_points[4], want_points[3], 3 * IN, IN, 0};
+    const size_t want_cnt[5] = {H1 * CLASSES + CLASSES, H0 * H1 + H1, 2 * IN + H0, 2 * IN, IN};
+    for (int c = 0; c < 5; c++) {
+        assert_int_equal(r.offset[c], want_off[c]);
+        assert_int_equal(r.count[c], want_cnt[c]);
+    }
+    /* Final when reported, and the same gradients as in one piece. */
+    assert_memory_equal(r.snapshot, ddp_model_grads(f.m), NUM_PARAMS * sizeof(float));
+    for (int i = 0; i < NUM_PARAMS; i++)
+        assert_near(ddp_model_grads(f.m)[i], whole[i], 1e-6 * (1.0 + fabs(whole[i])));
+    /* 0 puts the layer back in one piece. */
+    ddp_model_set_grad_slices(f.m, 0);
+    assert_int_equal(ddp_model_ready_points(f.m, NULL, 0), 3);
+    fixture_free(&f);
+}
+
 static void test_ready_failure_stops_backward(void **state) {
     fixture f;
     fixture_init(&f, *state, DDP_ACT_RELU, 22);
@@ -489,6 +524,7 @@ int main(void) {
         cmocka_unit_test(test_every_parameter_gradient_matches_finite_difference_gelu),
         cmocka_unit_test(test_every_parameter_gradient_matches_finite_difference_relu),
         cmocka_unit_test(test_last_bias_gradient_is_column_sum_of_dlogits),
+        cmocka_unit_test(test_sliced_first_layer_reports_slices_last_rows_first),
         cmocka_unit_test(test_backward_adds_into_gradients),
         cmocka_unit_test(test_zero_grads_clears_every_gradient),
         cmocka_unit_test(test_micro_batches_accumulate_to_full_batch_gradient),
