@@ -36,7 +36,7 @@ done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 rows="$tmp/rows.csv"
-echo "round,variant,samples_per_s,t_forward_ms,t_backward_ms,t_allreduce_ms,t_exposed_ms,t_optim_ms,t_step_ms" >"$rows"
+echo "round,variant,samples_per_s,t_forward_ms,t_backward_ms,t_allreduce_ms,t_exposed_ms,t_optim_ms,t_step_ms,t_comm_cpu_ms" >"$rows"
 
 for r in $(seq 1 "$rounds"); do
     for i in "${!names[@]}"; do
@@ -49,10 +49,10 @@ for r in $(seq 1 "$rounds"); do
         python3 - "$json" "$r" "${names[$i]}" >>"$rows" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
-ms = [d[k] * 1e3 for k in ("t_forward", "t_backward", "t_allreduce", "t_exposed", "t_optim", "t_step")]
+ms = [d[k] * 1e3 for k in ("t_forward", "t_backward", "t_allreduce", "t_exposed", "t_optim", "t_step", "t_comm_cpu")]
 print(",".join([sys.argv[2], sys.argv[3], "%.1f" % d["samples_per_s"]] + ["%.3f" % x for x in ms]))
 EOF
-        tail -1 "$rows" | awk -F, '{printf "round %s %-12s %9s samples/s  fwd %6.2f bwd %6.2f comm %6.2f exposed %5.2f optim %5.2f step %6.2f ms\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}'
+        tail -1 "$rows" | awk -F, '{printf "round %s %-12s %9s samples/s  fwd %6.2f bwd %6.2f comm %6.2f exposed %5.2f optim %5.2f step %6.2f, comm CPU %5.2f ms\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
     done
 done
 
@@ -69,8 +69,9 @@ for n in names:
     ratios = [float(by[(r, n)]["samples_per_s"]) / float(by[(r, base)]["samples_per_s"]) for r in rounds]
     step = statistics.median(float(by[(r, n)]["t_step_ms"]) for r in rounds)
     exposed = statistics.median(float(by[(r, n)]["t_exposed_ms"]) for r in rounds)
-    print("%-12s %10.0f   %6.3f (%s)   step %.1f ms, exposed %.2f ms (%.1f%%)" % (
+    cpu = statistics.median(float(by[(r, n)]["t_comm_cpu_ms"]) for r in rounds)
+    print("%-12s %10.0f   %6.3f (%s)   step %.1f ms, exposed %.2f ms (%.1f%%), comm CPU %.2f ms" % (
         n, statistics.median(sps), statistics.median(ratios),
-        " ".join("%.2f" % x for x in ratios), step, exposed, 100 * exposed / step))
+        " ".join("%.2f" % x for x in ratios), step, exposed, 100 * exposed / step, cpu))
 EOF
 if [ -n "$csv" ]; then cp "$rows" "$csv"; fi

@@ -110,6 +110,8 @@ float ddp_rng_normal(ddp_rng *rng);
 
 /* Seconds on a monotonic clock. */
 double ddp_time_now(void);
+/* CPU seconds the calling thread has run (its own, not the process's). */
+double ddp_thread_cpu_time(void);
 
 /* ---- tracing ---------------------------------------------------------------------- */
 

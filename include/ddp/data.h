@@ -56,17 +56,17 @@ typedef struct {
 
 /* Loads an image file (u8, n x rows x cols) and a label file (u8, n) into a dataset,
  * checking that they agree on n and that labels are below num_classes. */
-ddp_status ddp_dataset_load_idx(const char *images_path, const char *labels_path,
-                                int num_classes, ddp_dataset *out);
+ddp_status ddp_dataset_load_idx(const char *images_path, const char *labels_path, int num_classes,
+                                ddp_dataset *out);
 /* Loads the split "train" or "t10k" from a directory laid out like MNIST:
  * <split>-images-idx3-ubyte[.gz] and <split>-labels-idx1-ubyte[.gz]. */
 ddp_status ddp_dataset_load_dir(const char *dir, const char *split, ddp_dataset *out);
 void ddp_dataset_free(ddp_dataset *ds);
 
 typedef struct {
-    size_t n;               /* samples in the dataset */
-    size_t global_batch;    /* samples per step over all ranks */
-    size_t local_batch;     /* global_batch / world */
+    size_t n;            /* samples in the dataset */
+    size_t global_batch; /* samples per step over all ranks */
+    size_t local_batch;  /* global_batch / world */
     int rank, world;
     uint64_t seed;
     int shuffle;
@@ -77,8 +77,8 @@ typedef struct {
 } ddp_sampler;
 
 /* Fails with a message if global_batch is 0, not divisible by world, or larger than n. */
-ddp_status ddp_sampler_init(ddp_sampler *s, size_t n, size_t global_batch, int rank,
-                            int world, uint64_t seed, int shuffle);
+ddp_status ddp_sampler_init(ddp_sampler *s, size_t n, size_t global_batch, int rank, int world,
+                            uint64_t seed, int shuffle);
 /* Writes this rank's local_batch sample indices of the next global batch and advances;
  * *epoch_out (may be NULL) receives the batch's epoch. */
 ddp_status ddp_sampler_next(ddp_sampler *s, int32_t *idx, uint64_t *epoch_out);

@@ -18,16 +18,15 @@ typedef enum { DDP_OPTIM_SGD = 0, DDP_OPTIM_ADAMW } ddp_optim_kind;
 
 typedef struct {
     ddp_optim_kind kind;
-    float momentum; /* SGD */
-    int nesterov;   /* SGD */
+    float momentum;          /* SGD */
+    int nesterov;            /* SGD */
     float beta1, beta2, eps; /* AdamW */
     float weight_decay;
 } ddp_optim_config;
 
 typedef struct ddp_optim ddp_optim;
 
-ddp_status ddp_optim_create(ddp_backend *b, const ddp_optim_config *cfg, size_t n,
-                            ddp_optim **out);
+ddp_status ddp_optim_create(ddp_backend *b, const ddp_optim_config *cfg, size_t n, ddp_optim **out);
 void ddp_optim_free(ddp_optim *o);
 /* One update of params (n) from grads (n) at learning rate lr. Not collective: every
  * rank applies it to identical inputs and gets identical outputs. */
@@ -45,8 +44,8 @@ typedef enum { DDP_SCHED_CONSTANT = 0, DDP_SCHED_COSINE } ddp_sched_kind;
 typedef struct {
     ddp_sched_kind kind;
     float base_lr;
-    float min_lr;          /* cosine: the floor reached at total_steps */
-    int64_t warmup_steps;  /* linear from base_lr/warmup to base_lr */
+    float min_lr;         /* cosine: the floor reached at total_steps */
+    int64_t warmup_steps; /* linear from base_lr/warmup to base_lr */
     int64_t total_steps;
 } ddp_schedule;
 
@@ -55,8 +54,7 @@ float ddp_schedule_lr(const ddp_schedule *s, int64_t step);
 
 /* Scales grads so that their L2 norm is at most max_norm (when max_norm > 0) and
  * returns the norm before clipping. Synchronizes the backend. */
-ddp_status ddp_clip_grad_norm(ddp_backend *b, float *grads, size_t n, float max_norm,
-                              double *norm);
+ddp_status ddp_clip_grad_norm(ddp_backend *b, float *grads, size_t n, float max_norm, double *norm);
 
 #ifdef __cplusplus
 }

@@ -45,6 +45,10 @@ typedef struct {
 typedef struct {
     double t_comm;    /* seconds the buckets' all-reduces took, summed */
     double t_exposed; /* seconds finish() waited: communication not hidden by backward */
+    /* CPU seconds spent driving the all-reduces (the communication thread's, or the
+     * waits in finish()): what communication costs the cores when they are all busy
+     * computing. Excludes the MPI_Test calls between layers of --progress test. */
+    double t_comm_cpu;
     int n_buckets;
 } ddp_reducer_stats;
 

@@ -84,8 +84,9 @@ typedef struct {
     double loss;      /* mean training loss over the global batch */
     double grad_norm; /* before clipping; 0 when clipping is off */
     double t_forward, t_backward, t_allreduce, t_optim, t_step; /* seconds */
-    double t_exposed; /* part of the all-reduce time not hidden behind backward */
-    int skipped;      /* the update was skipped: non-finite gradients */
+    double t_exposed;  /* part of the all-reduce time not hidden behind backward */
+    double t_comm_cpu; /* CPU seconds communication took (ddp_reducer_stats) */
+    int skipped;       /* the update was skipped: non-finite gradients */
 } ddp_step_stats;
 
 typedef struct ddp_trainer ddp_trainer;

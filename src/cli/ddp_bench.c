@@ -460,7 +460,7 @@ static ddp_status split_train_args(int argc, char **argv, train_args *a, int *ou
 }
 
 typedef struct {
-    double fwd, bwd, ar, exposed, optim, step;
+    double fwd, bwd, ar, exposed, optim, step, comm_cpu;
 } phase_sums;
 
 static int main_train(ddp_comm *ctrl, int argc, char **argv) {
@@ -549,6 +549,7 @@ static int main_train(ddp_comm *ctrl, int argc, char **argv) {
         sum.exposed += st.t_exposed;
         sum.optim += st.t_optim;
         sum.step += st.t_step;
+        sum.comm_cpu += st.t_comm_cpu;
     }
     if (s == DDP_OK) s = ddp_backend_sync(backend);
     if (s == DDP_OK) s = ddp_trace_close();
@@ -561,15 +562,15 @@ static int main_train(ddp_comm *ctrl, int argc, char **argv) {
         ddp_comm_abort(ctrl, 1);
     }
     /* Phase times: mean over steps and over ranks; the wall time: max over ranks. */
-    double v[7] = {sum.fwd, sum.bwd, sum.ar, sum.exposed, sum.optim, sum.step, 0};
-    s = ddp_comm_allreduce(ctrl, v, 6, DDP_F64, DDP_SUM);
+    double v[7] = {sum.fwd, sum.bwd, sum.ar, sum.exposed, sum.optim, sum.step, sum.comm_cpu};
+    s = ddp_comm_allreduce(ctrl, v, 7, DDP_F64, DDP_SUM);
     if (s == DDP_OK) s = max_over_ranks(ctrl, &wall);
     if (s != DDP_OK) {
         ddp_log_current_error("gathering the timings");
         ddp_comm_abort(ctrl, 1);
     }
     double per = 1.0 / ((double)a.bench_steps * world);
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 7; i++)
         v[i] *= per;
     double sps = (double)a.bench_steps * (double)cfg->global_batch / wall;
     ddp_model *m = ddp_trainer_model(trainer);
@@ -603,6 +604,7 @@ static int main_train(ddp_comm *ctrl, int argc, char **argv) {
         json_object_set_new(o, "t_exposed", json_real(v[3]));
         json_object_set_new(o, "t_optim", json_real(v[4]));
         json_object_set_new(o, "t_step", json_real(v[5]));
+        json_object_set_new(o, "t_comm_cpu", json_real(v[6]));
         json_object_set_new(o, "t_step_wall", json_real(wall / a.bench_steps));
         json_object_set_new(o, "exposed_fraction", json_real(v[5] > 0 ? v[3] / v[5] : 0.0));
         json_object_set_new(o, "model_flops_per_s", json_real(flops));

@@ -10,6 +10,12 @@ double ddp_time_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+double ddp_thread_cpu_time(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 uint32_t ddp_crc32(uint32_t crc, const void *data, size_t bytes) {
     const unsigned char *p = data;
     /* zlib takes uInt lengths; feed large buffers in pieces. */

@@ -28,6 +28,7 @@ static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, double
                           st->t_allreduce, "t_optim", st->t_optim, "t_step", st->t_step);
     if (!o) return DDP_FAIL(DDP_ERR_INTERNAL, "metrics: could not build the JSON record");
     json_object_set_new(o, "t_exposed_comm", json_real(st->t_exposed));
+    json_object_set_new(o, "t_comm_cpu", json_real(st->t_comm_cpu));
     json_object_set_new(o, "grad_norm", json_real(st->grad_norm));
     if (t->skipped_steps > 0)
         json_object_set_new(o, "skipped_steps", json_integer(t->skipped_steps));

@@ -250,6 +250,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     DDP_CHECK(ddp_trace_end());
     st->t_allreduce = rs.t_comm;
     st->t_exposed = rs.t_exposed;
+    st->t_comm_cpu = rs.t_comm_cpu;
 
     t1 = ddp_time_now();
     DDP_CHECK(ddp_trace_begin("optimizer", "compute"));

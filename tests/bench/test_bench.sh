@@ -36,11 +36,13 @@ if timeout -k 5 120 "$MPIEXEC" --oversubscribe -np 2 "$BENCH" train --hidden 64 
 import json, sys
 d = json.load(open(sys.argv[1]))
 keys = ["samples_per_s", "t_forward", "t_backward", "t_allreduce", "t_exposed", "t_optim",
-        "t_step", "model_flops_per_s", "ranks", "global_batch", "bench_steps"]
+        "t_step", "t_comm_cpu", "model_flops_per_s", "ranks", "global_batch", "bench_steps",
+        "sleeping_wait", "allreduce"]
 missing = [k for k in keys if k not in d]
 assert not missing, missing
 assert d["ranks"] == 2 and d["global_batch"] == 64 and d["bench_steps"] == 3, d
 assert d["samples_per_s"] > 0 and d["t_step"] > 0 and d["model_flops_per_s"] > 0, d
+assert 0 < d["t_comm_cpu"] < d["t_step"], d
 PY
     grep -q '"samples_per_s"' "$TMP/train.log" || fail "train: no JSON on stdout"
 else
@@ -56,6 +58,7 @@ if timeout -k 5 120 "$MPIEXEC" --oversubscribe -np 2 "$BENCH" train --hidden 64 
 import json, sys
 d = json.load(open(sys.argv[1]))
 assert d["allreduce"] is False and d["t_allreduce"] == 0 and d["t_exposed"] == 0, d
+assert d["t_comm_cpu"] == 0, d
 assert d["samples_per_s"] > 0, d
 PY
 else
