@@ -74,7 +74,8 @@ void ddp_train_config_defaults(ddp_train_config *cfg);
 ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world);
 
 /* Writes the options that must agree on every rank as one canonical line (everything
- * but output paths and per-rank settings); the fingerprint is its CRC-32. */
+ * but output paths and per-rank settings); the fingerprint is its CRC-32. Returns the
+ * length written, at most cap - 1 (the line is cut to fit); 0 when cap is 0. */
 size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t cap);
 
 typedef struct {

@@ -161,5 +161,6 @@ size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t
     PUT(" ckpt=%d ckpt_every=%d resume=%d", cfg->checkpoint_dir[0] != '\0', cfg->checkpoint_every,
         cfg->resume);
 #undef PUT
+    if (cap == 0) return 0; /* nothing written, not even the terminating zero */
     return (size_t)n < cap ? (size_t)n : cap - 1;
 }
