@@ -73,6 +73,12 @@ ddp_status ddp_model_forward(ddp_model *m, const float *x, size_t n, const float
 ddp_status ddp_model_backward(ddp_model *m, const float *dlogits, size_t n, ddp_grad_ready_fn ready,
                               void *ctx);
 ddp_status ddp_model_zero_grads(ddp_model *m);
+/* The first backward of a step: the same gradients as ddp_model_zero_grads followed by
+ * ddp_model_backward, without the pass over the whole gradient buffer that zeroing
+ * costs (the gradients are written instead of added; the buffer's old contents are
+ * never read). */
+ddp_status ddp_model_backward_first(ddp_model *m, const float *dlogits, size_t n,
+                                    ddp_grad_ready_fn ready, void *ctx);
 
 /* Makes backward compute and report the first layer's weight gradient in row slices of
  * about max_elems elements (the lowest rows, sent last, in a shorter one) (0: in one piece, the

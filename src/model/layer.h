@@ -13,13 +13,14 @@ typedef struct ddp_layer ddp_layer;
 typedef struct {
     const char *kind;
     ddp_status (*forward)(ddp_layer *l, ddp_backend *b, const float *x, float *y, size_t n);
-    /* Adds parameter gradients (if any) and, when dx is not NULL, writes dx (n, in_dim).
-     * x and y are this layer's input and output from the last forward. Calls ready (if
-     * not NULL) as soon as the parameter gradients are final, before computing dx, so
-     * that their communication overlaps the rest of backward. */
+    /* Adds parameter gradients (if any), or with overwrite writes them (every one: the
+     * buffer was not zeroed), and, when dx is not NULL, writes dx (n, in_dim). x and y
+     * are this layer's input and output from the last forward. Calls ready (if not NULL)
+     * as soon as the parameter gradients are final, before computing dx, so that their
+     * communication overlaps the rest of backward. */
     ddp_status (*backward)(ddp_layer *l, ddp_backend *b, const float *x, const float *y,
-                           const float *dy, float *dx, size_t n, ddp_grad_ready_fn ready,
-                           void *ctx);
+                           const float *dy, float *dx, size_t n, int overwrite,
+                           ddp_grad_ready_fn ready, void *ctx);
 } ddp_layer_ops;
 
 struct ddp_layer {

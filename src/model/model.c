@@ -189,8 +189,8 @@ ddp_status ddp_model_forward(ddp_model *m, const float *x, size_t n, const float
     return DDP_OK;
 }
 
-ddp_status ddp_model_backward(ddp_model *m, const float *dlogits, size_t n, ddp_grad_ready_fn ready,
-                              void *ctx) {
+static ddp_status backward(ddp_model *m, const float *dlogits, size_t n, int overwrite,
+                           ddp_grad_ready_fn ready, void *ctx) {
     DDP_CHECK(check_batch(m, n));
     const float *dy = dlogits;
     for (int i = m->n_layers - 1; i >= 0; i--) {
@@ -198,11 +198,23 @@ ddp_status ddp_model_backward(ddp_model *m, const float *dlogits, size_t n, ddp_
         /* The first layer's input gradient is never needed. */
         float *dx = i > 0 ? m->scratch[i & 1] : NULL;
         DDP_CHECK(ddp_trace_begin(l->name, "backward"));
-        DDP_CHECK(
-            l->ops->backward(l, m->backend, m->acts[i], m->acts[i + 1], dy, dx, n, ready, ctx));
+        DDP_CHECK(l->ops->backward(l, m->backend, m->acts[i], m->acts[i + 1], dy, dx, n, overwrite,
+                                   ready, ctx));
         DDP_CHECK(ddp_trace_end());
         dy = dx;
     }
+    return DDP_OK;
+}
+
+ddp_status ddp_model_backward(ddp_model *m, const float *dlogits, size_t n, ddp_grad_ready_fn ready,
+                              void *ctx) {
+    DDP_CHECK(backward(m, dlogits, n, 0, ready, ctx));
+    return DDP_OK;
+}
+
+ddp_status ddp_model_backward_first(ddp_model *m, const float *dlogits, size_t n,
+                                    ddp_grad_ready_fn ready, void *ctx) {
+    DDP_CHECK(backward(m, dlogits, n, 1, ready, ctx));
     return DDP_OK;
 }
 

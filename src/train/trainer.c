@@ -212,7 +212,6 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     DDP_CHECK(ddp_sampler_next(&t->sampler, t->h_idx, &t->epoch));
     DDP_CHECK(ddp_backend_copy(b, t->d_idx, t->h_idx, t->sampler.local_batch * sizeof(int32_t),
                                DDP_COPY_H2D));
-    DDP_CHECK(ddp_model_zero_grads(t->model));
     DDP_CHECK(ddp_backend_zero(b, t->d_stats, 2 * sizeof(float)));
     for (int k = 0; k < c->accum; k++) {
         const int32_t *idx = t->d_idx + (size_t)k * micro;
@@ -236,8 +235,11 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         /* Only the last micro-batch communicates: its backward hands each bucket to the
          * reducer as soon as the bucket's gradients are final. */
         if (last) DDP_CHECK(ddp_reducer_begin(t->reducer));
-        DDP_CHECK(ddp_model_backward(t->model, t->d_dlogits, micro, last ? ddp_reducer_ready : NULL,
-                                     last ? t->reducer : NULL));
+        /* The first micro-batch writes the gradients, the others add to them: no pass
+         * to zero the buffer. */
+        DDP_CHECK((k == 0 ? ddp_model_backward_first : ddp_model_backward)(
+            t->model, t->d_dlogits, micro, last ? ddp_reducer_ready : NULL,
+            last ? t->reducer : NULL));
         if (timed) DDP_CHECK(ddp_backend_sync(b));
         DDP_CHECK(ddp_trace_end());
         st->t_backward += ddp_time_now() - t1;

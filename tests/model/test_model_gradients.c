@@ -230,6 +230,32 @@ static void test_backward_adds_into_gradients(void **state) {
     fixture_free(&f);
 }
 
+static void test_backward_first_writes_every_gradient_without_zeroing(void **state) {
+    /* NaN everywhere beforehand: anything read from the old buffer would stay NaN. Run
+     * sliced as well, the trainer's layout. */
+    for (int sliced = 0; sliced < 2; sliced++) {
+        fixture f;
+        fixture_init(&f, *state, DDP_ACT_GELU, 13);
+        if (sliced) ddp_model_set_grad_slices(f.m, 10);
+        float want[NUM_PARAMS];
+        analytic_grads(&f, want);
+        float *g = ddp_model_grads(f.m);
+        for (int i = 0; i < NUM_PARAMS; i++)
+            g[i] = NAN;
+        batch_loss(&f);
+        assert_int_equal(ddp_model_backward_first(f.m, f.dlogits, BATCH, NULL, NULL), DDP_OK);
+        for (int i = 0; i < NUM_PARAMS; i++)
+            if (!(g[i] == want[i]))
+                fail_msg("sliced %d: grad %d = %g after backward_first, expected %g", sliced, i,
+                         g[i], want[i]);
+        /* A second micro-batch adds as usual. */
+        assert_int_equal(ddp_model_backward(f.m, f.dlogits, BATCH, NULL, NULL), DDP_OK);
+        for (int i = 0; i < NUM_PARAMS; i++)
+            assert_near(g[i], 2.0 * want[i], 1e-6 * (1.0 + fabs(want[i])));
+        fixture_free(&f);
+    }
+}
+
 static void test_zero_grads_clears_every_gradient(void **state) {
     fixture f;
     fixture_init(&f, *state, DDP_ACT_RELU, 12);
@@ -526,6 +552,7 @@ int main(void) {
         cmocka_unit_test(test_last_bias_gradient_is_column_sum_of_dlogits),
         cmocka_unit_test(test_sliced_first_layer_reports_slices_last_rows_first),
         cmocka_unit_test(test_backward_adds_into_gradients),
+        cmocka_unit_test(test_backward_first_writes_every_gradient_without_zeroing),
         cmocka_unit_test(test_zero_grads_clears_every_gradient),
         cmocka_unit_test(test_micro_batches_accumulate_to_full_batch_gradient),
         cmocka_unit_test(test_ready_is_called_once_per_linear_layer_last_first),
