@@ -64,6 +64,16 @@ int ddp_comm_local_size(const ddp_comm *c);
  * for a late peer leaves its core to the compute thread. DDP_MPI_GATE=0 turns it off. */
 int ddp_comm_sleeping_wait(const ddp_comm *c);
 
+/* Host memory that the other ranks of this node can address, for a buffer that is
+ * all-reduced again and again (the gradients). A blocking fp32 sum over a part of it,
+ * at the same offset on every rank, then sends no MPI message: after all ranks of the
+ * node have arrived, each adds up its share of the elements straight from the others'
+ * buffers and writes the sums into all of them. COLLECTIVE (every rank asks for the
+ * same size). *ptr is NULL, with DDP_OK, where this comm cannot share memory (ranks on
+ * several nodes, device buffers, NCCL, one rank, DDP_MPI_GATE=0): use ordinary memory.
+ * The memory lives until the comm is freed. */
+ddp_status ddp_comm_alloc_shared(ddp_comm *c, size_t bytes, void **ptr);
+
 /* In-place all-reduce of count elements. COLLECTIVE; blocking. */
 ddp_status ddp_comm_allreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op);
 /* Starts an in-place all-reduce and returns at once. COLLECTIVE (all ranks start the

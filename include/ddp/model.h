@@ -73,6 +73,10 @@ ddp_status ddp_model_forward(ddp_model *m, const float *x, size_t n, const float
 ddp_status ddp_model_backward(ddp_model *m, const float *dlogits, size_t n, ddp_grad_ready_fn ready,
                               void *ctx);
 ddp_status ddp_model_zero_grads(ddp_model *m);
+/* Moves the gradients into grads (num_params floats of the backend's memory, zeroed
+ * here), which must outlive the model: e.g. memory shared with the other ranks of the
+ * node (ddp_comm_alloc_shared), which all-reduces without copies. */
+ddp_status ddp_model_use_grad_buffer(ddp_model *m, float *grads);
 /* The first backward of a step: the same gradients as ddp_model_zero_grads followed by
  * ddp_model_backward, without the pass over the whole gradient buffer that zeroing
  * costs (the gradients are written instead of added; the buffer's old contents are

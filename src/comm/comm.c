@@ -174,6 +174,13 @@ ddp_status ddp_comm_barrier(ddp_comm *c) {
 
 void ddp_comm_abort(ddp_comm *c, int code) { c->ops->abort(c, code); }
 
+ddp_status ddp_comm_alloc_shared(ddp_comm *c, size_t bytes, void **ptr) {
+    *ptr = NULL;
+    if (!c->ops->alloc_shared || bytes == 0) return DDP_OK;
+    DDP_CHECK(c->ops->alloc_shared(c, bytes, ptr));
+    return DDP_OK;
+}
+
 ddp_status ddp_comm_agree(ddp_comm *c, ddp_status local, int *failed_rank) {
     /* After a failed collective the ranks may be one call apart: agreeing could pair this
      * all-reduce with another call and wait forever. The caller must abort the job. */

@@ -21,6 +21,8 @@ typedef struct {
     ddp_status (*reduce_scatter)(ddp_comm *c, const void *send, void *recv, size_t count,
                                  ddp_dtype t, ddp_redop op);
     ddp_status (*barrier)(ddp_comm *c);
+    /* Optional (NULL: no shared memory): see ddp_comm_alloc_shared. */
+    ddp_status (*alloc_shared)(ddp_comm *c, size_t bytes, void **ptr);
     void (*abort)(ddp_comm *c, int code);
 } ddp_comm_ops;
 

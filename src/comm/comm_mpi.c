@@ -128,6 +128,15 @@ typedef struct {
 } stage_buf;
 
 #define MAX_STAGE 64
+/* Shared regions per comm (one per trainer built on it; they live as long as the comm). */
+#define MAX_SHARED 16
+
+/* Memory of every rank of the node, from one MPI shared window. */
+typedef struct {
+    MPI_Win win;
+    char **base;  /* (local_size): each rank's part, mapped here */
+    size_t bytes; /* of each part */
+} shared_region;
 
 typedef struct {
     struct ddp_comm base;
@@ -137,6 +146,8 @@ typedef struct {
     stage_buf stage[MAX_STAGE];
     MPI_Comm node;      /* the ranks on this node, or MPI_COMM_NULL */
     ddp_shm_gate *gate; /* NULL: wait inside MPI */
+    shared_region shared[MAX_SHARED];
+    int n_shared;
 } mpi_comm;
 
 struct ddp_comm_req {
@@ -285,11 +296,97 @@ static ddp_status mpi_wait(ddp_comm *base, ddp_comm_req *r) {
     return DDP_OK;
 }
 
+/* ---- all-reduce within the node's shared memory ------------------------------------ */
+
+/* The shared region holding [buf, buf + bytes) in this rank's part, or NULL. */
+static shared_region *find_shared(mpi_comm *c, const void *buf, size_t bytes) {
+    const char *p = buf;
+    for (int i = 0; i < c->n_shared; i++) {
+        shared_region *r = &c->shared[i];
+        const char *mine = r->base[c->base.local_rank];
+        if (p >= mine && p + bytes <= mine + r->bytes) return r;
+    }
+    return NULL;
+}
+
+/* In-place fp32 sum over the same offset of every rank's part. Each rank sums its share
+ * of the elements over all ranks, in rank order, and writes the sum into every rank's
+ * part: identical bits everywhere, no copies, no messages. Passing the gate before
+ * makes every rank's values final; passing it after makes every sum written. */
+static void shared_sum_f32(mpi_comm *c, shared_region *r, size_t offset, size_t count) {
+    enum { BLOCK = 1024 };
+    int n = c->base.local_size, me = c->base.local_rank;
+    size_t lo = count * (size_t)me / (size_t)n, hi = count * (size_t)(me + 1) / (size_t)n;
+    float acc[BLOCK];
+    ddp_shm_gate_pass(c->gate);
+    for (size_t i = lo; i < hi; i += BLOCK) {
+        size_t m = hi - i < BLOCK ? hi - i : BLOCK;
+        const float *x0 = (const float *)(r->base[0] + offset) + i;
+        for (size_t k = 0; k < m; k++)
+            acc[k] = x0[k];
+        for (int q = 1; q < n; q++) {
+            const float *x = (const float *)(r->base[q] + offset) + i;
+            for (size_t k = 0; k < m; k++)
+                acc[k] += x[k];
+        }
+        for (int q = 0; q < n; q++)
+            memcpy((float *)(r->base[q] + offset) + i, acc, m * sizeof(float));
+    }
+    ddp_shm_gate_pass(c->gate);
+}
+
+static ddp_status mpi_alloc_shared(ddp_comm *base, size_t bytes, void **ptr) {
+    mpi_comm *c = (mpi_comm *)base;
+    /* The same on every rank: the gate was agreed on, the backend kind and the world
+     * are the same everywhere, and every rank makes the same calls. */
+    if (!c->gate || c->device_buffers || base->local_size != base->size ||
+        c->n_shared == MAX_SHARED)
+        return DDP_OK;
+    shared_region *r = &c->shared[c->n_shared];
+    r->base = calloc((size_t)base->local_size, sizeof *r->base);
+    void *mine = NULL;
+    int made = 0, ok = r->base != NULL;
+    if (ok) {
+        int rc =
+            MPI_Win_allocate_shared((MPI_Aint)bytes, 64, MPI_INFO_NULL, c->node, &mine, &r->win);
+        made = ok = rc == MPI_SUCCESS;
+    }
+    for (int q = 0; ok && q < base->local_size; q++) {
+        MPI_Aint size;
+        int disp;
+        ok = MPI_Win_shared_query(r->win, q, &size, &disp, &r->base[q]) == MPI_SUCCESS &&
+             (size_t)size >= bytes;
+    }
+    /* All ranks use the region, or none does. */
+    if (MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, c->node) != MPI_SUCCESS) {
+        free(r->base);
+        r->base = NULL;
+        return DDP_FAIL(DDP_ERR_COMM, "MPI comm: agreement on shared memory failed");
+    }
+    if (!ok) {
+        if (made) MPI_Win_free(&r->win);
+        free(r->base);
+        r->base = NULL;
+        return DDP_OK;
+    }
+    r->bytes = bytes;
+    c->n_shared++;
+    *ptr = mine;
+    return DDP_OK;
+}
+
 static ddp_status mpi_allreduce(ddp_comm *base, void *buf, size_t count, ddp_dtype t,
                                 ddp_redop op) {
     mpi_comm *c = (mpi_comm *)base;
+    size_t bytes = count * ddp_dtype_size(t);
+    shared_region *sr;
+    if (t == DDP_F32 && op == DDP_SUM && bytes >= GATE_MIN_BYTES &&
+        (sr = find_shared(c, buf, bytes)) != NULL) {
+        shared_sum_f32(c, sr, (size_t)((char *)buf - sr->base[base->local_rank]), count);
+        return DDP_OK;
+    }
     /* Sleep until the node's ranks are all here, rather than spin in MPI for them. */
-    if (c->gate && count * ddp_dtype_size(t) >= GATE_MIN_BYTES) ddp_shm_gate_pass(c->gate);
+    if (c->gate && bytes >= GATE_MIN_BYTES) ddp_shm_gate_pass(c->gate);
     if (!c->device_buffers) {
         /* The blocking call lets MPI pick its best algorithm for the size. */
         MPI_Op mop = MPI_OP_NULL;
@@ -414,6 +511,10 @@ static void mpi_destroy(ddp_comm *base) {
     MPI_Finalized(&finalized);
     for (int i = 0; i < MAX_STAGE; i++)
         ddp_backend_host_dealloc(base->backend, c->stage[i].ptr);
+    for (int i = 0; i < c->n_shared; i++) {
+        if (!finalized) MPI_Win_free(&c->shared[i].win);
+        free(c->shared[i].base);
+    }
     ddp_shm_gate_free(c->gate);
     if (!finalized) {
         if (c->node != MPI_COMM_NULL) MPI_Comm_free(&c->node);
@@ -435,6 +536,7 @@ static const ddp_comm_ops mpi_ops = {
     .reduce_scatter = mpi_reduce_scatter,
     .barrier = mpi_barrier,
     .abort = mpi_abort,
+    .alloc_shared = mpi_alloc_shared,
 };
 
 ddp_status ddp_comm_mpi_create(ddp_backend *b, ddp_comm **out) {

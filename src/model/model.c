@@ -20,6 +20,7 @@ struct ddp_model {
     size_t num_params;
     float *params; /* device (num_params) */
     float *grads;  /* device (num_params) */
+    int own_grads; /* grads was allocated here (not given by ddp_model_use_grad_buffer) */
     /* acts[i + 1] is the output of layer i (max_batch, out_dim); acts[0] is the input
      * of the last forward, owned by the caller */
     const float *acts[MAX_LAYERS + 1];
@@ -41,6 +42,25 @@ static void add_view(ddp_model *m, const char *name, size_t offset, size_t d0, s
     v->count = d1 ? d0 * d1 : d0;
 }
 
+/* Points every layer's gradient views into m->grads. */
+static void bind_grads(ddp_model *m) {
+    for (int i = 0; i < m->n_layers; i++) {
+        ddp_layer *l = &m->layers[i];
+        if (l->param_count == 0) continue;
+        l->dw = m->grads + l->param_offset;
+        l->dbias = l->dw + l->out_dim * l->in_dim;
+    }
+}
+
+ddp_status ddp_model_use_grad_buffer(ddp_model *m, float *grads) {
+    DDP_CHECK(ddp_backend_zero(m->backend, grads, m->num_params * sizeof(float)));
+    if (m->own_grads) ddp_backend_dealloc(m->backend, m->grads);
+    m->grads = grads;
+    m->own_grads = 0;
+    bind_grads(m);
+    return DDP_OK;
+}
+
 ddp_status ddp_model_create_mlp(ddp_backend *b, const ddp_mlp_spec *spec, size_t max_batch,
                                 ddp_model **out) {
     *out = NULL;
@@ -59,6 +79,7 @@ ddp_status ddp_model_create_mlp(ddp_backend *b, const ddp_mlp_spec *spec, size_t
     if (!m) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
     m->backend = b;
     m->max_batch = max_batch;
+    m->own_grads = 1;
 
     size_t dims[DDP_MAX_HIDDEN + 2];
     int nd = 0;
@@ -112,10 +133,9 @@ ddp_status ddp_model_create_mlp(ddp_backend *b, const ddp_mlp_spec *spec, size_t
         m->acts[i + 1] = m->act_mem[i];
         if (l->param_count == 0) continue;
         l->w = m->params + l->param_offset;
-        l->dw = m->grads + l->param_offset;
         l->bias = l->w + l->out_dim * l->in_dim;
-        l->dbias = l->dw + l->out_dim * l->in_dim;
     }
+    bind_grads(m);
     *out = m;
     return DDP_OK;
 }
@@ -124,7 +144,7 @@ void ddp_model_free(ddp_model *m) {
     if (!m) return;
     ddp_backend *b = m->backend;
     ddp_backend_dealloc(b, m->params);
-    ddp_backend_dealloc(b, m->grads);
+    if (m->own_grads) ddp_backend_dealloc(b, m->grads);
     for (int i = 0; i < m->n_layers; i++)
         ddp_backend_dealloc(b, m->act_mem[i]);
     for (int i = 0; i < 2; i++)

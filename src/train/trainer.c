@@ -82,22 +82,6 @@ static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
     DDP_CHECK(ddp_model_init_params(t->model, t->cfg.seed));
     t->num_params = ddp_model_num_params(t->model);
     DDP_CHECK(ddp_optim_create(b, &t->cfg.optim, t->num_params, &t->optim));
-    /* Buckets are cut where backward reports gradients ready; the first layer reports in
-     * slices of a first bucket's size, so that its all-reduce, which no other layer's
-     * backward can hide, mostly overlaps with its own. */
-    ddp_reducer_options ropt = t->cfg.reducer;
-    if (ropt.overlap)
-        ropt.tail_elems =
-            ddp_model_set_grad_slices(t->model, ropt.first_bucket_bytes / sizeof(float));
-    int nb = ddp_model_ready_points(t->model, NULL, 0);
-    size_t *bounds = malloc((size_t)nb * sizeof *bounds);
-    if (!bounds) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
-    ddp_model_ready_points(t->model, bounds, nb);
-    ddp_status rs = ddp_reducer_create(t->comm, b, ddp_model_grads(t->model), t->num_params, bounds,
-                                       nb, &ropt, &t->reducer);
-    free(bounds);
-    DDP_CHECK(rs);
-
     t->owns_device_data = !ddp_backend_is_host(b);
     DDP_CHECK(upload(t, train->x, train->n * t->dim * sizeof(float), (void **)&t->d_train_x));
     DDP_CHECK(upload(t, train->y, train->n * sizeof(int32_t), (void **)&t->d_train_y));
@@ -114,6 +98,38 @@ static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
     DDP_CHECK(ddp_backend_alloc(b, t->max_batch * (size_t)t->num_classes * sizeof(float),
                                 (void **)&t->d_dlogits));
     DDP_CHECK(ddp_backend_alloc(b, 2 * sizeof(float), (void **)&t->d_stats));
+    return DDP_OK;
+}
+
+/* Gradients in memory that the node's ranks share, where the comm offers it: the
+ * all-reduce then sums them in place, without messages. COLLECTIVE over t->comm; where
+ * sharing is not possible the model keeps its own buffer. */
+static ddp_status share_gradients(ddp_trainer *t) {
+    if (!ddp_backend_is_host(t->backend)) return DDP_OK;
+    void *shared = NULL;
+    DDP_CHECK(ddp_comm_alloc_shared(t->comm, t->num_params * sizeof(float), &shared));
+    if (shared) DDP_CHECK(ddp_model_use_grad_buffer(t->model, shared));
+    return DDP_OK;
+}
+
+/* The reducer over the model's gradient buffer, wherever share_gradients put it. Not
+ * collective. */
+static ddp_status setup_reducer(ddp_trainer *t) {
+    /* Buckets are cut where backward reports gradients ready; the first layer reports in
+     * slices of a first bucket's size, so that its all-reduce, which no other layer's
+     * backward can hide, mostly overlaps with its own. */
+    ddp_reducer_options ropt = t->cfg.reducer;
+    if (ropt.overlap)
+        ropt.tail_elems =
+            ddp_model_set_grad_slices(t->model, ropt.first_bucket_bytes / sizeof(float));
+    int nb = ddp_model_ready_points(t->model, NULL, 0);
+    size_t *bounds = malloc((size_t)nb * sizeof *bounds);
+    if (!bounds) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
+    ddp_model_ready_points(t->model, bounds, nb);
+    ddp_status rs = ddp_reducer_create(t->comm, t->backend, ddp_model_grads(t->model),
+                                       t->num_params, bounds, nb, &ropt, &t->reducer);
+    free(bounds);
+    DDP_CHECK(rs);
     return DDP_OK;
 }
 
@@ -144,6 +160,18 @@ ddp_status ddp_trainer_create(const ddp_train_config *cfg, ddp_backend *b, ddp_c
         s = DDP_FAIL(DDP_ERR_REMOTE, "rank %d failed to set up training (its message says why)",
                      failed);
     if (s == DDP_OK) s = check_fingerprints(t);
+    if (s == DDP_OK) s = share_gradients(t);
+    if (s == DDP_OK) {
+        /* Local again (a thread that could not start), so agreed on once more. */
+        s = setup_reducer(t);
+        if (s != DDP_OK) ddp_error_trace(__FILE__, __LINE__);
+        agree = ddp_comm_agree(ctrl, s, &failed);
+        if (s == DDP_OK && agree != DDP_OK) s = agree;
+        if (s == DDP_OK && failed >= 0)
+            s = DDP_FAIL(DDP_ERR_REMOTE,
+                         "rank %d failed to set up the gradient reducer (its message says why)",
+                         failed);
+    }
     if (s != DDP_OK) {
         ddp_trainer_free(t);
         return s;

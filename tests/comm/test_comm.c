@@ -90,6 +90,36 @@ static void late_peer_is_awaited_asleep(void **state) {
     }
 }
 
+static void shared_memory_allreduce_sums_exactly_in_place(void **state) {
+    /* Gradients in node-shared memory are summed without MPI: every rank adds its share
+     * of the elements over all ranks and writes the sums into every rank's buffer. */
+    const size_t n = 1000003; /* odd: the ranks' shares differ by one */
+    float *sh = NULL;
+    assert_int_equal(ddp_comm_alloc_shared(world_comm, n * sizeof(float), (void **)&sh), DDP_OK);
+    if (ddp_comm_local_size(world_comm) == 1) {
+        assert_null(sh); /* nothing to share with */
+        skip();
+    }
+    assert_non_null(sh);
+    /* Whole buffer, an unaligned middle part, and parts just at and just below the size
+     * where the shared path starts (16384 floats); the rest must stay untouched. */
+    const size_t parts[][2] = {{0, n}, {3, 262147}, {500001, 16384}, {700000, 16383}};
+    for (size_t k = 0; k < sizeof parts / sizeof *parts; k++) {
+        size_t off = parts[k][0], cnt = parts[k][1];
+        for (size_t i = 0; i < n; i++)
+            sh[i] = -1.0f;
+        fill(sh + off, cnt);
+        assert_int_equal(ddp_comm_allreduce(world_comm, sh + off, cnt, DDP_F32, DDP_SUM), DDP_OK);
+        if (count_wrong(sh + off, cnt) != 0)
+            fail_msg("part %zu: %zu of %zu sums wrong", k, count_wrong(sh + off, cnt), cnt);
+        for (size_t i = 0; i < n; i++)
+            if ((i < off || i >= off + cnt) && sh[i] != -1.0f)
+                fail_msg("part %zu: element %zu outside the part changed", k, i);
+        /* Every rank has returned with its sums before anyone refills for the next part. */
+        assert_int_equal(ddp_comm_barrier(world_comm), DDP_OK);
+    }
+}
+
 static void gate_can_be_turned_off(void **state) {
     setenv("DDP_MPI_GATE", "0", 1);
     ddp_comm *c = NULL;
@@ -97,6 +127,9 @@ static void gate_can_be_turned_off(void **state) {
     unsetenv("DDP_MPI_GATE");
     assert_int_equal(s, DDP_OK);
     assert_int_equal(ddp_comm_sleeping_wait(c), 0);
+    void *sh = (void *)1;
+    assert_int_equal(ddp_comm_alloc_shared(c, 4096, &sh), DDP_OK);
+    assert_null(sh); /* shared memory needs the gate */
     const size_t n = 100003;
     float *x = malloc(n * sizeof(float));
     assert_non_null(x);
@@ -140,6 +173,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(allreduce_sums_exactly_across_the_gate_threshold),
         cmocka_unit_test(sleeping_wait_is_on_with_several_ranks_on_a_node),
         cmocka_unit_test(late_peer_is_awaited_asleep),
+        cmocka_unit_test(shared_memory_allreduce_sums_exactly_in_place),
         cmocka_unit_test(gate_can_be_turned_off),
         cmocka_unit_test(one_rank_refusing_the_gate_turns_it_off_everywhere),
     };
