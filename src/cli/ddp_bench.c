@@ -89,6 +89,7 @@ typedef struct {
     size_t min_bytes, max_bytes;
     int iters, warmup;
     int reducer;
+    int shared;          /* buffers in node-shared memory (the trainer's CPU path) */
     size_t tensor_bytes; /* --reducer: tensor boundaries every this many bytes */
     ddp_reducer_options ropt;
     const char *json;
@@ -98,7 +99,9 @@ static const char allreduce_usage[] =
     "usage: ddp-bench allreduce [--comm mpi|nccl] [--min-bytes 8] [--max-bytes 256M]\n"
     "                           [--iters 20] [--warmup 5] [--reducer] [--tensor-mb 1]\n"
     "                           [--bucket-mb 25] [--first-bucket-mb 1]\n"
-    "                           [--progress auto|thread|test] [--json FILE]\n";
+    "                           [--progress auto|thread|test] [--shared] [--json FILE]\n"
+    "--shared puts the buffer in memory shared by the node's ranks, as the trainer does\n"
+    "with its gradients on the CPU: sums of 64 KiB and more then need no MPI message.\n";
 
 static ddp_status parse_allreduce(int argc, char **argv, allreduce_args *a) {
     *a = (allreduce_args){.comm = DDP_COMM_MPI,
@@ -119,6 +122,10 @@ static ddp_status parse_allreduce(int argc, char **argv, allreduce_args *a) {
         double mb;
         if (strcmp(o, "--reducer") == 0) {
             a->reducer = 1;
+            continue;
+        }
+        if (strcmp(o, "--shared") == 0) {
+            a->shared = 1;
             continue;
         }
         if (!v) return DDP_FAIL(DDP_ERR_INVALID_ARG, "%s: unknown option or missing value", o);
@@ -294,6 +301,7 @@ static ddp_status run_allreduce(bench_ctx *c, const allreduce_args *a, long *tot
                "timed iterations; waits for late ranks %s\n",
                c->world, ddp_comm_name(c->comm), a->warmup, a->iters,
                ddp_comm_sleeping_wait(c->comm) ? "asleep (node gate)" : "in the library");
+        if (a->shared) printf("# buffers in node-shared memory\n");
         printf("# time: mean per all-reduce, max over ranks; busbw = algbw * 2(n-1)/n\n");
         printf("%10s %12s %12s %10s %10s", "size", "count", "time(us)", "algbw GB/s", "busbw GB/s");
         if (a->reducer) printf(" %8s %12s %10s %7s", "buckets", "red. time", "red. busbw", "ratio");
@@ -346,6 +354,7 @@ static ddp_status run_allreduce(bench_ctx *c, const allreduce_args *a, long *tot
                 json_object_set_new(o, "wrong", json_integer(*total_wrong));
                 json_object_set_new(o, "sleeping_wait",
                                     json_boolean(ddp_comm_sleeping_wait(c->comm)));
+                json_object_set_new(o, "shared", json_boolean(a->shared));
                 s = write_json(o, a->json);
                 json_decref(o);
             }
@@ -367,7 +376,7 @@ static int main_allreduce(ddp_comm *ctrl, int argc, char **argv) {
         int gpus = ddp_backend_cuda_device_count();
         bo.device_index = gpus > 0 ? ddp_comm_local_rank(ctrl) % gpus : 0;
     }
-    int code = 1;
+    int code = 1, dev_is_shared = 0;
     s = ddp_backend_create(&bo, &c.b);
     if (!ddp_cli_phase_ok(ctrl, s, "creating the backend")) goto done;
     size_t max_count = a.max_bytes / sizeof(float);
@@ -377,6 +386,19 @@ static int main_allreduce(ddp_comm *ctrl, int argc, char **argv) {
     if (!ddp_cli_phase_ok(ctrl, s, "allocating the buffers")) goto done;
     s = ddp_comm_create(a.comm, c.b, &c.comm);
     if (!ddp_cli_phase_ok(ctrl, s, "creating the communicator")) goto done;
+    float *shared = NULL;
+    if (a.shared) {
+        /* Collective; every rank gets memory, or none does. */
+        s = ddp_comm_alloc_shared(c.comm, max_count * sizeof(float), (void **)&shared);
+        if (s == DDP_OK && !shared)
+            s = DDP_FAIL(DDP_ERR_UNSUPPORTED,
+                         "--shared: no node-shared memory here (it needs the MPI comm with "
+                         "all ranks on one node, and DDP_MPI_GATE not 0)");
+        if (!ddp_cli_phase_ok(ctrl, s, "allocating shared memory")) goto done;
+        ddp_backend_dealloc(c.b, c.dev);
+        c.dev = shared; /* freed with the comm */
+        dev_is_shared = 1;
+    }
     long wrong = 0;
     s = run_allreduce(&c, &a, &wrong);
     if (s != DDP_OK) {
@@ -386,8 +408,8 @@ static int main_allreduce(ddp_comm *ctrl, int argc, char **argv) {
     code = wrong == 0 ? 0 : 1;
     if (wrong != 0 && rank == 0) ddp_log_error("%ld elements had a wrong sum", wrong);
 done:
+    if (c.b && !dev_is_shared) ddp_backend_dealloc(c.b, c.dev);
     ddp_comm_free(c.comm);
-    if (c.b) ddp_backend_dealloc(c.b, c.dev);
     free(c.host);
     ddp_backend_free(c.b);
     return code;

@@ -29,6 +29,21 @@ else
 fi
 [ $fails -eq 0 ] || cat "$TMP/ar.log"
 
+# all-reduce in node-shared memory (2 ranks on this machine): sizes across the 64 KiB
+# where the shared path starts, every element checked.
+if timeout -k 5 120 "$MPIEXEC" --oversubscribe -np 2 "$BENCH" allreduce --min-bytes 16K \
+    --max-bytes 1M --iters 3 --warmup 1 --shared --json "$TMP/sh.json" >"$TMP/sh.log" 2>&1; then
+    grep -q '^# wrong elements in all: 0$' "$TMP/sh.log" || fail "allreduce --shared: wrong sums"
+    python3 - "$TMP/sh.json" <<'PY' || fail "allreduce --shared: JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["shared"] is True and d["wrong"] == 0, d
+PY
+else
+    fail "allreduce --shared: exit status $?"
+    cat "$TMP/sh.log"
+fi
+
 # train: a few steps on the synthetic data, 2 ranks.
 if timeout -k 5 120 "$MPIEXEC" --oversubscribe -np 2 "$BENCH" train --hidden 64 --batch 64 \
     --threads 1 --warmup-steps 1 --steps 3 --json "$TMP/train.json" >"$TMP/train.log" 2>&1; then
