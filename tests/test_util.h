@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ddp/backend.h"
+#include "ddp/comm.h"
 #include "ddp/train.h"
 
 /* The last error message contains s. */
@@ -63,6 +64,31 @@ static inline int cpu_backend_setup(void **state) {
 static inline int cpu_backend_teardown(void **state) {
     ddp_backend_free(*state);
     return 0;
+}
+
+/* MPI tests: MPI, a CPU backend with one BLAS thread, the MPI comm over all ranks, and
+ * rank-prefixed warnings. */
+static inline void mpi_test_init(int *argc, char ***argv, ddp_backend **b, ddp_comm **world_comm,
+                                 int *rank, int *world) {
+    assert_int_equal(ddp_mpi_init(argc, argv, NULL), DDP_OK);
+    ddp_backend_options bo = {.device = DDP_DEVICE_CPU, .threads = 1};
+    assert_int_equal(ddp_backend_create(&bo, b), DDP_OK);
+    assert_int_equal(ddp_comm_create(DDP_COMM_MPI, *b, world_comm), DDP_OK);
+    *rank = ddp_comm_rank(*world_comm);
+    *world = ddp_comm_size(*world_comm);
+    ddp_log_init(*rank, *world, DDP_LOG_WARN);
+}
+
+/* The exit status of an MPI test: nonzero on every rank when cmocka failed on any (a
+ * test that failed on one rank only must fail the job, not hang the others). Frees the
+ * comm and backend and finalizes MPI. */
+static inline int mpi_test_finish(int failed, ddp_backend *b, ddp_comm *world_comm) {
+    int any = failed;
+    ddp_comm_allreduce(world_comm, &any, 1, DDP_I32, DDP_MAX);
+    ddp_comm_free(world_comm);
+    ddp_backend_free(b);
+    ddp_mpi_finalize();
+    return any ? 1 : 0;
 }
 
 #endif

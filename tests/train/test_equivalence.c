@@ -226,14 +226,8 @@ static void evaluation_counts_every_sample_once(void **state) {
 }
 
 int main(int argc, char **argv) {
-    assert_int_equal(ddp_mpi_init(&argc, &argv, NULL), DDP_OK);
-    ddp_backend_options bo = {.device = DDP_DEVICE_CPU, .threads = 1};
-    assert_int_equal(ddp_backend_create(&bo, &backend), DDP_OK);
-    assert_int_equal(ddp_comm_create(DDP_COMM_MPI, backend, &world_comm), DDP_OK);
+    mpi_test_init(&argc, &argv, &backend, &world_comm, &rank, &world);
     assert_int_equal(ddp_comm_create(DDP_COMM_LOCAL, backend, &local_comm), DDP_OK);
-    rank = ddp_comm_rank(world_comm);
-    world = ddp_comm_size(world_comm);
-    ddp_log_init(rank, world, DDP_LOG_WARN);
     /* 333 test samples: not divisible by 2 or 4, so shards differ in size. */
     synthetic_dataset(&train_set, 640, 20, 4, 7);
     synthetic_dataset(&test_set, 333, 20, 4, 8);
@@ -250,14 +244,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(evaluation_counts_every_sample_once),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
-    /* A test that failed on one rank only must fail the job, not hang the others. */
-    int any = failed;
-    ddp_comm_allreduce(world_comm, &any, 1, DDP_I32, DDP_MAX);
     ddp_dataset_free(&train_set);
     ddp_dataset_free(&test_set);
     ddp_comm_free(local_comm);
-    ddp_comm_free(world_comm);
-    ddp_backend_free(backend);
-    ddp_mpi_finalize();
-    return any ? 1 : 0;
+    return mpi_test_finish(failed, backend, world_comm);
 }
