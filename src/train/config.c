@@ -50,19 +50,19 @@ void ddp_train_config_defaults(ddp_train_config *cfg) {
     cfg->timeout_s = 300.0f;
 }
 
-/* Divisors of n near `want`, for messages that say which numbers would work. */
+/* The divisors of n nearest to `want` from below and above, for messages that say which
+ * numbers would work. Divisors come in pairs (d, n / d), so trying d up to sqrt(n) finds
+ * them all: at most 2^15 steps for any batch the options accept, however far `want` is. */
 static void nearby_divisors(size_t n, size_t want, char *buf, size_t cap) {
-    size_t below = 0, above = 0;
-    for (size_t d = want; d >= 1; d--)
-        if (n % d == 0) {
-            below = d;
-            break;
+    size_t below = 1, above = 0;
+    for (size_t d = 1; d <= n / d; d++) {
+        if (n % d != 0) continue;
+        size_t pair[2] = {d, n / d};
+        for (int k = 0; k < 2; k++) {
+            if (pair[k] <= want && pair[k] > below) below = pair[k];
+            if (pair[k] > want && (above == 0 || pair[k] < above)) above = pair[k];
         }
-    for (size_t d = want + 1; d <= n; d++)
-        if (n % d == 0) {
-            above = d;
-            break;
-        }
+    }
     if (above)
         snprintf(buf, cap, "%zu or %zu", below, above);
     else

@@ -306,6 +306,15 @@ static void test_resolve_rejects_micro_batch_that_does_not_divide(void **state) 
     assert_int_equal(ddp_train_config_resolve(&c, 2), DDP_ERR_INVALID_ARG);
     assert_msg_has("--micro-batch 24");
     assert_msg_has("16 or 32");
+    /* Far above the batch (found by the option fuzzer: the old search counted down from
+     * the micro-batch one by one, 12 s for this one): the whole share is the suggestion. */
+    c = config(128, 0, 722609649);
+    assert_int_equal(ddp_train_config_resolve(&c, 1), DDP_ERR_INVALID_ARG);
+    assert_msg_has("use a micro-batch of 128");
+    /* A prime share: only 1 and itself. */
+    c = config(2 * 1000003, 0, 1000);
+    assert_int_equal(ddp_train_config_resolve(&c, 2), DDP_ERR_INVALID_ARG);
+    assert_msg_has("1 or 1000003");
 }
 
 static void test_resolve_rejects_inconsistent_accum_and_micro_batch(void **state) {
