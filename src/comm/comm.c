@@ -177,7 +177,10 @@ void ddp_comm_abort(ddp_comm *c, int code) { c->ops->abort(c, code); }
 ddp_status ddp_comm_alloc_shared(ddp_comm *c, size_t bytes, void **ptr) {
     *ptr = NULL;
     if (!c->ops->alloc_shared || bytes == 0) return DDP_OK;
-    DDP_CHECK(c->ops->alloc_shared(c, bytes, ptr));
+    int wd = ddp_watchdog_arm("allocating shared memory");
+    ddp_status s = c->ops->alloc_shared(c, bytes, ptr);
+    ddp_watchdog_disarm(wd);
+    DDP_CHECK(s);
     return DDP_OK;
 }
 

@@ -9,6 +9,7 @@
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #include "comm/comm_impl.h"
 #include "comm/shm_gate.h"
@@ -335,6 +336,15 @@ static void shared_sum_f32(mpi_comm *c, shared_region *r, size_t offset, size_t 
     ddp_shm_gate_pass(c->gate);
 }
 
+/* Open MPI backs a shared window with a file in /dev/shm. A tmpfs too small for it (a
+ * container's 64 MB, say) only makes Open MPI warn and carry on, and the job then hangs
+ * or dies of SIGBUS once the pages are touched; so ask for room to spare first. */
+static int devshm_has_room(size_t bytes) {
+    struct statvfs st;
+    if (statvfs("/dev/shm", &st) != 0) return 1; /* none: Open MPI uses its session dir */
+    return (double)st.f_bavail * (double)st.f_frsize >= 2.0 * (double)bytes;
+}
+
 static ddp_status mpi_alloc_shared(ddp_comm *base, size_t bytes, void **ptr) {
     mpi_comm *c = (mpi_comm *)base;
     /* The same on every rank: the gate was agreed on, the backend kind and the world
@@ -342,6 +352,18 @@ static ddp_status mpi_alloc_shared(ddp_comm *base, size_t bytes, void **ptr) {
     if (!c->gate || c->device_buffers || base->local_size != base->size ||
         c->n_shared == MAX_SHARED)
         return DDP_OK;
+    /* Agreed before allocating: one rank short of room must not leave the others in a
+     * window that cannot be made. */
+    int room = devshm_has_room(bytes * (size_t)base->local_size);
+    if (MPI_Allreduce(MPI_IN_PLACE, &room, 1, MPI_INT, MPI_MIN, c->node) != MPI_SUCCESS)
+        return DDP_FAIL(DDP_ERR_COMM, "MPI comm: agreement on shared memory failed");
+    if (!room) {
+        if (base->local_rank == 0)
+            ddp_log_warn("/dev/shm has too little room for %zu bytes of gradients per rank: "
+                         "all-reducing them through MPI instead of shared memory",
+                         bytes);
+        return DDP_OK;
+    }
     shared_region *r = &c->shared[c->n_shared];
     r->base = calloc((size_t)base->local_size, sizeof *r->base);
     void *mine = NULL;
