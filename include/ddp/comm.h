@@ -70,8 +70,9 @@ int ddp_comm_sleeping_wait(const ddp_comm *c);
  * node have arrived, each adds up its share of the elements straight from the others'
  * buffers and writes the sums into all of them. COLLECTIVE (every rank asks for the
  * same size). *ptr is NULL, with DDP_OK, where this comm cannot share memory (ranks on
- * several nodes, device buffers, NCCL, one rank, DDP_MPI_GATE=0): use ordinary memory.
- * The memory lives until the comm is freed. */
+ * several nodes, device buffers, NCCL, one rank, DDP_MPI_GATE=0, /dev/shm without room
+ * for twice the node's buffers, 16 buffers already): use ordinary memory then. The
+ * memory lives until the comm is freed. */
 ddp_status ddp_comm_alloc_shared(ddp_comm *c, size_t bytes, void **ptr);
 
 /* In-place all-reduce of count elements. COLLECTIVE; blocking. */
