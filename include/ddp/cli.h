@@ -37,8 +37,8 @@ int ddp_cli_phase_ok(ddp_comm *ctrl, ddp_status s, const char *phase);
  * another rank's (DDP_ERR_REMOTE), and aborts the job on a communication error. */
 void ddp_cli_agreed_failure(ddp_comm *ctrl, ddp_status s, const char *phase);
 /* Opens the Chrome trace of --trace FILE: FILE itself for a single rank, else
- * FILE.rankN.json per rank. Returns 1 when every rank opened its file (or path is
- * empty). COLLECTIVE over ctrl. */
+ * FILE.rankN.json per rank (nothing where path is empty). Returns 1 when every rank
+ * succeeded. COLLECTIVE over ctrl, with or without a path. */
 int ddp_cli_open_trace(ddp_comm *ctrl, const char *path);
 
 #ifdef __cplusplus

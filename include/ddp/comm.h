@@ -49,7 +49,8 @@ void ddp_mpi_finalize(void);
  * where buffers live; NCCL needs a CUDA backend. AUTO picks NCCL for a CUDA backend
  * when NCCL is built in, else MPI. COLLECTIVE (MPI, NCCL). */
 ddp_status ddp_comm_create(ddp_comm_kind kind, ddp_backend *b, ddp_comm **out);
-/* Frees the communicator. COLLECTIVE for NCCL. */
+/* Frees the communicator. COLLECTIVE (MPI frees its node comm and shared windows, NCCL
+ * its communicator): every rank frees it, or none does. */
 void ddp_comm_free(ddp_comm *c);
 
 const char *ddp_comm_name(const ddp_comm *c);

@@ -74,8 +74,6 @@ ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats);
 int ddp_reducer_num_buckets(const ddp_reducer *r);
 /* Element range [*begin, *end) of bucket i (bucket 0 is at the end of the buffer). */
 void ddp_reducer_bucket(const ddp_reducer *r, int i, size_t *begin, size_t *end);
-/* The progress mode in use (AUTO resolved). */
-ddp_progress ddp_reducer_progress(const ddp_reducer *r);
 
 #ifdef __cplusplus
 }

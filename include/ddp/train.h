@@ -82,8 +82,9 @@ typedef struct {
     int64_t step; /* steps completed after this one */
     uint64_t epoch;
     float lr;
-    double loss;      /* mean training loss over the global batch */
-    double grad_norm; /* before clipping; 0 when clipping is off */
+    int logged;       /* a logging step: loss holds the loss reduced over all ranks */
+    double loss;      /* mean training loss over the global batch (logged steps) */
+    double grad_norm; /* global gradient norm, before clipping */
     double t_forward, t_backward, t_allreduce, t_optim, t_step; /* seconds */
     double t_exposed;  /* part of the all-reduce time not hidden behind backward */
     double t_comm_cpu; /* CPU seconds communication took (ddp_reducer_stats) */

@@ -149,7 +149,7 @@ int main(int argc, char **argv) {
     }
     if (accuracy >= 0.0) ddp_log_info("final test accuracy %.4f", accuracy);
     if (s == DDP_OK) s = ddp_trace_close();
-    if (opt.dump_params[0] && rank == 0) {
+    if (s == DDP_OK && opt.dump_params[0] && rank == 0) {
         s = dump_params(trainer, opt.dump_params);
         if (s != DDP_OK) ddp_log_current_error("writing parameters");
     }
@@ -160,12 +160,14 @@ int main(int argc, char **argv) {
     if (!ddp_cli_phase_ok(ctrl, s, "finishing")) goto done;
     code = 0;
 done:
-    ddp_watchdog_free(); /* before ctrl, which it aborts through */
+    /* Freeing the trainer and comm is collective too (shared windows, node comms), so
+     * the watchdog stays armed-capable until only ctrl is left, which it aborts through. */
     ddp_trainer_free(trainer);
     ddp_comm_free(comm);
     ddp_dataset_free(&train);
     ddp_dataset_free(&test);
     ddp_backend_free(backend);
+    ddp_watchdog_free();
     ddp_comm_free(ctrl);
     ddp_mpi_finalize();
     return code;

@@ -35,7 +35,9 @@ void ddp_cli_agreed_failure(ddp_comm *ctrl, ddp_status s, const char *phase) {
 }
 
 int ddp_cli_open_trace(ddp_comm *ctrl, const char *path) {
-    if (!path[0]) return 1;
+    /* Agreed even without --trace: it is not in the configuration fingerprint, so ranks
+     * started with and without it must still make the same collectives. */
+    if (!path[0]) return ddp_cli_phase_ok(ctrl, DDP_OK, "opening the trace");
     int rank = ddp_comm_rank(ctrl);
     char file[DDP_PATH_MAX + 32];
     if (ddp_comm_size(ctrl) == 1)

@@ -82,7 +82,11 @@ int ddp_comm_local_size(const ddp_comm *c) { return c->local_size; }
 int ddp_comm_sleeping_wait(const ddp_comm *c) { return c->sleeping_wait; }
 
 void ddp_comm_free(ddp_comm *c) {
-    if (c) c->ops->destroy(c);
+    if (!c) return;
+    /* Collective (windows, communicators): watched like any other collective. */
+    int wd = ddp_watchdog_arm("freeing a communicator");
+    c->ops->destroy(c);
+    ddp_watchdog_disarm(wd);
 }
 
 static ddp_status check_type(ddp_dtype t) {

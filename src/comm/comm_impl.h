@@ -42,7 +42,8 @@ ddp_status ddp_comm_local_create(ddp_backend *b, ddp_comm **out);
 ddp_status ddp_comm_nccl_create(ddp_backend *b, ddp_comm **out);
 #endif
 
-/* Local rank and size on this node, from MPI_COMM_TYPE_SHARED (used by every comm). */
+/* Local rank and size on this node, from MPI_COMM_TYPE_SHARED (for the NCCL comm; the
+ * MPI comm keeps a node comm of its own). */
 ddp_status ddp_mpi_local_rank(int *local_rank, int *local_size);
 
 #endif

@@ -223,12 +223,18 @@ static ddp_status stage_get(mpi_comm *c, size_t bytes, stage_buf **out) {
 
 /* ---- operations ------------------------------------------------------------------- */
 
-static ddp_status mpi_iallreduce(ddp_comm *base, void *buf, size_t count, ddp_dtype t, ddp_redop op,
-                                 ddp_comm_req **out) {
-    mpi_comm *c = (mpi_comm *)base;
+/* MPI counts are ints: refuse what would be cut short. */
+static ddp_status check_count(size_t count) {
     if (count > (size_t)INT32_MAX)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "MPI comm: %zu elements in one call (max %d)", count,
                         INT32_MAX);
+    return DDP_OK;
+}
+
+static ddp_status mpi_iallreduce(ddp_comm *base, void *buf, size_t count, ddp_dtype t, ddp_redop op,
+                                 ddp_comm_req **out) {
+    mpi_comm *c = (mpi_comm *)base;
+    DDP_CHECK(check_count(count));
     MPI_Op mop = MPI_OP_NULL;
     DDP_CHECK(mpi_op(c, t, op, &mop));
     ddp_comm_req *r = calloc(1, sizeof *r);
@@ -413,8 +419,7 @@ static ddp_status mpi_allreduce(ddp_comm *base, void *buf, size_t count, ddp_dty
         /* The blocking call lets MPI pick its best algorithm for the size. */
         MPI_Op mop = MPI_OP_NULL;
         DDP_CHECK(mpi_op(c, t, op, &mop));
-        if (count > (size_t)INT32_MAX)
-            return DDP_FAIL(DDP_ERR_INVALID_ARG, "MPI comm: %zu elements in one call", count);
+        DDP_CHECK(check_count(count));
         MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, buf, (int)count, mpi_type(t), mop, c->comm),
                 "MPI_Allreduce");
         if (op == DDP_AVG) DDP_CHECK(divide_by_size(buf, count, t, base->size));
@@ -455,6 +460,7 @@ static ddp_status from_host(mpi_comm *c, stage_buf *staged, void *buf, size_t by
 }
 
 static ddp_status mpi_broadcast(ddp_comm *base, void *buf, size_t count, ddp_dtype t, int root) {
+    DDP_CHECK(check_count(count));
     mpi_comm *c = (mpi_comm *)base;
     size_t bytes = count * ddp_dtype_size(t);
     stage_buf *st;
@@ -471,6 +477,7 @@ static ddp_status mpi_broadcast(ddp_comm *base, void *buf, size_t count, ddp_dty
 
 static ddp_status mpi_allgather(ddp_comm *base, const void *send, void *recv, size_t count,
                                 ddp_dtype t) {
+    DDP_CHECK(check_count(count));
     mpi_comm *c = (mpi_comm *)base;
     size_t bytes = count * ddp_dtype_size(t);
     stage_buf *ss, *rs;
@@ -493,6 +500,7 @@ static ddp_status mpi_allgather(ddp_comm *base, const void *send, void *recv, si
 
 static ddp_status mpi_reduce_scatter(ddp_comm *base, const void *send, void *recv, size_t count,
                                      ddp_dtype t, ddp_redop op) {
+    DDP_CHECK(check_count(count));
     mpi_comm *c = (mpi_comm *)base;
     MPI_Op mop = MPI_OP_NULL;
     DDP_CHECK(mpi_op(c, t, op, &mop));
@@ -581,16 +589,21 @@ ddp_status ddp_comm_mpi_create(ddp_backend *b, ddp_comm **out) {
     MPI_Comm_rank(c->comm, &c->base.rank);
     MPI_Comm_size(c->comm, &c->base.size);
     MPI_Op_create(bf16_sum, 1, &c->bf16_sum_op);
-    ddp_status s = ddp_mpi_local_rank(&c->base.local_rank, &c->base.local_size);
-    if (s == DDP_OK && c->base.local_size > 1) {
+    /* Every rank splits, whatever its node's size (nodes may hold different numbers of
+     * ranks): the node comm gives the local rank and size, and carries the gate. */
+    ddp_status s = DDP_OK;
+    rc = MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &c->node);
+    if (rc != MPI_SUCCESS)
+        s = mpi_fail(rc, "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)", __FILE__, __LINE__);
+    if (s == DDP_OK) {
+        MPI_Comm_rank(c->node, &c->base.local_rank);
+        MPI_Comm_size(c->node, &c->base.local_size);
         /* DDP_MPI_GATE=0 turns the arrival gate off (to compare, or where futexes
-         * misbehave); the gate is used only if every rank of the node agrees. */
+         * misbehave); it is used only if every rank of the node agrees, and never on a
+         * node of one rank. COLLECTIVE over the node. */
         const char *env = getenv("DDP_MPI_GATE");
         int want = !(env && strcmp(env, "0") == 0);
-        rc = MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &c->node);
-        if (rc != MPI_SUCCESS)
-            s = mpi_fail(rc, "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)", __FILE__, __LINE__);
-        if (s == DDP_OK) s = ddp_shm_gate_create(c->node, want, &c->gate);
+        s = ddp_shm_gate_create(c->node, want, &c->gate);
         c->base.sleeping_wait = c->gate != NULL;
     }
     if (s != DDP_OK) {

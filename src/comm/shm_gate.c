@@ -48,11 +48,12 @@ ddp_status ddp_shm_gate_create(MPI_Comm node, int want, ddp_shm_gate **out) {
     int n = 1, me = 0;
     MPI_Comm_size(node, &n);
     MPI_Comm_rank(node, &me);
+    if (n == 1) return DDP_OK; /* alone on the node: nobody to wait for */
 #ifndef __linux__
     want = 0; /* futexes are Linux's */
 #endif
     ddp_shm_gate *g = calloc(1, sizeof *g);
-    int ok = want && n > 1 && g != NULL;
+    int ok = want && g != NULL;
     /* Agree first: a rank that gates while a peer does not would wait for it forever. */
     if (MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, node) != MPI_SUCCESS)
         ok = -1; /* the node comm itself failed: give up without further collectives */

@@ -17,13 +17,5 @@ double ddp_thread_cpu_time(void) {
 }
 
 uint32_t ddp_crc32(uint32_t crc, const void *data, size_t bytes) {
-    const unsigned char *p = data;
-    /* zlib takes uInt lengths; feed large buffers in pieces. */
-    while (bytes > 0) {
-        uInt n = bytes > (1u << 30) ? (1u << 30) : (uInt)bytes;
-        crc = (uint32_t)crc32((uLong)crc, p, n);
-        p += n;
-        bytes -= n;
-    }
-    return crc;
+    return (uint32_t)crc32_z((uLong)crc, data, bytes); /* size_t lengths (zlib 1.2.9+) */
 }

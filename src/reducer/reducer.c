@@ -44,14 +44,13 @@ struct ddp_reducer {
 
 /* ---- one bucket's all-reduce ------------------------------------------------------- */
 
-/* Blocking all-reduce of bucket i, converting to and from bf16 when asked. Called by
- * the communication thread, or by finish() without overlap. */
-static ddp_status reduce_bucket_blocking(ddp_reducer *r, int i) {
-    bucket *bk = &r->buckets[i];
-    size_t count = bk->end - bk->begin;
-    float *g = r->grads + bk->begin;
+/* Blocking all-reduce of gradients [begin, end), converting to and from bf16 when
+ * asked. Called by the communication thread, or by finish() without overlap. */
+static ddp_status reduce_blocking(ddp_reducer *r, size_t begin, size_t end) {
+    size_t count = end - begin;
+    float *g = r->grads + begin;
     if (r->opt.grad_dtype == DDP_BF16) {
-        uint16_t *w = r->wire + bk->begin;
+        uint16_t *w = r->wire + begin;
         DDP_CHECK(ddp_backend_f32_to_bf16(r->backend, g, w, count));
         DDP_CHECK(ddp_comm_allreduce(r->comm, w, count, DDP_BF16, DDP_SUM));
         DDP_CHECK(ddp_backend_bf16_to_f32(r->backend, w, g, count));
@@ -105,7 +104,9 @@ static void *comm_thread(void *arg) {
         pthread_mutex_unlock(&r->mu);
         r->buckets[i].t_start = ddp_time_now();
         double cpu0 = ddp_thread_cpu_time();
-        ddp_status s = r->thread_status == DDP_OK ? reduce_bucket_blocking(r, i) : DDP_OK;
+        ddp_status s = r->thread_status == DDP_OK
+                           ? reduce_blocking(r, r->buckets[i].begin, r->buckets[i].end)
+                           : DDP_OK;
         r->buckets[i].t_end = ddp_time_now();
         double cpu = ddp_thread_cpu_time() - cpu0;
         ddp_trace_span("allreduce bucket", "comm", r->buckets[i].t_start, r->buckets[i].t_end, 1);
@@ -216,7 +217,6 @@ void ddp_reducer_free(ddp_reducer *r) {
 }
 
 int ddp_reducer_num_buckets(const ddp_reducer *r) { return r->n_buckets; }
-ddp_progress ddp_reducer_progress(const ddp_reducer *r) { return r->opt.progress; }
 
 void ddp_reducer_bucket(const ddp_reducer *r, int i, size_t *begin, size_t *end) {
     *begin = r->buckets[i].begin;
@@ -285,15 +285,7 @@ ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats) {
     }
     if (!r->opt.overlap) {
         /* The unbucketed path: one all-reduce of the whole buffer after backward. */
-        bucket whole = {.begin = 0, .end = r->n};
-        bucket *saved = r->buckets;
-        int saved_n = r->n_buckets;
-        r->buckets = &whole;
-        r->n_buckets = 1;
-        s = reduce_bucket_blocking(r, 0);
-        r->buckets = saved;
-        r->n_buckets = saved_n;
-        DDP_CHECK(s);
+        DDP_CHECK(reduce_blocking(r, 0, r->n));
         double t = ddp_time_now() - t0;
         if (stats)
             *stats = (ddp_reducer_stats){.t_comm = t,

@@ -167,7 +167,9 @@ ddp_status ddp_trainer_save_checkpoint(ddp_trainer *t) {
 
 ddp_status ddp_trainer_prepare_checkpoints(ddp_trainer *t) {
     const char *dir = t->cfg.checkpoint_dir;
-    if (!dir[0]) return DDP_OK;
+    /* The CLI prepares before training, so that a bad directory is a set-up error; the
+     * run loop asks again for other callers. Every rank has the same flag. */
+    if (!dir[0] || t->checkpoints_ready) return DDP_OK;
     ddp_status s = DDP_OK;
     if (t->rank == 0) {
         s = ddp_ckpt_mkdirs(dir);
@@ -187,6 +189,7 @@ ddp_status ddp_trainer_prepare_checkpoints(ddp_trainer *t) {
     /* All ranks reach this when checkpoints are on (the setting is part of the
      * configuration fingerprint). */
     DDP_CHECK(ddp_ckpt_agree(t, s, "prepare the checkpoint directory"));
+    t->checkpoints_ready = 1;
     return DDP_OK;
 }
 

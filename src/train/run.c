@@ -3,6 +3,7 @@
  * (or every eval_every steps), and the periodic parameter sync check.
  */
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 
 #include "ddp/watchdog.h"
@@ -19,17 +20,32 @@ static void format_eta(double seconds, char *buf, size_t cap) {
         snprintf(buf, cap, "%lds", s);
 }
 
+/* JSON has no NaN or infinity (jansson's json_real refuses them): those become null, so a
+ * diverging run still gets its records. */
+static json_t *number(double x) { return isfinite(x) ? json_real(x) : json_null(); }
+
 static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, double samples_per_s,
                                 double accuracy) {
-    json_t *o = json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "step",
-                          (json_int_t)st->step, "epoch", (json_int_t)st->epoch, "loss", st->loss,
-                          "lr", (double)st->lr, "samples_per_s", samples_per_s, "t_forward",
-                          st->t_forward, "t_backward", st->t_backward, "t_allreduce",
-                          st->t_allreduce, "t_optim", st->t_optim, "t_step", st->t_step);
+    json_t *o = json_object();
     if (!o) return DDP_FAIL(DDP_ERR_INTERNAL, "metrics: could not build the JSON record");
-    json_object_set_new(o, "t_exposed_comm", json_real(st->t_exposed));
-    json_object_set_new(o, "t_comm_cpu", json_real(st->t_comm_cpu));
-    json_object_set_new(o, "grad_norm", json_real(st->grad_norm));
+    json_object_set_new(o, "step", json_integer((json_int_t)st->step));
+    json_object_set_new(o, "epoch", json_integer((json_int_t)st->epoch));
+    const struct {
+        const char *key;
+        double value;
+    } nums[] = {{"loss", st->loss},
+                {"lr", (double)st->lr},
+                {"samples_per_s", samples_per_s},
+                {"t_forward", st->t_forward},
+                {"t_backward", st->t_backward},
+                {"t_allreduce", st->t_allreduce},
+                {"t_optim", st->t_optim},
+                {"t_step", st->t_step},
+                {"t_exposed_comm", st->t_exposed},
+                {"t_comm_cpu", st->t_comm_cpu},
+                {"grad_norm", st->grad_norm}};
+    for (size_t i = 0; i < sizeof nums / sizeof *nums; i++)
+        json_object_set_new(o, nums[i].key, number(nums[i].value));
     if (t->skipped_steps > 0)
         json_object_set_new(o, "skipped_steps", json_integer(t->skipped_steps));
     if (accuracy >= 0.0) json_object_set_new(o, "test_accuracy", json_real(accuracy));
@@ -78,7 +94,7 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
                 ddp_log_info("eval step %lld epoch %.2f: test accuracy %.4f, test loss %.4f",
                              (long long)t->step, (double)t->step / (double)spe, accuracy, loss);
         }
-        if (st.loss >= 0.0) { /* a logged step: the loss was reduced over all ranks */
+        if (st.logged) { /* the loss was reduced over all ranks (and may be NaN or inf) */
             double now = ddp_time_now();
             double sps = (double)window_steps * (double)c->global_batch / (now - window_start);
             double eta = (now - run_start) / (double)(t->step - first_step) *

@@ -308,12 +308,12 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     t->step++;
     st->step = t->step;
     st->epoch = t->epoch;
-    st->loss = -1.0;
     if (log_step) {
         double sums[2];
         /* All ranks log on the same steps (log_every is in the fingerprint). */
         DDP_CHECK(reduce_stats(t, sums));
         st->loss = sums[0] / (double)c->global_batch;
+        st->logged = 1;
     }
     st->t_step = ddp_time_now() - t0;
     return DDP_OK;

@@ -18,6 +18,7 @@ struct ddp_trainer {
     ddp_sampler sampler;
     ddp_reducer *reducer;
     int64_t skipped_steps; /* updates skipped for non-finite gradients */
+    int checkpoints_ready; /* ddp_trainer_prepare_checkpoints has run (and agreed) */
     size_t num_params;
     int num_classes;
     size_t dim;

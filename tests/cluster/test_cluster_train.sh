@@ -31,6 +31,12 @@ for tool in ip unshare python3; do
         exit 77
     }
 done
+# Root in a container may still lack the capability for network namespaces.
+if ! ip netns add "ddpt-probe$$" 2>/dev/null; then
+    echo "skip: this machine refuses network namespaces (no CAP_SYS_ADMIN/NET_ADMIN)"
+    exit 77
+fi
+ip netns del "ddpt-probe$$"
 [[ -x $TRAIN && -f $TRAIN ]] || {
     echo "FAIL: DDP_TRAIN='$TRAIN' is not an executable file: build ddp-train first"
     exit 1

@@ -106,6 +106,8 @@ fault() {
         ok=0 why="took $dt s to end after rank $victim died, more than --timeout $WD"
     elif [ "$sig" = STOP ] && ! le "$dt" "$((WD + 10))"; then
         ok=0 why="took $dt s to end after rank $victim hung, more than --timeout $WD + 10 s"
+    elif [ "$sig" = STOP ] && [ "$rc" -ne 3 ]; then
+        ok=0 why="exit status $rc after the watchdog, expected 3"
     elif [ "$sig" = STOP ] && ! le "$WD" "$dt"; then
         ok=0 why="ended after $dt s, sooner than --timeout $WD: not by the watchdog"
     elif [ "$sig" = STOP ] &&

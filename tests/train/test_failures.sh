@@ -51,11 +51,25 @@ run bad_option_on_one_rank 2 "rank 1" -- \
     $MPI -np 1 "$TRAIN" --data "$TMP/good" "${COMMON[@]}" : -np 1 "$TRAIN" --data "$TMP/good" --batch 0 "${COMMON[@]}"
 run comm_failure_mid_training nonzero "injected fault.*|aborting all" -- \
     env DDP_INJECT_FAULT=allreduce:1:40 $MPI -np 2 "$TRAIN" --data "$TMP/good" --steps 2000 --quiet
-run cuda_without_gpu_or_build nonzero "cuda|CUDA|GPU" -- \
-    $MPI -np 1 "$TRAIN" --data "$TMP/good" --device cuda "${COMMON[@]}"
+# Only meaningful where there is no GPU: with one, --device cuda is expected to work.
+if nvidia-smi -L >/dev/null 2>&1; then
+    echo "skip cuda_without_gpu_or_build: a GPU is present"
+else
+    run cuda_without_gpu_or_build nonzero "cuda|CUDA|GPU" -- \
+        $MPI -np 1 "$TRAIN" --data "$TMP/good" --device cuda "${COMMON[@]}"
+fi
 run metrics_to_unwritable_path nonzero "metrics" -- \
     $MPI -np 2 "$TRAIN" --data "$TMP/good" --metrics /nonexistent-dir/m.json "${COMMON[@]}"
 run help_exits_zero 0 "--micro-batch" -- "$TRAIN" --help
+# A diverging run that skips its non-finite updates keeps its metrics: JSON has no NaN,
+# so the gradient norm is recorded as null (it used to vanish from the records).
+run diverging_run_keeps_its_metrics 0 "non-finite gradients, update skipped" -- \
+    $MPI -np 2 "$TRAIN" --data "$TMP/good" --lr 1000 --momentum 0.99 --warmup 0 \
+    --schedule constant --on-nonfinite skip --metrics "$TMP/diverging.jsonl" "${COMMON[@]}"
+if [ "$(grep -c '"grad_norm":null' "$TMP/diverging.jsonl" 2>/dev/null)" != 3 ]; then
+    echo "FAIL diverging_run_keeps_its_metrics: expected 3 records with \"grad_norm\":null"
+    cat "$TMP/diverging.jsonl" 2>/dev/null | cut -c1-200; fails=$((fails + 1))
+fi
 
 echo "$passes passed, $fails failed"
 [ "$fails" -eq 0 ]
