@@ -116,6 +116,10 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy);
 
 int64_t ddp_trainer_total_steps(const ddp_trainer *t);
 ddp_model *ddp_trainer_model(ddp_trainer *t);
+/* Nonzero when the gradients live in memory shared by the node's ranks
+ * (ddp_comm_alloc_shared), so that their all-reduce sends no message; 0 when they are in
+ * the model's own buffer (one rank, several nodes, a GPU, no room in /dev/shm). */
+int ddp_trainer_grads_shared(const ddp_trainer *t);
 /* Copies the parameters to host memory (n = ddp_model_num_params). */
 ddp_status ddp_trainer_get_params(ddp_trainer *t, float *host);
 

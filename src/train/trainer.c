@@ -109,6 +109,7 @@ static ddp_status share_gradients(ddp_trainer *t) {
     void *shared = NULL;
     DDP_CHECK(ddp_comm_alloc_shared(t->comm, t->num_params * sizeof(float), &shared));
     if (shared) DDP_CHECK(ddp_model_use_grad_buffer(t->model, shared));
+    t->grads_shared = shared != NULL;
     return DDP_OK;
 }
 
@@ -206,6 +207,7 @@ void ddp_trainer_free(ddp_trainer *t) {
 
 int64_t ddp_trainer_total_steps(const ddp_trainer *t) { return t->total_steps; }
 ddp_model *ddp_trainer_model(ddp_trainer *t) { return t->model; }
+int ddp_trainer_grads_shared(const ddp_trainer *t) { return t->grads_shared; }
 
 ddp_status ddp_trainer_get_params(ddp_trainer *t, float *host) {
     DDP_CHECK(ddp_backend_copy(t->backend, host, ddp_model_params(t->model),

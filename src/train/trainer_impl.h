@@ -19,6 +19,7 @@ struct ddp_trainer {
     ddp_reducer *reducer;
     int64_t skipped_steps; /* updates skipped for non-finite gradients */
     int checkpoints_ready; /* ddp_trainer_prepare_checkpoints has run (and agreed) */
+    int grads_shared;      /* the gradients live in node-shared memory (share_gradients) */
     size_t num_params;
     int num_classes;
     size_t dim;
