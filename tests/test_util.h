@@ -35,22 +35,75 @@ static inline double rel_error(const float *a, const float *b, size_t n) {
     return sqrt(num / den);
 }
 
+/* Everything a training run in a test can report besides its parameters. */
+typedef struct {
+    uint64_t perturb_seed; /* nonzero: move every initial parameter by one ulp, up or down
+                            * at random from this seed (rounding_spread) */
+    int grads_shared;      /* out: ddp_trainer_grads_shared */
+} train_extra;
+
 /* Trains cfg to the end and returns the final parameters (malloc'd) and their number;
- * fails the test with the library's message if anything fails. */
-static inline float *train_params(ddp_train_config cfg, ddp_backend *b, ddp_comm *comm,
-                                  ddp_comm *control, const ddp_dataset *train,
-                                  const ddp_dataset *test, size_t *n) {
+ * fails the test with the library's message if anything fails. extra may be NULL. */
+static inline float *train_params_ex(ddp_train_config cfg, ddp_backend *b, ddp_comm *comm,
+                                     ddp_comm *control, const ddp_dataset *train,
+                                     const ddp_dataset *test, train_extra *extra, size_t *n) {
     ddp_trainer *t = NULL;
     if (ddp_trainer_create(&cfg, b, comm, control, train, test, &t) != DDP_OK)
         fail_msg("trainer_create: %s", ddp_error_trace_str());
-    if (ddp_trainer_run(t, NULL) != DDP_OK) fail_msg("run: %s", ddp_error_trace_str());
     *n = ddp_model_num_params(ddp_trainer_model(t));
     float *p = malloc(*n * sizeof(float));
     assert_non_null(p);
+    if (extra && extra->perturb_seed) {
+        float *dev = ddp_model_params(ddp_trainer_model(t));
+        assert_int_equal(ddp_trainer_get_params(t, p), DDP_OK);
+        ddp_rng rng;
+        ddp_rng_seed(&rng, extra->perturb_seed, 0x5eed);
+        for (size_t i = 0; i < *n; i++)
+            p[i] = nextafterf(p[i], (ddp_rng_u64(&rng) & 1) ? INFINITY : -INFINITY);
+        assert_int_equal(ddp_backend_copy(b, dev, p, *n * sizeof(float), DDP_COPY_H2D), DDP_OK);
+        assert_int_equal(ddp_backend_sync(b), DDP_OK);
+    }
+    if (ddp_trainer_run(t, NULL) != DDP_OK) fail_msg("run: %s", ddp_error_trace_str());
+    if (extra) extra->grads_shared = ddp_trainer_grads_shared(t);
     assert_int_equal(ddp_trainer_get_params(t, p), DDP_OK);
     ddp_trainer_free(t);
     return p;
 }
+
+static inline float *train_params(ddp_train_config cfg, ddp_backend *b, ddp_comm *comm,
+                                  ddp_comm *control, const ddp_dataset *train,
+                                  const ddp_dataset *test, size_t *n) {
+    return train_params_ex(cfg, b, comm, control, train, test, NULL, n);
+}
+
+/* How far float rounding alone moves this training run on this machine: the largest
+ * relative distance, over three tries, between `reference` (the final parameters of cfg
+ * trained by one process over `local`) and the same run started from initial parameters
+ * each moved by one ulp. The dynamics of training amplify any rounding difference the
+ * same way, whether it comes from the start or from summing a gradient in another order
+ * (N ranks, K micro-batches, another BLAS kernel), so a correct run in another order lands
+ * within a small multiple of this (measured: at most ~1x on the OpenBLAS Haswell,
+ * SkylakeX and Prescott kernels), while a wrong scale or a lost sum lands orders of
+ * magnitude further. Deriving tolerances from it makes them hold on any CPU without being
+ * loose. */
+static inline double rounding_spread(ddp_train_config cfg, ddp_backend *b, ddp_comm *local,
+                                     const ddp_dataset *train, const ddp_dataset *test,
+                                     const float *reference) {
+    double spread = 0.0;
+    for (uint64_t k = 1; k <= 3; k++) {
+        size_t n;
+        train_extra x = {.perturb_seed = k};
+        float *p = train_params_ex(cfg, b, local, local, train, test, &x, &n);
+        double e = rel_error(p, reference, n);
+        if (e > spread) spread = e;
+        free(p);
+    }
+    return spread;
+}
+
+/* The tolerance of a comparison of two correct runs that differ in rounding only: a margin
+ * over the measured spread (see rounding_spread). */
+#define SPREAD_MARGIN 8.0
 
 /* Group setup and teardown: *state is a CPU backend. */
 static inline int cpu_backend_setup(void **state) {

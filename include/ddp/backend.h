@@ -98,17 +98,19 @@ ddp_status ddp_backend_bf16_to_f32(ddp_backend *b, const uint16_t *x, float *y, 
 /* Sum of squares of x into a host double (synchronizes). Non-finite values propagate. */
 ddp_status ddp_backend_sumsq(ddp_backend *b, const float *x, size_t n, double *out);
 
-/* SGD with momentum over n elements (PyTorch semantics):
- *   g = grad + wd * p;  buf = momentum * buf + g (buf = g on the first step);
+/* SGD with momentum over n elements (PyTorch semantics), the gradient first multiplied
+ * by gscale (the clipping coefficient, 1 when not clipping: the product is then exact):
+ *   g = gscale * grad + wd * p;  buf = momentum * buf + g (buf = g on the first step);
  *   p -= lr * (nesterov ? g + momentum * buf : buf). */
 ddp_status ddp_backend_sgd_step(ddp_backend *b, float *p, const float *grad, float *buf, size_t n,
-                                float lr, float momentum, float wd, int nesterov, int first_step);
-/* AdamW (decoupled weight decay) over n elements; t is the 1-based step:
+                                float lr, float momentum, float wd, int nesterov, int first_step,
+                                float gscale);
+/* AdamW (decoupled weight decay) over n elements; t is the 1-based step; g = gscale * grad:
  *   p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
  *   p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps). */
 ddp_status ddp_backend_adamw_step(ddp_backend *b, float *p, const float *grad, float *m, float *v,
                                   size_t n, float lr, float beta1, float beta2, float eps, float wd,
-                                  int64_t t);
+                                  int64_t t, float gscale);
 
 #ifdef __cplusplus
 }

@@ -28,9 +28,11 @@ typedef struct ddp_optim ddp_optim;
 
 ddp_status ddp_optim_create(ddp_backend *b, const ddp_optim_config *cfg, size_t n, ddp_optim **out);
 void ddp_optim_free(ddp_optim *o);
-/* One update of params (n) from grads (n) at learning rate lr. Not collective: every
- * rank applies it to identical inputs and gets identical outputs. */
-ddp_status ddp_optim_step(ddp_optim *o, float *params, const float *grads, float lr);
+/* One update of params (n) from gscale * grads (n) at learning rate lr; gscale is the
+ * clipping coefficient (ddp_clip_coef), applied inside the update instead of in a pass of
+ * its own. Not collective: every rank applies it to identical inputs and gets identical
+ * outputs. */
+ddp_status ddp_optim_step(ddp_optim *o, float *params, const float *grads, float lr, float gscale);
 /* Steps taken so far. */
 int64_t ddp_optim_steps(const ddp_optim *o);
 /* State buffers (device), for checkpoints: SGD has 1 (momentum), AdamW 2 (m, v). */
@@ -52,9 +54,14 @@ typedef struct {
 /* Learning rate for 0-based step `step`. */
 float ddp_schedule_lr(const ddp_schedule *s, int64_t step);
 
-/* Scales grads so that their L2 norm is at most max_norm (when max_norm > 0) and
- * returns the norm before clipping. Synchronizes the backend. */
-ddp_status ddp_clip_grad_norm(ddp_backend *b, float *grads, size_t n, float max_norm, double *norm);
+/* The L2 norm of grads (n) in one pass, into a host double. Synchronizes the backend. A
+ * NaN or infinity anywhere makes the norm non-finite: the same pass serves the non-finite
+ * check, the logged norm and the clipping coefficient. */
+ddp_status ddp_grad_norm(ddp_backend *b, const float *grads, size_t n, double *norm);
+/* The factor that brings a gradient of L2 norm `norm` down to max_norm: max_norm /
+ * (norm + 1e-6) when max_norm > 0 and norm exceeds it, else 1 (also for a non-finite
+ * norm, which the caller reports instead of spreading it). As PyTorch's clip_grad_norm_. */
+float ddp_clip_coef(double norm, float max_norm);
 
 #ifdef __cplusplus
 }

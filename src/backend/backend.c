@@ -128,15 +128,16 @@ ddp_status ddp_backend_sumsq(ddp_backend *b, const float *x, size_t n, double *o
 }
 
 ddp_status ddp_backend_sgd_step(ddp_backend *b, float *p, const float *grad, float *buf, size_t n,
-                                float lr, float momentum, float wd, int nesterov, int first_step) {
+                                float lr, float momentum, float wd, int nesterov, int first_step,
+                                float gscale) {
     if (n == 0) return DDP_OK;
-    return b->ops->sgd_step(b, p, grad, buf, n, lr, momentum, wd, nesterov, first_step);
+    return b->ops->sgd_step(b, p, grad, buf, n, lr, momentum, wd, nesterov, first_step, gscale);
 }
 
 ddp_status ddp_backend_adamw_step(ddp_backend *b, float *p, const float *grad, float *m, float *v,
                                   size_t n, float lr, float beta1, float beta2, float eps, float wd,
-                                  int64_t t) {
+                                  int64_t t, float gscale) {
     if (t < 1) return DDP_FAIL(DDP_ERR_INVALID_ARG, "adamw: step %lld must be >= 1", (long long)t);
     if (n == 0) return DDP_OK;
-    return b->ops->adamw_step(b, p, grad, m, v, n, lr, beta1, beta2, eps, wd, t);
+    return b->ops->adamw_step(b, p, grad, m, v, n, lr, beta1, beta2, eps, wd, t, gscale);
 }

@@ -195,9 +195,10 @@ static ddp_status cpu_sumsq(ddp_backend *b, const float *x, size_t n, double *ou
 }
 
 static ddp_status cpu_sgd_step(ddp_backend *b, float *p, const float *g, float *buf, size_t n,
-                               float lr, float momentum, float wd, int nesterov, int first) {
+                               float lr, float momentum, float wd, int nesterov, int first,
+                               float gscale) {
     for (size_t i = 0; i < n; i++) {
-        float d = g[i] + wd * p[i];
+        float d = gscale * g[i] + wd * p[i];
         float m = first ? d : momentum * buf[i] + d;
         buf[i] = m;
         p[i] -= lr * (nesterov ? d + momentum * m : m);
@@ -207,15 +208,16 @@ static ddp_status cpu_sgd_step(ddp_backend *b, float *p, const float *g, float *
 
 static ddp_status cpu_adamw_step(ddp_backend *b, float *p, const float *g, float *m, float *v,
                                  size_t n, float lr, float b1, float b2, float eps, float wd,
-                                 int64_t t) {
+                                 int64_t t, float gscale) {
     /* Bias corrections folded into the step size and denominator, as PyTorch does. */
     float bc1 = 1.0f - powf(b1, (float)t);
     float bc2_sqrt = sqrtf(1.0f - powf(b2, (float)t));
     float step = lr / bc1;
     for (size_t i = 0; i < n; i++) {
         p[i] -= lr * wd * p[i];
-        m[i] = b1 * m[i] + (1.0f - b1) * g[i];
-        v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
+        float gi = gscale * g[i];
+        m[i] = b1 * m[i] + (1.0f - b1) * gi;
+        v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
         p[i] -= step * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
     }
     return DDP_OK;

@@ -38,9 +38,10 @@ typedef struct {
     ddp_status (*bf16_to_f32)(ddp_backend *b, const uint16_t *x, float *y, size_t n);
     ddp_status (*sumsq)(ddp_backend *b, const float *x, size_t n, double *out);
     ddp_status (*sgd_step)(ddp_backend *b, float *p, const float *g, float *buf, size_t n, float lr,
-                           float momentum, float wd, int nesterov, int first);
+                           float momentum, float wd, int nesterov, int first, float gscale);
     ddp_status (*adamw_step)(ddp_backend *b, float *p, const float *g, float *m, float *v, size_t n,
-                             float lr, float b1, float b2, float eps, float wd, int64_t t);
+                             float lr, float b1, float b2, float eps, float wd, int64_t t,
+                             float gscale);
 } ddp_backend_ops;
 
 /* Every backend struct starts with this header; implementations extend it. */

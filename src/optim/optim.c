@@ -58,15 +58,16 @@ void ddp_optim_free(ddp_optim *o) {
     free(o);
 }
 
-ddp_status ddp_optim_step(ddp_optim *o, float *params, const float *grads, float lr) {
+ddp_status ddp_optim_step(ddp_optim *o, float *params, const float *grads, float lr, float gscale) {
     const ddp_optim_config *c = &o->cfg;
     if (c->kind == DDP_OPTIM_SGD)
         DDP_CHECK(ddp_backend_sgd_step(o->backend, params, grads, o->state[0], o->n, lr,
-                                       c->momentum, c->weight_decay, c->nesterov, o->t == 0));
+                                       c->momentum, c->weight_decay, c->nesterov, o->t == 0,
+                                       gscale));
     else
         DDP_CHECK(ddp_backend_adamw_step(o->backend, params, grads, o->state[0], o->state[1], o->n,
-                                         lr, c->beta1, c->beta2, c->eps, c->weight_decay,
-                                         o->t + 1));
+                                         lr, c->beta1, c->beta2, c->eps, c->weight_decay, o->t + 1,
+                                         gscale));
     o->t++;
     return DDP_OK;
 }
@@ -92,13 +93,16 @@ float ddp_schedule_lr(const ddp_schedule *s, int64_t step) {
     return (float)(s->min_lr + (s->base_lr - s->min_lr) * cosine);
 }
 
-ddp_status ddp_clip_grad_norm(ddp_backend *b, float *grads, size_t n, float max_norm,
-                              double *norm) {
+ddp_status ddp_grad_norm(ddp_backend *b, const float *grads, size_t n, double *norm) {
     double sumsq;
     DDP_CHECK(ddp_backend_sumsq(b, grads, n, &sumsq));
     *norm = sqrt(sumsq);
-    /* A non-finite norm is left for the caller to report; scaling would spread it. */
-    if (max_norm > 0.0f && isfinite(*norm) && *norm > (double)max_norm)
-        DDP_CHECK(ddp_backend_scale(b, grads, n, (float)((double)max_norm / (*norm + 1e-6))));
     return DDP_OK;
+}
+
+float ddp_clip_coef(double norm, float max_norm) {
+    /* A non-finite norm is left for the caller to report; scaling would spread it. */
+    if (max_norm > 0.0f && isfinite(norm) && norm > (double)max_norm)
+        return (float)((double)max_norm / (norm + 1e-6));
+    return 1.0f;
 }

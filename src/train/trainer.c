@@ -287,8 +287,10 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     t1 = ddp_time_now();
     DDP_CHECK(ddp_trace_begin("optimizer", "compute"));
     /* The averaged gradients are identical on every rank, so every rank reaches the
-     * same verdict on them without communicating. */
-    DDP_CHECK(ddp_clip_grad_norm(b, grads, t->num_params, c->clip_norm, &st->grad_norm));
+     * same verdict on them without communicating. One pass gives the norm: it is logged,
+     * it decides whether the gradients are finite, and clipping is its coefficient
+     * applied inside the update. */
+    DDP_CHECK(ddp_grad_norm(b, grads, t->num_params, &st->grad_norm));
     st->lr = ddp_schedule_lr(&c->sched, t->step);
     if (!isfinite(st->grad_norm)) {
         if (c->on_nonfinite == DDP_NONFINITE_ABORT)
@@ -301,7 +303,8 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         ddp_log_warn("step %lld: non-finite gradients, update skipped (%lld so far)",
                      (long long)t->step + 1, (long long)t->skipped_steps);
     } else {
-        DDP_CHECK(ddp_optim_step(t->optim, ddp_model_params(t->model), grads, st->lr));
+        DDP_CHECK(ddp_optim_step(t->optim, ddp_model_params(t->model), grads, st->lr,
+                                 ddp_clip_coef(st->grad_norm, c->clip_norm)));
     }
     if (timed) DDP_CHECK(ddp_backend_sync(b));
     DDP_CHECK(ddp_trace_end());

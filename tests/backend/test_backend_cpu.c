@@ -429,7 +429,7 @@ static void test_sgd_step_with_momentum_and_weight_decay(void **state) {
     memcpy(p, p0, sizeof p);
     for (int t = 0; t < 3; t++) {
         assert_int_equal(
-            ddp_backend_sgd_step(*state, p, grads[t], buf, 3, 0.1f, 0.9f, 0.01f, 0, t == 0),
+            ddp_backend_sgd_step(*state, p, grads[t], buf, 3, 0.1f, 0.9f, 0.01f, 0, t == 0, 1.0f),
             DDP_OK);
         for (int i = 0; i < 3; i++) {
             assert_near(p[i], want_p[t][i], 1e-6);
@@ -448,7 +448,7 @@ static void test_sgd_step_with_nesterov(void **state) {
     memcpy(p, p0, sizeof p);
     for (int t = 0; t < 3; t++) {
         assert_int_equal(
-            ddp_backend_sgd_step(*state, p, grads[t], buf, 3, 0.1f, 0.9f, 0.01f, 1, t == 0),
+            ddp_backend_sgd_step(*state, p, grads[t], buf, 3, 0.1f, 0.9f, 0.01f, 1, t == 0, 1.0f),
             DDP_OK);
         for (int i = 0; i < 3; i++)
             assert_near(p[i], want_p[t][i], 1e-6);
@@ -460,7 +460,7 @@ static void test_sgd_step_without_momentum_is_plain_gradient_descent(void **stat
     float p[1] = {1.0f}, buf[1] = {50.0f};
     const float g[1] = {0.5f};
     for (int t = 0; t < 3; t++) {
-        assert_int_equal(ddp_backend_sgd_step(*state, p, g, buf, 1, 0.1f, 0.0f, 0.0f, 0, 0),
+        assert_int_equal(ddp_backend_sgd_step(*state, p, g, buf, 1, 0.1f, 0.0f, 0.0f, 0, 0, 1.0f),
                          DDP_OK);
         assert_near(p[0], 1.0 - 0.05 * (t + 1), 1e-7);
     }
@@ -482,7 +482,7 @@ static void test_adamw_step_matches_hand_computed_values(void **state) {
     memcpy(p, p0, sizeof p);
     for (int t = 0; t < 3; t++) {
         assert_int_equal(ddp_backend_adamw_step(*state, p, grads[t], m, v, 3, 0.1f, 0.9f, 0.999f,
-                                                1e-8f, 0.01f, t + 1),
+                                                1e-8f, 0.01f, t + 1, 1.0f),
                          DDP_OK);
         for (int i = 0; i < 3; i++) {
             assert_near(p[i], want_p[t][i], 2e-6);
@@ -500,7 +500,7 @@ static void test_adamw_adds_eps_after_bias_corrected_root(void **state) {
     float p[1] = {0.0f}, m[1] = {0}, v[1] = {0};
     const float g[1] = {1e-6f};
     assert_int_equal(
-        ddp_backend_adamw_step(*state, p, g, m, v, 1, 0.1f, 0.9f, 0.999f, 1e-6f, 0.0f, 1), DDP_OK);
+        ddp_backend_adamw_step(*state, p, g, m, v, 1, 0.1f, 0.9f, 0.999f, 1e-6f, 0.0f, 1, 1.0f), DDP_OK);
     assert_near(p[0], -0.05, 1e-6);
 }
 
@@ -508,7 +508,7 @@ static void test_adamw_rejects_step_zero(void **state) {
     float p[1] = {0}, m[1] = {0}, v[1] = {0};
     const float g[1] = {1};
     assert_int_equal(
-        ddp_backend_adamw_step(*state, p, g, m, v, 1, 0.1f, 0.9f, 0.999f, 1e-8f, 0.0f, 0),
+        ddp_backend_adamw_step(*state, p, g, m, v, 1, 0.1f, 0.9f, 0.999f, 1e-8f, 0.0f, 0, 1.0f),
         DDP_ERR_INVALID_ARG);
     assert_true(p[0] == 0.0f);
 }

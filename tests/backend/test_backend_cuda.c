@@ -477,8 +477,8 @@ static void test_cuda_sgd_step_matches_cpu(void **state) {
             float *gp = bt_upload(g, hp, n * 4), *gg = bt_upload(g, hg, n * 4);
             /* On the first step the buffer is output only. */
             float *gb = first ? bt_upload_nan(g, n) : bt_upload(g, hb, n * 4);
-            OK(ddp_backend_sgd_step(f->cpu, cp, cg, cb, n, 0.1f, 0.9f, 0.01f, nesterov, first));
-            OK(ddp_backend_sgd_step(g, gp, gg, gb, n, 0.1f, 0.9f, 0.01f, nesterov, first));
+            OK(ddp_backend_sgd_step(f->cpu, cp, cg, cb, n, 0.1f, 0.9f, 0.01f, nesterov, first, 1.0f));
+            OK(ddp_backend_sgd_step(g, gp, gg, gb, n, 0.1f, 0.9f, 0.01f, nesterov, first, 1.0f));
             char what[64];
             snprintf(what, sizeof what, "sgd p nesterov=%d first=%d", nesterov, first);
             bt_compare(f, g, what, cp, gp, n, TOL_FP32);
@@ -511,9 +511,9 @@ static void test_cuda_adamw_step_matches_cpu(void **state) {
         float *gp = bt_upload(g, hp, n * 4), *gg = bt_upload(g, hg, n * 4);
         float *gm = bt_upload(g, hm, n * 4), *gv = bt_upload(g, hv, n * 4);
         OK(ddp_backend_adamw_step(f->cpu, cp, cg, cm, cv, n, 0.05f, 0.9f, 0.999f, 1e-8f, 0.1f,
-                                  steps[s]));
+                                  steps[s], 1.0f));
         OK(ddp_backend_adamw_step(g, gp, gg, gm, gv, n, 0.05f, 0.9f, 0.999f, 1e-8f, 0.1f,
-                                  steps[s]));
+                                  steps[s], 1.0f));
         char what[64];
         snprintf(what, sizeof what, "adamw p t=%lld", (long long)steps[s]);
         bt_compare(f, g, what, cp, gp, n, TOL_FP32);

@@ -43,7 +43,7 @@ static void test_sgd_steps_match_hand_computed_values(void **state) {
     float p[2] = {1.0f, -1.0f};
     const float g[2] = {1.0f, 2.0f};
     for (int t = 0; t < 3; t++) {
-        assert_int_equal(ddp_optim_step(o, p, g, 0.1f), DDP_OK);
+        assert_int_equal(ddp_optim_step(o, p, g, 0.1f, 1.0f), DDP_OK);
         assert_int_equal(ddp_optim_steps(o), t + 1);
         for (int i = 0; i < 2; i++) {
             assert_near(p[i], want_p[t][i], 1e-6);
@@ -59,8 +59,8 @@ static void test_sgd_uses_the_learning_rate_of_each_step(void **state) {
     assert_int_equal(ddp_optim_create(*state, &cfg, 1, &o), DDP_OK);
     float p[1] = {1.0f};
     const float g[1] = {1.0f};
-    assert_int_equal(ddp_optim_step(o, p, g, 0.25f), DDP_OK);
-    assert_int_equal(ddp_optim_step(o, p, g, 0.5f), DDP_OK);
+    assert_int_equal(ddp_optim_step(o, p, g, 0.25f, 1.0f), DDP_OK);
+    assert_int_equal(ddp_optim_step(o, p, g, 0.5f, 1.0f), DDP_OK);
     assert_true(p[0] == 0.25f); /* 1 - 0.25 - 0.5 */
     ddp_optim_free(o);
 }
@@ -74,7 +74,7 @@ static void test_sgd_momentum_resumes_from_restored_state(void **state) {
     ddp_optim_set_steps(o, 5);
     float p[1] = {0.0f};
     const float g[1] = {1.0f};
-    assert_int_equal(ddp_optim_step(o, p, g, 0.1f), DDP_OK);
+    assert_int_equal(ddp_optim_step(o, p, g, 0.1f, 1.0f), DDP_OK);
     assert_near(ddp_optim_state(o, 0)[0], 3.0, 1e-7);
     assert_near(p[0], -0.3, 1e-7);
     assert_int_equal(ddp_optim_steps(o), 6);
@@ -105,7 +105,7 @@ static void test_adamw_steps_match_hand_computed_values(void **state) {
         {0.899000002f, -1.898f}, {0.80488304f, -1.8694683f}, {0.792999851f, -1.8470109f}};
     float p[2] = {1.0f, -2.0f};
     for (int t = 0; t < 3; t++) {
-        assert_int_equal(ddp_optim_step(o, p, adam_grads[t], 0.1f), DDP_OK);
+        assert_int_equal(ddp_optim_step(o, p, adam_grads[t], 0.1f, 1.0f), DDP_OK);
         for (int i = 0; i < 2; i++)
             assert_near(p[i], want_p[t][i], 2e-6);
     }
@@ -124,13 +124,13 @@ static void test_adamw_resumes_bias_correction_from_restored_steps(void **state)
     assert_int_equal(ddp_optim_create(*state, &adamw_cfg, 2, &resumed), DDP_OK);
     float pw[2] = {1.0f, -2.0f}, pr[2] = {1.0f, -2.0f};
     for (int t = 0; t < 3; t++)
-        assert_int_equal(ddp_optim_step(whole, pw, adam_grads[t], 0.1f), DDP_OK);
+        assert_int_equal(ddp_optim_step(whole, pw, adam_grads[t], 0.1f, 1.0f), DDP_OK);
     for (int t = 0; t < 2; t++)
-        assert_int_equal(ddp_optim_step(first, pr, adam_grads[t], 0.1f), DDP_OK);
+        assert_int_equal(ddp_optim_step(first, pr, adam_grads[t], 0.1f, 1.0f), DDP_OK);
     for (int s = 0; s < 2; s++)
         memcpy(ddp_optim_state(resumed, s), ddp_optim_state(first, s), 2 * sizeof(float));
     ddp_optim_set_steps(resumed, ddp_optim_steps(first));
-    assert_int_equal(ddp_optim_step(resumed, pr, adam_grads[2], 0.1f), DDP_OK);
+    assert_int_equal(ddp_optim_step(resumed, pr, adam_grads[2], 0.1f, 1.0f), DDP_OK);
     assert_memory_equal(pr, pw, sizeof pw);
     for (int s = 0; s < 2; s++)
         assert_memory_equal(ddp_optim_state(resumed, s), ddp_optim_state(whole, s),
@@ -252,44 +252,82 @@ static void test_cosine_without_warmup_starts_at_base(void **state) {
     assert_near(ddp_schedule_lr(&s, 4), 0.0, 1e-7);
 }
 
-/* ---- clipping ------------------------------------------------------------------------- */
+/* ---- gradient norm and clipping ------------------------------------------------------- */
 
-static void test_clip_scales_down_to_max_norm(void **state) {
-    float g[2] = {3.0f, 4.0f};
+static void test_clip_coef_scales_down_to_max_norm(void **state) {
+    const float g[2] = {3.0f, 4.0f};
     double norm = 0.0;
-    assert_int_equal(ddp_clip_grad_norm(*state, g, 2, 1.0f, &norm), DDP_OK);
+    assert_int_equal(ddp_grad_norm(*state, g, 2, &norm), DDP_OK);
     assert_true(norm == 5.0);
-    assert_near(g[0], 0.6, 1e-6);
-    assert_near(g[1], 0.8, 1e-6);
-    assert_true(sqrt((double)g[0] * g[0] + (double)g[1] * g[1]) <= 1.0);
+    float coef = ddp_clip_coef(norm, 1.0f);
+    assert_near(coef, 1.0 / (5.0 + 1e-6), 1e-7);
+    /* The clipped gradient has norm at most max_norm. */
+    double cn = sqrt((double)(coef * g[0]) * (coef * g[0]) + (double)(coef * g[1]) * (coef * g[1]));
+    assert_true(cn <= 1.0);
 }
 
-static void test_clip_leaves_smaller_gradients_untouched(void **state) {
-    float g[3] = {3.0f, 4.0f, 0.0f};
-    const float orig[3] = {3.0f, 4.0f, 0.0f};
-    double norm = 0.0;
-    assert_int_equal(ddp_clip_grad_norm(*state, g, 3, 10.0f, &norm), DDP_OK);
-    assert_true(norm == 5.0);
-    assert_memory_equal(g, orig, sizeof orig);
+static void test_clip_coef_is_one_for_smaller_gradients(void **state) {
+    assert_true(ddp_clip_coef(5.0, 10.0f) == 1.0f);
     /* Exactly at the limit: nothing to do. */
-    assert_int_equal(ddp_clip_grad_norm(*state, g, 3, 5.0f, &norm), DDP_OK);
-    assert_memory_equal(g, orig, sizeof orig);
-    /* max_norm 0 turns clipping off but still reports the norm. */
-    assert_int_equal(ddp_clip_grad_norm(*state, g, 3, 0.0f, &norm), DDP_OK);
-    assert_true(norm == 5.0);
-    assert_memory_equal(g, orig, sizeof orig);
+    assert_true(ddp_clip_coef(5.0, 5.0f) == 1.0f);
+    /* max_norm 0 turns clipping off. */
+    assert_true(ddp_clip_coef(5.0, 0.0f) == 1.0f);
 }
 
-static void test_clip_reports_nonfinite_norm_without_scaling(void **state) {
+static void test_clip_coef_leaves_nonfinite_norms_to_the_caller(void **state) {
     float g[2] = {INFINITY, 1.0f};
     double norm = 0.0;
-    assert_int_equal(ddp_clip_grad_norm(*state, g, 2, 1.0f, &norm), DDP_OK);
+    assert_int_equal(ddp_grad_norm(*state, g, 2, &norm), DDP_OK);
     assert_true(isinf(norm));
-    assert_true(g[1] == 1.0f);
+    assert_true(ddp_clip_coef(norm, 1.0f) == 1.0f);
     g[0] = NAN;
-    assert_int_equal(ddp_clip_grad_norm(*state, g, 2, 1.0f, &norm), DDP_OK);
+    assert_int_equal(ddp_grad_norm(*state, g, 2, &norm), DDP_OK);
     assert_true(isnan(norm));
-    assert_true(g[1] == 1.0f);
+    assert_true(ddp_clip_coef(norm, 1.0f) == 1.0f);
+}
+
+/* Clipping inside the update (gscale) equals scaling the gradients first and updating
+ * with gscale 1, for both optimizers, to the last bit: the product gscale * g is the same
+ * float either way. */
+static void test_update_with_gscale_equals_update_of_scaled_gradients(void **state) {
+    const ddp_optim_kind kinds[] = {DDP_OPTIM_SGD, DDP_OPTIM_ADAMW};
+    for (int k = 0; k < 2; k++) {
+        ddp_optim_config cfg = {.kind = kinds[k],
+                                .momentum = 0.9f,
+                                .beta1 = 0.9f,
+                                .beta2 = 0.999f,
+                                .eps = 1e-8f,
+                                .weight_decay = 0.01f};
+        ddp_optim *a = NULL, *b = NULL;
+        assert_int_equal(ddp_optim_create(*state, &cfg, 4, &a), DDP_OK);
+        assert_int_equal(ddp_optim_create(*state, &cfg, 4, &b), DDP_OK);
+        float pa[4] = {1.0f, -2.0f, 0.5f, 3.0f}, pb[4];
+        memcpy(pb, pa, sizeof pa);
+        for (int t = 0; t < 3; t++) {
+            float g[4] = {0.3f * (float)(t + 1), -1.5f, 2.25f, -0.125f}, scaled[4];
+            float coef = 0.37f;
+            for (int i = 0; i < 4; i++)
+                scaled[i] = coef * g[i];
+            assert_int_equal(ddp_optim_step(a, pa, g, 0.1f, coef), DDP_OK);
+            assert_int_equal(ddp_optim_step(b, pb, scaled, 0.1f, 1.0f), DDP_OK);
+        }
+        assert_memory_equal(pa, pb, sizeof pa);
+        /* And the coefficient really acted: without it the parameters differ. */
+        float pc[4] = {1.0f, -2.0f, 0.5f, 3.0f};
+        ddp_optim *c = NULL;
+        assert_int_equal(ddp_optim_create(*state, &cfg, 4, &c), DDP_OK);
+        float g[4] = {0.3f, -1.5f, 2.25f, -0.125f};
+        assert_int_equal(ddp_optim_step(c, pc, g, 0.1f, 1.0f), DDP_OK);
+        float pd[4] = {1.0f, -2.0f, 0.5f, 3.0f};
+        ddp_optim *d = NULL;
+        assert_int_equal(ddp_optim_create(*state, &cfg, 4, &d), DDP_OK);
+        assert_int_equal(ddp_optim_step(d, pd, g, 0.1f, 0.37f), DDP_OK);
+        assert_true(memcmp(pc, pd, sizeof pc) != 0);
+        ddp_optim_free(a);
+        ddp_optim_free(b);
+        ddp_optim_free(c);
+        ddp_optim_free(d);
+    }
 }
 
 int main(void) {
@@ -305,9 +343,10 @@ int main(void) {
         cmocka_unit_test(test_warmup_is_linear_up_to_base_lr),
         cmocka_unit_test(test_cosine_decays_from_base_to_min_after_warmup),
         cmocka_unit_test(test_cosine_without_warmup_starts_at_base),
-        cmocka_unit_test(test_clip_scales_down_to_max_norm),
-        cmocka_unit_test(test_clip_leaves_smaller_gradients_untouched),
-        cmocka_unit_test(test_clip_reports_nonfinite_norm_without_scaling),
+        cmocka_unit_test(test_clip_coef_scales_down_to_max_norm),
+        cmocka_unit_test(test_clip_coef_is_one_for_smaller_gradients),
+        cmocka_unit_test(test_clip_coef_leaves_nonfinite_norms_to_the_caller),
+        cmocka_unit_test(test_update_with_gscale_equals_update_of_scaled_gradients),
     };
     return cmocka_run_group_tests(tests, cpu_backend_setup, cpu_backend_teardown);
 }

@@ -87,10 +87,11 @@ ddp_status ddp_cuda_sumsq(ddp_backend *b, const float *x, size_t n, double *out)
 
 /* cuda_optim.cu */
 ddp_status ddp_cuda_sgd_step(ddp_backend *b, float *p, const float *g, float *buf, size_t n,
-                             float lr, float momentum, float wd, int nesterov, int first);
+                             float lr, float momentum, float wd, int nesterov, int first,
+                             float gscale);
 ddp_status ddp_cuda_adamw_step(ddp_backend *b, float *p, const float *g, float *m, float *v,
                                size_t n, float lr, float b1, float b2, float eps, float wd,
-                               int64_t t);
+                               int64_t t, float gscale);
 
 #ifdef __cplusplus
 }

@@ -9,14 +9,15 @@
 
 #include "backend/cuda/cuda_internal.h"
 
-/* g = grad + wd p; buf = first ? g : momentum buf + g;
+/* g = gscale grad + wd p; buf = first ? g : momentum buf + g;
  * p -= lr (nesterov ? g + momentum buf : buf). Without buf (no momentum state) p -= lr g. */
 __global__ static void sgd_kernel(float *p, const float *grad, float *buf, size_t n, float lr,
-                                  float momentum, float wd, int nesterov, int first) {
+                                  float momentum, float wd, int nesterov, int first,
+                                  float gscale) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         float pi = p[i];
-        float g = grad[i] + wd * pi;
+        float g = gscale * grad[i] + wd * pi;
         float step = g;
         if (buf) {
             float bi = first ? g : momentum * buf[i] + g;
@@ -32,10 +33,10 @@ __global__ static void sgd_kernel(float *p, const float *grad, float *buf, size_
  * lr_wd = lr * wd (all computed on the host the way the CPU backend computes them). */
 __global__ static void adamw_kernel(float *p, const float *grad, float *m, float *v, size_t n,
                                     float b1, float b2, float eps, float lr_wd, float step,
-                                    float bc2_sqrt) {
+                                    float bc2_sqrt, float gscale) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        float g = grad[i];
+        float g = gscale * grad[i];
         float pi = p[i];
         pi -= lr_wd * pi;
         float mi = b1 * m[i] + (1.0f - b1) * g;
@@ -49,19 +50,19 @@ __global__ static void adamw_kernel(float *p, const float *grad, float *m, float
 
 extern "C" ddp_status ddp_cuda_sgd_step(ddp_backend *b, float *p, const float *g, float *buf,
                                         size_t n, float lr, float momentum, float wd, int nesterov,
-                                        int first) {
+                                        int first, float gscale) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
     DDP_CHECK(ddp_cuda_use(cb));
     if (n == 0) return DDP_OK;
     sgd_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
-        p, g, buf, n, lr, momentum, wd, nesterov ? 1 : 0, first ? 1 : 0);
+        p, g, buf, n, lr, momentum, wd, nesterov ? 1 : 0, first ? 1 : 0, gscale);
     DDP_CUDA_CHECK_LAUNCH("sgd_kernel");
     return DDP_OK;
 }
 
 extern "C" ddp_status ddp_cuda_adamw_step(ddp_backend *b, float *p, const float *g, float *m,
                                           float *v, size_t n, float lr, float b1, float b2,
-                                          float eps, float wd, int64_t t) {
+                                          float eps, float wd, int64_t t, float gscale) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
     DDP_CHECK(ddp_cuda_use(cb));
     if (t < 1)
@@ -73,7 +74,7 @@ extern "C" ddp_status ddp_cuda_adamw_step(ddp_backend *b, float *p, const float 
     float bc1 = 1.0f - powf(b1, (float)t);
     float bc2_sqrt = sqrtf(1.0f - powf(b2, (float)t));
     adamw_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
-        p, g, m, v, n, b1, b2, eps, lr * wd, lr / bc1, bc2_sqrt);
+        p, g, m, v, n, b1, b2, eps, lr * wd, lr / bc1, bc2_sqrt, gscale);
     DDP_CUDA_CHECK_LAUNCH("adamw_kernel");
     return DDP_OK;
 }
