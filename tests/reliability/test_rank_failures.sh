@@ -203,8 +203,9 @@ fi
 # so a run that needed it would take a minute).
 mapfile -t args < <(mpmd 2 --steps 2 --checkpoint-every 1 --checkpoint-dir "$TMP/sweep0")
 timeout -k 5 120 $MPI "${args[@]}" >"$TMP/sweep0.log" 2>&1 || fail fault_sweep "no checkpoint to resume" "$TMP/sweep0.log"
-sweep_bad=0 sweep_runs=0 sweep_max=0
-for spec in allreduce:1..14 broadcast:1..4 allgather:1..3 barrier:1..3; do
+sweep_bad=0 sweep_runs=0 sweep_max=0 sweep_injected=0
+# (ddp-train makes no barrier: agreement is an all-reduce.)
+for spec in allreduce:1..14 broadcast:1..4 allgather:1..3; do
     op=${spec%%:*} range=${spec#*:}
     for ((n = ${range%%..*}; n <= ${range##*..}; n++)); do
         rm -rf "$TMP/sweep" && cp -r "$TMP/sweep0" "$TMP/sweep"
@@ -217,6 +218,7 @@ for spec in allreduce:1..14 broadcast:1..4 allgather:1..3 barrier:1..3; do
         le "$dt" "$sweep_max" || sweep_max=$dt
         # A call number beyond what the run makes injects nothing: then it must succeed.
         if grep -q "injected fault" "$TMP/sweep.log"; then
+            sweep_injected=$((sweep_injected + 1))
             if [ $rc -eq 0 ] || ! le "$dt" 30; then
                 fail "fault_sweep $op:1:$n" "exit $rc after $dt s" "$TMP/sweep.log"
                 sweep_bad=1
@@ -224,12 +226,22 @@ for spec in allreduce:1..14 broadcast:1..4 allgather:1..3 barrier:1..3; do
         elif [ $rc -ne 0 ]; then
             fail "fault_sweep $op:1:$n" "no fault injected, yet exit $rc" "$TMP/sweep.log"
             sweep_bad=1
+        elif [ "$n" -eq 1 ]; then
+            # Every run makes at least one call of each operation: the first must fail.
+            fail "fault_sweep $op:1:$n" "the first $op was not injected: the sweep tests nothing" "$TMP/sweep.log"
+            sweep_bad=1
         fi
         [ -n "$(ours)" ] && { fail "fault_sweep $op:1:$n" "processes left behind" "$TMP/sweep.log"; kill_ours; sweep_bad=1; }
     done
 done
+# Most calls of the sweep must really fail (the ranges are sized to the calls a run
+# makes); a change that made the injection miss would otherwise pass unseen.
+if [ $sweep_bad -eq 0 ] && [ $sweep_injected -lt $((sweep_runs * 3 / 4)) ]; then
+    fail fault_sweep "only $sweep_injected of $sweep_runs runs had a fault injected" "$TMP/sweep.log"
+    sweep_bad=1
+fi
 if [ $sweep_bad -eq 0 ]; then
-    echo "ok   fault_sweep: $sweep_runs runs, each collective of set-up, resume, training and checkpointing failing in turn on rank 1: every job ended non-zero (or, past the last call, normally), the slowest in $sweep_max s"
+    echo "ok   fault_sweep: $sweep_runs runs ($sweep_injected with a fault injected), each collective of set-up, resume, training and checkpointing failing in turn on rank 1: every job ended non-zero (or, past the last call, normally), the slowest in $sweep_max s"
     passes=$((passes + 1))
 fi
 
