@@ -65,52 +65,13 @@ ddp_status ddp_backend_sync(ddp_backend *b);
 
 /* ---- compute ------------------------------------------------------------------------ */
 
-/* C (M, N) = alpha * op(A) op(B) + beta * C, row-major; op(A) is (M, K), op(B) (K, N).
- * lda, ldb, ldc are the row strides of A, B, C as stored. */
-ddp_status ddp_backend_gemm(ddp_backend *b, int trans_a, int trans_b, int M, int N, int K,
-                            float alpha, const float *A, int lda, const float *B, int ldb,
-                            float beta, float *C, int ldc);
-/* y (N, C) += bias (C) broadcast over rows. */
-ddp_status ddp_backend_bias_add(ddp_backend *b, float *y, const float *bias, int N, int C);
-/* dbias (C) += sum over rows of dy (N, C). */
-ddp_status ddp_backend_bias_grad(ddp_backend *b, float *dbias, const float *dy, int N, int C);
-/* y = act(x), n elements; y may equal x. */
-ddp_status ddp_backend_act_forward(ddp_backend *b, ddp_act act, const float *x, float *y, size_t n);
-/* dx = dy * act'(x), n elements; dx may equal dy. */
-ddp_status ddp_backend_act_backward(ddp_backend *b, ddp_act act, const float *x, const float *dy,
-                                    float *dx, size_t n);
-/* Softmax cross-entropy over logits (N, C) with integer labels (N).
- * stats (device, 2 floats): stats[0] += sum of per-sample losses, stats[1] += number of
- * samples whose arg-max equals the label. When dlogits is not NULL it receives
- * grad_scale * (softmax - onehot), so grad_scale = 1/global_batch gives the gradient of
- * the mean loss over the global batch. */
-ddp_status ddp_backend_softmax_xent(ddp_backend *b, const float *logits, const int32_t *labels,
-                                    int N, int C, float grad_scale, float *dlogits, float *stats);
-/* dst[i, :] = src[idx[i], :] for i < n, rows of row_bytes bytes; idx is device memory. */
-ddp_status ddp_backend_gather_rows(ddp_backend *b, void *dst, const void *src, const int32_t *idx,
-                                   size_t n, size_t row_bytes);
-/* x *= alpha. */
-ddp_status ddp_backend_scale(ddp_backend *b, float *x, size_t n, float alpha);
-/* Round fp32 to bf16 (nearest even; NaN stays NaN) and back, n elements. For
- * reduced-precision gradient communication. */
-ddp_status ddp_backend_f32_to_bf16(ddp_backend *b, const float *x, uint16_t *y, size_t n);
-ddp_status ddp_backend_bf16_to_f32(ddp_backend *b, const uint16_t *x, float *y, size_t n);
-/* Sum of squares of x into a host double (synchronizes). Non-finite values propagate. */
-ddp_status ddp_backend_sumsq(ddp_backend *b, const float *x, size_t n, double *out);
-
-/* SGD with momentum over n elements (PyTorch semantics), the gradient first multiplied
- * by gscale (the clipping coefficient, 1 when not clipping: the product is then exact):
- *   g = gscale * grad + wd * p;  buf = momentum * buf + g (buf = g on the first step);
- *   p -= lr * (nesterov ? g + momentum * buf : buf). */
-ddp_status ddp_backend_sgd_step(ddp_backend *b, float *p, const float *grad, float *buf, size_t n,
-                                float lr, float momentum, float wd, int nesterov, int first_step,
-                                float gscale);
-/* AdamW (decoupled weight decay) over n elements; t is the 1-based step; g = gscale * grad:
- *   p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
- *   p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps). */
-ddp_status ddp_backend_adamw_step(ddp_backend *b, float *p, const float *grad, float *m, float *v,
-                                  size_t n, float lr, float beta1, float beta2, float eps, float wd,
-                                  int64_t t, float gscale);
+/* ddp_status ddp_backend_<op>(ddp_backend *b, ...) for every op of the list in
+ * ddp/backend_ops.h, where each is documented. Invalid arguments fail with
+ * DDP_ERR_INVALID_ARG and a message; an op the backend lacks with DDP_ERR_UNSUPPORTED. */
+#include "ddp/backend_ops.h"
+#define DDP_DECLARE_OP(name, params, args, check, noop) ddp_status ddp_backend_##name params;
+DDP_BACKEND_OPS(DDP_DECLARE_OP)
+#undef DDP_DECLARE_OP
 
 #ifdef __cplusplus
 }

@@ -48,9 +48,10 @@ ddp_status ddp_backend_zero(ddp_backend *b, void *ptr, size_t bytes) {
 
 ddp_status ddp_backend_sync(ddp_backend *b) { return b->ops->sync(b); }
 
-ddp_status ddp_backend_gemm(ddp_backend *b, int trans_a, int trans_b, int M, int N, int K,
-                            float alpha, const float *A, int lda, const float *B, int ldb,
-                            float beta, float *C, int ldc) {
+/* ---- argument checks of the op list (ddp/backend_ops.h) ---------------------------- */
+
+static ddp_status check_gemm(int trans_a, int trans_b, int M, int N, int K, int lda, int ldb,
+                             int ldc) {
     if (M < 0 || N < 0 || K < 0)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "gemm: negative size M=%d N=%d K=%d", M, N, K);
     if (M == 0 || N == 0) return DDP_OK;
@@ -60,17 +61,7 @@ ddp_status ddp_backend_gemm(ddp_backend *b, int trans_a, int trans_b, int M, int
                         "gemm: leading dimension too small (lda=%d ldb=%d ldc=%d for M=%d N=%d "
                         "K=%d, trans_a=%d trans_b=%d)",
                         lda, ldb, ldc, M, N, K, trans_a, trans_b);
-    return b->ops->gemm(b, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
-ddp_status ddp_backend_bias_add(ddp_backend *b, float *y, const float *bias, int N, int C) {
-    if (N <= 0 || C <= 0) return DDP_OK;
-    return b->ops->bias_add(b, y, bias, N, C);
-}
-
-ddp_status ddp_backend_bias_grad(ddp_backend *b, float *dbias, const float *dy, int N, int C) {
-    if (N <= 0 || C <= 0) return DDP_OK;
-    return b->ops->bias_grad(b, dbias, dy, N, C);
+    return DDP_OK;
 }
 
 static ddp_status check_act(ddp_act act) {
@@ -79,65 +70,56 @@ static ddp_status check_act(ddp_act act) {
     return DDP_OK;
 }
 
-ddp_status ddp_backend_act_forward(ddp_backend *b, ddp_act act, const float *x, float *y,
-                                   size_t n) {
-    DDP_CHECK(check_act(act));
-    if (n == 0) return DDP_OK;
-    return b->ops->act_forward(b, act, x, y, n);
+static ddp_status check_positive(const char *what, int v) {
+    if (v <= 0) return DDP_FAIL(DDP_ERR_INVALID_ARG, "%d %s: must be positive", v, what);
+    return DDP_OK;
 }
 
-ddp_status ddp_backend_act_backward(ddp_backend *b, ddp_act act, const float *x, const float *dy,
-                                    float *dx, size_t n) {
-    DDP_CHECK(check_act(act));
-    if (n == 0) return DDP_OK;
-    return b->ops->act_backward(b, act, x, dy, dx, n);
-}
-
-ddp_status ddp_backend_softmax_xent(ddp_backend *b, const float *logits, const int32_t *labels,
-                                    int N, int C, float grad_scale, float *dlogits, float *stats) {
-    if (C <= 0) return DDP_FAIL(DDP_ERR_INVALID_ARG, "softmax_xent: %d classes", C);
-    if (N <= 0) return DDP_OK;
-    return b->ops->softmax_xent(b, logits, labels, N, C, grad_scale, dlogits, stats);
-}
-
-ddp_status ddp_backend_gather_rows(ddp_backend *b, void *dst, const void *src, const int32_t *idx,
-                                   size_t n, size_t row_bytes) {
-    if (n == 0 || row_bytes == 0) return DDP_OK;
-    return b->ops->gather_rows(b, dst, src, idx, n, row_bytes);
-}
-
-ddp_status ddp_backend_scale(ddp_backend *b, float *x, size_t n, float alpha) {
-    if (n == 0) return DDP_OK;
-    return b->ops->scale(b, x, n, alpha);
-}
-
-ddp_status ddp_backend_f32_to_bf16(ddp_backend *b, const float *x, uint16_t *y, size_t n) {
-    if (n == 0) return DDP_OK;
-    return b->ops->f32_to_bf16(b, x, y, n);
-}
-
-ddp_status ddp_backend_bf16_to_f32(ddp_backend *b, const uint16_t *x, float *y, size_t n) {
-    if (n == 0) return DDP_OK;
-    return b->ops->bf16_to_f32(b, x, y, n);
-}
-
-ddp_status ddp_backend_sumsq(ddp_backend *b, const float *x, size_t n, double *out) {
+static ddp_status zero_double(double *out) {
     *out = 0.0;
-    if (n == 0) return DDP_OK;
-    return b->ops->sumsq(b, x, n, out);
+    return DDP_OK;
 }
 
-ddp_status ddp_backend_sgd_step(ddp_backend *b, float *p, const float *grad, float *buf, size_t n,
-                                float lr, float momentum, float wd, int nesterov, int first_step,
-                                float gscale) {
-    if (n == 0) return DDP_OK;
-    return b->ops->sgd_step(b, p, grad, buf, n, lr, momentum, wd, nesterov, first_step, gscale);
-}
-
-ddp_status ddp_backend_adamw_step(ddp_backend *b, float *p, const float *grad, float *m, float *v,
-                                  size_t n, float lr, float beta1, float beta2, float eps, float wd,
-                                  int64_t t, float gscale) {
+static ddp_status check_adam_step(int64_t t) {
     if (t < 1) return DDP_FAIL(DDP_ERR_INVALID_ARG, "adamw: step %lld must be >= 1", (long long)t);
-    if (n == 0) return DDP_OK;
-    return b->ops->adamw_step(b, p, grad, m, v, n, lr, beta1, beta2, eps, wd, t, gscale);
+    return DDP_OK;
 }
+
+static ddp_status check_dims2(int N, int C) {
+    if (N < 0 || C <= 0)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "shape (%d, %d): rows must not be negative and "
+                        "channels must be positive",
+                        N, C);
+    return DDP_OK;
+}
+
+static ddp_status check_dims3(int B, int T, int C) {
+    if (B < 0 || T <= 0 || C <= 0)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "shape (B %d, T %d, C %d): B must not be negative, T and C positive", B, T,
+                        C);
+    return DDP_OK;
+}
+
+static ddp_status check_heads(int B, int T, int C, int NH) {
+    DDP_CHECK(check_dims3(B, T, C));
+    if (NH <= 0 || C % NH != 0)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "attention: %d channels do not split into %d heads", C,
+                        NH);
+    return DDP_OK;
+}
+
+/* ddp_backend_<op>: check, skip when there is nothing to do, dispatch. */
+#define DDP_OP_WRAPPER(name, params, args, check, noop)                                            \
+    ddp_status ddp_backend_##name params {                                                         \
+        ddp_status check_s_ = (check);                                                             \
+        if (check_s_ != DDP_OK) return check_s_;                                                   \
+        if (noop) return DDP_OK;                                                                   \
+        if (!b->ops->name)                                                                         \
+            return DDP_FAIL(DDP_ERR_UNSUPPORTED, #name ": not implemented by the %s backend",      \
+                            ddp_backend_name(b));                                                  \
+        return b->ops->name args;                                                                  \
+    }
+DDP_BACKEND_OPS(DDP_OP_WRAPPER)
+#undef DDP_OP_WRAPPER

@@ -40,9 +40,9 @@ static ddp_status cpu_zero(ddp_backend *b, void *ptr, size_t bytes) {
 
 static ddp_status cpu_sync(ddp_backend *b) { return DDP_OK; }
 
-static ddp_status cpu_gemm(ddp_backend *b, int ta, int tb, int M, int N, int K, float alpha,
-                           const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                           int ldc) {
+ddp_status ddp_cpu_gemm(ddp_backend *b, int ta, int tb, int M, int N, int K, float alpha,
+                        const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                        int ldc) {
     if (K == 0) {
         /* BLAS leaves C untouched when K = 0 only for beta = 1; make it explicit. */
         for (int i = 0; i < M; i++)
@@ -55,7 +55,7 @@ static ddp_status cpu_gemm(ddp_backend *b, int ta, int tb, int M, int N, int K, 
     return DDP_OK;
 }
 
-static ddp_status cpu_bias_add(ddp_backend *b, float *y, const float *bias, int N, int C) {
+ddp_status ddp_cpu_bias_add(ddp_backend *b, float *y, const float *bias, int N, int C) {
     for (int i = 0; i < N; i++) {
         float *row = y + (size_t)i * C;
         for (int j = 0; j < C; j++)
@@ -64,7 +64,7 @@ static ddp_status cpu_bias_add(ddp_backend *b, float *y, const float *bias, int 
     return DDP_OK;
 }
 
-static ddp_status cpu_bias_grad(ddp_backend *b, float *dbias, const float *dy, int N, int C) {
+ddp_status ddp_cpu_bias_grad(ddp_backend *b, float *dbias, const float *dy, int N, int C) {
     /* Row-major walk with float partial sums per column: N is a micro-batch (small),
      * so the rounding matches the CUDA column reduction to well within tolerance. */
     for (int i = 0; i < N; i++) {
@@ -91,7 +91,7 @@ static inline float gelu_grad(float x) {
     return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
 }
 
-static ddp_status cpu_act_forward(ddp_backend *b, ddp_act act, const float *x, float *y, size_t n) {
+ddp_status ddp_cpu_act_forward(ddp_backend *b, ddp_act act, const float *x, float *y, size_t n) {
     if (act == DDP_ACT_RELU)
         for (size_t i = 0; i < n; i++)
             y[i] = x[i] > 0.0f ? x[i] : 0.0f;
@@ -101,8 +101,8 @@ static ddp_status cpu_act_forward(ddp_backend *b, ddp_act act, const float *x, f
     return DDP_OK;
 }
 
-static ddp_status cpu_act_backward(ddp_backend *b, ddp_act act, const float *x, const float *dy,
-                                   float *dx, size_t n) {
+ddp_status ddp_cpu_act_backward(ddp_backend *b, ddp_act act, const float *x, const float *dy,
+                                float *dx, size_t n) {
     if (act == DDP_ACT_RELU)
         for (size_t i = 0; i < n; i++)
             dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
@@ -112,8 +112,8 @@ static ddp_status cpu_act_backward(ddp_backend *b, ddp_act act, const float *x, 
     return DDP_OK;
 }
 
-static ddp_status cpu_softmax_xent(ddp_backend *b, const float *logits, const int32_t *labels,
-                                   int N, int C, float grad_scale, float *dlogits, float *stats) {
+ddp_status ddp_cpu_softmax_xent(ddp_backend *b, const float *logits, const int32_t *labels, int N,
+                                int C, float grad_scale, float *dlogits, float *stats) {
     double loss = 0.0;
     int correct = 0;
     for (int i = 0; i < N; i++) {
@@ -145,8 +145,8 @@ static ddp_status cpu_softmax_xent(ddp_backend *b, const float *logits, const in
     return DDP_OK;
 }
 
-static ddp_status cpu_gather_rows(ddp_backend *b, void *dst, const void *src, const int32_t *idx,
-                                  size_t n, size_t row_bytes) {
+ddp_status ddp_cpu_gather_rows(ddp_backend *b, void *dst, const void *src, const int32_t *idx,
+                               size_t n, size_t row_bytes) {
     char *d = dst;
     const char *s = src;
     for (size_t i = 0; i < n; i++)
@@ -154,13 +154,19 @@ static ddp_status cpu_gather_rows(ddp_backend *b, void *dst, const void *src, co
     return DDP_OK;
 }
 
-static ddp_status cpu_scale(ddp_backend *b, float *x, size_t n, float alpha) {
+ddp_status ddp_cpu_scale(ddp_backend *b, float *x, size_t n, float alpha) {
     for (size_t i = 0; i < n; i++)
         x[i] *= alpha;
     return DDP_OK;
 }
 
-static ddp_status cpu_f32_to_bf16(ddp_backend *b, const float *x, uint16_t *y, size_t n) {
+ddp_status ddp_cpu_add(ddp_backend *b, float *y, const float *a, const float *c, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        y[i] = a[i] + c[i];
+    return DDP_OK;
+}
+
+ddp_status ddp_cpu_f32_to_bf16(ddp_backend *b, const float *x, uint16_t *y, size_t n) {
     for (size_t i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, &x[i], 4);
@@ -172,7 +178,7 @@ static ddp_status cpu_f32_to_bf16(ddp_backend *b, const float *x, uint16_t *y, s
     return DDP_OK;
 }
 
-static ddp_status cpu_bf16_to_f32(ddp_backend *b, const uint16_t *x, float *y, size_t n) {
+ddp_status ddp_cpu_bf16_to_f32(ddp_backend *b, const uint16_t *x, float *y, size_t n) {
     for (size_t i = 0; i < n; i++) {
         uint32_t u = (uint32_t)x[i] << 16;
         memcpy(&y[i], &u, 4);
@@ -180,7 +186,7 @@ static ddp_status cpu_bf16_to_f32(ddp_backend *b, const uint16_t *x, float *y, s
     return DDP_OK;
 }
 
-static ddp_status cpu_sumsq(ddp_backend *b, const float *x, size_t n, double *out) {
+ddp_status ddp_cpu_sumsq(ddp_backend *b, const float *x, size_t n, double *out) {
     /* dsdot: float inputs, double accumulation, vectorized by the BLAS (a plain loop
      * with a double accumulator cannot be reordered by the compiler and is ~3x slower).
      * Chunks keep the count within the BLAS integer. NaN and inf propagate. */
@@ -194,9 +200,9 @@ static ddp_status cpu_sumsq(ddp_backend *b, const float *x, size_t n, double *ou
     return DDP_OK;
 }
 
-static ddp_status cpu_sgd_step(ddp_backend *b, float *p, const float *g, float *buf, size_t n,
-                               float lr, float momentum, float wd, int nesterov, int first,
-                               float gscale) {
+ddp_status ddp_cpu_sgd_step(ddp_backend *b, float *p, const float *g, float *buf, size_t n,
+                            float lr, float momentum, float wd, int nesterov, int first,
+                            float gscale) {
     for (size_t i = 0; i < n; i++) {
         float d = gscale * g[i] + wd * p[i];
         float m = first ? d : momentum * buf[i] + d;
@@ -206,9 +212,9 @@ static ddp_status cpu_sgd_step(ddp_backend *b, float *p, const float *g, float *
     return DDP_OK;
 }
 
-static ddp_status cpu_adamw_step(ddp_backend *b, float *p, const float *g, float *m, float *v,
-                                 size_t n, float lr, float b1, float b2, float eps, float wd,
-                                 int64_t t, float gscale) {
+ddp_status ddp_cpu_adamw_step(ddp_backend *b, float *p, const float *g, float *m, float *v,
+                              size_t n, float lr, float b1, float b2, float eps, float wd,
+                              int64_t t, float gscale) {
     /* Bias corrections folded into the step size and denominator, as PyTorch does. */
     float bc1 = 1.0f - powf(b1, (float)t);
     float bc2_sqrt = sqrtf(1.0f - powf(b2, (float)t));
@@ -223,31 +229,20 @@ static ddp_status cpu_adamw_step(ddp_backend *b, float *p, const float *g, float
     return DDP_OK;
 }
 
-static const ddp_backend_ops cpu_ops = {
-    .name = "cpu",
-    .device = DDP_DEVICE_CPU,
-    .is_host = 1,
-    .destroy = cpu_destroy,
-    .alloc = cpu_alloc,
-    .dealloc = cpu_dealloc,
-    .host_alloc = cpu_alloc,
-    .host_dealloc = cpu_dealloc,
-    .copy = cpu_copy,
-    .zero = cpu_zero,
-    .sync = cpu_sync,
-    .gemm = cpu_gemm,
-    .bias_add = cpu_bias_add,
-    .bias_grad = cpu_bias_grad,
-    .act_forward = cpu_act_forward,
-    .act_backward = cpu_act_backward,
-    .softmax_xent = cpu_softmax_xent,
-    .gather_rows = cpu_gather_rows,
-    .scale = cpu_scale,
-    .f32_to_bf16 = cpu_f32_to_bf16,
-    .bf16_to_f32 = cpu_bf16_to_f32,
-    .sumsq = cpu_sumsq,
-    .sgd_step = cpu_sgd_step,
-    .adamw_step = cpu_adamw_step,
+static const ddp_backend_ops cpu_ops = {.name = "cpu",
+                                        .device = DDP_DEVICE_CPU,
+                                        .is_host = 1,
+                                        .destroy = cpu_destroy,
+                                        .alloc = cpu_alloc,
+                                        .dealloc = cpu_dealloc,
+                                        .host_alloc = cpu_alloc,
+                                        .host_dealloc = cpu_dealloc,
+                                        .copy = cpu_copy,
+                                        .zero = cpu_zero,
+                                        .sync = cpu_sync,
+#define DDP_CPU_ENTRY(name, params, args, check, noop) .name = ddp_cpu_##name,
+                                        DDP_BACKEND_OPS(DDP_CPU_ENTRY)
+#undef DDP_CPU_ENTRY
 };
 
 ddp_status ddp_backend_cpu_create(const ddp_backend_options *opt, ddp_backend **out) {

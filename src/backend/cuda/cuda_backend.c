@@ -201,31 +201,20 @@ static ddp_status cuda_init(ddp_cuda_backend *cb) {
     return DDP_OK;
 }
 
-static const ddp_backend_ops cuda_ops = {
-    .name = "cuda",
-    .device = DDP_DEVICE_CUDA,
-    .is_host = 0,
-    .destroy = cuda_destroy,
-    .alloc = cuda_alloc,
-    .dealloc = cuda_dealloc,
-    .host_alloc = cuda_host_alloc,
-    .host_dealloc = cuda_host_dealloc,
-    .copy = cuda_copy,
-    .zero = cuda_zero,
-    .sync = cuda_sync,
-    .gemm = ddp_cuda_gemm,
-    .bias_add = ddp_cuda_bias_add,
-    .bias_grad = ddp_cuda_bias_grad,
-    .act_forward = ddp_cuda_act_forward,
-    .act_backward = ddp_cuda_act_backward,
-    .softmax_xent = ddp_cuda_softmax_xent,
-    .gather_rows = ddp_cuda_gather_rows,
-    .scale = ddp_cuda_scale,
-    .f32_to_bf16 = ddp_cuda_f32_to_bf16,
-    .bf16_to_f32 = ddp_cuda_bf16_to_f32,
-    .sumsq = ddp_cuda_sumsq,
-    .sgd_step = ddp_cuda_sgd_step,
-    .adamw_step = ddp_cuda_adamw_step,
+static const ddp_backend_ops cuda_ops = {.name = "cuda",
+                                         .device = DDP_DEVICE_CUDA,
+                                         .is_host = 0,
+                                         .destroy = cuda_destroy,
+                                         .alloc = cuda_alloc,
+                                         .dealloc = cuda_dealloc,
+                                         .host_alloc = cuda_host_alloc,
+                                         .host_dealloc = cuda_host_dealloc,
+                                         .copy = cuda_copy,
+                                         .zero = cuda_zero,
+                                         .sync = cuda_sync,
+#define DDP_CUDA_ENTRY(name, params, args, check, noop) .name = ddp_cuda_##name,
+                                         DDP_BACKEND_OPS(DDP_CUDA_ENTRY)
+#undef DDP_CUDA_ENTRY
 };
 
 ddp_status ddp_backend_cuda_create(const ddp_backend_options *opt, ddp_backend **out) {

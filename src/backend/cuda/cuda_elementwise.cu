@@ -149,3 +149,21 @@ extern "C" ddp_status ddp_cuda_scale(ddp_backend *b, float *x, size_t n, float a
     DDP_CUDA_CHECK_LAUNCH("scale_kernel");
     return DDP_OK;
 }
+
+/* ---- add ------------------------------------------------------------------------------ */
+
+__global__ static void add_kernel(float *y, const float *a, const float *c, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] = a[i] + c[i];
+}
+
+extern "C" ddp_status ddp_cuda_add(ddp_backend *b, float *y, const float *a, const float *c,
+                                   size_t n) {
+    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
+    add_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(y, a, c,
+                                                                                          n);
+    DDP_CUDA_CHECK_LAUNCH("add_kernel");
+    return DDP_OK;
+}

@@ -1,8 +1,7 @@
 /*
  * Inside the CUDA backend: the backend struct, the cuBLAS error check, the launch-size
- * helper, and the ops that cuda_backend.c puts into the table (each defined in the file
- * of its op family: cuda_gemm.cu, cuda_elementwise.cu, cuda_loss.cu, cuda_gather.cu,
- * cuda_convert.cu, cuda_reduce.cu, cuda_optim.cu). Compiled both as C and as CUDA C++.
+ * helper, and the ops that cuda_backend.c puts into the table. Compiled both as C and as
+ * CUDA C++.
  */
 #ifndef DDP_CUDA_INTERNAL_H
 #define DDP_CUDA_INTERNAL_H
@@ -54,44 +53,17 @@ ddp_status ddp_cublas_error(cublasStatus_t s, const char *call, const char *file
  * to fill the device, never more than the items need. n > 0. */
 unsigned int ddp_cuda_blocks(size_t n, unsigned int threads);
 
-/* ---- ops, one family per file --------------------------------------------------------- */
+/* ---- ops, one family per file ------------------------------------------------------- */
 
-/* cuda_gemm.cu */
-ddp_status ddp_cuda_gemm(ddp_backend *b, int ta, int tb, int M, int N, int K, float alpha,
-                         const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                         int ldc);
+/* ddp_cuda_<op> for every op of ddp/backend_ops.h, each defined in the file of its op
+ * family: cuda_gemm.cu, cuda_elementwise.cu, cuda_loss.cu, cuda_gather.cu,
+ * cuda_convert.cu, cuda_reduce.cu, cuda_optim.cu, cuda_transformer.cu. */
+#define DDP_CUDA_DECLARE(name, params, args, check, noop) ddp_status ddp_cuda_##name params;
+DDP_BACKEND_OPS(DDP_CUDA_DECLARE)
+#undef DDP_CUDA_DECLARE
+
+/* cuda_gemm.cu: frees the bf16 workspaces. */
 void ddp_cuda_gemm_release(ddp_cuda_backend *cb);
-
-/* cuda_elementwise.cu */
-ddp_status ddp_cuda_bias_add(ddp_backend *b, float *y, const float *bias, int N, int C);
-ddp_status ddp_cuda_bias_grad(ddp_backend *b, float *dbias, const float *dy, int N, int C);
-ddp_status ddp_cuda_act_forward(ddp_backend *b, ddp_act act, const float *x, float *y, size_t n);
-ddp_status ddp_cuda_act_backward(ddp_backend *b, ddp_act act, const float *x, const float *dy,
-                                 float *dx, size_t n);
-ddp_status ddp_cuda_scale(ddp_backend *b, float *x, size_t n, float alpha);
-
-/* cuda_loss.cu */
-ddp_status ddp_cuda_softmax_xent(ddp_backend *b, const float *logits, const int32_t *labels, int N,
-                                 int C, float grad_scale, float *dlogits, float *stats);
-
-/* cuda_gather.cu */
-ddp_status ddp_cuda_gather_rows(ddp_backend *b, void *dst, const void *src, const int32_t *idx,
-                                size_t n, size_t row_bytes);
-
-/* cuda_convert.cu */
-ddp_status ddp_cuda_f32_to_bf16(ddp_backend *b, const float *x, uint16_t *y, size_t n);
-ddp_status ddp_cuda_bf16_to_f32(ddp_backend *b, const uint16_t *x, float *y, size_t n);
-
-/* cuda_reduce.cu */
-ddp_status ddp_cuda_sumsq(ddp_backend *b, const float *x, size_t n, double *out);
-
-/* cuda_optim.cu */
-ddp_status ddp_cuda_sgd_step(ddp_backend *b, float *p, const float *g, float *buf, size_t n,
-                             float lr, float momentum, float wd, int nesterov, int first,
-                             float gscale);
-ddp_status ddp_cuda_adamw_step(ddp_backend *b, float *p, const float *g, float *m, float *v,
-                               size_t n, float lr, float b1, float b2, float eps, float wd,
-                               int64_t t, float gscale);
 
 #ifdef __cplusplus
 }
