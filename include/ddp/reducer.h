@@ -5,9 +5,10 @@
  * The buffer is cut into buckets in reverse layer order (the last layers' gradients are
  * final first, and they sit at the end of the buffer): a small first bucket so that
  * communication starts early, then buckets of about bucket_bytes, with boundaries on
- * tensor boundaries. During the backward of the last micro-batch the model reports each
- * layer's gradients as final; the reducer starts the all-reduce of every bucket whose
- * elements are all final, while earlier layers still compute. finish() waits for all.
+ * tensor boundaries. During the backward of the last micro-batch the model reports
+ * ranges of gradients as final, in any order; each bucket counts the elements still
+ * pending and its all-reduce starts as soon as the count reaches zero, while earlier
+ * layers still compute. finish() starts whatever is left and waits for all.
  *
  * Progress. An MPI non-blocking collective moves only while some thread is inside MPI.
  * DDP_PROGRESS_THREAD runs each bucket's blocking all-reduce on a communication thread
@@ -63,10 +64,14 @@ void ddp_reducer_free(ddp_reducer *r);
 
 /* Starts a communicating backward pass. */
 ddp_status ddp_reducer_begin(ddp_reducer *r);
-/* A ddp_grad_ready_fn (ctx = the reducer): gradients [offset, offset + count) are final.
- * Starts the all-reduce of each bucket that became complete. COLLECTIVE in effect: all
- * ranks report the same layers in the same order. */
+/* A ddp_grad_ready_fn (ctx = the reducer): gradients [offset, offset + count) are final
+ * for this backward pass. Starts the all-reduce of each bucket that this completes (in
+ * bucket order when several complete at once). A range that overlaps one reported before
+ * in the same pass fails with DDP_ERR_INTERNAL. COLLECTIVE in effect: all ranks report the
+ * same ranges in the same order, so all start the same buckets in the same order. */
 ddp_status ddp_reducer_ready(void *reducer, size_t offset, size_t count);
+/* Buckets started so far in this backward pass. */
+int ddp_reducer_num_launched(const ddp_reducer *r);
 /* Starts what is left, waits for every bucket; afterwards the buffer holds the sum over
  * ranks (callers scale by 1/global batch beforehand). COLLECTIVE. */
 ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats);

@@ -2,6 +2,15 @@
  * The gradient reducer: buckets over the flat gradient buffer, launched as they become
  * ready during backward, with real progress for MPI (a communication thread, or tests
  * between layers) and timing of the communication that backward did not hide.
+ *
+ * When is a bucket ready? Each bucket counts the elements not yet reported final in this
+ * backward pass and starts when its count reaches zero, whatever order the reports come
+ * in: a model with branches, tied weights (whose gradient is added to at both ends of
+ * backward and reported once, at the end) or layers reported out of order never gets a
+ * bucket all-reduced before all of its gradients are final. A range reported twice is an
+ * error (the model would be telling the truth about neither report). Buckets start in the
+ * order they complete, which every rank shares, since every rank reports the same ranges
+ * in the same order.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -12,10 +21,17 @@
 
 typedef struct {
     size_t begin, end; /* elements */
+    size_t pending;    /* elements not yet reported final in this pass */
+    int launched;      /* started in this pass */
     ddp_comm_req *req; /* DDP_PROGRESS_TEST: the request (NULL if complete at once) */
     int in_flight;     /* DDP_PROGRESS_TEST: started, not yet completed */
     double t_start, t_end;
 } bucket;
+
+/* A range of elements reported final in this pass. */
+typedef struct {
+    size_t begin, end;
+} range;
 
 struct ddp_reducer {
     ddp_comm *comm;
@@ -27,15 +43,17 @@ struct ddp_reducer {
     bucket *buckets;
     uint16_t *wire; /* bf16 copy of the gradients (device), when grad_dtype is BF16 */
     /* per backward pass */
-    size_t ready_from; /* [ready_from, n) is final */
-    int launched;      /* buckets [0, launched) have been started */
+    int *order;      /* (n_buckets) bucket indices in the order they were started */
+    int launched;    /* buckets order[0, launched) have been started */
+    range *reported; /* (cap_reported) ranges reported final, sorted, disjoint */
+    int n_reported, cap_reported;
     /* communication thread (DDP_PROGRESS_THREAD) */
     pthread_t thread;
     int thread_running;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int queued; /* buckets [0, queued) handed to the thread */
-    int done;   /* buckets [0, done) complete */
+    int queued; /* buckets order[0, queued) handed to the thread */
+    int done;   /* buckets order[0, done) complete */
     int stop;
     double thread_cpu; /* CPU seconds of this backward pass's buckets on the thread */
     ddp_status thread_status;
@@ -100,7 +118,7 @@ static void *comm_thread(void *arg) {
         while (!r->stop && r->done == r->queued)
             pthread_cond_wait(&r->cv, &r->mu);
         if (r->stop) break;
-        int i = r->done;
+        int i = r->order[r->done];
         pthread_mutex_unlock(&r->mu);
         r->buckets[i].t_start = ddp_time_now();
         double cpu0 = ddp_thread_cpu_time();
@@ -117,7 +135,7 @@ static void *comm_thread(void *arg) {
             snprintf(r->thread_msg, sizeof r->thread_msg, "%s", ddp_error_trace_str());
         }
         r->thread_cpu += cpu;
-        r->done = i + 1;
+        r->done++;
         pthread_cond_broadcast(&r->cv);
     }
     pthread_mutex_unlock(&r->mu);
@@ -128,7 +146,8 @@ static void *comm_thread(void *arg) {
 
 static ddp_status make_buckets(ddp_reducer *r, const size_t *bounds, int nb) {
     r->buckets = calloc((size_t)nb + 1, sizeof *r->buckets);
-    if (!r->buckets) return DDP_FAIL(DDP_ERR_NOMEM, "reducer: out of memory");
+    r->order = calloc((size_t)nb + 1, sizeof *r->order);
+    if (!r->buckets || !r->order) return DDP_FAIL(DDP_ERR_NOMEM, "reducer: out of memory");
     size_t first = r->opt.first_bucket_bytes / sizeof(float);
     size_t cap = r->opt.bucket_bytes / sizeof(float);
     if (first == 0) first = 1;
@@ -213,6 +232,8 @@ void ddp_reducer_free(ddp_reducer *r) {
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     free(r->buckets);
+    free(r->order);
+    free(r->reported);
     free(r);
 }
 
@@ -226,8 +247,12 @@ void ddp_reducer_bucket(const ddp_reducer *r, int i, size_t *begin, size_t *end)
 /* ---- one backward pass ------------------------------------------------------------ */
 
 ddp_status ddp_reducer_begin(ddp_reducer *r) {
-    r->ready_from = r->n;
     r->launched = 0;
+    r->n_reported = 0;
+    for (int i = 0; i < r->n_buckets; i++) {
+        r->buckets[i].pending = r->buckets[i].end - r->buckets[i].begin;
+        r->buckets[i].launched = 0;
+    }
     if (r->thread_running) {
         pthread_mutex_lock(&r->mu);
         r->queued = r->done = 0;
@@ -240,9 +265,11 @@ ddp_status ddp_reducer_begin(ddp_reducer *r) {
 
 /* Starts bucket i: hands it to the thread, or starts a non-blocking all-reduce. */
 static ddp_status launch(ddp_reducer *r, int i) {
+    r->buckets[i].launched = 1;
+    r->order[r->launched++] = i;
     if (r->thread_running) {
         pthread_mutex_lock(&r->mu);
-        r->queued = i + 1;
+        r->queued = r->launched;
         pthread_cond_signal(&r->cv);
         pthread_mutex_unlock(&r->mu);
         return DDP_OK;
@@ -251,21 +278,61 @@ static ddp_status launch(ddp_reducer *r, int i) {
     return DDP_OK;
 }
 
+/* Records [begin, end) as reported in this pass; a range that overlaps an earlier report
+ * is an error. The list stays sorted, so the check is a binary search. */
+static ddp_status record_report(ddp_reducer *r, size_t begin, size_t end) {
+    int lo = 0, hi = r->n_reported; /* first index whose range ends after begin */
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (r->reported[mid].end <= begin)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < r->n_reported && r->reported[lo].begin < end)
+        return DDP_FAIL(DDP_ERR_INTERNAL,
+                        "reducer: gradients [%zu, %zu) reported final twice in one backward pass "
+                        "(they overlap [%zu, %zu), reported before): a model reports each "
+                        "range once, after its last contribution",
+                        begin, end, r->reported[lo].begin, r->reported[lo].end);
+    if (r->n_reported == r->cap_reported) {
+        int cap = r->cap_reported ? 2 * r->cap_reported : 64;
+        range *grown = realloc(r->reported, (size_t)cap * sizeof *grown);
+        if (!grown) return DDP_FAIL(DDP_ERR_NOMEM, "reducer: out of memory");
+        r->reported = grown;
+        r->cap_reported = cap;
+    }
+    memmove(&r->reported[lo + 1], &r->reported[lo],
+            (size_t)(r->n_reported - lo) * sizeof *r->reported);
+    r->reported[lo] = (range){begin, end};
+    r->n_reported++;
+    return DDP_OK;
+}
+
 ddp_status ddp_reducer_ready(void *reducer, size_t offset, size_t count) {
     ddp_reducer *r = reducer;
-    if (!r->opt.overlap || r->opt.skip) return DDP_OK;
-    if (offset < r->ready_from) r->ready_from = offset;
-    /* Buckets become complete from the end of the buffer towards its start; all ranks
-     * report the same layers in the same order, so they start the same buckets in the
-     * same order. */
-    while (r->launched < r->n_buckets && r->buckets[r->launched].begin >= r->ready_from) {
-        DDP_CHECK(launch(r, r->launched));
-        r->launched++;
+    if (!r->opt.overlap || r->opt.skip || count == 0) return DDP_OK;
+    if (offset > r->n || count > r->n - offset)
+        return DDP_FAIL(DDP_ERR_INTERNAL,
+                        "reducer: gradients [%zu, %zu) reported final lie outside the buffer "
+                        "of %zu",
+                        offset, offset + count, r->n);
+    size_t end = offset + count;
+    DDP_CHECK(record_report(r, offset, end));
+    /* Buckets run from the end of the buffer (index 0) to its start; those that this
+     * range completes start in that order, the same on every rank. */
+    for (int i = 0; i < r->n_buckets; i++) {
+        bucket *bk = &r->buckets[i];
+        size_t lo = bk->begin > offset ? bk->begin : offset;
+        size_t hi = bk->end < end ? bk->end : end;
+        if (lo >= hi) continue;
+        bk->pending -= hi - lo;
+        if (bk->pending == 0) DDP_CHECK(launch(r, i));
     }
     if (!r->thread_running) {
         /* Give MPI a chance to move the buckets already in flight. */
-        for (int i = 0; i < r->launched; i++) {
-            bucket *bk = &r->buckets[i];
+        for (int k = 0; k < r->launched; k++) {
+            bucket *bk = &r->buckets[r->order[k]];
             int done = 1;
             if (bk->req && bk->t_end < bk->t_start) {
                 DDP_CHECK(ddp_comm_test(r->comm, bk->req, &done));
@@ -275,6 +342,8 @@ ddp_status ddp_reducer_ready(void *reducer, size_t offset, size_t count) {
     }
     return DDP_OK;
 }
+
+int ddp_reducer_num_launched(const ddp_reducer *r) { return r->launched; }
 
 ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats) {
     double t0 = ddp_time_now(), cpu0 = ddp_thread_cpu_time(), thread_cpu = 0.0;
@@ -294,8 +363,10 @@ ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats) {
                                          .n_buckets = 1};
         return DDP_OK;
     }
-    while (s == DDP_OK && r->launched < r->n_buckets)
-        s = launch(r, r->launched++);
+    /* Buckets whose gradients were not all reported (a model that reports nothing, or
+     * parameters without gradients): the caller's call to finish says they are final. */
+    for (int i = 0; s == DDP_OK && i < r->n_buckets; i++)
+        if (!r->buckets[i].launched) s = launch(r, i);
     if (r->thread_running) {
         pthread_mutex_lock(&r->mu);
         while (r->done < r->launched)
@@ -306,7 +377,8 @@ ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats) {
         pthread_mutex_unlock(&r->mu);
     } else {
         /* Wait for every bucket even after a failure, so none is left in flight. */
-        for (int i = 0; i < r->launched; i++) {
+        for (int k = 0; k < r->launched; k++) {
+            int i = r->order[k];
             bucket *bk = &r->buckets[i];
             if (!bk->in_flight) continue;
             int seen_done = bk->t_end >= bk->t_start;
