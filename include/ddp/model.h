@@ -1,12 +1,24 @@
 /*
- * model: layers with forward and backward over one flat parameter buffer and one flat
- * gradient buffer. Each layer holds views into them; parameters are laid out in
- * forward order, so the gradients of the last layers (ready first in backward) are at
- * the end of the buffer and a reducer can hand contiguous tails to the all-reduce.
+ * model: a network as a list of layers over one flat parameter buffer and one flat
+ * gradient buffer, with its activations in one arena sized at creation and its loss.
  *
- * Nothing outside src/model/ assumes the model is an MLP: the trainer sees a function
- * from inputs (N, input_dim) to logits (N, num_classes), the flat buffers, the named
- * views, and a callback as each layer's gradient becomes final.
+ * Layers declare their tensors (a name, up to four dimensions, an initialization, and
+ * whether weight decay applies), and the model lays them out in forward order, so the
+ * gradients of the last layers (final first in backward) sit at the end of the buffer and
+ * a reducer can hand them to the all-reduce while earlier layers still compute. A tensor
+ * may be used by several layers (the GPT's token embedding is also its output
+ * projection): its gradient collects every contribution and is reported final once,
+ * after the last. State that is not trained (running statistics) lives in a second flat
+ * buffer of "buffers", saved in checkpoints and exports but never all-reduced.
+ *
+ * Everything below the model (trainer, reducer, optimizer, checkpoints) sees only the
+ * flat buffers, the named views, the loss statistics and the ready callbacks; which
+ * network it is shows only in ddp_model_describe, the text every rank compares.
+ *
+ * Kinds: "mlp" (features (N, D) -> [Linear -> act] x hidden -> Linear -> classes) and
+ * "gpt" (tokens (B, T) -> token + position embedding -> pre-LayerNorm transformer blocks
+ * with causal self-attention and a GELU MLP -> LayerNorm -> logits through the tied
+ * embedding; one prediction per position).
  */
 #ifndef DDP_MODEL_H
 #define DDP_MODEL_H
@@ -19,81 +31,137 @@ extern "C" {
 #endif
 
 #define DDP_MAX_HIDDEN 16
+#define DDP_MAX_DIMS   4
 
+typedef enum { DDP_MODEL_MLP = 0, DDP_MODEL_GPT } ddp_model_kind;
+
+/* The shape of a model: the fields of its kind are used, the others ignored. */
 typedef struct {
-    size_t input_dim;
-    int num_classes;
+    ddp_model_kind kind;
+    /* mlp: hidden layer sizes and activation; input_dim and num_classes from the data */
     int n_hidden;
     size_t hidden[DDP_MAX_HIDDEN];
     ddp_act act;
-} ddp_mlp_spec;
+    size_t input_dim;
+    int num_classes;
+    /* gpt: blocks, width, attention heads, context length (positions), vocabulary */
+    int layers, dim, heads, ctx, vocab;
+    /* weight decay on every tensor; by default only on matrices and the token embedding,
+     * not on biases, normalization parameters and position embeddings */
+    int decay_all;
+} ddp_model_spec;
 
+/* The former name of the spec, while callers move over. */
+typedef ddp_model_spec ddp_mlp_spec;
+
+/* Fills the defaults of `kind` (the sizes ddp-train uses when none are given). */
+void ddp_model_spec_defaults(ddp_model_spec *spec, ddp_model_kind kind);
+/* "mlp" or "gpt". */
+const char *ddp_model_kind_name(ddp_model_kind kind);
+/* Reads a description written by ddp_model_describe back into a spec (for tools that
+ * load a checkpoint or export, such as ddp-generate). */
+ddp_status ddp_model_spec_parse(const char *describe, ddp_model_spec *spec);
+
+/* A named view of one tensor in a flat buffer. */
 typedef struct {
-    char name[48]; /* e.g. "fc0.weight" */
-    size_t offset; /* in elements, into the flat buffers */
+    char name[64]; /* e.g. "fc0.weight", "transformer.h.0.attn.c_attn.weight" */
+    size_t offset; /* in elements */
     size_t count;
     int ndim;
-    size_t shape[2]; /* weight: (out, in); bias: (out) */
+    size_t shape[DDP_MAX_DIMS]; /* weights of a linear map: (out, in) */
+    int decay;                  /* weight decay applies (parameters only) */
 } ddp_param_view;
+
+/* One batch in device memory. Per-sample models take features x; token models take
+ * tokens. targets holds one label per sample (t = 1) or per position; NULL computes no
+ * loss. */
+typedef struct {
+    size_t n;               /* samples (sequences) */
+    size_t t;               /* positions per sample: 1, or a sequence length <= ctx */
+    const float *x;         /* (n, input_dim), or NULL */
+    const int32_t *tokens;  /* (n, t), or NULL */
+    const int32_t *targets; /* (n, t), or NULL */
+} ddp_batch;
+
+typedef enum { DDP_MODE_EVAL = 0, DDP_MODE_TRAIN = 1 } ddp_mode;
 
 typedef struct ddp_model ddp_model;
 
 /* Called during backward when the gradients [offset, offset + count) of the flat buffer
- * are final for this backward pass (one call per layer with parameters, last layer
- * first). A nonzero status stops the backward and is returned from it. */
+ * are final for this backward pass (once per tensor, or per slice of a sliced one), in
+ * backward order. A nonzero status stops the backward and is returned from it. */
 typedef ddp_status (*ddp_grad_ready_fn)(void *ctx, size_t offset, size_t count);
 
-/* Builds an MLP: input -> [Linear -> act] x n_hidden -> Linear -> logits, with
- * activations sized for up to max_batch samples. Parameters are not initialized. */
-ddp_status ddp_model_create_mlp(ddp_backend *b, const ddp_mlp_spec *spec, size_t max_batch,
-                                ddp_model **out);
+/* Builds the model of `spec` with activations for batches of up to max_batch samples
+ * (sequences of up to ctx positions). Parameters are not initialized. Not collective. */
+ddp_status ddp_model_create(ddp_backend *b, const ddp_model_spec *spec, size_t max_batch,
+                            ddp_model **out);
 void ddp_model_free(ddp_model *m);
 
+const ddp_model_spec *ddp_model_spec_of(const ddp_model *m);
 size_t ddp_model_num_params(const ddp_model *m);
-size_t ddp_model_input_dim(const ddp_model *m);
+/* Classes of the logits: the MLP's classes, the GPT's vocabulary. */
 int ddp_model_num_classes(const ddp_model *m);
+/* Positions per sample: 1, or the GPT's context length. */
+size_t ddp_model_max_positions(const ddp_model *m);
+size_t ddp_model_max_batch(const ddp_model *m);
 float *ddp_model_params(ddp_model *m); /* device, (num_params) */
 float *ddp_model_grads(ddp_model *m);  /* device, (num_params) */
 int ddp_model_num_views(const ddp_model *m);
 const ddp_param_view *ddp_model_view(const ddp_model *m, int i);
-/* A text that identifies the architecture and shapes ("mlp 784-256-128-10 relu"). */
+/* Buffers: state that is not trained (none in the MLP and the GPT). */
+size_t ddp_model_num_buffer_elems(const ddp_model *m);
+float *ddp_model_buffers(ddp_model *m); /* device, (num_buffer_elems), or NULL */
+int ddp_model_num_buffer_views(const ddp_model *m);
+const ddp_param_view *ddp_model_buffer_view(const ddp_model *m, int i);
+/* A text that identifies the kind and every shape option ("mlp 784-256-128-10 relu",
+ * "gpt L4 C256 H4 T128 V256"); ddp_model_spec_parse reads it back. */
 const char *ddp_model_describe(const ddp_model *m);
-/* Floating-point operations of one forward pass per sample (2 per multiply-add of the
- * matrix products; training costs about 3 times this). */
+/* Floating-point operations of one forward pass per sample (per sequence of ctx
+ * positions), counting 2 per multiply-add of the matrix products and the attention;
+ * training costs about 3 times this. */
 double ddp_model_flops_per_sample(const ddp_model *m);
 
-/* Kaiming (He) normal weights and zero biases, from `seed` alone: the same on every
- * rank that passes the same seed. */
+/* Initializes parameters and buffers from `seed` alone (one RNG stream per tensor), the
+ * same on every rank that passes the same seed: MLP weights He-normal, GPT weights
+ * normal(0, 0.02) with the residual projections scaled by 1/sqrt(2 layers) as in GPT-2,
+ * biases 0, normalization weights 1. */
 ddp_status ddp_model_init_params(ddp_model *m, uint64_t seed);
-/* Forward pass over n <= max_batch samples; *logits points at (n, num_classes) device
- * memory owned by the model, valid until the next forward. */
-ddp_status ddp_model_forward(ddp_model *m, const float *x, size_t n, const float **logits);
-/* Backward pass from dlogits (n, num_classes) for the last forward; gradients are ADDED
- * to the flat gradient buffer (so micro-batches accumulate). ready may be NULL. */
-ddp_status ddp_model_backward(ddp_model *m, const float *dlogits, size_t n, ddp_grad_ready_fn ready,
-                              void *ctx);
+
+/* Forward pass over one batch (n <= max_batch samples, t <= max positions). With
+ * targets, adds the summed cross-entropy loss of all n * t predictions to stats[0] and
+ * the number of correct arg-max predictions to stats[1] (device, 2 floats). In
+ * DDP_MODE_TRAIN with grad_scale != 0 it also keeps the gradient of grad_scale * the
+ * summed loss with respect to the logits for ddp_model_backward (grad_scale = 1 /
+ * predictions in the global batch makes it the gradient of the mean). */
+ddp_status ddp_model_forward(ddp_model *m, const ddp_batch *batch, ddp_mode mode, float grad_scale,
+                             float *stats);
+/* The logits of the last forward: (n * t, num_classes) device memory owned by the
+ * model, valid until the next forward. */
+const float *ddp_model_logits(const ddp_model *m);
+/* Backward pass for the last forward (which must have been DDP_MODE_TRAIN with targets).
+ * With first set (the first micro-batch of a step) the gradients are written; otherwise
+ * they are added to the buffer (later micro-batches accumulate). Every tensor's gradient
+ * is reported to ready exactly once per pass, as soon as it is final; a tensor that got
+ * no contribution (zeroed when first is set) is reported at the end. ready may be NULL. */
+ddp_status ddp_model_backward(ddp_model *m, int first, ddp_grad_ready_fn ready, void *ctx);
 ddp_status ddp_model_zero_grads(ddp_model *m);
 /* Moves the gradients into grads (num_params floats of the backend's memory, zeroed
  * here), which must outlive the model: e.g. memory shared with the other ranks of the
  * node (ddp_comm_alloc_shared), which all-reduces without copies. */
 ddp_status ddp_model_use_grad_buffer(ddp_model *m, float *grads);
-/* The first backward of a step: the same gradients as ddp_model_zero_grads followed by
- * ddp_model_backward, without the pass over the whole gradient buffer that zeroing
- * costs (the gradients are written instead of added; the buffer's old contents are
- * never read). */
-ddp_status ddp_model_backward_first(ddp_model *m, const float *dlogits, size_t n,
-                                    ddp_grad_ready_fn ready, void *ctx);
 
 /* Makes backward compute and report the first layer's weight gradient in row slices of
- * about max_elems elements (the lowest rows, sent last, in a shorter one) (0: in one piece, the
- * default). The first layer's gradients are final last, so whatever bucket holds them is
- * all-reduced after backward has ended; in slices, all but the last slice's all-reduce overlap with
- * the rest of that layer's backward. The values are the same either way. Returns where the first
- * layer's gradients end: [0, returned) is final last. */
+ * about max_elems elements (the lowest rows, sent last, in a shorter one) (0: in one
+ * piece, the default), where the first layer is a linear map (the MLP). The first
+ * layer's gradients are final last, so whatever bucket holds them is all-reduced after
+ * backward has ended; in slices, all but the last slice's all-reduce overlap with the
+ * rest of that layer's backward. The values are the same either way. Returns where the
+ * gradients that are final last end: [0, returned) (0 when nothing is sliced). */
 size_t ddp_model_set_grad_slices(ddp_model *m, size_t max_elems);
-/* The offsets (ascending) at which backward's ready reports begin: one per layer with
- * parameters, one per slice of a sliced layer. The places a reducer may cut buckets.
- * Writes at most max and returns how many there are. */
+/* The offsets (ascending) at which backward's ready reports begin: one per tensor, one
+ * per slice of a sliced one. The places a reducer may cut buckets. Writes at most max
+ * and returns how many there are. */
 int ddp_model_ready_points(ddp_model *m, size_t *offsets, int max);
 
 #ifdef __cplusplus

@@ -28,6 +28,11 @@ typedef struct ddp_optim ddp_optim;
 
 ddp_status ddp_optim_create(ddp_backend *b, const ddp_optim_config *cfg, size_t n, ddp_optim **out);
 void ddp_optim_free(ddp_optim *o);
+/* Leaves the given ranges [offset, offset + count) (ascending, disjoint, within the
+ * optimizer's n elements) out of weight decay: biases, normalization parameters and
+ * position embeddings, as PyTorch users set it up with parameter groups. Replaces any
+ * earlier setting; by default weight decay applies to every element. */
+ddp_status ddp_optim_set_no_decay(ddp_optim *o, const size_t (*ranges)[2], int n);
 /* One update of params (n) from gscale * grads (n) at learning rate lr; gscale is the
  * clipping coefficient (ddp_clip_coef), applied inside the update instead of in a pass of
  * its own. Not collective: every rank applies it to identical inputs and gets identical

@@ -26,9 +26,10 @@ enum { DDP_NONFINITE_ABORT = 0, DDP_NONFINITE_SKIP = 1 };
 
 typedef struct {
     /* model */
-    ddp_mlp_spec model; /* input_dim and num_classes are taken from the data */
-    /* data */
+    ddp_model_spec model; /* mlp: input_dim and num_classes are taken from the data */
+    /* data: IDX images in data_dir (mlp), or a text file (gpt; "" = the default corpus) */
     char data_dir[DDP_PATH_MAX];
+    char text_path[DDP_PATH_MAX];
     /* batch: global = micro_batch * accum * world; set global_batch and one of
      * accum / micro_batch (0 = derive it) */
     size_t global_batch;

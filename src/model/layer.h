@@ -1,7 +1,23 @@
 /*
- * Layers, private to src/model/. A layer maps x (n, in_dim) to y (n, out_dim) and back;
- * layers with parameters hold views into the model's flat buffers. New layer kinds
- * (attention, layer norm, embeddings) plug in here without touching the trainer.
+ * Layers, private to src/model/. A layer maps its input activations to its output
+ * activations and back; the model runs the list of layers in order, owns every buffer,
+ * and keeps the books of gradients (first contribution, last contribution, ready).
+ *
+ * Sizes are given per position: a per-sample model has one position per sample, a
+ * sequence model t of them (t <= the model's maximum); the model multiplies by the rows
+ * of a batch (n * t). A layer that needs the shape of the batch reads it from the pass.
+ *
+ * Gradients of parameters go through four calls, so that tied tensors, accumulation
+ * over micro-batches and the reducer's ready reports come out right whatever the layer:
+ *   beta = ddp_grad_gemm_beta(m, id)  before a GEMM that produces the tensor's gradient:
+ *                                     0 when this is the first contribution of a pass
+ *                                     that overwrites (the buffer is never read), else 1;
+ *   ddp_grad_prepare_add(m, id)       before an op that can only add: zeroes the gradient
+ *                                     on the first contribution of such a pass;
+ *   ddp_grad_done(m, id)              after the layer's contribution: once the last user
+ *                                     of the tensor is done, it is reported ready;
+ *   ddp_grad_report_part(m, id, ...)  a layer that reports its (untied) tensor in slices,
+ *                                     followed by ddp_grad_done_reported(m, id).
  */
 #ifndef DDP_MODEL_LAYER_H
 #define DDP_MODEL_LAYER_H
@@ -10,35 +26,106 @@
 
 typedef struct ddp_layer ddp_layer;
 
+/* One pass over a batch. */
+typedef struct {
+    size_t n;  /* samples */
+    size_t t;  /* positions per sample */
+    int train; /* DDP_MODE_TRAIN */
+    const ddp_batch *batch;
+} ddp_pass;
+
 typedef struct {
     const char *kind;
-    ddp_status (*forward)(ddp_layer *l, ddp_backend *b, const float *x, float *y, size_t n);
-    /* Adds parameter gradients (if any), or with overwrite writes them (every one: the
-     * buffer was not zeroed), and, when dx is not NULL, writes dx (n, in_dim). x and y
-     * are this layer's input and output from the last forward. Calls ready (if not NULL)
-     * as soon as the parameter gradients are final, before computing dx, so that their
-     * communication overlaps the rest of backward. */
-    ddp_status (*backward)(ddp_layer *l, ddp_backend *b, const float *x, const float *y,
-                           const float *dy, float *dx, size_t n, int overwrite,
-                           ddp_grad_ready_fn ready, void *ctx);
+    /* y (rows, out_per_pos) from x (rows, in_per_pos); x is NULL for the first layer of a
+     * token model (it reads p->batch->tokens). */
+    ddp_status (*forward)(ddp_layer *l, ddp_model *m, const ddp_pass *p, const float *x, float *y);
+    /* From dy (rows, out_per_pos): parameter gradients (through the calls above) and,
+     * when dx is not NULL, dx (rows, in_per_pos), written. x and y are the input and
+     * output of the last forward. */
+    ddp_status (*backward)(ddp_layer *l, ddp_model *m, const ddp_pass *p, const float *x,
+                           const float *y, const float *dy, float *dx);
+    /* Frees what the layer allocated itself (may be NULL). */
+    void (*destroy)(ddp_layer *l);
 } ddp_layer_ops;
 
+/* Every layer struct starts with this header; kinds extend it. */
 struct ddp_layer {
     const ddp_layer_ops *ops;
-    char name[16]; /* "fc0", "relu0": trace labels */
-    size_t in_dim, out_dim;
-    /* parameters, when the layer has any: views into the flat buffers */
-    size_t param_offset, param_count; /* elements */
-    float *w, *dw;                    /* (out_dim, in_dim) */
-    float *bias, *dbias;              /* (out_dim) */
-    ddp_act act;                      /* activation layers */
-    /* Linear: weight-gradient rows per ready report, last rows first (0: the whole
-     * layer in one report). Set on the first layer only: its gradients are final last,
-     * so slices let most of its all-reduce overlap with the rest of its own backward. */
-    size_t slice_rows;
+    char name[32];          /* trace label: "fc0", "h3", "lnf" */
+    size_t in_per_pos;      /* floats of input per position (0: tokens) */
+    size_t out_per_pos;     /* floats of output per position */
+    size_t saved_per_pos;   /* floats kept from forward to backward, per position */
+    size_t scratch_per_pos; /* floats used within one call only, per position */
+    float *saved;           /* set by the model: saved_per_pos * max rows */
+    float *scratch;         /* set by the model: shared by all layers */
 };
 
-void ddp_layer_linear(ddp_layer *l, size_t in_dim, size_t out_dim);
-void ddp_layer_activation(ddp_layer *l, ddp_act act, size_t dim);
+/* ---- building (called by the model kinds while constructing) ------------------------ */
+
+typedef enum {
+    DDP_INIT_ZERO = 0,
+    DDP_INIT_ONE,
+    DDP_INIT_NORMAL,    /* normal(0, std) */
+    DDP_INIT_HE_NORMAL, /* normal(0, sqrt(2 / fan_in)), fan_in = the last dimension */
+} ddp_init_kind;
+
+typedef struct {
+    ddp_init_kind kind;
+    float std; /* DDP_INIT_NORMAL */
+} ddp_init;
+
+/* Appends a layer (allocated by the caller with calloc; the model frees it). */
+ddp_status ddp_model_add_layer(ddp_model *m, ddp_layer *l);
+/* Declares a parameter tensor of the model, laid out after the ones declared before;
+ * shape has ndim (1..4) dimensions. Returns its id in *id. */
+ddp_status ddp_model_add_param(ddp_model *m, const char *name, int ndim, const size_t *shape,
+                               ddp_init init, int decay, int *id);
+/* Declares one more layer that uses (and contributes gradient to) tensor id. */
+void ddp_model_share_param(ddp_model *m, int id);
+/* The tensor's values and gradient (device), valid once the model is built. */
+float *ddp_model_w(ddp_model *m, int id);
+float *ddp_model_dw(ddp_model *m, int id);
+size_t ddp_model_param_offset(const ddp_model *m, int id);
+size_t ddp_model_param_count(const ddp_model *m, int id);
+ddp_backend *ddp_model_backend(ddp_model *m);
+/* Adds to the forward FLOPs per sample (see ddp_model_flops_per_sample). */
+void ddp_model_add_flops(ddp_model *m, double flops);
+
+/* ---- gradients (called by layers during backward) ------------------------------------ */
+
+float ddp_grad_gemm_beta(ddp_model *m, int id);
+ddp_status ddp_grad_prepare_add(ddp_model *m, int id);
+ddp_status ddp_grad_done(ddp_model *m, int id);
+ddp_status ddp_grad_report_part(ddp_model *m, int id, size_t begin, size_t count);
+void ddp_grad_done_reported(ddp_model *m, int id);
+
+/* ---- the kinds ------------------------------------------------------------------------ */
+
+ddp_status ddp_model_build_mlp(ddp_model *m, const ddp_model_spec *spec, char *describe,
+                               size_t cap);
+ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *describe,
+                               size_t cap);
+
+/* Linear (y = x W^T + b, W (out, in)) and elementwise activation layers, for any kind.
+ * Linear rows may be reported in slices (ddp_model_set_grad_slices). */
+ddp_status ddp_layer_linear_create(ddp_model *m, const char *name, const char *param_prefix,
+                                   size_t in, size_t out, ddp_init weight_init, ddp_layer **out_l);
+ddp_status ddp_layer_activation_create(ddp_model *m, const char *name, ddp_act act, size_t dim,
+                                       ddp_layer **out_l);
+/* A linear map inside a layer: y (rows, out) = x (rows, in) W^T + b, and its backward
+ * (bias gradient, weight gradient, then dx (rows, in) written when not NULL), with the
+ * gradient books kept for tensors w (out, in) and b (out). */
+ddp_status ddp_matmul_forward(ddp_model *m, const float *x, int w, int b, float *y, size_t rows,
+                              size_t in, size_t out);
+ddp_status ddp_matmul_backward(ddp_model *m, const float *x, const float *dy, int w, int b,
+                               float *dx, size_t rows, size_t in, size_t out);
+
+/* The linear layer's weight slicing (rows per ready report, 0: whole), for the model. */
+int ddp_layer_is_linear(const ddp_layer *l);
+void ddp_layer_linear_set_slices(ddp_layer *l, size_t rows);
+size_t ddp_layer_linear_slice_rows(const ddp_layer *l);
+int ddp_layer_linear_weight(const ddp_layer *l);
+int ddp_layer_linear_bias(const ddp_layer *l);
+size_t ddp_layer_linear_out(const ddp_layer *l);
 
 #endif

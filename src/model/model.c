@@ -1,141 +1,275 @@
 /*
- * The model: a stack of layers over one flat parameter buffer and one flat gradient
- * buffer, with an activation per layer output kept for backward.
+ * The model: layers run in order over one flat parameter buffer and one flat gradient
+ * buffer, their activations in one arena, the loss at the end, and the books of
+ * gradients during backward (which contribution is the first, which the last, and
+ * when a tensor is reported ready). The kinds (mlp.c, gpt.c) only declare layers and
+ * tensors.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model/layer.h"
 
-#define MAX_LAYERS (2 * DDP_MAX_HIDDEN + 2)
-#define MAX_VIEWS  (2 * (DDP_MAX_HIDDEN + 1))
+typedef struct {
+    ddp_param_view view; /* name, offset, count, shape, decay */
+    ddp_init init;
+    int uses; /* layers that contribute to its gradient */
+    /* per backward pass */
+    int touched;   /* got its first contribution */
+    int uses_left; /* contributions still to come */
+    int reported;  /* reported ready */
+} tensor;
 
 struct ddp_model {
     ddp_backend *backend;
-    int n_layers;
-    ddp_layer layers[MAX_LAYERS];
-    size_t max_batch;
+    ddp_model_spec spec;
+    int n_layers, cap_layers;
+    ddp_layer **layers;
+    int n_tensors, cap_tensors;
+    tensor *tensors;
     size_t num_params;
     float *params; /* device (num_params) */
     float *grads;  /* device (num_params) */
     int own_grads; /* grads was allocated here (not given by ddp_model_use_grad_buffer) */
-    /* acts[i + 1] is the output of layer i (max_batch, out_dim); acts[0] is the input
-     * of the last forward, owned by the caller */
-    const float *acts[MAX_LAYERS + 1];
-    float *act_mem[MAX_LAYERS];
-    float *scratch[2]; /* backward ping-pong (max_batch, widest layer) */
-    int n_views;
-    ddp_param_view views[MAX_VIEWS];
+    size_t max_batch, max_pos;
+    /* the activation arena: each layer's output, each layer's saved tensors, the shared
+     * scratch, the two backward buffers and the gradient of the logits */
+    float *arena;
+    float **outs;   /* (n_layers) rows x out_per_pos each */
+    float *bwd[2];  /* rows x the widest layer boundary */
+    float *dlogits; /* rows x classes */
+    /* the last forward */
+    ddp_batch batch;
+    ddp_pass pass;
+    int have_dlogits;
+    /* the backward pass in progress */
+    int overwrite;
+    ddp_grad_ready_fn ready;
+    void *ready_ctx;
     char describe[256];
     double flops;
 };
 
-static void add_view(ddp_model *m, const char *name, size_t offset, size_t d0, size_t d1) {
-    ddp_param_view *v = &m->views[m->n_views++];
-    snprintf(v->name, sizeof v->name, "%s", name);
-    v->offset = offset;
-    v->ndim = d1 ? 2 : 1;
-    v->shape[0] = d0;
-    v->shape[1] = d1;
-    v->count = d1 ? d0 * d1 : d0;
+/* ---- specs ----------------------------------------------------------------------------- */
+
+const char *ddp_model_kind_name(ddp_model_kind kind) {
+    return kind == DDP_MODEL_GPT ? "gpt" : "mlp";
 }
 
-/* Points every layer's gradient views into m->grads. */
-static void bind_grads(ddp_model *m) {
-    for (int i = 0; i < m->n_layers; i++) {
-        ddp_layer *l = &m->layers[i];
-        if (l->param_count == 0) continue;
-        l->dw = m->grads + l->param_offset;
-        l->dbias = l->dw + l->out_dim * l->in_dim;
+void ddp_model_spec_defaults(ddp_model_spec *spec, ddp_model_kind kind) {
+    memset(spec, 0, sizeof *spec);
+    spec->kind = kind;
+    spec->n_hidden = 2;
+    spec->hidden[0] = 256;
+    spec->hidden[1] = 128;
+    spec->act = DDP_ACT_RELU;
+    spec->layers = 4;
+    spec->dim = 256;
+    spec->heads = 4;
+    spec->ctx = 128;
+    spec->vocab = 256;
+}
+
+ddp_status ddp_model_spec_parse(const char *text, ddp_model_spec *spec) {
+    char act[16];
+    int used = 0;
+    if (strncmp(text, "gpt ", 4) == 0) {
+        ddp_model_spec_defaults(spec, DDP_MODEL_GPT);
+        if (sscanf(text, "gpt L%d C%d H%d T%d V%d%n", &spec->layers, &spec->dim, &spec->heads,
+                   &spec->ctx, &spec->vocab, &used) == 5 &&
+            text[used] == '\0' && spec->layers > 0 && spec->dim > 0 && spec->heads > 0 &&
+            spec->ctx > 0 && spec->vocab > 1) {
+            spec->num_classes = spec->vocab;
+            return DDP_OK;
+        }
+    } else if (strncmp(text, "mlp ", 4) == 0) {
+        ddp_model_spec_defaults(spec, DDP_MODEL_MLP);
+        size_t dims[DDP_MAX_HIDDEN + 2];
+        int nd = 0;
+        const char *p = text + 4;
+        while (nd < DDP_MAX_HIDDEN + 2) {
+            char *end;
+            unsigned long long v = strtoull(p, &end, 10);
+            if (end == p || v == 0) break;
+            dims[nd++] = (size_t)v;
+            p = end;
+            if (*p != '-') break;
+            p++;
+        }
+        if (nd >= 2 && sscanf(p, " %15s%n", act, &used) == 1 && p[used] == '\0' &&
+            (strcmp(act, "relu") == 0 || strcmp(act, "gelu") == 0)) {
+            spec->input_dim = dims[0];
+            spec->num_classes = (int)dims[nd - 1];
+            spec->n_hidden = nd - 2;
+            for (int i = 0; i < nd - 2; i++)
+                spec->hidden[i] = dims[i + 1];
+            spec->act = strcmp(act, "gelu") == 0 ? DDP_ACT_GELU : DDP_ACT_RELU;
+            return DDP_OK;
+        }
     }
+    return DDP_FAIL(DDP_ERR_FORMAT,
+                    "model description '%s' is not one ddp writes (\"mlp 784-256-10 relu\" or "
+                    "\"gpt L4 C256 H4 T128 V256\")",
+                    text);
 }
 
-ddp_status ddp_model_use_grad_buffer(ddp_model *m, float *grads) {
-    DDP_CHECK(ddp_backend_zero(m->backend, grads, m->num_params * sizeof(float)));
-    if (m->own_grads) ddp_backend_dealloc(m->backend, m->grads);
-    m->grads = grads;
-    m->own_grads = 0;
-    bind_grads(m);
+/* ---- building ------------------------------------------------------------------------ */
+
+ddp_status ddp_model_add_layer(ddp_model *m, ddp_layer *l) {
+    if (m->n_layers == m->cap_layers) {
+        int cap = m->cap_layers ? 2 * m->cap_layers : 16;
+        ddp_layer **grown = realloc(m->layers, (size_t)cap * sizeof *grown);
+        if (!grown) {
+            if (l->ops->destroy) l->ops->destroy(l);
+            free(l);
+            return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
+        }
+        m->layers = grown;
+        m->cap_layers = cap;
+    }
+    m->layers[m->n_layers++] = l;
     return DDP_OK;
 }
 
-ddp_status ddp_model_create_mlp(ddp_backend *b, const ddp_mlp_spec *spec, size_t max_batch,
-                                ddp_model **out) {
+ddp_status ddp_model_add_param(ddp_model *m, const char *name, int ndim, const size_t *shape,
+                               ddp_init init, int decay, int *id) {
+    if (ndim < 1 || ndim > DDP_MAX_DIMS)
+        return DDP_FAIL(DDP_ERR_INTERNAL, "model: tensor %s has %d dimensions", name, ndim);
+    if (m->n_tensors == m->cap_tensors) {
+        int cap = m->cap_tensors ? 2 * m->cap_tensors : 32;
+        tensor *grown = realloc(m->tensors, (size_t)cap * sizeof *grown);
+        if (!grown) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
+        m->tensors = grown;
+        m->cap_tensors = cap;
+    }
+    tensor *t = &m->tensors[m->n_tensors];
+    memset(t, 0, sizeof *t);
+    if (strlen(name) >= sizeof t->view.name)
+        return DDP_FAIL(DDP_ERR_INTERNAL, "model: tensor name %s is too long", name);
+    snprintf(t->view.name, sizeof t->view.name, "%s", name);
+    t->view.ndim = ndim;
+    size_t count = 1;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] == 0 || count > SIZE_MAX / shape[d])
+            return DDP_FAIL(DDP_ERR_INVALID_ARG, "model: tensor %s has an impossible shape", name);
+        t->view.shape[d] = shape[d];
+        count *= shape[d];
+    }
+    if (m->num_params > SIZE_MAX / sizeof(float) - count)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "model: too many parameters");
+    t->view.offset = m->num_params;
+    t->view.count = count;
+    t->view.decay = decay || m->spec.decay_all;
+    t->init = init;
+    t->uses = 1;
+    m->num_params += count;
+    *id = m->n_tensors++;
+    return DDP_OK;
+}
+
+void ddp_model_share_param(ddp_model *m, int id) { m->tensors[id].uses++; }
+float *ddp_model_w(ddp_model *m, int id) { return m->params + m->tensors[id].view.offset; }
+float *ddp_model_dw(ddp_model *m, int id) { return m->grads + m->tensors[id].view.offset; }
+size_t ddp_model_param_offset(const ddp_model *m, int id) { return m->tensors[id].view.offset; }
+size_t ddp_model_param_count(const ddp_model *m, int id) { return m->tensors[id].view.count; }
+ddp_backend *ddp_model_backend(ddp_model *m) { return m->backend; }
+void ddp_model_add_flops(ddp_model *m, double flops) { m->flops += flops; }
+
+/* a * b + c with overflow checks, for the arena's size. */
+static int grow(size_t *total, size_t a, size_t b) {
+    if (b != 0 && a > SIZE_MAX / b) return 0;
+    if (*total > SIZE_MAX - a * b) return 0;
+    *total += a * b;
+    return 1;
+}
+
+/* Carves the arena: outputs, saved tensors, scratch, backward buffers, dlogits. */
+static ddp_status allocate(ddp_model *m) {
+    size_t rows = m->max_batch * m->max_pos;
+    if (m->max_pos != 0 && rows / m->max_pos != m->max_batch)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "model: batch of %zu x %zu positions is too large",
+                        m->max_batch, m->max_pos);
+    size_t outs = 0, saved = 0, scratch = 0, widest = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        const ddp_layer *l = m->layers[i];
+        outs += l->out_per_pos;
+        saved += l->saved_per_pos;
+        if (l->scratch_per_pos > scratch) scratch = l->scratch_per_pos;
+        if (l->in_per_pos > widest) widest = l->in_per_pos;
+        if (l->out_per_pos > widest) widest = l->out_per_pos;
+    }
+    size_t classes = m->layers[m->n_layers - 1]->out_per_pos, total = 0;
+    if (!grow(&total, rows, outs) || !grow(&total, rows, saved) || !grow(&total, rows, scratch) ||
+        !grow(&total, rows, 2 * widest) || !grow(&total, rows, classes) ||
+        total > SIZE_MAX / sizeof(float))
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "model: activations for %zu samples do not fit in memory; use a "
+                        "smaller micro-batch (--micro-batch or --accum)",
+                        m->max_batch);
+    m->outs = calloc((size_t)m->n_layers, sizeof *m->outs);
+    if (!m->outs) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
+    ddp_status s = ddp_backend_alloc(m->backend, total * sizeof(float), (void **)&m->arena);
+    if (s != DDP_OK) {
+        ddp_error_trace(__FILE__, __LINE__);
+        return DDP_FAIL(DDP_ERR_NOMEM,
+                        "model: could not allocate %.1f MB of activations for %zu samples; use "
+                        "a smaller micro-batch (--micro-batch or --accum)",
+                        (double)total * sizeof(float) / 1e6, m->max_batch);
+    }
+    float *p = m->arena;
+    for (int i = 0; i < m->n_layers; i++) {
+        m->outs[i] = p;
+        p += rows * m->layers[i]->out_per_pos;
+    }
+    for (int i = 0; i < m->n_layers; i++) {
+        m->layers[i]->saved = m->layers[i]->saved_per_pos ? p : NULL;
+        p += rows * m->layers[i]->saved_per_pos;
+    }
+    for (int i = 0; i < m->n_layers; i++)
+        m->layers[i]->scratch = scratch ? p : NULL;
+    p += rows * scratch;
+    m->bwd[0] = p;
+    m->bwd[1] = p + rows * widest;
+    p += 2 * rows * widest;
+    m->dlogits = p;
+    DDP_CHECK(ddp_backend_alloc(m->backend, m->num_params * sizeof(float), (void **)&m->params));
+    DDP_CHECK(ddp_backend_alloc(m->backend, m->num_params * sizeof(float), (void **)&m->grads));
+    DDP_CHECK(ddp_backend_zero(m->backend, m->grads, m->num_params * sizeof(float)));
+    return DDP_OK;
+}
+
+ddp_status ddp_model_create(ddp_backend *b, const ddp_model_spec *spec, size_t max_batch,
+                            ddp_model **out) {
     *out = NULL;
-    if (spec->n_hidden < 0 || spec->n_hidden > DDP_MAX_HIDDEN)
-        return DDP_FAIL(DDP_ERR_INVALID_ARG, "model: %d hidden layers (at most %d)", spec->n_hidden,
-                        DDP_MAX_HIDDEN);
-    if (spec->input_dim == 0 || spec->num_classes < 2)
-        return DDP_FAIL(DDP_ERR_INVALID_ARG, "model: input size %zu and %d classes",
-                        spec->input_dim, spec->num_classes);
     if (max_batch == 0) return DDP_FAIL(DDP_ERR_INVALID_ARG, "model: max_batch is 0");
-    for (int i = 0; i < spec->n_hidden; i++)
-        if (spec->hidden[i] == 0 || spec->hidden[i] > (1u << 24))
-            return DDP_FAIL(DDP_ERR_INVALID_ARG, "model: hidden layer %d has size %zu", i,
-                            spec->hidden[i]);
     ddp_model *m = calloc(1, sizeof *m);
     if (!m) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
     m->backend = b;
+    m->spec = *spec;
     m->max_batch = max_batch;
+    m->max_pos = 1;
     m->own_grads = 1;
-
-    size_t dims[DDP_MAX_HIDDEN + 2];
-    int nd = 0;
-    dims[nd++] = spec->input_dim;
-    for (int i = 0; i < spec->n_hidden; i++)
-        dims[nd++] = spec->hidden[i];
-    dims[nd++] = (size_t)spec->num_classes;
-
-    int off = snprintf(m->describe, sizeof m->describe, "mlp ");
-    size_t widest = 0, offset = 0;
-    for (int i = 0; i + 1 < nd; i++) {
-        ddp_layer *l = &m->layers[m->n_layers++];
-        ddp_layer_linear(l, dims[i], dims[i + 1]);
-        snprintf(l->name, sizeof l->name, "fc%d", i);
-        l->param_offset = offset;
-        char name[40];
-        snprintf(name, sizeof name, "fc%d.weight", i);
-        add_view(m, name, offset, dims[i + 1], dims[i]);
-        snprintf(name, sizeof name, "fc%d.bias", i);
-        add_view(m, name, offset + dims[i + 1] * dims[i], dims[i + 1], 0);
-        offset += l->param_count;
-        m->flops += 2.0 * (double)dims[i] * (double)dims[i + 1];
-        if (i + 2 < nd) {
-            ddp_layer *a = &m->layers[m->n_layers++];
-            ddp_layer_activation(a, spec->act, dims[i + 1]);
-            snprintf(a->name, sizeof a->name, "%s%d", spec->act == DDP_ACT_GELU ? "gelu" : "relu",
-                     i);
-        }
-        off += snprintf(m->describe + off, sizeof m->describe - (size_t)off, "%zu-", dims[i]);
+    ddp_status s;
+    switch (spec->kind) {
+    case DDP_MODEL_MLP: s = ddp_model_build_mlp(m, spec, m->describe, sizeof m->describe); break;
+    case DDP_MODEL_GPT:
+        m->max_pos = spec->ctx > 0 ? (size_t)spec->ctx : 1;
+        s = ddp_model_build_gpt(m, spec, m->describe, sizeof m->describe);
+        break;
+    default: s = DDP_FAIL(DDP_ERR_INVALID_ARG, "model: unknown kind %d", (int)spec->kind);
     }
-    for (int i = 0; i < nd; i++)
-        if (dims[i] > widest) widest = dims[i];
-    snprintf(m->describe + off, sizeof m->describe - (size_t)off, "%zu %s", dims[nd - 1],
-             spec->act == DDP_ACT_GELU ? "gelu" : "relu");
-    m->num_params = offset;
-
-    ddp_status s = ddp_backend_alloc(b, offset * sizeof(float), (void **)&m->params);
-    if (s == DDP_OK) s = ddp_backend_alloc(b, offset * sizeof(float), (void **)&m->grads);
-    if (s == DDP_OK) s = ddp_backend_zero(b, m->grads, offset * sizeof(float));
-    for (int i = 0; s == DDP_OK && i < m->n_layers; i++)
-        s = ddp_backend_alloc(b, max_batch * m->layers[i].out_dim * sizeof(float),
-                              (void **)&m->act_mem[i]);
-    for (int i = 0; s == DDP_OK && i < 2; i++)
-        s = ddp_backend_alloc(b, max_batch * widest * sizeof(float), (void **)&m->scratch[i]);
+    if (s == DDP_OK && (m->n_layers == 0 || m->num_params == 0))
+        s = DDP_FAIL(DDP_ERR_INTERNAL, "model: %s has no layers or no parameters",
+                     ddp_model_kind_name(spec->kind));
+    if (s == DDP_OK) s = allocate(m);
     if (s != DDP_OK) {
+        ddp_error_trace(__FILE__, __LINE__);
         ddp_model_free(m);
-        DDP_CHECK(s);
+        return s;
     }
-    for (int i = 0; i < m->n_layers; i++) {
-        ddp_layer *l = &m->layers[i];
-        m->acts[i + 1] = m->act_mem[i];
-        if (l->param_count == 0) continue;
-        l->w = m->params + l->param_offset;
-        l->bias = l->w + l->out_dim * l->in_dim;
-    }
-    bind_grads(m);
     *out = m;
     return DDP_OK;
 }
@@ -145,40 +279,69 @@ void ddp_model_free(ddp_model *m) {
     ddp_backend *b = m->backend;
     ddp_backend_dealloc(b, m->params);
     if (m->own_grads) ddp_backend_dealloc(b, m->grads);
-    for (int i = 0; i < m->n_layers; i++)
-        ddp_backend_dealloc(b, m->act_mem[i]);
-    for (int i = 0; i < 2; i++)
-        ddp_backend_dealloc(b, m->scratch[i]);
+    ddp_backend_dealloc(b, m->arena);
+    for (int i = 0; i < m->n_layers; i++) {
+        if (m->layers[i]->ops->destroy) m->layers[i]->ops->destroy(m->layers[i]);
+        free(m->layers[i]);
+    }
+    free(m->layers);
+    free(m->tensors);
+    free(m->outs);
     free(m);
 }
 
+ddp_status ddp_model_use_grad_buffer(ddp_model *m, float *grads) {
+    DDP_CHECK(ddp_backend_zero(m->backend, grads, m->num_params * sizeof(float)));
+    if (m->own_grads) ddp_backend_dealloc(m->backend, m->grads);
+    m->grads = grads;
+    m->own_grads = 0;
+    return DDP_OK;
+}
+
+/* ---- accessors ------------------------------------------------------------------------- */
+
+const ddp_model_spec *ddp_model_spec_of(const ddp_model *m) { return &m->spec; }
 size_t ddp_model_num_params(const ddp_model *m) { return m->num_params; }
-size_t ddp_model_input_dim(const ddp_model *m) { return m->layers[0].in_dim; }
-int ddp_model_num_classes(const ddp_model *m) { return (int)m->layers[m->n_layers - 1].out_dim; }
+int ddp_model_num_classes(const ddp_model *m) {
+    return (int)m->layers[m->n_layers - 1]->out_per_pos;
+}
+size_t ddp_model_max_positions(const ddp_model *m) { return m->max_pos; }
+size_t ddp_model_max_batch(const ddp_model *m) { return m->max_batch; }
 float *ddp_model_params(ddp_model *m) { return m->params; }
 float *ddp_model_grads(ddp_model *m) { return m->grads; }
-int ddp_model_num_views(const ddp_model *m) { return m->n_views; }
+int ddp_model_num_views(const ddp_model *m) { return m->n_tensors; }
 const ddp_param_view *ddp_model_view(const ddp_model *m, int i) {
-    return i >= 0 && i < m->n_views ? &m->views[i] : NULL;
+    return i >= 0 && i < m->n_tensors ? &m->tensors[i].view : NULL;
 }
+size_t ddp_model_num_buffer_elems(const ddp_model *m) { return 0; }
+float *ddp_model_buffers(ddp_model *m) { return NULL; }
+int ddp_model_num_buffer_views(const ddp_model *m) { return 0; }
+const ddp_param_view *ddp_model_buffer_view(const ddp_model *m, int i) { return NULL; }
 const char *ddp_model_describe(const ddp_model *m) { return m->describe; }
 double ddp_model_flops_per_sample(const ddp_model *m) { return m->flops; }
+const float *ddp_model_logits(const ddp_model *m) { return m->outs[m->n_layers - 1]; }
+
+/* ---- initialization ------------------------------------------------------------------ */
 
 ddp_status ddp_model_init_params(ddp_model *m, uint64_t seed) {
     float *host = malloc(m->num_params * sizeof(float));
     if (!host) return DDP_FAIL(DDP_ERR_NOMEM, "model init: out of memory");
-    for (int i = 0; i < m->n_layers; i++) {
-        ddp_layer *l = &m->layers[i];
-        if (l->param_count == 0) continue;
-        /* One RNG stream per layer: a layer's values do not depend on the others. */
+    for (int i = 0; i < m->n_tensors; i++) {
+        const tensor *t = &m->tensors[i];
+        float *w = host + t->view.offset;
+        /* One RNG stream per tensor: a tensor's values do not depend on the others. */
         ddp_rng rng;
         ddp_rng_seed(&rng, seed, (uint64_t)i);
-        float std = sqrtf(2.0f / (float)l->in_dim); /* He: variance 2 / fan_in */
-        float *w = host + l->param_offset;
-        size_t nw = l->out_dim * l->in_dim;
-        for (size_t k = 0; k < nw; k++)
-            w[k] = std * ddp_rng_normal(&rng);
-        memset(w + nw, 0, l->out_dim * sizeof(float));
+        float std = t->init.std;
+        if (t->init.kind == DDP_INIT_HE_NORMAL)
+            std = sqrtf(2.0f / (float)t->view.shape[t->view.ndim - 1]);
+        for (size_t k = 0; k < t->view.count; k++) {
+            switch (t->init.kind) {
+            case DDP_INIT_ZERO: w[k] = 0.0f; break;
+            case DDP_INIT_ONE: w[k] = 1.0f; break;
+            default: w[k] = std * ddp_rng_normal(&rng); break;
+            }
+        }
     }
     ddp_status s =
         ddp_backend_copy(m->backend, m->params, host, m->num_params * sizeof(float), DDP_COPY_H2D);
@@ -188,90 +351,172 @@ ddp_status ddp_model_init_params(ddp_model *m, uint64_t seed) {
     return DDP_OK;
 }
 
-static ddp_status check_batch(const ddp_model *m, size_t n) {
-    if (n == 0 || n > m->max_batch)
+/* ---- forward and backward ------------------------------------------------------------ */
+
+static ddp_status check_batch(const ddp_model *m, const ddp_batch *batch) {
+    if (batch->n == 0 || batch->n > m->max_batch)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
-                        "model: batch of %zu samples (the model was sized for 1..%zu)", n,
+                        "model: batch of %zu samples (the model was sized for 1..%zu)", batch->n,
                         m->max_batch);
+    if (batch->t == 0 || batch->t > m->max_pos)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "model: %zu positions per sample (the model takes 1..%zu)", batch->t,
+                        m->max_pos);
+    int tokens = m->layers[0]->in_per_pos == 0;
+    if (tokens ? !batch->tokens : !batch->x)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "model: a %s needs %s as input", m->describe,
+                        tokens ? "tokens" : "features");
     return DDP_OK;
 }
 
-ddp_status ddp_model_forward(ddp_model *m, const float *x, size_t n, const float **logits) {
-    DDP_CHECK(check_batch(m, n));
-    m->acts[0] = x;
+ddp_status ddp_model_forward(ddp_model *m, const ddp_batch *batch, ddp_mode mode, float grad_scale,
+                             float *stats) {
+    DDP_CHECK(check_batch(m, batch));
+    m->batch = *batch;
+    m->pass = (ddp_pass){
+        .n = batch->n, .t = batch->t, .train = mode == DDP_MODE_TRAIN, .batch = &m->batch};
+    m->have_dlogits = 0;
+    const float *x = batch->x;
     for (int i = 0; i < m->n_layers; i++) {
-        ddp_layer *l = &m->layers[i];
+        ddp_layer *l = m->layers[i];
         DDP_CHECK(ddp_trace_begin(l->name, "forward"));
-        DDP_CHECK(l->ops->forward(l, m->backend, m->acts[i], m->act_mem[i], n));
+        DDP_CHECK(l->ops->forward(l, m, &m->pass, x, m->outs[i]));
         DDP_CHECK(ddp_trace_end());
+        x = m->outs[i];
     }
-    *logits = m->acts[m->n_layers];
+    if (!batch->targets) return DDP_OK;
+    /* The loss belongs to the model: softmax cross-entropy over every prediction. */
+    int train = mode == DDP_MODE_TRAIN && grad_scale != 0.0f;
+    size_t rows = batch->n * batch->t;
+    DDP_CHECK(ddp_backend_softmax_xent(m->backend, x, batch->targets, (int)rows,
+                                       ddp_model_num_classes(m), train ? grad_scale : 0.0f,
+                                       train ? m->dlogits : NULL, stats));
+    m->have_dlogits = train;
     return DDP_OK;
 }
 
-static ddp_status backward(ddp_model *m, const float *dlogits, size_t n, int overwrite,
-                           ddp_grad_ready_fn ready, void *ctx) {
-    DDP_CHECK(check_batch(m, n));
-    const float *dy = dlogits;
-    for (int i = m->n_layers - 1; i >= 0; i--) {
-        ddp_layer *l = &m->layers[i];
+static ddp_status report(ddp_model *m, tensor *t, size_t begin, size_t count) {
+    if (m->ready) DDP_CHECK(m->ready(m->ready_ctx, t->view.offset + begin, count));
+    return DDP_OK;
+}
+
+float ddp_grad_gemm_beta(ddp_model *m, int id) {
+    tensor *t = &m->tensors[id];
+    float beta = m->overwrite && !t->touched ? 0.0f : 1.0f;
+    t->touched = 1;
+    return beta;
+}
+
+ddp_status ddp_grad_prepare_add(ddp_model *m, int id) {
+    tensor *t = &m->tensors[id];
+    if (m->overwrite && !t->touched)
+        DDP_CHECK(ddp_backend_zero(m->backend, ddp_model_dw(m, id), t->view.count * sizeof(float)));
+    t->touched = 1;
+    return DDP_OK;
+}
+
+ddp_status ddp_grad_done(ddp_model *m, int id) {
+    tensor *t = &m->tensors[id];
+    if (t->uses_left > 0) t->uses_left--;
+    if (t->uses_left == 0 && !t->reported) {
+        t->reported = 1;
+        DDP_CHECK(report(m, t, 0, t->view.count));
+    }
+    return DDP_OK;
+}
+
+ddp_status ddp_grad_report_part(ddp_model *m, int id, size_t begin, size_t count) {
+    DDP_CHECK(report(m, &m->tensors[id], begin, count));
+    return DDP_OK;
+}
+
+void ddp_grad_done_reported(ddp_model *m, int id) {
+    m->tensors[id].reported = 1;
+    m->tensors[id].uses_left = 0;
+}
+
+ddp_status ddp_model_backward(ddp_model *m, int first, ddp_grad_ready_fn ready, void *ctx) {
+    if (!m->have_dlogits)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "model: backward needs a forward in train mode with targets and a "
+                        "gradient scale just before it");
+    m->overwrite = first;
+    m->ready = ready;
+    m->ready_ctx = ctx;
+    for (int i = 0; i < m->n_tensors; i++) {
+        tensor *t = &m->tensors[i];
+        t->touched = t->reported = 0;
+        t->uses_left = t->uses;
+    }
+    const float *dy = m->dlogits;
+    ddp_status s = DDP_OK;
+    for (int i = m->n_layers - 1; s == DDP_OK && i >= 0; i--) {
+        ddp_layer *l = m->layers[i];
         /* The first layer's input gradient is never needed. */
-        float *dx = i > 0 ? m->scratch[i & 1] : NULL;
-        DDP_CHECK(ddp_trace_begin(l->name, "backward"));
-        DDP_CHECK(l->ops->backward(l, m->backend, m->acts[i], m->acts[i + 1], dy, dx, n, overwrite,
-                                   ready, ctx));
-        DDP_CHECK(ddp_trace_end());
+        float *dx = i > 0 ? m->bwd[i & 1] : NULL;
+        const float *x = i > 0 ? m->outs[i - 1] : m->batch.x;
+        s = ddp_trace_begin(l->name, "backward");
+        if (s == DDP_OK) s = l->ops->backward(l, m, &m->pass, x, m->outs[i], dy, dx);
+        if (s == DDP_OK) s = ddp_trace_end();
         dy = dx;
     }
-    return DDP_OK;
-}
-
-ddp_status ddp_model_backward(ddp_model *m, const float *dlogits, size_t n, ddp_grad_ready_fn ready,
-                              void *ctx) {
-    DDP_CHECK(backward(m, dlogits, n, 0, ready, ctx));
-    return DDP_OK;
-}
-
-ddp_status ddp_model_backward_first(ddp_model *m, const float *dlogits, size_t n,
-                                    ddp_grad_ready_fn ready, void *ctx) {
-    DDP_CHECK(backward(m, dlogits, n, 1, ready, ctx));
-    return DDP_OK;
-}
-
-/* The first layer with parameters: its gradients are final last in backward. */
-static ddp_layer *first_param_layer(ddp_model *m) {
-    for (int i = 0; i < m->n_layers; i++)
-        if (m->layers[i].param_count > 0) return &m->layers[i];
-    return NULL;
-}
-
-size_t ddp_model_set_grad_slices(ddp_model *m, size_t max_elems) {
-    ddp_layer *l = first_param_layer(m);
-    if (!l) return 0;
-    /* At least max_elems per slice (a reducer closes a bucket once it holds that much),
-     * which leaves the lowest, last slice the short one: the least to send at the end. */
-    size_t rows = (max_elems + l->in_dim - 1) / l->in_dim;
-    l->slice_rows = max_elems == 0 || rows >= l->out_dim ? 0 : rows;
-    return l->param_offset + l->param_count;
-}
-
-int ddp_model_ready_points(ddp_model *m, size_t *offsets, int max) {
-    int n = 0;
-    for (int i = 0; i < m->n_layers; i++) {
-        const ddp_layer *l = &m->layers[i];
-        if (l->param_count == 0) continue;
-        size_t step = l->slice_rows ? l->slice_rows : l->out_dim;
-        /* Slices are cut from the last row down, so the first may be the short one. */
-        size_t first = l->out_dim % step ? l->out_dim % step : step;
-        for (size_t r = 0; r < l->out_dim; r = r == 0 ? first : r + step) {
-            if (n < max) offsets[n] = l->param_offset + r * l->in_dim;
-            n++;
-        }
+    /* Tensors that got no contribution, or fewer than their users promised (a layer
+     * skipped): zeroed when this pass writes, and reported, so that the reducer's count
+     * of every bucket reaches zero. Last layer first, as backward goes. */
+    for (int i = m->n_tensors - 1; s == DDP_OK && i >= 0; i--) {
+        tensor *t = &m->tensors[i];
+        if (t->reported) continue;
+        if (!t->touched && m->overwrite)
+            s = ddp_backend_zero(m->backend, ddp_model_dw(m, i), t->view.count * sizeof(float));
+        t->reported = 1;
+        if (s == DDP_OK) s = report(m, t, 0, t->view.count);
     }
-    return n;
+    m->ready = NULL;
+    m->ready_ctx = NULL;
+    DDP_CHECK(s);
+    return DDP_OK;
 }
 
 ddp_status ddp_model_zero_grads(ddp_model *m) {
     DDP_CHECK(ddp_backend_zero(m->backend, m->grads, m->num_params * sizeof(float)));
     return DDP_OK;
+}
+
+/* ---- reporting in slices --------------------------------------------------------------- */
+
+size_t ddp_model_set_grad_slices(ddp_model *m, size_t max_elems) {
+    ddp_layer *l = m->layers[0];
+    if (!ddp_layer_is_linear(l)) return 0;
+    int w = ddp_layer_linear_weight(l);
+    size_t in = m->tensors[w].view.shape[1], out = m->tensors[w].view.shape[0];
+    /* At least max_elems per slice (a reducer closes a bucket once it holds that much),
+     * which leaves the lowest, last slice the short one: the least to send at the end. */
+    size_t rows = (max_elems + in - 1) / in;
+    ddp_layer_linear_set_slices(l, max_elems == 0 || rows >= out ? 0 : rows);
+    /* The first layer's tensors (weight, then bias) are final last. */
+    const tensor *bias = &m->tensors[ddp_layer_linear_bias(l)];
+    return bias->view.offset + bias->view.count;
+}
+
+int ddp_model_ready_points(ddp_model *m, size_t *offsets, int max) {
+    int n = 0;
+    const ddp_layer *first = m->layers[0];
+    size_t slice = ddp_layer_is_linear(first) ? ddp_layer_linear_slice_rows(first) : 0;
+    int sliced = slice ? ddp_layer_linear_weight(first) : -1;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const ddp_param_view *v = &m->tensors[i].view;
+        if (i != sliced) {
+            if (n < max) offsets[n] = v->offset;
+            n++;
+            continue;
+        }
+        /* Slices are cut from the last row down, so the first may be the short one. */
+        size_t out = v->shape[0], in = v->shape[1];
+        size_t firstrows = out % slice ? out % slice : slice;
+        for (size_t r = 0; r < out; r = r == 0 ? firstrows : r + slice) {
+            if (n < max) offsets[n] = v->offset + r * in;
+            n++;
+        }
+    }
+    return n;
 }

@@ -15,6 +15,11 @@ struct ddp_optim {
     int64_t t;       /* steps taken */
     float *state[2]; /* SGD: momentum; AdamW: m, v (device, n each) */
     int n_states;
+    /* The update runs over segments that alternate between with and without weight
+     * decay: seg[i] starts segment i, nodecay[i] says which it is. */
+    size_t *seg;
+    int *nodecay;
+    int n_seg;
 };
 
 ddp_status ddp_optim_create(ddp_backend *b, const ddp_optim_config *cfg, size_t n,
@@ -55,19 +60,76 @@ void ddp_optim_free(ddp_optim *o) {
     if (!o) return;
     for (int i = 0; i < 2; i++)
         ddp_backend_dealloc(o->backend, o->state[i]);
+    free(o->seg);
+    free(o->nodecay);
     free(o);
 }
 
-ddp_status ddp_optim_step(ddp_optim *o, float *params, const float *grads, float lr, float gscale) {
+ddp_status ddp_optim_set_no_decay(ddp_optim *o, const size_t (*ranges)[2], int n) {
+    size_t at = 0;
+    for (int i = 0; i < n; i++) {
+        if (ranges[i][0] < at || ranges[i][1] > o->n || ranges[i][0] > o->n - ranges[i][1])
+            return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                            "optimizer: no-decay range %d [%zu, +%zu) is out of order or outside "
+                            "the %zu elements",
+                            i, ranges[i][0], ranges[i][1], o->n);
+        at = ranges[i][0] + ranges[i][1];
+    }
+    size_t *seg = malloc((2 * (size_t)n + 1) * sizeof *seg);
+    int *nodecay = malloc((2 * (size_t)n + 1) * sizeof *nodecay);
+    if (!seg || !nodecay) {
+        free(seg);
+        free(nodecay);
+        return DDP_FAIL(DDP_ERR_NOMEM, "optimizer: out of memory");
+    }
+    int k = 0;
+    at = 0;
+    for (int i = 0; i < n; i++) {
+        if (ranges[i][1] == 0) continue;
+        if (ranges[i][0] > at) { /* decayed elements before this range */
+            seg[k] = at;
+            nodecay[k++] = 0;
+        }
+        seg[k] = ranges[i][0];
+        nodecay[k++] = 1;
+        at = ranges[i][0] + ranges[i][1];
+    }
+    if (at < o->n || k == 0) {
+        seg[k] = at;
+        nodecay[k++] = 0;
+    }
+    free(o->seg);
+    free(o->nodecay);
+    o->seg = seg;
+    o->nodecay = nodecay;
+    o->n_seg = k;
+    return DDP_OK;
+}
+
+/* The update of elements [a, a + n) with weight decay wd. */
+static ddp_status step_range(ddp_optim *o, float *params, const float *grads, float lr,
+                             float gscale, size_t a, size_t n, float wd) {
     const ddp_optim_config *c = &o->cfg;
     if (c->kind == DDP_OPTIM_SGD)
-        DDP_CHECK(ddp_backend_sgd_step(o->backend, params, grads, o->state[0], o->n, lr,
-                                       c->momentum, c->weight_decay, c->nesterov, o->t == 0,
-                                       gscale));
+        DDP_CHECK(ddp_backend_sgd_step(o->backend, params + a, grads + a, o->state[0] + a, n, lr,
+                                       c->momentum, wd, c->nesterov, o->t == 0, gscale));
     else
-        DDP_CHECK(ddp_backend_adamw_step(o->backend, params, grads, o->state[0], o->state[1], o->n,
-                                         lr, c->beta1, c->beta2, c->eps, c->weight_decay, o->t + 1,
-                                         gscale));
+        DDP_CHECK(ddp_backend_adamw_step(o->backend, params + a, grads + a, o->state[0] + a,
+                                         o->state[1] + a, n, lr, c->beta1, c->beta2, c->eps, wd,
+                                         o->t + 1, gscale));
+    return DDP_OK;
+}
+
+ddp_status ddp_optim_step(ddp_optim *o, float *params, const float *grads, float lr, float gscale) {
+    if (o->n_seg == 0) {
+        DDP_CHECK(step_range(o, params, grads, lr, gscale, 0, o->n, o->cfg.weight_decay));
+    } else {
+        for (int i = 0; i < o->n_seg; i++) {
+            size_t end = i + 1 < o->n_seg ? o->seg[i + 1] : o->n;
+            float wd = o->nodecay[i] ? 0.0f : o->cfg.weight_decay;
+            DDP_CHECK(step_range(o, params, grads, lr, gscale, o->seg[i], end - o->seg[i], wd));
+        }
+    }
     o->t++;
     return DDP_OK;
 }

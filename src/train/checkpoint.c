@@ -62,10 +62,10 @@ size_t ddp_checkpoint_settings(const ddp_trainer *t, char *buf, size_t cap) {
         i = end + 1;
     }
     /* The sampler's cursor is only meaningful on the same training set. */
-    const ddp_dataset *d = t->train;
-    if (n < cap)
-        n += (size_t)snprintf(buf + n, cap - n, " train=%zu dim=%zu classes=%d labels=%08x", d->n,
-                              d->dim, d->num_classes, ddp_crc32(0, d->y, d->n * sizeof(int32_t)));
+    if (n + 1 < cap) {
+        buf[n++] = ' ';
+        n += t->src->identify(t, buf + n, cap - n);
+    }
     return n < cap ? n : cap - 1;
 }
 

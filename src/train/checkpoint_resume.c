@@ -249,7 +249,7 @@ static ddp_status pick(ddp_trainer *t, const char *dir, const char *file, void *
 /* Every rank: puts the checkpoint's state into the trainer. */
 static ddp_status apply(ddp_trainer *t, const ddp_checkpoint_info *h) {
     ddp_backend *b = t->backend;
-    DDP_CHECK(ddp_sampler_seek(&t->sampler, h->sampler_epoch, (size_t)h->sampler_step));
+    DDP_CHECK(t->src->seek(t, h->sampler_epoch, (size_t)h->sampler_step));
     DDP_CHECK(ddp_backend_copy(b, ddp_model_params(t->model), h->params,
                                t->num_params * sizeof(float), DDP_COPY_H2D));
     size_t n = ddp_optim_size(t->optim);

@@ -9,10 +9,7 @@
 
 void ddp_train_config_defaults(ddp_train_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
-    cfg->model.n_hidden = 2;
-    cfg->model.hidden[0] = 256;
-    cfg->model.hidden[1] = 128;
-    cfg->model.act = DDP_ACT_RELU;
+    ddp_model_spec_defaults(&cfg->model, DDP_MODEL_MLP);
     snprintf(cfg->data_dir, sizeof cfg->data_dir, "/usr/share/datasets/fashion-mnist");
     cfg->global_batch = 128;
     cfg->accum = 0;
@@ -137,10 +134,19 @@ size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t
     do {                                                                                           \
         if ((size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, __VA_ARGS__);                 \
     } while (0)
-    PUT("hidden=");
-    for (int i = 0; i < cfg->model.n_hidden; i++)
-        PUT("%s%zu", i ? "," : "", cfg->model.hidden[i]);
-    PUT(" act=%d batch=%zu accum=%d micro=%zu epochs=%d steps=%lld", (int)cfg->model.act,
+    /* The model's shape options of its kind (ddp_model_describe covers them too). */
+    const ddp_model_spec *m = &cfg->model;
+    PUT("model=%s", ddp_model_kind_name(m->kind));
+    if (m->kind == DDP_MODEL_GPT) {
+        PUT(" layers=%d dim=%d heads=%d ctx=%d vocab=%d", m->layers, m->dim, m->heads, m->ctx,
+            m->vocab);
+    } else {
+        PUT(" hidden=");
+        for (int i = 0; i < m->n_hidden; i++)
+            PUT("%s%zu", i ? "," : "", m->hidden[i]);
+        PUT(" act=%d", (int)m->act);
+    }
+    PUT(" decay_all=%d batch=%zu accum=%d micro=%zu epochs=%d steps=%lld", m->decay_all,
         cfg->global_batch, cfg->accum, cfg->micro_batch, cfg->epochs, (long long)cfg->max_steps);
     PUT(" optim=%d momentum=%a nesterov=%d betas=%a,%a eps=%a wd=%a", (int)cfg->optim.kind,
         cfg->optim.momentum, cfg->optim.nesterov, cfg->optim.beta1, cfg->optim.beta2,

@@ -8,19 +8,6 @@
 
 #include "train/trainer_impl.h"
 
-/* Evaluation and the model's activations use batches of at least this many samples. */
-#define EVAL_BATCH 1000
-
-static ddp_status upload(ddp_trainer *t, const void *host, size_t bytes, void **dev) {
-    if (ddp_backend_is_host(t->backend)) {
-        *dev = (void *)host; /* the CPU backend computes on the dataset's own memory */
-        return DDP_OK;
-    }
-    DDP_CHECK(ddp_backend_alloc(t->backend, bytes, dev));
-    DDP_CHECK(ddp_backend_copy(t->backend, *dev, host, bytes, DDP_COPY_H2D));
-    return DDP_OK;
-}
-
 /* Every rank must run the same configuration on the same data with the same model, or
  * the collectives would mismatch; compare fingerprints and name the rank that differs. */
 static ddp_status check_fingerprints(ddp_trainer *t) {
@@ -29,9 +16,9 @@ static ddp_status check_fingerprints(ddp_trainer *t) {
     uint32_t fp = ddp_crc32(0, canon, len);
     const char *shape = ddp_model_describe(t->model);
     fp = ddp_crc32(fp, shape, strlen(shape));
-    size_t data_shape[4] = {t->train->n, t->train->dim, t->test->n, (size_t)t->num_classes};
-    fp = ddp_crc32(fp, data_shape, sizeof data_shape);
-    fp = ddp_crc32(fp, t->train->y, t->train->n * sizeof(int32_t));
+    char data[256];
+    size_t dlen = t->src->identify(t, data, sizeof data);
+    fp = ddp_crc32(fp, data, dlen);
     uint32_t *all = calloc((size_t)t->world, sizeof *all);
     if (!all) return DDP_FAIL(DDP_ERR_NOMEM, "out of memory");
     /* All ranks reach this allgather in ddp_trainer_create. */
@@ -49,54 +36,53 @@ static ddp_status check_fingerprints(ddp_trainer *t) {
     free(all);
     if (first_bad < 0) return DDP_OK;
     if (mine_differs)
-        ddp_log_error("my configuration: %s | model %s | data %zu/%zu samples", canon, shape,
-                      t->train->n, t->test->n);
+        ddp_log_error("my configuration: %s | model %s | data %s", canon, shape, data);
     return DDP_FAIL(DDP_ERR_MISMATCH,
                     "rank %d (and %d rank(s) in all) runs a different configuration, model or "
                     "data than rank 0: every rank must get the same options and dataset",
                     first_bad, n_bad);
 }
 
+/* The ranges of the flat buffer that weight decay must leave alone (biases,
+ * normalization, position embeddings), merged where adjacent. */
+static ddp_status set_decay(ddp_trainer *t) {
+    int nv = ddp_model_num_views(t->model);
+    size_t(*ranges)[2] = malloc((size_t)nv * sizeof *ranges);
+    if (!ranges) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
+    int n = 0;
+    for (int i = 0; i < nv; i++) {
+        const ddp_param_view *v = ddp_model_view(t->model, i);
+        if (v->decay) continue;
+        if (n > 0 && ranges[n - 1][0] + ranges[n - 1][1] == v->offset)
+            ranges[n - 1][1] += v->count;
+        else {
+            ranges[n][0] = v->offset;
+            ranges[n][1] = v->count;
+            n++;
+        }
+    }
+    ddp_status s = ddp_optim_set_no_decay(t->optim, (const size_t(*)[2])ranges, n);
+    free(ranges);
+    DDP_CHECK(s);
+    return DDP_OK;
+}
+
 /* Everything in set-up that involves no collective: it may fail on one rank alone. */
 static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
-    const ddp_dataset *train = t->train, *test = t->test;
-    if (test->dim != train->dim || test->num_classes != train->num_classes)
-        return DDP_FAIL(DDP_ERR_FORMAT,
-                        "test set (%zu features, %d classes) does not match the training set "
-                        "(%zu features, %d classes)",
-                        test->dim, test->num_classes, train->dim, train->num_classes);
     DDP_CHECK(ddp_train_config_resolve(&t->cfg, t->world));
-    DDP_CHECK(ddp_sampler_init(&t->sampler, train->n, t->cfg.global_batch, t->rank, t->world,
-                               t->cfg.seed, t->cfg.shuffle));
+    DDP_CHECK(t->src->setup(t));
     t->total_steps = t->cfg.max_steps > 0
                          ? t->cfg.max_steps
                          : (int64_t)t->cfg.epochs * (int64_t)t->sampler.steps_per_epoch;
     t->cfg.sched.total_steps = t->total_steps;
-
-    ddp_mlp_spec spec = t->cfg.model;
-    spec.input_dim = t->dim;
-    spec.num_classes = t->num_classes;
-    t->max_batch = t->cfg.micro_batch > EVAL_BATCH ? t->cfg.micro_batch : EVAL_BATCH;
-    DDP_CHECK(ddp_model_create_mlp(b, &spec, t->max_batch, &t->model));
+    DDP_CHECK(ddp_model_create(b, &t->cfg.model, t->max_batch, &t->model));
     /* Same seed on every rank: identical initial parameters without a broadcast. */
     DDP_CHECK(ddp_model_init_params(t->model, t->cfg.seed));
     t->num_params = ddp_model_num_params(t->model);
     DDP_CHECK(ddp_optim_create(b, &t->cfg.optim, t->num_params, &t->optim));
-    t->owns_device_data = !ddp_backend_is_host(b);
-    DDP_CHECK(upload(t, train->x, train->n * t->dim * sizeof(float), (void **)&t->d_train_x));
-    DDP_CHECK(upload(t, train->y, train->n * sizeof(int32_t), (void **)&t->d_train_y));
-    DDP_CHECK(upload(t, test->x, test->n * t->dim * sizeof(float), (void **)&t->d_test_x));
-    DDP_CHECK(upload(t, test->y, test->n * sizeof(int32_t), (void **)&t->d_test_y));
-
-    size_t local = t->sampler.local_batch;
-    t->h_idx = malloc(local * sizeof(int32_t));
+    DDP_CHECK(set_decay(t));
     t->h_params = malloc(t->num_params * sizeof(float));
-    if (!t->h_idx || !t->h_params) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
-    DDP_CHECK(ddp_backend_alloc(b, local * sizeof(int32_t), (void **)&t->d_idx));
-    DDP_CHECK(ddp_backend_alloc(b, t->max_batch * t->dim * sizeof(float), (void **)&t->d_x));
-    DDP_CHECK(ddp_backend_alloc(b, t->max_batch * sizeof(int32_t), (void **)&t->d_y));
-    DDP_CHECK(ddp_backend_alloc(b, t->max_batch * (size_t)t->num_classes * sizeof(float),
-                                (void **)&t->d_dlogits));
+    if (!t->h_params) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
     DDP_CHECK(ddp_backend_alloc(b, 2 * sizeof(float), (void **)&t->d_stats));
     return DDP_OK;
 }
@@ -134,22 +120,15 @@ static ddp_status setup_reducer(ddp_trainer *t) {
     return DDP_OK;
 }
 
-ddp_status ddp_trainer_create(const ddp_train_config *cfg, ddp_backend *b, ddp_comm *comm,
-                              ddp_comm *ctrl, const ddp_dataset *train, const ddp_dataset *test,
-                              ddp_trainer **out) {
-    *out = NULL;
-    ddp_trainer *t = calloc(1, sizeof *t);
-    if (!t) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
-    t->cfg = *cfg;
+/* The set-up common to every source: local parts, agreement, fingerprints, shared
+ * gradients, the reducer. COLLECTIVE. */
+static ddp_status create(ddp_trainer *t, ddp_backend *b, ddp_comm *comm, ddp_comm *ctrl,
+                         ddp_trainer **out) {
     t->backend = b;
     t->comm = comm;
     t->ctrl = ctrl;
     t->rank = ddp_comm_rank(comm);
     t->world = ddp_comm_size(comm);
-    t->train = train;
-    t->test = test;
-    t->dim = train->dim;
-    t->num_classes = train->num_classes;
     ddp_status s = setup_local(t, b);
     if (s != DDP_OK) ddp_error_trace(__FILE__, __LINE__);
     /* All ranks agree on the outcome before the first collective of the run, so a rank
@@ -181,21 +160,24 @@ ddp_status ddp_trainer_create(const ddp_train_config *cfg, ddp_backend *b, ddp_c
     return DDP_OK;
 }
 
+ddp_status ddp_trainer_create(const ddp_train_config *cfg, ddp_backend *b, ddp_comm *comm,
+                              ddp_comm *ctrl, const ddp_dataset *train, const ddp_dataset *test,
+                              ddp_trainer **out) {
+    *out = NULL;
+    ddp_trainer *t = calloc(1, sizeof *t);
+    if (!t) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
+    t->cfg = *cfg;
+    t->src = &ddp_source_idx;
+    t->train = train;
+    t->test = test;
+    return create(t, b, comm, ctrl, out);
+}
+
 void ddp_trainer_free(ddp_trainer *t) {
     if (!t) return;
     ddp_backend *b = t->backend;
-    if (t->owns_device_data) {
-        ddp_backend_dealloc(b, t->d_train_x);
-        ddp_backend_dealloc(b, t->d_train_y);
-        ddp_backend_dealloc(b, t->d_test_x);
-        ddp_backend_dealloc(b, t->d_test_y);
-    }
-    ddp_backend_dealloc(b, t->d_idx);
-    ddp_backend_dealloc(b, t->d_x);
-    ddp_backend_dealloc(b, t->d_y);
-    ddp_backend_dealloc(b, t->d_dlogits);
+    if (t->src && b) t->src->release(t);
     ddp_backend_dealloc(b, t->d_stats);
-    free(t->h_idx);
     free(t->h_params);
     ddp_reducer_free(t->reducer);
     ddp_optim_free(t->optim);
@@ -229,8 +211,9 @@ static ddp_status reduce_stats(ddp_trainer *t, double out[2]) {
 ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     ddp_backend *b = t->backend;
     const ddp_train_config *c = &t->cfg;
-    size_t micro = c->micro_batch;
-    float grad_scale = 1.0f / (float)c->global_batch;
+    /* Scaling by 1 / (predictions in the global batch) here makes the summed all-reduce
+     * the gradient of the mean loss, with no separate division. */
+    float grad_scale = 1.0f / (float)(c->global_batch * t->src->positions(t));
     float *grads = ddp_model_grads(t->model);
     memset(st, 0, sizeof *st);
     /* Phase timings need the device to be idle at the boundaries; on the CPU that is
@@ -239,24 +222,15 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     int timed = ddp_backend_is_host(b) || log_step;
     double t0 = ddp_time_now(), t1;
 
-    DDP_CHECK(ddp_sampler_next(&t->sampler, t->h_idx, &t->epoch));
-    DDP_CHECK(ddp_backend_copy(b, t->d_idx, t->h_idx, t->sampler.local_batch * sizeof(int32_t),
-                               DDP_COPY_H2D));
+    DDP_CHECK(t->src->next(t));
     DDP_CHECK(ddp_backend_zero(b, t->d_stats, 2 * sizeof(float)));
     for (int k = 0; k < c->accum; k++) {
-        const int32_t *idx = t->d_idx + (size_t)k * micro;
         int last = k == c->accum - 1;
         t1 = ddp_time_now();
         DDP_CHECK(ddp_trace_begin("forward", "compute"));
-        DDP_CHECK(
-            ddp_backend_gather_rows(b, t->d_x, t->d_train_x, idx, micro, t->dim * sizeof(float)));
-        DDP_CHECK(ddp_backend_gather_rows(b, t->d_y, t->d_train_y, idx, micro, sizeof(int32_t)));
-        const float *logits;
-        DDP_CHECK(ddp_model_forward(t->model, t->d_x, micro, &logits));
-        /* Scaling by 1/global_batch here makes the summed all-reduce an average over
-         * the global batch, with no separate division. */
-        DDP_CHECK(ddp_backend_softmax_xent(b, logits, t->d_y, (int)micro, t->num_classes,
-                                           grad_scale, t->d_dlogits, t->d_stats));
+        ddp_batch batch;
+        DDP_CHECK(t->src->micro_batch(t, k, &batch));
+        DDP_CHECK(ddp_model_forward(t->model, &batch, DDP_MODE_TRAIN, grad_scale, t->d_stats));
         if (timed) DDP_CHECK(ddp_backend_sync(b));
         DDP_CHECK(ddp_trace_end());
         st->t_forward += ddp_time_now() - t1;
@@ -267,9 +241,8 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         if (last) DDP_CHECK(ddp_reducer_begin(t->reducer));
         /* The first micro-batch writes the gradients, the others add to them: no pass
          * to zero the buffer. */
-        DDP_CHECK((k == 0 ? ddp_model_backward_first : ddp_model_backward)(
-            t->model, t->d_dlogits, micro, last ? ddp_reducer_ready : NULL,
-            last ? t->reducer : NULL));
+        DDP_CHECK(ddp_model_backward(t->model, k == 0, last ? ddp_reducer_ready : NULL,
+                                     last ? t->reducer : NULL));
         if (timed) DDP_CHECK(ddp_backend_sync(b));
         DDP_CHECK(ddp_trace_end());
         st->t_backward += ddp_time_now() - t1;
@@ -317,7 +290,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         double sums[2];
         /* All ranks log on the same steps (log_every is in the fingerprint). */
         DDP_CHECK(reduce_stats(t, sums));
-        st->loss = sums[0] / (double)c->global_batch;
+        st->loss = sums[0] / ((double)c->global_batch * (double)t->src->positions(t));
         st->logged = 1;
     }
     st->t_step = ddp_time_now() - t0;
@@ -325,23 +298,13 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
 }
 
 ddp_status ddp_trainer_evaluate(ddp_trainer *t, double *accuracy, double *loss) {
-    size_t begin, count;
-    ddp_shard_range(t->test->n, t->rank, t->world, &begin, &count);
-    DDP_CHECK(ddp_backend_zero(t->backend, t->d_stats, 2 * sizeof(float)));
-    for (size_t i = 0; i < count; i += t->max_batch) {
-        size_t n = count - i < t->max_batch ? count - i : t->max_batch;
-        const float *x = t->d_test_x + (begin + i) * t->dim;
-        const float *logits;
-        DDP_CHECK(ddp_model_forward(t->model, x, n, &logits));
-        DDP_CHECK(ddp_backend_softmax_xent(t->backend, logits, t->d_test_y + begin + i, (int)n,
-                                           t->num_classes, 0.0f, NULL, t->d_stats));
-    }
-    double sums[2];
+    double sums[3] = {0.0, 0.0, 0.0};
+    DDP_CHECK(t->src->evaluate(t, sums));
     /* Every rank evaluates at the same steps; its shard may be empty but it still
      * contributes to the sums. */
-    DDP_CHECK(reduce_stats(t, sums));
-    *accuracy = sums[1] / (double)t->test->n;
-    *loss = sums[0] / (double)t->test->n;
+    DDP_CHECK(ddp_comm_allreduce(t->ctrl, sums, 3, DDP_F64, DDP_SUM));
+    *accuracy = sums[2] > 0 ? sums[1] / sums[2] : 0.0;
+    *loss = sums[2] > 0 ? sums[0] / sums[2] : 0.0;
     return DDP_OK;
 }
 

@@ -1,4 +1,5 @@
-/* The trainer's state, shared by the files of src/train/ (step, run loop, checkpoints). */
+/* The trainer's state, shared by the files of src/train/ (step, run loop, checkpoints,
+ * data sources). */
 #ifndef DDP_TRAINER_IMPL_H
 #define DDP_TRAINER_IMPL_H
 
@@ -6,39 +7,66 @@
 
 #include "ddp/train.h"
 
+/* Where the batches come from: labelled samples (IDX images, source_idx.c) or windows of
+ * a text (source_text.c). Every function runs on every rank. */
+typedef struct {
+    const char *kind;
+    /* Checks the data against the configuration, fills in what the model takes from the
+     * data (input size, classes), sets up the cursor (t->sampler's steps_per_epoch,
+     * epoch and step) and puts the data where the backend computes. Not collective. */
+    ddp_status (*setup)(ddp_trainer *t);
+    /* Positions predicted per sample: 1, or the context length. */
+    size_t (*positions)(const ddp_trainer *t);
+    /* Loads this rank's share of the next global batch and advances the cursor. */
+    ddp_status (*next)(ddp_trainer *t);
+    /* Micro-batch k of the batch loaded by next. */
+    ddp_status (*micro_batch)(ddp_trainer *t, int k, ddp_batch *out);
+    /* Runs the model over this rank's share of the evaluation set, adding the loss sum,
+     * the correct predictions and the predictions made to sums[0..2]. */
+    ddp_status (*evaluate)(ddp_trainer *t, double sums[3]);
+    /* Moves the cursor so that the next batch is step `step` of epoch `epoch`. */
+    ddp_status (*seek)(ddp_trainer *t, uint64_t epoch, size_t step);
+    /* Appends to buf what identifies the training data (sizes, a CRC), for the
+     * fingerprint and the checkpoint settings. Returns the length written. */
+    size_t (*identify)(const ddp_trainer *t, char *buf, size_t cap);
+    void (*release)(ddp_trainer *t);
+} ddp_source_ops;
+
+extern const ddp_source_ops ddp_source_idx;
+
 struct ddp_trainer {
     ddp_train_config cfg;
     ddp_backend *backend;
     ddp_comm *comm; /* gradients */
     ddp_comm *ctrl; /* host-side control: agreement, counts, fingerprints */
     int rank, world;
-    const ddp_dataset *train, *test;
+    const ddp_source_ops *src;
+    const ddp_dataset *train, *test; /* samples (source_idx) */
     ddp_model *model;
     ddp_optim *optim;
-    ddp_sampler sampler;
+    ddp_sampler sampler; /* the cursor: epoch, step in epoch, steps per epoch */
     ddp_reducer *reducer;
     int64_t skipped_steps; /* updates skipped for non-finite gradients */
     int checkpoints_ready; /* ddp_trainer_prepare_checkpoints has run (and agreed) */
     int grads_shared;      /* the gradients live in node-shared memory (share_gradients) */
     size_t num_params;
-    int num_classes;
-    size_t dim;
     int64_t step; /* steps completed */
     int64_t total_steps;
-    uint64_t epoch; /* epoch of the last step */
-    /* device copies of the data (or the host arrays themselves on the CPU backend) */
+    uint64_t epoch;    /* epoch of the last step */
+    size_t max_batch;  /* samples the model's activations hold */
+    float *d_stats;    /* (2) device: loss sum, correct count */
+    float *h_params;   /* (num_params) host scratch for checks */
+    double peak_flops; /* measured matrix-product FLOP/s of this rank's device (MFU) */
+    FILE *metrics;
+    /* source_idx: samples on the device (or the host arrays themselves on the CPU) */
+    size_t dim;
+    int num_classes;
     float *d_train_x, *d_test_x;   /* (n, dim) */
     int32_t *d_train_y, *d_test_y; /* (n) */
     int owns_device_data;
-    /* per-step buffers */
     int32_t *h_idx, *d_idx; /* (local_batch) */
     float *d_x;             /* (max_batch, dim) */
     int32_t *d_y;           /* (max_batch) */
-    float *d_dlogits;       /* (max_batch, classes) */
-    float *d_stats;         /* (2): loss sum, correct count */
-    size_t max_batch;
-    float *h_params; /* (num_params) host scratch for checks */
-    FILE *metrics;
 };
 
 #endif

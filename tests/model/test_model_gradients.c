@@ -29,13 +29,12 @@ enum { IN = 7, H0 = 5, H1 = 4, CLASSES = 3, BATCH = 4 };
 typedef struct {
     ddp_backend *b;
     ddp_model *m;
-    float x[BATCH * IN];            /* (BATCH, IN) */
-    int32_t y[BATCH];               /* (BATCH) */
-    float dlogits[BATCH * CLASSES]; /* (BATCH, CLASSES) */
+    float x[BATCH * IN]; /* (BATCH, IN) */
+    int32_t y[BATCH];    /* (BATCH) */
 } fixture;
 
-static ddp_mlp_spec small_spec(ddp_act act) {
-    ddp_mlp_spec spec = {.input_dim = IN, .num_classes = CLASSES, .n_hidden = 2, .act = act};
+static ddp_model_spec small_spec(ddp_act act) {
+    ddp_model_spec spec = {.input_dim = IN, .num_classes = CLASSES, .n_hidden = 2, .act = act};
     spec.hidden[0] = H0;
     spec.hidden[1] = H1;
     return spec;
@@ -46,8 +45,8 @@ static ddp_mlp_spec small_spec(ddp_act act) {
 static void fixture_init(fixture *f, ddp_backend *b, ddp_act act, uint64_t seed) {
     memset(f, 0, sizeof *f);
     f->b = b;
-    ddp_mlp_spec spec = small_spec(act);
-    assert_int_equal(ddp_model_create_mlp(b, &spec, BATCH, &f->m), DDP_OK);
+    ddp_model_spec spec = small_spec(act);
+    assert_int_equal(ddp_model_create(b, &spec, BATCH, &f->m), DDP_OK);
     assert_int_equal(ddp_model_init_params(f->m, seed), DDP_OK);
     ddp_rng rng;
     ddp_rng_seed(&rng, seed, 1000);
@@ -65,24 +64,21 @@ static void fixture_init(fixture *f, ddp_backend *b, ddp_act act, uint64_t seed)
 
 static void fixture_free(fixture *f) { ddp_model_free(f->m); }
 
-/* Forward over the first n samples; the mean loss, with dlogits of that mean loss. */
-static double loss_and_dlogits(fixture *f, size_t first, size_t n, float grad_scale) {
-    const float *logits = NULL;
-    assert_int_equal(ddp_model_forward(f->m, f->x + first * IN, n, &logits), DDP_OK);
+/* Train-mode forward over samples [first, first + n) with the loss gradient scaled by
+ * grad_scale kept for backward; returns the mean loss of those samples. */
+static double forward_loss(fixture *f, size_t first, size_t n, float grad_scale) {
+    ddp_batch batch = {.n = n, .t = 1, .x = f->x + first * IN, .targets = f->y + first};
     float stats[2] = {0, 0};
-    assert_int_equal(ddp_backend_softmax_xent(f->b, logits, f->y + first, (int)n, CLASSES,
-                                              grad_scale, f->dlogits, stats),
-                     DDP_OK);
+    assert_int_equal(ddp_model_forward(f->m, &batch, DDP_MODE_TRAIN, grad_scale, stats), DDP_OK);
     return (double)stats[0] / (double)n;
 }
 
-static double batch_loss(fixture *f) { return loss_and_dlogits(f, 0, BATCH, 1.0f / BATCH); }
+static double batch_loss(fixture *f) { return forward_loss(f, 0, BATCH, 1.0f / BATCH); }
 
-/* Gradient of the mean loss over the batch, from zero. */
+/* Gradient of the mean loss over the batch, written (a step's first micro-batch). */
 static void analytic_grads(fixture *f, float *out) {
-    assert_int_equal(ddp_model_zero_grads(f->m), DDP_OK);
     batch_loss(f);
-    assert_int_equal(ddp_model_backward(f->m, f->dlogits, BATCH, NULL, NULL), DDP_OK);
+    assert_int_equal(ddp_model_backward(f->m, 1, NULL, NULL), DDP_OK);
     memcpy(out, ddp_model_grads(f->m), NUM_PARAMS * sizeof(float));
 }
 
@@ -126,8 +122,9 @@ static double ref_forward(fixture *f, ddp_act act, double logits[BATCH * CLASSES
 static void check_forward_matches_reference(ddp_backend *b, ddp_act act) {
     fixture f;
     fixture_init(&f, b, act, 7);
-    const float *logits = NULL;
-    assert_int_equal(ddp_model_forward(f.m, f.x, BATCH, &logits), DDP_OK);
+    ddp_batch batch = {.n = BATCH, .t = 1, .x = f.x};
+    assert_int_equal(ddp_model_forward(f.m, &batch, DDP_MODE_EVAL, 0.0f, NULL), DDP_OK);
+    const float *logits = ddp_model_logits(f.m);
     double want[BATCH * CLASSES];
     ref_forward(&f, act, want);
     for (int i = 0; i < BATCH * CLASSES; i++)
@@ -199,16 +196,29 @@ static void test_every_parameter_gradient_matches_finite_difference_relu(void **
 }
 
 static void test_last_bias_gradient_is_column_sum_of_dlogits(void **state) {
-    /* The logits are x W^T + b, so d loss / d b is the column sum of dlogits. */
+    /* The logits are x W^T + b, so d loss / d b is the column sum of dlogits =
+     * (softmax - onehot) / BATCH, computed here from the logits. */
     fixture f;
     fixture_init(&f, *state, DDP_ACT_GELU, 5);
     float grad[NUM_PARAMS];
     analytic_grads(&f, grad);
+    const float *logits = ddp_model_logits(f.m);
+    double dlogits[BATCH * CLASSES];
+    for (int i = 0; i < BATCH; i++) {
+        double zmax = logits[i * CLASSES], sum = 0.0;
+        for (int c = 1; c < CLASSES; c++)
+            if (logits[i * CLASSES + c] > zmax) zmax = logits[i * CLASSES + c];
+        for (int c = 0; c < CLASSES; c++)
+            sum += exp(logits[i * CLASSES + c] - zmax);
+        for (int c = 0; c < CLASSES; c++)
+            dlogits[i * CLASSES + c] =
+                (exp(logits[i * CLASSES + c] - zmax) / sum - (c == f.y[i])) / BATCH;
+    }
     const ddp_param_view *last_bias = ddp_model_view(f.m, 5);
     for (int c = 0; c < CLASSES; c++) {
         double sum = 0.0;
         for (int i = 0; i < BATCH; i++)
-            sum += f.dlogits[i * CLASSES + c];
+            sum += dlogits[i * CLASSES + c];
         assert_true(fabs(grad[last_bias->offset + c] - sum) <= 1e-6);
     }
     fixture_free(&f);
@@ -221,8 +231,9 @@ static void test_backward_adds_into_gradients(void **state) {
     fixture_init(&f, *state, DDP_ACT_GELU, 11);
     float once[NUM_PARAMS];
     analytic_grads(&f, once);
-    /* A second backward of the same forward without zeroing doubles every gradient. */
-    assert_int_equal(ddp_model_backward(f.m, f.dlogits, BATCH, NULL, NULL), DDP_OK);
+    /* A second backward of the same forward that adds (a later micro-batch) doubles every
+     * gradient. */
+    assert_int_equal(ddp_model_backward(f.m, 0, NULL, NULL), DDP_OK);
     const float *g = ddp_model_grads(f.m);
     for (int i = 0; i < NUM_PARAMS; i++)
         if (!(fabsf(g[i] - 2.0f * once[i]) <= 1e-6f * (1.0f + fabsf(once[i]))))
@@ -243,13 +254,13 @@ static void test_backward_first_writes_every_gradient_without_zeroing(void **sta
         for (int i = 0; i < NUM_PARAMS; i++)
             g[i] = NAN;
         batch_loss(&f);
-        assert_int_equal(ddp_model_backward_first(f.m, f.dlogits, BATCH, NULL, NULL), DDP_OK);
+        assert_int_equal(ddp_model_backward(f.m, 1, NULL, NULL), DDP_OK);
         for (int i = 0; i < NUM_PARAMS; i++)
             if (!(g[i] == want[i]))
-                fail_msg("sliced %d: grad %d = %g after backward_first, expected %g", sliced, i,
+                fail_msg("sliced %d: grad %d = %g after a first backward, expected %g", sliced, i,
                          g[i], want[i]);
         /* A second micro-batch adds as usual. */
-        assert_int_equal(ddp_model_backward(f.m, f.dlogits, BATCH, NULL, NULL), DDP_OK);
+        assert_int_equal(ddp_model_backward(f.m, 0, NULL, NULL), DDP_OK);
         for (int i = 0; i < NUM_PARAMS; i++)
             assert_near(g[i], 2.0 * want[i], 1e-6 * (1.0 + fabs(want[i])));
         fixture_free(&f);
@@ -275,10 +286,9 @@ static void test_micro_batches_accumulate_to_full_batch_gradient(void **state) {
     fixture_init(&f, *state, DDP_ACT_GELU, 13);
     float full[NUM_PARAMS];
     analytic_grads(&f, full);
-    assert_int_equal(ddp_model_zero_grads(f.m), DDP_OK);
     for (size_t first = 0; first < BATCH; first += BATCH / 2) {
-        loss_and_dlogits(&f, first, BATCH / 2, 1.0f / BATCH);
-        assert_int_equal(ddp_model_backward(f.m, f.dlogits, BATCH / 2, NULL, NULL), DDP_OK);
+        forward_loss(&f, first, BATCH / 2, 1.0f / BATCH);
+        assert_int_equal(ddp_model_backward(f.m, first == 0, NULL, NULL), DDP_OK);
     }
     const float *g = ddp_model_grads(f.m);
     for (int i = 0; i < NUM_PARAMS; i++)
@@ -310,21 +320,19 @@ static ddp_status record_ready(void *ctx, size_t offset, size_t count) {
     return DDP_OK;
 }
 
-static void test_ready_is_called_once_per_linear_layer_last_first(void **state) {
+static void test_ready_is_called_once_per_tensor_last_first(void **state) {
     fixture f;
     fixture_init(&f, *state, DDP_ACT_GELU, 21);
-    assert_int_equal(ddp_model_zero_grads(f.m), DDP_OK);
     batch_loss(&f);
     ready_log r = {.grads = ddp_model_grads(f.m)};
-    assert_int_equal(ddp_model_backward(f.m, f.dlogits, BATCH, record_ready, &r), DDP_OK);
-    assert_int_equal(r.calls, 3);
-    for (int c = 0; c < 3; c++) {
-        /* Call c covers layer 2 - c: its weight view, then its bias view right after. */
-        const ddp_param_view *w = ddp_model_view(f.m, 2 * (2 - c));
-        const ddp_param_view *bias = ddp_model_view(f.m, 2 * (2 - c) + 1);
-        assert_int_equal(r.offset[c], w->offset);
-        assert_int_equal(r.count[c], w->count + bias->count);
-        assert_int_equal(bias->offset, w->offset + w->count);
+    assert_int_equal(ddp_model_backward(f.m, 1, record_ready, &r), DDP_OK);
+    assert_int_equal(r.calls, 6);
+    for (int c = 0; c < 6; c++) {
+        /* Layer 2 - c/2: its bias (computed first), then its weight. */
+        int layer = 2 - c / 2;
+        const ddp_param_view *v = ddp_model_view(f.m, 2 * layer + (c % 2 == 0 ? 1 : 0));
+        assert_int_equal(r.offset[c], v->offset);
+        assert_int_equal(r.count[c], v->count);
     }
     /* What a reducer would have sent at each call is the final gradient. */
     assert_memory_equal(r.snapshot, ddp_model_grads(f.m), NUM_PARAMS * sizeof(float));
@@ -333,26 +341,29 @@ static void test_ready_is_called_once_per_linear_layer_last_first(void **state) 
 
 static void test_sliced_first_layer_reports_slices_last_rows_first(void **state) {
     /* fc0 is 5 x 7: slices of at least 14 elements are 2 rows, cut from the last row
-     * down: rows 3-4 with the bias, rows 1-2, then row 0 alone, sent last. */
+     * down: rows 3-4, rows 1-2, then row 0 alone, sent last. */
     fixture f;
     fixture_init(&f, *state, DDP_ACT_RELU, 23);
     float whole[NUM_PARAMS];
     analytic_grads(&f, whole);
     assert_int_equal(ddp_model_set_grad_slices(f.m, 14), (size_t)(IN * H0 + H0));
-    size_t points[8];
-    assert_int_equal(ddp_model_ready_points(f.m, points, 8), 5);
-    const size_t want_points[5] = {0, IN, 3 * IN, IN * H0 + H0, IN * H0 + H0 + H0 * H1 + H1};
-    for (int i = 0; i < 5; i++)
+    size_t points[12];
+    const size_t fc1 = IN * H0 + H0, fc2 = fc1 + H0 * H1 + H1;
+    const size_t want_points[8] = {
+        0, IN, 3 * IN, IN * H0, fc1, fc1 + H0 * H1, fc2, fc2 + H1 * CLASSES};
+    assert_int_equal(ddp_model_ready_points(f.m, points, 12), 8);
+    for (int i = 0; i < 8; i++)
         assert_int_equal(points[i], want_points[i]);
-    assert_int_equal(ddp_model_zero_grads(f.m), DDP_OK);
     batch_loss(&f);
     ready_log r = {.grads = ddp_model_grads(f.m)};
-    assert_int_equal(ddp_model_backward(f.m, f.dlogits, BATCH, record_ready, &r), DDP_OK);
-    assert_int_equal(r.calls, 5);
-    /* fc2, fc1 whole; then fc0 in three slices, each ending where the previous began. */
-    const size_t want_off[5] = {want_points[4], want_points[3], 3 * IN, IN, 0};
-    const size_t want_cnt[5] = {H1 * CLASSES + CLASSES, H0 * H1 + H1, 2 * IN + H0, 2 * IN, IN};
-    for (int c = 0; c < 5; c++) {
+    assert_int_equal(ddp_model_backward(f.m, 1, record_ready, &r), DDP_OK);
+    assert_int_equal(r.calls, 8);
+    /* fc2 and fc1 bias then weight; fc0's bias, then its weight in three slices, each
+     * ending where the previous began. */
+    const size_t want_off[8] = {
+        fc2 + H1 * CLASSES, fc2, fc1 + H0 * H1, fc1, IN * H0, 3 * IN, IN, 0};
+    const size_t want_cnt[8] = {CLASSES, H1 * CLASSES, H1, H0 * H1, H0, 2 * IN, 2 * IN, IN};
+    for (int c = 0; c < 8; c++) {
         assert_int_equal(r.offset[c], want_off[c]);
         assert_int_equal(r.count[c], want_cnt[c]);
     }
@@ -362,7 +373,7 @@ static void test_sliced_first_layer_reports_slices_last_rows_first(void **state)
         assert_near(ddp_model_grads(f.m)[i], whole[i], 1e-6 * (1.0 + fabs(whole[i])));
     /* 0 puts the layer back in one piece. */
     ddp_model_set_grad_slices(f.m, 0);
-    assert_int_equal(ddp_model_ready_points(f.m, NULL, 0), 3);
+    assert_int_equal(ddp_model_ready_points(f.m, NULL, 0), 6);
     fixture_free(&f);
 }
 
@@ -372,13 +383,13 @@ static void test_ready_failure_stops_backward(void **state) {
     assert_int_equal(ddp_model_zero_grads(f.m), DDP_OK);
     batch_loss(&f);
     ready_log r = {.grads = ddp_model_grads(f.m), .fail_at = 1};
-    assert_int_equal(ddp_model_backward(f.m, f.dlogits, BATCH, record_ready, &r), DDP_ERR_COMM);
+    assert_int_equal(ddp_model_backward(f.m, 0, record_ready, &r), DDP_ERR_COMM);
     assert_int_equal(r.calls, 1);
     assert_msg_has("injected failure");
-    /* The earlier layers were never reached. */
-    const ddp_param_view *last = ddp_model_view(f.m, 4);
+    /* Nothing below the last bias was computed: its weight and the earlier layers. */
+    const ddp_param_view *last_bias = ddp_model_view(f.m, 5);
     const float *g = ddp_model_grads(f.m);
-    for (size_t i = 0; i < last->offset; i++)
+    for (size_t i = 0; i < last_bias->offset; i++)
         assert_true(g[i] == 0.0f);
     fixture_free(&f);
 }
@@ -387,9 +398,9 @@ static void test_ready_failure_stops_backward(void **state) {
  */
 
 static void test_views_are_named_and_tile_the_flat_buffer(void **state) {
-    ddp_mlp_spec spec = small_spec(DDP_ACT_RELU);
+    ddp_model_spec spec = small_spec(DDP_ACT_RELU);
     ddp_model *m = NULL;
-    assert_int_equal(ddp_model_create_mlp(*state, &spec, BATCH, &m), DDP_OK);
+    assert_int_equal(ddp_model_create(*state, &spec, BATCH, &m), DDP_OK);
     const size_t dims[4] = {IN, H0, H1, CLASSES};
     assert_int_equal(ddp_model_num_views(m), 6);
     size_t next = 0;
@@ -403,6 +414,7 @@ static void test_views_are_named_and_tile_the_flat_buffer(void **state) {
         assert_int_equal(w->shape[1], dims[i]);
         assert_int_equal(w->count, dims[i + 1] * dims[i]);
         assert_int_equal(w->offset, next);
+        assert_int_equal(w->decay, 1); /* weight decay on the matrices only */
         next += w->count;
         snprintf(name, sizeof name, "fc%d.bias", i);
         assert_string_equal(bias->name, name);
@@ -410,38 +422,60 @@ static void test_views_are_named_and_tile_the_flat_buffer(void **state) {
         assert_int_equal(bias->shape[0], dims[i + 1]);
         assert_int_equal(bias->count, dims[i + 1]);
         assert_int_equal(bias->offset, next);
+        assert_int_equal(bias->decay, 0);
         next += bias->count;
     }
     assert_int_equal(next, ddp_model_num_params(m));
     assert_int_equal(next, NUM_PARAMS);
     assert_null(ddp_model_view(m, 6));
     assert_null(ddp_model_view(m, -1));
-    assert_int_equal(ddp_model_input_dim(m), IN);
+    assert_int_equal(ddp_model_spec_of(m)->input_dim, IN);
     assert_int_equal(ddp_model_num_classes(m), CLASSES);
     assert_string_equal(ddp_model_describe(m), "mlp 7-5-4-3 relu");
     assert_true(ddp_model_flops_per_sample(m) == 2.0 * (7 * 5 + 5 * 4 + 4 * 3));
+    /* The description reads back into the same model. */
+    ddp_model_spec back;
+    assert_int_equal(ddp_model_spec_parse(ddp_model_describe(m), &back), DDP_OK);
+    ddp_model *m2 = NULL;
+    assert_int_equal(ddp_model_create(*state, &back, 1, &m2), DDP_OK);
+    assert_string_equal(ddp_model_describe(m2), ddp_model_describe(m));
+    ddp_model_free(m2);
+    assert_int_equal(ddp_model_spec_parse("mlp 7-5 tanh", &back), DDP_ERR_FORMAT);
+    assert_int_equal(ddp_model_spec_parse("gpt L4 C256", &back), DDP_ERR_FORMAT);
+    ddp_model_free(m);
+    /* Asked for, weight decay applies to every tensor. */
+    spec.decay_all = 1;
+    assert_int_equal(ddp_model_create(*state, &spec, BATCH, &m), DDP_OK);
+    for (int i = 0; i < ddp_model_num_views(m); i++)
+        assert_int_equal(ddp_model_view(m, i)->decay, 1);
     ddp_model_free(m);
 }
 
 static void test_model_without_hidden_layers_is_one_linear_layer(void **state) {
-    ddp_mlp_spec spec = {.input_dim = 3, .num_classes = 2, .n_hidden = 0};
+    ddp_model_spec spec = {.input_dim = 3, .num_classes = 2, .n_hidden = 0};
     ddp_model *m = NULL;
-    assert_int_equal(ddp_model_create_mlp(*state, &spec, 2, &m), DDP_OK);
+    assert_int_equal(ddp_model_create(*state, &spec, 2, &m), DDP_OK);
     assert_int_equal(ddp_model_num_params(m), 3 * 2 + 2);
     /* W = [[1, 2, 3], [-1, 0, 1]], b = (0.5, -0.5): x (1, 1, 1) -> (6.5, -0.5). */
     const float p[8] = {1, 2, 3, -1, 0, 1, 0.5f, -0.5f};
     memcpy(ddp_model_params(m), p, sizeof p);
     const float x[3] = {1, 1, 1};
-    const float *logits = NULL;
-    assert_int_equal(ddp_model_forward(m, x, 1, &logits), DDP_OK);
+    const int32_t y[1] = {1};
+    ddp_batch batch = {.n = 1, .t = 1, .x = x, .targets = y};
+    float stats[2] = {0, 0};
+    assert_int_equal(ddp_model_forward(m, &batch, DDP_MODE_TRAIN, 1.0f, stats), DDP_OK);
+    const float *logits = ddp_model_logits(m);
     assert_true(logits[0] == 6.5f);
     assert_true(logits[1] == -0.5f);
-    /* dW = dy^T x, db = dy; with dy = (1, 2): dW = [[1, 1, 1], [2, 2, 2]]. */
-    const float dy[2] = {1, 2};
-    assert_int_equal(ddp_model_zero_grads(m), DDP_OK);
-    assert_int_equal(ddp_model_backward(m, dy, 1, NULL, NULL), DDP_OK);
-    const float want[8] = {1, 1, 1, 2, 2, 2, 1, 2};
-    assert_memory_equal(ddp_model_grads(m), want, sizeof want);
+    /* The loss of label 1 is log(e^6.5 + e^-0.5) + 0.5 = log(1 + e^7); arg-max is 0. */
+    assert_near(stats[0], log1p(exp(7.0)), 1e-5);
+    assert_true(stats[1] == 0.0f);
+    /* dlogits = softmax - onehot = (s, -s) with s = 1 / (1 + e^-7); dW = dy^T x, db = dy. */
+    assert_int_equal(ddp_model_backward(m, 1, NULL, NULL), DDP_OK);
+    double sg = 1.0 / (1.0 + exp(-7.0));
+    const double want[8] = {sg, sg, sg, -sg, -sg, -sg, sg, -sg};
+    for (int i = 0; i < 8; i++)
+        assert_near(ddp_model_grads(m)[i], want[i], 1e-6);
     ddp_model_free(m);
 }
 
@@ -449,10 +483,10 @@ static void test_model_without_hidden_layers_is_one_linear_layer(void **state) {
  */
 
 static void test_init_is_reproducible_from_the_seed(void **state) {
-    ddp_mlp_spec spec = small_spec(DDP_ACT_RELU);
+    ddp_model_spec spec = small_spec(DDP_ACT_RELU);
     ddp_model *a = NULL, *b = NULL;
-    assert_int_equal(ddp_model_create_mlp(*state, &spec, BATCH, &a), DDP_OK);
-    assert_int_equal(ddp_model_create_mlp(*state, &spec, BATCH, &b), DDP_OK);
+    assert_int_equal(ddp_model_create(*state, &spec, BATCH, &a), DDP_OK);
+    assert_int_equal(ddp_model_create(*state, &spec, BATCH, &b), DDP_OK);
     assert_int_equal(ddp_model_init_params(a, 42), DDP_OK);
     assert_int_equal(ddp_model_init_params(b, 42), DDP_OK);
     assert_memory_equal(ddp_model_params(a), ddp_model_params(b), NUM_PARAMS * sizeof(float));
@@ -467,10 +501,10 @@ static void test_init_is_reproducible_from_the_seed(void **state) {
 }
 
 static void test_init_is_kaiming_normal_with_zero_biases(void **state) {
-    ddp_mlp_spec spec = {.input_dim = 784, .num_classes = 10, .n_hidden = 1};
+    ddp_model_spec spec = {.input_dim = 784, .num_classes = 10, .n_hidden = 1};
     spec.hidden[0] = 256;
     ddp_model *m = NULL;
-    assert_int_equal(ddp_model_create_mlp(*state, &spec, 1, &m), DDP_OK);
+    assert_int_equal(ddp_model_create(*state, &spec, 1, &m), DDP_OK);
     /* Poison the buffer: init must write every element. */
     memset(ddp_model_params(m), 0xff, ddp_model_num_params(m) * sizeof(float));
     assert_int_equal(ddp_model_init_params(m, 7), DDP_OK);
@@ -506,41 +540,51 @@ static void test_init_is_kaiming_normal_with_zero_biases(void **state) {
 static void test_create_rejects_bad_specs(void **state) {
     ddp_backend *b = *state;
     ddp_model *m = (ddp_model *)0x1;
-    ddp_mlp_spec spec = small_spec(DDP_ACT_RELU);
+    ddp_model_spec spec = small_spec(DDP_ACT_RELU);
     spec.hidden[1] = 0;
-    assert_int_equal(ddp_model_create_mlp(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
+    assert_int_equal(ddp_model_create(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
     assert_null(m);
     assert_msg_has("hidden layer 1");
 
     spec = small_spec(DDP_ACT_RELU);
     spec.n_hidden = DDP_MAX_HIDDEN + 1;
-    assert_int_equal(ddp_model_create_mlp(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
+    assert_int_equal(ddp_model_create(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
     spec = small_spec(DDP_ACT_RELU);
     spec.n_hidden = -1;
-    assert_int_equal(ddp_model_create_mlp(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
+    assert_int_equal(ddp_model_create(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
     spec = small_spec(DDP_ACT_RELU);
     spec.input_dim = 0;
-    assert_int_equal(ddp_model_create_mlp(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
+    assert_int_equal(ddp_model_create(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
     spec = small_spec(DDP_ACT_RELU);
     spec.num_classes = 1;
-    assert_int_equal(ddp_model_create_mlp(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
+    assert_int_equal(ddp_model_create(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
     spec = small_spec(DDP_ACT_RELU);
-    assert_int_equal(ddp_model_create_mlp(b, &spec, 0, &m), DDP_ERR_INVALID_ARG);
+    assert_int_equal(ddp_model_create(b, &spec, 0, &m), DDP_ERR_INVALID_ARG);
     assert_msg_has("max_batch");
 }
 
 static void test_forward_and_backward_reject_batches_outside_max_batch(void **state) {
     fixture f;
     fixture_init(&f, *state, DDP_ACT_RELU, 31);
-    const float *logits = NULL;
     float x[(BATCH + 1) * IN] = {0};
-    assert_int_equal(ddp_model_forward(f.m, x, BATCH + 1, &logits), DDP_ERR_INVALID_ARG);
+    ddp_batch batch = {.n = BATCH + 1, .t = 1, .x = x};
+    assert_int_equal(ddp_model_forward(f.m, &batch, DDP_MODE_EVAL, 0.0f, NULL),
+                     DDP_ERR_INVALID_ARG);
     assert_msg_has("1..4");
-    assert_int_equal(ddp_model_forward(f.m, x, 0, &logits), DDP_ERR_INVALID_ARG);
-    float dy[(BATCH + 1) * CLASSES] = {0};
-    assert_int_equal(ddp_model_forward(f.m, x, BATCH, &logits), DDP_OK);
-    assert_int_equal(ddp_model_backward(f.m, dy, BATCH + 1, NULL, NULL), DDP_ERR_INVALID_ARG);
-    assert_int_equal(ddp_model_backward(f.m, dy, 0, NULL, NULL), DDP_ERR_INVALID_ARG);
+    batch.n = 0;
+    assert_int_equal(ddp_model_forward(f.m, &batch, DDP_MODE_EVAL, 0.0f, NULL),
+                     DDP_ERR_INVALID_ARG);
+    batch.n = 1;
+    batch.t = 2; /* a per-sample model has one position */
+    assert_int_equal(ddp_model_forward(f.m, &batch, DDP_MODE_EVAL, 0.0f, NULL),
+                     DDP_ERR_INVALID_ARG);
+    batch = (ddp_batch){.n = 1, .t = 1, .tokens = f.y}; /* features, not tokens */
+    assert_int_equal(ddp_model_forward(f.m, &batch, DDP_MODE_EVAL, 0.0f, NULL),
+                     DDP_ERR_INVALID_ARG);
+    /* Backward needs a train-mode forward with targets just before. */
+    batch = (ddp_batch){.n = BATCH, .t = 1, .x = f.x};
+    assert_int_equal(ddp_model_forward(f.m, &batch, DDP_MODE_EVAL, 0.0f, NULL), DDP_OK);
+    assert_int_equal(ddp_model_backward(f.m, 1, NULL, NULL), DDP_ERR_INVALID_ARG);
     fixture_free(&f);
 }
 
@@ -555,7 +599,7 @@ int main(void) {
         cmocka_unit_test(test_backward_first_writes_every_gradient_without_zeroing),
         cmocka_unit_test(test_zero_grads_clears_every_gradient),
         cmocka_unit_test(test_micro_batches_accumulate_to_full_batch_gradient),
-        cmocka_unit_test(test_ready_is_called_once_per_linear_layer_last_first),
+        cmocka_unit_test(test_ready_is_called_once_per_tensor_last_first),
         cmocka_unit_test(test_ready_failure_stops_backward),
         cmocka_unit_test(test_views_are_named_and_tile_the_flat_buffer),
         cmocka_unit_test(test_model_without_hidden_layers_is_one_linear_layer),

@@ -252,6 +252,53 @@ static void test_cosine_without_warmup_starts_at_base(void **state) {
     assert_near(ddp_schedule_lr(&s, 4), 0.0, 1e-7);
 }
 
+/* ---- weight decay per tensor ---------------------------------------------------------- */
+
+static void test_no_decay_ranges_skip_weight_decay_only_there(void **state) {
+    /* Zero gradients: only weight decay moves a parameter. Elements [2, 4) and [6, 7) are
+     * left out of it (a bias, say); the rest shrink by lr * wd (AdamW) or lr * wd (SGD's
+     * first step, where the momentum buffer is the decayed gradient). */
+    const ddp_optim_kind kinds[] = {DDP_OPTIM_SGD, DDP_OPTIM_ADAMW};
+    for (int k = 0; k < 2; k++) {
+        ddp_optim_config cfg = {.kind = kinds[k],
+                                .momentum = 0.9f,
+                                .beta1 = 0.9f,
+                                .beta2 = 0.999f,
+                                .eps = 1e-8f,
+                                .weight_decay = 0.5f};
+        ddp_optim *o = NULL;
+        assert_int_equal(ddp_optim_create(*state, &cfg, 8, &o), DDP_OK);
+        const size_t ranges[2][2] = {{2, 2}, {6, 1}};
+        assert_int_equal(ddp_optim_set_no_decay(o, ranges, 2), DDP_OK);
+        float p[8], g[8] = {0};
+        for (int i = 0; i < 8; i++)
+            p[i] = 1.0f;
+        assert_int_equal(ddp_optim_step(o, p, g, 0.1f, 1.0f), DDP_OK);
+        for (int i = 0; i < 8; i++) {
+            int nodecay = (i >= 2 && i < 4) || i == 6;
+            if (nodecay) {
+                if (p[i] != 1.0f) fail_msg("kind %d element %d: %g", k, i, p[i]);
+            } else {
+                assert_near(p[i], 1.0 - 0.1 * 0.5, 1e-6);
+            }
+        }
+        /* Bad ranges: out of order, overlapping, past the end. */
+        const size_t unordered[2][2] = {{4, 1}, {2, 1}};
+        assert_int_equal(ddp_optim_set_no_decay(o, unordered, 2), DDP_ERR_INVALID_ARG);
+        const size_t past[1][2] = {{6, 3}};
+        assert_int_equal(ddp_optim_set_no_decay(o, past, 1), DDP_ERR_INVALID_ARG);
+        /* No ranges: decay everywhere again. */
+        assert_int_equal(ddp_optim_set_no_decay(o, NULL, 0), DDP_OK);
+        float q[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+        assert_int_equal(ddp_optim_step(o, q, g, 0.1f, 1.0f), DDP_OK);
+        if (kinds[k] == DDP_OPTIM_ADAMW)
+            for (int i = 0; i < 8; i++)
+                assert_near(q[i], 1.0 - 0.1 * 0.5, 1e-6);
+        ddp_optim_free(o);
+    }
+    ddp_error_clear();
+}
+
 /* ---- gradient norm and clipping ------------------------------------------------------- */
 
 static void test_clip_coef_scales_down_to_max_norm(void **state) {
@@ -343,6 +390,7 @@ int main(void) {
         cmocka_unit_test(test_warmup_is_linear_up_to_base_lr),
         cmocka_unit_test(test_cosine_decays_from_base_to_min_after_warmup),
         cmocka_unit_test(test_cosine_without_warmup_starts_at_base),
+        cmocka_unit_test(test_no_decay_ranges_skip_weight_decay_only_there),
         cmocka_unit_test(test_clip_coef_scales_down_to_max_norm),
         cmocka_unit_test(test_clip_coef_is_one_for_smaller_gradients),
         cmocka_unit_test(test_clip_coef_leaves_nonfinite_norms_to_the_caller),

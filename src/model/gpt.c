@@ -1,0 +1,351 @@
+/*
+ * The GPT-2 language model: tokens (B, T) -> token + learned position embedding ->
+ * L pre-LayerNorm blocks (x + attn(ln1(x)), then x + mlp(ln2(x)), with causal multi-head
+ * self-attention and a 4x GELU MLP) -> final LayerNorm -> logits (B, T, V) through the
+ * token embedding (tied output projection). Tensor names and shapes follow the usual
+ * PyTorch GPT-2 state dict (nn.Linear weights (out, in)), so an export loads there.
+ *
+ * Initialization as GPT-2: weights normal(0, 0.02), the two projections that write into
+ * the residual stream scaled by 1/sqrt(2 L), biases 0, LayerNorm weights 1.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "model/layer.h"
+
+#define INIT_STD 0.02f
+
+static const ddp_init init_zero = {DDP_INIT_ZERO, 0.0f};
+static const ddp_init init_one = {DDP_INIT_ONE, 0.0f};
+
+/* ---- token and position embedding ------------------------------------------------------ */
+
+typedef struct {
+    ddp_layer base;
+    int wte, wpe; /* (V, C), (ctx, C) */
+    int C;
+} embed;
+
+static ddp_status embed_forward(ddp_layer *l, ddp_model *m, const ddp_pass *p, const float *x,
+                                float *y) {
+    embed *E = (embed *)l;
+    DDP_CHECK(ddp_backend_encoder_forward(ddp_model_backend(m), y, p->batch->tokens,
+                                          ddp_model_w(m, E->wte), ddp_model_w(m, E->wpe), (int)p->n,
+                                          (int)p->t, E->C));
+    return DDP_OK;
+}
+
+static ddp_status embed_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, const float *x,
+                                 const float *y, const float *dy, float *dx) {
+    embed *E = (embed *)l;
+    /* The output projection has written wte's gradient already (it runs first in
+     * backward); this adds the embedding's part, the tensor's last contribution. */
+    DDP_CHECK(ddp_grad_prepare_add(m, E->wte));
+    DDP_CHECK(ddp_grad_prepare_add(m, E->wpe));
+    DDP_CHECK(ddp_backend_encoder_backward(ddp_model_backend(m), ddp_model_dw(m, E->wte),
+                                           ddp_model_dw(m, E->wpe), dy, p->batch->tokens, (int)p->n,
+                                           (int)p->t, E->C));
+    DDP_CHECK(ddp_grad_done(m, E->wpe));
+    DDP_CHECK(ddp_grad_done(m, E->wte));
+    return DDP_OK;
+}
+
+static const ddp_layer_ops embed_ops = {"embedding", embed_forward, embed_backward, NULL};
+
+/* ---- one transformer block ------------------------------------------------------------- */
+
+typedef struct {
+    ddp_layer base;
+    int C, NH, ctx;
+    int ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b; /* attention half */
+    int ln2_w, ln2_b, fc_w, fc_b, fcp_w, fcp_b;     /* MLP half */
+} block;
+
+/* The block's saved activations for a batch of `rows` positions of t each. */
+typedef struct {
+    float *ln1, *ln1_mean, *ln1_rstd; /* (rows, C), (rows), (rows) */
+    float *qkv;                       /* (rows, 3C) */
+    float *att;                       /* (n, NH, t, t) */
+    float *atty;                      /* (rows, C): attention output before its projection */
+    float *res2;                      /* (rows, C): x + attention */
+    float *ln2, *ln2_mean, *ln2_rstd; /* (rows, C), (rows), (rows) */
+    float *fch, *fch_gelu;            /* (rows, 4C) each */
+} block_acts;
+
+static block_acts carve(block *K, const ddp_pass *p) {
+    size_t rows = p->n * p->t, C = (size_t)K->C;
+    float *s = K->base.saved;
+    block_acts a;
+    a.ln1 = s, s += rows * C;
+    a.ln1_mean = s, s += rows;
+    a.ln1_rstd = s, s += rows;
+    a.qkv = s, s += rows * 3 * C;
+    a.att = s, s += rows * (size_t)K->NH * p->t;
+    a.atty = s, s += rows * C;
+    a.res2 = s, s += rows * C;
+    a.ln2 = s, s += rows * C;
+    a.ln2_mean = s, s += rows;
+    a.ln2_rstd = s, s += rows;
+    a.fch = s, s += rows * 4 * C;
+    a.fch_gelu = s;
+    return a;
+}
+
+static ddp_status block_forward(ddp_layer *l, ddp_model *m, const ddp_pass *p, const float *x,
+                                float *y) {
+    block *K = (block *)l;
+    ddp_backend *b = ddp_model_backend(m);
+    size_t rows = p->n * p->t, C = (size_t)K->C;
+    block_acts a = carve(K, p);
+    /* x + attn(ln1(x)) */
+    DDP_CHECK(ddp_backend_layernorm_forward(b, a.ln1, a.ln1_mean, a.ln1_rstd, x,
+                                            ddp_model_w(m, K->ln1_w), ddp_model_w(m, K->ln1_b),
+                                            (int)rows, K->C));
+    DDP_CHECK(ddp_matmul_forward(m, a.ln1, K->qkv_w, K->qkv_b, a.qkv, rows, C, 3 * C));
+    DDP_CHECK(ddp_backend_attention_forward(b, a.atty, a.att, a.qkv, l->scratch, (int)p->n,
+                                            (int)p->t, K->C, K->NH));
+    DDP_CHECK(ddp_matmul_forward(m, a.atty, K->proj_w, K->proj_b, a.res2, rows, C, C));
+    DDP_CHECK(ddp_backend_add(b, a.res2, a.res2, x, rows * C));
+    /* res2 + mlp(ln2(res2)) */
+    DDP_CHECK(ddp_backend_layernorm_forward(b, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2,
+                                            ddp_model_w(m, K->ln2_w), ddp_model_w(m, K->ln2_b),
+                                            (int)rows, K->C));
+    DDP_CHECK(ddp_matmul_forward(m, a.ln2, K->fc_w, K->fc_b, a.fch, rows, C, 4 * C));
+    DDP_CHECK(ddp_backend_act_forward(b, DDP_ACT_GELU, a.fch, a.fch_gelu, rows * 4 * C));
+    DDP_CHECK(ddp_matmul_forward(m, a.fch_gelu, K->fcp_w, K->fcp_b, y, rows, 4 * C, C));
+    DDP_CHECK(ddp_backend_add(b, y, y, a.res2, rows * C));
+    return DDP_OK;
+}
+
+/* LayerNorm's backward adds its input gradient into dres (a residual stream's gradient)
+ * and its parameter gradients into tensors w and bias. */
+static ddp_status layernorm_backward(ddp_model *m, float *dres, int w, int bias, const float *dout,
+                                     const float *inp, const float *mean, const float *rstd,
+                                     size_t rows, int C) {
+    DDP_CHECK(ddp_grad_prepare_add(m, w));
+    DDP_CHECK(ddp_grad_prepare_add(m, bias));
+    DDP_CHECK(ddp_backend_layernorm_backward(ddp_model_backend(m), dres, ddp_model_dw(m, w),
+                                             ddp_model_dw(m, bias), dout, inp, ddp_model_w(m, w),
+                                             mean, rstd, (int)rows, C));
+    DDP_CHECK(ddp_grad_done(m, bias));
+    DDP_CHECK(ddp_grad_done(m, w));
+    return DDP_OK;
+}
+
+static ddp_status block_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, const float *x,
+                                 const float *y, const float *dy, float *dx) {
+    block *K = (block *)l;
+    ddp_backend *b = ddp_model_backend(m);
+    size_t rows = p->n * p->t, C = (size_t)K->C;
+    block_acts a = carve(K, p);
+    /* Scratch: the MLP's hidden gradient, one (rows, C) gradient, dqkv, attention's work. */
+    float *d_fch = l->scratch;          /* (rows, 4C) */
+    float *d_c = d_fch + rows * 4 * C;  /* (rows, C) */
+    float *d_qkv = d_c + rows * C;      /* (rows, 3C) */
+    float *work = d_qkv + rows * 3 * C; /* DDP_ATTENTION_WORK */
+    /* dx accumulates the gradient of the residual stream: y = res2 + mlp(..), so the
+     * gradient of res2 starts as dy, and the two LayerNorms' input gradients add to it. */
+    DDP_CHECK(ddp_backend_copy(b, dx, dy, rows * C * sizeof(float), DDP_COPY_D2D));
+    DDP_CHECK(ddp_matmul_backward(m, a.fch_gelu, dy, K->fcp_w, K->fcp_b, d_fch, rows, 4 * C, C));
+    DDP_CHECK(ddp_backend_act_backward(b, DDP_ACT_GELU, a.fch, d_fch, d_fch, rows * 4 * C));
+    DDP_CHECK(ddp_matmul_backward(m, a.ln2, d_fch, K->fc_w, K->fc_b, d_c, rows, C, 4 * C));
+    DDP_CHECK(layernorm_backward(m, dx, K->ln2_w, K->ln2_b, d_c, a.res2, a.ln2_mean, a.ln2_rstd,
+                                 rows, K->C));
+    /* res2 = x + proj(atty): the gradient of x starts as that of res2 (in dx already). */
+    DDP_CHECK(ddp_matmul_backward(m, a.atty, dx, K->proj_w, K->proj_b, d_c, rows, C, C));
+    DDP_CHECK(ddp_backend_attention_backward(b, d_qkv, d_c, a.qkv, a.att, work, (int)p->n,
+                                             (int)p->t, K->C, K->NH));
+    DDP_CHECK(ddp_matmul_backward(m, a.ln1, d_qkv, K->qkv_w, K->qkv_b, d_c, rows, C, 3 * C));
+    DDP_CHECK(
+        layernorm_backward(m, dx, K->ln1_w, K->ln1_b, d_c, x, a.ln1_mean, a.ln1_rstd, rows, K->C));
+    return DDP_OK;
+}
+
+static const ddp_layer_ops block_ops = {"transformer block", block_forward, block_backward, NULL};
+
+/* ---- final LayerNorm ------------------------------------------------------------------- */
+
+typedef struct {
+    ddp_layer base;
+    int w, b, C;
+} layernorm;
+
+static ddp_status lnf_forward(ddp_layer *l, ddp_model *m, const ddp_pass *p, const float *x,
+                              float *y) {
+    layernorm *N = (layernorm *)l;
+    size_t rows = p->n * p->t;
+    DDP_CHECK(ddp_backend_layernorm_forward(ddp_model_backend(m), y, l->saved, l->saved + rows, x,
+                                            ddp_model_w(m, N->w), ddp_model_w(m, N->b), (int)rows,
+                                            N->C));
+    return DDP_OK;
+}
+
+static ddp_status lnf_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, const float *x,
+                               const float *y, const float *dy, float *dx) {
+    layernorm *N = (layernorm *)l;
+    size_t rows = p->n * p->t;
+    /* The op adds into its input gradient; here nothing else does. */
+    DDP_CHECK(ddp_backend_zero(ddp_model_backend(m), dx, rows * (size_t)N->C * sizeof(float)));
+    DDP_CHECK(layernorm_backward(m, dx, N->w, N->b, dy, x, l->saved, l->saved + rows, rows, N->C));
+    return DDP_OK;
+}
+
+static const ddp_layer_ops lnf_ops = {"layernorm", lnf_forward, lnf_backward, NULL};
+
+/* ---- output projection through the token embedding ------------------------------------- */
+
+typedef struct {
+    ddp_layer base;
+    int wte, C, V;
+} lm_head;
+
+static ddp_status head_forward(ddp_layer *l, ddp_model *m, const ddp_pass *p, const float *x,
+                               float *y) {
+    lm_head *H = (lm_head *)l;
+    int rows = (int)(p->n * p->t);
+    /* logits (rows, V) = x (rows, C) . wte^T (C, V) */
+    DDP_CHECK(ddp_backend_gemm(ddp_model_backend(m), 0, 1, rows, H->V, H->C, 1.0f, x, H->C,
+                               ddp_model_w(m, H->wte), H->C, 0.0f, y, H->V));
+    return DDP_OK;
+}
+
+static ddp_status head_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, const float *x,
+                                const float *y, const float *dy, float *dx) {
+    lm_head *H = (lm_head *)l;
+    ddp_backend *b = ddp_model_backend(m);
+    int rows = (int)(p->n * p->t);
+    /* dwte (V, C) (+)= dlogits^T (V, rows) . x (rows, C): the first of wte's two
+     * contributions; the embedding adds the other and reports it. */
+    DDP_CHECK(ddp_backend_gemm(b, 1, 0, H->V, H->C, rows, 1.0f, dy, H->V, x, H->C,
+                               ddp_grad_gemm_beta(m, H->wte), ddp_model_dw(m, H->wte), H->C));
+    DDP_CHECK(ddp_grad_done(m, H->wte));
+    /* dx (rows, C) = dlogits (rows, V) . wte (V, C) */
+    DDP_CHECK(ddp_backend_gemm(b, 0, 0, rows, H->C, H->V, 1.0f, dy, H->V, ddp_model_w(m, H->wte),
+                               H->C, 0.0f, dx, H->C));
+    return DDP_OK;
+}
+
+static const ddp_layer_ops head_ops = {"output projection", head_forward, head_backward, NULL};
+
+/* ---- the model ------------------------------------------------------------------------- */
+
+/* Declares tensor `name` (prefix.name) of the given shape. */
+static ddp_status param(ddp_model *m, const char *prefix, const char *name, size_t d0, size_t d1,
+                        ddp_init init, int decay, int *id) {
+    char full[128]; /* names are cut to a view's 64 bytes; none of ours is that long */
+    snprintf(full, sizeof full, "%s%s", prefix, name);
+    size_t shape[2] = {d0, d1};
+    DDP_CHECK(ddp_model_add_param(m, full, d1 ? 2 : 1, shape, init, decay, id));
+    return DDP_OK;
+}
+
+static ddp_status add_block(ddp_model *m, const ddp_model_spec *spec, int i) {
+    size_t C = (size_t)spec->dim;
+    block *K = calloc(1, sizeof *K);
+    if (!K) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
+    K->base.ops = &block_ops;
+    snprintf(K->base.name, sizeof K->base.name, "h%d", i);
+    K->C = spec->dim;
+    K->NH = spec->heads;
+    K->ctx = spec->ctx;
+    K->base.in_per_pos = C;
+    K->base.out_per_pos = C;
+    /* ln1, mean, rstd, qkv, att, atty, res2, ln2, mean, rstd, fch, fch_gelu (carve()) */
+    K->base.saved_per_pos = 15 * C + 4 + (size_t)spec->heads * (size_t)spec->ctx;
+    /* backward: d_fch, d_c, d_qkv and attention's work (per position of a full context) */
+    K->base.scratch_per_pos =
+        8 * C + DDP_ATTENTION_WORK(1, spec->ctx, spec->dim, spec->heads) / (size_t)spec->ctx;
+    char prefix[48];
+    snprintf(prefix, sizeof prefix, "transformer.h.%d.", i);
+    ddp_init w = {DDP_INIT_NORMAL, INIT_STD};
+    ddp_init wres = {DDP_INIT_NORMAL, INIT_STD / sqrtf(2.0f * (float)spec->layers)};
+    ddp_status s = DDP_OK;
+    if (s == DDP_OK) s = param(m, prefix, "ln_1.weight", C, 0, init_one, 0, &K->ln1_w);
+    if (s == DDP_OK) s = param(m, prefix, "ln_1.bias", C, 0, init_zero, 0, &K->ln1_b);
+    if (s == DDP_OK) s = param(m, prefix, "attn.c_attn.weight", 3 * C, C, w, 1, &K->qkv_w);
+    if (s == DDP_OK) s = param(m, prefix, "attn.c_attn.bias", 3 * C, 0, init_zero, 0, &K->qkv_b);
+    if (s == DDP_OK) s = param(m, prefix, "attn.c_proj.weight", C, C, wres, 1, &K->proj_w);
+    if (s == DDP_OK) s = param(m, prefix, "attn.c_proj.bias", C, 0, init_zero, 0, &K->proj_b);
+    if (s == DDP_OK) s = param(m, prefix, "ln_2.weight", C, 0, init_one, 0, &K->ln2_w);
+    if (s == DDP_OK) s = param(m, prefix, "ln_2.bias", C, 0, init_zero, 0, &K->ln2_b);
+    if (s == DDP_OK) s = param(m, prefix, "mlp.c_fc.weight", 4 * C, C, w, 1, &K->fc_w);
+    if (s == DDP_OK) s = param(m, prefix, "mlp.c_fc.bias", 4 * C, 0, init_zero, 0, &K->fc_b);
+    if (s == DDP_OK) s = param(m, prefix, "mlp.c_proj.weight", C, 4 * C, wres, 1, &K->fcp_w);
+    if (s == DDP_OK) s = param(m, prefix, "mlp.c_proj.bias", C, 0, init_zero, 0, &K->fcp_b);
+    if (s != DDP_OK) {
+        free(K);
+        DDP_CHECK(s);
+    }
+    /* Per position of a full context: the four linear maps (24 C^2 multiply-adds x 2 ...
+     * counted as 2 FLOPs each) and attention's two products over all ctx positions. */
+    double T = spec->ctx, Cd = (double)C;
+    ddp_model_add_flops(m, T * (2.0 * 12.0 * Cd * Cd + 4.0 * T * Cd));
+    DDP_CHECK(ddp_model_add_layer(m, &K->base));
+    return DDP_OK;
+}
+
+ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *describe,
+                               size_t cap) {
+    if (spec->layers < 1 || spec->layers > 1024 || spec->dim < 1 || spec->dim > 65536 ||
+        spec->heads < 1 || spec->dim % spec->heads != 0 || spec->ctx < 1 || spec->ctx > 65536 ||
+        spec->vocab < 2 || spec->vocab > (1 << 24))
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "gpt: %d layers, width %d, %d heads, context %d, vocabulary %d: need "
+                        "1..1024 layers, a width that the heads divide, a context of 1..65536 "
+                        "and a vocabulary of 2 or more",
+                        spec->layers, spec->dim, spec->heads, spec->ctx, spec->vocab);
+    snprintf(describe, cap, "gpt L%d C%d H%d T%d V%d", spec->layers, spec->dim, spec->heads,
+             spec->ctx, spec->vocab);
+    size_t C = (size_t)spec->dim, V = (size_t)spec->vocab;
+    ddp_init w = {DDP_INIT_NORMAL, INIT_STD};
+
+    embed *E = calloc(1, sizeof *E);
+    if (!E) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
+    E->base.ops = &embed_ops;
+    snprintf(E->base.name, sizeof E->base.name, "embedding");
+    E->base.in_per_pos = 0; /* tokens */
+    E->base.out_per_pos = C;
+    E->C = spec->dim;
+    ddp_status s = param(m, "transformer.", "wte.weight", V, C, w, 1, &E->wte);
+    if (s == DDP_OK)
+        s = param(m, "transformer.", "wpe.weight", (size_t)spec->ctx, C, w, 0, &E->wpe);
+    if (s != DDP_OK) {
+        free(E);
+        DDP_CHECK(s);
+    }
+    DDP_CHECK(ddp_model_add_layer(m, &E->base));
+
+    for (int i = 0; i < spec->layers; i++)
+        DDP_CHECK(add_block(m, spec, i));
+
+    layernorm *N = calloc(1, sizeof *N);
+    if (!N) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
+    N->base.ops = &lnf_ops;
+    snprintf(N->base.name, sizeof N->base.name, "ln_f");
+    N->base.in_per_pos = C;
+    N->base.out_per_pos = C;
+    N->base.saved_per_pos = 2; /* mean, rstd */
+    N->C = spec->dim;
+    s = param(m, "transformer.", "ln_f.weight", C, 0, init_one, 0, &N->w);
+    if (s == DDP_OK) s = param(m, "transformer.", "ln_f.bias", C, 0, init_zero, 0, &N->b);
+    if (s != DDP_OK) {
+        free(N);
+        DDP_CHECK(s);
+    }
+    DDP_CHECK(ddp_model_add_layer(m, &N->base));
+
+    lm_head *H = calloc(1, sizeof *H);
+    if (!H) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
+    H->base.ops = &head_ops;
+    snprintf(H->base.name, sizeof H->base.name, "lm_head");
+    H->base.in_per_pos = C;
+    H->base.out_per_pos = V;
+    H->wte = E->wte;
+    H->C = spec->dim;
+    H->V = spec->vocab;
+    ddp_model_share_param(m, E->wte);
+    ddp_model_add_flops(m, (double)spec->ctx * 2.0 * (double)V * (double)C);
+    DDP_CHECK(ddp_model_add_layer(m, &H->base));
+    return DDP_OK;
+}
