@@ -108,6 +108,13 @@ size_t ddp_checkpoint_settings(const ddp_trainer *t, char *buf, size_t cap);
  * dtype F32, shape and data_offsets, plus "__metadata__" {"model": description}, padded
  * with spaces to a multiple of 8, then the float32 data. Not collective. */
 ddp_status ddp_safetensors_write(const ddp_model *m, const float *host_params, const char *path);
+/* The model description stored in a safetensors file's metadata (as written by
+ * ddp_safetensors_write), into describe. Not collective. */
+ddp_status ddp_safetensors_model(const char *path, char *describe, size_t cap);
+/* Reads every tensor of the model's views from a safetensors file into host (num_params
+ * floats, at the views' offsets), checking names, dtype F32, shapes and byte ranges; a
+ * file of another model fails naming the tensor. Not collective. */
+ddp_status ddp_safetensors_read(const ddp_model *m, const char *path, float *host);
 /* The trainer's parameters through ddp_safetensors_write. Not collective (rank 0). */
 ddp_status ddp_trainer_export(ddp_trainer *t, const char *path);
 

@@ -151,6 +151,24 @@ ddp_status ddp_model_zero_grads(ddp_model *m);
  * node (ddp_comm_alloc_shared), which all-reduces without copies. */
 ddp_status ddp_model_use_grad_buffer(ddp_model *m, float *grads);
 
+/* Sampling new tokens from a token model (the GPT). */
+typedef struct {
+    size_t tokens;     /* how many new tokens */
+    float temperature; /* softmax temperature; 0 = always the most likely token */
+    int top_k;         /* draw among the k most likely tokens only; 0 = all */
+    uint64_t seed;     /* the same seed and model give the same tokens */
+} ddp_generate_options;
+
+/* Receives each new token as it is drawn; a nonzero status stops the generation. */
+typedef ddp_status (*ddp_emit_fn)(void *ctx, int32_t token);
+
+/* Draws o->tokens tokens one after the other, each from the model's prediction after the
+ * prompt and the tokens drawn so far (the last ctx of them), and hands each to emit. */
+ddp_status ddp_model_generate(ddp_model *m, const int32_t *prompt, size_t n_prompt,
+                              const ddp_generate_options *o, ddp_emit_fn emit, void *ctx);
+/* The backend the model computes on. */
+ddp_backend *ddp_model_backend_of(ddp_model *m);
+
 /* Makes backward compute and report the first layer's weight gradient in row slices of
  * about max_elems elements (the lowest rows, sent last, in a shorter one) (0: in one
  * piece, the default), where the first layer is a linear map (the MLP). The first

@@ -176,6 +176,7 @@ float *ddp_model_dw(ddp_model *m, int id) { return m->grads + m->tensors[id].vie
 size_t ddp_model_param_offset(const ddp_model *m, int id) { return m->tensors[id].view.offset; }
 size_t ddp_model_param_count(const ddp_model *m, int id) { return m->tensors[id].view.count; }
 ddp_backend *ddp_model_backend(ddp_model *m) { return m->backend; }
+ddp_backend *ddp_model_backend_of(ddp_model *m) { return m->backend; }
 void ddp_model_add_flops(ddp_model *m, double flops) { m->flops += flops; }
 
 /* a * b + c with overflow checks, for the arena's size. */

@@ -93,3 +93,119 @@ ddp_status ddp_trainer_export(ddp_trainer *t, const char *path) {
     DDP_CHECK(s);
     return DDP_OK;
 }
+
+/* ---- reading ---------------------------------------------------------------------------- */
+
+/* The whole file and its parsed header. */
+typedef struct {
+    unsigned char *bytes;
+    size_t len;
+    json_t *header;
+    const unsigned char *data; /* after the header */
+    size_t data_len;
+} st_file;
+
+static void st_close(st_file *f) {
+    json_decref(f->header);
+    free(f->bytes);
+    memset(f, 0, sizeof *f);
+}
+
+static ddp_status st_open(const char *path, st_file *f) {
+    memset(f, 0, sizeof *f);
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return DDP_FAIL(DDP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 1 << 20;
+    f->bytes = malloc(cap);
+    size_t n;
+    while (f->bytes && (n = fread(f->bytes + f->len, 1, cap - f->len, fp)) > 0) {
+        f->len += n;
+        if (f->len == cap) {
+            unsigned char *grown = realloc(f->bytes, cap * 2);
+            if (!grown) {
+                free(f->bytes);
+                f->bytes = NULL;
+                break;
+            }
+            f->bytes = grown;
+            cap *= 2;
+        }
+    }
+    int read_error = ferror(fp);
+    fclose(fp);
+    if (!f->bytes) return DDP_FAIL(DDP_ERR_NOMEM, "%s: out of memory reading it", path);
+    if (read_error) {
+        st_close(f);
+        return DDP_FAIL(DDP_ERR_IO, "%s: read error", path);
+    }
+    uint64_t hlen = 0;
+    for (int i = 0; i < 8 && (size_t)i < f->len; i++)
+        hlen |= (uint64_t)f->bytes[i] << (8 * i);
+    if (f->len < 8 || hlen > f->len - 8) {
+        st_close(f);
+        return DDP_FAIL(DDP_ERR_FORMAT,
+                        "%s: not a safetensors file (its header length runs past the end)", path);
+    }
+    json_error_t err;
+    f->header = json_loadb((const char *)f->bytes + 8, (size_t)hlen, 0, &err);
+    if (!f->header || !json_is_object(f->header)) {
+        st_close(f);
+        return DDP_FAIL(DDP_ERR_FORMAT, "%s: the safetensors header is not a JSON object (%s)",
+                        path, err.text);
+    }
+    f->data = f->bytes + 8 + hlen;
+    f->data_len = f->len - 8 - (size_t)hlen;
+    return DDP_OK;
+}
+
+ddp_status ddp_safetensors_model(const char *path, char *describe, size_t cap) {
+    st_file f;
+    DDP_CHECK(st_open(path, &f));
+    const char *d = json_string_value(json_object_get(json_object_get(f.header, "__metadata__"),
+                                                      "model"));
+    ddp_status s = DDP_OK;
+    if (!d || strlen(d) >= cap)
+        s = DDP_FAIL(DDP_ERR_FORMAT,
+                     "%s: no model description in its metadata (__metadata__.model): not "
+                     "written by ddp --export?",
+                     path);
+    else
+        snprintf(describe, cap, "%s", d);
+    st_close(&f);
+    return s;
+}
+
+ddp_status ddp_safetensors_read(const ddp_model *m, const char *path, float *host) {
+    st_file f;
+    DDP_CHECK(st_open(path, &f));
+    ddp_status s = DDP_OK;
+    for (int i = 0; s == DDP_OK && i < ddp_model_num_views(m); i++) {
+        const ddp_param_view *v = ddp_model_view(m, i);
+        json_t *t = json_object_get(f.header, v->name);
+        json_t *shape = json_object_get(t, "shape"), *offs = json_object_get(t, "data_offsets");
+        const char *dtype = json_string_value(json_object_get(t, "dtype"));
+        if (!t || !dtype || strcmp(dtype, "F32") != 0 || !json_is_array(shape) ||
+            json_array_size(shape) != (size_t)v->ndim || json_array_size(offs) != 2) {
+            s = DDP_FAIL(DDP_ERR_FORMAT, "%s: tensor %s is missing or not F32 of %d dimensions",
+                         path, v->name, v->ndim);
+            break;
+        }
+        for (int d = 0; s == DDP_OK && d < v->ndim; d++)
+            if ((size_t)json_integer_value(json_array_get(shape, (size_t)d)) != v->shape[d])
+                s = DDP_FAIL(DDP_ERR_FORMAT,
+                             "%s: tensor %s has dimension %d of %lld, the model needs %zu", path,
+                             v->name, d, (long long)json_integer_value(json_array_get(shape, (size_t)d)),
+                             v->shape[d]);
+        json_int_t b0 = json_integer_value(json_array_get(offs, 0));
+        json_int_t b1 = json_integer_value(json_array_get(offs, 1));
+        if (s == DDP_OK && (b0 < 0 || b1 < b0 || (size_t)b1 > f.data_len ||
+                            (size_t)(b1 - b0) != v->count * sizeof(float)))
+            s = DDP_FAIL(DDP_ERR_FORMAT, "%s: tensor %s has data offsets [%lld, %lld) outside "
+                                         "the file or of the wrong size",
+                         path, v->name, (long long)b0, (long long)b1);
+        if (s == DDP_OK) memcpy(host + v->offset, f.data + b0, v->count * sizeof(float));
+    }
+    st_close(&f);
+    DDP_CHECK(s);
+    return DDP_OK;
+}
