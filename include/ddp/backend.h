@@ -63,6 +63,24 @@ ddp_status ddp_backend_zero(ddp_backend *b, void *ptr, size_t bytes);
 /* Waits for all work queued on the backend. */
 ddp_status ddp_backend_sync(ddp_backend *b);
 
+/* OpenBLAS kernels. A program calls ddp_blas_choose_kernels(argv) before anything else:
+ * when OpenBLAS took generic kernels for a CPU it does not know although the CPU runs
+ * AVX2 or AVX-512, and OPENBLAS_CORETYPE is not set, the program replaces itself (exec)
+ * with OPENBLAS_CORETYPE set to the supported family; otherwise it returns.
+ * ddp_blas_kernels_note gives the line to log about it afterwards (NULL when nothing was
+ * changed). ddp_blas_better_core is the decision: the family to use instead of the
+ * detected core, or NULL. */
+void ddp_blas_choose_kernels(char **argv);
+const char *ddp_blas_kernels_note(char *buf, size_t cap);
+const char *ddp_blas_better_core(const char *detected, int avx512, int avx2, int amd);
+
+/* Threads the matrix products use (1 on a GPU). */
+int ddp_backend_threads(ddp_backend *b);
+/* The rate of fp32 matrix products of one core (CPU, with one BLAS thread for the
+ * measurement) or of the GPU, in FLOP/s, measured by repeating a square product for
+ * about `seconds`: the denominator of model FLOPs utilisation. Synchronizes. */
+ddp_status ddp_backend_gemm_peak(ddp_backend *b, double seconds, double *flops);
+
 /* ---- compute ------------------------------------------------------------------------ */
 
 /* ddp_status ddp_backend_<op>(ddp_backend *b, ...) for every op of the list in

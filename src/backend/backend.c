@@ -48,6 +48,41 @@ ddp_status ddp_backend_zero(ddp_backend *b, void *ptr, size_t bytes) {
 
 ddp_status ddp_backend_sync(ddp_backend *b) { return b->ops->sync(b); }
 
+int ddp_backend_threads(ddp_backend *b) { return b->ops->get_threads ? b->ops->get_threads(b) : 1; }
+
+ddp_status ddp_backend_gemm_peak(ddp_backend *b, double seconds, double *flops) {
+    /* A square product large enough to run at the kernels' full rate and small enough to
+     * repeat many times in the time given. One thread: the rate of one core. */
+    const int n = ddp_backend_is_host(b) ? 384 : 4096;
+    size_t bytes = (size_t)n * n * sizeof(float);
+    float *a = NULL, *c = NULL;
+    *flops = 0.0;
+    ddp_status s = ddp_backend_alloc(b, bytes, (void **)&a);
+    if (s == DDP_OK) s = ddp_backend_alloc(b, bytes, (void **)&c);
+    if (s == DDP_OK) s = ddp_backend_zero(b, a, bytes);
+    int threads = ddp_backend_threads(b);
+    if (b->ops->set_threads) b->ops->set_threads(b, 1);
+    int reps = 0;
+    double t0 = 0.0, t = 0.0;
+    for (int warm = 1; s == DDP_OK && (warm || t < seconds); warm = 0) {
+        /* The first product (cold caches, thread start) is not timed. */
+        s = ddp_backend_gemm(b, 0, 0, n, n, n, 1.0f, a, n, a, n, 0.0f, c, n);
+        if (s == DDP_OK) s = ddp_backend_sync(b);
+        if (warm) {
+            t0 = ddp_time_now();
+            continue;
+        }
+        reps++;
+        t = ddp_time_now() - t0;
+    }
+    if (b->ops->set_threads) b->ops->set_threads(b, threads);
+    ddp_backend_dealloc(b, a);
+    ddp_backend_dealloc(b, c);
+    DDP_CHECK(s);
+    *flops = 2.0 * (double)n * n * n * reps / t;
+    return DDP_OK;
+}
+
 /* ---- argument checks of the op list (ddp/backend_ops.h) ---------------------------- */
 
 static ddp_status check_gemm(int trans_a, int trans_b, int M, int N, int K, int lda, int ldb,

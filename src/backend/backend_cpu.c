@@ -39,6 +39,8 @@ static ddp_status cpu_zero(ddp_backend *b, void *ptr, size_t bytes) {
 }
 
 static ddp_status cpu_sync(ddp_backend *b) { return DDP_OK; }
+static int cpu_get_threads(ddp_backend *b) { return openblas_get_num_threads(); }
+static void cpu_set_threads(ddp_backend *b, int threads) { openblas_set_num_threads(threads); }
 
 ddp_status ddp_cpu_gemm(ddp_backend *b, int ta, int tb, int M, int N, int K, float alpha,
                         const float *A, int lda, const float *B, int ldb, float beta, float *C,
@@ -240,6 +242,8 @@ static const ddp_backend_ops cpu_ops = {.name = "cpu",
                                         .copy = cpu_copy,
                                         .zero = cpu_zero,
                                         .sync = cpu_sync,
+    .get_threads = cpu_get_threads,
+    .set_threads = cpu_set_threads,
 #define DDP_CPU_ENTRY(name, params, args, check, noop) .name = ddp_cpu_##name,
                                         DDP_BACKEND_OPS(DDP_CPU_ENTRY)
 #undef DDP_CPU_ENTRY

@@ -21,6 +21,9 @@ typedef struct {
                        ddp_copy_kind kind);
     ddp_status (*zero)(ddp_backend *b, void *ptr, size_t bytes);
     ddp_status (*sync)(ddp_backend *b);
+    /* Threads of the matrix products (NULL: not a threaded host library). */
+    int (*get_threads)(ddp_backend *b);
+    void (*set_threads)(ddp_backend *b, int threads);
     /* one slot per compute op (ddp/backend_ops.h); NULL: not implemented here */
 #define DDP_OP_SLOT(name, params, args, check, noop) ddp_status(*name) params;
     DDP_BACKEND_OPS(DDP_OP_SLOT)

@@ -68,8 +68,9 @@ ddp_status ddp_model_generate(ddp_model *m, const int32_t *prompt, size_t n_prom
     double *prob = malloc((size_t)V * sizeof *prob);
     float *sorted = malloc((size_t)V * sizeof *sorted);
     int32_t *d_window = NULL;
-    ddp_status s = window && logits && prob && sorted ? DDP_OK
-                                            : DDP_FAIL(DDP_ERR_NOMEM, "generate: out of memory");
+    ddp_status s = window && logits && prob && sorted
+                       ? DDP_OK
+                       : DDP_FAIL(DDP_ERR_NOMEM, "generate: out of memory");
     if (s == DDP_OK) s = ddp_backend_alloc(b, keep * sizeof(int32_t), (void **)&d_window);
     size_t n = n_prompt < keep ? n_prompt : keep;
     for (size_t i = 0; s == DDP_OK && i < n; i++)

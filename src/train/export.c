@@ -161,8 +161,8 @@ static ddp_status st_open(const char *path, st_file *f) {
 ddp_status ddp_safetensors_model(const char *path, char *describe, size_t cap) {
     st_file f;
     DDP_CHECK(st_open(path, &f));
-    const char *d = json_string_value(json_object_get(json_object_get(f.header, "__metadata__"),
-                                                      "model"));
+    const char *d =
+        json_string_value(json_object_get(json_object_get(f.header, "__metadata__"), "model"));
     ddp_status s = DDP_OK;
     if (!d || strlen(d) >= cap)
         s = DDP_FAIL(DDP_ERR_FORMAT,
@@ -192,16 +192,17 @@ ddp_status ddp_safetensors_read(const ddp_model *m, const char *path, float *hos
         }
         for (int d = 0; s == DDP_OK && d < v->ndim; d++)
             if ((size_t)json_integer_value(json_array_get(shape, (size_t)d)) != v->shape[d])
-                s = DDP_FAIL(DDP_ERR_FORMAT,
-                             "%s: tensor %s has dimension %d of %lld, the model needs %zu", path,
-                             v->name, d, (long long)json_integer_value(json_array_get(shape, (size_t)d)),
-                             v->shape[d]);
+                s = DDP_FAIL(
+                    DDP_ERR_FORMAT, "%s: tensor %s has dimension %d of %lld, the model needs %zu",
+                    path, v->name, d,
+                    (long long)json_integer_value(json_array_get(shape, (size_t)d)), v->shape[d]);
         json_int_t b0 = json_integer_value(json_array_get(offs, 0));
         json_int_t b1 = json_integer_value(json_array_get(offs, 1));
         if (s == DDP_OK && (b0 < 0 || b1 < b0 || (size_t)b1 > f.data_len ||
                             (size_t)(b1 - b0) != v->count * sizeof(float)))
-            s = DDP_FAIL(DDP_ERR_FORMAT, "%s: tensor %s has data offsets [%lld, %lld) outside "
-                                         "the file or of the wrong size",
+            s = DDP_FAIL(DDP_ERR_FORMAT,
+                         "%s: tensor %s has data offsets [%lld, %lld) outside "
+                         "the file or of the wrong size",
                          path, v->name, (long long)b0, (long long)b1);
         if (s == DDP_OK) memcpy(host + v->offset, f.data + b0, v->count * sizeof(float));
     }

@@ -24,8 +24,17 @@ static void format_eta(double seconds, char *buf, size_t cap) {
  * diverging run still gets its records. */
 static json_t *number(double x) { return isfinite(x) ? json_real(x) : json_null(); }
 
-static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, double samples_per_s,
-                                double accuracy) {
+/* What one logged step reports besides its stats. */
+typedef struct {
+    double samples_per_s;
+    double tokens_per_s; /* samples/s x positions (token models) */
+    double mfu;          /* model FLOPs utilisation, 0..1; < 0 when not measured */
+    int evaluated;       /* this step ran an evaluation: */
+    double eval_loss;    /* mean loss per prediction */
+    double eval_accuracy;
+} step_report;
+
+static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, const step_report *r) {
     json_t *o = json_object();
     if (!o) return DDP_FAIL(DDP_ERR_INTERNAL, "metrics: could not build the JSON record");
     json_object_set_new(o, "step", json_integer((json_int_t)st->step));
@@ -35,7 +44,7 @@ static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, double
         double value;
     } nums[] = {{"loss", st->loss},
                 {"lr", (double)st->lr},
-                {"samples_per_s", samples_per_s},
+                {"samples_per_s", r->samples_per_s},
                 {"t_forward", st->t_forward},
                 {"t_backward", st->t_backward},
                 {"t_allreduce", st->t_allreduce},
@@ -48,11 +57,61 @@ static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, double
         json_object_set_new(o, nums[i].key, number(nums[i].value));
     if (t->skipped_steps > 0)
         json_object_set_new(o, "skipped_steps", json_integer(t->skipped_steps));
-    if (accuracy >= 0.0) json_object_set_new(o, "test_accuracy", json_real(accuracy));
+    int tokens = t->src->positions(t) > 1;
+    if (tokens) json_object_set_new(o, "tokens_per_s", number(r->tokens_per_s));
+    if (r->mfu >= 0.0) json_object_set_new(o, "mfu", number(r->mfu));
+    if (r->evaluated && tokens) {
+        /* Byte-level vocabulary: the loss per byte in bits is the loss in nats / ln 2. */
+        json_object_set_new(o, "val_loss", number(r->eval_loss));
+        json_object_set_new(o, "val_bpb", number(r->eval_loss / M_LN2));
+        json_object_set_new(o, "val_accuracy", number(r->eval_accuracy));
+    } else if (r->evaluated) {
+        json_object_set_new(o, "test_accuracy", number(r->eval_accuracy));
+        json_object_set_new(o, "test_loss", number(r->eval_loss));
+    }
     int rc = json_dumpf(o, t->metrics, JSON_COMPACT | JSON_REAL_PRECISION(7));
     json_decref(o);
     if (rc != 0 || fputc('\n', t->metrics) == EOF || fflush(t->metrics) != 0)
         return DDP_FAIL(DDP_ERR_IO, "metrics: could not write to %s", t->cfg.metrics_path);
+    return DDP_OK;
+}
+
+/* The rate of matrix products this rank could reach (one core's measured rate times its
+ * threads, or the GPU's), for MFU; 0 when it could not be measured. */
+static double measure_peak(ddp_trainer *t) {
+    double core = 0.0;
+    if (ddp_backend_gemm_peak(t->backend, 0.2, &core) != DDP_OK) {
+        ddp_log_warn("could not measure the matrix-product peak: %s (MFU not reported)",
+                     ddp_error_message());
+        ddp_error_clear();
+        return 0.0;
+    }
+    int threads = ddp_backend_is_host(t->backend) ? ddp_backend_threads(t->backend) : 1;
+    if (!t->cfg.quiet)
+        ddp_log_info("matrix-product peak %.1f GFLOP/s per %s (measured), x %d thread(s) x %d "
+                     "rank(s) for MFU",
+                     core / 1e9, ddp_backend_is_host(t->backend) ? "core" : "device", threads,
+                     t->world);
+    return core * threads;
+}
+
+/* One progress line and one metrics record. */
+static ddp_status report(ddp_trainer *t, const ddp_step_stats *st, const step_report *r,
+                         double eta) {
+    const ddp_train_config *c = &t->cfg;
+    size_t spe = t->sampler.steps_per_epoch;
+    char eta_s[32], rate[64], mfu[32] = "";
+    format_eta(eta, eta_s, sizeof eta_s);
+    if (t->src->positions(t) > 1)
+        snprintf(rate, sizeof rate, "%.0f tok/s", r->tokens_per_s);
+    else
+        snprintf(rate, sizeof rate, "%.0f samples/s", r->samples_per_s);
+    if (r->mfu >= 0.0) snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * r->mfu);
+    if (!c->quiet)
+        ddp_log_info("step %lld/%lld | epoch %.2f | loss %.4f | lr %.5f | %s%s | left %s",
+                     (long long)t->step, (long long)t->total_steps, (double)t->step / (double)spe,
+                     st->loss, st->lr, rate, mfu, eta_s);
+    if (t->metrics) DDP_CHECK(write_metrics(t, st, r));
     return DDP_OK;
 }
 
@@ -65,15 +124,19 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
             return DDP_FAIL(DDP_ERR_IO, "--metrics %s: cannot open for writing", c->metrics_path);
     }
     DDP_CHECK(ddp_trainer_prepare_checkpoints(t));
-    size_t spe = t->sampler.steps_per_epoch;
+    size_t spe = t->sampler.steps_per_epoch, positions = t->src->positions(t);
     if (!c->quiet)
         ddp_log_info("training %s (%zu parameters) on %d rank(s), %s backend, %s comm: batch %zu "
-                     "= %zu micro x %d accum x %d ranks, %lld steps (%zu per epoch; the last %zu "
-                     "samples of each epoch are dropped)",
+                     "= %zu micro x %d accum x %d ranks%s, %lld steps (%zu per epoch)",
                      ddp_model_describe(t->model), t->num_params, t->world,
                      ddp_backend_name(t->backend), ddp_comm_name(t->comm), c->global_batch,
-                     c->micro_batch, c->accum, t->world, (long long)t->total_steps, spe,
-                     t->train->n - spe * c->global_batch);
+                     c->micro_batch, c->accum, t->world,
+                     positions > 1 ? " of windows of the context length" : "",
+                     (long long)t->total_steps, spe);
+    /* MFU needs the peak: measured once, where someone reads it. */
+    if ((!c->quiet || c->metrics_path[0]) && t->peak_flops == 0.0) t->peak_flops = measure_peak(t);
+    /* Training costs about 3 forward passes (forward, and backward's two products). */
+    double train_flops = 3.0 * ddp_model_flops_per_sample(t->model);
     double accuracy = -1.0, loss;
     double window_start = ddp_time_now(), run_start = window_start;
     int64_t window_steps = 0, first_step = t->step;
@@ -85,28 +148,31 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
         int epoch_end = spe > 0 && t->step % (int64_t)spe == 0;
         int eval_now = (c->eval_every > 0 ? t->step % c->eval_every == 0 : epoch_end) ||
                        t->step == t->total_steps;
-        double step_accuracy = -1.0;
+        step_report r = {.mfu = -1.0};
         if (c->check_sync > 0 && t->step % c->check_sync == 0) DDP_CHECK(ddp_trainer_check_sync(t));
         if (eval_now) {
             DDP_CHECK(ddp_trainer_evaluate(t, &accuracy, &loss));
-            step_accuracy = accuracy;
-            if (!c->quiet)
+            r.evaluated = 1;
+            r.eval_accuracy = accuracy;
+            r.eval_loss = loss;
+            if (!c->quiet && positions > 1)
+                ddp_log_info("eval step %lld epoch %.2f: validation loss %.4f, %.4f bits per "
+                             "byte, next-byte accuracy %.4f",
+                             (long long)t->step, (double)t->step / (double)spe, loss, loss / M_LN2,
+                             accuracy);
+            else if (!c->quiet)
                 ddp_log_info("eval step %lld epoch %.2f: test accuracy %.4f, test loss %.4f",
                              (long long)t->step, (double)t->step / (double)spe, accuracy, loss);
         }
         if (st.logged) { /* the loss was reduced over all ranks (and may be NaN or inf) */
             double now = ddp_time_now();
-            double sps = (double)window_steps * (double)c->global_batch / (now - window_start);
+            r.samples_per_s = (double)window_steps * (double)c->global_batch / (now - window_start);
+            r.tokens_per_s = r.samples_per_s * (double)positions;
+            if (t->peak_flops > 0.0)
+                r.mfu = train_flops * r.samples_per_s / (t->peak_flops * t->world);
             double eta = (now - run_start) / (double)(t->step - first_step) *
                          (double)(t->total_steps - t->step);
-            char eta_s[32];
-            format_eta(eta, eta_s, sizeof eta_s);
-            if (!c->quiet)
-                ddp_log_info("step %lld/%lld | epoch %.2f | loss %.4f | lr %.5f | %.0f samples/s | "
-                             "left %s",
-                             (long long)t->step, (long long)t->total_steps,
-                             (double)t->step / (double)spe, st.loss, st.lr, sps, eta_s);
-            if (t->metrics) DDP_CHECK(write_metrics(t, &st, sps, step_accuracy));
+            DDP_CHECK(report(t, &st, &r, eta));
             window_start = now;
             window_steps = 0;
         }
