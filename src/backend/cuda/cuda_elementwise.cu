@@ -162,6 +162,7 @@ extern "C" ddp_status ddp_cuda_add(ddp_backend *b, float *y, const float *a, con
                                    size_t n) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
     DDP_CHECK(ddp_cuda_use(cb));
+    if (n == 0) return DDP_OK;
     add_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(y, a, c,
                                                                                           n);
     DDP_CUDA_CHECK_LAUNCH("add_kernel");

@@ -1,5 +1,6 @@
 /*
- * Matrix products through cuBLAS, in the backend's math mode (FP32, TF32 or BF16).
+ * Matrix products through cuBLAS, in the backend's math mode (FP32, TF32 or BF16): the
+ * gemm op, and batches of compact products for the other ops (attention).
  *
  * The public API is row-major; cuBLAS is column-major. A row-major matrix with row
  * stride ld is, read column-major, its transpose with the same leading dimension. So
@@ -68,16 +69,16 @@ extern "C" void ddp_cuda_gemm_release(ddp_cuda_backend *cb) {
     }
 }
 
-/* Converts a stored row-major (rows, cols) matrix with row stride ld to compact bf16. */
-static ddp_status convert(ddp_cuda_backend *cb, int slot, const float *src, int rows, int cols,
+/* Converts a stored row-major (rows, cols) matrix with row stride ld to compact bf16.
+ * A batch of compact matrices is one matrix of all their rows. */
+static ddp_status convert(ddp_cuda_backend *cb, int slot, const float *src, size_t rows, int cols,
                           int ld, const __nv_bfloat16 **out) {
-    size_t total = (size_t)rows * (size_t)cols;
+    size_t total = rows * (size_t)cols;
     void *ws = NULL;
     DDP_CHECK(workspace(cb, slot, (total > 0 ? total : 1) * sizeof(__nv_bfloat16), &ws));
     if (total > 0) {
         to_bf16_kernel<<<ddp_cuda_blocks(total, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0,
-                         cb->stream>>>((__nv_bfloat16 *)ws, src, (size_t)rows, (size_t)cols,
-                                       (size_t)ld);
+                         cb->stream>>>((__nv_bfloat16 *)ws, src, rows, (size_t)cols, (size_t)ld);
         DDP_CUDA_CHECK_LAUNCH("to_bf16_kernel");
     }
     *out = (const __nv_bfloat16 *)ws;
@@ -129,4 +130,51 @@ extern "C" ddp_status ddp_cuda_gemm(ddp_backend *b, int ta, int tb, int M, int N
     return DDP_FAIL(DDP_ERR_INVALID_ARG,
                     "unknown math mode %d in the CUDA gemm; use fp32, tf32 or bf16",
                     (int)b->opt.math);
+}
+
+extern "C" ddp_status ddp_cuda_gemm_batched(ddp_cuda_backend *cb, int ta, int tb, int M, int N,
+                                            int K, float alpha, const float *A, const float *B,
+                                            float beta, float *C, int batch) {
+    if (M <= 0 || N <= 0 || K <= 0 || batch <= 0)
+        return DDP_FAIL(DDP_ERR_INTERNAL,
+                        "batched gemm of %d products (M=%d N=%d K=%d): every size must be "
+                        "positive; this is a bug in the caller",
+                        batch, M, N, K);
+    cublasOperation_t op_a = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t op_b = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    /* Compact storage: A is stored (M, K), or transposed (K, M); B (K, N) or (N, K); each
+     * leading dimension is the stored column count, and consecutive matrices of a batch
+     * are one matrix apart. */
+    int a_rows = ta ? K : M, a_cols = ta ? M : K;
+    int b_rows = tb ? N : K, b_cols = tb ? K : N;
+    long long stride_a = (long long)M * K, stride_b = (long long)K * N, stride_c = (long long)M * N;
+
+    /* The swap of the file's opening comment, once per batch entry: cuBLAS computes
+     * C_i^T (N, M) = op(B_i)^T op(A_i)^T, with B_i as its first operand. */
+    switch (cb->base.opt.math) {
+    case DDP_MATH_FP32:
+    case DDP_MATH_TF32: {
+        cublasComputeType_t ct =
+            cb->base.opt.math == DDP_MATH_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+        DDP_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+            cb->cublas, op_b, op_a, N, M, K, &alpha, B, CUDA_R_32F, b_cols, stride_b, A, CUDA_R_32F,
+            a_cols, stride_a, &beta, C, CUDA_R_32F, N, stride_c, batch, ct, CUBLAS_GEMM_DEFAULT));
+        return DDP_OK;
+    }
+    case DDP_MATH_BF16: {
+        /* As for gemm: bf16 copies of A and B, fp32 accumulation and output. The copies
+         * are compact like the originals, so the strides stay the same. */
+        const __nv_bfloat16 *A16 = NULL, *B16 = NULL;
+        DDP_CHECK(convert(cb, 0, A, (size_t)batch * (size_t)a_rows, a_cols, a_cols, &A16));
+        DDP_CHECK(convert(cb, 1, B, (size_t)batch * (size_t)b_rows, b_cols, b_cols, &B16));
+        DDP_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+            cb->cublas, op_b, op_a, N, M, K, &alpha, B16, CUDA_R_16BF, b_cols, stride_b, A16,
+            CUDA_R_16BF, a_cols, stride_a, &beta, C, CUDA_R_32F, N, stride_c, batch,
+            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        return DDP_OK;
+    }
+    }
+    return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                    "unknown math mode %d in the CUDA batched gemm; use fp32, tf32 or bf16",
+                    (int)cb->base.opt.math);
 }

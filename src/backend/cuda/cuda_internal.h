@@ -65,6 +65,16 @@ DDP_BACKEND_OPS(DDP_CUDA_DECLARE)
 /* cuda_gemm.cu: frees the bf16 workspaces. */
 void ddp_cuda_gemm_release(ddp_cuda_backend *cb);
 
+/* cuda_gemm.cu: C_i (M, N) = alpha op(A_i) op(B_i) + beta C_i for i < batch, in the
+ * backend's math mode, queued on its stream. Row-major like the gemm op, but compact:
+ * A_i is stored (M, K) (or (K, M) when ta), B_i (K, N) (or (N, K) when tb), each with
+ * its column count as row stride, and A_i starts at A + i M K, B_i at B + i K N, C_i at
+ * C + i M N. M, N, K and batch are positive. With beta 0, C is never read. The caller
+ * has made the backend's GPU current (ddp_cuda_use). */
+ddp_status ddp_cuda_gemm_batched(ddp_cuda_backend *cb, int ta, int tb, int M, int N, int K,
+                                 float alpha, const float *A, const float *B, float beta, float *C,
+                                 int batch);
+
 #ifdef __cplusplus
 }
 #endif
