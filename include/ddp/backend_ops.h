@@ -21,7 +21,8 @@
  * asynchronous unless it says otherwise. Gradient outputs named "+=" are ADDED to (so
  * callers accumulate, and zero a buffer themselves before its first contribution);
  * outputs named "=" are written. Deterministic: the same inputs give the same bits on
- * every call (no atomics whose order varies), so that checkpoints resume bit-exactly.
+ * every call (no atomics whose order varies), so that checkpoints resume bit-exactly; the
+ * one exception is softmax_xent's stats on CUDA (metrics, summed with atomics).
  *
  * This header is included only by ddp/backend.h and the backend's own sources.
  */
@@ -37,7 +38,8 @@
 /* clang-format off */
 #define DDP_BACKEND_OPS(X)                                                                         \
     /* C (M, N) = alpha * op(A) op(B) + beta * C; op(A) is (M, K), op(B) (K, N); lda, ldb,         \
-     * ldc are the row strides of A, B, C as stored. With beta 0, C is never read. */             \
+     * ldc are the row strides of A, B, C as stored. With beta 0 and K > 0, C is never read    \
+     * (K = 0 computes C *= beta). */             \
     X(gemm,                                                                                        \
       (ddp_backend * b, int trans_a, int trans_b, int M, int N, int K, float alpha,                \
        const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc),           \
@@ -61,7 +63,7 @@
      * stats[0] += sum of per-row losses, stats[1] += rows whose arg-max equals the label.         \
      * When dlogits is not NULL it receives grad_scale * (softmax - onehot), so grad_scale         \
      * = 1/rows-in-the-global-batch gives the gradient of the mean loss. A label outside           \
-     * [0, C) fails (on the CPU; the CUDA backend skips the row). */                               \
+     * [0, C) fails on the CPU; a CUDA kernel cannot fail, so there it makes the loss NaN. */                               \
     X(softmax_xent,                                                                                \
       (ddp_backend * b, const float *logits, const int32_t *labels, int N, int C,                  \
        float grad_scale, float *dlogits, float *stats),                                            \
