@@ -47,6 +47,9 @@ const char *ddp_backend_name(const ddp_backend *b);
 ddp_device_kind ddp_backend_device(const ddp_backend *b);
 /* Nonzero when device pointers are ordinary host memory (the CPU backend). */
 int ddp_backend_is_host(const ddp_backend *b);
+/* BLAS threads the CPU backend computes with (the options' threads, or the library's own
+ * setting when they were 0); the options' value on other backends. */
+int ddp_backend_threads(const ddp_backend *b);
 /* Number of visible CUDA devices (0 when CUDA is not built in or there is none). */
 int ddp_backend_cuda_device_count(void);
 

@@ -9,6 +9,7 @@
 const char *ddp_backend_name(const ddp_backend *b) { return b->ops->name; }
 ddp_device_kind ddp_backend_device(const ddp_backend *b) { return b->ops->device; }
 int ddp_backend_is_host(const ddp_backend *b) { return b->ops->is_host; }
+int ddp_backend_threads(const ddp_backend *b) { return b->opt.threads; }
 
 void ddp_backend_free(ddp_backend *b) {
     if (b) b->ops->destroy(b);
