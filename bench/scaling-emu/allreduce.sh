@@ -22,7 +22,7 @@ for ((k = 1; k <= reps; k++)); do
             rd) mca=(--mca coll_tuned_use_dynamic_rules 1 --mca coll_tuned_allreduce_algorithm 3) ;;
             esac
             cluster/emu mpirun --map-by node "${mca[@]+"${mca[@]}"}" -np "$n" build/ddp-bench allreduce \
-                --min-bytes 8M --max-bytes 8M --iters 10 --warmup 3 --json /tmp/ar-$$.json >/dev/null 2>&1
+                --min-bytes 8M --max-bytes 8M --iters 10 --warmup-iters 3 --json /tmp/ar-$$.json >/dev/null 2>&1
             python3 - "$n" "$algo" "$k" /tmp/ar-$$.json >>"$out" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[4]))

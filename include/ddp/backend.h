@@ -47,6 +47,9 @@ const char *ddp_backend_name(const ddp_backend *b);
 ddp_device_kind ddp_backend_device(const ddp_backend *b);
 /* Nonzero when device pointers are ordinary host memory (the CPU backend). */
 int ddp_backend_is_host(const ddp_backend *b);
+/* BLAS threads the CPU backend computes with (the options' threads, or the library's own
+ * setting when they were 0); the options' value on other backends. */
+int ddp_backend_threads(const ddp_backend *b);
 /* Number of visible CUDA devices (0 when CUDA is not built in or there is none). */
 int ddp_backend_cuda_device_count(void);
 
@@ -74,8 +77,6 @@ void ddp_blas_choose_kernels(char **argv);
 const char *ddp_blas_kernels_note(char *buf, size_t cap);
 const char *ddp_blas_better_core(const char *detected, int avx512, int avx2, int amd);
 
-/* Threads the matrix products use (1 on a GPU). */
-int ddp_backend_threads(ddp_backend *b);
 /* The rate of fp32 matrix products of one core (CPU, with one BLAS thread for the
  * measurement) or of the GPU, in FLOP/s, measured by repeating a square product for
  * about `seconds`: the denominator of model FLOPs utilisation. Synchronizes. */

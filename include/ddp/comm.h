@@ -108,6 +108,13 @@ void ddp_comm_abort(ddp_comm *c, int code);
  * must end the job (ddp_comm_abort). */
 ddp_status ddp_comm_agree(ddp_comm *c, ddp_status local, int *failed_rank);
 
+/* Compares a value that must be the same on every rank (a CRC of a configuration): on
+ * return *first_differing is the lowest rank whose value differs from rank 0's (-1 when
+ * all agree), *n_differing how many do, and *mine_differs whether this rank's does.
+ * COLLECTIVE. */
+ddp_status ddp_comm_compare(ddp_comm *c, uint32_t value, int *first_differing, int *n_differing,
+                            int *mine_differs);
+
 #ifdef __cplusplus
 }
 #endif

@@ -51,6 +51,17 @@ const char *ddp_error_trace_str(void);
 ddp_status ddp_error_status(void);
 void ddp_error_clear(void);
 
+/* An error carried from the thread that met it to another one (the error state is per
+ * thread): ddp_error_save copies this thread's state, ddp_error_restore makes it the
+ * calling thread's, adds one frame for file:line, and returns its status. */
+typedef struct {
+    ddp_status status;
+    char message[1024];
+    char frames[2048]; /* the "at file:line" lines that follow the message */
+} ddp_error_saved;
+void ddp_error_save(ddp_error_saved *e);
+ddp_status ddp_error_restore(const ddp_error_saved *e, const char *file, int line);
+
 #define DDP_FAIL(st, ...) ddp_error_set((st), __FILE__, __LINE__, __VA_ARGS__)
 
 #define DDP_CHECK(expr)                                                                            \
@@ -84,8 +95,12 @@ void ddp_log(ddp_log_level level, const char *fmt, ...) __attribute__((format(pr
 #define ddp_log_warn(...)  ddp_log(DDP_LOG_WARN, __VA_ARGS__)
 #define ddp_log_info(...)  ddp_log(DDP_LOG_INFO, __VA_ARGS__)
 #define ddp_log_debug(...) ddp_log(DDP_LOG_DEBUG, __VA_ARGS__)
-/* Prints the current error (message and trace) as one error line on this rank. */
+/* Prints the current error as one error line on this rank: what was being done, the
+ * message, the status, host and pid. The trace ("at file:line" frames, one per line)
+ * follows only when traces are on: DDP_DEBUG=1 in the environment, or
+ * ddp_log_show_traces(1) (the programs' --verbose). */
 void ddp_log_current_error(const char *what);
+void ddp_log_show_traces(int on);
 
 /* ---- random numbers --------------------------------------------------------------- */
 

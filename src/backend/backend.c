@@ -9,6 +9,7 @@
 const char *ddp_backend_name(const ddp_backend *b) { return b->ops->name; }
 ddp_device_kind ddp_backend_device(const ddp_backend *b) { return b->ops->device; }
 int ddp_backend_is_host(const ddp_backend *b) { return b->ops->is_host; }
+int ddp_backend_threads(const ddp_backend *b) { return b->opt.threads; }
 
 void ddp_backend_free(ddp_backend *b) {
     if (b) b->ops->destroy(b);
@@ -48,8 +49,6 @@ ddp_status ddp_backend_zero(ddp_backend *b, void *ptr, size_t bytes) {
 
 ddp_status ddp_backend_sync(ddp_backend *b) { return b->ops->sync(b); }
 
-int ddp_backend_threads(ddp_backend *b) { return b->ops->get_threads ? b->ops->get_threads(b) : 1; }
-
 ddp_status ddp_backend_gemm_peak(ddp_backend *b, double seconds, double *flops) {
     /* A square product large enough to run at the kernels' full rate and small enough to
      * repeat many times in the time given. One thread: the rate of one core. */
@@ -60,7 +59,7 @@ ddp_status ddp_backend_gemm_peak(ddp_backend *b, double seconds, double *flops) 
     ddp_status s = ddp_backend_alloc(b, bytes, (void **)&a);
     if (s == DDP_OK) s = ddp_backend_alloc(b, bytes, (void **)&c);
     if (s == DDP_OK) s = ddp_backend_zero(b, a, bytes);
-    int threads = ddp_backend_threads(b);
+    int threads = b->ops->get_threads ? b->ops->get_threads(b) : 1;
     if (b->ops->set_threads) b->ops->set_threads(b, 1);
     int reps = 0;
     double t0 = 0.0, t = 0.0;

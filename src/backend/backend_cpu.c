@@ -258,6 +258,8 @@ ddp_status ddp_backend_cpu_create(const ddp_backend_options *opt, ddp_backend **
     /* BLAS threads are per process; with several ranks on a node each gets its share of
      * the cores (set by the caller), or they oversubscribe and fight. */
     if (opt->threads > 0) openblas_set_num_threads(opt->threads);
+    /* What BLAS runs with, also when it was left to its own setting (OPENBLAS_NUM_THREADS). */
+    b->base.opt.threads = openblas_get_num_threads();
     *out = &b->base;
     return DDP_OK;
 }

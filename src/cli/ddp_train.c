@@ -11,27 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "ddp/checkpoint.h"
 #include "ddp/cli.h"
 #include "ddp/watchdog.h"
-
-#define EXIT_USAGE   2
-#define EXIT_TIMEOUT 3 /* the watchdog ended the job: a rank died or stopped responding */
-
-/* The watchdog's way out, on its own thread: a collective waited longer than --timeout,
- * so a peer died or hangs, and only ending every rank (the hung one too) frees the job. */
-static void watchdog_expired(void *ctx, const char *message) {
-    (void)message; /* the watchdog has logged it */
-    /* Should the abort itself hang, SIGALRM's default action ends this process, and
-     * mpirun ends the others when it sees a rank exit without finalizing. */
-    alarm(30);
-    /* MPI_Abort from a second thread is allowed only at MPI_THREAD_MULTIPLE; without it,
-     * exiting is the safe way to make mpirun end the job. */
-    if (ddp_mpi_thread_multiple()) ddp_comm_abort((ddp_comm *)ctx, EXIT_TIMEOUT);
-    _exit(EXIT_TIMEOUT);
-}
 
 static ddp_status dump_params(ddp_trainer *t, const char *path) {
     ddp_model *m = ddp_trainer_model(t);
@@ -72,7 +55,7 @@ int main(int argc, char **argv) {
     s = ddp_cli_parse(argc, argv, &opt);
     if (!ddp_cli_phase_ok(ctrl, s, "parsing options")) {
         if (rank == 0 || s != DDP_OK) fprintf(stderr, "usage: see %s --help\n", argv[0]);
-        code = EXIT_USAGE;
+        code = DDP_CLI_EXIT_USAGE;
         goto done;
     }
     if (opt.help || opt.version) {
@@ -83,46 +66,24 @@ int main(int argc, char **argv) {
         code = 0;
         goto done;
     }
+    if (opt.verbose) ddp_log_show_traces(1);
     ddp_train_config *cfg = &opt.train;
     s = ddp_train_config_resolve(cfg, world);
     if (!ddp_cli_phase_ok(ctrl, s, "checking the batch configuration")) {
-        code = EXIT_USAGE;
+        code = DDP_CLI_EXIT_USAGE;
         goto done;
     }
     /* From here on, a rank that dies or hangs must not leave the others waiting forever in
      * a collective: the watchdog ends the job after --timeout seconds. */
-    s = ddp_watchdog_init(cfg->timeout_s, rank, watchdog_expired, ctrl);
-    if (!ddp_cli_phase_ok(ctrl, s, "starting the watchdog")) goto done;
+    if (!ddp_cli_start_watchdog(ctrl, cfg->timeout_s)) goto done;
 
-    /* Device: local rank modulo the visible GPUs; BLAS threads: this node's cores shared
-     * among the ranks on it, unless given. */
-    int local_rank = ddp_comm_local_rank(ctrl), local_size = ddp_comm_local_size(ctrl);
-    int gpus = ddp_backend_cuda_device_count();
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    ddp_backend_options bo = {
-        .device = cfg->device,
-        .device_index = gpus > 0 ? local_rank % gpus : 0,
-        .threads = cfg->threads > 0 ? cfg->threads
-                                    : (int)(cores / local_size > 0 ? cores / local_size : 1),
-        .math = cfg->math,
-    };
-    s = ddp_backend_create(&bo, &backend);
-    if (!ddp_cli_phase_ok(ctrl, s, "creating the compute backend")) goto done;
+    if (!ddp_cli_create_backend(ctrl, cfg, &backend)) goto done;
 
     s = ddp_dataset_load_dir(cfg->data_dir, "train", &train);
     if (s == DDP_OK) s = ddp_dataset_load_dir(cfg->data_dir, "t10k", &test);
     if (!ddp_cli_phase_ok(ctrl, s, "loading the data")) goto done;
 
-    /* Every rank creates the gradient communicator (collective). */
-    s = ddp_comm_create(cfg->comm, backend, &comm);
-    if (!ddp_cli_phase_ok(ctrl, s, "creating the communicator")) goto done;
-
-    s = ddp_trainer_create(cfg, backend, comm, ctrl, &train, &test, &trainer);
-    if (s != DDP_OK) {
-        /* ddp_trainer_create agrees on failure itself; the failing rank prints why. */
-        ddp_cli_agreed_failure(ctrl, s, "setting up training");
-        goto done;
-    }
+    if (!ddp_cli_create_trainer(ctrl, cfg, backend, &train, &test, &comm, &trainer)) goto done;
     if (cfg->resume) {
         /* Collective, and it agrees on failure itself; the failing rank prints why. */
         s = ddp_trainer_resume(trainer, cfg->checkpoint_dir, NULL);

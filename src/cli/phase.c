@@ -1,11 +1,15 @@
 /*
- * Agreement on the outcome of the set-up phases of ddp-train and ddp-bench: set-up may
- * fail on one rank alone (a missing file, no device), and the others must learn it
- * instead of waiting in the next collective.
+ * The set-up of ddp-train and ddp-bench, shared: agreement on the outcome of each phase
+ * (set-up may fail on one rank alone, a missing file or no device, and the others must
+ * learn it instead of waiting in the next collective), the backend and trainer made that
+ * way, the comparison of options over the ranks, and the watchdog's way out of a job.
  */
 #include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include "ddp/cli.h"
+#include "ddp/watchdog.h"
 
 /* A collective that failed may have left the ranks out of step (the others still inside
  * it): one more collective to agree could then pair with the wrong call and wait until
@@ -45,4 +49,63 @@ int ddp_cli_open_trace(ddp_comm *ctrl, const char *path) {
     else
         snprintf(file, sizeof file, "%s.rank%d.json", path, rank);
     return ddp_cli_phase_ok(ctrl, ddp_trace_open(file, rank), "opening the trace");
+}
+
+/* The watchdog's way out, on its own thread: a collective waited longer than --timeout,
+ * so a peer died or hangs, and only ending every rank (the hung one too) frees the job. */
+void ddp_cli_watchdog_expired(void *ctx, const char *message) {
+    (void)message; /* the watchdog has logged it */
+    /* Should the abort itself hang, SIGALRM's default action ends this process, and
+     * mpirun ends the others when it sees a rank exit without finalizing. */
+    alarm(30);
+    /* MPI_Abort from a second thread is allowed only at MPI_THREAD_MULTIPLE; without it,
+     * exiting is the safe way to make mpirun end the job. */
+    if (ddp_mpi_thread_multiple()) ddp_comm_abort((ddp_comm *)ctx, DDP_CLI_EXIT_TIMEOUT);
+    _exit(DDP_CLI_EXIT_TIMEOUT);
+}
+
+int ddp_cli_start_watchdog(ddp_comm *ctrl, double timeout_s) {
+    ddp_status s =
+        ddp_watchdog_init(timeout_s, ddp_comm_rank(ctrl), ddp_cli_watchdog_expired, ctrl);
+    return ddp_cli_phase_ok(ctrl, s, "starting the watchdog");
+}
+
+int ddp_cli_create_backend(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_backend **out) {
+    int gpus = ddp_backend_cuda_device_count();
+    ddp_backend_options bo = {
+        .device = cfg->device,
+        .device_index = gpus > 0 ? ddp_comm_local_rank(ctrl) % gpus : 0,
+        .threads = ddp_cli_default_threads(cfg->threads, ddp_comm_local_size(ctrl)),
+        .math = cfg->math,
+    };
+    return ddp_cli_phase_ok(ctrl, ddp_backend_create(&bo, out), "creating the compute backend");
+}
+
+int ddp_cli_create_trainer(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_backend *b,
+                           const ddp_dataset *train, const ddp_dataset *test, ddp_comm **comm,
+                           ddp_trainer **trainer) {
+    /* Every rank creates the gradient communicator (collective). */
+    ddp_status s = ddp_comm_create(cfg->comm, b, comm);
+    if (!ddp_cli_phase_ok(ctrl, s, "creating the communicator")) return 0;
+    s = ddp_trainer_create(cfg, b, *comm, ctrl, train, test, trainer);
+    if (s != DDP_OK) {
+        /* ddp_trainer_create agrees on failure itself; the failing rank prints why. */
+        ddp_cli_agreed_failure(ctrl, s, "setting up training");
+        return 0;
+    }
+    return 1;
+}
+
+ddp_status ddp_cli_check_same_options(ddp_comm *ctrl, const ddp_cli_table *tables, int n_tables) {
+    char canon[4096];
+    size_t len = ddp_cli_canonical(tables, n_tables, canon, sizeof canon);
+    int first = -1, n = 0, mine = 0;
+    DDP_CHECK(ddp_comm_compare(ctrl, ddp_crc32(0, canon, len), &first, &n, &mine));
+    if (first < 0) return DDP_OK;
+    /* Each rank that differs says what it got; rank 0's line is the reference. */
+    if (mine || ddp_comm_rank(ctrl) == 0) ddp_log_error("my options: %s", canon);
+    return DDP_FAIL(DDP_ERR_MISMATCH,
+                    "rank %d (and %d rank(s) in all) was given other options than rank 0: "
+                    "every rank must get the same ones, or the ranks' collectives would not match",
+                    first, n);
 }

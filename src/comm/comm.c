@@ -13,7 +13,9 @@
 
 /* Fault injection for tests: DDP_INJECT_FAULT="OP:RANK:N" makes the N-th call (1-based)
  * of operation OP (allreduce, iallreduce, broadcast, allgather, barrier) on rank RANK
- * fail with DDP_ERR_COMM, as a broken link would. Read once, at the first call. */
+ * fail with DDP_ERR_COMM, as a broken link would; OP comm_create makes the N-th
+ * communicator creation fail locally, as an allocation would. Read once, at the first
+ * call. */
 static struct {
     int parsed;
     char op[32];
@@ -45,8 +47,8 @@ static void maybe_delay(const ddp_comm *c, const char *op) {
     }
 }
 
-static ddp_status maybe_inject(const ddp_comm *c, const char *op) {
-    maybe_delay(c, op);
+/* 1 when DDP_INJECT_FAULT names this call: the n-th call of op on this rank. */
+static int fault_due(int rank, int size, const char *op) {
     if (!fault.parsed) {
         fault.parsed = 1;
         fault.rank = -1;
@@ -54,10 +56,23 @@ static ddp_status maybe_inject(const ddp_comm *c, const char *op) {
         if (env && sscanf(env, "%31[a-z_]:%d:%ld", fault.op, &fault.rank, &fault.n) != 3)
             fault.rank = -1;
     }
-    if (fault.rank != c->rank || strcmp(op, fault.op) != 0 || c->size == 1) return DDP_OK;
-    if (++fault.calls != fault.n) return DDP_OK;
+    if (fault.rank != rank || strcmp(op, fault.op) != 0 || size == 1) return 0;
+    return ++fault.calls == fault.n;
+}
+
+static ddp_status maybe_inject(const ddp_comm *c, const char *op) {
+    maybe_delay(c, op);
+    if (!fault_due(c->rank, c->size, op)) return DDP_OK;
     return DDP_FAIL(DDP_ERR_COMM, "%s: injected fault on rank %d at call %ld (DDP_INJECT_FAULT)",
                     op, c->rank, fault.n);
+}
+
+ddp_status ddp_comm_inject_create_fault(int rank, int size) {
+    if (!fault_due(rank, size, "comm_create")) return DDP_OK;
+    return DDP_FAIL(DDP_ERR_NOMEM,
+                    "creating a communicator: injected local failure on rank %d at creation %ld "
+                    "(DDP_INJECT_FAULT)",
+                    rank, fault.n);
 }
 
 size_t ddp_dtype_size(ddp_dtype t) {
@@ -199,5 +214,33 @@ ddp_status ddp_comm_agree(ddp_comm *c, ddp_status local, int *failed_rank) {
     int32_t v = local == DDP_OK ? c->size : c->rank;
     DDP_CHECK(ddp_comm_allreduce(c, &v, 1, DDP_I32, DDP_MIN));
     *failed_rank = v == c->size ? -1 : v;
+    return DDP_OK;
+}
+
+ddp_status ddp_comm_compare(ddp_comm *c, uint32_t value, int *first_differing, int *n_differing,
+                            int *mine_differs) {
+    uint32_t *all = calloc((size_t)c->size, sizeof *all);
+    /* Agreed before the allgather: a rank that cannot take part must not leave the others
+     * waiting in it. */
+    int failed = -1;
+    ddp_status s = all ? DDP_OK : DDP_FAIL(DDP_ERR_NOMEM, "comparing across ranks: out of memory");
+    ddp_status agreed = ddp_comm_agree(c, s, &failed);
+    if (s == DDP_OK && agreed == DDP_OK && failed >= 0)
+        s = DDP_FAIL(DDP_ERR_REMOTE, "rank %d could not take part in a comparison", failed);
+    if (s == DDP_OK) s = agreed;
+    if (s == DDP_OK) s = ddp_comm_allgather(c, &value, all, 1, DDP_U32);
+    if (s != DDP_OK) {
+        free(all);
+        DDP_CHECK(s);
+    }
+    *first_differing = -1;
+    *n_differing = 0;
+    *mine_differs = all[c->rank] != all[0];
+    for (int r = 1; r < c->size; r++)
+        if (all[r] != all[0]) {
+            if (*first_differing < 0) *first_differing = r;
+            (*n_differing)++;
+        }
+    free(all);
     return DDP_OK;
 }

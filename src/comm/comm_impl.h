@@ -6,6 +6,8 @@
 #ifndef DDP_COMM_IMPL_H
 #define DDP_COMM_IMPL_H
 
+#include <mpi.h>
+
 #include "ddp/comm.h"
 
 typedef struct {
@@ -41,6 +43,17 @@ ddp_status ddp_comm_local_create(ddp_backend *b, ddp_comm **out);
 #ifdef DDP_HAVE_NCCL
 ddp_status ddp_comm_nccl_create(ddp_backend *b, ddp_comm **out);
 #endif
+
+/* Fault injection (DDP_INJECT_FAULT=comm_create:RANK:N, see comm.c): fails the N-th
+ * communicator creation on world rank RANK before its first collective, as a local
+ * allocation failure would. DDP_OK otherwise. Not collective. */
+ddp_status ddp_comm_inject_create_fault(int rank, int size);
+
+/* Agreement on a local outcome before a collective that a rank which failed would skip:
+ * every rank of `comm` passes its own status. Returns DDP_OK when all succeeded; on a
+ * rank that failed, its own status (its message kept); on the others DDP_ERR_REMOTE,
+ * naming the lowest failing rank of MPI_COMM_WORLD and `what`. COLLECTIVE over comm. */
+ddp_status ddp_mpi_agree_local(MPI_Comm comm, ddp_status local, const char *what);
 
 /* Local rank and size on this node, from MPI_COMM_TYPE_SHARED (for the NCCL comm; the
  * MPI comm keeps a node comm of its own). */

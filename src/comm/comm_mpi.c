@@ -6,6 +6,7 @@
  * MPI errors are returned, not fatal: MPI_COMM_WORLD gets MPI_ERRORS_RETURN so that a
  * failure becomes a ddp_status with MPI's own message, and the caller decides to abort.
  */
+#include <limits.h>
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,18 @@ static ddp_status mpi_fail(int rc, const char *what, const char *file, int line)
         int mpi_rc_ = (call);                                                                      \
         if (mpi_rc_ != MPI_SUCCESS) return mpi_fail(mpi_rc_, (what), __FILE__, __LINE__);          \
     } while (0)
+
+ddp_status ddp_mpi_agree_local(MPI_Comm comm, ddp_status local, const char *what) {
+    int world_rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+    /* MIN over (world rank if failed, else INT_MAX): the lowest failing rank, if any. */
+    int lowest = local == DDP_OK ? INT_MAX : world_rank;
+    int rc = MPI_Allreduce(MPI_IN_PLACE, &lowest, 1, MPI_INT, MPI_MIN, comm);
+    if (local != DDP_OK) return local;
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Allreduce (agreement)", __FILE__, __LINE__);
+    if (lowest == INT_MAX) return DDP_OK;
+    return DDP_FAIL(DDP_ERR_REMOTE, "%s failed on rank %d (see its message)", what, lowest);
+}
 
 ddp_status ddp_mpi_local_rank(int *local_rank, int *local_size) {
     static int cached = 0, lr = 0, ls = 1;
@@ -372,13 +385,18 @@ static ddp_status mpi_alloc_shared(ddp_comm *base, size_t bytes, void **ptr) {
     }
     shared_region *r = &c->shared[c->n_shared];
     r->base = calloc((size_t)base->local_size, sizeof *r->base);
-    void *mine = NULL;
-    int made = 0, ok = r->base != NULL;
-    if (ok) {
-        int rc =
-            MPI_Win_allocate_shared((MPI_Aint)bytes, 64, MPI_INFO_NULL, c->node, &mine, &r->win);
-        made = ok = rc == MPI_SUCCESS;
+    /* Agreed before the window: a rank without its table must not leave the others in a
+     * collective it skips. */
+    ddp_status s = r->base ? DDP_OK : DDP_FAIL(DDP_ERR_NOMEM, "MPI comm: out of memory");
+    s = ddp_mpi_agree_local(c->node, s, "preparing node-shared memory");
+    if (s != DDP_OK) {
+        free(r->base);
+        r->base = NULL;
+        DDP_CHECK(s);
     }
+    void *mine = NULL;
+    int rc = MPI_Win_allocate_shared((MPI_Aint)bytes, 64, MPI_INFO_NULL, c->node, &mine, &r->win);
+    int made = rc == MPI_SUCCESS, ok = made;
     for (int q = 0; ok && q < base->local_size; q++) {
         MPI_Aint size;
         int disp;
@@ -548,8 +566,8 @@ static void mpi_destroy(ddp_comm *base) {
     ddp_shm_gate_free(c->gate);
     if (!finalized) {
         if (c->node != MPI_COMM_NULL) MPI_Comm_free(&c->node);
-        MPI_Op_free(&c->bf16_sum_op);
-        MPI_Comm_free(&c->comm);
+        if (c->bf16_sum_op != MPI_OP_NULL) MPI_Op_free(&c->bf16_sum_op);
+        if (c->comm != MPI_COMM_NULL) MPI_Comm_free(&c->comm);
     }
     free(c);
 }
@@ -573,25 +591,44 @@ ddp_status ddp_comm_mpi_create(ddp_backend *b, ddp_comm **out) {
     int inited = 0;
     MPI_Initialized(&inited);
     if (!inited) return DDP_FAIL(DDP_ERR_COMM, "MPI comm: call ddp_mpi_init first");
-    mpi_comm *c = calloc(1, sizeof *c);
-    if (!c) return DDP_FAIL(DDP_ERR_NOMEM, "MPI comm: out of memory");
-    c->base.ops = &mpi_ops;
-    c->base.backend = b;
-    c->node = MPI_COMM_NULL;
-    c->device_buffers = b && !ddp_backend_is_host(b);
+    int world_rank = 0, world_size = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+    /* Everything local first: a rank that failed here and returned would leave the others
+     * waiting in MPI_Comm_dup until the watchdog fired (or forever, before it runs). */
+    ddp_status s = ddp_comm_inject_create_fault(world_rank, world_size);
+    mpi_comm *c = s == DDP_OK ? calloc(1, sizeof *c) : NULL;
+    if (s == DDP_OK && !c) s = DDP_FAIL(DDP_ERR_NOMEM, "MPI comm: out of memory");
+    if (c) {
+        c->base.ops = &mpi_ops;
+        c->base.backend = b;
+        c->comm = c->node = MPI_COMM_NULL;
+        c->bf16_sum_op = MPI_OP_NULL;
+        c->device_buffers = b && !ddp_backend_is_host(b);
+        int rc = MPI_Op_create(bf16_sum, 1, &c->bf16_sum_op);
+        if (rc != MPI_SUCCESS) {
+            c->bf16_sum_op = MPI_OP_NULL;
+            s = mpi_fail(rc, "MPI_Op_create", __FILE__, __LINE__);
+        }
+    }
+    /* COLLECTIVE over the world: every rank learns the outcome, so all go on or all stop. */
+    s = ddp_mpi_agree_local(MPI_COMM_WORLD, s, "creating the MPI communicator");
+    if (s != DDP_OK) {
+        if (c) mpi_destroy(&c->base); /* nothing collective made yet */
+        DDP_CHECK(s);
+    }
     /* A private duplicate keeps our collectives from matching anyone else's. */
     int rc = MPI_Comm_dup(MPI_COMM_WORLD, &c->comm);
     if (rc != MPI_SUCCESS) {
-        free(c);
+        c->comm = MPI_COMM_NULL;
+        mpi_destroy(&c->base);
         return mpi_fail(rc, "MPI_Comm_dup", __FILE__, __LINE__);
     }
     MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
     MPI_Comm_rank(c->comm, &c->base.rank);
     MPI_Comm_size(c->comm, &c->base.size);
-    MPI_Op_create(bf16_sum, 1, &c->bf16_sum_op);
     /* Every rank splits, whatever its node's size (nodes may hold different numbers of
      * ranks): the node comm gives the local rank and size, and carries the gate. */
-    ddp_status s = DDP_OK;
     rc = MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &c->node);
     if (rc != MPI_SUCCESS)
         s = mpi_fail(rc, "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)", __FILE__, __LINE__);

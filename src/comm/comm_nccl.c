@@ -482,7 +482,9 @@ static ddp_status agree(nccl_comm *c, ddp_status local, const char *stage) {
     return DDP_OK;
 }
 
-static ddp_status bootstrap(nccl_comm *c) {
+/* all: (world size) room for every rank's GPU identity, allocated by the caller before
+ * the first collective. */
+static ddp_status bootstrap(nccl_comm *c, cudaUUID_t *all) {
     /* COLLECTIVE: a private communicator for the bootstrap and host-memory collectives. */
     MPI_TRY(MPI_Comm_dup(MPI_COMM_WORLD, &c->host_comm));
     MPI_Comm_set_errhandler(c->host_comm, MPI_ERRORS_RETURN);
@@ -502,17 +504,12 @@ static ddp_status bootstrap(nccl_comm *c) {
         if (r != ncclSuccess) s = nccl_fail(c, r, "ncclGetUniqueId", __FILE__, __LINE__);
     }
 
-    cudaUUID_t *all = calloc((size_t)c->base.size, sizeof *all);
-    if (!all) return DDP_FAIL(DDP_ERR_NOMEM, "NCCL comm: out of host memory");
     /* COLLECTIVE: every rank shares its GPU's identity. */
     int rc = MPI_Allgather(&uuid, (int)sizeof uuid, MPI_BYTE, all, (int)sizeof uuid, MPI_BYTE,
                            c->host_comm);
-    if (rc != MPI_SUCCESS) {
-        free(all);
+    if (rc != MPI_SUCCESS)
         return mpi_fail(rc, "MPI_Allgather of GPU identities", __FILE__, __LINE__);
-    }
     if (s == DDP_OK) s = check_one_rank_per_gpu(c, all);
-    free(all);
     DDP_CHECK(agree(c, s, "device set-up"));
 
     /* COLLECTIVE: rank 0's unique id reaches every rank. */
@@ -552,18 +549,33 @@ ddp_status ddp_comm_nccl_create(ddp_backend *b, ddp_comm **out) {
     int inited = 0;
     MPI_Initialized(&inited);
     if (!inited) return DDP_FAIL(DDP_ERR_COMM, "NCCL comm: call ddp_mpi_init first");
-    if (!b || ddp_backend_device(b) != DDP_DEVICE_CUDA)
-        return DDP_FAIL(DDP_ERR_INVALID_ARG,
-                        "the NCCL comm needs the CUDA backend (buffers in GPU memory): use "
-                        "--device cuda, or --comm mpi on the CPU");
-    nccl_comm *c = calloc(1, sizeof *c);
-    if (!c) return DDP_FAIL(DDP_ERR_NOMEM, "NCCL comm: out of host memory");
+    int world_rank = 0, world_size = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+    /* Everything local first, then agreement: a rank that returned early would leave the
+     * others waiting in the bootstrap's first collective. */
+    ddp_status s = ddp_comm_inject_create_fault(world_rank, world_size);
+    if (s == DDP_OK && (!b || ddp_backend_device(b) != DDP_DEVICE_CUDA))
+        s = DDP_FAIL(DDP_ERR_INVALID_ARG,
+                     "the NCCL comm needs the CUDA backend (buffers in GPU memory): use "
+                     "--device cuda, or --comm mpi on the CPU");
+    nccl_comm *c = s == DDP_OK ? calloc(1, sizeof *c) : NULL;
+    cudaUUID_t *all = s == DDP_OK ? calloc((size_t)world_size, sizeof *all) : NULL;
+    if (s == DDP_OK && (!c || !all)) s = DDP_FAIL(DDP_ERR_NOMEM, "NCCL comm: out of host memory");
+    /* COLLECTIVE over the world. */
+    s = ddp_mpi_agree_local(MPI_COMM_WORLD, s, "creating the NCCL communicator");
+    if (s != DDP_OK) {
+        free(c);
+        free(all);
+        DDP_CHECK(s);
+    }
     c->base.ops = &nccl_ops;
     c->base.backend = b;
     c->host_comm = MPI_COMM_NULL;
     c->device = ddp_cuda_device(b);
     c->compute = ddp_cuda_stream(b);
-    ddp_status s = bootstrap(c);
+    s = bootstrap(c, all);
+    free(all);
     if (s != DDP_OK) {
         ddp_error_trace(__FILE__, __LINE__);
         nccl_destroy(&c->base);

@@ -29,8 +29,8 @@ const char *ddp_status_str(ddp_status s) {
     return status_names[s];
 }
 
-#define MSG_CAP   1024
-#define TRACE_CAP 2048
+#define MSG_CAP   ((int)sizeof(((ddp_error_saved *)0)->message))
+#define TRACE_CAP ((int)sizeof(((ddp_error_saved *)0)->frames))
 
 static _Thread_local ddp_status err_status;
 static _Thread_local char err_msg[MSG_CAP];
@@ -67,4 +67,22 @@ void ddp_error_clear(void) {
     err_msg[0] = '\0';
     err_trace[0] = '\0';
     err_trace_len = 0;
+}
+
+void ddp_error_save(ddp_error_saved *e) {
+    e->status = err_status;
+    snprintf(e->message, sizeof e->message, "%s", err_msg);
+    /* The trace starts with the message; the frames are what follows it. */
+    size_t n = strlen(err_msg);
+    const char *frames = strncmp(err_trace, err_msg, n) == 0 ? err_trace + n : "";
+    snprintf(e->frames, sizeof e->frames, "%s", frames);
+}
+
+ddp_status ddp_error_restore(const ddp_error_saved *e, const char *file, int line) {
+    snprintf(err_msg, sizeof err_msg, "%s", e->message);
+    err_status = e->status;
+    int n = snprintf(err_trace, sizeof err_trace, "%s%s", err_msg, e->frames);
+    err_trace_len = n < 0 ? 0 : ((size_t)n >= sizeof err_trace ? sizeof err_trace - 1 : (size_t)n);
+    ddp_error_trace(file, line);
+    return e->status;
 }

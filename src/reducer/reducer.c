@@ -57,7 +57,7 @@ struct ddp_reducer {
     int stop;
     double thread_cpu; /* CPU seconds of this backward pass's buckets on the thread */
     ddp_status thread_status;
-    char thread_msg[1024];
+    ddp_error_saved thread_error; /* the thread's first error, for finish() */
 };
 
 /* ---- one bucket's all-reduce ------------------------------------------------------- */
@@ -132,7 +132,7 @@ static void *comm_thread(void *arg) {
         if (s != DDP_OK && r->thread_status == DDP_OK) {
             /* The error state is per thread: carry the message over to finish(). */
             r->thread_status = s;
-            snprintf(r->thread_msg, sizeof r->thread_msg, "%s", ddp_error_trace_str());
+            ddp_error_save(&r->thread_error);
         }
         r->thread_cpu += cpu;
         r->done++;
@@ -372,7 +372,7 @@ ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats) {
         while (r->done < r->launched)
             pthread_cond_wait(&r->cv, &r->mu);
         if (r->thread_status != DDP_OK && s == DDP_OK)
-            s = ddp_error_set(r->thread_status, __FILE__, __LINE__, "%s", r->thread_msg);
+            s = ddp_error_restore(&r->thread_error, __FILE__, __LINE__);
         thread_cpu = r->thread_cpu;
         pthread_mutex_unlock(&r->mu);
     } else {

@@ -19,21 +19,9 @@ static ddp_status check_fingerprints(ddp_trainer *t) {
     char data[256];
     size_t dlen = t->src->identify(t, data, sizeof data);
     fp = ddp_crc32(fp, data, dlen);
-    uint32_t *all = calloc((size_t)t->world, sizeof *all);
-    if (!all) return DDP_FAIL(DDP_ERR_NOMEM, "out of memory");
-    /* All ranks reach this allgather in ddp_trainer_create. */
-    ddp_status s = ddp_comm_allgather(t->ctrl, &fp, all, 1, DDP_U32);
-    if (s != DDP_OK) {
-        free(all);
-        DDP_CHECK(s);
-    }
-    int first_bad = -1, n_bad = 0, mine_differs = all[t->rank] != all[0];
-    for (int r = 1; r < t->world; r++)
-        if (all[r] != all[0]) {
-            if (first_bad < 0) first_bad = r;
-            n_bad++;
-        }
-    free(all);
+    /* All ranks reach this comparison in ddp_trainer_create. */
+    int first_bad = -1, n_bad = 0, mine_differs = 0;
+    DDP_CHECK(ddp_comm_compare(t->ctrl, fp, &first_bad, &n_bad, &mine_differs));
     if (first_bad < 0) return DDP_OK;
     if (mine_differs)
         ddp_log_error("my configuration: %s | model %s | data %s", canon, shape, data);

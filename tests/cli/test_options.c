@@ -1,7 +1,8 @@
 /*
  * ddp-train's option parser and the configuration checks behind it. Good argument
  * lists set exactly the fields they name and leave the defaults elsewhere; every bad
- * one fails with DDP_ERR_INVALID_ARG and a message that names the option. Then the
+ * one fails with DDP_ERR_INVALID_ARG and a message that names the option (every option
+ * of every table is also walked in test_option_tables.c). Then the
  * batch arithmetic of ddp_train_config_resolve (global = micro x accum x world, with
  * suggestions when it does not divide) and the canonical text that ranks compare:
  * equal for equal configs, different when a setting that must agree differs, and blind
@@ -129,6 +130,46 @@ static void test_remaining_options_set_their_fields(void **state) {
     assert_int_equal(o.version, 1);
 }
 
+static void test_communication_checkpoint_and_output_options_set_their_fields(void **state) {
+    ddp_cli_options o;
+    assert_int_equal(PARSE(&o, "--bucket-mb", "2.5", "--first-bucket-mb", "0.25", "--grad-dtype",
+                           "bf16", "--no-overlap", "--progress", "test", "--on-nonfinite", "skip",
+                           "--trace", "/tmp/run/trace", "--timeout", "7.5", "--checkpoint-dir",
+                           "/tmp/ckpt", "--checkpoint-every", "100", "--keep", "0", "--resume",
+                           "--export", "model.safetensors", "--verbose"),
+                     DDP_OK);
+    const ddp_train_config *c = &o.train;
+    assert_int_equal(c->reducer.bucket_bytes, 5u << 19);       /* 2.5 MiB */
+    assert_int_equal(c->reducer.first_bucket_bytes, 1u << 18); /* 0.25 MiB */
+    assert_int_equal(c->reducer.grad_dtype, DDP_BF16);
+    assert_int_equal(c->reducer.overlap, 0);
+    assert_int_equal(c->reducer.progress, DDP_PROGRESS_TEST);
+    assert_int_equal(c->on_nonfinite, DDP_NONFINITE_SKIP);
+    assert_string_equal(c->trace_path, "/tmp/run/trace");
+    assert_true(c->timeout_s == 7.5f);
+    assert_string_equal(c->checkpoint_dir, "/tmp/ckpt");
+    assert_int_equal(c->checkpoint_every, 100);
+    assert_int_equal(c->keep, 0);
+    assert_int_equal(c->resume, 1);
+    assert_string_equal(o.export_path, "model.safetensors");
+    assert_int_equal(o.verbose, 1);
+    /* Defaults of the same fields when not given; a bucket is never below one float. */
+    assert_int_equal(PARSE(&o, "--bucket-mb", "0.000001"), DDP_OK);
+    assert_int_equal(o.train.reducer.bucket_bytes, sizeof(float));
+    assert_int_equal(o.train.reducer.first_bucket_bytes, 1u << 20);
+    assert_int_equal(o.train.reducer.grad_dtype, DDP_F32);
+    assert_int_equal(o.train.reducer.overlap, 1);
+    assert_int_equal(o.train.reducer.progress, DDP_PROGRESS_AUTO);
+    assert_int_equal(o.train.on_nonfinite, DDP_NONFINITE_ABORT);
+    assert_true(o.train.timeout_s == 300.0f);
+    assert_int_equal(o.train.keep, 3);
+    assert_int_equal(o.train.resume, 0);
+    assert_int_equal(o.verbose, 0);
+    /* --timeout 0 turns the watchdog off. */
+    assert_int_equal(PARSE(&o, "--timeout", "0"), DDP_OK);
+    assert_true(o.train.timeout_s == 0.0f);
+}
+
 static void test_equals_form_and_last_value_win(void **state) {
     ddp_cli_options o;
     assert_int_equal(PARSE(&o, "--batch=64", "--lr=0.5", "--batch", "96"), DDP_OK);
@@ -204,6 +245,27 @@ static void test_numbers_are_parsed_strictly(void **state) {
     EXPECT_BAD("--epochs", "--epochs", "0");
     EXPECT_BAD("--seed", "--seed", "-1");
     EXPECT_BAD("--threads", "--threads", "two");
+}
+
+static void test_communication_checkpoint_and_output_values_are_checked(void **state) {
+    EXPECT_BAD("--bucket-mb", "--bucket-mb", "0");
+    EXPECT_BAD("--bucket-mb", "--bucket-mb", "25MB");
+    EXPECT_BAD("--first-bucket-mb", "--first-bucket-mb", "100001");
+    EXPECT_BAD("--grad-dtype", "--grad-dtype", "fp16");
+    EXPECT_BAD("--progress", "--progress", "poll");
+    EXPECT_BAD("--on-nonfinite", "--on-nonfinite", "ignore");
+    EXPECT_BAD("--timeout", "--timeout", "-5");
+    EXPECT_BAD("--timeout", "--timeout", "1000001");
+    EXPECT_BAD("--checkpoint-every", "--checkpoint-every", "0");
+    EXPECT_BAD("--keep", "--keep", "-1");
+    EXPECT_BAD("--trace", "--trace", "");
+    EXPECT_BAD("--export", "--export", "");
+    EXPECT_BAD("--checkpoint-dir", "--checkpoint-dir", "");
+    /* Flags take no value. */
+    EXPECT_BAD("--no-overlap", "--no-overlap=1");
+    EXPECT_BAD("--resume", "--resume=yes");
+    assert_msg_has("takes no value");
+    EXPECT_BAD("--verbose", "--verbose=");
 }
 
 static void test_hidden_sizes_are_checked(void **state) {
@@ -416,6 +478,7 @@ int main(void) {
         cmocka_unit_test(test_no_options_gives_defaults),
         cmocka_unit_test(test_good_options_set_their_fields),
         cmocka_unit_test(test_remaining_options_set_their_fields),
+        cmocka_unit_test(test_communication_checkpoint_and_output_options_set_their_fields),
         cmocka_unit_test(test_equals_form_and_last_value_win),
         cmocka_unit_test(test_sixteen_hidden_layers_are_allowed),
         cmocka_unit_test(test_parser_can_run_again_after_an_error),
@@ -423,6 +486,7 @@ int main(void) {
         cmocka_unit_test(test_missing_value_is_named),
         cmocka_unit_test(test_batch_must_be_a_positive_whole_number),
         cmocka_unit_test(test_numbers_are_parsed_strictly),
+        cmocka_unit_test(test_communication_checkpoint_and_output_values_are_checked),
         cmocka_unit_test(test_hidden_sizes_are_checked),
         cmocka_unit_test(test_choices_are_checked),
         cmocka_unit_test(test_paths_must_not_be_empty),

@@ -1,9 +1,12 @@
 /*
- * Fuzz target: ddp-train's option parser. The input is split into arguments at NUL
- * bytes and newlines (so a corpus file is readable: one argument per line), parsed
- * with ddp_cli_parse, and, when that succeeds, the configuration is resolved for 1 to
- * 4 ranks and written as the canonical line that ranks compare. Every outcome is fine
- * except a crash, a sanitizer report, or a failure without a message.
+ * Fuzz target: the option parsers of ddp-train and ddp-bench (one table-driven parser
+ * behind all three). The input is split into arguments at NUL bytes and newlines (so a
+ * corpus file is readable: one argument per line), parsed with ddp_cli_parse, and, when
+ * that succeeds, the configuration is resolved for 1 to 4 ranks and written as the
+ * canonical line that ranks compare; the same arguments then go through ddp-bench's
+ * allreduce and train parsers, and the allreduce options into their canonical line.
+ * Every outcome is fine except a crash, a sanitizer report, or a failure without a
+ * message.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -65,6 +68,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             size_t n = ddp_train_config_canonical(&r, canon, sizeof canon);
             check(n < sizeof canon && strlen(canon) == n, "canonical line fits and is counted");
         }
+    }
+
+    /* The same arguments as ddp-bench's. */
+    ddp_cli_allreduce_options ar;
+    ddp_error_clear();
+    argv[0] = "allreduce";
+    if (ddp_cli_parse_allreduce(argc, argv, &ar) != DDP_OK) {
+        check(ddp_error_message()[0] != '\0', "an allreduce failure has a message");
+    } else {
+        check(ar.min_bytes >= 4 && ar.min_bytes <= ar.max_bytes, "allreduce sizes in order");
+        check(strlen(ar.json) < DDP_PATH_MAX, "json path terminated");
+        ddp_cli_table t = {.base = &ar};
+        t.opts = ddp_cli_allreduce_table(&t.n);
+        char canon[1024];
+        size_t n = ddp_cli_canonical(&t, 1, canon, sizeof canon);
+        check(n < sizeof canon && strlen(canon) == n, "allreduce canonical line is counted");
+    }
+    ddp_cli_bench_train_options bt;
+    ddp_error_clear();
+    argv[0] = "train";
+    if (ddp_cli_parse_bench_train(argc, argv, &bt) != DDP_OK) {
+        check(ddp_error_message()[0] != '\0', "a bench train failure has a message");
+    } else {
+        check(bt.bench_steps >= 1 && bt.warmup_steps >= 0, "bench steps in range");
+        check(bt.have_data == (bt.cli.train.data_dir[0] != '\0'), "have_data says --data");
     }
     free(text);
     return 0;

@@ -1,0 +1,176 @@
+/*
+ * ddp-bench train: ddp_trainer_step on a synthetic in-memory dataset with the shape of
+ * Fashion-MNIST (784 features, 10 classes, 60000 samples), or on the real data when
+ * --data is given; reports throughput and per-phase step times as JSON. Takes every
+ * ddp-train option and its own (ddp_cli_parse_bench_train).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+
+/* A dataset with the shape of Fashion-MNIST: pixels uniform in [0, 1) and labels uniform
+ * over the classes, the same on every rank (fixed seed). Only the speed is measured. */
+static ddp_status make_synthetic(size_t n, size_t dim, int classes, uint64_t stream,
+                                 ddp_dataset *out) {
+    memset(out, 0, sizeof *out);
+    out->n = n;
+    out->dim = dim;
+    out->num_classes = classes;
+    out->x = malloc(n * dim * sizeof(float));
+    out->y = malloc(n * sizeof(int32_t));
+    if (!out->x || !out->y) {
+        ddp_dataset_free(out);
+        return DDP_FAIL(DDP_ERR_NOMEM, "out of memory for a synthetic dataset of %zu samples", n);
+    }
+    ddp_rng rng;
+    ddp_rng_seed(&rng, 12345, stream);
+    for (size_t i = 0; i < n * dim; i++)
+        out->x[i] = ddp_rng_uniform(&rng);
+    for (size_t i = 0; i < n; i++)
+        out->y[i] = (int32_t)ddp_rng_below(&rng, (uint64_t)classes);
+    return DDP_OK;
+}
+
+typedef struct {
+    double fwd, bwd, ar, exposed, optim, step, comm_cpu;
+} phase_sums;
+
+int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
+    int rank = ddp_comm_rank(ctrl), world = ddp_comm_size(ctrl);
+    ddp_cli_bench_train_options a;
+    ddp_status s = ddp_cli_parse_bench_train(argc, argv, &a);
+    if (!ddp_cli_phase_ok(ctrl, s, "parsing options")) {
+        if (rank == 0 || s != DDP_OK) fprintf(stderr, "usage: see ddp-bench train --help\n");
+        return DDP_CLI_EXIT_USAGE;
+    }
+    if (a.cli.help || a.cli.version) {
+        if (rank == 0 && a.cli.help) ddp_cli_bench_train_usage(stdout);
+        if (rank == 0 && a.cli.version) printf("ddp-bench 0.1.0\n");
+        return 0;
+    }
+    if (a.cli.verbose) ddp_log_show_traces(1);
+    ddp_train_config *cfg = &a.cli.train;
+    /* One step more than are run keeps every timed step off the logging path (which adds
+     * a reduction of the loss). */
+    cfg->max_steps = a.warmup_steps + a.bench_steps + 1;
+    cfg->log_every = (int)cfg->max_steps + 1;
+    cfg->quiet = 1;
+    cfg->check_sync = 0;
+    cfg->reducer.skip = a.no_allreduce;
+    s = ddp_train_config_resolve(cfg, world);
+    if (!ddp_cli_phase_ok(ctrl, s, "checking the batch configuration")) return DDP_CLI_EXIT_USAGE;
+    /* From here on a rank that dies or hangs ends the job after --timeout seconds. */
+    if (!ddp_cli_start_watchdog(ctrl, cfg->timeout_s)) return 1;
+
+    ddp_backend *backend = NULL;
+    ddp_comm *comm = NULL;
+    ddp_trainer *trainer = NULL;
+    ddp_dataset train = {0}, test = {0};
+    json_t *o = NULL;
+    int code = 1;
+    if (!ddp_cli_create_backend(ctrl, cfg, &backend)) goto done;
+    if (a.have_data) {
+        s = ddp_dataset_load_dir(cfg->data_dir, "train", &train);
+        if (s == DDP_OK) s = ddp_dataset_load_dir(cfg->data_dir, "t10k", &test);
+    } else {
+        s = make_synthetic(60000, 784, 10, 0, &train);
+        if (s == DDP_OK) s = make_synthetic(1000, 784, 10, 1, &test);
+    }
+    if (!ddp_cli_phase_ok(ctrl, s, "preparing the data")) goto done;
+    if (!ddp_cli_create_trainer(ctrl, cfg, backend, &train, &test, &comm, &trainer)) goto done;
+
+    ddp_step_stats st;
+    for (int i = 0; s == DDP_OK && i < a.warmup_steps; i++)
+        s = ddp_trainer_step(trainer, &st);
+    /* --trace records the timed steps only. */
+    if (s == DDP_OK && !ddp_cli_open_trace(ctrl, cfg->trace_path)) goto done;
+    /* All ranks start the timed steps together. */
+    if (s == DDP_OK) s = ddp_comm_barrier(ctrl);
+    phase_sums sum = {0};
+    double t0 = ddp_time_now();
+    for (int i = 0; s == DDP_OK && i < a.bench_steps; i++) {
+        s = ddp_trainer_step(trainer, &st);
+        sum.fwd += st.t_forward;
+        sum.bwd += st.t_backward;
+        sum.ar += st.t_allreduce;
+        sum.exposed += st.t_exposed;
+        sum.optim += st.t_optim;
+        sum.step += st.t_step;
+        sum.comm_cpu += st.t_comm_cpu;
+    }
+    if (s == DDP_OK) s = ddp_backend_sync(backend);
+    if (s == DDP_OK) s = ddp_trace_close();
+    /* The step ends on every rank when the slowest rank's all-reduce ends; the barrier
+     * is cheap next to a step. */
+    if (s == DDP_OK) s = ddp_comm_barrier(ctrl);
+    double wall = ddp_time_now() - t0;
+    if (s != DDP_OK) {
+        ddp_log_current_error("training");
+        ddp_comm_abort(ctrl, 1);
+    }
+    /* Phase times: mean over steps and over ranks; the wall time: max over ranks. */
+    double v[7] = {sum.fwd, sum.bwd, sum.ar, sum.exposed, sum.optim, sum.step, sum.comm_cpu};
+    s = ddp_comm_allreduce(ctrl, v, 7, DDP_F64, DDP_SUM);
+    if (s == DDP_OK) s = ddp_bench_max_over_ranks(ctrl, &wall);
+    if (s != DDP_OK) {
+        ddp_log_current_error("gathering the timings");
+        ddp_comm_abort(ctrl, 1);
+    }
+    double per = 1.0 / ((double)a.bench_steps * world);
+    for (int i = 0; i < 7; i++)
+        v[i] *= per;
+    double sps = (double)a.bench_steps * (double)cfg->global_batch / wall;
+    ddp_model *m = ddp_trainer_model(trainer);
+    double flops = ddp_model_flops_per_sample(m) * 3.0 * sps;
+    static const char *const progress_names[] = {"auto", "thread", "test"};
+    if (rank == 0) {
+        o = json_object();
+        json_object_set_new(o, "bench", json_string("train"));
+        json_object_set_new(o, "model", json_string(ddp_model_describe(m)));
+        json_object_set_new(o, "params", json_integer((json_int_t)ddp_model_num_params(m)));
+        json_object_set_new(o, "data", json_string(a.have_data ? cfg->data_dir : "synthetic"));
+        json_object_set_new(o, "ranks", json_integer(world));
+        json_object_set_new(o, "threads", json_integer(ddp_backend_threads(backend)));
+        json_object_set_new(o, "backend", json_string(ddp_backend_name(backend)));
+        json_object_set_new(o, "comm", json_string(ddp_comm_name(comm)));
+        json_object_set_new(o, "sleeping_wait", json_boolean(ddp_comm_sleeping_wait(comm)));
+        json_object_set_new(o, "shared_gradients", json_boolean(ddp_trainer_grads_shared(trainer)));
+        json_object_set_new(o, "global_batch", json_integer((json_int_t)cfg->global_batch));
+        json_object_set_new(o, "micro_batch", json_integer((json_int_t)cfg->micro_batch));
+        json_object_set_new(o, "accum", json_integer(cfg->accum));
+        json_object_set_new(o, "overlap", json_boolean(cfg->reducer.overlap));
+        json_object_set_new(o, "allreduce", json_boolean(!cfg->reducer.skip));
+        json_object_set_new(o, "progress", json_string(progress_names[cfg->reducer.progress % 3]));
+        json_object_set_new(o, "bucket_mb",
+                            json_real((double)cfg->reducer.bucket_bytes / (1024.0 * 1024.0)));
+        json_object_set_new(o, "warmup_steps", json_integer(a.warmup_steps));
+        json_object_set_new(o, "bench_steps", json_integer(a.bench_steps));
+        json_object_set_new(o, "samples_per_s", json_real(sps));
+        json_object_set_new(o, "t_forward", json_real(v[0]));
+        json_object_set_new(o, "t_backward", json_real(v[1]));
+        json_object_set_new(o, "t_allreduce", json_real(v[2]));
+        json_object_set_new(o, "t_exposed", json_real(v[3]));
+        json_object_set_new(o, "t_optim", json_real(v[4]));
+        json_object_set_new(o, "t_step", json_real(v[5]));
+        json_object_set_new(o, "t_comm_cpu", json_real(v[6]));
+        json_object_set_new(o, "t_step_wall", json_real(wall / a.bench_steps));
+        json_object_set_new(o, "exposed_fraction", json_real(v[5] > 0 ? v[3] / v[5] : 0.0));
+        json_object_set_new(o, "model_flops_per_s", json_real(flops));
+        json_dumpf(o, stdout, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
+        printf("\n");
+        fflush(stdout);
+        s = a.json[0] ? ddp_bench_write_json(o, a.json) : DDP_OK;
+    }
+    if (!ddp_cli_phase_ok(ctrl, s, "writing the results")) goto done;
+    code = 0;
+done:
+    json_decref(o);
+    ddp_trainer_free(trainer);
+    ddp_comm_free(comm);
+    ddp_dataset_free(&train);
+    ddp_dataset_free(&test);
+    ddp_backend_free(backend);
+    return code;
+}

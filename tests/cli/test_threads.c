@@ -1,0 +1,120 @@
+/*
+ * The default number of BLAS threads per rank (ddp_cli_threads_for): --threads wins; an
+ * OPENBLAS_NUM_THREADS or OMP_NUM_THREADS in the environment is left to the library (0);
+ * otherwise the node's CPUs, capped by a cgroup quota, are shared among its ranks, and a
+ * rank bound to fewer CPUs than its share gets those. First the arithmetic with made-up
+ * machines, then the environment as the programs read it.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+
+#include <cmocka.h>
+
+#include "ddp/cli.h"
+#include "test_util.h"
+
+/* A machine: node CPUs, CPUs in this rank's mask, quota in CPUs (0: none). */
+static ddp_cli_cpu_info machine(int node, int mask, double quota) {
+    ddp_cli_cpu_info m = {.env_threads = 0, .node_cpus = node, .mask_cpus = mask, .quota = quota};
+    return m;
+}
+
+static void explicit_threads_win(void **state) {
+    ddp_cli_cpu_info m = machine(64, 64, 0.0);
+    assert_int_equal(ddp_cli_threads_for(3, 8, &m), 3);
+    m.env_threads = 1;
+    assert_int_equal(ddp_cli_threads_for(5, 1, &m), 5); /* over the environment too */
+    m = machine(2, 1, 0.5);
+    assert_int_equal(ddp_cli_threads_for(16, 4, &m), 16); /* and over the machine */
+}
+
+static void environment_is_left_to_the_library(void **state) {
+    ddp_cli_cpu_info m = machine(64, 64, 0.0);
+    m.env_threads = 1;
+    assert_int_equal(ddp_cli_threads_for(0, 4, &m), 0);
+}
+
+static void unbound_ranks_share_the_node(void **state) {
+    ddp_cli_cpu_info m = machine(16, 16, 0.0);
+    assert_int_equal(ddp_cli_threads_for(0, 1, &m), 16);
+    assert_int_equal(ddp_cli_threads_for(0, 4, &m), 4);
+    assert_int_equal(ddp_cli_threads_for(0, 3, &m), 5);  /* rounded down */
+    assert_int_equal(ddp_cli_threads_for(0, 32, &m), 1); /* at least one */
+    assert_int_equal(ddp_cli_threads_for(0, 0, &m), 16); /* no node size known: alone */
+}
+
+static void bound_ranks_get_their_mask_up_to_their_share(void **state) {
+    /* ddp-run's --bind-to core with 4 cores per rank on 16 cores, 4 ranks. */
+    ddp_cli_cpu_info m = machine(16, 4, 0.0);
+    assert_int_equal(ddp_cli_threads_for(0, 4, &m), 4);
+    /* Open MPI's default of one core each with two ranks. */
+    m = machine(16, 1, 0.0);
+    assert_int_equal(ddp_cli_threads_for(0, 2, &m), 1);
+    /* One rank bound to half the machine uses that half. */
+    m = machine(16, 8, 0.0);
+    assert_int_equal(ddp_cli_threads_for(0, 1, &m), 8);
+    /* Bound to sockets (Open MPI's default beyond two ranks): 4 ranks over 2 sockets of
+     * 8 share each socket, so 4 each, not 8. */
+    assert_int_equal(ddp_cli_threads_for(0, 4, &m), 4);
+    /* An unknown mask (0) changes nothing. */
+    m = machine(16, 0, 0.0);
+    assert_int_equal(ddp_cli_threads_for(0, 2, &m), 8);
+}
+
+static void quota_caps_the_node(void **state) {
+    ddp_cli_cpu_info m = machine(64, 64, 8.0);
+    assert_int_equal(ddp_cli_threads_for(0, 1, &m), 8);
+    assert_int_equal(ddp_cli_threads_for(0, 2, &m), 4);
+    m.quota = 2.5; /* 2 CPUs kept busy without being throttled */
+    assert_int_equal(ddp_cli_threads_for(0, 1, &m), 2);
+    m.quota = 0.5;
+    assert_int_equal(ddp_cli_threads_for(0, 1, &m), 1);
+    m.quota = 128.0; /* above the CPUs there are: no cap */
+    assert_int_equal(ddp_cli_threads_for(0, 4, &m), 16);
+    /* Bound to 2 CPUs under a quota of 8 for 2 ranks: the mask is the smaller. */
+    m = machine(64, 2, 8.0);
+    assert_int_equal(ddp_cli_threads_for(0, 2, &m), 2);
+}
+
+/* The environment as ddp-train and ddp-bench read it (the tests run with
+ * OPENBLAS_NUM_THREADS=1, see tests/CMakeLists.txt). */
+static void environment_variables_are_respected(void **state) {
+    ddp_cli_cpu_info m;
+    setenv("OPENBLAS_NUM_THREADS", "1", 1);
+    unsetenv("OMP_NUM_THREADS");
+    ddp_cli_cpu_info_read(&m);
+    assert_int_equal(m.env_threads, 1);
+    assert_int_equal(ddp_cli_default_threads(0, 2), 0);
+    assert_int_equal(ddp_cli_default_threads(3, 2), 3);
+
+    unsetenv("OPENBLAS_NUM_THREADS");
+    setenv("OMP_NUM_THREADS", "2", 1);
+    assert_int_equal(ddp_cli_default_threads(0, 1), 0);
+
+    /* Empty means unset. */
+    setenv("OMP_NUM_THREADS", "", 1);
+    ddp_cli_cpu_info_read(&m);
+    assert_int_equal(m.env_threads, 0);
+    unsetenv("OMP_NUM_THREADS");
+    ddp_cli_cpu_info_read(&m);
+    assert_int_equal(m.env_threads, 0);
+    assert_true(m.node_cpus >= 1);
+    assert_true(m.mask_cpus >= 1 && m.mask_cpus <= m.node_cpus);
+    int t = ddp_cli_default_threads(0, 1);
+    assert_true(t >= 1 && t <= m.mask_cpus);
+    setenv("OPENBLAS_NUM_THREADS", "1", 1);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(explicit_threads_win),
+        cmocka_unit_test(environment_is_left_to_the_library),
+        cmocka_unit_test(unbound_ranks_share_the_node),
+        cmocka_unit_test(bound_ranks_get_their_mask_up_to_their_share),
+        cmocka_unit_test(quota_caps_the_node),
+        cmocka_unit_test(environment_variables_are_respected),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
