@@ -103,6 +103,9 @@ typedef struct {
 const ddp_cli_opt *ddp_cli_train_table(size_t *n);
 /* Parses argv into opt (starting from defaults) with ddp-train's table. */
 ddp_status ddp_cli_parse(int argc, char **argv, ddp_cli_options *opt);
+/* The model kind argv asks for with --model (the MLP when it does not): the defaults
+ * that the other options start from. */
+ddp_model_kind ddp_cli_model_kind(int argc, char **argv);
 void ddp_cli_usage(FILE *f, const char *prog);
 
 /* ---- ddp-bench ---------------------------------------------------------------------- */

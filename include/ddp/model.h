@@ -51,9 +51,6 @@ typedef struct {
     int decay_all;
 } ddp_model_spec;
 
-/* The former name of the spec, while callers move over. */
-typedef ddp_model_spec ddp_mlp_spec;
-
 /* Fills the defaults of `kind` (the sizes ddp-train uses when none are given). */
 void ddp_model_spec_defaults(ddp_model_spec *spec, ddp_model_kind kind);
 /* "mlp" or "gpt". */

@@ -69,6 +69,9 @@ typedef struct {
 } ddp_train_config;
 
 void ddp_train_config_defaults(ddp_train_config *cfg);
+/* The defaults for training a model of `kind`: the MLP's are those above; a GPT gets its
+ * model sizes, AdamW with a cosine schedule, clipping and a run length in steps. */
+void ddp_train_config_defaults_for(ddp_train_config *cfg, ddp_model_kind kind);
 
 /* Checks the batch arithmetic for `world` ranks and fills in the derived numbers
  * (accum or micro_batch). A message says which numbers would work. Not collective. */

@@ -118,7 +118,7 @@ static void bench_train_tables(ddp_cli_bench_train_options *o, ddp_cli_table t[2
 
 ddp_status ddp_cli_parse_bench_train(int argc, char **argv, ddp_cli_bench_train_options *o) {
     memset(o, 0, sizeof *o);
-    ddp_train_config_defaults(&o->cli.train);
+    ddp_train_config_defaults_for(&o->cli.train, ddp_cli_model_kind(argc, argv));
     /* No --data means the synthetic dataset: the directory stays empty unless given. */
     o->cli.train.data_dir[0] = '\0';
     o->warmup_steps = 5;

@@ -13,7 +13,7 @@ const int ddp_cli_progress_values[] = {DDP_PROGRESS_AUTO, DDP_PROGRESS_THREAD, D
 
 /* --hidden 256,128: up to DDP_MAX_HIDDEN sizes, or "none". */
 static ddp_status parse_hidden(const char *name, const char *arg, void *field) {
-    ddp_mlp_spec *m = field;
+    ddp_model_spec *m = field;
     if (strcmp(arg, "none") == 0) {
         m->n_hidden = 0;
         return DDP_OK;
@@ -48,6 +48,8 @@ static ddp_status parse_hidden(const char *name, const char *arg, void *field) {
     return DDP_OK;
 }
 
+static const char *const models[] = {"mlp", "gpt", NULL};
+static const int model_values[] = {DDP_MODEL_MLP, DDP_MODEL_GPT};
 static const char *const acts[] = {"relu", "gelu", NULL};
 static const int act_values[] = {DDP_ACT_RELU, DDP_ACT_GELU};
 static const char *const optims[] = {"sgd", "adamw", NULL};
@@ -68,13 +70,34 @@ static const int policy_values[] = {DDP_NONFINITE_ABORT, DDP_NONFINITE_SKIP};
 #define OPT_BASE ddp_cli_options
 static const ddp_cli_opt train_opts[] = {
     OPT_HEADING("Model and data"),
+    OPT(CHOICE, "model", train.model.kind, NULL,
+        "mlp (default): an MLP on labelled images (--data);\n"
+        "gpt: a GPT language model on a text (--text); the\n"
+        "other options' defaults follow the model",
+        .choices = models, .values = model_values),
     OPT(PATH, "data", train.data_dir, "DIR",
-        "Fashion-MNIST/MNIST IDX files (default\n/usr/share/datasets/fashion-mnist)",
+        "mlp: Fashion-MNIST/MNIST IDX files (default\n/usr/share/datasets/fashion-mnist)",
         .per_rank = 1),
     OPT(CUSTOM, "hidden", train.model, "LIST",
-        "hidden layer sizes, e.g. 256,128 (default); 'none' for none", .parse = parse_hidden),
-    OPT(CHOICE, "act", train.model.act, NULL, "activation (default relu)", .choices = acts,
+        "mlp: hidden layer sizes, e.g. 256,128 (default); 'none'", .parse = parse_hidden),
+    OPT(CHOICE, "act", train.model.act, NULL, "mlp: activation (default relu)", .choices = acts,
         .values = act_values),
+    OPT(PATH, "text", train.text_path, "FILE",
+        "gpt: a text file, every byte a token; the last 10% is\n"
+        "validation (default: the King James Bible of Debian's\n"
+        "bible-kjv, written once to a cache file)",
+        .per_rank = 1),
+    OPT(INT, "layers", train.model.layers, "L", "gpt: transformer blocks (default 4)", .lo = 1,
+        .hi = 1024),
+    OPT(INT, "dim", train.model.dim, "C", "gpt: width (default 256)", .lo = 1, .hi = 65536),
+    OPT(INT, "heads", train.model.heads, "H", "gpt: attention heads, dividing the width (default 4)",
+        .lo = 1, .hi = 65536),
+    OPT(INT, "ctx", train.model.ctx, "T", "gpt: context length in bytes (default 128)", .lo = 2,
+        .hi = 65536),
+    OPT(FLAG, "decay-all", train.model.decay_all, NULL,
+        "weight decay on every tensor (default: matrices and the\n"
+        "token embedding, not biases, norms, positions)",
+        .lo = 1),
     OPT_HEADING("Batch and length"),
     OPT(U64, "batch", train.global_batch, "N", "global batch over all ranks (default 128)", .lo = 1,
         .hi = 1u << 30),
@@ -178,9 +201,25 @@ const ddp_cli_opt *ddp_cli_train_table(size_t *n) {
     return train_opts;
 }
 
+ddp_model_kind ddp_cli_model_kind(int argc, char **argv) {
+    /* The last --model given wins, as in the parser; a value it refuses leaves the MLP's
+     * defaults, and the parser then names the option. */
+    ddp_model_kind kind = DDP_MODEL_MLP;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0) break;
+        const char *v = NULL;
+        if (strcmp(argv[i], "--model") == 0 && i + 1 < argc)
+            v = argv[i + 1];
+        else if (strncmp(argv[i], "--model=", 8) == 0)
+            v = argv[i] + 8;
+        if (v) kind = strcmp(v, "gpt") == 0 ? DDP_MODEL_GPT : DDP_MODEL_MLP;
+    }
+    return kind;
+}
+
 ddp_status ddp_cli_parse(int argc, char **argv, ddp_cli_options *opt) {
     memset(opt, 0, sizeof *opt);
-    ddp_train_config_defaults(&opt->train);
+    ddp_train_config_defaults_for(&opt->train, ddp_cli_model_kind(argc, argv));
     ddp_cli_table t = {.base = opt};
     t.opts = ddp_cli_train_table(&t.n);
     DDP_CHECK(ddp_cli_parse_tables(argc, argv, &t, 1));

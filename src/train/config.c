@@ -47,6 +47,27 @@ void ddp_train_config_defaults(ddp_train_config *cfg) {
     cfg->timeout_s = 300.0f;
 }
 
+void ddp_train_config_defaults_for(ddp_train_config *cfg, ddp_model_kind kind) {
+    ddp_train_config_defaults(cfg);
+    if (kind != DDP_MODEL_GPT) return;
+    /* A GPT on a byte-level text: the sizes and schedule of the README's language-model
+     * run, which the measurements in bench/RESULTS.md chose for 2 CPU cores. */
+    ddp_model_spec_defaults(&cfg->model, DDP_MODEL_GPT);
+    cfg->global_batch = 32;
+    cfg->epochs = 0;
+    cfg->max_steps = 2000;
+    cfg->optim.kind = DDP_OPTIM_ADAMW;
+    cfg->optim.beta1 = 0.9f;
+    cfg->optim.beta2 = 0.99f;
+    cfg->optim.weight_decay = 0.1f;
+    cfg->sched.kind = DDP_SCHED_COSINE;
+    cfg->sched.base_lr = 2e-3f;
+    cfg->sched.min_lr = 2e-4f;
+    cfg->sched.warmup_steps = 100;
+    cfg->clip_norm = 1.0f;
+    cfg->eval_every = 250;
+}
+
 /* The divisors of n nearest to `want` from below and above, for messages that say which
  * numbers would work. Divisors come in pairs (d, n / d), so trying d up to sqrt(n) finds
  * them all: at most 2^15 steps for any batch the options accept, however far `want` is. */

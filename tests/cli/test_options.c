@@ -445,6 +445,55 @@ static void test_canonical_text_changes_with_settings_that_must_agree(void **sta
     assert_string_not_equal(t0, t);
 }
 
+static void test_model_gpt_brings_its_defaults_and_options_still_win(void **state) {
+    ddp_cli_options o;
+    /* Given after another option, --model still decides where the others start from. */
+    assert_int_equal(PARSE(&o, "--lr", "1e-3", "--model", "gpt", "--layers", "6", "--dim", "384",
+                           "--heads", "6", "--ctx", "64", "--text", "/tmp/t.txt", "--decay-all"),
+                     DDP_OK);
+    const ddp_train_config *c = &o.train;
+    assert_int_equal(c->model.kind, DDP_MODEL_GPT);
+    assert_int_equal(c->model.layers, 6);
+    assert_int_equal(c->model.dim, 384);
+    assert_int_equal(c->model.heads, 6);
+    assert_int_equal(c->model.ctx, 64);
+    assert_int_equal(c->model.vocab, 256);
+    assert_int_equal(c->model.decay_all, 1);
+    assert_string_equal(c->text_path, "/tmp/t.txt");
+    assert_true(c->sched.base_lr == 1e-3f);
+    /* The GPT's defaults where nothing was given. */
+    ddp_train_config d;
+    ddp_train_config_defaults_for(&d, DDP_MODEL_GPT);
+    assert_int_equal(c->optim.kind, DDP_OPTIM_ADAMW);
+    assert_int_equal(c->global_batch, d.global_batch);
+    assert_int_equal(c->max_steps, d.max_steps);
+    assert_true(c->clip_norm == d.clip_norm && d.clip_norm > 0.0f);
+    assert_true(c->optim.weight_decay == d.optim.weight_decay);
+    /* The canonical text covers every shape option: a rank with another width differs. */
+    ddp_cli_options o2;
+    assert_int_equal(PARSE(&o2, "--model=gpt", "--lr", "1e-3", "--layers", "6", "--dim", "384",
+                           "--heads", "6", "--ctx", "64", "--decay-all"),
+                     DDP_OK);
+    char a[4096], b[4096];
+    ddp_train_config_canonical(&o.train, a, sizeof a);
+    ddp_train_config_canonical(&o2.train, b, sizeof b);
+    assert_string_equal(a, b); /* the text path is per rank */
+    const char *shape[][2] = {{"--layers", "5"}, {"--dim", "192"}, {"--heads", "3"},
+                              {"--ctx", "32"}};
+    for (int i = 0; i < 4; i++) {
+        char *argv[] = {"ddp-train", "--model", "gpt", (char *)shape[i][0], (char *)shape[i][1],
+                        NULL};
+        assert_int_equal(ddp_cli_parse(5, argv, &o2), DDP_OK);
+        ddp_train_config_canonical(&o2.train, b, sizeof b);
+        ddp_train_config_defaults_for(&d, DDP_MODEL_GPT);
+        ddp_train_config_canonical(&d, a, sizeof a);
+        if (strcmp(a, b) == 0) fail_msg("%s does not change the canonical text", shape[i][0]);
+    }
+    /* And the MLP's defaults stay the MLP's. */
+    assert_int_equal(PARSE(&o, "--model", "mlp"), DDP_OK);
+    assert_int_equal(o.train.optim.kind, DDP_OPTIM_SGD);
+}
+
 static void test_canonical_text_ignores_output_paths_and_per_rank_settings(void **state) {
     const char *base[] = {"--lr", "0.01"};
     const char *other[] = {"--lr",          "0.01",   "--metrics", "/tmp/elsewhere.jsonl",
@@ -476,6 +525,7 @@ static void test_canonical_text_truncates_safely(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_no_options_gives_defaults),
+        cmocka_unit_test(test_model_gpt_brings_its_defaults_and_options_still_win),
         cmocka_unit_test(test_good_options_set_their_fields),
         cmocka_unit_test(test_remaining_options_set_their_fields),
         cmocka_unit_test(test_communication_checkpoint_and_output_options_set_their_fields),
