@@ -106,6 +106,9 @@ ddp_status ddp_cli_parse(int argc, char **argv, ddp_cli_options *opt);
 /* The model kind argv asks for with --model (the MLP when it does not): the defaults
  * that the other options start from. */
 ddp_model_kind ddp_cli_model_kind(int argc, char **argv);
+/* Logs (rank 0) that the program chose other OpenBLAS kernels (ddp_blas_choose_kernels),
+ * when it did. */
+void ddp_cli_log_blas_note(void);
 void ddp_cli_usage(FILE *f, const char *prog);
 
 /* ---- ddp-bench ---------------------------------------------------------------------- */

@@ -37,6 +37,8 @@ int main(int argc, char **argv) {
         fputs(usage, help ? stdout : stderr);
         return help ? 0 : DDP_CLI_EXIT_USAGE;
     }
+    /* Before anything else: this may start the program again with other BLAS kernels. */
+    ddp_blas_choose_kernels(argv);
     if (ddp_mpi_init(&argc, &argv, NULL) != DDP_OK) {
         fprintf(stderr, "ddp-bench: %s\n", ddp_error_message());
         return 1;
@@ -48,6 +50,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     ddp_log_init(ddp_comm_rank(ctrl), ddp_comm_size(ctrl), DDP_LOG_INFO);
+    ddp_cli_log_blas_note();
     int code;
     if (strcmp(argv[1], "allreduce") == 0)
         code = ddp_bench_allreduce_main(ctrl, argc - 1, argv + 1);

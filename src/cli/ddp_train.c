@@ -32,6 +32,8 @@ static ddp_status dump_params(ddp_trainer *t, const char *path) {
 }
 
 int main(int argc, char **argv) {
+    /* Before anything else: this may start the program again with other BLAS kernels. */
+    ddp_blas_choose_kernels(argv);
     int thread_level;
     if (ddp_mpi_init(&argc, &argv, &thread_level) != DDP_OK) {
         fprintf(stderr, "ddp-train: %s\n", ddp_error_message());
@@ -50,6 +52,7 @@ int main(int argc, char **argv) {
     }
     int rank = ddp_comm_rank(ctrl), world = ddp_comm_size(ctrl);
     ddp_log_init(rank, world, DDP_LOG_INFO);
+    ddp_cli_log_blas_note();
 
     ddp_cli_options opt;
     s = ddp_cli_parse(argc, argv, &opt);

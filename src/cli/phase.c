@@ -20,6 +20,11 @@ static void abort_if_comm_failed(ddp_comm *ctrl, ddp_status s, const char *phase
     ddp_comm_abort(ctrl, 1);
 }
 
+void ddp_cli_log_blas_note(void) {
+    char note[256];
+    if (ddp_blas_kernels_note(note, sizeof note)) ddp_log_info("%s", note);
+}
+
 int ddp_cli_phase_ok(ddp_comm *ctrl, ddp_status s, const char *phase) {
     if (s != DDP_OK) ddp_log_current_error(phase);
     abort_if_comm_failed(ctrl, s, phase);

@@ -478,11 +478,11 @@ static void test_model_gpt_brings_its_defaults_and_options_still_win(void **stat
     ddp_train_config_canonical(&o.train, a, sizeof a);
     ddp_train_config_canonical(&o2.train, b, sizeof b);
     assert_string_equal(a, b); /* the text path is per rank */
-    const char *shape[][2] = {{"--layers", "5"}, {"--dim", "192"}, {"--heads", "3"},
-                              {"--ctx", "32"}};
+    const char *shape[][2] = {
+        {"--layers", "5"}, {"--dim", "192"}, {"--heads", "3"}, {"--ctx", "32"}};
     for (int i = 0; i < 4; i++) {
-        char *argv[] = {"ddp-train", "--model", "gpt", (char *)shape[i][0], (char *)shape[i][1],
-                        NULL};
+        char *argv[] = {"ddp-train",         "--model",           "gpt",
+                        (char *)shape[i][0], (char *)shape[i][1], NULL};
         assert_int_equal(ddp_cli_parse(5, argv, &o2), DDP_OK);
         ddp_train_config_canonical(&o2.train, b, sizeof b);
         ddp_train_config_defaults_for(&d, DDP_MODEL_GPT);
