@@ -1,6 +1,7 @@
 /*
- * core: status codes with an error trace, rank-prefixed logging, a seeded RNG and
- * a monotonic clock. Every other module depends on this one and on nothing else.
+ * core: status codes with an error trace, rank-prefixed logging, a seeded RNG, a
+ * monotonic clock and small file helpers. Every other module depends on this one and
+ * on nothing else.
  *
  * Errors: a fallible function returns ddp_status. The place that detects a failure
  * records a message with DDP_FAIL (the message says what was wrong and what to do);
@@ -145,6 +146,12 @@ ddp_status ddp_trace_begin(const char *name, const char *cat);
 ddp_status ddp_trace_end(void);
 /* A span with explicit times (ddp_time_now seconds) on track tid (-1: this thread's). */
 ddp_status ddp_trace_span(const char *name, const char *cat, double t_start, double t_end, int tid);
+
+/* ---- files ------------------------------------------------------------------------ */
+
+/* Creates dir and its missing parents (like mkdir -p) and checks that dir is a
+ * directory. Messages start with `what` and the directory ("--checkpoint-dir /x: ..."). */
+ddp_status ddp_mkdirs(const char *dir, const char *what);
 
 /* ---- checksums -------------------------------------------------------------------- */
 

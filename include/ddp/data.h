@@ -9,6 +9,11 @@
  * epoch alone) and hands rank r its slice of each global batch, so that over one epoch
  * every sample is used exactly once across all ranks. The incomplete tail batch of an
  * epoch is dropped, so every rank runs the same number of steps.
+ *
+ * Text is read as bytes, and every byte is a token (a vocabulary of 256), so any file
+ * trains without a tokenizer. Training windows start at offsets drawn from (seed, step)
+ * alone; validation cuts the held-out tail into consecutive windows that together
+ * predict each of its bytes exactly once over all ranks.
  */
 #ifndef DDP_DATA_H
 #define DDP_DATA_H
@@ -90,6 +95,102 @@ void ddp_sampler_free(ddp_sampler *s);
 /* The contiguous part of n items that rank r evaluates: every item exactly once over
  * all ranks, sizes differing by at most one, no padding. */
 void ddp_shard_range(size_t n, int rank, int world, size_t *begin, size_t *count);
+
+/* ---- text: bytes as tokens -------------------------------------------------------- */
+
+#define DDP_TEXT_VOCAB 256
+
+/* A text file held whole in memory. The last tenth of its bytes is the validation split,
+ * which training never reads. */
+typedef struct {
+    uint8_t *bytes; /* (n_train + n_val) the file, training split first */
+    size_t n_train; /* bytes [0, n_train) are trained on */
+    size_t n_val;   /* bytes [n_train, n_train + n_val) are only evaluated */
+    char *path;     /* the file, for messages */
+} ddp_text;
+
+/* Reads the whole file at path (any bytes: UTF-8, other encodings and binary files are
+ * all just tokens) and splits it: the last 10% of the bytes, rounded to the nearest byte
+ * and at least 1, is the validation split. Fails with a message naming the file when it
+ * is missing, unreadable, a directory or device, empty, or a single byte (too short to
+ * split). On failure *out is left empty. */
+ddp_status ddp_text_load(const char *path, ddp_text *out);
+/* Whether the text is long enough for context ctx: the training split needs at least
+ * ctx + 1 bytes (one window of inputs and the targets one byte later), the validation
+ * split at least 2 (one predicted byte). The message says how long the file would have
+ * to be. */
+ddp_status ddp_text_check(const ddp_text *t, size_t ctx);
+void ddp_text_free(ddp_text *t);
+
+/* The path of the default corpus, without creating anything:
+ * $XDG_CACHE_HOME/ddp/kjv.txt, else $HOME/.cache/ddp/kjv.txt, else
+ * /tmp/ddp-<uid>/kjv.txt (relative or empty variables count as unset). */
+ddp_status ddp_text_corpus_path(char *path, size_t cap);
+/* Writes the path of the default corpus, the King James Bible, into path (cap bytes) and
+ * creates the file the first time: by running Debian's `bible -l 79 gen1:1-rev22:21`
+ * (package bible-kjv), into a temporary file that is renamed into place only when
+ * complete and checked, so that concurrent or interrupted creations never leave a
+ * partial file under the final name. A file already there is reused. Not collective:
+ * in a multi-rank job one rank per node calls it before the others load the file. */
+ddp_status ddp_text_default_corpus(char *path, size_t cap);
+
+/* Training windows: step s's global batch is global_batch offsets drawn uniformly from
+ * [0, n_train - ctx - 1] by an RNG seeded from (seed, s) alone, so every rank derives
+ * the same batch without communicating, and resuming needs nothing but the step. Rank r
+ * takes offsets [r * B/world, (r + 1) * B/world). */
+typedef struct {
+    size_t n_train;      /* bytes of the training split */
+    size_t ctx;          /* positions per window (T) */
+    size_t global_batch; /* windows per step over all ranks (B) */
+    size_t local_batch;  /* global_batch / world */
+    int rank, world;
+    uint64_t seed;
+    size_t steps_per_epoch; /* ddp_window_steps_per_epoch */
+} ddp_window_sampler;
+
+/* Fails with a message if ctx or global_batch is 0, global_batch is not divisible by
+ * world, or the training split is shorter than ctx + 1 bytes. */
+ddp_status ddp_window_sampler_init(ddp_window_sampler *s, size_t n_train, size_t ctx,
+                                   size_t global_batch, int rank, int world, uint64_t seed);
+/* Writes this rank's local_batch window offsets of global step `step` (>= 0) into
+ * offsets. A pure function of the sampler's settings and the step. */
+ddp_status ddp_window_offsets(const ddp_window_sampler *s, int64_t step, size_t *offsets);
+/* What an epoch means for text, where windows are drawn at random rather than visited:
+ * as many steps as it takes to draw as many positions as the training split has bytes,
+ * n_train / (global_batch * ctx), and at least 1. Zero sizes give 1. */
+size_t ddp_window_steps_per_epoch(size_t n_train, size_t ctx, size_t global_batch);
+/* Fills inputs tokens (n, ctx) with training bytes [o, o + ctx) and targets (n, ctx)
+ * with bytes [o + 1, o + ctx + 1) for each of the n offsets o; fails without writing if
+ * a window would reach past the training split. */
+ddp_status ddp_text_fill(const ddp_text *t, const size_t *offsets, size_t n, size_t ctx,
+                         int32_t *tokens, int32_t *targets);
+
+/* Validation windows: the validation split cut into consecutive windows; window i
+ * predicts validation bytes [i*ctx + 1, i*ctx + 1 + len) from the len bytes before each,
+ * with len = ctx except in the last window, which is shorter when ctx does not divide
+ * n_val - 1. Over all windows every one of the n_val - 1 predictable bytes is predicted
+ * exactly once; ranks take contiguous shares (ddp_shard_range), so no window is repeated
+ * to even out the shares, and a rank may get none. */
+typedef struct {
+    size_t n_val;     /* bytes of the validation split */
+    size_t ctx;       /* positions of a full window */
+    size_t n_windows; /* over all ranks: ceil((n_val - 1) / ctx) */
+    size_t last_len;  /* positions of window n_windows - 1: 1 to ctx */
+    size_t begin;     /* this rank's windows are [begin, begin + count) */
+    size_t count;     /* may be 0 */
+} ddp_val_windows;
+
+/* Fails with a message if ctx is 0 or the validation split has fewer than 2 bytes. */
+ddp_status ddp_val_windows_init(ddp_val_windows *v, const ddp_text *t, size_t ctx, int rank,
+                                int world);
+/* Fills windows [first, first + n) of this rank's share (first counts from the share's
+ * start) as rows of tokens (n, ctx) and targets (n, ctx). Only window n_windows - 1 can
+ * be short, so only the last row of a batch: *last_len receives the length of the last
+ * row written (ctx when all are full, 0 when n is 0), and that row's remaining positions
+ * hold token 0 and target -1. Because the short row comes last, the batch can run as
+ * (n - 1, ctx) rows followed by one (1, last_len) row at tokens + (n - 1) * ctx. */
+ddp_status ddp_val_windows_fill(const ddp_val_windows *v, const ddp_text *t, size_t first, size_t n,
+                                int32_t *tokens, int32_t *targets, size_t *last_len);
 
 #ifdef __cplusplus
 }

@@ -1,4 +1,9 @@
-/* The monotonic clock and CRC-32 (through zlib, which the data reader needs anyway). */
+/* The monotonic clock, CRC-32 (through zlib, which the data reader needs anyway) and
+ * directory creation. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <zlib.h>
 
@@ -18,4 +23,29 @@ double ddp_thread_cpu_time(void) {
 
 uint32_t ddp_crc32(uint32_t crc, const void *data, size_t bytes) {
     return (uint32_t)crc32_z((uLong)crc, data, bytes); /* size_t lengths (zlib 1.2.9+) */
+}
+
+ddp_status ddp_mkdirs(const char *dir, const char *what) {
+    if (dir == NULL || dir[0] == '\0')
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "%s: the directory name is empty", what);
+    char p[4096];
+    int n = snprintf(p, sizeof p, "%s", dir);
+    if (n < 0 || (size_t)n >= sizeof p)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "%s %s: the name is too long; use a shorter path",
+                        what, dir);
+    /* Each prefix in turn, so that missing parents are created as well. */
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != '\0') continue;
+        char c = *s;
+        *s = '\0';
+        if (mkdir(p, 0777) != 0 && errno != EEXIST)
+            return DDP_FAIL(DDP_ERR_IO, "%s %s: cannot create %s: %s", what, dir, p,
+                            strerror(errno));
+        *s = c;
+        if (c == '\0') break;
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return DDP_FAIL(DDP_ERR_IO, "%s %s exists but is not a directory", what, dir);
+    return DDP_OK;
 }

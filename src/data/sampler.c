@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ddp/data.h"
+#include "data/data_impl.h"
 
 /* The order of an epoch: identity, then Fisher-Yates from a stream seeded by the epoch.
  * Starting from the identity every time (rather than reshuffling the last order) keeps
@@ -28,9 +28,7 @@ static void build_order(ddp_sampler *s) {
     }
 }
 
-/* Explains why global_batch does not split evenly over the ranks, naming the nearest
- * batch sizes that would. */
-static ddp_status fail_indivisible(size_t n, size_t global_batch, int world) {
+ddp_status ddp_data_fail_indivisible(size_t n, size_t global_batch, int world) {
     size_t w = (size_t)world;
     size_t below = global_batch / w * w;
     size_t above = below + w;
@@ -74,7 +72,7 @@ ddp_status ddp_sampler_init(ddp_sampler *s, size_t n, size_t global_batch, int r
                         "epoch would have no full batch; use at most %zu (a multiple of the "
                         "%d ranks)",
                         global_batch, n, n / (size_t)world * (size_t)world, world);
-    if (global_batch % (size_t)world != 0) return fail_indivisible(n, global_batch, world);
+    if (global_batch % (size_t)world != 0) return ddp_data_fail_indivisible(n, global_batch, world);
 
     uint32_t *order = malloc(n * sizeof *order);
     if (order == NULL)

@@ -295,23 +295,7 @@ ddp_status ddp_checkpoint_list(const char *dir, int64_t **steps, size_t *n) {
 }
 
 ddp_status ddp_ckpt_mkdirs(const char *dir) {
-    char p[DDP_PATH_MAX];
-    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
-        return DDP_FAIL(DDP_ERR_INVALID_ARG, "checkpoint directory name too long: %s", dir);
-    /* Each prefix in turn, so that missing parents are created as well. */
-    for (char *s = p + 1;; s++) {
-        if (*s != '/' && *s != '\0') continue;
-        char c = *s;
-        *s = '\0';
-        if (mkdir(p, 0777) != 0 && errno != EEXIST)
-            return DDP_FAIL(DDP_ERR_IO, "--checkpoint-dir %s: cannot create %s: %s", dir, p,
-                            strerror(errno));
-        *s = c;
-        if (c == '\0') break;
-    }
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
-        return DDP_FAIL(DDP_ERR_IO, "--checkpoint-dir %s exists but is not a directory", dir);
+    DDP_CHECK(ddp_mkdirs(dir, "--checkpoint-dir"));
     return DDP_OK;
 }
 
