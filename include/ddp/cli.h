@@ -195,11 +195,22 @@ void ddp_cli_watchdog_expired(void *ctx, const char *message);
  * local rank (modulo the visible GPUs), BLAS threads by ddp_cli_default_threads. Returns
  * 1 when it was made on every rank. COLLECTIVE over ctrl (agreement). */
 int ddp_cli_create_backend(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_backend **out);
-/* The gradient communicator and the trainer over the datasets, each agreed on; the rank
- * that failed says why. Returns 1 when both were made on every rank. COLLECTIVE. */
+/* What a training program trains on: labelled images (the MLP) or a text (the GPT). */
+typedef struct {
+    ddp_dataset train, test;
+    ddp_text text;
+} ddp_cli_data;
+
+/* Loads cfg's data into *d: the IDX files of --data, or the text of --text, or, without
+ * --text, the default corpus, which one rank per node creates first if it is missing
+ * (ddp_text_default_corpus) before every rank reads it. Returns 1 when every rank has it.
+ * COLLECTIVE over ctrl (agreement). */
+int ddp_cli_load_data(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_cli_data *d);
+void ddp_cli_data_free(ddp_cli_data *d);
+/* The gradient communicator and the trainer over the data, each agreed on; the rank that
+ * failed says why. Returns 1 when both were made on every rank. COLLECTIVE. */
 int ddp_cli_create_trainer(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_backend *b,
-                           const ddp_dataset *train, const ddp_dataset *test, ddp_comm **comm,
-                           ddp_trainer **trainer);
+                           const ddp_cli_data *data, ddp_comm **comm, ddp_trainer **trainer);
 /* Compares the canonical text of the parsed options (ddp_cli_canonical) over all ranks;
  * a rank whose text differs from rank 0's prints it, and every rank fails with a
  * message naming the first such rank (DDP_ERR_MISMATCH). COLLECTIVE over ctrl. */

@@ -105,6 +105,10 @@ typedef struct ddp_trainer ddp_trainer;
 ddp_status ddp_trainer_create(const ddp_train_config *cfg, ddp_backend *b, ddp_comm *comm,
                               ddp_comm *ctrl, const ddp_dataset *train, const ddp_dataset *test,
                               ddp_trainer **out);
+/* The same for a language model (cfg->model.kind DDP_MODEL_GPT) on a text: windows of the
+ * training split, validation over the whole validation split. COLLECTIVE over both. */
+ddp_status ddp_trainer_create_text(const ddp_train_config *cfg, ddp_backend *b, ddp_comm *comm,
+                                   ddp_comm *ctrl, const ddp_text *text, ddp_trainer **out);
 void ddp_trainer_free(ddp_trainer *t);
 
 /* One optimizer step over one global batch. COLLECTIVE. */

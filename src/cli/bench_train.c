@@ -67,19 +67,20 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
     ddp_backend *backend = NULL;
     ddp_comm *comm = NULL;
     ddp_trainer *trainer = NULL;
-    ddp_dataset train = {0}, test = {0};
+    ddp_cli_data data = {0};
     json_t *o = NULL;
     int code = 1;
     if (!ddp_cli_create_backend(ctrl, cfg, &backend)) goto done;
-    if (a.have_data) {
-        s = ddp_dataset_load_dir(cfg->data_dir, "train", &train);
-        if (s == DDP_OK) s = ddp_dataset_load_dir(cfg->data_dir, "t10k", &test);
+    /* A language model trains on its text (the default corpus without --text); the MLP on
+     * synthetic images unless --data is given. */
+    if (a.have_data || cfg->model.kind == DDP_MODEL_GPT) {
+        if (!ddp_cli_load_data(ctrl, cfg, &data)) goto done;
     } else {
-        s = make_synthetic(60000, 784, 10, 0, &train);
-        if (s == DDP_OK) s = make_synthetic(1000, 784, 10, 1, &test);
+        s = make_synthetic(60000, 784, 10, 0, &data.train);
+        if (s == DDP_OK) s = make_synthetic(1000, 784, 10, 1, &data.test);
+        if (!ddp_cli_phase_ok(ctrl, s, "preparing the data")) goto done;
     }
-    if (!ddp_cli_phase_ok(ctrl, s, "preparing the data")) goto done;
-    if (!ddp_cli_create_trainer(ctrl, cfg, backend, &train, &test, &comm, &trainer)) goto done;
+    if (!ddp_cli_create_trainer(ctrl, cfg, backend, &data, &comm, &trainer)) goto done;
 
     ddp_step_stats st;
     for (int i = 0; s == DDP_OK && i < a.warmup_steps; i++)
@@ -130,7 +131,11 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         json_object_set_new(o, "bench", json_string("train"));
         json_object_set_new(o, "model", json_string(ddp_model_describe(m)));
         json_object_set_new(o, "params", json_integer((json_int_t)ddp_model_num_params(m)));
-        json_object_set_new(o, "data", json_string(a.have_data ? cfg->data_dir : "synthetic"));
+        const char *data_name = cfg->model.kind == DDP_MODEL_GPT
+                                    ? (cfg->text_path[0] ? cfg->text_path : "default corpus")
+                                : a.have_data ? cfg->data_dir
+                                              : "synthetic";
+        json_object_set_new(o, "data", json_string(data_name));
         json_object_set_new(o, "ranks", json_integer(world));
         json_object_set_new(o, "threads", json_integer(ddp_backend_threads(backend)));
         json_object_set_new(o, "backend", json_string(ddp_backend_name(backend)));
@@ -148,6 +153,8 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         json_object_set_new(o, "warmup_steps", json_integer(a.warmup_steps));
         json_object_set_new(o, "bench_steps", json_integer(a.bench_steps));
         json_object_set_new(o, "samples_per_s", json_real(sps));
+        json_object_set_new(o, "tokens_per_s",
+                            json_real(sps * (double)ddp_model_max_positions(m)));
         json_object_set_new(o, "t_forward", json_real(v[0]));
         json_object_set_new(o, "t_backward", json_real(v[1]));
         json_object_set_new(o, "t_allreduce", json_real(v[2]));
@@ -169,8 +176,7 @@ done:
     json_decref(o);
     ddp_trainer_free(trainer);
     ddp_comm_free(comm);
-    ddp_dataset_free(&train);
-    ddp_dataset_free(&test);
+    ddp_cli_data_free(&data);
     ddp_backend_free(backend);
     return code;
 }

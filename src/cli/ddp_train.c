@@ -42,7 +42,7 @@ int main(int argc, char **argv) {
     ddp_comm *ctrl = NULL, *comm = NULL;
     ddp_backend *backend = NULL;
     ddp_trainer *trainer = NULL;
-    ddp_dataset train = {0}, test = {0};
+    ddp_cli_data data = {0};
     int code = 1;
     ddp_status s = ddp_comm_create(DDP_COMM_MPI, NULL, &ctrl);
     if (s != DDP_OK) {
@@ -82,11 +82,8 @@ int main(int argc, char **argv) {
 
     if (!ddp_cli_create_backend(ctrl, cfg, &backend)) goto done;
 
-    s = ddp_dataset_load_dir(cfg->data_dir, "train", &train);
-    if (s == DDP_OK) s = ddp_dataset_load_dir(cfg->data_dir, "t10k", &test);
-    if (!ddp_cli_phase_ok(ctrl, s, "loading the data")) goto done;
-
-    if (!ddp_cli_create_trainer(ctrl, cfg, backend, &train, &test, &comm, &trainer)) goto done;
+    if (!ddp_cli_load_data(ctrl, cfg, &data)) goto done;
+    if (!ddp_cli_create_trainer(ctrl, cfg, backend, &data, &comm, &trainer)) goto done;
     if (cfg->resume) {
         /* Collective, and it agrees on failure itself; the failing rank prints why. */
         s = ddp_trainer_resume(trainer, cfg->checkpoint_dir, NULL);
@@ -128,8 +125,7 @@ done:
      * the watchdog stays armed-capable until only ctrl is left, which it aborts through. */
     ddp_trainer_free(trainer);
     ddp_comm_free(comm);
-    ddp_dataset_free(&train);
-    ddp_dataset_free(&test);
+    ddp_cli_data_free(&data);
     ddp_backend_free(backend);
     ddp_watchdog_free();
     ddp_comm_free(ctrl);

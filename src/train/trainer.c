@@ -161,6 +161,17 @@ ddp_status ddp_trainer_create(const ddp_train_config *cfg, ddp_backend *b, ddp_c
     return create(t, b, comm, ctrl, out);
 }
 
+ddp_status ddp_trainer_create_text(const ddp_train_config *cfg, ddp_backend *b, ddp_comm *comm,
+                                   ddp_comm *ctrl, const ddp_text *text, ddp_trainer **out) {
+    *out = NULL;
+    ddp_trainer *t = calloc(1, sizeof *t);
+    if (!t) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
+    t->cfg = *cfg;
+    t->src = &ddp_source_text;
+    t->text = text;
+    return create(t, b, comm, ctrl, out);
+}
+
 void ddp_trainer_free(ddp_trainer *t) {
     if (!t) return;
     ddp_backend *b = t->backend;

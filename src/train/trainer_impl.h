@@ -33,6 +33,7 @@ typedef struct {
 } ddp_source_ops;
 
 extern const ddp_source_ops ddp_source_idx;
+extern const ddp_source_ops ddp_source_text;
 
 struct ddp_trainer {
     ddp_train_config cfg;
@@ -42,6 +43,7 @@ struct ddp_trainer {
     int rank, world;
     const ddp_source_ops *src;
     const ddp_dataset *train, *test; /* samples (source_idx) */
+    const ddp_text *text;            /* a text (source_text) */
     ddp_model *model;
     ddp_optim *optim;
     ddp_sampler sampler; /* the cursor: epoch, step in epoch, steps per epoch */
@@ -67,6 +69,12 @@ struct ddp_trainer {
     int32_t *h_idx, *d_idx; /* (local_batch) */
     float *d_x;             /* (max_batch, dim) */
     int32_t *d_y;           /* (max_batch) */
+    /* source_text: this rank's windows of a step, and of the validation split */
+    ddp_window_sampler windows;
+    ddp_val_windows val;
+    size_t *h_offsets;      /* (local_batch) */
+    int32_t *h_tok, *h_tgt; /* (max(local_batch, max_batch), ctx) host */
+    int32_t *d_tok, *d_tgt; /* the same on the device (the host arrays on the CPU) */
 };
 
 #endif
