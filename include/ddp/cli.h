@@ -148,6 +148,30 @@ const ddp_cli_opt *ddp_cli_bench_train_table(size_t *n);
 ddp_status ddp_cli_parse_bench_train(int argc, char **argv, ddp_cli_bench_train_options *opt);
 void ddp_cli_bench_train_usage(FILE *f);
 
+/* ---- ddp-generate --------------------------------------------------------------------- */
+
+typedef struct {
+    char checkpoint[DDP_PATH_MAX];     /* a checkpoint file, */
+    char checkpoint_dir[DDP_PATH_MAX]; /* or the newest one in a directory, */
+    char safetensors[DDP_PATH_MAX];    /* or an export */
+    char prompt[4096];
+    int tokens;
+    float temperature;
+    int top_k;
+    uint64_t seed;
+    int device; /* ddp_device_kind */
+    int threads;
+    int verbose;
+    int help;
+} ddp_cli_generate_options;
+
+const ddp_cli_opt *ddp_cli_generate_table(size_t *n);
+/* Parses ddp-generate's options. */
+ddp_status ddp_cli_parse_generate(int argc, char **argv, ddp_cli_generate_options *o);
+/* Exactly one of --checkpoint, --checkpoint-dir and --safetensors must be given. */
+ddp_status ddp_cli_generate_check(const ddp_cli_generate_options *o);
+void ddp_cli_generate_usage(FILE *f);
+
 /* ---- threads ------------------------------------------------------------------------ */
 
 /* What decides the default number of BLAS threads of a rank. */

@@ -153,8 +153,7 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         json_object_set_new(o, "warmup_steps", json_integer(a.warmup_steps));
         json_object_set_new(o, "bench_steps", json_integer(a.bench_steps));
         json_object_set_new(o, "samples_per_s", json_real(sps));
-        json_object_set_new(o, "tokens_per_s",
-                            json_real(sps * (double)ddp_model_max_positions(m)));
+        json_object_set_new(o, "tokens_per_s", json_real(sps * (double)ddp_model_max_positions(m)));
         json_object_set_new(o, "t_forward", json_real(v[0]));
         json_object_set_new(o, "t_backward", json_real(v[1]));
         json_object_set_new(o, "t_allreduce", json_real(v[2]));

@@ -11,10 +11,10 @@
 /* Where tokens of n rows live on the device: the host arrays themselves on the CPU. */
 static ddp_status to_device(ddp_trainer *t, size_t count) {
     if (ddp_backend_is_host(t->backend)) return DDP_OK;
-    DDP_CHECK(ddp_backend_copy(t->backend, t->d_tok, t->h_tok, count * sizeof(int32_t),
-                               DDP_COPY_H2D));
-    DDP_CHECK(ddp_backend_copy(t->backend, t->d_tgt, t->h_tgt, count * sizeof(int32_t),
-                               DDP_COPY_H2D));
+    DDP_CHECK(
+        ddp_backend_copy(t->backend, t->d_tok, t->h_tok, count * sizeof(int32_t), DDP_COPY_H2D));
+    DDP_CHECK(
+        ddp_backend_copy(t->backend, t->d_tgt, t->h_tgt, count * sizeof(int32_t), DDP_COPY_H2D));
     return DDP_OK;
 }
 

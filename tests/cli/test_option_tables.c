@@ -104,6 +104,21 @@ static const opt_case bench_train_cases[] = {
     {"no-allreduce", NULL, "1"},
 };
 
+static const opt_case generate_cases[] = {
+    {"checkpoint", "ckpt/ckpt-00000010.ddp", ""},
+    {"checkpoint-dir", "ckpt", ""},
+    {"safetensors", "model.safetensors", ""},
+    {"prompt", "And God said", ""},
+    {"tokens", "100", "-1"},
+    {"temperature", "0", "-0.5"},
+    {"top-k", "0", "k"},
+    {"seed", "7", "-7"},
+    {"device", "cpu", "tpu"},
+    {"threads", "2", "0"},
+    {"verbose", NULL, "1"},
+    {"help", NULL, "1"},
+};
+
 /* The parsers behind one interface. */
 typedef ddp_status (*parse_fn)(int argc, char **argv, void *out);
 static ddp_status parse_train(int argc, char **argv, void *out) {
@@ -114,6 +129,9 @@ static ddp_status parse_allreduce(int argc, char **argv, void *out) {
 }
 static ddp_status parse_bench_train(int argc, char **argv, void *out) {
     return ddp_cli_parse_bench_train(argc, argv, out);
+}
+static ddp_status parse_generate(int argc, char **argv, void *out) {
+    return ddp_cli_parse_generate(argc, argv, out);
 }
 
 typedef struct {
@@ -192,6 +210,26 @@ static void every_ddp_train_option_parses_good_and_bad_values(void **state) {
     program p = {"ddp-train", parse_train, sizeof(ddp_cli_options), NULL, 0, 0, CASES(train_cases)};
     p.opts = ddp_cli_train_table(&p.n_opts);
     walk(&p);
+}
+
+static void every_generate_option_parses_good_and_bad_values(void **state) {
+    program p = {"ddp-generate",       parse_generate, sizeof(ddp_cli_generate_options), NULL, 0, 0,
+                 CASES(generate_cases)};
+    p.opts = ddp_cli_generate_table(&p.n_opts);
+    walk(&p);
+    /* One model source, no more, no fewer. */
+    ddp_cli_generate_options o;
+    char *none[] = {"ddp-generate", NULL};
+    assert_int_equal(ddp_cli_parse_generate(1, none, &o), DDP_OK);
+    assert_int_equal(ddp_cli_generate_check(&o), DDP_ERR_INVALID_ARG);
+    char *two[] = {"ddp-generate", "--checkpoint", "a", "--safetensors", "b", NULL};
+    assert_int_equal(ddp_cli_parse_generate(5, two, &o), DDP_OK);
+    assert_int_equal(ddp_cli_generate_check(&o), DDP_ERR_INVALID_ARG);
+    assert_non_null(strstr(ddp_error_message(), "exactly one"));
+    char *one[] = {"ddp-generate", "--safetensors", "b", NULL};
+    assert_int_equal(ddp_cli_parse_generate(3, one, &o), DDP_OK);
+    assert_int_equal(ddp_cli_generate_check(&o), DDP_OK);
+    ddp_error_clear();
 }
 
 static void every_allreduce_option_parses_good_and_bad_values(void **state) {
@@ -461,6 +499,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(every_ddp_train_option_parses_good_and_bad_values),
         cmocka_unit_test(every_allreduce_option_parses_good_and_bad_values),
+        cmocka_unit_test(every_generate_option_parses_good_and_bad_values),
         cmocka_unit_test(every_bench_train_option_parses_good_and_bad_values),
         cmocka_unit_test(sizes_take_suffixes_and_must_be_whole_bytes),
         cmocka_unit_test(allreduce_sizes_must_not_cross),
