@@ -54,6 +54,17 @@ ddp_status ddp_comm_create(ddp_comm_kind kind, ddp_backend *b, ddp_comm **out);
 void ddp_comm_free(ddp_comm *c);
 
 const char *ddp_comm_name(const ddp_comm *c);
+
+/* What a communicator can do, for callers that choose how to drive it. */
+enum {
+    /* Its non-blocking collectives move only while some thread is inside the library
+     * (MPI on the host), so a communication thread helps them along. */
+    DDP_COMM_CAP_HOST_PROGRESS = 1u << 0,
+    /* Collectives may be called from a second thread while another thread uses the
+     * library (MPI_THREAD_MULTIPLE). */
+    DDP_COMM_CAP_THREADS = 1u << 1,
+};
+unsigned ddp_comm_caps(const ddp_comm *c);
 int ddp_comm_rank(const ddp_comm *c);
 int ddp_comm_size(const ddp_comm *c);
 /* Rank among the ranks on this node, and their number (from MPI_COMM_TYPE_SHARED). */

@@ -90,6 +90,9 @@ size_t ddp_dtype_size(ddp_dtype t) {
 }
 
 const char *ddp_comm_name(const ddp_comm *c) { return c->ops->name; }
+unsigned ddp_comm_caps(const ddp_comm *c) {
+    return c->ops->caps | (c->ops->dynamic_caps ? c->ops->dynamic_caps(c) : 0u);
+}
 int ddp_comm_rank(const ddp_comm *c) { return c->rank; }
 int ddp_comm_size(const ddp_comm *c) { return c->size; }
 int ddp_comm_local_rank(const ddp_comm *c) { return c->local_rank; }

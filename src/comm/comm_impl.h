@@ -12,6 +12,10 @@
 
 typedef struct {
     const char *name;
+    /* DDP_COMM_CAP_* bits that hold for every communicator of this kind; caps() may add
+     * what depends on how the library was initialized. */
+    unsigned caps;
+    unsigned (*dynamic_caps)(const ddp_comm *c); /* may be NULL */
     void (*destroy)(ddp_comm *c);
     ddp_status (*allreduce)(ddp_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op);
     ddp_status (*iallreduce)(ddp_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op,

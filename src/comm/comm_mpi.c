@@ -572,8 +572,14 @@ static void mpi_destroy(ddp_comm *base) {
     free(c);
 }
 
+static unsigned mpi_dynamic_caps(const ddp_comm *c) {
+    return ddp_mpi_thread_multiple() ? DDP_COMM_CAP_THREADS : 0u;
+}
+
 static const ddp_comm_ops mpi_ops = {
     .name = "mpi",
+    .caps = DDP_COMM_CAP_HOST_PROGRESS,
+    .dynamic_caps = mpi_dynamic_caps,
     .destroy = mpi_destroy,
     .allreduce = mpi_allreduce,
     .iallreduce = mpi_iallreduce,

@@ -195,14 +195,17 @@ ddp_status ddp_reducer_create(ddp_comm *comm, ddp_backend *b, float *grads, size
     if (s == DDP_OK && r->opt.progress == DDP_PROGRESS_AUTO) {
         /* Device buffers (NCCL) progress on the GPU; MPI on the host needs a thread
          * inside MPI, which needs MPI_THREAD_MULTIPLE. */
+        unsigned caps = ddp_comm_caps(comm);
         r->opt.progress = DDP_PROGRESS_TEST;
-        if (strcmp(ddp_comm_name(comm), "mpi") == 0 && ddp_mpi_thread_multiple())
+        if ((caps & DDP_COMM_CAP_HOST_PROGRESS) && (caps & DDP_COMM_CAP_THREADS))
             r->opt.progress = DDP_PROGRESS_THREAD;
     }
     if (s == DDP_OK && r->opt.progress == DDP_PROGRESS_THREAD &&
-        strcmp(ddp_comm_name(comm), "mpi") == 0 && !ddp_mpi_thread_multiple())
-        s = DDP_FAIL(DDP_ERR_UNSUPPORTED, "--progress thread needs MPI_THREAD_MULTIPLE, which this "
-                                          "MPI library did not provide; use --progress test");
+        !(ddp_comm_caps(comm) & DDP_COMM_CAP_THREADS))
+        s = DDP_FAIL(DDP_ERR_UNSUPPORTED,
+                     "--progress thread needs a communicator that a second thread may call "
+                     "(for MPI: MPI_THREAD_MULTIPLE, which this MPI library did not provide); "
+                     "use --progress test");
     if (s == DDP_OK && r->opt.overlap && r->opt.progress == DDP_PROGRESS_THREAD) {
         if (pthread_create(&r->thread, NULL, comm_thread, r) != 0)
             s = DDP_FAIL(DDP_ERR_INTERNAL, "reducer: could not start the communication thread");
