@@ -39,6 +39,7 @@ static inline double rel_error(const float *a, const float *b, size_t n) {
 typedef struct {
     uint64_t perturb_seed; /* nonzero: move every initial parameter by one ulp, up or down
                             * at random from this seed (rounding_spread) */
+    const ddp_text *text;  /* the text of a GPT (cfg.model.kind DDP_MODEL_GPT) */
     int grads_shared;      /* out: ddp_trainer_grads_shared */
 } train_extra;
 
@@ -48,8 +49,10 @@ static inline float *train_params_ex(ddp_train_config cfg, ddp_backend *b, ddp_c
                                      ddp_comm *control, const ddp_dataset *train,
                                      const ddp_dataset *test, train_extra *extra, size_t *n) {
     ddp_trainer *t = NULL;
-    if (ddp_trainer_create(&cfg, b, comm, control, train, test, &t) != DDP_OK)
-        fail_msg("trainer_create: %s", ddp_error_trace_str());
+    ddp_status s = cfg.model.kind == DDP_MODEL_GPT
+                       ? ddp_trainer_create_text(&cfg, b, comm, control, extra->text, &t)
+                       : ddp_trainer_create(&cfg, b, comm, control, train, test, &t);
+    if (s != DDP_OK) fail_msg("trainer_create: %s", ddp_error_trace_str());
     *n = ddp_model_num_params(ddp_trainer_model(t));
     float *p = malloc(*n * sizeof(float));
     assert_non_null(p);
@@ -88,11 +91,11 @@ static inline float *train_params(ddp_train_config cfg, ddp_backend *b, ddp_comm
  * loose. */
 static inline double rounding_spread(ddp_train_config cfg, ddp_backend *b, ddp_comm *local,
                                      const ddp_dataset *train, const ddp_dataset *test,
-                                     const float *reference) {
+                                     const ddp_text *text, const float *reference) {
     double spread = 0.0;
     for (uint64_t k = 1; k <= 3; k++) {
         size_t n;
-        train_extra x = {.perturb_seed = k};
+        train_extra x = {.perturb_seed = k, .text = text};
         float *p = train_params_ex(cfg, b, local, local, train, test, &x, &n);
         double e = rel_error(p, reference, n);
         if (e > spread) spread = e;

@@ -4,6 +4,7 @@
 #define DDP_TEST_SYNTHETIC_H
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "ddp/data.h"
 
@@ -26,6 +27,24 @@ static inline void synthetic_dataset(ddp_dataset *ds, size_t n, size_t dim, int 
             ds->x[i * dim + j] = centres[(size_t)c * dim + j] + 0.8f * ddp_rng_normal(&rng);
     }
     free(centres);
+}
+
+/* A text of n bytes from a first-order Markov chain over 24 letters (each letter followed
+ * by one of 3 likely successors most of the time), so that a language model has
+ * something to learn; the last 10% is validation, as ddp_text_load splits. */
+static inline void synthetic_text(ddp_text *t, size_t n, uint64_t seed) {
+    ddp_rng rng;
+    ddp_rng_seed(&rng, seed, 0);
+    memset(t, 0, sizeof *t);
+    t->bytes = malloc(n);
+    int c = 0;
+    for (size_t i = 0; i < n; i++) {
+        t->bytes[i] = (uint8_t)('a' + c);
+        uint64_t r = ddp_rng_below(&rng, 10);
+        c = r < 8 ? (c * 7 + 3 + (int)(r % 3)) % 24 : (int)ddp_rng_below(&rng, 24);
+    }
+    t->n_val = (n + 5) / 10;
+    t->n_train = n - t->n_val;
 }
 
 #endif

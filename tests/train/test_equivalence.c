@@ -36,6 +36,7 @@
 static ddp_backend *backend;
 static ddp_comm *world_comm, *local_comm;
 static ddp_dataset train_set, test_set;
+static ddp_text text; /* for the GPT: bytes from a small Markov chain */
 static int rank, world;
 
 static ddp_train_config base_config(void) {
@@ -55,7 +56,8 @@ static ddp_train_config base_config(void) {
 
 /* Trains cfg over `comm` and returns the final parameters (malloc'd). */
 static float *train(ddp_train_config cfg, ddp_comm *comm, size_t *n) {
-    return train_params(cfg, backend, comm, comm, &train_set, &test_set, n);
+    train_extra x = {.text = &text};
+    return train_params_ex(cfg, backend, comm, comm, &train_set, &test_set, &x, n);
 }
 
 /* The parameters of every rank hash to the same CRC. */
@@ -73,7 +75,8 @@ static void assert_identical_on_all_ranks(const float *p, size_t n) {
  * itself must be small, or the reference run is too unstable for a comparison to mean
  * anything. */
 static double tolerance_for(ddp_train_config reference, const float *single) {
-    double spread = rounding_spread(reference, backend, local_comm, &train_set, &test_set, single);
+    double spread =
+        rounding_spread(reference, backend, local_comm, &train_set, &test_set, &text, single);
     assert_true(spread > 0.0 && spread < 1e-3);
     return SPREAD_MARGIN * spread;
 }
@@ -272,6 +275,60 @@ static void check_sync_names_a_diverged_rank(void **state) {
     ddp_trainer_free(t);
 }
 
+/* ---- the GPT on a text ------------------------------------------------------------------ */
+
+static ddp_train_config gpt_config(void) {
+    ddp_train_config c;
+    ddp_train_config_defaults_for(&c, DDP_MODEL_GPT);
+    c.model.layers = 2;
+    c.model.dim = 16;
+    c.model.heads = 2;
+    c.model.ctx = 8;
+    c.global_batch = 8;
+    c.max_steps = 6;
+    c.sched.warmup_steps = 2;
+    c.sched.base_lr = 3e-3f;
+    c.sched.min_lr = 3e-4f;
+    c.log_every = 3;
+    c.eval_every = 3;
+    c.quiet = 1;
+    return c;
+}
+
+static void gpt_n_ranks_equal_one_rank(void **state) {
+    ddp_train_config c = gpt_config();
+    compare_distributed_with_single(c, c);
+    c.max_steps = 1;
+    compare_distributed_with_single(c, c);
+}
+
+static void gpt_accumulation_equals_whole_batch(void **state) {
+    ddp_train_config c = gpt_config();
+    ddp_train_config ref = c;
+    c.accum = 8 / world; /* one window per micro-batch */
+    compare_distributed_with_single(c, ref);
+}
+
+static void gpt_validation_is_the_same_for_any_number_of_ranks(void **state) {
+    /* Every byte of the validation split predicted once over all ranks: the mean loss and
+     * the accuracy do not depend on how the windows are shared out. */
+    ddp_train_config c = gpt_config();
+    ddp_trainer *t = NULL, *t1 = NULL;
+    assert_int_equal(ddp_trainer_create_text(&c, backend, world_comm, world_comm, &text, &t),
+                     DDP_OK);
+    assert_int_equal(ddp_trainer_create_text(&c, backend, local_comm, local_comm, &text, &t1),
+                     DDP_OK);
+    double acc, loss, acc1, loss1;
+    assert_int_equal(ddp_trainer_evaluate(t, &acc, &loss), DDP_OK);
+    assert_int_equal(ddp_trainer_evaluate(t1, &acc1, &loss1), DDP_OK);
+    assert_true(acc == acc1);
+    assert_near(loss, loss1, 1e-5 * loss1);
+    /* Untrained: about log(256) nats per byte (the tiny init predicts nearly uniformly). */
+    assert_true(fabs(loss1 - log(256.0)) < 0.5);
+    ddp_trainer_free(t);
+    ddp_trainer_free(t1);
+}
+
 static void evaluation_counts_every_sample_once(void **state) {
     /* The accuracy is a count over the test set divided by its size: with every sample
      * counted exactly once the result is the same for any number of ranks. */
@@ -297,6 +354,7 @@ int main(int argc, char **argv) {
     /* 333 test samples: not divisible by 2 or 4, so shards differ in size. */
     synthetic_dataset(&train_set, 640, 20, 4, 7);
     synthetic_dataset(&test_set, 333, 20, 4, 8);
+    synthetic_text(&text, 6000, 9);
 
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(n_ranks_equal_one_rank_after_one_step),
@@ -309,10 +367,14 @@ int main(int argc, char **argv) {
         cmocka_unit_test(bf16_gradients_stay_close_and_identical),
         cmocka_unit_test(check_sync_names_a_diverged_rank),
         cmocka_unit_test(evaluation_counts_every_sample_once),
+        cmocka_unit_test(gpt_n_ranks_equal_one_rank),
+        cmocka_unit_test(gpt_accumulation_equals_whole_batch),
+        cmocka_unit_test(gpt_validation_is_the_same_for_any_number_of_ranks),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     ddp_dataset_free(&train_set);
     ddp_dataset_free(&test_set);
+    ddp_text_free(&text);
     ddp_comm_free(local_comm);
     return mpi_test_finish(failed, backend, world_comm);
 }
