@@ -15,6 +15,7 @@
 ddp_backend *fx_backend;
 ddp_comm *fx_world, *fx_local;
 ddp_dataset fx_train, fx_test;
+ddp_text fx_text;
 int fx_rank, fx_size;
 
 void fx_init(int *argc, char ***argv) {
@@ -33,6 +34,8 @@ void fx_init(int *argc, char ***argv) {
     /* 640 samples in batches of 32: 20 steps per epoch, so runs cross an epoch. */
     synthetic_dataset(&fx_train, 640, 20, 4, 7);
     synthetic_dataset(&fx_test, 200, 20, 4, 8);
+    /* 2700 training bytes in batches of 8 windows of 8: 42 steps per epoch. */
+    synthetic_text(&fx_text, 3000, 9);
 }
 
 int fx_finish(int failed) {
@@ -40,6 +43,7 @@ int fx_finish(int failed) {
     ddp_comm_allreduce(fx_world, &any, 1, DDP_I32, DDP_MAX);
     ddp_dataset_free(&fx_train);
     ddp_dataset_free(&fx_test);
+    ddp_text_free(&fx_text);
     ddp_comm_free(fx_local);
     ddp_comm_free(fx_world);
     ddp_backend_free(fx_backend);
@@ -66,6 +70,24 @@ ddp_train_config fx_config(ddp_optim_kind kind, int64_t steps) {
         c.optim.weight_decay = 0.01f;
         c.clip_norm = 0.5f;
     }
+    return c;
+}
+
+ddp_train_config fx_gpt_config(int64_t steps) {
+    ddp_train_config c;
+    ddp_train_config_defaults_for(&c, DDP_MODEL_GPT);
+    c.model.layers = 2;
+    c.model.dim = 16;
+    c.model.heads = 2;
+    c.model.ctx = 8;
+    c.global_batch = 8;
+    c.max_steps = steps;
+    c.sched.warmup_steps = 3;
+    c.sched.base_lr = 3e-3f;
+    c.sched.min_lr = 3e-4f;
+    c.log_every = 5;
+    c.eval_every = 10;
+    c.quiet = 1;
     return c;
 }
 
@@ -110,8 +132,10 @@ void fx_copy(const char *from, const char *to) {
 
 ddp_trainer *fx_create(const ddp_train_config *cfg, ddp_comm *comm) {
     ddp_trainer *t = NULL;
-    if (ddp_trainer_create(cfg, fx_backend, comm, comm, &fx_train, &fx_test, &t) != DDP_OK)
-        fail_msg("trainer_create: %s", ddp_error_trace_str());
+    ddp_status s = cfg->model.kind == DDP_MODEL_GPT
+                       ? ddp_trainer_create_text(cfg, fx_backend, comm, comm, &fx_text, &t)
+                       : ddp_trainer_create(cfg, fx_backend, comm, comm, &fx_train, &fx_test, &t);
+    if (s != DDP_OK) fail_msg("trainer_create: %s", ddp_error_trace_str());
     return t;
 }
 

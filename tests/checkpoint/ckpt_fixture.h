@@ -12,6 +12,7 @@
 extern ddp_backend *fx_backend;
 extern ddp_comm *fx_world, *fx_local;
 extern ddp_dataset fx_train, fx_test;
+extern ddp_text fx_text;
 extern int fx_rank, fx_size;
 
 /* MPI, the CPU backend, both communicators and the data. */
@@ -22,6 +23,8 @@ int fx_finish(int failed);
 
 /* A small MLP, global batch 32, cosine schedule with warm-up, `steps` steps. */
 ddp_train_config fx_config(ddp_optim_kind kind, int64_t steps);
+/* A tiny GPT (2 blocks, width 16, context 8) on fx_text, batch 8, `steps` steps. */
+ddp_train_config fx_gpt_config(int64_t steps);
 /* A fresh directory created by rank 0; every rank gets its name. COLLECTIVE (world). */
 void fx_tempdir(char *out, size_t cap);
 /* Rank 0 removes dir and the files in it. */

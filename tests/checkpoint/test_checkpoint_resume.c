@@ -34,10 +34,9 @@ static void step_n(ddp_trainer *t, int n) {
         if (ddp_trainer_step(t, &st) != DDP_OK) fail_msg("step: %s", ddp_error_trace_str());
 }
 
-static void stop_half_way_and_resume(ddp_optim_kind kind) {
+static void stop_half_way_and_resume(ddp_train_config c) {
     char dir[256];
     fx_tempdir(dir, sizeof dir);
-    ddp_train_config c = fx_config(kind, T);
     size_t n, n2;
     float *whole = fx_train_run(&c, fx_world, &n);
 
@@ -66,11 +65,15 @@ static void stop_half_way_and_resume(ddp_optim_kind kind) {
 }
 
 static void resume_half_way_is_bitwise_equal_to_uninterrupted_sgd(void **state) {
-    stop_half_way_and_resume(DDP_OPTIM_SGD);
+    stop_half_way_and_resume(fx_config(DDP_OPTIM_SGD, T));
 }
 
 static void resume_half_way_is_bitwise_equal_to_uninterrupted_adamw(void **state) {
-    stop_half_way_and_resume(DDP_OPTIM_ADAMW);
+    stop_half_way_and_resume(fx_config(DDP_OPTIM_ADAMW, T));
+}
+
+static void gpt_resume_half_way_is_bitwise_equal_to_uninterrupted(void **state) {
+    stop_half_way_and_resume(fx_gpt_config(T));
 }
 
 /* Removes the checkpoints after `step`, as if the run had been killed before writing
@@ -117,10 +120,9 @@ static void run_loop_checkpoints_resume_after_a_kill(void **state) {
     fx_rmdir(dir);
 }
 
-static void one_rank_checkpoint_resumes_on_all_ranks(void **state) {
+static void one_rank_checkpoint_resumes_on_all_ranks_with(ddp_train_config c) {
     char dir[256];
     fx_tempdir(dir, sizeof dir);
-    ddp_train_config c = fx_config(DDP_OPTIM_SGD, T);
     size_t n, n2;
     /* The reference: one process over the whole run. */
     float *single = fx_train_run(&c, fx_local, &n);
@@ -145,13 +147,31 @@ static void one_rank_checkpoint_resumes_on_all_ranks(void **state) {
     ddp_trainer_free(t);
     assert_int_equal(n, n2);
     double err = rel_error(p, single, n);
+    /* Other ranks and micro-batches sum the gradients in another order: within the
+     * rounding spread of this run on this machine (test_util.h). */
+    c.resume = 0;
+    c.accum = 0;
+    c.checkpoint_dir[0] = '\0';
+    train_extra x = {.text = &fx_text};
+    double tol = SPREAD_MARGIN *
+                 rounding_spread(c, fx_backend, fx_local, &fx_train, &fx_test, x.text, single);
     if (fx_rank == 0)
-        print_message("%d rank(s) from a 1-rank checkpoint: relative error %.3g\n", fx_size, err);
-    assert_true(err < 1e-5);
+        print_message("%s, %d rank(s) from a 1-rank checkpoint: relative error %.3g (tolerance "
+                      "%.3g)\n",
+                      ddp_model_kind_name(c.model.kind), fx_size, err, tol);
+    assert_true(err <= tol);
     fx_assert_same_on_all_ranks(p, n);
     free(single);
     free(p);
     fx_rmdir(dir);
+}
+
+static void one_rank_checkpoint_resumes_on_all_ranks(void **state) {
+    one_rank_checkpoint_resumes_on_all_ranks_with(fx_config(DDP_OPTIM_SGD, T));
+}
+
+static void gpt_one_rank_checkpoint_resumes_on_all_ranks(void **state) {
+    one_rank_checkpoint_resumes_on_all_ranks_with(fx_gpt_config(T));
 }
 
 static void failed_write_stops_every_rank_with_a_message(void **state) {
@@ -288,6 +308,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(resume_half_way_is_bitwise_equal_to_uninterrupted_adamw),
         cmocka_unit_test(run_loop_checkpoints_resume_after_a_kill),
         cmocka_unit_test(one_rank_checkpoint_resumes_on_all_ranks),
+        cmocka_unit_test(gpt_resume_half_way_is_bitwise_equal_to_uninterrupted),
+        cmocka_unit_test(gpt_one_rank_checkpoint_resumes_on_all_ranks),
         cmocka_unit_test(failed_write_stops_every_rank_with_a_message),
         cmocka_unit_test(resume_without_checkpoints_starts_fresh),
         cmocka_unit_test(keep_two_leaves_the_two_newest_and_no_temporary_files),
