@@ -11,11 +11,13 @@
 #include <string.h>
 
 #include "backend/backend_impl.h"
+#include "backend/cpu_math.h"
 
 #define LN_EPS 1e-5f
 
-ddp_status ddp_cpu_encoder_forward(ddp_backend *b, float *out, const int32_t *tokens,
-                                   const float *wte, const float *wpe, int B, int T, int C) {
+DDP_CPU_CLONES ddp_status ddp_cpu_encoder_forward(ddp_backend *b, float *out, const int32_t *tokens,
+                                                  const float *wte, const float *wpe, int B, int T,
+                                                  int C) {
     for (int i = 0; i < B; i++)
         for (int t = 0; t < T; t++) {
             float *o = out + ((size_t)i * T + t) * C;
@@ -26,8 +28,9 @@ ddp_status ddp_cpu_encoder_forward(ddp_backend *b, float *out, const int32_t *to
     return DDP_OK;
 }
 
-ddp_status ddp_cpu_encoder_backward(ddp_backend *b, float *dwte, float *dwpe, const float *dout,
-                                    const int32_t *tokens, int B, int T, int C) {
+DDP_CPU_CLONES ddp_status ddp_cpu_encoder_backward(ddp_backend *b, float *dwte, float *dwpe,
+                                                   const float *dout, const int32_t *tokens, int B,
+                                                   int T, int C) {
     /* In (b, t) order, so a token that occurs twice sums its rows in a fixed order. */
     for (int i = 0; i < B; i++)
         for (int t = 0; t < T; t++) {
@@ -46,9 +49,10 @@ ddp_status ddp_cpu_encoder_backward(ddp_backend *b, float *dwte, float *dwpe, co
     return DDP_OK;
 }
 
-ddp_status ddp_cpu_layernorm_forward(ddp_backend *b, float *out, float *mean, float *rstd,
-                                     const float *inp, const float *weight, const float *bias,
-                                     int N, int C) {
+DDP_CPU_CLONES ddp_status ddp_cpu_layernorm_forward(ddp_backend *b, float *out, float *mean,
+                                                    float *rstd, const float *inp,
+                                                    const float *weight, const float *bias, int N,
+                                                    int C) {
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
         float *y = out + (size_t)i * C;
@@ -73,9 +77,11 @@ ddp_status ddp_cpu_layernorm_forward(ddp_backend *b, float *out, float *mean, fl
     return DDP_OK;
 }
 
-ddp_status ddp_cpu_layernorm_backward(ddp_backend *b, float *dinp, float *dweight, float *dbias,
-                                      const float *dout, const float *inp, const float *weight,
-                                      const float *mean, const float *rstd, int N, int C) {
+DDP_CPU_CLONES ddp_status ddp_cpu_layernorm_backward(ddp_backend *b, float *dinp, float *dweight,
+                                                     float *dbias, const float *dout,
+                                                     const float *inp, const float *weight,
+                                                     const float *mean, const float *rstd, int N,
+                                                     int C) {
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C, *dy = dout + (size_t)i * C;
         float *dx = dinp + (size_t)i * C;
@@ -101,7 +107,7 @@ ddp_status ddp_cpu_layernorm_backward(ddp_backend *b, float *dinp, float *dweigh
 
 /* Softmax over each row t of scores (T, T) restricted to columns t2 <= t, in place; the
  * columns above the diagonal become 0. */
-static void causal_softmax(float *s, int T) {
+static inline void causal_softmax(float *s, int T) {
     for (int t = 0; t < T; t++) {
         float *row = s + (size_t)t * T;
         float mx = row[0];
@@ -109,7 +115,7 @@ static void causal_softmax(float *s, int T) {
             mx = row[u] > mx ? row[u] : mx;
         float sum = 0.0f;
         for (int u = 0; u <= t; u++) {
-            row[u] = expf(row[u] - mx);
+            row[u] = ddp_expf(row[u] - mx);
             sum += row[u];
         }
         float inv = 1.0f / sum;
@@ -120,8 +126,9 @@ static void causal_softmax(float *s, int T) {
     }
 }
 
-ddp_status ddp_cpu_attention_forward(ddp_backend *b, float *out, float *att, const float *qkv,
-                                     float *work, int B, int T, int C, int NH) {
+DDP_CPU_CLONES ddp_status ddp_cpu_attention_forward(ddp_backend *b, float *out, float *att,
+                                                    const float *qkv, float *work, int B, int T,
+                                                    int C, int NH) {
     int hs = C / NH, ld = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
     for (int i = 0; i < B; i++)
@@ -140,9 +147,9 @@ ddp_status ddp_cpu_attention_forward(ddp_backend *b, float *out, float *att, con
     return DDP_OK;
 }
 
-ddp_status ddp_cpu_attention_backward(ddp_backend *b, float *dqkv, const float *dout,
-                                      const float *qkv, const float *att, float *work, int B, int T,
-                                      int C, int NH) {
+DDP_CPU_CLONES ddp_status ddp_cpu_attention_backward(ddp_backend *b, float *dqkv, const float *dout,
+                                                     const float *qkv, const float *att,
+                                                     float *work, int B, int T, int C, int NH) {
     int hs = C / NH, ld = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
     float *ds = work; /* (T, T): d att, then d scores */
