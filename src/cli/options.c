@@ -163,6 +163,10 @@ static const ddp_cli_opt train_opts[] = {
     OPT_HEADING("Output"),
     OPT(INT, "log-every", train.log_every, "N", "steps between progress lines (default 50)",
         .lo = 1, .hi = 1 << 30),
+    OPT(U64, "eval-tokens", train.eval_tokens, "N",
+        "gpt: evaluations before the last predict the first N bytes\n"
+        "of the validation split (default 65536; 0 = all of it)",
+        .lo = 0, .hi = (uint64_t)1 << 40),
     OPT(INT, "eval-every", train.eval_every, "N",
         "steps between test evaluations (default: each epoch)", .lo = 1, .hi = 1 << 30),
     OPT(INT, "check-sync", train.check_sync, "N",

@@ -66,6 +66,7 @@ void ddp_train_config_defaults_for(ddp_train_config *cfg, ddp_model_kind kind) {
     cfg->sched.warmup_steps = 100;
     cfg->clip_norm = 1.0f;
     cfg->eval_every = 250;
+    cfg->eval_tokens = 65536;
 }
 
 /* The divisors of n nearest to `want` from below and above, for messages that say which
@@ -177,8 +178,9 @@ size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t
         (unsigned long long)cfg->seed, cfg->shuffle);
     /* log_every, eval_every and check_sync decide which collectives run when, so they
      * must agree too or ranks would wait in different collectives. */
-    PUT(" device=%d comm=%d math=%d log_every=%d eval_every=%d check_sync=%d", (int)cfg->device,
-        (int)cfg->comm, (int)cfg->math, cfg->log_every, cfg->eval_every, cfg->check_sync);
+    PUT(" device=%d comm=%d math=%d log_every=%d eval_every=%d eval_tokens=%lld check_sync=%d",
+        (int)cfg->device, (int)cfg->comm, (int)cfg->math, cfg->log_every, cfg->eval_every,
+        (long long)cfg->eval_tokens, cfg->check_sync);
     /* The buckets decide which all-reduces run, in which order and with which type. */
     PUT(" bucket=%zu first_bucket=%zu grad_dtype=%d overlap=%d progress=%d nonfinite=%d",
         cfg->reducer.bucket_bytes, cfg->reducer.first_bucket_bytes, (int)cfg->reducer.grad_dtype,

@@ -74,7 +74,7 @@ static ddp_status idx_micro_batch(ddp_trainer *t, int k, ddp_batch *out) {
     return DDP_OK;
 }
 
-static ddp_status idx_evaluate(ddp_trainer *t, double sums[3]) {
+static ddp_status idx_evaluate(ddp_trainer *t, double sums[3], int full) {
     size_t begin, count;
     ddp_shard_range(t->test->n, t->rank, t->world, &begin, &count);
     DDP_CHECK(ddp_backend_zero(t->backend, t->d_stats, 2 * sizeof(float)));

@@ -115,6 +115,7 @@ static ddp_status create(ddp_trainer *t, ddp_backend *b, ddp_comm *comm, ddp_com
     t->backend = b;
     t->comm = comm;
     t->ctrl = ctrl;
+    t->last_eval_loss = -1.0;
     t->rank = ddp_comm_rank(comm);
     t->world = ddp_comm_size(comm);
     ddp_status s = setup_local(t, b);
@@ -189,6 +190,7 @@ void ddp_trainer_free(ddp_trainer *t) {
 int64_t ddp_trainer_total_steps(const ddp_trainer *t) { return t->total_steps; }
 ddp_model *ddp_trainer_model(ddp_trainer *t) { return t->model; }
 int ddp_trainer_grads_shared(const ddp_trainer *t) { return t->grads_shared; }
+double ddp_trainer_last_eval_loss(const ddp_trainer *t) { return t->last_eval_loss; }
 
 ddp_status ddp_trainer_get_params(ddp_trainer *t, float *host) {
     DDP_CHECK(ddp_backend_copy(t->backend, host, ddp_model_params(t->model),
@@ -296,14 +298,19 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     return DDP_OK;
 }
 
-ddp_status ddp_trainer_evaluate(ddp_trainer *t, double *accuracy, double *loss) {
+ddp_status ddp_trainer_evaluate_part(ddp_trainer *t, int full, double *accuracy, double *loss) {
     double sums[3] = {0.0, 0.0, 0.0};
-    DDP_CHECK(t->src->evaluate(t, sums));
+    DDP_CHECK(t->src->evaluate(t, sums, full));
     /* Every rank evaluates at the same steps; its shard may be empty but it still
      * contributes to the sums. */
     DDP_CHECK(ddp_comm_allreduce(t->ctrl, sums, 3, DDP_F64, DDP_SUM));
     *accuracy = sums[2] > 0 ? sums[1] / sums[2] : 0.0;
     *loss = sums[2] > 0 ? sums[0] / sums[2] : 0.0;
+    return DDP_OK;
+}
+
+ddp_status ddp_trainer_evaluate(ddp_trainer *t, double *accuracy, double *loss) {
+    DDP_CHECK(ddp_trainer_evaluate_part(t, 1, accuracy, loss));
     return DDP_OK;
 }
 

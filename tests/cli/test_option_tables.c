@@ -33,6 +33,7 @@ static const opt_case train_cases[] = {
     {"hidden", "64,32", "64,,32"},
     {"act", "gelu", "tanh"},
     {"model", "gpt", "gpt2"},
+    {"eval-tokens", "1024", "-1"},
     {"text", "/data/corpus.txt", ""},
     {"layers", "6", "0"},
     {"dim", "384", "-8"},
