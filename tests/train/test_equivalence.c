@@ -98,6 +98,7 @@ static void compare_distributed_with_single(ddp_train_config cfg, ddp_train_conf
     ddp_train_config init = reference;
     init.max_steps = 1;
     init.sched.base_lr = 1e-12f;
+    init.sched.min_lr = 0.0f;
     size_t n3;
     float *start = train(init, local_comm, &n3);
     assert_true(rel_error(start, single, n1) > 100.0 * tol);
@@ -235,6 +236,7 @@ static void bf16_gradients_stay_close_and_identical(void **state) {
     ddp_train_config init = c;
     init.max_steps = 1;
     init.sched.base_lr = 1e-12f;
+    init.sched.min_lr = 0.0f;
     float *start = train(init, local_comm, &n);
     c.reducer.grad_dtype = DDP_BF16;
     c.reducer.bucket_bytes = 2048;
