@@ -128,6 +128,18 @@ ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world) {
         }
         cfg->micro_batch = local / (size_t)cfg->accum;
     }
+    if (cfg->model.kind == DDP_MODEL_GPT) {
+        const ddp_model_spec *m = &cfg->model;
+        if (m->dim % m->heads != 0)
+            return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                            "--heads %d does not divide --dim %d: each head takes dim / heads "
+                            "channels",
+                            m->heads, m->dim);
+    } else if (cfg->text_path[0]) {
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "--text is the data of a language model: use it with --model gpt (the "
+                        "MLP trains on --data DIR)");
+    }
     if (cfg->epochs <= 0 && cfg->max_steps <= 0)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "set --epochs or --steps to a positive number");
     if (cfg->sched.base_lr <= 0.0f)
