@@ -3,7 +3,8 @@
 # on 2 ranks writes the language-model metrics; resuming from its half-way checkpoint
 # ends bitwise equal to the uninterrupted run (other rank counts: tests/checkpoint); the
 # export and the checkpoint give ddp-generate the same
-# model (the same text for the same seed), greedy sampling is deterministic; and bad
+# model (the same text for the same seed), greedy sampling is deterministic; a rank that
+# hangs ends the job through the watchdog (exit 3); and bad
 # input fails on every rank with a message: a text too short for the context, heads that
 # do not divide the width, a text that is missing, ddp-generate on an MLP or on nothing.
 # Needs DDP_TRAIN and DDP_GENERATE (paths of the programs) and MPIEXEC.
@@ -89,6 +90,39 @@ if cmp -s "$TMP/greedy_a.log" "$TMP/greedy_b.log"; then
 else
     echo "FAIL greedy_sampling_ignores_the_seed"; fails=$((fails + 1))
 fi
+
+# A rank that hangs mid-training (SIGSTOP) ends the GPT's job through the watchdog:
+# exit status 3 within --timeout and a few seconds, the message naming the operation. Each
+# rank reads its own link to the text, so that pgrep finds rank 1 alone.
+ln -s "$TMP/text.txt" "$TMP/text.r0"
+ln -s "$TMP/text.txt" "$TMP/text.r1"
+SMALLER=(--model gpt --layers 2 --dim 32 --heads 4 --ctx 32 --batch 8 --log-every 5
+         --eval-every 1000000 --steps 100000 --timeout 4)
+timeout -k 5 120 $MPI -np 1 "$TRAIN" --text "$TMP/text.r0" "${SMALLER[@]}" : \
+    -np 1 "$TRAIN" --text "$TMP/text.r1" "${SMALLER[@]}" >"$TMP/stop.log" 2>&1 &
+job=$!
+for _ in $(seq 1 300); do
+    grep -q "step 20/" "$TMP/stop.log" && break
+    sleep 0.2
+done
+victim=$(pgrep -f "^$TRAIN --text $TMP/text.r1( |\$)")
+if [ -z "$victim" ] || ! grep -q "step 20/" "$TMP/stop.log"; then
+    echo "FAIL watchdog_ends_a_hung_gpt_job: training did not get going"; fails=$((fails + 1))
+    pkill -9 -f "$TMP"; wait $job
+else
+    t0=$(date +%s)
+    kill -STOP "$victim"
+    wait $job
+    rc=$? dt=$(($(date +%s) - t0))
+    kill -CONT "$victim" 2>/dev/null; kill -KILL "$victim" 2>/dev/null
+    if [ $rc -eq 3 ] && [ $dt -le 15 ] && grep -q "did not complete within" "$TMP/stop.log"; then
+        echo "ok   watchdog_ends_a_hung_gpt_job (exit 3, $dt s)"; passes=$((passes + 1))
+    else
+        echo "FAIL watchdog_ends_a_hung_gpt_job: exit $rc after $dt s"
+        tail -5 "$TMP/stop.log"; fails=$((fails + 1))
+    fi
+fi
+pkill -9 -f "$TMP" 2>/dev/null
 
 # Bad input: every rank exits non-zero with a message naming the problem.
 run text_too_short nonzero "short.txt.*(too short|at least)" -- \
