@@ -32,8 +32,8 @@
 /* Floats of workspace of conv2d_forward and conv2d_backward: the image patches of the
  * whole batch as rows, (N Ho Wo, Cin KH KW). */
 #define DDP_CONV_WORK(s)                                                                           \
-    ((size_t)(s)->N * (size_t)ddp_conv_out((s)->H, (s)->KH, (s)->stride, (s)->pad) *                \
-     (size_t)ddp_conv_out((s)->W, (s)->KW, (s)->stride, (s)->pad) * (size_t)(s)->Cin *               \
+    ((size_t)(s)->N * (size_t)ddp_conv_out((s)->H, (s)->KH, (s)->stride, (s)->pad) *               \
+     (size_t)ddp_conv_out((s)->W, (s)->KW, (s)->stride, (s)->pad) * (size_t)(s)->Cin *             \
      (size_t)(s)->KH * (size_t)(s)->KW)
 
 /* Floats of workspace that attention_forward and attention_backward need for a batch

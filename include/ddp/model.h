@@ -24,6 +24,7 @@
 #define DDP_MODEL_H
 
 #include "ddp/backend.h"
+#include "ddp/comm.h"
 #include "ddp/core.h"
 
 #ifdef __cplusplus
@@ -106,11 +107,17 @@ float *ddp_model_params(ddp_model *m); /* device, (num_params) */
 float *ddp_model_grads(ddp_model *m);  /* device, (num_params) */
 int ddp_model_num_views(const ddp_model *m);
 const ddp_param_view *ddp_model_view(const ddp_model *m, int i);
-/* Buffers: state that is not trained (none in the MLP and the GPT). */
+/* Buffers: state that is not trained (running statistics of batch norm; none in the MLP
+ * and the GPT). */
 size_t ddp_model_num_buffer_elems(const ddp_model *m);
 float *ddp_model_buffers(ddp_model *m); /* device, (num_buffer_elems), or NULL */
 int ddp_model_num_buffer_views(const ddp_model *m);
 const ddp_param_view *ddp_model_buffer_view(const ddp_model *m, int i);
+/* Gives the layers that communicate in forward and backward (synchronized batch norm)
+ * their communicator: one of their own, since another thread (the reducer's) may be
+ * all-reducing gradients on the trainer's at the same time. Without one they compute on
+ * this rank's batch alone. */
+void ddp_model_set_comm(ddp_model *m, ddp_comm *comm);
 /* A text that identifies the kind and every shape option ("mlp 784-256-128-10 relu",
  * "gpt L4 C256 H4 T128 V256"); ddp_model_spec_parse reads it back. */
 const char *ddp_model_describe(const ddp_model *m);

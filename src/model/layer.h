@@ -80,6 +80,14 @@ ddp_status ddp_model_add_layer(ddp_model *m, ddp_layer *l);
  * shape has ndim (1..4) dimensions. Returns its id in *id. */
 ddp_status ddp_model_add_param(ddp_model *m, const char *name, int ndim, const size_t *shape,
                                ddp_init init, int decay, int *id);
+/* Declares a buffer: state of the model that is not trained (running statistics), kept
+ * in a flat buffer of its own, saved in checkpoints and exports. Returns its id. */
+ddp_status ddp_model_add_buffer(ddp_model *m, const char *name, int ndim, const size_t *shape,
+                                ddp_init init, int *id);
+float *ddp_model_buf(ddp_model *m, int id);
+/* The communicator of layers that communicate (synchronized batch norm); NULL unless
+ * ddp_model_set_comm gave one. */
+ddp_comm *ddp_model_comm(ddp_model *m);
 /* Declares one more layer that uses (and contributes gradient to) tensor id. */
 void ddp_model_share_param(ddp_model *m, int id);
 /* The tensor's values and gradient (device), valid once the model is built. */
