@@ -49,6 +49,9 @@ typedef struct {
     ddp_comm_kind comm;
     ddp_math math;
     int threads; /* BLAS threads per rank; 0 = cores / local ranks */
+    /* batch norm over the global batch: its statistics all-reduced in forward and
+     * backward on a communicator of its own (the CNN) */
+    int sync_bn;
     /* gradient communication */
     ddp_reducer_options reducer;
     int on_nonfinite; /* DDP_NONFINITE_ABORT or DDP_NONFINITE_SKIP */

@@ -175,6 +175,22 @@ ddp_status ddp_cpu_scale(ddp_backend *b, float *x, size_t n, float alpha) {
     return DDP_OK;
 }
 
+ddp_status ddp_cpu_transpose(ddp_backend *b, float *y, const float *x, int batch, int rows,
+                             int cols) {
+    /* Tiles of 16 x 16 keep both the reads and the writes within a few cache lines. */
+    enum { TILE = 16 };
+    for (int n = 0; n < batch; n++) {
+        const float *xs = x + (size_t)n * rows * cols;
+        float *ys = y + (size_t)n * rows * cols;
+        for (int r0 = 0; r0 < rows; r0 += TILE)
+            for (int c0 = 0; c0 < cols; c0 += TILE)
+                for (int r = r0; r < r0 + TILE && r < rows; r++)
+                    for (int c = c0; c < c0 + TILE && c < cols; c++)
+                        ys[(size_t)c * rows + r] = xs[(size_t)r * cols + c];
+    }
+    return DDP_OK;
+}
+
 DDP_CPU_CLONES ddp_status ddp_cpu_add(ddp_backend *b, float *y, const float *a, const float *c,
                                       size_t n) {
     for (size_t i = 0; i < n; i++)

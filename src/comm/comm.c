@@ -90,6 +90,10 @@ size_t ddp_dtype_size(ddp_dtype t) {
 }
 
 const char *ddp_comm_name(const ddp_comm *c) { return c->ops->name; }
+ddp_comm_kind ddp_comm_kind_of(const ddp_comm *c) { return c->ops->kind; }
+void ddp_comm_set_label(ddp_comm *c, const char *label) {
+    snprintf(c->allreduce_what, sizeof c->allreduce_what, "allreduce of the %s", label);
+}
 unsigned ddp_comm_caps(const ddp_comm *c) {
     return c->ops->caps | (c->ops->dynamic_caps ? c->ops->dynamic_caps(c) : 0u);
 }
@@ -117,7 +121,7 @@ ddp_status ddp_comm_allreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t,
     DDP_CHECK(maybe_inject(c, "allreduce"));
     if (count == 0) return DDP_OK;
     /* Every blocking call is watched: a peer that died or hangs would block it forever. */
-    int wd = ddp_watchdog_arm("allreduce");
+    int wd = ddp_watchdog_arm(c->allreduce_what[0] ? c->allreduce_what : "allreduce");
     ddp_status s = c->ops->allreduce(c, buf, count, t, op);
     ddp_watchdog_disarm(wd);
     DDP_CHECK(s);

@@ -113,6 +113,13 @@ ddp_status ddp_model_build_mlp(ddp_model *m, const ddp_model_spec *spec, char *d
                                size_t cap);
 ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *describe,
                                size_t cap);
+ddp_status ddp_model_build_cnn(ddp_model *m, const ddp_model_spec *spec, char *describe,
+                               size_t cap);
+/* The MLP part of the MLP and the CNN: [Linear -> act] x hidden -> Linear -> classes from
+ * `in` features, its layers named fc0, fc1, ... after `first` layers; appends "256-128-10
+ * relu" style text to describe. */
+ddp_status ddp_model_add_mlp_head(ddp_model *m, const ddp_model_spec *spec, size_t in,
+                                  char *describe, size_t cap);
 
 /* Linear (y = x W^T + b, W (out, in)) and elementwise activation layers, for any kind.
  * Linear rows may be reported in slices (ddp_model_set_grad_slices). */

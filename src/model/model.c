@@ -61,7 +61,7 @@ struct ddp_model {
 /* ---- specs ----------------------------------------------------------------------------- */
 
 const char *ddp_model_kind_name(ddp_model_kind kind) {
-    return kind == DDP_MODEL_GPT ? "gpt" : "mlp";
+    return kind == DDP_MODEL_GPT ? "gpt" : kind == DDP_MODEL_CNN ? "cnn" : "mlp";
 }
 
 void ddp_model_spec_defaults(ddp_model_spec *spec, ddp_model_kind kind) {
@@ -76,6 +76,14 @@ void ddp_model_spec_defaults(ddp_model_spec *spec, ddp_model_kind kind) {
     spec->heads = 4;
     spec->ctx = 128;
     spec->vocab = 256;
+    spec->n_conv = 2;
+    spec->conv[0] = 32;
+    spec->conv[1] = 64;
+    spec->kernel = 3;
+    if (kind == DDP_MODEL_CNN) {
+        spec->n_hidden = 1;
+        spec->hidden[0] = 128;
+    }
 }
 
 ddp_status ddp_model_spec_parse(const char *text, ddp_model_spec *spec) {
@@ -89,6 +97,39 @@ ddp_status ddp_model_spec_parse(const char *text, ddp_model_spec *spec) {
             spec->ctx > 0 && spec->vocab > 1) {
             spec->num_classes = spec->vocab;
             return DDP_OK;
+        }
+    } else if (strncmp(text, "cnn ", 4) == 0) {
+        ddp_model_spec_defaults(spec, DDP_MODEL_CNN);
+        int n = 0;
+        if (sscanf(text, "cnn %dx%dx%d conv%n", &spec->height, &spec->width, &spec->channels, &n) ==
+            3) {
+            const char *p = text + n;
+            spec->n_conv = 0;
+            while (spec->n_conv < DDP_MAX_CONV) {
+                char *end;
+                long v = strtol(p, &end, 10);
+                if (end == p || v < 1) break;
+                spec->conv[spec->n_conv++] = (int)v;
+                p = end;
+                if (*p != ',') break;
+                p++;
+            }
+            int k = 0, m2 = 0;
+            /* The rest reads as an MLP's description: "fc 3136-128-10 relu". */
+            if (spec->n_conv > 0 && sscanf(p, " k%d fc %n", &k, &m2) == 1 && m2 > 0) {
+                char mlp[256];
+                snprintf(mlp, sizeof mlp, "mlp %s", p + m2);
+                ddp_model_spec head;
+                if (ddp_model_spec_parse(mlp, &head) == DDP_OK) {
+                    spec->kernel = k;
+                    spec->n_hidden = head.n_hidden;
+                    memcpy(spec->hidden, head.hidden, sizeof spec->hidden);
+                    spec->act = head.act;
+                    spec->num_classes = head.num_classes;
+                    return DDP_OK;
+                }
+                ddp_error_clear();
+            }
         }
     } else if (strncmp(text, "mlp ", 4) == 0) {
         ddp_model_spec_defaults(spec, DDP_MODEL_MLP);
@@ -116,8 +157,9 @@ ddp_status ddp_model_spec_parse(const char *text, ddp_model_spec *spec) {
         }
     }
     return DDP_FAIL(DDP_ERR_FORMAT,
-                    "model description '%s' is not one ddp writes (\"mlp 784-256-10 relu\" or "
-                    "\"gpt L4 C256 H4 T128 V256\")",
+                    "model description '%s' is not one ddp writes (\"mlp 784-256-10 relu\", "
+                    "\"gpt L4 C256 H4 T128 V256\" or \"cnn 28x28x1 conv32,64 k3 fc "
+                    "3136-128-10 relu\")",
                     text);
 }
 
@@ -299,6 +341,7 @@ ddp_status ddp_model_create(ddp_backend *b, const ddp_model_spec *spec, size_t m
         m->max_pos = spec->ctx > 0 ? (size_t)spec->ctx : 1;
         s = ddp_model_build_gpt(m, spec, m->describe, sizeof m->describe);
         break;
+    case DDP_MODEL_CNN: s = ddp_model_build_cnn(m, spec, m->describe, sizeof m->describe); break;
     default: s = DDP_FAIL(DDP_ERR_INVALID_ARG, "model: unknown kind %d", (int)spec->kind);
     }
     if (s == DDP_OK && (m->n_layers == 0 || m->num_params == 0))

@@ -49,6 +49,13 @@ void ddp_train_config_defaults(ddp_train_config *cfg) {
 
 void ddp_train_config_defaults_for(ddp_train_config *cfg, ddp_model_kind kind) {
     ddp_train_config_defaults(cfg);
+    if (kind == DDP_MODEL_CNN) {
+        /* The CNN of the README's run on Fashion-MNIST (bench/RESULTS.md). */
+        ddp_model_spec_defaults(&cfg->model, DDP_MODEL_CNN);
+        cfg->epochs = 15;
+        cfg->optim.weight_decay = 5e-4f;
+        return;
+    }
     if (kind != DDP_MODEL_GPT) return;
     /* A GPT on a byte-level text: the sizes and schedule of the README's language-model
      * run, which the measurements in bench/RESULTS.md chose for 2 CPU cores. */
@@ -135,6 +142,10 @@ ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world) {
                             "--heads %d does not divide --dim %d: each head takes dim / heads "
                             "channels",
                             m->heads, m->dim);
+    } else if (cfg->sync_bn && cfg->model.kind != DDP_MODEL_CNN) {
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "--sync-bn synchronizes batch normalization, which only --model cnn "
+                        "has");
     } else if (cfg->text_path[0]) {
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "--text is the data of a language model: use it with --model gpt (the "
@@ -179,6 +190,12 @@ size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t
         for (int i = 0; i < m->n_hidden; i++)
             PUT("%s%zu", i ? "," : "", m->hidden[i]);
         PUT(" act=%d", (int)m->act);
+    }
+    if (m->kind == DDP_MODEL_CNN) {
+        PUT(" conv=");
+        for (int i = 0; i < m->n_conv; i++)
+            PUT("%s%d", i ? "," : "", m->conv[i]);
+        PUT(" kernel=%d sync_bn=%d", m->kernel, cfg->sync_bn);
     }
     PUT(" decay_all=%d batch=%zu accum=%d micro=%zu epochs=%d steps=%lld", m->decay_all,
         cfg->global_batch, cfg->accum, cfg->micro_batch, cfg->epochs, (long long)cfg->max_steps);

@@ -39,8 +39,9 @@ extern const ddp_source_ops ddp_source_text;
 struct ddp_trainer {
     ddp_train_config cfg;
     ddp_backend *backend;
-    ddp_comm *comm; /* gradients */
-    ddp_comm *ctrl; /* host-side control: agreement, counts, fingerprints */
+    ddp_comm *comm;    /* gradients */
+    ddp_comm *ctrl;    /* host-side control: agreement, counts, fingerprints */
+    ddp_comm *bn_comm; /* --sync-bn: the batch-norm statistics' own communicator */
     int rank, world;
     const ddp_source_ops *src;
     const ddp_dataset *train, *test; /* samples (source_idx) */
