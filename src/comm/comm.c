@@ -14,8 +14,9 @@
 /* Fault injection for tests: DDP_INJECT_FAULT="OP:RANK:N" makes the N-th call (1-based)
  * of operation OP (allreduce, iallreduce, broadcast, allgather, barrier) on rank RANK
  * fail with DDP_ERR_COMM, as a broken link would; OP comm_create makes the N-th
- * communicator creation fail locally, as an allocation would. Read once, at the first
- * call. */
+ * communicator creation fail locally, as an allocation would. A labelled communicator's
+ * all-reduces are called TAG_allreduce (ddp_comm_set_label): "bn_allreduce" for batch
+ * norm's. Read once, at the first call. */
 static struct {
     int parsed;
     char op[32];

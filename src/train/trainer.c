@@ -135,7 +135,7 @@ static ddp_status create(ddp_trainer *t, ddp_backend *b, ddp_comm *comm, ddp_com
          * rank creates it (sync_bn is in the fingerprint). */
         s = ddp_comm_create(ddp_comm_kind_of(comm), b, &t->bn_comm);
         if (s == DDP_OK) {
-            ddp_comm_set_label(t->bn_comm, "batch-norm statistics");
+            ddp_comm_set_label(t->bn_comm, "bn", "batch-norm statistics");
             ddp_model_set_comm(t->model, t->bn_comm);
         }
     }
