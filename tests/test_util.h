@@ -115,6 +115,27 @@ static inline double rounding_spread(ddp_train_config cfg, ddp_backend *b, ddp_c
  * over the measured spread (see rounding_spread). */
 #define SPREAD_MARGIN 8.0
 
+/* A tiny GPT (2 blocks, width 16, 2 heads, context 8, batch 8 windows) that trains in
+ * milliseconds, with the GPT's defaults otherwise: `steps` steps, logging and evaluating
+ * every `every` steps. */
+static inline ddp_train_config tiny_gpt_config(int64_t steps, int every) {
+    ddp_train_config c;
+    ddp_train_config_defaults_for(&c, DDP_MODEL_GPT);
+    c.model.layers = 2;
+    c.model.dim = 16;
+    c.model.heads = 2;
+    c.model.ctx = 8;
+    c.global_batch = 8;
+    c.max_steps = steps;
+    c.sched.warmup_steps = 2;
+    c.sched.base_lr = 3e-3f;
+    c.sched.min_lr = 3e-4f;
+    c.log_every = every;
+    c.eval_every = every;
+    c.quiet = 1;
+    return c;
+}
+
 /* Group setup and teardown: *state is a CPU backend. */
 static inline int cpu_backend_setup(void **state) {
     ddp_backend_options opt = {.device = DDP_DEVICE_CPU};

@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "checkpoint/ckpt_fixture.h"
+#include "test_util.h"
 #include "train/synthetic.h"
 
 ddp_backend *fx_backend;
@@ -76,23 +77,7 @@ ddp_train_config fx_config(ddp_optim_kind kind, int64_t steps) {
     return c;
 }
 
-ddp_train_config fx_gpt_config(int64_t steps) {
-    ddp_train_config c;
-    ddp_train_config_defaults_for(&c, DDP_MODEL_GPT);
-    c.model.layers = 2;
-    c.model.dim = 16;
-    c.model.heads = 2;
-    c.model.ctx = 8;
-    c.global_batch = 8;
-    c.max_steps = steps;
-    c.sched.warmup_steps = 3;
-    c.sched.base_lr = 3e-3f;
-    c.sched.min_lr = 3e-4f;
-    c.log_every = 5;
-    c.eval_every = 10;
-    c.quiet = 1;
-    return c;
-}
+ddp_train_config fx_gpt_config(int64_t steps) { return tiny_gpt_config(steps, 5); }
 
 void fx_tempdir(char *out, size_t cap) {
     char name[256] = "";

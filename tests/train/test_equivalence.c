@@ -280,23 +280,7 @@ static void check_sync_names_a_diverged_rank(void **state) {
 
 /* ---- the GPT on a text ------------------------------------------------------------------ */
 
-static ddp_train_config gpt_config(void) {
-    ddp_train_config c;
-    ddp_train_config_defaults_for(&c, DDP_MODEL_GPT);
-    c.model.layers = 2;
-    c.model.dim = 16;
-    c.model.heads = 2;
-    c.model.ctx = 8;
-    c.global_batch = 8;
-    c.max_steps = 6;
-    c.sched.warmup_steps = 2;
-    c.sched.base_lr = 3e-3f;
-    c.sched.min_lr = 3e-4f;
-    c.log_every = 3;
-    c.eval_every = 3;
-    c.quiet = 1;
-    return c;
-}
+static ddp_train_config gpt_config(void) { return tiny_gpt_config(6, 3); }
 
 static void gpt_n_ranks_equal_one_rank(void **state) {
     ddp_train_config c = gpt_config();
