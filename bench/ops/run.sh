@@ -11,19 +11,8 @@
 # family then. PYTHON names an interpreter with torch (default python3); BUILD_DIR the
 # build (default build/).
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BUILD=${BUILD_DIR:-$ROOT/build}
-PYTHON=${PYTHON:-python3}
-ROUNDS=${ROUNDS:-3}
-export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-OUT=$(mktemp -d)
-trap 'rm -rf "$OUT"' EXIT
-
-echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
-for r in $(seq "$ROUNDS"); do
-    "$BUILD/bench_cpu_ops" "$@" | tee -a "$OUT/ddp.txt"
-    "$PYTHON" "$ROOT/bench/ops/torch_ops.py" "$@" | tee -a "$OUT/torch.txt"
-done
+source "$(dirname "${BASH_SOURCE[0]}")/../alternate.sh"
+alternate bench_cpu_ops bench/ops/torch_ops.py "$@"
 
 "$PYTHON" - "$OUT" <<'PY'
 import os, statistics, sys

@@ -158,66 +158,69 @@
       (ddp_backend * b, float *dqkv, const float *dout, const float *qkv, const float *att,        \
        float *work, int B, int T, int C, int NH),                                                  \
       (b, dqkv, dout, qkv, att, work, B, T, C, NH), check_heads(B, T, C, NH), B == 0)            \
-    /* 2-D convolution of images in channels-last layout: x (N, H, W, Cin) with weight         \
-     * (Cout, Cin, KH, KW) (PyTorch's layout) and bias (Cout) at stride s and zero padding p     \
-     * gives y (N, Ho, Wo, Cout), Ho = (H + 2p - KH) / s + 1 (likewise Wo), written. work       \
-     * holds DDP_CONV_WORK(shape) floats of scratch. Shapes whose kernel does not fit the       \
-     * padded input are refused. */                                                            \
+    /* 2-D convolution of images in channels-last layout: x (N, H, W, Cin) with weight             \
+     * (Cout, Cin, KH, KW) (PyTorch's layout) and bias (Cout) at stride s and zero padding p       \
+     * gives y (N, Ho, Wo, Cout), Ho = (H + 2p - KH) / s + 1 (likewise Wo), written. work          \
+     * holds DDP_CONV_WORK(shape) floats of scratch. Shapes whose kernel does not fit the          \
+     * padded input are refused. */                                                                \
     X(conv2d_forward,                                                                              \
-      (ddp_backend * b, float *y, const float *x, const float *w, const float *bias,              \
+      (ddp_backend * b, float *y, const float *x, const float *w, const float *bias,               \
        float *work, const ddp_conv_shape *s),                                                      \
-      (b, y, x, w, bias, work, s), check_conv(s), s->N == 0)                                        \
-    /* Its backward from dy (N, Ho, Wo, Cout): dw (Cout, Cin, KH, KW) +=, dbias (Cout) +=, and    \
+      (b, y, x, w, bias, work, s), check_conv(s), s->N == 0)                                       \
+    /* Its backward from dy (N, Ho, Wo, Cout): dw (Cout, Cin, KH, KW) +=, dbias (Cout) +=, and     \
      * dx (N, H, W, Cin) written when not NULL. */                                                 \
     X(conv2d_backward,                                                                             \
-      (ddp_backend * b, float *dx, float *dw, float *dbias, const float *dy, const float *x,      \
+      (ddp_backend * b, float *dx, float *dw, float *dbias, const float *dy, const float *x,       \
        const float *w, float *work, const ddp_conv_shape *s),                                      \
-      (b, dx, dw, dbias, dy, x, w, work, s), check_conv(s), s->N == 0)                              \
-    /* Max pooling of x (N, H, W, C) over K x K windows at the given stride, no padding:          \
+      (b, dx, dw, dbias, dy, x, w, work, s), check_conv(s), s->N == 0)                             \
+    /* Max pooling of x (N, H, W, C) over K x K windows at the given stride, no padding:           \
      * y (N, Ho, Wo, C), Ho = (H - K) / stride + 1; arg (N, Ho, Wo, C) receives the index in x     \
-     * of each maximum (the first, on ties), for the backward. */                                  \
+     * of each maximum (the first, on ties; a NaN counts as the largest), for the backward; x      \
+     * must have fewer than 2^31 elements. */                                                      \
     X(maxpool_forward,                                                                             \
-      (ddp_backend * b, float *y, int32_t *arg, const float *x, const ddp_pool_shape *s),         \
-      (b, y, arg, x, s), check_pool(s), s->N == 0)                                                  \
+      (ddp_backend * b, float *y, int32_t *arg, const float *x, const ddp_pool_shape *s),          \
+      (b, y, arg, x, s), check_pool(s), s->N == 0)                                                 \
     /* Its backward: dx (N, H, W, C) written: each element the sum of the dy of the windows        \
      * whose maximum it was (0 for the others). */                                                 \
     X(maxpool_backward,                                                                            \
-      (ddp_backend * b, float *dx, const float *dy, const int32_t *arg, const ddp_pool_shape *s), \
-      (b, dx, dy, arg, s), check_pool(s), s->N == 0)                                                \
-    /* Batch normalization, per channel over the rows of x (rows, C) (rows = N H W). First the    \
+      (ddp_backend * b, float *dx, const float *dy, const int32_t *arg, const ddp_pool_shape *s),  \
+      (b, dx, dy, arg, s), check_pool(s), s->N == 0)                                               \
+    /* Batch normalization, per channel over the rows of x (rows, C) (rows = N H W). First the     \
      * sums: sums (2, C) doubles = (sum of x, sum of x^2) over the rows, written; a synchronized   \
      * batch norm adds them up over ranks before the statistics. */                                \
-    X(bn_sums, (ddp_backend * b, double *sums, const float *x, int rows, int C),                  \
-      (b, sums, x, rows, C), check_dims2(rows, C), 0)                                               \
+    X(bn_sums, (ddp_backend * b, double *sums, const float *x, int rows, int C),                   \
+      (b, sums, x, rows, C), check_dims2(rows, C), 0)                                              \
     /* The statistics of the batch from sums over `count` rows: mean (C) and rstd (C) = 1 /        \
      * sqrt(biased variance + eps), and running (2, C) = (mean, variance) moved towards the        \
      * batch's: running = (1 - momentum) running + momentum (mean, unbiased variance), as          \
-     * PyTorch does. With count 0 (evaluation) mean and rstd come from running instead, which     \
-     * stays as it is. */                                                                          \
+     * PyTorch does. With count 0 (evaluation) mean and rstd come from running instead, which      \
+     * stays as it is, and sums is not read (it may be NULL); any other count must be at least     \
+     * 2. */                                                                                       \
     X(bn_stats,                                                                                    \
-      (ddp_backend * b, float *mean, float *rstd, float *running, const double *sums,             \
+      (ddp_backend * b, float *mean, float *rstd, float *running, const double *sums,              \
        double count, float eps, float momentum, int C),                                            \
-      (b, mean, rstd, running, sums, count, eps, momentum, C), check_positive("channels", C), 0)  \
+      (b, mean, rstd, running, sums, count, eps, momentum, C), check_bn_stats(count, C), 0)        \
     /* y (rows, C) = (x - mean) rstd gamma + beta, written; y may equal x. */                      \
     X(bn_normalize,                                                                                \
-      (ddp_backend * b, float *y, const float *x, const float *mean, const float *rstd,           \
+      (ddp_backend * b, float *y, const float *x, const float *mean, const float *rstd,            \
        const float *gamma, const float *beta, int rows, int C),                                    \
-      (b, y, x, mean, rstd, gamma, beta, rows, C), check_dims2(rows, C), rows == 0)                 \
+      (b, y, x, mean, rstd, gamma, beta, rows, C), check_dims2(rows, C), rows == 0)                \
     /* The backward's sums: sums (2, C) doubles = (sum of dy, sum of dy xhat) over the rows,       \
-     * xhat = (x - mean) rstd, written; and this batch's parameter gradients from them, dgamma    \
-     * (C) += sum of dy xhat and dbeta (C) += sum of dy (local: the gradient all-reduce sums      \
+     * xhat = (x - mean) rstd, written; and this batch's parameter gradients from them, dgamma     \
+     * (C) += sum of dy xhat and dbeta (C) += sum of dy (local: the gradient all-reduce sums       \
      * them over ranks). */                                                                        \
     X(bn_backward_sums,                                                                            \
-      (ddp_backend * b, double *sums, float *dgamma, float *dbeta, const float *dy,               \
+      (ddp_backend * b, double *sums, float *dgamma, float *dbeta, const float *dy,                \
        const float *x, const float *mean, const float *rstd, int rows, int C),                     \
       (b, sums, dgamma, dbeta, dy, x, mean, rstd, rows, C), check_dims2(rows, C), 0)               \
-    /* dx (rows, C) = gamma rstd (dy - sums[0] / count - xhat sums[1] / count), written, with     \
-     * the sums of bn_backward_sums over `count` rows (added up over ranks when synchronized).    \
+    /* dx (rows, C) = gamma rstd (dy - sums[0] / count - xhat sums[1] / count), written, with      \
+     * the sums of bn_backward_sums over `count` rows (added up over ranks when synchronized).     \
      * dx may equal dy. */                                                                         \
     X(bn_backward_input,                                                                           \
-      (ddp_backend * b, float *dx, const float *dy, const float *x, const float *mean,            \
+      (ddp_backend * b, float *dx, const float *dy, const float *x, const float *mean,             \
        const float *rstd, const float *gamma, const double *sums, double count, int rows, int C),  \
-      (b, dx, dy, x, mean, rstd, gamma, sums, count, rows, C), check_dims2(rows, C), rows == 0)
+      (b, dx, dy, x, mean, rstd, gamma, sums, count, rows, C), check_bn_input(rows, C, count),     \
+      rows == 0)
 /* clang-format on */
 
 #endif

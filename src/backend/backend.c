@@ -165,6 +165,33 @@ static ddp_status check_pool(const ddp_pool_shape *s) {
                         "maxpool: a %dx%d window (stride %d) does not fit an input of %dx%d "
                         "with %d channels",
                         s->K, s->K, s->stride, s->H, s->W, s->C);
+    /* arg holds indices into x as int32. */
+    if ((double)s->N * s->H * s->W * s->C > (double)INT32_MAX)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "maxpool: an input of %d x %d x %d x %d elements is too large for the "
+                        "int32 indices of arg; pool smaller batches",
+                        s->N, s->H, s->W, s->C);
+    return DDP_OK;
+}
+
+/* count 0 is evaluation; a batch needs two rows for its unbiased variance. */
+static ddp_status check_bn_stats(double count, int C) {
+    DDP_CHECK(check_positive("channels", C));
+    if (!(count == 0.0 || count >= 2.0))
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "bn_stats: count %g: a batch needs at least 2 rows per channel (its "
+                        "unbiased variance divides by count - 1), or count 0 for evaluation",
+                        count);
+    return DDP_OK;
+}
+
+static ddp_status check_bn_input(int rows, int C, double count) {
+    DDP_CHECK(check_dims2(rows, C));
+    if (!(count >= 1.0))
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "bn_backward_input: count %g: the rows behind the sums must number at "
+                        "least one (the backward of training-mode statistics)",
+                        count);
     return DDP_OK;
 }
 

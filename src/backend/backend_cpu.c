@@ -12,11 +12,10 @@
 #include "backend/backend_impl.h"
 #include "backend/cpu_math.h"
 
-typedef struct {
-    struct ddp_backend base;
-} cpu_backend;
-
-static void cpu_destroy(ddp_backend *b) { free(b); }
+static void cpu_destroy(ddp_backend *b) {
+    ddp_cpu_conv_cache_free(((ddp_cpu_backend *)b)->conv);
+    free(b);
+}
 
 static ddp_status cpu_alloc(ddp_backend *b, size_t bytes, void **ptr) {
     /* 64-byte alignment: cache lines, and AVX-512 loads in the BLAS. */
@@ -282,8 +281,13 @@ static const ddp_backend_ops cpu_ops = {.name = "cpu",
 };
 
 ddp_status ddp_backend_cpu_create(const ddp_backend_options *opt, ddp_backend **out) {
-    cpu_backend *b = calloc(1, sizeof *b);
+    ddp_cpu_backend *b = calloc(1, sizeof *b);
     if (!b) return DDP_FAIL(DDP_ERR_NOMEM, "cpu backend: out of memory");
+    ddp_status s = ddp_cpu_conv_cache_create(&b->conv);
+    if (s != DDP_OK) {
+        free(b);
+        DDP_CHECK(s);
+    }
     b->base.ops = &cpu_ops;
     b->base.opt = *opt;
     b->base.opt.device = DDP_DEVICE_CPU;

@@ -36,6 +36,16 @@ struct ddp_backend {
     ddp_backend_options opt;
 };
 
+/* The CPU backend (backend_cpu.c). Its convolutions keep oneDNN's primitives per shape in
+ * a cache that it owns (backend_cpu_conv.c). */
+typedef struct ddp_cpu_conv_cache ddp_cpu_conv_cache;
+typedef struct {
+    struct ddp_backend base;
+    ddp_cpu_conv_cache *conv;
+} ddp_cpu_backend;
+ddp_status ddp_cpu_conv_cache_create(ddp_cpu_conv_cache **out);
+void ddp_cpu_conv_cache_free(ddp_cpu_conv_cache *c);
+
 /* The CPU backend's ops, ddp_cpu_<op>, one file per op family (backend_cpu*.c). */
 #define DDP_CPU_DECLARE(name, params, args, check, noop) ddp_status ddp_cpu_##name params;
 DDP_BACKEND_OPS(DDP_CPU_DECLARE)

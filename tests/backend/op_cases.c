@@ -430,6 +430,188 @@ static ddp_status att_bwd(ddp_backend *b, void *const *t, void *const *g, const 
                                           s->d[2], s->d[3]);
 }
 
+/* ---- 2-D convolution --------------------------------------------------------------------- */
+
+/* dims "N H W Cin Cout KH KW stride pad nodx": nodx 1 asks the backward for no input
+ * gradient, as for a network's first layer. Strides 1 to 3, padding 0 to 2 (also wider
+ * than a 1x1 kernel, so that some outputs see only padding), 1x1 to 5x5 and non-square
+ * kernels, a kernel as large as the padded input, a stride that leaves the last input row
+ * unused (its gradient must still be written), and the small CNN's two layers at a
+ * reduced width. */
+static const op_shape conv_shapes[] = {
+    {{2, 5, 7, 3, 4, 3, 3, 1, 1, 0}},    {{1, 6, 5, 2, 3, 3, 3, 2, 0, 0}},
+    {{3, 4, 4, 1, 5, 1, 1, 1, 0, 0}},    {{2, 3, 5, 4, 2, 1, 1, 2, 2, 0}},
+    {{1, 7, 6, 5, 5, 5, 5, 1, 2, 0}},    {{2, 9, 8, 2, 3, 5, 5, 2, 1, 0}},
+    {{3, 5, 5, 1, 1, 3, 3, 1, 0, 1}},    {{2, 4, 6, 3, 2, 3, 1, 1, 1, 0}},
+    {{1, 5, 5, 2, 2, 5, 5, 1, 0, 0}},    {{1, 3, 3, 2, 3, 3, 3, 3, 1, 0}},
+    {{1, 6, 6, 2, 2, 3, 3, 2, 0, 0}},    {{2, 28, 28, 1, 8, 3, 3, 1, 1, 1}},
+    {{2, 14, 14, 8, 16, 3, 3, 1, 1, 0}},
+};
+
+static ddp_conv_shape conv_of(const op_shape *s) {
+    return (ddp_conv_shape){.N = s->d[0],
+                            .H = s->d[1],
+                            .W = s->d[2],
+                            .Cin = s->d[3],
+                            .Cout = s->d[4],
+                            .KH = s->d[5],
+                            .KW = s->d[6],
+                            .stride = s->d[7],
+                            .pad = s->d[8]};
+}
+
+static size_t conv_count_x(const op_shape *s) {
+    return (size_t)s->d[0] * s->d[1] * s->d[2] * s->d[3];
+}
+static size_t conv_count_w(const op_shape *s) {
+    return (size_t)s->d[4] * s->d[3] * s->d[5] * s->d[6];
+}
+static size_t conv_count_bias(const op_shape *s) { return (size_t)s->d[4]; }
+static size_t conv_count_y(const op_shape *s) {
+    ddp_conv_shape c = conv_of(s);
+    return (size_t)c.N * ddp_conv_out(c.H, c.KH, c.stride, c.pad) *
+           ddp_conv_out(c.W, c.KW, c.stride, c.pad) * c.Cout;
+}
+static size_t conv_count_work(const op_shape *s) {
+    ddp_conv_shape c = conv_of(s);
+    return DDP_CONV_WORK(&c);
+}
+
+static ddp_status conv_fwd(ddp_backend *b, void *const *t, const op_shape *s) {
+    ddp_conv_shape c = conv_of(s);
+    return ddp_backend_conv2d_forward(b, t[3], t[0], t[1], t[2], t[4], &c);
+}
+
+static int conv_has_grad(const op_shape *s, int i) { return i != 0 || !s->d[9]; }
+
+static ddp_status conv_bwd(ddp_backend *b, void *const *t, void *const *g, const op_shape *s) {
+    ddp_conv_shape c = conv_of(s);
+    return ddp_backend_conv2d_backward(b, s->d[9] ? NULL : g[0], g[1], g[2], g[3], t[0], t[1], t[4],
+                                       &c);
+}
+
+/* ---- max pooling ------------------------------------------------------------------------- */
+
+/* dims "N H W C K stride": 2x2 windows at stride 2, overlapping 3x3 windows at stride 2,
+ * odd sizes whose last row or column no window covers, a window as large as the input,
+ * channel counts around a vector's width, and the small CNN's first pooling. */
+static const op_shape pool_shapes[] = {
+    {{2, 4, 4, 3, 2, 2}}, {{1, 7, 5, 2, 3, 2}},   {{2, 5, 5, 17, 2, 2}}, {{1, 3, 3, 1, 3, 1}},
+    {{3, 6, 9, 4, 3, 3}}, {{2, 28, 28, 8, 2, 2}}, {{1, 9, 7, 33, 3, 2}},
+};
+
+static ddp_pool_shape pool_of(const op_shape *s) {
+    return (ddp_pool_shape){
+        .N = s->d[0], .H = s->d[1], .W = s->d[2], .C = s->d[3], .K = s->d[4], .stride = s->d[5]};
+}
+
+static size_t pool_count_x(const op_shape *s) {
+    return (size_t)s->d[0] * s->d[1] * s->d[2] * s->d[3];
+}
+static size_t pool_count_y(const op_shape *s) {
+    ddp_pool_shape p = pool_of(s);
+    return (size_t)p.N * ddp_conv_out(p.H, p.K, p.stride, 0) * ddp_conv_out(p.W, p.K, p.stride, 0) *
+           p.C;
+}
+
+static ddp_status pool_fwd(ddp_backend *b, void *const *t, const op_shape *s) {
+    ddp_pool_shape p = pool_of(s);
+    return ddp_backend_maxpool_forward(b, t[1], t[2], t[0], &p);
+}
+
+static ddp_status pool_bwd(ddp_backend *b, void *const *t, void *const *g, const op_shape *s) {
+    ddp_pool_shape p = pool_of(s);
+    return ddp_backend_maxpool_backward(b, g[0], g[1], t[2], &p);
+}
+
+/* Distinct inputs 1/16 apart (a permutation of a grid), so that the finite differences'
+ * moves of up to 2^-5 never change which element of a window is its maximum. */
+static void pool_distinct(const op_shape *s, void *const *h) {
+    size_t n = pool_count_x(s), p = n + 1;
+    for (;; p++) { /* the first prime above n: i -> 7919 i mod p is then one to one */
+        size_t d = 2;
+        while (d * d <= p && p % d)
+            d++;
+        if (d * d > p && p != 7919) break;
+    }
+    for (size_t i = 0; i < n; i++)
+        ((float *)h[0])[i] = ((float)((i * 7919) % p) - (float)(p / 2)) / 16.0f;
+}
+
+/* Forward and backward as one op, on inputs full of ties (values -1, 0 and 1) and with
+ * NaNs: the first maximum must win, a NaN over any number. dims as above. */
+static const op_shape pool_tie_shapes[] = {
+    {{2, 4, 4, 3, 2, 2}}, {{1, 7, 5, 2, 3, 2}}, {{2, 9, 7, 5, 3, 2}}, {{1, 5, 6, 17, 3, 1}}};
+
+static void pool_ties(const op_shape *s, void *const *h) {
+    float *x = h[0];
+    size_t n = pool_count_x(s);
+    for (size_t i = 0; i < n; i++)
+        x[i] = x[i] > 0.5f ? 1.0f : x[i] < -0.5f ? -1.0f : 0.0f;
+    x[n / 3] = NAN;
+    x[n / 2] = NAN;
+    x[n / 2 + 1] = NAN;
+}
+
+static ddp_status pool_both_op(ddp_backend *b, void *const *t, const op_shape *s) {
+    ddp_pool_shape p = pool_of(s);
+    DDP_CHECK(ddp_backend_maxpool_forward(b, t[1], t[2], t[0], &p));
+    return ddp_backend_maxpool_backward(b, t[4], t[3], t[2], &p);
+}
+
+/* ---- batch normalization ------------------------------------------------------------------ */
+
+/* dims "rows C": the whole training normalization, bn_sums -> bn_stats -> bn_normalize,
+ * and its backward, bn_backward_sums -> bn_backward_input, over one batch of `rows` rows
+ * (count = rows, as on one rank). */
+static const op_shape bn_shapes[] = {{{2, 1}},    {{7, 3}},     {{64, 5}},
+                                     {{300, 17}}, {{1000, 32}}, {{3, 64}}};
+
+static size_t count_2d1(const op_shape *s) { return 2 * (size_t)s->d[1]; }
+
+/* Channels with different means and spreads, so that both are really removed. */
+static void bn_prepare(const op_shape *s, void *const *h) {
+    int rows = s->d[0], C = s->d[1];
+    float *x = h[0];
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < C; c++)
+            x[(size_t)r * C + c] =
+                x[(size_t)r * C + c] * (float)(1 + c % 3) + 0.5f * (float)(c % 4);
+}
+
+static ddp_status bn_fwd(ddp_backend *b, void *const *t, const op_shape *s) {
+    int rows = s->d[0], C = s->d[1];
+    DDP_CHECK(ddp_backend_bn_sums(b, t[7], t[0], rows, C));
+    DDP_CHECK(ddp_backend_bn_stats(b, t[4], t[5], t[6], t[7], (double)rows, OP_BN_EPS,
+                                   OP_BN_MOMENTUM, C));
+    return ddp_backend_bn_normalize(b, t[3], t[0], t[4], t[5], t[1], t[2], rows, C);
+}
+
+/* The backward's sums replace the forward's in t[7], which nothing reads any more. */
+static ddp_status bn_bwd(ddp_backend *b, void *const *t, void *const *g, const op_shape *s) {
+    int rows = s->d[0], C = s->d[1];
+    DDP_CHECK(ddp_backend_bn_backward_sums(b, t[7], g[1], g[2], g[3], t[0], t[4], t[5], rows, C));
+    return ddp_backend_bn_backward_input(b, g[0], g[3], t[0], t[4], t[5], t[1], t[7], (double)rows,
+                                         rows, C);
+}
+
+/* Evaluation (count 0), normalizing in place: dims "rows C". The sums are not read. */
+static ddp_status bn_eval_op(ddp_backend *b, void *const *t, const op_shape *s) {
+    int rows = s->d[0], C = s->d[1];
+    DDP_CHECK(ddp_backend_bn_stats(b, t[3], t[4], t[5], NULL, 0.0, OP_BN_EPS, OP_BN_MOMENTUM, C));
+    return ddp_backend_bn_normalize(b, t[0], t[0], t[3], t[4], t[1], t[2], rows, C);
+}
+
+/* The input gradient in place (dx = dy) from any statistics: dims "rows C". */
+static ddp_status bn_dx_in_place_op(ddp_backend *b, void *const *t, const op_shape *s) {
+    int rows = s->d[0], C = s->d[1];
+    float *dgamma = t[6], *dbeta = dgamma + C;
+    DDP_CHECK(
+        ddp_backend_bn_backward_sums(b, t[5], dgamma, dbeta, t[1], t[0], t[2], t[3], rows, C));
+    return ddp_backend_bn_backward_input(b, t[1], t[1], t[0], t[2], t[3], t[4], t[5], (double)rows,
+                                         rows, C);
+}
+
 /* ---- the table ----------------------------------------------------------------------------- */
 
 #define IN(name, kind, scale, count)                                                               \
@@ -674,6 +856,98 @@ const op_case op_cases[] = {
      .fwd_tol = 1e-5,
      .fd_step = STEP_SMOOTH,
      .fd_units = 8,
+     .gpu_tol = GPU_FP32},
+    {.name = "conv2d",
+     .dims = "N H W Cin Cout KH KW stride pad nodx",
+     SHAPES(conv_shapes),
+     .t = {IN_GRAD("x", OP_NORMAL, 1.0f, conv_count_x, OP_GRAD_SET),
+           IN_GRAD("w", OP_NORMAL, 0.5f, conv_count_w, OP_GRAD_ADD),
+           IN_GRAD("bias", OP_NORMAL, 1.0f, conv_count_bias, OP_GRAD_ADD),
+           OUT_LOSS("y", conv_count_y), SCRATCH("work", conv_count_work)},
+     .n_tensors = 5,
+     .forward = conv_fwd,
+     .backward = conv_bwd,
+     .reference = ref_conv2d,
+     .has_grad = conv_has_grad,
+     .fwd_tol = 1e-5,
+     .fd_step = STEP_LINEAR,
+     .fd_units = 16,
+     .gpu_tol = GPU_FP32,
+     .uses_math = 1},
+    {.name = "maxpool",
+     .dims = "N H W C K stride",
+     SHAPES(pool_shapes),
+     .t = {IN_GRAD("x", OP_NORMAL, 1.0f, pool_count_x, OP_GRAD_SET),
+           OUT_LOSS("y", pool_count_y),
+           {"arg", OP_I32, OP_OUT, OP_NORMAL, 0, 0, pool_count_y, OP_NO_GRAD, 0, 0}},
+     .n_tensors = 3,
+     .forward = pool_fwd,
+     .backward = pool_bwd,
+     .reference = ref_maxpool,
+     .prepare = pool_distinct,
+     .fwd_tol = 0,
+     .fd_step = STEP_SMOOTH,
+     .fd_units = 2,
+     .gpu_tol = 0},
+    {.name = "maxpool_ties",
+     .dims = "N H W C K stride",
+     SHAPES(pool_tie_shapes),
+     .t = {IN("x", OP_NORMAL, 1.0f, pool_count_x),
+           OUT("y", pool_count_y),
+           {"arg", OP_I32, OP_OUT, OP_NORMAL, 0, 0, pool_count_y, OP_NO_GRAD, 0, 0},
+           IN("dy", OP_NORMAL, 1.0f, pool_count_y),
+           OUT("dx", pool_count_x)},
+     .n_tensors = 5,
+     .forward = pool_both_op,
+     .reference = ref_maxpool_both,
+     .prepare = pool_ties,
+     .fwd_tol = 1e-6,
+     .gpu_tol = 0},
+    {.name = "batchnorm",
+     .dims = "rows C",
+     SHAPES(bn_shapes),
+     .t = {IN_GRAD("x", OP_NORMAL, 1.0f, count_d0d1, OP_GRAD_SET),
+           IN_GRAD("gamma", OP_NORMAL, 1.0f, count_d1, OP_GRAD_ADD),
+           IN_GRAD("beta", OP_NORMAL, 1.0f, count_d1, OP_GRAD_ADD),
+           OUT_LOSS("y", count_d0d1),
+           OUT("mean", count_d1),
+           OUT("rstd", count_d1),
+           INOUT("running", OP_POSITIVE, 1.0f, count_2d1),
+           {"sums", OP_F64, OP_OUT, OP_NORMAL, 0, 0, count_2d1, OP_NO_GRAD, 0, 0}},
+     .n_tensors = 8,
+     .forward = bn_fwd,
+     .backward = bn_bwd,
+     .reference = ref_batchnorm,
+     .prepare = bn_prepare,
+     .fwd_tol = 1e-5,
+     .fd_step = STEP_SMOOTH,
+     .fd_units = 8,
+     .gpu_tol = GPU_FP32},
+    {.name = "batchnorm_eval",
+     .dims = "rows C",
+     SHAPES(bn_shapes),
+     .t = {INOUT("x", OP_NORMAL, 1.0f, count_d0d1), IN("gamma", OP_NORMAL, 1.0f, count_d1),
+           IN("beta", OP_NORMAL, 1.0f, count_d1), OUT("mean", count_d1), OUT("rstd", count_d1),
+           INOUT("running", OP_POSITIVE, 1.0f, count_2d1)},
+     .n_tensors = 6,
+     .forward = bn_eval_op,
+     .reference = ref_batchnorm_eval,
+     .fwd_tol = 1e-6,
+     .gpu_tol = GPU_FP32},
+    {.name = "batchnorm_dx_in_place",
+     .dims = "rows C",
+     SHAPES(bn_shapes),
+     .t = {IN("x", OP_NORMAL, 1.0f, count_d0d1),
+           INOUT("dy", OP_NORMAL, 1.0f, count_d0d1),
+           IN("mean", OP_NORMAL, 0.5f, count_d1),
+           IN("rstd", OP_POSITIVE, 1.0f, count_d1),
+           IN("gamma", OP_NORMAL, 1.0f, count_d1),
+           {"sums", OP_F64, OP_SCRATCH, OP_NORMAL, 0, 0, count_2d1, OP_NO_GRAD, 0, 0},
+           SCRATCH("dgamma_dbeta", count_2d1)},
+     .n_tensors = 7,
+     .forward = bn_dx_in_place_op,
+     .reference = ref_batchnorm_dx,
+     .fwd_tol = 1e-5,
      .gpu_tol = GPU_FP32},
 };
 const int op_case_count = ARRAY_LEN(op_cases);

@@ -14,9 +14,10 @@
 
 #include "ddp/backend.h"
 
-/* A shape: up to 8 integers whose meaning each case names (op_case.dims). */
+/* A shape: up to OP_MAX_DIMS integers whose meaning each case names (op_case.dims). */
+enum { OP_MAX_DIMS = 12 };
 typedef struct {
-    int d[8];
+    int d[OP_MAX_DIMS];
 } op_shape;
 
 typedef enum { OP_F32, OP_I32, OP_U16, OP_U8, OP_F64 } op_type;
@@ -137,6 +138,8 @@ void op_expect_close(const char *what, op_type type, const void *got, const void
 #define OP_ADAMW_EPS        1e-8f
 #define OP_ADAMW_WD         0.1f
 #define OP_CLIP_SCALE(clip) ((clip) ? 0.25f : 1.0f)
+#define OP_BN_EPS           1e-5f
+#define OP_BN_MOMENTUM      0.1f
 
 /* The double-precision references (op_reference.c), one per case. */
 void ref_act(const op_shape *s, double *const *x);
@@ -158,6 +161,12 @@ void ref_adamw_step(const op_shape *s, double *const *x);
 void ref_encoder(const op_shape *s, double *const *x);
 void ref_layernorm(const op_shape *s, double *const *x);
 void ref_attention(const op_shape *s, double *const *x);
+void ref_conv2d(const op_shape *s, double *const *x);
+void ref_maxpool(const op_shape *s, double *const *x);
+void ref_maxpool_both(const op_shape *s, double *const *x);
+void ref_batchnorm(const op_shape *s, double *const *x);
+void ref_batchnorm_eval(const op_shape *s, double *const *x);
+void ref_batchnorm_dx(const op_shape *s, double *const *x);
 
 /* The GELU of the op list (tanh approximation) and its derivative, in double. */
 double ref_gelu(double x);

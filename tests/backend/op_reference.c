@@ -266,3 +266,137 @@ void ref_attention(const op_shape *s, double *const *x) {
                 }
             }
 }
+
+/* x (N, H, W, Cin), w (Cout, Cin, KH, KW), bias (Cout) -> y (N, Ho, Wo, Cout): each output
+ * the bias plus the kernel's products with the input under it, the padding being zeros. */
+void ref_conv2d(const op_shape *s, double *const *x) {
+    int N = s->d[0], H = s->d[1], W = s->d[2], Cin = s->d[3], Cout = s->d[4], KH = s->d[5];
+    int KW = s->d[6], st = s->d[7], pad = s->d[8];
+    int Ho = (H + 2 * pad - KH) / st + 1, Wo = (W + 2 * pad - KW) / st + 1;
+    for (int n = 0; n < N; n++)
+        for (int oh = 0; oh < Ho; oh++)
+            for (int ow = 0; ow < Wo; ow++)
+                for (int o = 0; o < Cout; o++) {
+                    double acc = x[2][o];
+                    for (int c = 0; c < Cin; c++)
+                        for (int kh = 0; kh < KH; kh++)
+                            for (int kw = 0; kw < KW; kw++) {
+                                int ih = oh * st - pad + kh, iw = ow * st - pad + kw;
+                                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                                acc += x[0][(((size_t)n * H + ih) * W + iw) * Cin + c] *
+                                       x[1][(((size_t)o * Cin + c) * KH + kh) * KW + kw];
+                            }
+                    x[3][(((size_t)n * Ho + oh) * Wo + ow) * Cout + o] = acc;
+                }
+}
+
+/* x (N, H, W, C) -> y, arg (N, Ho, Wo, C): each window's maximum and its index in x, the
+ * first on ties; a NaN is larger than any number. */
+static void pool_ref(const op_shape *s, const double *xin, double *y, double *arg) {
+    int N = s->d[0], H = s->d[1], W = s->d[2], C = s->d[3], K = s->d[4], st = s->d[5];
+    int Ho = (H - K) / st + 1, Wo = (W - K) / st + 1;
+    for (int n = 0; n < N; n++)
+        for (int oh = 0; oh < Ho; oh++)
+            for (int ow = 0; ow < Wo; ow++)
+                for (int c = 0; c < C; c++) {
+                    double best = 0.0;
+                    size_t at = 0;
+                    for (int kh = 0; kh < K; kh++)
+                        for (int kw = 0; kw < K; kw++) {
+                            size_t i = (((size_t)n * H + oh * st + kh) * W + ow * st + kw) * C + c;
+                            double v = xin[i];
+                            int first = kh == 0 && kw == 0;
+                            if (first || v > best || (isnan(v) && !isnan(best))) {
+                                best = v;
+                                at = i;
+                            }
+                        }
+                    size_t o = (((size_t)n * Ho + oh) * Wo + ow) * C + c;
+                    y[o] = best;
+                    arg[o] = (double)at;
+                }
+}
+
+void ref_maxpool(const op_shape *s, double *const *x) { pool_ref(s, x[0], x[1], x[2]); }
+
+/* x -> y, arg; then dy (N, Ho, Wo, C) -> dx (N, H, W, C): the sum of the gradients of the
+ * windows whose maximum each element is. */
+void ref_maxpool_both(const op_shape *s, double *const *x) {
+    int N = s->d[0], H = s->d[1], W = s->d[2], C = s->d[3], K = s->d[4], st = s->d[5];
+    size_t n_in = (size_t)N * H * W * C;
+    size_t n_out = (size_t)N * ((H - K) / st + 1) * ((W - K) / st + 1) * C;
+    pool_ref(s, x[0], x[1], x[2]);
+    for (size_t i = 0; i < n_in; i++)
+        x[4][i] = 0.0;
+    for (size_t o = 0; o < n_out; o++)
+        x[4][(size_t)x[2][o]] += x[3][o];
+}
+
+/* Per channel over the rows of x (rows, C): the mean, the biased variance (two passes)
+ * and rstd = 1 / sqrt(var + eps). */
+static void bn_moments(const double *xin, int rows, int C, int c, double *mean, double *var) {
+    double m = 0.0, v = 0.0;
+    for (int r = 0; r < rows; r++)
+        m += xin[(size_t)r * C + c];
+    m /= rows;
+    for (int r = 0; r < rows; r++)
+        v += (xin[(size_t)r * C + c] - m) * (xin[(size_t)r * C + c] - m);
+    *mean = m;
+    *var = v / rows;
+}
+
+/* x (rows, C), gamma, beta (C) -> y (rows, C), mean, rstd (C), running (2, C) moved
+ * towards (mean, unbiased variance) by the momentum, sums (2, C) = (sum x, sum x^2). The
+ * op takes eps and momentum as floats: the same values here. */
+void ref_batchnorm(const op_shape *s, double *const *x) {
+    int rows = s->d[0], C = s->d[1];
+    double eps = OP_BN_EPS, mom = OP_BN_MOMENTUM;
+    for (int c = 0; c < C; c++) {
+        double mean, var, s1 = 0.0, s2 = 0.0;
+        bn_moments(x[0], rows, C, c, &mean, &var);
+        double rstd = 1.0 / sqrt(var + eps);
+        for (int r = 0; r < rows; r++) {
+            double v = x[0][(size_t)r * C + c];
+            s1 += v;
+            s2 += v * v;
+            x[3][(size_t)r * C + c] = (v - mean) * rstd * x[1][c] + x[2][c];
+        }
+        x[4][c] = mean;
+        x[5][c] = rstd;
+        x[6][c] = (1.0 - mom) * x[6][c] + mom * mean;
+        x[6][C + c] = (1.0 - mom) * x[6][C + c] + mom * var * rows / (rows - 1);
+        x[7][c] = s1;
+        x[7][C + c] = s2;
+    }
+}
+
+/* Evaluation: x (rows, C) normalized in place with the running statistics (2, C), which
+ * stay; mean and rstd (C) are theirs. gamma x[1], beta x[2]. */
+void ref_batchnorm_eval(const op_shape *s, double *const *x) {
+    int rows = s->d[0], C = s->d[1];
+    for (int c = 0; c < C; c++) {
+        double mean = x[5][c], rstd = 1.0 / sqrt(x[5][C + c] + (double)OP_BN_EPS);
+        for (int r = 0; r < rows; r++)
+            x[0][(size_t)r * C + c] = (x[0][(size_t)r * C + c] - mean) * rstd * x[1][c] + x[2][c];
+        x[3][c] = mean;
+        x[4][c] = rstd;
+    }
+}
+
+/* x, dy (rows, C), mean, rstd, gamma (C) -> dy replaced by the input gradient of a
+ * training-mode normalization with these statistics over the rows:
+ * dx = gamma rstd (dy - mean(dy) - xhat mean(dy xhat)), xhat = (x - mean) rstd. */
+void ref_batchnorm_dx(const op_shape *s, double *const *x) {
+    int rows = s->d[0], C = s->d[1];
+    for (int c = 0; c < C; c++) {
+        double m = x[2][c], rs = x[3][c], s1 = 0.0, s2 = 0.0;
+        for (int r = 0; r < rows; r++) {
+            s1 += x[1][(size_t)r * C + c];
+            s2 += x[1][(size_t)r * C + c] * (x[0][(size_t)r * C + c] - m) * rs;
+        }
+        for (int r = 0; r < rows; r++) {
+            double xhat = (x[0][(size_t)r * C + c] - m) * rs, *d = &x[1][(size_t)r * C + c];
+            *d = x[4][c] * rs * (*d - s1 / rows - xhat * s2 / rows);
+        }
+    }
+}

@@ -121,7 +121,7 @@ int op_run_cases(const char *group, void (*test)(void **state), int (*setup)(voi
 const char *op_describe(const op_case *c, const op_shape *s, char *buf, size_t size) {
     int used = snprintf(buf, size, "%s (", c->name);
     const char *p = c->dims;
-    for (int k = 0; *p && k < 8 && used > 0 && (size_t)used < size; k++) {
+    for (int k = 0; *p && k < OP_MAX_DIMS && used > 0 && (size_t)used < size; k++) {
         size_t len = strcspn(p, " ");
         used += snprintf(buf + used, size - (size_t)used, "%s%.*s=%d", k ? " " : "", (int)len, p,
                          s->d[k]);

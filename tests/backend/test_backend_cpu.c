@@ -3,8 +3,10 @@
  * double-precision references and finite differences) cannot reach: creation and memory,
  * error paths, and values worked out by hand or known from PyTorch: GELU at two points,
  * softmax cross-entropy on a 2x3 example with a tie and with logits of 1000, sums of squares
- * that only double precision gets right, bf16 rounding ties, and the SGD and AdamW updates
- * over three steps.
+ * that only double precision gets right, bf16 rounding ties, the SGD and AdamW updates
+ * over three steps, a convolution against PyTorch's on its layouts, batch norm's running
+ * statistics against PyTorch's, and the synchronized batch norm's contract (sums added over
+ * two halves of a batch give the whole batch's results).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -350,6 +352,200 @@ static void test_adamw_rejects_step_zero(void **state) {
     assert_true(p[0] == 0.0f);
 }
 
+/* ---- convolution, pooling, batch normalization ------------------------------------------ */
+
+static void test_conv2d_matches_pytorch_on_its_layouts(void **state) {
+    /* x (1, 3, 4, 2) channels-last = (i - 11) / 4 in storage order, w (2, 2, 2, 3) in
+     * PyTorch's layout = (i - 12) / 8, bias (0.5, -1), a 2x3 kernel at padding 1: y (1, 4, 4,
+     * 2) as PyTorch's conv2d gives it for the same tensors (x permuted to NCHW for it, its
+     * result back to channels-last). Every value is a multiple of 1/32: exact in float. */
+    const ddp_conv_shape s = {
+        .N = 1, .H = 3, .W = 4, .Cin = 2, .Cout = 2, .KH = 2, .KW = 3, .stride = 1, .pad = 1};
+    const float want[32] = {
+        6.09375f,  -9.65625f, 9.0f,       -11.625f,  7.125f,     -9.0f,     4.53125f,   -5.21875f,
+        10.75f,    -7.25f,    14.78125f,  -6.96875f, 9.90625f,   -2.84375f, 5.125f,     -0.875f,
+        -1.25f,    4.75f,     -4.71875f,  9.53125f,  -9.59375f,  13.65625f, -8.875f,    9.125f,
+        -5.34375f, 2.90625f,  -10.21875f, 5.15625f,  -13.21875f, 6.65625f,  -10.40625f, 3.84375f};
+    float x[24], w[24], y[32];
+    const float bias[2] = {0.5f, -1.0f};
+    for (int i = 0; i < 24; i++) {
+        x[i] = (float)(i - 11) / 4.0f;
+        w[i] = (float)(i - 12) / 8.0f;
+    }
+    float *work = malloc(DDP_CONV_WORK(&s) * sizeof *work);
+    assert_non_null(work);
+    OK(ddp_backend_conv2d_forward(*state, y, x, w, bias, work, &s));
+    for (int i = 0; i < 32; i++)
+        assert_near(y[i], want[i], 1e-6);
+    free(work);
+}
+
+static void test_conv2d_stays_right_past_its_cache_of_shapes(void **state) {
+    /* The backend keeps oneDNN's primitives for 16 shapes. Batches of 1 to 20 copies of one
+     * image are 20 shapes: the first ones are dropped on the way and made again at the end,
+     * and every image's output is the first call's. */
+    enum { MAX_N = 20, HW = 5, CIN = 3, COUT = 4 };
+    float img[HW * HW * CIN], w[COUT * CIN * 9], bias[COUT];
+    for (int i = 0; i < HW * HW * CIN; i++)
+        img[i] = (float)((i * 7) % 11) - 5.0f;
+    for (int i = 0; i < COUT * CIN * 9; i++)
+        w[i] = (float)((i * 5) % 9) / 8.0f - 0.5f;
+    for (int i = 0; i < COUT; i++)
+        bias[i] = (float)i;
+    const size_t per_in = HW * HW * CIN, per_out = HW * HW * COUT;
+    float *x = malloc(MAX_N * per_in * sizeof *x), *y = malloc(MAX_N * per_out * sizeof *y);
+    float *work = malloc(MAX_N * HW * HW * CIN * 9 * sizeof *work), first[HW * HW * COUT];
+    assert_true(x && y && work);
+    for (int n = 0; n < MAX_N; n++)
+        memcpy(x + n * per_in, img, sizeof img);
+    for (int pass = 0; pass < 2; pass++)
+        for (int N = 1; N <= (pass ? 3 : MAX_N); N++) {
+            ddp_conv_shape s = {.N = N,
+                                .H = HW,
+                                .W = HW,
+                                .Cin = CIN,
+                                .Cout = COUT,
+                                .KH = 3,
+                                .KW = 3,
+                                .stride = 1,
+                                .pad = 1};
+            OK(ddp_backend_conv2d_forward(*state, y, x, w, bias, work, &s));
+            if (pass == 0 && N == 1) memcpy(first, y, sizeof first);
+            for (int n = 0; n < N; n++)
+                for (size_t i = 0; i < per_out; i++)
+                    assert_near(y[n * per_out + i], first[i], 1e-5);
+        }
+    free(x);
+    free(y);
+    free(work);
+}
+
+static void test_conv2d_refuses_a_kernel_larger_than_the_padded_input(void **state) {
+    /* 2 rows + 2 of padding cannot hold a kernel 5 rows high. */
+    const ddp_conv_shape s = {
+        .N = 1, .H = 2, .W = 6, .Cin = 1, .Cout = 1, .KH = 5, .KW = 3, .stride = 1, .pad = 1};
+    float x[12] = {0}, w[15] = {0}, bias[1] = {0}, y[6], work[90];
+    assert_int_equal(ddp_backend_conv2d_forward(*state, y, x, w, bias, work, &s),
+                     DDP_ERR_INVALID_ARG);
+    assert_msg_has("a 5x3 kernel does not fit an input of 2x6 with padding 1");
+    assert_int_equal(ddp_backend_conv2d_backward(*state, x, w, bias, y, x, w, work, &s),
+                     DDP_ERR_INVALID_ARG);
+    assert_msg_has("does not fit");
+}
+
+static void test_maxpool_refuses_a_window_larger_than_the_input(void **state) {
+    const ddp_pool_shape s = {.N = 1, .H = 2, .W = 5, .C = 1, .K = 3, .stride = 2};
+    float x[10] = {0}, y[2];
+    int32_t arg[2];
+    assert_int_equal(ddp_backend_maxpool_forward(*state, y, arg, x, &s), DDP_ERR_INVALID_ARG);
+    assert_msg_has("a 3x3 window (stride 2) does not fit an input of 2x5");
+    assert_int_equal(ddp_backend_maxpool_backward(*state, x, y, arg, &s), DDP_ERR_INVALID_ARG);
+}
+
+static void test_bn_stats_move_running_statistics_as_pytorch_does(void **state) {
+    /* Two channels over four rows; running (mean, var) starts at (0, 1) and (1, 2). PyTorch's
+     * BatchNorm2d (momentum 0.1, eps 1e-5) in training mode on the same values leaves
+     * running means (0.25, 1.1875) and variances (1.0666667, 4.20625): momentum times the
+     * unbiased variances 5/3 and 24.0625, while rstd uses the biased ones, 1.25 and
+     * 18.046875. */
+    ddp_backend *b = *state;
+    const float x[8] = {1, -1, 2, 0.5f, 3, 2, 4, 10}; /* (4, 2) */
+    const float gamma[2] = {1, 1}, beta[2] = {0, 0};
+    const float want_y[8] = {-1.3416354f, -0.91215907f, -0.44721181f, -0.55906524f,
+                             0.44721181f, -0.20597140f, 1.3416354f,   1.6771957f};
+    float mean[2], rstd[2], running[4] = {0, 1, 1, 2}, y[8];
+    double sums[4];
+    OK(ddp_backend_bn_sums(b, sums, x, 4, 2));
+    assert_true(sums[0] == 10.0 && sums[1] == 11.5 && sums[2] == 30.0 && sums[3] == 105.25);
+    OK(ddp_backend_bn_stats(b, mean, rstd, running, sums, 4.0, 1e-5f, 0.1f, 2));
+    assert_near(mean[0], 2.5, 1e-7);
+    assert_near(mean[1], 2.875, 1e-7);
+    assert_near(rstd[0], 0.894423613, 1e-7);
+    assert_near(rstd[1], 0.235395889, 1e-7);
+    assert_near(running[0], 0.25, 1e-7);
+    assert_near(running[1], 1.1875, 1e-7);
+    assert_near(running[2], 1.0666667, 1e-7);
+    assert_near(running[3], 4.20625, 1e-6);
+    OK(ddp_backend_bn_normalize(b, y, x, mean, rstd, gamma, beta, 4, 2));
+    for (int i = 0; i < 8; i++)
+        assert_near(y[i], want_y[i], 1e-6);
+}
+
+static void test_bn_stats_in_evaluation_use_the_running_statistics(void **state) {
+    /* count 0: mean and rstd from running (means 0.5, -2; variances 4, 0.25), which stays;
+     * the sums are not read. */
+    float running[4] = {0.5f, -2.0f, 4.0f, 0.25f}, mean[2], rstd[2];
+    const float before[4] = {0.5f, -2.0f, 4.0f, 0.25f};
+    OK(ddp_backend_bn_stats(*state, mean, rstd, running, NULL, 0.0, 1e-5f, 0.1f, 2));
+    assert_true(mean[0] == 0.5f && mean[1] == -2.0f);
+    assert_near(rstd[0], 1.0 / sqrt(4.0 + 1e-5), 1e-7);
+    assert_near(rstd[1], 1.0 / sqrt(0.25 + 1e-5), 1e-6);
+    assert_memory_equal(running, before, sizeof before);
+}
+
+static void test_bn_stats_refuse_a_batch_of_one_row(void **state) {
+    float running[2] = {0, 1}, mean[1], rstd[1];
+    const double sums[2] = {3.0, 9.0};
+    assert_int_equal(ddp_backend_bn_stats(*state, mean, rstd, running, sums, 1.0, 1e-5f, 0.1f, 1),
+                     DDP_ERR_INVALID_ARG);
+    assert_msg_has("at least 2 rows");
+}
+
+static void test_bn_sums_added_over_two_halves_give_the_whole_batch(void **state) {
+    /* What a synchronized batch norm does on two ranks, here in one process: each half of
+     * the batch makes its sums, the sums are added (the all-reduce), and the statistics,
+     * the output and the input gradient of each half then are those of the whole batch. */
+    ddp_backend *b = *state;
+    enum { ROWS = 10, HALF = 5, C = 3 };
+    float x[ROWS * C], dy[ROWS * C], gamma[C] = {1.5f, -0.5f, 2.0f}, beta[C] = {0.1f, 0, -1};
+    ddp_rng rng;
+    ddp_rng_seed(&rng, 7, 0);
+    for (int i = 0; i < ROWS * C; i++) {
+        x[i] = 2.0f * ddp_rng_normal(&rng) + (float)(i % C);
+        dy[i] = ddp_rng_normal(&rng);
+    }
+    double whole[2 * C], parts[2][2 * C], added[2 * C];
+    float mean[C], rstd[C], run[2 * C] = {0, 0, 0, 1, 1, 1}, y[ROWS * C], dx[ROWS * C];
+    float dg[C] = {0}, db[C] = {0};
+    OK(ddp_backend_bn_sums(b, whole, x, ROWS, C));
+    OK(ddp_backend_bn_stats(b, mean, rstd, run, whole, ROWS, 1e-5f, 0.1f, C));
+    OK(ddp_backend_bn_normalize(b, y, x, mean, rstd, gamma, beta, ROWS, C));
+    OK(ddp_backend_bn_backward_sums(b, whole, dg, db, dy, x, mean, rstd, ROWS, C));
+    OK(ddp_backend_bn_backward_input(b, dx, dy, x, mean, rstd, gamma, whole, ROWS, ROWS, C));
+
+    float mean2[C], rstd2[C], run2[2 * C] = {0, 0, 0, 1, 1, 1}, y2[ROWS * C], dx2[ROWS * C];
+    float dg2[C] = {0}, db2[C] = {0};
+    for (int h = 0; h < 2; h++)
+        OK(ddp_backend_bn_sums(b, parts[h], x + h * HALF * C, HALF, C));
+    for (int i = 0; i < 2 * C; i++)
+        added[i] = parts[0][i] + parts[1][i];
+    OK(ddp_backend_bn_stats(b, mean2, rstd2, run2, added, ROWS, 1e-5f, 0.1f, C));
+    for (int h = 0; h < 2; h++) {
+        OK(ddp_backend_bn_normalize(b, y2 + h * HALF * C, x + h * HALF * C, mean2, rstd2, gamma,
+                                    beta, HALF, C));
+        OK(ddp_backend_bn_backward_sums(b, parts[h], dg2, db2, dy + h * HALF * C, x + h * HALF * C,
+                                        mean2, rstd2, HALF, C));
+    }
+    for (int i = 0; i < 2 * C; i++)
+        added[i] = parts[0][i] + parts[1][i];
+    for (int h = 0; h < 2; h++)
+        OK(ddp_backend_bn_backward_input(b, dx2 + h * HALF * C, dy + h * HALF * C, x + h * HALF * C,
+                                         mean2, rstd2, gamma, added, ROWS, HALF, C));
+    for (int c = 0; c < C; c++) {
+        assert_near(mean2[c], mean[c], 1e-6);
+        assert_near(rstd2[c], rstd[c], 1e-6);
+        assert_near(run2[c], run[c], 1e-6);
+        assert_near(run2[C + c], run[C + c], 1e-6);
+        /* Each rank's own parameter gradients add up to the whole batch's. */
+        assert_near(dg2[c], dg[c], 1e-5);
+        assert_near(db2[c], db[c], 1e-5);
+    }
+    for (int i = 0; i < ROWS * C; i++) {
+        assert_near(y2[i], y[i], 1e-5);
+        assert_near(dx2[i], dx[i], 1e-5);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cpu_backend_reports_its_kind),
@@ -371,6 +567,14 @@ int main(void) {
         cmocka_unit_test(test_adamw_step_matches_hand_computed_values),
         cmocka_unit_test(test_adamw_adds_eps_after_bias_corrected_root),
         cmocka_unit_test(test_adamw_rejects_step_zero),
+        cmocka_unit_test(test_conv2d_matches_pytorch_on_its_layouts),
+        cmocka_unit_test(test_conv2d_stays_right_past_its_cache_of_shapes),
+        cmocka_unit_test(test_conv2d_refuses_a_kernel_larger_than_the_padded_input),
+        cmocka_unit_test(test_maxpool_refuses_a_window_larger_than_the_input),
+        cmocka_unit_test(test_bn_stats_move_running_statistics_as_pytorch_does),
+        cmocka_unit_test(test_bn_stats_in_evaluation_use_the_running_statistics),
+        cmocka_unit_test(test_bn_stats_refuse_a_batch_of_one_row),
+        cmocka_unit_test(test_bn_sums_added_over_two_halves_give_the_whole_batch),
     };
     return cmocka_run_group_tests(tests, cpu_backend_setup, cpu_backend_teardown);
 }

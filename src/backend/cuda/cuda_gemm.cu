@@ -8,7 +8,8 @@
  * each one's transpose flag, and swap M and N.
  *
  * BF16 converts A and B into bf16 copies in a workspace (fp32 accumulation and output),
- * so parameters, gradients and optimizer state stay fp32.
+ * so parameters, gradients and optimizer state stay fp32. The backend's workspaces, grown
+ * on demand, live here too (ddp_cuda_workspace).
  */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -36,9 +37,9 @@ __global__ static void scale_matrix_kernel(float *C, size_t M, size_t N, size_t 
     }
 }
 
-/* Makes workspace slot `slot` hold at least `bytes`. Growing is stream-ordered where the
- * device has memory pools, so no host synchronization happens even then. */
-static ddp_status workspace(ddp_cuda_backend *cb, int slot, size_t bytes, void **out) {
+/* Growing is stream-ordered where the device has memory pools, so no host synchronization
+ * happens even then (cudaFree, without pools, waits for the device). */
+extern "C" ddp_status ddp_cuda_workspace(ddp_cuda_backend *cb, int slot, size_t bytes, void **out) {
     if (cb->ws_bytes[slot] < bytes) {
         /* Grow by half again so that slowly growing shapes do not reallocate each call. */
         size_t want = bytes + bytes / 2;
@@ -61,7 +62,7 @@ static ddp_status workspace(ddp_cuda_backend *cb, int slot, size_t bytes, void *
 }
 
 extern "C" void ddp_cuda_gemm_release(ddp_cuda_backend *cb) {
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < DDP_CUDA_WORKSPACES; i++) {
         /* The caller has synchronized the stream, so a plain free is safe for both kinds. */
         if (cb->ws[i]) cudaFree(cb->ws[i]);
         cb->ws[i] = NULL;
@@ -75,7 +76,7 @@ static ddp_status convert(ddp_cuda_backend *cb, int slot, const float *src, size
                           int ld, const __nv_bfloat16 **out) {
     size_t total = rows * (size_t)cols;
     void *ws = NULL;
-    DDP_CHECK(workspace(cb, slot, (total > 0 ? total : 1) * sizeof(__nv_bfloat16), &ws));
+    DDP_CHECK(ddp_cuda_workspace(cb, slot, (total > 0 ? total : 1) * sizeof(__nv_bfloat16), &ws));
     if (total > 0) {
         to_bf16_kernel<<<ddp_cuda_blocks(total, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0,
                          cb->stream>>>((__nv_bfloat16 *)ws, src, rows, (size_t)cols, (size_t)ld);
@@ -116,8 +117,8 @@ extern "C" ddp_status ddp_cuda_gemm(ddp_backend *b, int ta, int tb, int M, int N
         int a_rows = ta ? K : M, a_cols = ta ? M : K;
         int b_rows = tb ? N : K, b_cols = tb ? K : N;
         const __nv_bfloat16 *A16 = NULL, *B16 = NULL;
-        DDP_CHECK(convert(cb, 0, A, a_rows, a_cols, lda, &A16));
-        DDP_CHECK(convert(cb, 1, B, b_rows, b_cols, ldb, &B16));
+        DDP_CHECK(convert(cb, DDP_CUDA_WS_GEMM_A, A, a_rows, a_cols, lda, &A16));
+        DDP_CHECK(convert(cb, DDP_CUDA_WS_GEMM_B, B, b_rows, b_cols, ldb, &B16));
         /* The copies are compact: the leading dimension is the stored column count
          * (at least 1, as cuBLAS requires even for empty operands). */
         int lda16 = a_cols > 0 ? a_cols : 1, ldb16 = b_cols > 0 ? b_cols : 1;
@@ -165,8 +166,10 @@ extern "C" ddp_status ddp_cuda_gemm_batched(ddp_cuda_backend *cb, int ta, int tb
         /* As for gemm: bf16 copies of A and B, fp32 accumulation and output. The copies
          * are compact like the originals, so the strides stay the same. */
         const __nv_bfloat16 *A16 = NULL, *B16 = NULL;
-        DDP_CHECK(convert(cb, 0, A, (size_t)batch * (size_t)a_rows, a_cols, a_cols, &A16));
-        DDP_CHECK(convert(cb, 1, B, (size_t)batch * (size_t)b_rows, b_cols, b_cols, &B16));
+        DDP_CHECK(convert(cb, DDP_CUDA_WS_GEMM_A, A, (size_t)batch * (size_t)a_rows, a_cols, a_cols,
+                          &A16));
+        DDP_CHECK(convert(cb, DDP_CUDA_WS_GEMM_B, B, (size_t)batch * (size_t)b_rows, b_cols, b_cols,
+                          &B16));
         DDP_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
             cb->cublas, op_b, op_a, N, M, K, &alpha, B16, CUDA_R_16BF, b_cols, stride_b, A16,
             CUDA_R_16BF, a_cols, stride_a, &beta, C, CUDA_R_32F, N, stride_c, batch,

@@ -22,16 +22,20 @@ extern "C" {
 /* Blocks of the first pass of the sum-of-squares reduction (and doubles of scratch). */
 #define DDP_CUDA_REDUCE_BLOCKS 1024
 
+/* Slots of device scratch (ddp_cuda_workspace): the bf16 copies of gemm's A and B, and the
+ * per-channel partial sums of the conv-net ops. Each is used by one op at a time. */
+enum { DDP_CUDA_WS_GEMM_A, DDP_CUDA_WS_GEMM_B, DDP_CUDA_WS_SUMS, DDP_CUDA_WORKSPACES };
+
 typedef struct {
-    struct ddp_backend base; /* first: the registry and wrappers see only this */
-    int device;              /* CUDA device ordinal */
-    cudaStream_t stream;     /* every op is queued here, in call order */
-    cublasHandle_t cublas;   /* bound to `stream` */
-    int mem_pools;           /* device supports stream-ordered allocation */
-    double *partials;        /* (DDP_CUDA_REDUCE_BLOCKS + 1) device doubles for sumsq */
-    double *host_result;     /* one pinned double: the sumsq result copied back */
-    void *ws[2];             /* bf16 copies of gemm's A and B, grown on demand */
-    size_t ws_bytes[2];
+    struct ddp_backend base;       /* first: the registry and wrappers see only this */
+    int device;                    /* CUDA device ordinal */
+    cudaStream_t stream;           /* every op is queued here, in call order */
+    cublasHandle_t cublas;         /* bound to `stream` */
+    int mem_pools;                 /* device supports stream-ordered allocation */
+    double *partials;              /* (DDP_CUDA_REDUCE_BLOCKS + 1) device doubles for sumsq */
+    double *host_result;           /* one pinned double: the sumsq result copied back */
+    void *ws[DDP_CUDA_WORKSPACES]; /* device scratch by slot, grown on demand */
+    size_t ws_bytes[DDP_CUDA_WORKSPACES];
 } ddp_cuda_backend;
 
 /* Makes the backend's GPU current in the calling thread. Every op calls it first, so
@@ -57,12 +61,17 @@ unsigned int ddp_cuda_blocks(size_t n, unsigned int threads);
 
 /* ddp_cuda_<op> for every op of ddp/backend_ops.h, each defined in the file of its op
  * family: cuda_gemm.cu, cuda_elementwise.cu, cuda_loss.cu, cuda_gather.cu,
- * cuda_convert.cu, cuda_reduce.cu, cuda_optim.cu, cuda_transformer.cu. */
+ * cuda_convert.cu, cuda_reduce.cu, cuda_optim.cu, cuda_transformer.cu, cuda_conv.cu. */
 #define DDP_CUDA_DECLARE(name, params, args, check, noop) ddp_status ddp_cuda_##name params;
 DDP_BACKEND_OPS(DDP_CUDA_DECLARE)
 #undef DDP_CUDA_DECLARE
 
-/* cuda_gemm.cu: frees the bf16 workspaces. */
+/* cuda_gemm.cu: *out = workspace slot `slot` (DDP_CUDA_WS_*), grown to at least `bytes`
+ * first. Growing is ordered on the backend's stream, so earlier ops still using the old
+ * buffer finish first. The caller has made the backend's GPU current. */
+ddp_status ddp_cuda_workspace(ddp_cuda_backend *cb, int slot, size_t bytes, void **out);
+
+/* cuda_gemm.cu: frees the workspaces. */
 void ddp_cuda_gemm_release(ddp_cuda_backend *cb);
 
 /* cuda_gemm.cu: C_i (M, N) = alpha op(A_i) op(B_i) + beta C_i for i < batch, in the
