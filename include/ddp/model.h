@@ -125,7 +125,8 @@ double ddp_model_flops_per_sample(const ddp_model *m);
  * biases 0, normalization weights 1. */
 ddp_status ddp_model_init_params(ddp_model *m, uint64_t seed);
 
-/* Forward pass over one batch (n <= max_batch samples, t <= max positions). With
+/* Forward pass over one batch (n <= max_batch samples, t <= max positions), whose arrays
+ * must stay valid until the backward that follows (it reads the inputs again). With
  * targets, adds the summed cross-entropy loss of all n * t predictions to stats[0] and
  * the number of correct arg-max predictions to stats[1] (device, 2 floats). In
  * DDP_MODE_TRAIN with grad_scale != 0 it also keeps the gradient of grad_scale * the

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "backend/backend_impl.h"
+#include "backend/cpu_math.h"
 
 typedef struct {
     struct ddp_backend base;
@@ -57,7 +58,8 @@ ddp_status ddp_cpu_gemm(ddp_backend *b, int ta, int tb, int M, int N, int K, flo
     return DDP_OK;
 }
 
-ddp_status ddp_cpu_bias_add(ddp_backend *b, float *y, const float *bias, int N, int C) {
+DDP_CPU_CLONES ddp_status ddp_cpu_bias_add(ddp_backend *b, float *y, const float *bias, int N,
+                                           int C) {
     for (int i = 0; i < N; i++) {
         float *row = y + (size_t)i * C;
         for (int j = 0; j < C; j++)
@@ -66,7 +68,8 @@ ddp_status ddp_cpu_bias_add(ddp_backend *b, float *y, const float *bias, int N, 
     return DDP_OK;
 }
 
-ddp_status ddp_cpu_bias_grad(ddp_backend *b, float *dbias, const float *dy, int N, int C) {
+DDP_CPU_CLONES ddp_status ddp_cpu_bias_grad(ddp_backend *b, float *dbias, const float *dy, int N,
+                                            int C) {
     /* Row-major walk with float partial sums per column: N is a micro-batch (small),
      * so the rounding matches the CUDA column reduction to well within tolerance. */
     for (int i = 0; i < N; i++) {
@@ -83,17 +86,18 @@ ddp_status ddp_cpu_bias_grad(ddp_backend *b, float *dbias, const float *dy, int 
 
 static inline float gelu(float x) {
     float u = GELU_K * (x + GELU_C * x * x * x);
-    return 0.5f * x * (1.0f + tanhf(u));
+    return 0.5f * x * (1.0f + ddp_tanhf(u));
 }
 
 static inline float gelu_grad(float x) {
     float u = GELU_K * (x + GELU_C * x * x * x);
-    float t = tanhf(u);
+    float t = ddp_tanhf(u);
     float du = GELU_K * (1.0f + 3.0f * GELU_C * x * x);
     return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
 }
 
-ddp_status ddp_cpu_act_forward(ddp_backend *b, ddp_act act, const float *x, float *y, size_t n) {
+DDP_CPU_CLONES ddp_status ddp_cpu_act_forward(ddp_backend *b, ddp_act act, const float *x, float *y,
+                                              size_t n) {
     if (act == DDP_ACT_RELU)
         for (size_t i = 0; i < n; i++)
             y[i] = x[i] > 0.0f ? x[i] : 0.0f;
@@ -103,8 +107,8 @@ ddp_status ddp_cpu_act_forward(ddp_backend *b, ddp_act act, const float *x, floa
     return DDP_OK;
 }
 
-ddp_status ddp_cpu_act_backward(ddp_backend *b, ddp_act act, const float *x, const float *dy,
-                                float *dx, size_t n) {
+DDP_CPU_CLONES ddp_status ddp_cpu_act_backward(ddp_backend *b, ddp_act act, const float *x,
+                                               const float *dy, float *dx, size_t n) {
     if (act == DDP_ACT_RELU)
         for (size_t i = 0; i < n; i++)
             dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
@@ -162,7 +166,8 @@ ddp_status ddp_cpu_scale(ddp_backend *b, float *x, size_t n, float alpha) {
     return DDP_OK;
 }
 
-ddp_status ddp_cpu_add(ddp_backend *b, float *y, const float *a, const float *c, size_t n) {
+DDP_CPU_CLONES ddp_status ddp_cpu_add(ddp_backend *b, float *y, const float *a, const float *c,
+                                      size_t n) {
     for (size_t i = 0; i < n; i++)
         y[i] = a[i] + c[i];
     return DDP_OK;
@@ -242,8 +247,8 @@ static const ddp_backend_ops cpu_ops = {.name = "cpu",
                                         .copy = cpu_copy,
                                         .zero = cpu_zero,
                                         .sync = cpu_sync,
-    .get_threads = cpu_get_threads,
-    .set_threads = cpu_set_threads,
+                                        .get_threads = cpu_get_threads,
+                                        .set_threads = cpu_set_threads,
 #define DDP_CPU_ENTRY(name, params, args, check, noop) .name = ddp_cpu_##name,
                                         DDP_BACKEND_OPS(DDP_CPU_ENTRY)
 #undef DDP_CPU_ENTRY

@@ -119,8 +119,10 @@ static void bench_train_tables(ddp_cli_bench_train_options *o, ddp_cli_table t[2
 ddp_status ddp_cli_parse_bench_train(int argc, char **argv, ddp_cli_bench_train_options *o) {
     memset(o, 0, sizeof *o);
     ddp_train_config_defaults_for(&o->cli.train, ddp_cli_model_kind(argc, argv));
-    /* No --data means the synthetic dataset: the directory stays empty unless given. */
+    /* No --data means the synthetic dataset: the directory stays empty unless given. And
+     * only a --steps given here counts the timed steps, not a model's default run length. */
     o->cli.train.data_dir[0] = '\0';
+    o->cli.train.max_steps = 0;
     o->warmup_steps = 5;
     o->bench_steps = 20;
     ddp_cli_table t[2];

@@ -28,6 +28,7 @@ typedef struct {
     ddp_backend *b;
     ddp_model *m;
     int32_t tok[B * T], tgt[B * T];
+    int32_t btok[B * T], btgt[B * T]; /* the batch of the last forward (read by backward) */
     size_t np;
 } fixture;
 
@@ -65,13 +66,12 @@ static void fixture_init(fixture *f, ddp_backend *b, uint64_t seed) {
 /* Train-mode forward over the first n sequences of length t; the mean loss over the
  * n * t predictions, with its gradient kept for backward. */
 static double forward_loss(fixture *f, size_t n, size_t t) {
-    int32_t tok[B * T], tgt[B * T];
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < t; j++) {
-            tok[i * t + j] = f->tok[i * T + j];
-            tgt[i * t + j] = f->tgt[i * T + j];
+            f->btok[i * t + j] = f->tok[i * T + j];
+            f->btgt[i * t + j] = f->tgt[i * T + j];
         }
-    ddp_batch batch = {.n = n, .t = t, .tokens = tok, .targets = tgt};
+    ddp_batch batch = {.n = n, .t = t, .tokens = f->btok, .targets = f->btgt};
     float stats[2] = {0, 0};
     assert_int_equal(ddp_model_forward(f->m, &batch, DDP_MODE_TRAIN, 1.0f / (float)(n * t), stats),
                      DDP_OK);
@@ -108,8 +108,8 @@ static void check_gradients(size_t t, uint64_t seed, ddp_backend *b) {
                 const ddp_param_view *pv = ddp_model_view(f.m, v);
                 if (i >= pv->offset && i < pv->offset + pv->count) name = pv->name;
             }
-            fail_msg("t=%zu: d loss / d param %zu (%s) = %.6g, finite difference %.6g", t, i,
-                     name, grad[i], fd);
+            fail_msg("t=%zu: d loss / d param %zu (%s) = %.6g, finite difference %.6g", t, i, name,
+                     grad[i], fd);
         }
         if (err > worst) worst = err;
         norm += (double)grad[i] * grad[i];
