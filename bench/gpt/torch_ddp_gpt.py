@@ -2,7 +2,11 @@
 """PyTorch DistributedDataParallel reference for `ddp-bench train --model gpt` on the CPU.
 
   OPENBLAS_NUM_THREADS=1 /usr/bin/python3 -m torch.distributed.run --standalone \\
-      --nproc_per_node 2 bench/gpt/torch_ddp_gpt.py --threads 1 [--json FILE]
+      --nproc_per_node 2 --redirects 2 --tee 2 bench/gpt/torch_ddp_gpt.py --threads 1
+  OPENBLAS_NUM_THREADS=2 /usr/bin/python3 bench/gpt/torch_ddp_gpt.py --threads 2  # 1 rank
+
+(--redirects 2 --tee 2: the launcher's default of 0 fails with Debian's torch 1.13 on
+Python 3.11; bench_vs_torch.sh says why.)
 
 Trains the same GPT as ddp's defaults for --model gpt (4 blocks, width 256, 4 heads,
 context 128, bytes as tokens; tests/model/torch_gpt.py) on the same text with the same
@@ -83,8 +87,8 @@ def main():
     ap.add_argument("--no-allreduce", action="store_true",
                     help="skip gradient averaging (DDP's no_sync): the ceiling of N ranks")
     ap.add_argument("--profile", action="store_true",
-                    help="after the timed steps, 5 more under torch.profiler; the table of "
-                         "operators by self CPU time goes to stderr (rank 0)")
+                    help="after the timed steps, 5 more under torch.profiler; operators by "
+                         "self CPU time per step go to stderr (rank 0)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
 
@@ -159,13 +163,18 @@ def main():
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 
+        n = 5
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for i in range(5):
+            for i in range(n):
                 step(a.warmup_steps + a.bench_steps + i)
         if rank == 0:
-            print("per step (5 steps profiled; divide totals by 5):", file=sys.stderr)
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30),
-                  file=sys.stderr)
+            ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+            total = sum(e.self_cpu_time_total for e in ops) / n / 1e3
+            print("operators by self CPU time, ms per step (%d steps profiled, %.1f ms per "
+                  "step in all):" % (n, total), file=sys.stderr)
+            for e in ops[:30]:
+                print("  %8.2f ms  %6d calls  %s" % (e.self_cpu_time_total / n / 1e3,
+                                                     e.count // n, e.key), file=sys.stderr)
 
     if rank == 0:
         w = wall.item()
@@ -198,7 +207,14 @@ def main():
             with open(a.json, "w") as f:
                 json.dump(out, f, indent=2)
     if distributed:
-        dist.destroy_process_group()
+        # Every rank is done with collectives here. Then exit without destroy_process_group:
+        # in Debian's torch 1.13 it sometimes never returns on a rank whose peer has already
+        # exited (the gloo group's destructor joins a thread that waits forever, while the
+        # store client's thread spins on the closed socket at 100% of a core).
+        dist.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@
  * tensor. ddp replays them with its model, loss and optimizer (the trainer's pieces) and
  * must agree on every loss within 1e-4 relative and on every tensor's gradient within
  * 1e-4 relative (normwise per tensor). Float32 rounding alone moves them by ~1e-7 (the
- * file's metadata records the float32 run against float64), while a wrong LayerNorm
- * epsilon, attention scale, activation or bias correction moves them by 1e-3 or more.
+ * file's metadata records PyTorch's float32 run against float64; ddp measured 1e-7 and
+ * 5e-7). Measured on bugs put in on purpose: LayerNorm eps 1e-6 or no 1/sqrt(head size)
+ * in attention moves step 1's gradients by 1.3e-2 and 1.4e-2, while the losses of this
+ * small, freshly initialized model move by only 6e-5 (the gradients are the sharper
+ * check); weight decay on every tensor moves the tenth loss by 3.2e-4.
  * Needs the file only, not PyTorch.
  */
 #include <jansson.h>
