@@ -12,6 +12,13 @@
 
 /* The last error message contains s. */
 #define assert_msg_has(s) assert_non_null(strstr(ddp_error_message(), (s)))
+/* expr, a ddp call, succeeds; otherwise the test fails printing the error trace. */
+#define OK(expr)                                                                                   \
+    do {                                                                                           \
+        ddp_status ok_s_ = (expr);                                                                 \
+        if (ok_s_ != DDP_OK) print_error("%s\n%s\n", #expr, ddp_error_trace_str());                \
+        assert_int_equal(ok_s_, DDP_OK);                                                           \
+    } while (0)
 #define assert_near(got, want, tol)                                                                \
     assert_near_at((double)(got), (double)(want), (tol), #got, __FILE__, __LINE__)
 

@@ -84,6 +84,20 @@ ddp_status ddp_backend_gemm_peak(ddp_backend *b, double seconds, double *flops);
 
 /* ---- compute ------------------------------------------------------------------------ */
 
+/* The shape of a 2-D convolution over images in channels-last layout (N, H, W, C). */
+typedef struct {
+    int N, H, W, Cin, Cout, KH, KW, stride, pad;
+} ddp_conv_shape;
+/* The shape of a max pooling over (N, H, W, C): K x K windows, no padding. */
+typedef struct {
+    int N, H, W, C, K, stride;
+} ddp_pool_shape;
+/* Output size of a convolution or pooling along one axis: (in + 2 pad - k) / stride + 1,
+ * or 0 when the kernel does not fit. */
+static inline int ddp_conv_out(int in, int k, int stride, int pad) {
+    return stride > 0 && in + 2 * pad >= k ? (in + 2 * pad - k) / stride + 1 : 0;
+}
+
 /* ddp_status ddp_backend_<op>(ddp_backend *b, ...) for every op of the list in
  * ddp/backend_ops.h, where each is documented. Invalid arguments fail with
  * DDP_ERR_INVALID_ARG and a message; an op the backend lacks with DDP_ERR_UNSUPPORTED. */

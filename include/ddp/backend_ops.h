@@ -29,6 +29,13 @@
 #ifndef DDP_BACKEND_OPS_H
 #define DDP_BACKEND_OPS_H
 
+/* Floats of workspace of conv2d_forward and conv2d_backward: the image patches of the
+ * whole batch as rows, (N Ho Wo, Cin KH KW). */
+#define DDP_CONV_WORK(s)                                                                           \
+    ((size_t)(s)->N * (size_t)ddp_conv_out((s)->H, (s)->KH, (s)->stride, (s)->pad) *               \
+     (size_t)ddp_conv_out((s)->W, (s)->KW, (s)->stride, (s)->pad) * (size_t)(s)->Cin *             \
+     (size_t)(s)->KH * (size_t)(s)->KW)
+
 /* Floats of workspace that attention_forward and attention_backward need for a batch
  * of B sequences of T positions, C channels and NH heads. */
 #define DDP_ATTENTION_WORK(B, T, C, NH)                                                            \
@@ -77,6 +84,10 @@
     /* x *= alpha, n elements. */                                                                  \
     X(scale, (ddp_backend * b, float *x, size_t n, float alpha), (b, x, n, alpha), DDP_OK,         \
       n == 0)                                                                                      \
+    /* y (batch, cols, rows) = each x (batch, rows, cols) transposed, written; y != x. (The      \
+     * flatten of channels-last images into PyTorch's channel-major order, and back.) */           \
+    X(transpose, (ddp_backend * b, float *y, const float *x, int batch, int rows, int cols),       \
+      (b, y, x, batch, rows, cols), check_dims2(rows, cols), batch == 0)                          \
     /* y = a + c, n elements; y may equal a or c (a residual connection, or y += c). */           \
     X(add, (ddp_backend * b, float *y, const float *a, const float *c, size_t n),                  \
       (b, y, a, c, n), DDP_OK, n == 0)                                                             \
@@ -146,7 +157,67 @@
     X(attention_backward,                                                                          \
       (ddp_backend * b, float *dqkv, const float *dout, const float *qkv, const float *att,        \
        float *work, int B, int T, int C, int NH),                                                  \
-      (b, dqkv, dout, qkv, att, work, B, T, C, NH), check_heads(B, T, C, NH), B == 0)
+      (b, dqkv, dout, qkv, att, work, B, T, C, NH), check_heads(B, T, C, NH), B == 0)            \
+    /* 2-D convolution of images in channels-last layout: x (N, H, W, Cin) with weight         \
+     * (Cout, Cin, KH, KW) (PyTorch's layout) and bias (Cout) at stride s and zero padding p     \
+     * gives y (N, Ho, Wo, Cout), Ho = (H + 2p - KH) / s + 1 (likewise Wo), written. work       \
+     * holds DDP_CONV_WORK(shape) floats of scratch. Shapes whose kernel does not fit the       \
+     * padded input are refused. */                                                            \
+    X(conv2d_forward,                                                                              \
+      (ddp_backend * b, float *y, const float *x, const float *w, const float *bias,              \
+       float *work, const ddp_conv_shape *s),                                                      \
+      (b, y, x, w, bias, work, s), check_conv(s), s->N == 0)                                        \
+    /* Its backward from dy (N, Ho, Wo, Cout): dw (Cout, Cin, KH, KW) +=, dbias (Cout) +=, and    \
+     * dx (N, H, W, Cin) written when not NULL. */                                                 \
+    X(conv2d_backward,                                                                             \
+      (ddp_backend * b, float *dx, float *dw, float *dbias, const float *dy, const float *x,      \
+       const float *w, float *work, const ddp_conv_shape *s),                                      \
+      (b, dx, dw, dbias, dy, x, w, work, s), check_conv(s), s->N == 0)                              \
+    /* Max pooling of x (N, H, W, C) over K x K windows at the given stride, no padding:          \
+     * y (N, Ho, Wo, C), Ho = (H - K) / stride + 1; arg (N, Ho, Wo, C) receives the index in x     \
+     * of each maximum (the first, on ties), for the backward. */                                  \
+    X(maxpool_forward,                                                                             \
+      (ddp_backend * b, float *y, int32_t *arg, const float *x, const ddp_pool_shape *s),         \
+      (b, y, arg, x, s), check_pool(s), s->N == 0)                                                  \
+    /* Its backward: dx (N, H, W, C) written: each element the sum of the dy of the windows        \
+     * whose maximum it was (0 for the others). */                                                 \
+    X(maxpool_backward,                                                                            \
+      (ddp_backend * b, float *dx, const float *dy, const int32_t *arg, const ddp_pool_shape *s), \
+      (b, dx, dy, arg, s), check_pool(s), s->N == 0)                                                \
+    /* Batch normalization, per channel over the rows of x (rows, C) (rows = N H W). First the    \
+     * sums: sums (2, C) doubles = (sum of x, sum of x^2) over the rows, written; a synchronized   \
+     * batch norm adds them up over ranks before the statistics. */                                \
+    X(bn_sums, (ddp_backend * b, double *sums, const float *x, int rows, int C),                  \
+      (b, sums, x, rows, C), check_dims2(rows, C), 0)                                               \
+    /* The statistics of the batch from sums over `count` rows: mean (C) and rstd (C) = 1 /        \
+     * sqrt(biased variance + eps), and running (2, C) = (mean, variance) moved towards the        \
+     * batch's: running = (1 - momentum) running + momentum (mean, unbiased variance), as          \
+     * PyTorch does. With count 0 (evaluation) mean and rstd come from running instead, which     \
+     * stays as it is. */                                                                          \
+    X(bn_stats,                                                                                    \
+      (ddp_backend * b, float *mean, float *rstd, float *running, const double *sums,             \
+       double count, float eps, float momentum, int C),                                            \
+      (b, mean, rstd, running, sums, count, eps, momentum, C), check_positive("channels", C), 0)  \
+    /* y (rows, C) = (x - mean) rstd gamma + beta, written; y may equal x. */                      \
+    X(bn_normalize,                                                                                \
+      (ddp_backend * b, float *y, const float *x, const float *mean, const float *rstd,           \
+       const float *gamma, const float *beta, int rows, int C),                                    \
+      (b, y, x, mean, rstd, gamma, beta, rows, C), check_dims2(rows, C), rows == 0)                 \
+    /* The backward's sums: sums (2, C) doubles = (sum of dy, sum of dy xhat) over the rows,       \
+     * xhat = (x - mean) rstd, written; and this batch's parameter gradients from them, dgamma    \
+     * (C) += sum of dy xhat and dbeta (C) += sum of dy (local: the gradient all-reduce sums      \
+     * them over ranks). */                                                                        \
+    X(bn_backward_sums,                                                                            \
+      (ddp_backend * b, double *sums, float *dgamma, float *dbeta, const float *dy,               \
+       const float *x, const float *mean, const float *rstd, int rows, int C),                     \
+      (b, sums, dgamma, dbeta, dy, x, mean, rstd, rows, C), check_dims2(rows, C), 0)               \
+    /* dx (rows, C) = gamma rstd (dy - sums[0] / count - xhat sums[1] / count), written, with     \
+     * the sums of bn_backward_sums over `count` rows (added up over ranks when synchronized).    \
+     * dx may equal dy. */                                                                         \
+    X(bn_backward_input,                                                                           \
+      (ddp_backend * b, float *dx, const float *dy, const float *x, const float *mean,            \
+       const float *rstd, const float *gamma, const double *sums, double count, int rows, int C),  \
+      (b, dx, dy, x, mean, rstd, gamma, sums, count, rows, C), check_dims2(rows, C), rows == 0)
 /* clang-format on */
 
 #endif

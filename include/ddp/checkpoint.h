@@ -8,13 +8,15 @@
  * state is stored because there is none to store: the shuffle order of an epoch is
  * derived from (seed, epoch) alone, so the cursor (epoch, step in epoch) recreates it.
  *
- * File layout (version 1; integers little-endian; docs/checkpoints.md has the table):
+ * File layout (version 2; integers little-endian; docs/checkpoints.md has the table):
  *   "DDPCKPT\0", u32 version, u32 fingerprint (CRC-32 of the settings text),
  *   u32 length + settings text, u32 length + model description, u64 parameters,
  *   u64 global batch, u32 ranks of the writer, i64 step, u64 epoch, u64 sampler epoch,
  *   u64 sampler step, i64 schedule length, u32 optimizer kind, u32 state buffers,
- *   i64 optimizer steps, u64 elements per state buffer, zero padding to a multiple of
- *   64 bytes, float32 parameters, float32 state buffers, u32 CRC-32 of all bytes before.
+ *   i64 optimizer steps, u64 elements per state buffer, u64 elements of the model's
+ *   buffers (version 2 only), zero padding to a multiple of 64 bytes, float32 parameters,
+ *   float32 state buffers, float32 model buffers (running statistics; version 2), u32
+ *   CRC-32 of all bytes before.
  *
  * Files are named ckpt-<step, 8 digits>.ddp and appear only complete: rank 0 writes a
  * hidden temporary file, syncs it, renames it into place and syncs the directory, so a
@@ -32,7 +34,7 @@ extern "C" {
 #endif
 
 #define DDP_CKPT_MAGIC   "DDPCKPT" /* 8 bytes with its terminating zero */
-#define DDP_CKPT_VERSION 1u
+#define DDP_CKPT_VERSION 2u        /* version 1, without buffers, is read too */
 
 /* What a checkpoint says about itself. The pointers point into the buffer that was
  * parsed; the texts are not zero-terminated; the arrays may be unaligned (copy them). */
@@ -53,9 +55,11 @@ typedef struct {
     uint32_t optim_kind;                  /* ddp_optim_kind */
     uint32_t num_states;                  /* optimizer state buffers */
     int64_t optim_steps;
-    uint64_t state_size; /* elements per state buffer */
-    const void *params;  /* (num_params) float32 */
-    const void *states;  /* (num_states, state_size) float32 */
+    uint64_t state_size;  /* elements per state buffer */
+    uint64_t num_buffers; /* elements of the model's buffers (version 2; 0 in version 1) */
+    const void *params;   /* (num_params) float32 */
+    const void *states;   /* (num_states, state_size) float32 */
+    const void *buffers;  /* (num_buffers) float32 */
 } ddp_checkpoint_info;
 
 /* Checks a checkpoint image in memory: magic, CRC, version, and that every field lies
@@ -103,18 +107,23 @@ ddp_status ddp_trainer_load_checkpoint(ddp_trainer *t, const char *path);
  * length, devices, communication, logging), plus the training set's size and labels. */
 size_t ddp_checkpoint_settings(const ddp_trainer *t, char *buf, size_t cap);
 
-/* Writes the parameters as safetensors: u64 header length, a JSON header naming every
- * tensor of the model's views ("fc0.weight" (out, in), "fc0.bias" (out), ...) with
- * dtype F32, shape and data_offsets, plus "__metadata__" {"model": description}, padded
- * with spaces to a multiple of 8, then the float32 data. Not collective. */
-ddp_status ddp_safetensors_write(const ddp_model *m, const float *host_params, const char *path);
+/* Writes the parameters and the buffers (host copies; buffers may be NULL for a model
+ * without any) as safetensors: u64 header length, a JSON header naming every tensor of
+ * the model's views, then of its buffer views ("fc0.weight" (out, in), "fc0.bias" (out),
+ * ...), with dtype F32, shape and data_offsets, plus "__metadata__" {"model":
+ * description}, padded with spaces to a multiple of 8, then the float32 data. Not
+ * collective. */
+ddp_status ddp_safetensors_write(const ddp_model *m, const float *host_params,
+                                 const float *host_buffers, const char *path);
 /* The model description stored in a safetensors file's metadata (as written by
  * ddp_safetensors_write), into describe. Not collective. */
 ddp_status ddp_safetensors_model(const char *path, char *describe, size_t cap);
 /* Reads every tensor of the model's views from a safetensors file into host (num_params
- * floats, at the views' offsets), checking names, dtype F32, shapes and byte ranges; a
- * file of another model fails naming the tensor. Not collective. */
-ddp_status ddp_safetensors_read(const ddp_model *m, const char *path, float *host);
+ * floats, at the views' offsets) and of its buffer views into host_buffers, checking
+ * names, dtype F32, shapes and byte ranges; a file of another model fails naming the
+ * tensor. Not collective. */
+ddp_status ddp_safetensors_read(const ddp_model *m, const char *path, float *host,
+                                float *host_buffers);
 /* The trainer's parameters through ddp_safetensors_write. Not collective (rank 0). */
 ddp_status ddp_trainer_export(ddp_trainer *t, const char *path);
 

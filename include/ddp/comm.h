@@ -65,6 +65,12 @@ enum {
     DDP_COMM_CAP_THREADS = 1u << 1,
 };
 unsigned ddp_comm_caps(const ddp_comm *c);
+/* The kind that made it (MPI, NCCL, local), to make another of the same kind. */
+ddp_comm_kind ddp_comm_kind_of(const ddp_comm *c);
+/* Names what this communicator's all-reduces are for: in the watchdog's message ("allreduce
+ * of the <label> at step 12 did not complete ...") and, as "<tag>_allreduce", for the
+ * fault injection of tests (DDP_INJECT_FAULT, DDP_INJECT_DELAY). Not collective. */
+void ddp_comm_set_label(ddp_comm *c, const char *tag, const char *label);
 int ddp_comm_rank(const ddp_comm *c);
 int ddp_comm_size(const ddp_comm *c);
 /* Rank among the ranks on this node, and their number (from MPI_COMM_TYPE_SHARED). */

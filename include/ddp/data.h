@@ -52,11 +52,12 @@ ddp_status ddp_idx_read(const char *path, ddp_idx *out);
 void ddp_idx_free(ddp_idx *idx);
 
 typedef struct {
-    size_t n;        /* number of samples */
-    size_t dim;      /* features per sample */
-    int num_classes; /* labels are in [0, num_classes) */
-    float *x;        /* (n, dim), pixels scaled to [0, 1] */
-    int32_t *y;      /* (n) */
+    size_t n;             /* number of samples */
+    size_t dim;           /* features per sample */
+    size_t height, width; /* images: dim = height * width (one channel); 0 when not images */
+    int num_classes;      /* labels are in [0, num_classes) */
+    float *x;             /* (n, dim), pixels scaled to [0, 1] */
+    int32_t *y;           /* (n) */
 } ddp_dataset;
 
 /* Loads an image file (u8, n x rows x cols) and a label file (u8, n) into a dataset,

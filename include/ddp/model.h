@@ -15,15 +15,18 @@
  * flat buffers, the named views, the loss statistics and the ready callbacks; which
  * network it is shows only in ddp_model_describe, the text every rank compares.
  *
- * Kinds: "mlp" (features (N, D) -> [Linear -> act] x hidden -> Linear -> classes) and
+ * Kinds: "mlp" (features (N, D) -> [Linear -> act] x hidden -> Linear -> classes),
  * "gpt" (tokens (B, T) -> token + position embedding -> pre-LayerNorm transformer blocks
  * with causal self-attention and a GELU MLP -> LayerNorm -> logits through the tied
- * embedding; one prediction per position).
+ * embedding; one prediction per position) and "cnn" (images (N, H, W, C), channels last
+ * -> [conv -> batch norm -> ReLU -> 2x2 max pool] x stages -> flatten (in PyTorch's
+ * channel-major order) -> [Linear -> act] x hidden -> Linear -> classes).
  */
 #ifndef DDP_MODEL_H
 #define DDP_MODEL_H
 
 #include "ddp/backend.h"
+#include "ddp/comm.h"
 #include "ddp/core.h"
 
 #ifdef __cplusplus
@@ -33,7 +36,9 @@ extern "C" {
 #define DDP_MAX_HIDDEN 16
 #define DDP_MAX_DIMS   4
 
-typedef enum { DDP_MODEL_MLP = 0, DDP_MODEL_GPT } ddp_model_kind;
+#define DDP_MAX_CONV 8
+
+typedef enum { DDP_MODEL_MLP = 0, DDP_MODEL_GPT, DDP_MODEL_CNN } ddp_model_kind;
 
 /* The shape of a model: the fields of its kind are used, the others ignored. */
 typedef struct {
@@ -46,6 +51,13 @@ typedef struct {
     int num_classes;
     /* gpt: blocks, width, attention heads, context length (positions), vocabulary */
     int layers, dim, heads, ctx, vocab;
+    /* cnn: convolution stages (each conv kernel x kernel, padding kernel / 2, then batch
+     * norm, ReLU and 2 x 2 max pooling) of conv[i] channels, then the MLP part (hidden,
+     * act) on the flattened features; the image geometry comes from the data */
+    int n_conv;
+    int conv[DDP_MAX_CONV];
+    int kernel;
+    int height, width, channels;
     /* weight decay on every tensor; by default only on matrices and the token embedding,
      * not on biases, normalization parameters and position embeddings */
     int decay_all;
@@ -106,11 +118,17 @@ float *ddp_model_params(ddp_model *m); /* device, (num_params) */
 float *ddp_model_grads(ddp_model *m);  /* device, (num_params) */
 int ddp_model_num_views(const ddp_model *m);
 const ddp_param_view *ddp_model_view(const ddp_model *m, int i);
-/* Buffers: state that is not trained (none in the MLP and the GPT). */
+/* Buffers: state that is not trained (running statistics of batch norm; none in the MLP
+ * and the GPT). */
 size_t ddp_model_num_buffer_elems(const ddp_model *m);
 float *ddp_model_buffers(ddp_model *m); /* device, (num_buffer_elems), or NULL */
 int ddp_model_num_buffer_views(const ddp_model *m);
 const ddp_param_view *ddp_model_buffer_view(const ddp_model *m, int i);
+/* Gives the layers that communicate in forward and backward (synchronized batch norm)
+ * their communicator: one of their own, since another thread (the reducer's) may be
+ * all-reducing gradients on the trainer's at the same time. Without one they compute on
+ * this rank's batch alone. */
+void ddp_model_set_comm(ddp_model *m, ddp_comm *comm);
 /* A text that identifies the kind and every shape option ("mlp 784-256-128-10 relu",
  * "gpt L4 C256 H4 T128 V256"); ddp_model_spec_parse reads it back. */
 const char *ddp_model_describe(const ddp_model *m);

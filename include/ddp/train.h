@@ -49,12 +49,19 @@ typedef struct {
     ddp_comm_kind comm;
     ddp_math math;
     int threads; /* BLAS threads per rank; 0 = cores / local ranks */
+    /* batch norm over the global batch: its statistics all-reduced in forward and
+     * backward on a communicator of its own (the CNN) */
+    int sync_bn;
     /* gradient communication */
     ddp_reducer_options reducer;
     int on_nonfinite; /* DDP_NONFINITE_ABORT or DDP_NONFINITE_SKIP */
     /* output */
     int log_every;  /* steps between progress lines and metrics records */
     int eval_every; /* steps between evaluations; 0 = end of each epoch */
+    /* Text: evaluations before the last cover the first eval_tokens predictions of the
+     * validation split (exactly once over all ranks); the last covers all of it. 0 = all
+     * every time. */
+    int64_t eval_tokens;
     int check_sync; /* steps between bitwise parameter checks; 0 = never */
     char metrics_path[DDP_PATH_MAX];
     char trace_path[DDP_PATH_MAX]; /* Chrome trace events, one file per rank */
@@ -116,6 +123,9 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *stats);
 /* Accuracy and mean loss on the test set, every sample counted once over all ranks.
  * COLLECTIVE. */
 ddp_status ddp_trainer_evaluate(ddp_trainer *t, double *accuracy, double *loss);
+/* The same over the part of the evaluation set that cfg.eval_tokens allows (text; the
+ * whole set with full set, or for samples). COLLECTIVE. */
+ddp_status ddp_trainer_evaluate_part(ddp_trainer *t, int full, double *accuracy, double *loss);
 /* Verifies that parameters are bitwise identical on all ranks; DDP_ERR_MISMATCH names
  * the first rank that differs from rank 0. COLLECTIVE. */
 ddp_status ddp_trainer_check_sync(ddp_trainer *t);
@@ -128,6 +138,8 @@ ddp_model *ddp_trainer_model(ddp_trainer *t);
  * (ddp_comm_alloc_shared), so that their all-reduce sends no message; 0 when they are in
  * the model's own buffer (one rank, several nodes, a GPU, no room in /dev/shm). */
 int ddp_trainer_grads_shared(const ddp_trainer *t);
+/* The mean loss per prediction of the last evaluation of ddp_trainer_run (< 0: none). */
+double ddp_trainer_last_eval_loss(const ddp_trainer *t);
 /* Copies the parameters to host memory (n = ddp_model_num_params). */
 ddp_status ddp_trainer_get_params(ddp_trainer *t, float *host);
 

@@ -144,6 +144,30 @@ static ddp_status check_heads(int B, int T, int C, int NH) {
     return DDP_OK;
 }
 
+static ddp_status check_conv(const ddp_conv_shape *s) {
+    if (s->N < 0 || s->H < 1 || s->W < 1 || s->Cin < 1 || s->Cout < 1 || s->KH < 1 || s->KW < 1 ||
+        s->stride < 1 || s->pad < 0)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "conv2d: impossible shape (N %d, H %d, W %d, Cin %d, Cout %d, kernel "
+                        "%dx%d, stride %d, pad %d)",
+                        s->N, s->H, s->W, s->Cin, s->Cout, s->KH, s->KW, s->stride, s->pad);
+    if (ddp_conv_out(s->H, s->KH, s->stride, s->pad) < 1 ||
+        ddp_conv_out(s->W, s->KW, s->stride, s->pad) < 1)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "conv2d: a %dx%d kernel does not fit an input of %dx%d with padding %d",
+                        s->KH, s->KW, s->H, s->W, s->pad);
+    return DDP_OK;
+}
+
+static ddp_status check_pool(const ddp_pool_shape *s) {
+    if (s->N < 0 || s->C < 1 || s->K < 1 || s->stride < 1 || s->H < s->K || s->W < s->K)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "maxpool: a %dx%d window (stride %d) does not fit an input of %dx%d "
+                        "with %d channels",
+                        s->K, s->K, s->stride, s->H, s->W, s->C);
+    return DDP_OK;
+}
+
 /* ddp_backend_<op>: check, skip when there is nothing to do, dispatch. */
 #define DDP_OP_WRAPPER(name, params, args, check, noop)                                            \
     ddp_status ddp_backend_##name params {                                                         \

@@ -47,10 +47,11 @@ ddp_status ddp_cpu_gemm(ddp_backend *b, int ta, int tb, int M, int N, int K, flo
                         const float *A, int lda, const float *B, int ldb, float beta, float *C,
                         int ldc) {
     if (K == 0) {
-        /* BLAS leaves C untouched when K = 0 only for beta = 1; make it explicit. */
+        /* BLAS leaves C untouched when K = 0 only for beta = 1; make it explicit. With
+         * beta 0, C is not read (it may hold NaN), as the op list promises. */
         for (int i = 0; i < M; i++)
             for (int j = 0; j < N; j++)
-                C[(size_t)i * ldc + j] *= beta;
+                C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
         return DDP_OK;
     }
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
@@ -84,16 +85,24 @@ DDP_CPU_CLONES ddp_status ddp_cpu_bias_grad(ddp_backend *b, float *dbias, const 
 #define GELU_K 0.7978845608028654f /* sqrt(2 / pi) */
 #define GELU_C 0.044715f
 
+/* With u = sqrt(2/pi) (x + 0.044715 x^3) and e = exp(2u): 0.5 (1 + tanh u) = e / (1 + e)
+ * and 1 - tanh^2 u = 4 e / (1 + e)^2, so GELU and its derivative come from one exp
+ * without the cancellation of 1 - tanh^2 near saturation. */
+static inline float gelu_e(float x) {
+    float u2 = 2.0f * GELU_K * (x + GELU_C * x * x * x);
+    return ddp_expf(u2 < -80.0f ? -80.0f : u2 > 80.0f ? 80.0f : u2);
+}
+
 static inline float gelu(float x) {
-    float u = GELU_K * (x + GELU_C * x * x * x);
-    return 0.5f * x * (1.0f + ddp_tanhf(u));
+    float e = gelu_e(x);
+    return x * (e / (1.0f + e));
 }
 
 static inline float gelu_grad(float x) {
-    float u = GELU_K * (x + GELU_C * x * x * x);
-    float t = ddp_tanhf(u);
+    float e = gelu_e(x), d = 1.0f + e;
     float du = GELU_K * (1.0f + 3.0f * GELU_C * x * x);
-    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+    /* (1 + e)^2 overflows to inf for large u, where the second term is 0 anyway. */
+    return e / d + 2.0f * x * du * (e / (d * d));
 }
 
 DDP_CPU_CLONES ddp_status ddp_cpu_act_forward(ddp_backend *b, ddp_act act, const float *x, float *y,
@@ -166,6 +175,22 @@ ddp_status ddp_cpu_scale(ddp_backend *b, float *x, size_t n, float alpha) {
     return DDP_OK;
 }
 
+ddp_status ddp_cpu_transpose(ddp_backend *b, float *y, const float *x, int batch, int rows,
+                             int cols) {
+    /* Tiles of 16 x 16 keep both the reads and the writes within a few cache lines. */
+    enum { TILE = 16 };
+    for (int n = 0; n < batch; n++) {
+        const float *xs = x + (size_t)n * rows * cols;
+        float *ys = y + (size_t)n * rows * cols;
+        for (int r0 = 0; r0 < rows; r0 += TILE)
+            for (int c0 = 0; c0 < cols; c0 += TILE)
+                for (int r = r0; r < r0 + TILE && r < rows; r++)
+                    for (int c = c0; c < c0 + TILE && c < cols; c++)
+                        ys[(size_t)c * rows + r] = xs[(size_t)r * cols + c];
+    }
+    return DDP_OK;
+}
+
 DDP_CPU_CLONES ddp_status ddp_cpu_add(ddp_backend *b, float *y, const float *a, const float *c,
                                       size_t n) {
     for (size_t i = 0; i < n; i++)
@@ -196,7 +221,9 @@ ddp_status ddp_cpu_bf16_to_f32(ddp_backend *b, const uint16_t *x, float *y, size
 ddp_status ddp_cpu_sumsq(ddp_backend *b, const float *x, size_t n, double *out) {
     /* dsdot: float inputs, double accumulation, vectorized by the BLAS (a plain loop
      * with a double accumulator cannot be reordered by the compiler and is ~3x slower).
-     * Chunks keep the count within the BLAS integer. NaN and inf propagate. */
+     * OpenBLAS's Haswell and SkylakeX kernels round each product to float before adding
+     * it: a relative error of at most 2^-24. Chunks keep the count within the BLAS
+     * integer. NaN and inf propagate. */
     double s = 0.0;
     const size_t chunk = (size_t)1 << 30;
     for (size_t i = 0; i < n; i += chunk) {

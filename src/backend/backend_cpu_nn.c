@@ -2,187 +2,383 @@
  * The CPU backend's transformer ops: token and position embedding, layer normalization
  * and causal multi-head self-attention (ddp/backend_ops.h says what each computes).
  *
- * Inner loops run over the channels of one row with float accumulators, which the
- * compiler vectorizes; the attention's products are BLAS calls on strided views of qkv,
- * so no copy of q, k or v is made.
+ * These run on every step of a GPT trained on the CPU, so they are written for speed as
+ * well as clarity: the attention's products are BLAS calls on strided views of qkv (no
+ * copies, and the upper triangle that the causal mask zeroes is skipped block by block);
+ * everything else is single-threaded loops over the channels. Elementwise loops are plain
+ * C that gcc -O3 vectorizes. Reductions are written with explicit 4-float vectors (GNU C
+ * vector extensions, SSE or NEON): 16 independent float partial sums, added up in a fixed
+ * order at the end, so every result is deterministic. Left to the compiler, a sum is not
+ * vectorized at all (that would reorder it), and an array of partial sums is vectorized
+ * or not, well or eight times slower, depending on what else the loop does.
  */
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "backend/backend_impl.h"
-#include "backend/cpu_math.h"
+
+/* The ops whose loops are bound by arithmetic rather than memory are compiled three times,
+ * for AVX-512, for AVX2 and for any x86-64, and the dynamic loader picks the widest that
+ * the CPU has (GNU ifunc): the default build targets the oldest x86-64, whose 4-float
+ * vectors left layer norm slower than PyTorch's AVX2 kernels. None of the three enables
+ * FMA and every reduction has a fixed order, so all three give the same bits. Helpers are
+ * always inlined: a wide copy cannot inline a plain function by itself, and a call into
+ * 4-float code from it costs more than the wide loops gain. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define WIDE_LOOPS __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define WIDE_LOOPS
+#endif
+#define INLINE static inline __attribute__((always_inline))
+
+/* ---- reductions and other building blocks ----------------------------------------------- */
+
+/* Eight floats: one AVX register, two SSE ones. Reductions keep two of them, 16 lanes of
+ * partial sums in every instruction set. Vectors are loaded with memcpy (unaligned) and
+ * passed by pointer: by value their ABI would depend on the instruction set. */
+typedef float vec8 __attribute__((vector_size(32)));
+typedef int32_t vec8i __attribute__((vector_size(32)));
+#define LOAD8(v, p) memcpy(&(v), (p), sizeof(vec8))
+
+/* The total of 16 partial sums, as a fixed pairwise tree. */
+INLINE float total16(const vec8 *a0, const vec8 *a1) {
+    vec8 s = *a0 + *a1;
+    return ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+}
+
+/* Each reduction below: two vector accumulators over blocks of 16 floats, the last
+ * n % 16 in a scalar tail added at the end. */
+
+INLINE float sum_of(const float *restrict x, int n) {
+    vec8 a0 = {0}, a1 = {0}, v0, v1;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        LOAD8(v0, x + i);
+        LOAD8(v1, x + i + 8);
+        a0 += v0;
+        a1 += v1;
+    }
+    float tail = 0.0f;
+    for (; i < n; i++)
+        tail += x[i];
+    return total16(&a0, &a1) + tail;
+}
+
+/* sum of (x - c)^2: the second pass of a two-pass variance. */
+INLINE float sum_sq_dev(const float *restrict x, float c, int n) {
+    vec8 a0 = {0}, a1 = {0}, v0, v1;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        LOAD8(v0, x + i);
+        LOAD8(v1, x + i + 8);
+        v0 -= c;
+        v1 -= c;
+        a0 += v0 * v0;
+        a1 += v1 * v1;
+    }
+    float tail = 0.0f;
+    for (; i < n; i++)
+        tail += (x[i] - c) * (x[i] - c);
+    return total16(&a0, &a1) + tail;
+}
+
+INLINE float dot_of(const float *restrict a, const float *restrict b, int n) {
+    vec8 a0 = {0}, a1 = {0}, u0, u1, v0, v1;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        LOAD8(u0, a + i);
+        LOAD8(u1, a + i + 8);
+        LOAD8(v0, b + i);
+        LOAD8(v1, b + i + 8);
+        a0 += u0 * v0;
+        a1 += u1 * v1;
+    }
+    float tail = 0.0f;
+    for (; i < n; i++)
+        tail += a[i] * b[i];
+    return total16(&a0, &a1) + tail;
+}
+
+/* The two sums of a layer norm's backward in one pass over a row: with g = w dy,
+ * sums[0] = sum of g and sums[1] = sum of g (x - m). */
+INLINE void ln_grad_sums(const float *restrict w, const float *restrict dy, const float *restrict x,
+                         float m, int n, float sums[2]) {
+    vec8 a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, g0, g1, v0, v1;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        LOAD8(g0, w + i);
+        LOAD8(g1, w + i + 8);
+        LOAD8(v0, dy + i);
+        LOAD8(v1, dy + i + 8);
+        g0 *= v0;
+        g1 *= v1;
+        a0 += g0;
+        a1 += g1;
+        LOAD8(v0, x + i);
+        LOAD8(v1, x + i + 8);
+        b0 += g0 * (v0 - m);
+        b1 += g1 * (v1 - m);
+    }
+    float ta = 0.0f, tb = 0.0f;
+    for (; i < n; i++) {
+        ta += w[i] * dy[i];
+        tb += w[i] * dy[i] * (x[i] - m);
+    }
+    sums[0] = total16(&a0, &a1) + ta;
+    sums[1] = total16(&b0, &b1) + tb;
+}
+
+/* Lane by lane, *acc = *v where *v > *acc. */
+INLINE void max8(vec8 *acc, const vec8 *v) {
+    vec8i gt = *v > *acc; /* all ones where true */
+    *acc = (vec8)((gt & (vec8i)*v) | (~gt & (vec8i)*acc));
+}
+
+/* The largest of x[0..n), n >= 1. A NaN is passed over here; it still reaches the
+ * softmax through the exponentials and makes its row NaN. */
+INLINE float max_of(const float *restrict x, int n) {
+    vec8 a0 = (vec8){0} + x[0], a1 = a0, v0, v1; /* x[0] in every lane */
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        LOAD8(v0, x + i);
+        LOAD8(v1, x + i + 8);
+        max8(&a0, &v0);
+        max8(&a1, &v1);
+    }
+    max8(&a0, &a1);
+    float mx = a0[0];
+    for (int k = 1; k < 8; k++)
+        mx = a0[k] > mx ? a0[k] : mx;
+    for (; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    return mx;
+}
+
+INLINE void add_into(float *restrict y, const float *restrict x, int n) {
+    for (int i = 0; i < n; i++)
+        y[i] += x[i];
+}
+
+/* e^x for x <= 0 (a softmax's x - max) within 1 ulp (measured over every float in
+ * [-87, 0]), written so that the compiler vectorizes a loop of it: libm's expf is a call
+ * per element, and one attention forward at our training shape takes a million of them,
+ * as long as its matrix products. Cephes' method: x = n ln2 + r with |r| <= ln2 / 2, e^r
+ * by a polynomial, 2^n put into the exponent bits. Below -87, e^x is under the smallest
+ * normal float: 0. A NaN stays NaN. */
+INLINE float exp_nonpositive(float x) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float xc = x < -87.0f ? -87.0f : x;
+    float t = xc * 1.44269504088896341f + magic;
+    float n = t - magic;
+    float r = xc - n * 0.693359375f; /* ln2 in two parts, so that n ln2 is exact enough */
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    /* t holds magic + n exactly, so n is the difference of the bit patterns. */
+    uint32_t tbits, bits;
+    memcpy(&tbits, &t, sizeof tbits);
+    bits = (tbits - 0x4b400000u + 127u) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    /* The two selects here become vector blends only because this file is built with
+     * -fno-trapping-math (CMakeLists.txt); otherwise they stay branches and the loop
+     * stays scalar. */
+    float y = p * two_n;
+    return x < -87.0f ? 0.0f : y;
+}
+
+/* ---- token and position embedding ------------------------------------------------------ */
+
+ddp_status ddp_cpu_encoder_forward(ddp_backend *b, float *out, const int32_t *tokens,
+                                   const float *wte, const float *wpe, int B, int T, int C) {
+    for (int bt = 0; bt < B * T; bt++) {
+        const float *restrict te = wte + (size_t)tokens[bt] * C; /* (C) */
+        const float *restrict pe = wpe + (size_t)(bt % T) * C;   /* (C) */
+        float *restrict o = out + (size_t)bt * C;                /* (C) */
+        for (int i = 0; i < C; i++)
+            o[i] = te[i] + pe[i];
+    }
+    return DDP_OK;
+}
+
+ddp_status ddp_cpu_encoder_backward(ddp_backend *b, float *dwte, float *dwpe, const float *dout,
+                                    const int32_t *tokens, int B, int T, int C) {
+    /* One pass in (b, t) order for both gradients: each row of dout is read once, and a
+     * token's rows are added in the order the op promises. */
+    for (int bt = 0; bt < B * T; bt++) {
+        const float *d = dout + (size_t)bt * C; /* (C) */
+        if (dwte) add_into(dwte + (size_t)tokens[bt] * C, d, C);
+        if (dwpe) add_into(dwpe + (size_t)(bt % T) * C, d, C);
+    }
+    return DDP_OK;
+}
+
+/* ---- layer normalization --------------------------------------------------------------- */
 
 #define LN_EPS 1e-5f
 
-DDP_CPU_CLONES ddp_status ddp_cpu_encoder_forward(ddp_backend *b, float *out, const int32_t *tokens,
-                                                  const float *wte, const float *wpe, int B, int T,
-                                                  int C) {
-    for (int i = 0; i < B; i++)
-        for (int t = 0; t < T; t++) {
-            float *o = out + ((size_t)i * T + t) * C;
-            const float *e = wte + (size_t)tokens[(size_t)i * T + t] * C, *p = wpe + (size_t)t * C;
-            for (int c = 0; c < C; c++)
-                o[c] = e[c] + p[c];
-        }
+WIDE_LOOPS ddp_status ddp_cpu_layernorm_forward(ddp_backend *b, float *out, float *mean,
+                                                float *rstd, const float *inp, const float *weight,
+                                                const float *bias, int N, int C) {
+    /* Mean and variance in float, two passes: the variance as the mean of (x - mean)^2
+     * does not cancel the way E[x^2] - mean^2 does, and a sum over one row of C channels
+     * in 16 partial sums is short (C / 16 terms each), so double would buy little accuracy
+     * at half the vector width. */
+    for (int r = 0; r < N; r++) {
+        const float *restrict x = inp + (size_t)r * C; /* (C) */
+        float *restrict y = out + (size_t)r * C;       /* (C) */
+        float m = sum_of(x, C) / (float)C;
+        float s = 1.0f / sqrtf(sum_sq_dev(x, m, C) / (float)C + LN_EPS);
+        for (int i = 0; i < C; i++)
+            y[i] = (x[i] - m) * s * weight[i] + bias[i];
+        mean[r] = m;
+        rstd[r] = s;
+    }
     return DDP_OK;
 }
 
-DDP_CPU_CLONES ddp_status ddp_cpu_encoder_backward(ddp_backend *b, float *dwte, float *dwpe,
-                                                   const float *dout, const int32_t *tokens, int B,
-                                                   int T, int C) {
-    /* In (b, t) order, so a token that occurs twice sums its rows in a fixed order. */
-    for (int i = 0; i < B; i++)
-        for (int t = 0; t < T; t++) {
-            const float *d = dout + ((size_t)i * T + t) * C;
-            if (dwte) {
-                float *g = dwte + (size_t)tokens[(size_t)i * T + t] * C;
-                for (int c = 0; c < C; c++)
-                    g[c] += d[c];
+/* Rows per block of the weight and bias gradients (see below). */
+enum { LN_ROWS = 64 };
+
+WIDE_LOOPS ddp_status ddp_cpu_layernorm_backward(ddp_backend *b, float *dinp, float *dweight,
+                                                 float *dbias, const float *dout, const float *inp,
+                                                 const float *weight, const float *mean,
+                                                 const float *rstd, int N, int C) {
+    /* The weight and bias gradients are sums over all N = B * T rows (4096 at our training
+     * shape). Adding each row straight into them would grow the rounding error with N;
+     * summing blocks of LN_ROWS rows apart and then adding each block's sum bounds the
+     * chain at LN_ROWS + N / LN_ROWS additions, at the cost of 2C floats of scratch. */
+    float *part = malloc(2 * (size_t)C * sizeof *part);
+    if (!part)
+        return DDP_FAIL(DDP_ERR_NOMEM, "layernorm_backward: no memory for %d channels of scratch",
+                        C);
+    float *restrict pw = part, *restrict pb = part + C; /* (C), (C) */
+    for (int r0 = 0; r0 < N; r0 += LN_ROWS) {
+        int r1 = r0 + LN_ROWS < N ? r0 + LN_ROWS : N;
+        memset(part, 0, 2 * (size_t)C * sizeof *part);
+        for (int r = r0; r < r1; r++) {
+            const float *restrict x = inp + (size_t)r * C;   /* (C) */
+            const float *restrict dy = dout + (size_t)r * C; /* (C) */
+            float *restrict dx = dinp + (size_t)r * C;       /* (C) */
+            float m = mean[r], s = rstd[r];
+            /* With n = (x - m) s and g = weight * dy, the input gradient is
+             * s (g - mean(g) - n mean(g n)). */
+            float sums[2];
+            ln_grad_sums(weight, dy, x, m, C, sums);
+            float g_mean = sums[0] / (float)C, gn_mean = sums[1] * s / (float)C;
+            for (int i = 0; i < C; i++) {
+                float n = (x[i] - m) * s;
+                dx[i] += (weight[i] * dy[i] - g_mean - n * gn_mean) * s;
+                pw[i] += n * dy[i];
+                pb[i] += dy[i];
             }
-            if (dwpe) {
-                float *g = dwpe + (size_t)t * C;
-                for (int c = 0; c < C; c++)
-                    g[c] += d[c];
-            }
         }
+        add_into(dweight, pw, C);
+        add_into(dbias, pb, C);
+    }
+    free(part);
     return DDP_OK;
 }
 
-DDP_CPU_CLONES ddp_status ddp_cpu_layernorm_forward(ddp_backend *b, float *out, float *mean,
-                                                    float *rstd, const float *inp,
-                                                    const float *weight, const float *bias, int N,
-                                                    int C) {
-    for (int i = 0; i < N; i++) {
-        const float *x = inp + (size_t)i * C;
-        float *y = out + (size_t)i * C;
-        /* Two passes (mean, then the squared deviations): no cancellation of a large
-         * mean, and both are short vectorized sums over one row. */
-        float m = 0.0f;
-        for (int c = 0; c < C; c++)
-            m += x[c];
-        m /= (float)C;
-        float v = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float d = x[c] - m;
-            v += d * d;
-        }
-        v /= (float)C;
-        float s = 1.0f / sqrtf(v + LN_EPS);
-        for (int c = 0; c < C; c++)
-            y[c] = (x[c] - m) * s * weight[c] + bias[c];
-        mean[i] = m;
-        rstd[i] = s;
-    }
-    return DDP_OK;
+/* ---- causal multi-head self-attention -------------------------------------------------- */
+
+/* Rows of the (T, T) score matrix per matrix product. A block of rows [r0, r1) needs only
+ * the columns t2 < r1, so the products skip the upper triangle a block at a time: with
+ * T = 128, four blocks do 10/16 of the full work. Smaller blocks would skip more but make
+ * calls too small for the BLAS to run at speed. */
+enum { ATT_ROWS = 32 };
+
+/* One row of the causal softmax in place: p (T) holds the scaled scores of a query at
+ * position t in its first n = t + 1 entries and leaves with their softmax there and zeros
+ * after them. */
+INLINE void softmax_causal_row(float *restrict p, int n, int T) {
+    float mx = max_of(p, n);
+    for (int i = 0; i < n; i++)
+        p[i] = exp_nonpositive(p[i] - mx);
+    float inv = 1.0f / sum_of(p, n);
+    for (int i = 0; i < n; i++)
+        p[i] *= inv;
+    for (int i = n; i < T; i++)
+        p[i] = 0.0f;
 }
 
-DDP_CPU_CLONES ddp_status ddp_cpu_layernorm_backward(ddp_backend *b, float *dinp, float *dweight,
-                                                     float *dbias, const float *dout,
-                                                     const float *inp, const float *weight,
-                                                     const float *mean, const float *rstd, int N,
-                                                     int C) {
-    for (int i = 0; i < N; i++) {
-        const float *x = inp + (size_t)i * C, *dy = dout + (size_t)i * C;
-        float *dx = dinp + (size_t)i * C;
-        float m = mean[i], s = rstd[i];
-        /* With n = (x - mean) rstd and g = weight * dy:
-         * dx = rstd (g - mean(g) - n mean(g n)). */
-        float gsum = 0.0f, gnsum = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float n = (x[c] - m) * s, g = weight[c] * dy[c];
-            gsum += g;
-            gnsum += g * n;
-        }
-        float gmean = gsum / (float)C, gnmean = gnsum / (float)C;
-        for (int c = 0; c < C; c++) {
-            float n = (x[c] - m) * s, g = weight[c] * dy[c];
-            dbias[c] += dy[c];
-            dweight[c] += n * dy[c];
-            dx[c] += (g - gmean - n * gnmean) * s;
-        }
-    }
-    return DDP_OK;
-}
-
-/* Softmax over each row t of scores (T, T) restricted to columns t2 <= t, in place; the
- * columns above the diagonal become 0. */
-static inline void causal_softmax(float *s, int T) {
-    for (int t = 0; t < T; t++) {
-        float *row = s + (size_t)t * T;
-        float mx = row[0];
-        for (int u = 1; u <= t; u++)
-            mx = row[u] > mx ? row[u] : mx;
-        float sum = 0.0f;
-        for (int u = 0; u <= t; u++) {
-            row[u] = ddp_expf(row[u] - mx);
-            sum += row[u];
-        }
-        float inv = 1.0f / sum;
-        for (int u = 0; u <= t; u++)
-            row[u] *= inv;
-        for (int u = t + 1; u < T; u++)
-            row[u] = 0.0f;
-    }
-}
-
-DDP_CPU_CLONES ddp_status ddp_cpu_attention_forward(ddp_backend *b, float *out, float *att,
-                                                    const float *qkv, float *work, int B, int T,
-                                                    int C, int NH) {
-    int hs = C / NH, ld = 3 * C;
-    float scale = 1.0f / sqrtf((float)hs);
-    for (int i = 0; i < B; i++)
+WIDE_LOOPS ddp_status ddp_cpu_attention_forward(ddp_backend *b, float *out, float *att,
+                                                const float *qkv, float *work, int B, int T, int C,
+                                                int NH) {
+    const int hs = C / NH, C3 = 3 * C;
+    const float scale = 1.0f / sqrtf((float)hs);
+    for (int bb = 0; bb < B; bb++)
         for (int h = 0; h < NH; h++) {
-            /* Head h's q, k, v: (T, hs) views of qkv with row stride 3C. */
-            const float *q = qkv + (size_t)i * T * ld + (size_t)h * hs, *k = q + C, *v = q + 2 * C;
-            float *p = att + ((size_t)i * NH + h) * T * T;
-            /* scores (T, T) = q k^T / sqrt(hs), then the causal softmax */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, ld, k, ld,
-                        0.0f, p, T);
-            causal_softmax(p, T);
-            /* out_h (T, hs) = att v, into head h's channels of out (row stride C) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, p, T, v, ld,
-                        0.0f, out + (size_t)i * T * C + (size_t)h * hs, C);
+            /* Head h's queries, keys and values: (T, hs) views with row stride 3C. */
+            const float *q = qkv + (size_t)bb * T * C3 + (size_t)h * hs;
+            const float *k = q + C, *v = q + 2 * C;
+            float *a = att + ((size_t)bb * NH + h) * T * T;       /* (T, T) */
+            float *o = out + (size_t)bb * T * C + (size_t)h * hs; /* (T, hs), row stride C */
+            for (int r0 = 0; r0 < T; r0 += ATT_ROWS) {
+                int r1 = r0 + ATT_ROWS < T ? r0 + ATT_ROWS : T, rows = r1 - r0;
+                /* scores of rows [r0, r1) against keys [0, r1): scale q k^T */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, r1, hs, scale,
+                            q + (size_t)r0 * C3, C3, k, C3, 0.0f, a + (size_t)r0 * T, T);
+                for (int t = r0; t < r1; t++)
+                    softmax_causal_row(a + (size_t)t * T, t + 1, T);
+                /* out rows [r0, r1) = P v over the keys [0, r1) (P is 0 beyond t) */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, r1, 1.0f,
+                            a + (size_t)r0 * T, T, v, C3, 0.0f, o + (size_t)r0 * C, C);
+            }
         }
     return DDP_OK;
 }
 
-DDP_CPU_CLONES ddp_status ddp_cpu_attention_backward(ddp_backend *b, float *dqkv, const float *dout,
-                                                     const float *qkv, const float *att,
-                                                     float *work, int B, int T, int C, int NH) {
-    int hs = C / NH, ld = 3 * C;
-    float scale = 1.0f / sqrtf((float)hs);
-    float *ds = work; /* (T, T): d att, then d scores */
-    for (int i = 0; i < B; i++)
+WIDE_LOOPS ddp_status ddp_cpu_attention_backward(ddp_backend *b, float *dqkv, const float *dout,
+                                                 const float *qkv, const float *att, float *work,
+                                                 int B, int T, int C, int NH) {
+    const int hs = C / NH, C3 = 3 * C;
+    const float scale = 1.0f / sqrtf((float)hs);
+    float *d = work; /* (T, T): dP, then in place the scores' gradient dS, one head at a time */
+    for (int bb = 0; bb < B; bb++)
         for (int h = 0; h < NH; h++) {
-            size_t head = (size_t)i * T * ld + (size_t)h * hs;
-            const float *q = qkv + head, *k = q + C, *v = q + 2 * C;
-            float *dq = dqkv + head, *dk = dq + C, *dv = dq + 2 * C;
-            const float *p = att + ((size_t)i * NH + h) * T * T;
-            const float *dy = dout + (size_t)i * T * C + (size_t)h * hs;
-            /* d att (T, T) = dy v^T;  dv (T, hs) = att^T dy */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, dy, C, v, ld, 0.0f,
-                        ds, T);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, p, T, dy, C, 0.0f,
-                        dv, ld);
-            /* Softmax backward per row, over the columns the softmax saw:
-             * d scores = att (d att - sum(att d att)) / sqrt(hs); 0 above the diagonal. */
-            for (int t = 0; t < T; t++) {
-                const float *pr = p + (size_t)t * T;
-                float *dr = ds + (size_t)t * T;
-                float dot = 0.0f;
-                for (int u = 0; u <= t; u++)
-                    dot += pr[u] * dr[u];
-                for (int u = 0; u <= t; u++)
-                    dr[u] = pr[u] * (dr[u] - dot) * scale;
-                for (int u = t + 1; u < T; u++)
-                    dr[u] = 0.0f;
+            size_t qoff = (size_t)bb * T * C3 + (size_t)h * hs;
+            const float *q = qkv + qoff, *k = q + C, *v = q + 2 * C;
+            float *dq = dqkv + qoff, *dk = dq + C, *dv = dq + 2 * C; /* (T, hs), stride 3C */
+            const float *a = att + ((size_t)bb * NH + h) * T * T;    /* (T, T) */
+            const float *dout_h = dout + (size_t)bb * T * C + (size_t)h * hs; /* stride C */
+            for (int r0 = 0; r0 < T; r0 += ATT_ROWS) {
+                int r1 = r0 + ATT_ROWS < T ? r0 + ATT_ROWS : T, rows = r1 - r0;
+                /* dP rows [r0, r1) over the keys [0, r1) = dout v^T */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, r1, hs, 1.0f,
+                            dout_h + (size_t)r0 * C, C, v, C3, 0.0f, d + (size_t)r0 * T, T);
+                /* Softmax backward: dS = P (dP - sum(P dP)), times the scores' scale so that
+                 * the products below need none. Past the diagonal dS is 0; the products read
+                 * it up to column r1, so those entries are written as zeros. */
+                for (int t = r0; t < r1; t++) {
+                    const float *restrict p = a + (size_t)t * T;
+                    float *restrict ds = d + (size_t)t * T;
+                    float s = dot_of(p, ds, t + 1);
+                    for (int i = 0; i <= t; i++)
+                        ds[i] = p[i] * (ds[i] - s) * scale;
+                    for (int i = t + 1; i < r1; i++)
+                        ds[i] = 0.0f;
+                }
+                /* dq rows [r0, r1) = dS k over the keys [0, r1) */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, r1, 1.0f,
+                            d + (size_t)r0 * T, T, k, C3, 0.0f, dq + (size_t)r0 * C3, C3);
             }
-            /* dq (T, hs) = d scores k;  dk (T, hs) = d scores^T q */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, ds, T, k, ld,
-                        0.0f, dq, ld);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, ds, T, q, ld, 0.0f,
-                        dk, ld);
+            /* dk and dv rows [c0, c1) (keys) take the queries [c0, T): dS^T q and P^T dout. */
+            for (int c0 = 0; c0 < T; c0 += ATT_ROWS) {
+                int c1 = c0 + ATT_ROWS < T ? c0 + ATT_ROWS : T, rows = c1 - c0;
+                size_t sub = (size_t)c0 * T + c0; /* rows [c0, T), columns [c0, c1) */
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, hs, T - c0, 1.0f,
+                            d + sub, T, q + (size_t)c0 * C3, C3, 0.0f, dk + (size_t)c0 * C3, C3);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, hs, T - c0, 1.0f,
+                            a + sub, T, dout_h + (size_t)c0 * C, C, 0.0f, dv + (size_t)c0 * C3, C3);
+            }
         }
     return DDP_OK;
 }

@@ -1,13 +1,13 @@
 /*
  * Elementwise math for the CPU backend's kernels, written so that the compiler
- * vectorizes the loops that call it (no calls into libm, no branches): exp and tanh to
- * within a few units in the last place of float, for GELU and the softmax.
+ * vectorizes the loops that call it (no calls into libm, no branches): exp to within a
+ * few units in the last place of float, for GELU.
  *
- * DDP_CPU_CLONES compiles a kernel three times, for AVX-512 (x86-64-v4), AVX2 with FMA
- * (x86-64-v3) and plain x86-64, and picks the one the CPU runs when the program starts.
- * Only forward and backward kernels take it: they feed local gradients, which the
- * all-reduce then makes the same on every rank. The optimizer's update, which every rank
- * must compute to the same bits even on different CPUs of one cluster, does not.
+ * DDP_CPU_CLONES compiles a kernel three times, for AVX-512 (x86-64-v4), AVX2 (x86-64-v3)
+ * and plain x86-64, and picks the one the CPU runs when the program starts. The files
+ * that use it are compiled without fused multiply-adds (CMakeLists.txt), so the three
+ * give the same bits. Only forward and backward kernels take it; the optimizer's update,
+ * which every rank must compute to the same bits on any CPU, stays plain.
  */
 #ifndef DDP_BACKEND_CPU_MATH_H
 #define DDP_BACKEND_CPU_MATH_H
@@ -43,15 +43,6 @@ static inline float ddp_expf(float y) {
     float two_k;
     memcpy(&two_k, &bits, sizeof two_k);
     return p * two_k;
-}
-
-/* tanh(u) = (e^2u - 1) / (e^2u + 1); beyond |u| = 9 it is +-1 to float precision. The
- * absolute error is below 1e-7 everywhere (near 0 the relative error grows, which GELU,
- * using 1 + tanh, does not see). */
-static inline float ddp_tanhf(float u) {
-    u = u < -9.0f ? -9.0f : u > 9.0f ? 9.0f : u;
-    float e = ddp_expf(2.0f * u);
-    return (e - 1.0f) / (e + 1.0f);
 }
 
 #endif

@@ -18,6 +18,7 @@ static ddp_status make_synthetic(size_t n, size_t dim, int classes, uint64_t str
     out->n = n;
     out->dim = dim;
     out->num_classes = classes;
+    if (dim == 784) out->height = out->width = 28; /* images, for a CNN */
     out->x = malloc(n * dim * sizeof(float));
     out->y = malloc(n * sizeof(int32_t));
     if (!out->x || !out->y) {

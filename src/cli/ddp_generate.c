@@ -51,7 +51,7 @@ static ddp_status load(const ddp_cli_generate_options *o, ddp_backend *b, ddp_mo
     float *host = m ? malloc(n * sizeof *host) : NULL;
     if (s == DDP_OK && !host) s = DDP_FAIL(DDP_ERR_NOMEM, "out of memory for the parameters");
     if (s == DDP_OK && o->safetensors[0]) {
-        s = ddp_safetensors_read(m, path, host);
+        s = ddp_safetensors_read(m, path, host, NULL); /* a GPT has no buffers */
     } else if (s == DDP_OK) {
         if (info.num_params != n)
             s = DDP_FAIL(DDP_ERR_FORMAT, "%s: %llu parameters for a model of %zu", path,

@@ -108,7 +108,13 @@ int main(int argc, char **argv) {
         ddp_log_error("aborting all %d ranks", world);
         ddp_comm_abort(ctrl, 1);
     }
-    if (accuracy >= 0.0) ddp_log_info("final test accuracy %.4f", accuracy);
+    if (accuracy >= 0.0 && cfg->model.kind == DDP_MODEL_GPT) {
+        double loss = ddp_trainer_last_eval_loss(trainer);
+        ddp_log_info("final validation loss %.4f (%.4f bits per byte), next-byte accuracy %.4f",
+                     loss, loss / 0.6931471805599453, accuracy);
+    } else if (accuracy >= 0.0) {
+        ddp_log_info("final test accuracy %.4f", accuracy);
+    }
     if (s == DDP_OK) s = ddp_trace_close();
     if (s == DDP_OK && opt.dump_params[0] && rank == 0) {
         s = dump_params(trainer, opt.dump_params);

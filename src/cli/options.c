@@ -48,8 +48,39 @@ static ddp_status parse_hidden(const char *name, const char *arg, void *field) {
     return DDP_OK;
 }
 
-static const char *const models[] = {"mlp", "gpt", NULL};
-static const int model_values[] = {DDP_MODEL_MLP, DDP_MODEL_GPT};
+static const char *const models[] = {"mlp", "gpt", "cnn", NULL};
+static const int model_values[] = {DDP_MODEL_MLP, DDP_MODEL_GPT, DDP_MODEL_CNN};
+
+/* --channels 32,64: the convolution stages of the CNN, 1 to DDP_MAX_CONV of them. */
+static ddp_status parse_channels(const char *name, const char *arg, void *field) {
+    ddp_model_spec *m = field;
+    int conv[DDP_MAX_CONV], n = 0;
+    const char *p = arg;
+    while (1) {
+        char *end;
+        if (n == DDP_MAX_CONV)
+            return DDP_FAIL(DDP_ERR_INVALID_ARG, "--%s '%s': at most %d stages", name, arg,
+                            DDP_MAX_CONV);
+        if (*p < '0' || *p > '9')
+            return DDP_FAIL(DDP_ERR_INVALID_ARG, "--%s '%s': expected channels like 32,64", name,
+                            arg);
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (errno || v < 1 || v > 65536)
+            return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                            "--%s '%s': expected channels from 1 to 65536, like 32,64", name, arg);
+        conv[n++] = (int)v;
+        if (*end == '\0') break;
+        if (*end != ',')
+            return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                            "--%s '%s': expected channels separated by commas, like 32,64", name,
+                            arg);
+        p = end + 1;
+    }
+    memcpy(m->conv, conv, (size_t)n * sizeof *conv);
+    m->n_conv = n;
+    return DDP_OK;
+}
 static const char *const acts[] = {"relu", "gelu", NULL};
 static const int act_values[] = {DDP_ACT_RELU, DDP_ACT_GELU};
 static const char *const optims[] = {"sgd", "adamw", NULL};
@@ -72,6 +103,7 @@ static const ddp_cli_opt train_opts[] = {
     OPT_HEADING("Model and data"),
     OPT(CHOICE, "model", train.model.kind, NULL,
         "mlp (default): an MLP on labelled images (--data);\n"
+        "cnn: a convolutional network with batch norm on them;\n"
         "gpt: a GPT language model on a text (--text); the\n"
         "other options' defaults follow the model",
         .choices = models, .values = model_values),
@@ -79,7 +111,19 @@ static const ddp_cli_opt train_opts[] = {
         "mlp: Fashion-MNIST/MNIST IDX files (default\n/usr/share/datasets/fashion-mnist)",
         .per_rank = 1),
     OPT(CUSTOM, "hidden", train.model, "LIST",
-        "mlp: hidden layer sizes, e.g. 256,128 (default); 'none'", .parse = parse_hidden),
+        "mlp, cnn: hidden dense layer sizes, e.g. 256,128 (the\n"
+        "MLP's default; the CNN's is 128); 'none' for none",
+        .parse = parse_hidden),
+    OPT(CUSTOM, "channels", train.model, "LIST",
+        "cnn: channels of the convolution stages (default 32,64);\n"
+        "each: conv, batch norm, ReLU, 2x2 max pooling",
+        .parse = parse_channels),
+    OPT(INT, "kernel", train.model.kernel, "K", "cnn: odd convolution kernel size (default 3)",
+        .lo = 1, .hi = 31),
+    OPT(FLAG, "sync-bn", train.sync_bn, NULL,
+        "cnn: batch-norm statistics over the global batch (all\n"
+        "ranks), not each rank's share",
+        .lo = 1),
     OPT(CHOICE, "act", train.model.act, NULL, "mlp: activation (default relu)", .choices = acts,
         .values = act_values),
     OPT(PATH, "text", train.text_path, "FILE",
@@ -163,6 +207,10 @@ static const ddp_cli_opt train_opts[] = {
     OPT_HEADING("Output"),
     OPT(INT, "log-every", train.log_every, "N", "steps between progress lines (default 50)",
         .lo = 1, .hi = 1 << 30),
+    OPT(U64, "eval-tokens", train.eval_tokens, "N",
+        "gpt: evaluations before the last predict the first N bytes\n"
+        "of the validation split (default 65536; 0 = all of it)",
+        .lo = 0, .hi = (uint64_t)1 << 40),
     OPT(INT, "eval-every", train.eval_every, "N",
         "steps between test evaluations (default: each epoch)", .lo = 1, .hi = 1 << 30),
     OPT(INT, "check-sync", train.check_sync, "N",
@@ -212,7 +260,10 @@ ddp_model_kind ddp_cli_model_kind(int argc, char **argv) {
             v = argv[i + 1];
         else if (strncmp(argv[i], "--model=", 8) == 0)
             v = argv[i] + 8;
-        if (v) kind = strcmp(v, "gpt") == 0 ? DDP_MODEL_GPT : DDP_MODEL_MLP;
+        if (v)
+            kind = strcmp(v, "gpt") == 0   ? DDP_MODEL_GPT
+                   : strcmp(v, "cnn") == 0 ? DDP_MODEL_CNN
+                                           : DDP_MODEL_MLP;
     }
     return kind;
 }

@@ -14,8 +14,9 @@
 /* Fault injection for tests: DDP_INJECT_FAULT="OP:RANK:N" makes the N-th call (1-based)
  * of operation OP (allreduce, iallreduce, broadcast, allgather, barrier) on rank RANK
  * fail with DDP_ERR_COMM, as a broken link would; OP comm_create makes the N-th
- * communicator creation fail locally, as an allocation would. Read once, at the first
- * call. */
+ * communicator creation fail locally, as an allocation would. A labelled communicator's
+ * all-reduces are called TAG_allreduce (ddp_comm_set_label): "bn_allreduce" for batch
+ * norm's. Read once, at the first call. */
 static struct {
     int parsed;
     char op[32];
@@ -90,6 +91,11 @@ size_t ddp_dtype_size(ddp_dtype t) {
 }
 
 const char *ddp_comm_name(const ddp_comm *c) { return c->ops->name; }
+ddp_comm_kind ddp_comm_kind_of(const ddp_comm *c) { return c->ops->kind; }
+void ddp_comm_set_label(ddp_comm *c, const char *tag, const char *label) {
+    snprintf(c->allreduce_tag, sizeof c->allreduce_tag, "%s_allreduce", tag);
+    snprintf(c->allreduce_what, sizeof c->allreduce_what, "allreduce of the %s", label);
+}
 unsigned ddp_comm_caps(const ddp_comm *c) {
     return c->ops->caps | (c->ops->dynamic_caps ? c->ops->dynamic_caps(c) : 0u);
 }
@@ -114,10 +120,10 @@ static ddp_status check_type(ddp_dtype t) {
 
 ddp_status ddp_comm_allreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t, ddp_redop op) {
     DDP_CHECK(check_type(t));
-    DDP_CHECK(maybe_inject(c, "allreduce"));
+    DDP_CHECK(maybe_inject(c, c->allreduce_tag[0] ? c->allreduce_tag : "allreduce"));
     if (count == 0) return DDP_OK;
     /* Every blocking call is watched: a peer that died or hangs would block it forever. */
-    int wd = ddp_watchdog_arm("allreduce");
+    int wd = ddp_watchdog_arm(c->allreduce_what[0] ? c->allreduce_what : "allreduce");
     ddp_status s = c->ops->allreduce(c, buf, count, t, op);
     ddp_watchdog_disarm(wd);
     DDP_CHECK(s);

@@ -12,6 +12,7 @@
 
 typedef struct {
     const char *name;
+    ddp_comm_kind kind;
     /* DDP_COMM_CAP_* bits that hold for every communicator of this kind; caps() may add
      * what depends on how the library was initialized. */
     unsigned caps;
@@ -39,6 +40,8 @@ struct ddp_comm {
     int rank, size;
     int local_rank, local_size;
     int sleeping_wait; /* see ddp_comm_sleeping_wait */
+    char allreduce_what[80]; /* what the watchdog names for an all-reduce ("" = "allreduce") */
+    char allreduce_tag[32];  /* its name for fault injection ("" = "allreduce") */
 };
 
 /* Constructors, called only by the registry (comm_registry.c). */

@@ -72,6 +72,7 @@ static void local_destroy(ddp_comm *c) { free(c); }
 
 static const ddp_comm_ops local_ops = {
     .name = "local",
+    .kind = DDP_COMM_LOCAL,
     .caps = DDP_COMM_CAP_THREADS, /* every collective is a local copy */
     .destroy = local_destroy,
     .allreduce = local_allreduce,

@@ -578,6 +578,7 @@ static unsigned mpi_dynamic_caps(const ddp_comm *c) {
 
 static const ddp_comm_ops mpi_ops = {
     .name = "mpi",
+    .kind = DDP_COMM_MPI,
     .caps = DDP_COMM_CAP_HOST_PROGRESS,
     .dynamic_caps = mpi_dynamic_caps,
     .destroy = mpi_destroy,

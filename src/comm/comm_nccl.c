@@ -532,6 +532,7 @@ static ddp_status bootstrap(nccl_comm *c, cudaUUID_t *all) {
 
 static const ddp_comm_ops nccl_ops = {
     .name = "nccl",
+    .kind = DDP_COMM_NCCL,
     /* Its work progresses on the GPU; a communication thread may enqueue it. */
     .caps = DDP_COMM_CAP_THREADS,
     .destroy = nccl_destroy,

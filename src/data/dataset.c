@@ -72,6 +72,8 @@ static ddp_status convert(const ddp_idx *im, const ddp_idx *lb, const char *labe
 
     out->n = n;
     out->dim = dim;
+    out->height = im->dims[1];
+    out->width = im->dims[2];
     out->num_classes = num_classes;
     out->x = x;
     out->y = y;

@@ -80,6 +80,14 @@ ddp_status ddp_model_add_layer(ddp_model *m, ddp_layer *l);
  * shape has ndim (1..4) dimensions. Returns its id in *id. */
 ddp_status ddp_model_add_param(ddp_model *m, const char *name, int ndim, const size_t *shape,
                                ddp_init init, int decay, int *id);
+/* Declares a buffer: state of the model that is not trained (running statistics), kept
+ * in a flat buffer of its own, saved in checkpoints and exports. Returns its id. */
+ddp_status ddp_model_add_buffer(ddp_model *m, const char *name, int ndim, const size_t *shape,
+                                ddp_init init, int *id);
+float *ddp_model_buf(ddp_model *m, int id);
+/* The communicator of layers that communicate (synchronized batch norm); NULL unless
+ * ddp_model_set_comm gave one. */
+ddp_comm *ddp_model_comm(ddp_model *m);
 /* Declares one more layer that uses (and contributes gradient to) tensor id. */
 void ddp_model_share_param(ddp_model *m, int id);
 /* The tensor's values and gradient (device), valid once the model is built. */
@@ -105,6 +113,13 @@ ddp_status ddp_model_build_mlp(ddp_model *m, const ddp_model_spec *spec, char *d
                                size_t cap);
 ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *describe,
                                size_t cap);
+ddp_status ddp_model_build_cnn(ddp_model *m, const ddp_model_spec *spec, char *describe,
+                               size_t cap);
+/* The MLP part of the MLP and the CNN: [Linear -> act] x hidden -> Linear -> classes from
+ * `in` features, its layers named fc0, fc1, ... after `first` layers; appends "256-128-10
+ * relu" style text to describe. */
+ddp_status ddp_model_add_mlp_head(ddp_model *m, const ddp_model_spec *spec, size_t in,
+                                  char *describe, size_t cap);
 
 /* Linear (y = x W^T + b, W (out, in)) and elementwise activation layers, for any kind.
  * Linear rows may be reported in slices (ddp_model_set_grad_slices). */

@@ -14,7 +14,7 @@
 #include "model/layer.h"
 
 typedef struct {
-    ddp_param_view view; /* name, offset, count, shape, decay */
+    ddp_param_view view; /* name, offset, count, shape, decay; in the parameters or buffers */
     ddp_init init;
     int uses; /* layers that contribute to its gradient */
     /* per backward pass */
@@ -30,10 +30,15 @@ struct ddp_model {
     ddp_layer **layers;
     int n_tensors, cap_tensors;
     tensor *tensors;
+    int n_buffers, cap_buffers;
+    tensor *buffers; /* state that is not trained: views into bufs */
     size_t num_params;
-    float *params; /* device (num_params) */
-    float *grads;  /* device (num_params) */
-    int own_grads; /* grads was allocated here (not given by ddp_model_use_grad_buffer) */
+    size_t num_buffer_elems;
+    float *bufs;    /* device (num_buffer_elems), NULL when there are none */
+    ddp_comm *comm; /* for layers that communicate in forward and backward; may be NULL */
+    float *params;  /* device (num_params) */
+    float *grads;   /* device (num_params) */
+    int own_grads;  /* grads was allocated here (not given by ddp_model_use_grad_buffer) */
     size_t max_batch, max_pos;
     /* the activation arena: each layer's output, each layer's saved tensors, the shared
      * scratch, the two backward buffers and the gradient of the logits */
@@ -56,7 +61,7 @@ struct ddp_model {
 /* ---- specs ----------------------------------------------------------------------------- */
 
 const char *ddp_model_kind_name(ddp_model_kind kind) {
-    return kind == DDP_MODEL_GPT ? "gpt" : "mlp";
+    return kind == DDP_MODEL_GPT ? "gpt" : kind == DDP_MODEL_CNN ? "cnn" : "mlp";
 }
 
 void ddp_model_spec_defaults(ddp_model_spec *spec, ddp_model_kind kind) {
@@ -71,6 +76,14 @@ void ddp_model_spec_defaults(ddp_model_spec *spec, ddp_model_kind kind) {
     spec->heads = 4;
     spec->ctx = 128;
     spec->vocab = 256;
+    spec->n_conv = 2;
+    spec->conv[0] = 32;
+    spec->conv[1] = 64;
+    spec->kernel = 3;
+    if (kind == DDP_MODEL_CNN) {
+        spec->n_hidden = 1;
+        spec->hidden[0] = 128;
+    }
 }
 
 ddp_status ddp_model_spec_parse(const char *text, ddp_model_spec *spec) {
@@ -84,6 +97,39 @@ ddp_status ddp_model_spec_parse(const char *text, ddp_model_spec *spec) {
             spec->ctx > 0 && spec->vocab > 1) {
             spec->num_classes = spec->vocab;
             return DDP_OK;
+        }
+    } else if (strncmp(text, "cnn ", 4) == 0) {
+        ddp_model_spec_defaults(spec, DDP_MODEL_CNN);
+        int n = 0;
+        if (sscanf(text, "cnn %dx%dx%d conv%n", &spec->height, &spec->width, &spec->channels, &n) ==
+            3) {
+            const char *p = text + n;
+            spec->n_conv = 0;
+            while (spec->n_conv < DDP_MAX_CONV) {
+                char *end;
+                long v = strtol(p, &end, 10);
+                if (end == p || v < 1) break;
+                spec->conv[spec->n_conv++] = (int)v;
+                p = end;
+                if (*p != ',') break;
+                p++;
+            }
+            int k = 0, m2 = 0;
+            /* The rest reads as an MLP's description: "fc 3136-128-10 relu". */
+            if (spec->n_conv > 0 && sscanf(p, " k%d fc %n", &k, &m2) == 1 && m2 > 0) {
+                char mlp[256];
+                snprintf(mlp, sizeof mlp, "mlp %s", p + m2);
+                ddp_model_spec head;
+                if (ddp_model_spec_parse(mlp, &head) == DDP_OK) {
+                    spec->kernel = k;
+                    spec->n_hidden = head.n_hidden;
+                    memcpy(spec->hidden, head.hidden, sizeof spec->hidden);
+                    spec->act = head.act;
+                    spec->num_classes = head.num_classes;
+                    return DDP_OK;
+                }
+                ddp_error_clear();
+            }
         }
     } else if (strncmp(text, "mlp ", 4) == 0) {
         ddp_model_spec_defaults(spec, DDP_MODEL_MLP);
@@ -111,8 +157,9 @@ ddp_status ddp_model_spec_parse(const char *text, ddp_model_spec *spec) {
         }
     }
     return DDP_FAIL(DDP_ERR_FORMAT,
-                    "model description '%s' is not one ddp writes (\"mlp 784-256-10 relu\" or "
-                    "\"gpt L4 C256 H4 T128 V256\")",
+                    "model description '%s' is not one ddp writes (\"mlp 784-256-10 relu\", "
+                    "\"gpt L4 C256 H4 T128 V256\" or \"cnn 28x28x1 conv32,64 k3 fc "
+                    "3136-128-10 relu\")",
                     text);
 }
 
@@ -169,6 +216,37 @@ ddp_status ddp_model_add_param(ddp_model *m, const char *name, int ndim, const s
     *id = m->n_tensors++;
     return DDP_OK;
 }
+
+ddp_status ddp_model_add_buffer(ddp_model *m, const char *name, int ndim, const size_t *shape,
+                                ddp_init init, int *id) {
+    if (ndim < 1 || ndim > DDP_MAX_DIMS || strlen(name) >= sizeof m->tensors[0].view.name)
+        return DDP_FAIL(DDP_ERR_INTERNAL, "model: buffer %s: %d dimensions or a long name", name,
+                        ndim);
+    if (m->n_buffers == m->cap_buffers) {
+        int cap = m->cap_buffers ? 2 * m->cap_buffers : 8;
+        tensor *grown = realloc(m->buffers, (size_t)cap * sizeof *grown);
+        if (!grown) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
+        m->buffers = grown;
+        m->cap_buffers = cap;
+    }
+    tensor *t = &m->buffers[m->n_buffers];
+    memset(t, 0, sizeof *t);
+    snprintf(t->view.name, sizeof t->view.name, "%s", name);
+    t->view.ndim = ndim;
+    size_t count = 1;
+    for (int d = 0; d < ndim; d++) {
+        t->view.shape[d] = shape[d];
+        count *= shape[d];
+    }
+    t->view.offset = m->num_buffer_elems;
+    t->view.count = count;
+    t->init = init;
+    m->num_buffer_elems += count;
+    *id = m->n_buffers++;
+    return DDP_OK;
+}
+
+float *ddp_model_buf(ddp_model *m, int id) { return m->bufs + m->buffers[id].view.offset; }
 
 void ddp_model_share_param(ddp_model *m, int id) { m->tensors[id].uses++; }
 float *ddp_model_w(ddp_model *m, int id) { return m->params + m->tensors[id].view.offset; }
@@ -236,6 +314,9 @@ static ddp_status allocate(ddp_model *m) {
     m->bwd[1] = p + rows * widest;
     p += 2 * rows * widest;
     m->dlogits = p;
+    if (m->num_buffer_elems > 0)
+        DDP_CHECK(
+            ddp_backend_alloc(m->backend, m->num_buffer_elems * sizeof(float), (void **)&m->bufs));
     DDP_CHECK(ddp_backend_alloc(m->backend, m->num_params * sizeof(float), (void **)&m->params));
     DDP_CHECK(ddp_backend_alloc(m->backend, m->num_params * sizeof(float), (void **)&m->grads));
     DDP_CHECK(ddp_backend_zero(m->backend, m->grads, m->num_params * sizeof(float)));
@@ -260,6 +341,7 @@ ddp_status ddp_model_create(ddp_backend *b, const ddp_model_spec *spec, size_t m
         m->max_pos = spec->ctx > 0 ? (size_t)spec->ctx : 1;
         s = ddp_model_build_gpt(m, spec, m->describe, sizeof m->describe);
         break;
+    case DDP_MODEL_CNN: s = ddp_model_build_cnn(m, spec, m->describe, sizeof m->describe); break;
     default: s = DDP_FAIL(DDP_ERR_INVALID_ARG, "model: unknown kind %d", (int)spec->kind);
     }
     if (s == DDP_OK && (m->n_layers == 0 || m->num_params == 0))
@@ -281,12 +363,14 @@ void ddp_model_free(ddp_model *m) {
     ddp_backend_dealloc(b, m->params);
     if (m->own_grads) ddp_backend_dealloc(b, m->grads);
     ddp_backend_dealloc(b, m->arena);
+    ddp_backend_dealloc(b, m->bufs);
     for (int i = 0; i < m->n_layers; i++) {
         if (m->layers[i]->ops->destroy) m->layers[i]->ops->destroy(m->layers[i]);
         free(m->layers[i]);
     }
     free(m->layers);
     free(m->tensors);
+    free(m->buffers);
     free(m->outs);
     free(m);
 }
@@ -314,25 +398,30 @@ int ddp_model_num_views(const ddp_model *m) { return m->n_tensors; }
 const ddp_param_view *ddp_model_view(const ddp_model *m, int i) {
     return i >= 0 && i < m->n_tensors ? &m->tensors[i].view : NULL;
 }
-size_t ddp_model_num_buffer_elems(const ddp_model *m) { return 0; }
-float *ddp_model_buffers(ddp_model *m) { return NULL; }
-int ddp_model_num_buffer_views(const ddp_model *m) { return 0; }
-const ddp_param_view *ddp_model_buffer_view(const ddp_model *m, int i) { return NULL; }
+size_t ddp_model_num_buffer_elems(const ddp_model *m) { return m->num_buffer_elems; }
+float *ddp_model_buffers(ddp_model *m) { return m->bufs; }
+int ddp_model_num_buffer_views(const ddp_model *m) { return m->n_buffers; }
+const ddp_param_view *ddp_model_buffer_view(const ddp_model *m, int i) {
+    return i >= 0 && i < m->n_buffers ? &m->buffers[i].view : NULL;
+}
+void ddp_model_set_comm(ddp_model *m, ddp_comm *comm) { m->comm = comm; }
+ddp_comm *ddp_model_comm(ddp_model *m) { return m->comm; }
 const char *ddp_model_describe(const ddp_model *m) { return m->describe; }
 double ddp_model_flops_per_sample(const ddp_model *m) { return m->flops; }
 const float *ddp_model_logits(const ddp_model *m) { return m->outs[m->n_layers - 1]; }
 
 /* ---- initialization ------------------------------------------------------------------ */
 
-ddp_status ddp_model_init_params(ddp_model *m, uint64_t seed) {
-    float *host = malloc(m->num_params * sizeof(float));
-    if (!host) return DDP_FAIL(DDP_ERR_NOMEM, "model init: out of memory");
-    for (int i = 0; i < m->n_tensors; i++) {
-        const tensor *t = &m->tensors[i];
+/* Writes the initial values of tensors ts[0..n) into host (laid out as their views say),
+ * with RNG stream first_stream + i for tensor i. */
+static void init_tensors(const tensor *ts, int n, uint64_t seed, uint64_t first_stream,
+                         float *host) {
+    for (int i = 0; i < n; i++) {
+        const tensor *t = &ts[i];
         float *w = host + t->view.offset;
         /* One RNG stream per tensor: a tensor's values do not depend on the others. */
         ddp_rng rng;
-        ddp_rng_seed(&rng, seed, (uint64_t)i);
+        ddp_rng_seed(&rng, seed, first_stream + (uint64_t)i);
         float std = t->init.std;
         if (t->init.kind == DDP_INIT_HE_NORMAL)
             std = sqrtf(2.0f / (float)t->view.shape[t->view.ndim - 1]);
@@ -344,8 +433,22 @@ ddp_status ddp_model_init_params(ddp_model *m, uint64_t seed) {
             }
         }
     }
+}
+
+ddp_status ddp_model_init_params(ddp_model *m, uint64_t seed) {
+    size_t n = m->num_params > m->num_buffer_elems ? m->num_params : m->num_buffer_elems;
+    float *host = malloc(n * sizeof(float));
+    if (!host) return DDP_FAIL(DDP_ERR_NOMEM, "model init: out of memory");
+    init_tensors(m->tensors, m->n_tensors, seed, 0, host);
     ddp_status s =
         ddp_backend_copy(m->backend, m->params, host, m->num_params * sizeof(float), DDP_COPY_H2D);
+    /* Buffers draw from streams after the parameters' (none draws today: they start at
+     * fixed values), so adding one never changes a parameter. */
+    if (s == DDP_OK && m->n_buffers > 0) {
+        init_tensors(m->buffers, m->n_buffers, seed, 1u << 20, host);
+        s = ddp_backend_copy(m->backend, m->bufs, host, m->num_buffer_elems * sizeof(float),
+                             DDP_COPY_H2D);
+    }
     if (s == DDP_OK) s = ddp_backend_sync(m->backend);
     free(host);
     DDP_CHECK(s);

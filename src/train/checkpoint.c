@@ -102,6 +102,9 @@ static ddp_status write_body(ddp_trainer *t, ddp_ckpt_writer *w, const unsigned 
     ddp_status s = put_device(t, w, ddp_model_params(t->model), t->num_params, host, CHUNK);
     for (int i = 0; s == DDP_OK && i < ddp_optim_num_states(t->optim); i++)
         s = put_device(t, w, ddp_optim_state(t->optim, i), ddp_optim_size(t->optim), host, CHUNK);
+    if (s == DDP_OK)
+        s = put_device(t, w, ddp_model_buffers(t->model), ddp_model_num_buffer_elems(t->model),
+                       host, CHUNK);
     free(host);
     DDP_CHECK(s);
     return DDP_OK;
@@ -130,6 +133,7 @@ static ddp_status write_checkpoint(ddp_trainer *t) {
         .num_states = (uint32_t)ddp_optim_num_states(t->optim),
         .optim_steps = ddp_optim_steps(t->optim),
         .state_size = ddp_optim_size(t->optim),
+        .num_buffers = ddp_model_num_buffer_elems(t->model),
     };
     unsigned char *header;
     size_t header_len;

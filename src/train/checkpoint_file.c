@@ -39,8 +39,9 @@ static void put64(unsigned char **p, uint64_t v) {
         *(*p)++ = (unsigned char)(v >> (8 * i));
 }
 
-static size_t header_bytes(size_t settings_len, size_t model_len) {
-    size_t n = DDP_CKPT_FIXED_BYTES + settings_len + model_len;
+static size_t header_bytes(uint32_t version, size_t settings_len, size_t model_len) {
+    size_t n =
+        (version >= 2 ? DDP_CKPT_FIXED_BYTES : DDP_CKPT_FIXED_BYTES - 8) + settings_len + model_len;
     return (n + DDP_CKPT_ALIGN - 1) / DDP_CKPT_ALIGN * DDP_CKPT_ALIGN;
 }
 
@@ -50,7 +51,7 @@ ddp_status ddp_ckpt_encode_header(const ddp_checkpoint_info *in, unsigned char *
                         "checkpoint header: texts of %zu and %zu bytes, %u "
                         "state buffers exceed the format's limits",
                         in->settings_len, in->model_len, in->num_states);
-    size_t n = header_bytes(in->settings_len, in->model_len);
+    size_t n = header_bytes(DDP_CKPT_VERSION, in->settings_len, in->model_len);
     unsigned char *buf = calloc(1, n), *p = buf;
     if (!buf) return DDP_FAIL(DDP_ERR_NOMEM, "checkpoint header: out of memory");
     memcpy(p, DDP_CKPT_MAGIC, 8);
@@ -75,6 +76,7 @@ ddp_status ddp_ckpt_encode_header(const ddp_checkpoint_info *in, unsigned char *
     put32(&p, in->num_states);
     put64(&p, (uint64_t)in->optim_steps);
     put64(&p, in->state_size);
+    put64(&p, in->num_buffers);
     *out = buf;
     *len = n;
     return DDP_OK;
@@ -138,16 +140,19 @@ static int parse_header(const unsigned char *buf, size_t len, ddp_checkpoint_inf
     h->num_states = get32(&r);
     h->optim_steps = (int64_t)get64(&r);
     h->state_size = get64(&r);
+    if (h->version >= 2) h->num_buffers = get64(&r);
     if (r.short_read) return 0;
     /* Bounded so that the products below cannot overflow. */
     if (h->num_states > MAX_STATES || h->num_params > ((uint64_t)1 << 60) ||
-        h->state_size > ((uint64_t)1 << 60))
+        h->state_size > ((uint64_t)1 << 60) || h->num_buffers > ((uint64_t)1 << 60))
         return -1;
-    uint64_t data_off = header_bytes(h->settings_len, h->model_len);
+    uint64_t data_off = header_bytes(h->version, h->settings_len, h->model_len);
     uint64_t states_off = data_off + 4 * h->num_params;
-    *expected = states_off + 4 * (uint64_t)h->num_states * h->state_size + 4;
+    uint64_t buffers_off = states_off + 4 * (uint64_t)h->num_states * h->state_size;
+    *expected = buffers_off + 4 * h->num_buffers + 4;
     h->params = buf + (data_off <= len ? data_off : len);
     h->states = buf + (states_off <= len ? states_off : len);
+    h->buffers = buf + (buffers_off <= len ? buffers_off : len);
     return 1;
 }
 
@@ -172,10 +177,10 @@ ddp_status ddp_checkpoint_parse(const void *data, size_t len, const char *name,
     /* Only an intact file is believed about its version: a damaged byte is reported as
      * damage, never as a strange version or setting. */
     int intact = len >= 12 && crc == stored;
-    if (intact && h.version != DDP_CKPT_VERSION)
+    if (intact && (h.version < 1 || h.version > DDP_CKPT_VERSION))
         return DDP_FAIL(DDP_ERR_UNSUPPORTED,
-                        "checkpoint %s has format version %u; this build reads version %u: "
-                        "resume it with the ddp-train that wrote it",
+                        "checkpoint %s has format version %u; this build reads versions 1 to "
+                        "%u: resume it with the ddp-train that wrote it",
                         name, h.version, DDP_CKPT_VERSION);
     if (!intact && header == 0)
         return DDP_FAIL(DDP_ERR_FORMAT,

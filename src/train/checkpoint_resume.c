@@ -153,7 +153,7 @@ static ddp_status check_compatible(ddp_trainer *t, const ddp_checkpoint_info *h,
     }
     const char *model = ddp_model_describe(t->model);
     if (h->model_len != strlen(model) || memcmp(h->model, model, h->model_len) != 0 ||
-        h->num_params != t->num_params)
+        h->num_params != t->num_params || h->num_buffers != ddp_model_num_buffer_elems(t->model))
         return DDP_FAIL(DDP_ERR_MISMATCH,
                         "checkpoint %s holds the model '%.*s' (%llu parameters) but this run "
                         "builds '%s' (%zu parameters)",
@@ -257,6 +257,8 @@ static ddp_status apply(ddp_trainer *t, const ddp_checkpoint_info *h) {
         DDP_CHECK(ddp_backend_copy(b, ddp_optim_state(t->optim, (int)i),
                                    (const char *)h->states + (size_t)i * n * sizeof(float),
                                    n * sizeof(float), DDP_COPY_H2D));
+    DDP_CHECK(ddp_backend_copy(b, ddp_model_buffers(t->model), h->buffers,
+                               h->num_buffers * sizeof(float), DDP_COPY_H2D));
     /* The host buffer is freed after this: the copies must be done with it. */
     DDP_CHECK(ddp_backend_sync(b));
     ddp_optim_set_steps(t->optim, h->optim_steps);

@@ -49,6 +49,13 @@ void ddp_train_config_defaults(ddp_train_config *cfg) {
 
 void ddp_train_config_defaults_for(ddp_train_config *cfg, ddp_model_kind kind) {
     ddp_train_config_defaults(cfg);
+    if (kind == DDP_MODEL_CNN) {
+        /* The CNN of the README's run on Fashion-MNIST (bench/RESULTS.md). */
+        ddp_model_spec_defaults(&cfg->model, DDP_MODEL_CNN);
+        cfg->epochs = 15;
+        cfg->optim.weight_decay = 5e-4f;
+        return;
+    }
     if (kind != DDP_MODEL_GPT) return;
     /* A GPT on a byte-level text: the sizes and schedule of the README's language-model
      * run, which the measurements in bench/RESULTS.md chose for 2 CPU cores. */
@@ -66,6 +73,7 @@ void ddp_train_config_defaults_for(ddp_train_config *cfg, ddp_model_kind kind) {
     cfg->sched.warmup_steps = 100;
     cfg->clip_norm = 1.0f;
     cfg->eval_every = 250;
+    cfg->eval_tokens = 65536;
 }
 
 /* The divisors of n nearest to `want` from below and above, for messages that say which
@@ -127,6 +135,22 @@ ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world) {
         }
         cfg->micro_batch = local / (size_t)cfg->accum;
     }
+    if (cfg->model.kind == DDP_MODEL_GPT) {
+        const ddp_model_spec *m = &cfg->model;
+        if (m->dim % m->heads != 0)
+            return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                            "--heads %d does not divide --dim %d: each head takes dim / heads "
+                            "channels",
+                            m->heads, m->dim);
+    } else if (cfg->sync_bn && cfg->model.kind != DDP_MODEL_CNN) {
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "--sync-bn synchronizes batch normalization, which only --model cnn "
+                        "has");
+    } else if (cfg->text_path[0]) {
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "--text is the data of a language model: use it with --model gpt (the "
+                        "MLP trains on --data DIR)");
+    }
     if (cfg->epochs <= 0 && cfg->max_steps <= 0)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "set --epochs or --steps to a positive number");
     if (cfg->sched.base_lr <= 0.0f)
@@ -167,6 +191,12 @@ size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t
             PUT("%s%zu", i ? "," : "", m->hidden[i]);
         PUT(" act=%d", (int)m->act);
     }
+    if (m->kind == DDP_MODEL_CNN) {
+        PUT(" conv=");
+        for (int i = 0; i < m->n_conv; i++)
+            PUT("%s%d", i ? "," : "", m->conv[i]);
+        PUT(" kernel=%d sync_bn=%d", m->kernel, cfg->sync_bn);
+    }
     PUT(" decay_all=%d batch=%zu accum=%d micro=%zu epochs=%d steps=%lld", m->decay_all,
         cfg->global_batch, cfg->accum, cfg->micro_batch, cfg->epochs, (long long)cfg->max_steps);
     PUT(" optim=%d momentum=%a nesterov=%d betas=%a,%a eps=%a wd=%a", (int)cfg->optim.kind,
@@ -177,8 +207,9 @@ size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t
         (unsigned long long)cfg->seed, cfg->shuffle);
     /* log_every, eval_every and check_sync decide which collectives run when, so they
      * must agree too or ranks would wait in different collectives. */
-    PUT(" device=%d comm=%d math=%d log_every=%d eval_every=%d check_sync=%d", (int)cfg->device,
-        (int)cfg->comm, (int)cfg->math, cfg->log_every, cfg->eval_every, cfg->check_sync);
+    PUT(" device=%d comm=%d math=%d log_every=%d eval_every=%d eval_tokens=%lld check_sync=%d",
+        (int)cfg->device, (int)cfg->comm, (int)cfg->math, cfg->log_every, cfg->eval_every,
+        (long long)cfg->eval_tokens, cfg->check_sync);
     /* The buckets decide which all-reduces run, in which order and with which type. */
     PUT(" bucket=%zu first_bucket=%zu grad_dtype=%d overlap=%d progress=%d nonfinite=%d",
         cfg->reducer.bucket_bytes, cfg->reducer.first_bucket_bytes, (int)cfg->reducer.grad_dtype,

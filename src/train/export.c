@@ -21,6 +21,15 @@
 #error "safetensors stores float32 little-endian: add byte swapping for this host"
 #endif
 
+/* The tensors of an export in file order: the parameters' views, then the buffers'. */
+static int num_entries(const ddp_model *m) {
+    return ddp_model_num_views(m) + ddp_model_num_buffer_views(m);
+}
+static const ddp_param_view *entry(const ddp_model *m, int i) {
+    int np = ddp_model_num_views(m);
+    return i < np ? ddp_model_view(m, i) : ddp_model_buffer_view(m, i - np);
+}
+
 /* The header: every view with its shape and byte range, and the model description. */
 static ddp_status build_header(const ddp_model *m, char **text) {
     json_t *root = json_object();
@@ -30,8 +39,8 @@ static ddp_status build_header(const ddp_model *m, char **text) {
         return DDP_FAIL(DDP_ERR_NOMEM, "safetensors: could not build the JSON header");
     }
     size_t offset = 0;
-    for (int i = 0; i < ddp_model_num_views(m); i++) {
-        const ddp_param_view *v = ddp_model_view(m, i);
+    for (int i = 0; i < num_entries(m); i++) {
+        const ddp_param_view *v = entry(m, i);
         json_t *shape = json_array();
         for (int d = 0; shape && d < v->ndim; d++)
             json_array_append_new(shape, json_integer((json_int_t)v->shape[d]));
@@ -53,7 +62,8 @@ static ddp_status build_header(const ddp_model *m, char **text) {
     return DDP_OK;
 }
 
-ddp_status ddp_safetensors_write(const ddp_model *m, const float *host, const char *path) {
+ddp_status ddp_safetensors_write(const ddp_model *m, const float *host, const float *host_buffers,
+                                 const char *path) {
     char *json;
     DDP_CHECK(build_header(m, &json));
     size_t n = strlen(json);
@@ -72,9 +82,10 @@ ddp_status ddp_safetensors_write(const ddp_model *m, const float *host, const ch
     int ok = fwrite(len, 1, 8, f) == 8 && fwrite(json, 1, n, f) == n;
     for (size_t i = n; ok && i < padded; i++)
         ok = fputc(' ', f) != EOF;
-    for (int i = 0; ok && i < ddp_model_num_views(m); i++) {
-        const ddp_param_view *v = ddp_model_view(m, i);
-        ok = fwrite(host + v->offset, sizeof(float), v->count, f) == v->count;
+    for (int i = 0; ok && i < num_entries(m); i++) {
+        const ddp_param_view *v = entry(m, i);
+        const float *data = (i < ddp_model_num_views(m) ? host : host_buffers) + v->offset;
+        ok = fwrite(data, sizeof(float), v->count, f) == v->count;
     }
     free(json);
     if (fclose(f) != 0) ok = 0;
@@ -85,11 +96,17 @@ ddp_status ddp_safetensors_write(const ddp_model *m, const float *host, const ch
 }
 
 ddp_status ddp_trainer_export(ddp_trainer *t, const char *path) {
+    size_t nb = ddp_model_num_buffer_elems(t->model);
     float *host = malloc(t->num_params * sizeof(float));
-    if (!host) return DDP_FAIL(DDP_ERR_NOMEM, "--export: out of memory");
-    ddp_status s = ddp_trainer_get_params(t, host);
-    if (s == DDP_OK) s = ddp_safetensors_write(t->model, host, path);
+    float *bufs = malloc((nb ? nb : 1) * sizeof(float));
+    ddp_status s = host && bufs ? ddp_trainer_get_params(t, host)
+                                : DDP_FAIL(DDP_ERR_NOMEM, "--export: out of memory");
+    if (s == DDP_OK)
+        s = ddp_backend_copy(t->backend, bufs, ddp_model_buffers(t->model), nb * sizeof(float),
+                             DDP_COPY_D2H);
+    if (s == DDP_OK) s = ddp_safetensors_write(t->model, host, bufs, path);
     free(host);
+    free(bufs);
     DDP_CHECK(s);
     return DDP_OK;
 }
@@ -175,12 +192,14 @@ ddp_status ddp_safetensors_model(const char *path, char *describe, size_t cap) {
     return s;
 }
 
-ddp_status ddp_safetensors_read(const ddp_model *m, const char *path, float *host) {
+ddp_status ddp_safetensors_read(const ddp_model *m, const char *path, float *host,
+                                float *host_buffers) {
     st_file f;
     DDP_CHECK(st_open(path, &f));
     ddp_status s = DDP_OK;
-    for (int i = 0; s == DDP_OK && i < ddp_model_num_views(m); i++) {
-        const ddp_param_view *v = ddp_model_view(m, i);
+    for (int i = 0; s == DDP_OK && i < num_entries(m); i++) {
+        const ddp_param_view *v = entry(m, i);
+        float *to = i < ddp_model_num_views(m) ? host : host_buffers;
         json_t *t = json_object_get(f.header, v->name);
         json_t *shape = json_object_get(t, "shape"), *offs = json_object_get(t, "data_offsets");
         const char *dtype = json_string_value(json_object_get(t, "dtype"));
@@ -204,7 +223,7 @@ ddp_status ddp_safetensors_read(const ddp_model *m, const char *path, float *hos
                          "%s: tensor %s has data offsets [%lld, %lld) outside "
                          "the file or of the wrong size",
                          path, v->name, (long long)b0, (long long)b1);
-        if (s == DDP_OK) memcpy(host + v->offset, f.data + b0, v->count * sizeof(float));
+        if (s == DDP_OK) memcpy(to + v->offset, f.data + b0, v->count * sizeof(float));
     }
     st_close(&f);
     DDP_CHECK(s);

@@ -137,9 +137,12 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
     if ((!c->quiet || c->metrics_path[0]) && t->peak_flops == 0.0) t->peak_flops = measure_peak(t);
     /* Training costs about 3 forward passes (forward, and backward's two products). */
     double train_flops = 3.0 * ddp_model_flops_per_sample(t->model);
-    double accuracy = -1.0, loss;
+    double accuracy = -1.0, loss = 0.0;
+    int loss_seen = 0;
     double window_start = ddp_time_now(), run_start = window_start;
     int64_t window_steps = 0, first_step = t->step;
+    /* Seconds spent evaluating in the window: not training, so not in its throughput. */
+    double eval_time = 0.0;
     while (t->step < t->total_steps) {
         ddp_step_stats st;
         ddp_watchdog_set_step(t->step + 1); /* named if a collective of this step hangs */
@@ -151,7 +154,11 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
         step_report r = {.mfu = -1.0};
         if (c->check_sync > 0 && t->step % c->check_sync == 0) DDP_CHECK(ddp_trainer_check_sync(t));
         if (eval_now) {
-            DDP_CHECK(ddp_trainer_evaluate(t, &accuracy, &loss));
+            /* The last evaluation covers the whole set; earlier ones may take a part. */
+            double e0 = ddp_time_now();
+            DDP_CHECK(ddp_trainer_evaluate_part(t, t->step == t->total_steps, &accuracy, &loss));
+            eval_time += ddp_time_now() - e0;
+            loss_seen = 1;
             r.evaluated = 1;
             r.eval_accuracy = accuracy;
             r.eval_loss = loss;
@@ -166,7 +173,8 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
         }
         if (st.logged) { /* the loss was reduced over all ranks (and may be NaN or inf) */
             double now = ddp_time_now();
-            r.samples_per_s = (double)window_steps * (double)c->global_batch / (now - window_start);
+            r.samples_per_s =
+                (double)window_steps * (double)c->global_batch / (now - window_start - eval_time);
             r.tokens_per_s = r.samples_per_s * (double)positions;
             if (t->peak_flops > 0.0)
                 r.mfu = train_flops * r.samples_per_s / (t->peak_flops * t->world);
@@ -175,9 +183,11 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
             DDP_CHECK(report(t, &st, &r, eta));
             window_start = now;
             window_steps = 0;
+            eval_time = 0.0;
         }
         DDP_CHECK(ddp_checkpoint_run_step(t));
     }
     if (final_accuracy) *final_accuracy = accuracy;
+    t->last_eval_loss = loss_seen ? loss : -1.0;
     return DDP_OK;
 }

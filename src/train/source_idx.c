@@ -8,8 +8,10 @@
 
 #include "train/trainer_impl.h"
 
-/* Evaluation and the model's activations use batches of at least this many samples. */
-#define EVAL_BATCH 1000
+/* Evaluation and the model's activations use batches of at least this many samples (a
+ * CNN's activations are some 500 times larger per sample than the MLP's). */
+#define EVAL_BATCH     1000
+#define EVAL_BATCH_CNN 256
 
 static ddp_status upload(ddp_trainer *t, const void *host, size_t bytes, void **dev) {
     if (ddp_backend_is_host(t->backend)) {
@@ -24,7 +26,7 @@ static ddp_status upload(ddp_trainer *t, const void *host, size_t bytes, void **
 static ddp_status idx_setup(ddp_trainer *t) {
     const ddp_dataset *train = t->train, *test = t->test;
     ddp_backend *b = t->backend;
-    if (t->cfg.model.kind != DDP_MODEL_MLP)
+    if (t->cfg.model.kind == DDP_MODEL_GPT)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "--model %s trains on a text (--text FILE), not on labelled images",
                         ddp_model_kind_name(t->cfg.model.kind));
@@ -37,9 +39,14 @@ static ddp_status idx_setup(ddp_trainer *t) {
     t->num_classes = train->num_classes;
     t->cfg.model.input_dim = train->dim;
     t->cfg.model.num_classes = train->num_classes;
+    /* Images (one channel): a CNN needs their geometry; without it, one row of pixels. */
+    t->cfg.model.height = train->height ? (int)train->height : 1;
+    t->cfg.model.width = train->width ? (int)train->width : (int)train->dim;
+    t->cfg.model.channels = 1;
     DDP_CHECK(ddp_sampler_init(&t->sampler, train->n, t->cfg.global_batch, t->rank, t->world,
                                t->cfg.seed, t->cfg.shuffle));
-    t->max_batch = t->cfg.micro_batch > EVAL_BATCH ? t->cfg.micro_batch : EVAL_BATCH;
+    size_t eval = t->cfg.model.kind == DDP_MODEL_CNN ? EVAL_BATCH_CNN : EVAL_BATCH;
+    t->max_batch = t->cfg.micro_batch > eval ? t->cfg.micro_batch : eval;
     t->owns_device_data = !ddp_backend_is_host(b);
     DDP_CHECK(upload(t, train->x, train->n * t->dim * sizeof(float), (void **)&t->d_train_x));
     DDP_CHECK(upload(t, train->y, train->n * sizeof(int32_t), (void **)&t->d_train_y));
@@ -74,7 +81,7 @@ static ddp_status idx_micro_batch(ddp_trainer *t, int k, ddp_batch *out) {
     return DDP_OK;
 }
 
-static ddp_status idx_evaluate(ddp_trainer *t, double sums[3]) {
+static ddp_status idx_evaluate(ddp_trainer *t, double sums[3], int full) {
     size_t begin, count;
     ddp_shard_range(t->test->n, t->rank, t->world, &begin, &count);
     DDP_CHECK(ddp_backend_zero(t->backend, t->d_stats, 2 * sizeof(float)));

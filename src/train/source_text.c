@@ -32,6 +32,11 @@ static ddp_status text_setup(ddp_trainer *t) {
     DDP_CHECK(ddp_window_sampler_init(&t->windows, t->text->n_train, ctx, t->cfg.global_batch,
                                       t->rank, t->world, t->cfg.seed));
     DDP_CHECK(ddp_val_windows_init(&t->val, t->text, ctx, t->rank, t->world));
+    /* The part: the same windows over the first eval_tokens predicted bytes. */
+    t->text_part = *t->text; /* shares the bytes */
+    if (t->cfg.eval_tokens > 0 && (uint64_t)t->cfg.eval_tokens < t->text_part.n_val - 1)
+        t->text_part.n_val = (size_t)t->cfg.eval_tokens + 1;
+    DDP_CHECK(ddp_val_windows_init(&t->val_part, &t->text_part, ctx, t->rank, t->world));
     /* The cursor: (epoch, step in epoch) of the next step, from the step alone. */
     t->sampler.steps_per_epoch = t->windows.steps_per_epoch;
     t->sampler.local_batch = t->windows.local_batch;
@@ -73,27 +78,29 @@ static ddp_status text_micro_batch(ddp_trainer *t, int k, ddp_batch *out) {
     return DDP_OK;
 }
 
-static ddp_status text_evaluate(ddp_trainer *t, double sums[3]) {
+static ddp_status text_evaluate(ddp_trainer *t, double sums[3], int full) {
     size_t ctx = (size_t)t->cfg.model.ctx, predicted = 0;
+    const ddp_val_windows *val = full ? &t->val : &t->val_part;
+    const ddp_text *text = full ? t->text : &t->text_part;
     DDP_CHECK(ddp_backend_zero(t->backend, t->d_stats, 2 * sizeof(float)));
-    for (size_t i = 0; i < t->val.count; i += t->max_batch) {
-        size_t n = t->val.count - i < t->max_batch ? t->val.count - i : t->max_batch, last = 0;
-        DDP_CHECK(ddp_val_windows_fill(&t->val, t->text, i, n, t->h_tok, t->h_tgt, &last));
+    for (size_t i = 0; i < val->count; i += t->max_batch) {
+        size_t n = val->count - i < t->max_batch ? val->count - i : t->max_batch, last = 0;
+        DDP_CHECK(ddp_val_windows_fill(val, text, i, n, t->h_tok, t->h_tgt, &last));
         DDP_CHECK(to_device(t, n * ctx));
         /* Only the very last window of the split can be short: it goes alone. */
-        size_t full = last == ctx ? n : n - 1;
-        if (full > 0) {
-            ddp_batch batch = {.n = full, .t = ctx, .tokens = t->d_tok, .targets = t->d_tgt};
+        size_t whole = last == ctx ? n : n - 1;
+        if (whole > 0) {
+            ddp_batch batch = {.n = whole, .t = ctx, .tokens = t->d_tok, .targets = t->d_tgt};
             DDP_CHECK(ddp_model_forward(t->model, &batch, DDP_MODE_EVAL, 0.0f, t->d_stats));
         }
-        if (full < n) {
+        if (whole < n) {
             ddp_batch batch = {.n = 1,
                                .t = last,
-                               .tokens = t->d_tok + full * ctx,
-                               .targets = t->d_tgt + full * ctx};
+                               .tokens = t->d_tok + whole * ctx,
+                               .targets = t->d_tgt + whole * ctx};
             DDP_CHECK(ddp_model_forward(t->model, &batch, DDP_MODE_EVAL, 0.0f, t->d_stats));
         }
-        predicted += full * ctx + (full < n ? last : 0);
+        predicted += whole * ctx + (whole < n ? last : 0);
     }
     float h[2];
     DDP_CHECK(ddp_backend_copy(t->backend, h, t->d_stats, sizeof h, DDP_COPY_D2H));

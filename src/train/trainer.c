@@ -115,6 +115,7 @@ static ddp_status create(ddp_trainer *t, ddp_backend *b, ddp_comm *comm, ddp_com
     t->backend = b;
     t->comm = comm;
     t->ctrl = ctrl;
+    t->last_eval_loss = -1.0;
     t->rank = ddp_comm_rank(comm);
     t->world = ddp_comm_size(comm);
     ddp_status s = setup_local(t, b);
@@ -128,6 +129,16 @@ static ddp_status create(ddp_trainer *t, ddp_backend *b, ddp_comm *comm, ddp_com
         s = DDP_FAIL(DDP_ERR_REMOTE, "rank %d failed to set up training (its message says why)",
                      failed);
     if (s == DDP_OK) s = check_fingerprints(t);
+    if (s == DDP_OK && t->cfg.sync_bn) {
+        /* A communicator of the batch norms' own: their collectives run inside forward and
+         * backward while the reducer's thread may be all-reducing gradients on comm. Every
+         * rank creates it (sync_bn is in the fingerprint). */
+        s = ddp_comm_create(ddp_comm_kind_of(comm), b, &t->bn_comm);
+        if (s == DDP_OK) {
+            ddp_comm_set_label(t->bn_comm, "bn", "batch-norm statistics");
+            ddp_model_set_comm(t->model, t->bn_comm);
+        }
+    }
     if (s == DDP_OK) s = share_gradients(t);
     if (s == DDP_OK) {
         /* Local again (a thread that could not start), so agreed on once more. */
@@ -179,6 +190,7 @@ void ddp_trainer_free(ddp_trainer *t) {
     ddp_backend_dealloc(b, t->d_stats);
     free(t->h_params);
     ddp_reducer_free(t->reducer);
+    ddp_comm_free(t->bn_comm);
     ddp_optim_free(t->optim);
     ddp_model_free(t->model);
     ddp_sampler_free(&t->sampler);
@@ -189,6 +201,7 @@ void ddp_trainer_free(ddp_trainer *t) {
 int64_t ddp_trainer_total_steps(const ddp_trainer *t) { return t->total_steps; }
 ddp_model *ddp_trainer_model(ddp_trainer *t) { return t->model; }
 int ddp_trainer_grads_shared(const ddp_trainer *t) { return t->grads_shared; }
+double ddp_trainer_last_eval_loss(const ddp_trainer *t) { return t->last_eval_loss; }
 
 ddp_status ddp_trainer_get_params(ddp_trainer *t, float *host) {
     DDP_CHECK(ddp_backend_copy(t->backend, host, ddp_model_params(t->model),
@@ -278,6 +291,13 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         DDP_CHECK(ddp_optim_step(t->optim, ddp_model_params(t->model), grads, st->lr,
                                  ddp_clip_coef(st->grad_norm, c->clip_norm)));
     }
+    /* Running statistics of batch norm on a rank's own shard differ between ranks; their
+     * average keeps every rank's model, evaluation and checkpoint the same. (With
+     * --sync-bn they come from the global batch and are the same already.) All ranks
+     * reach this after every step when the model has buffers. */
+    size_t nbuf = ddp_model_num_buffer_elems(t->model);
+    if (nbuf > 0 && t->world > 1 && !t->bn_comm)
+        DDP_CHECK(ddp_comm_allreduce(t->comm, ddp_model_buffers(t->model), nbuf, DDP_F32, DDP_AVG));
     if (timed) DDP_CHECK(ddp_backend_sync(b));
     DDP_CHECK(ddp_trace_end());
     st->t_optim = ddp_time_now() - t1;
@@ -296,9 +316,9 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     return DDP_OK;
 }
 
-ddp_status ddp_trainer_evaluate(ddp_trainer *t, double *accuracy, double *loss) {
+ddp_status ddp_trainer_evaluate_part(ddp_trainer *t, int full, double *accuracy, double *loss) {
     double sums[3] = {0.0, 0.0, 0.0};
-    DDP_CHECK(t->src->evaluate(t, sums));
+    DDP_CHECK(t->src->evaluate(t, sums, full));
     /* Every rank evaluates at the same steps; its shard may be empty but it still
      * contributes to the sums. */
     DDP_CHECK(ddp_comm_allreduce(t->ctrl, sums, 3, DDP_F64, DDP_SUM));
@@ -307,9 +327,25 @@ ddp_status ddp_trainer_evaluate(ddp_trainer *t, double *accuracy, double *loss) 
     return DDP_OK;
 }
 
+ddp_status ddp_trainer_evaluate(ddp_trainer *t, double *accuracy, double *loss) {
+    DDP_CHECK(ddp_trainer_evaluate_part(t, 1, accuracy, loss));
+    return DDP_OK;
+}
+
 ddp_status ddp_trainer_check_sync(ddp_trainer *t) {
     DDP_CHECK(ddp_trainer_get_params(t, t->h_params));
     uint32_t crc = ddp_crc32(0, t->h_params, t->num_params * sizeof(float));
+    /* The buffers (running statistics) must agree as well. */
+    size_t nbuf = ddp_model_num_buffer_elems(t->model);
+    if (nbuf > 0) {
+        float *h = malloc(nbuf * sizeof *h);
+        if (!h) return DDP_FAIL(DDP_ERR_NOMEM, "out of memory");
+        ddp_status cs = ddp_backend_copy(t->backend, h, ddp_model_buffers(t->model),
+                                         nbuf * sizeof *h, DDP_COPY_D2H);
+        crc = ddp_crc32(crc, h, nbuf * sizeof *h);
+        free(h);
+        DDP_CHECK(cs);
+    }
     uint32_t *all = calloc((size_t)t->world, sizeof *all);
     if (!all) return DDP_FAIL(DDP_ERR_NOMEM, "out of memory");
     ddp_status s = ddp_comm_allgather(t->ctrl, &crc, all, 1, DDP_U32);

@@ -21,9 +21,10 @@ typedef struct {
     ddp_status (*next)(ddp_trainer *t);
     /* Micro-batch k of the batch loaded by next. */
     ddp_status (*micro_batch)(ddp_trainer *t, int k, ddp_batch *out);
-    /* Runs the model over this rank's share of the evaluation set, adding the loss sum,
-     * the correct predictions and the predictions made to sums[0..2]. */
-    ddp_status (*evaluate)(ddp_trainer *t, double sums[3]);
+    /* Runs the model over this rank's share of the evaluation set (all of it, or, with
+     * full 0, the part cfg.eval_tokens allows), adding the loss sum, the correct
+     * predictions and the predictions made to sums[0..2]. */
+    ddp_status (*evaluate)(ddp_trainer *t, double sums[3], int full);
     /* Moves the cursor so that the next batch is step `step` of epoch `epoch`. */
     ddp_status (*seek)(ddp_trainer *t, uint64_t epoch, size_t step);
     /* Appends to buf what identifies the training data (sizes, a CRC), for the
@@ -38,8 +39,9 @@ extern const ddp_source_ops ddp_source_text;
 struct ddp_trainer {
     ddp_train_config cfg;
     ddp_backend *backend;
-    ddp_comm *comm; /* gradients */
-    ddp_comm *ctrl; /* host-side control: agreement, counts, fingerprints */
+    ddp_comm *comm;    /* gradients */
+    ddp_comm *ctrl;    /* host-side control: agreement, counts, fingerprints */
+    ddp_comm *bn_comm; /* --sync-bn: the batch-norm statistics' own communicator */
     int rank, world;
     const ddp_source_ops *src;
     const ddp_dataset *train, *test; /* samples (source_idx) */
@@ -54,11 +56,12 @@ struct ddp_trainer {
     size_t num_params;
     int64_t step; /* steps completed */
     int64_t total_steps;
-    uint64_t epoch;    /* epoch of the last step */
-    size_t max_batch;  /* samples the model's activations hold */
-    float *d_stats;    /* (2) device: loss sum, correct count */
-    float *h_params;   /* (num_params) host scratch for checks */
-    double peak_flops; /* measured matrix-product FLOP/s of this rank's device (MFU) */
+    uint64_t epoch;        /* epoch of the last step */
+    size_t max_batch;      /* samples the model's activations hold */
+    float *d_stats;        /* (2) device: loss sum, correct count */
+    float *h_params;       /* (num_params) host scratch for checks */
+    double peak_flops;     /* measured matrix-product FLOP/s of this rank's device (MFU) */
+    double last_eval_loss; /* of the run's last evaluation; < 0: none */
     FILE *metrics;
     /* source_idx: samples on the device (or the host arrays themselves on the CPU) */
     size_t dim;
@@ -71,10 +74,11 @@ struct ddp_trainer {
     int32_t *d_y;           /* (max_batch) */
     /* source_text: this rank's windows of a step, and of the validation split */
     ddp_window_sampler windows;
-    ddp_val_windows val;
-    size_t *h_offsets;      /* (local_batch) */
-    int32_t *h_tok, *h_tgt; /* (max(local_batch, max_batch), ctx) host */
-    int32_t *d_tok, *d_tgt; /* the same on the device (the host arrays on the CPU) */
+    ddp_val_windows val, val_part; /* the whole validation split; its first eval_tokens */
+    ddp_text text_part;            /* the text with the validation split cut to that part */
+    size_t *h_offsets;             /* (local_batch) */
+    int32_t *h_tok, *h_tgt;        /* (max(local_batch, max_batch), ctx) host */
+    int32_t *d_tok, *d_tgt;        /* the same on the device (the host arrays on the CPU) */
 };
 
 #endif

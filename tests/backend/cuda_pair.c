@@ -49,40 +49,22 @@ float *bt_download(ddp_backend *b, const float *d, size_t n) {
     return h;
 }
 
-/* got must equal want within tol * max|want|, and hold no NaN where want has none. */
-void bt_expect_close(const char *what, const float *got, const float *want, size_t n, double tol) {
-    double scale = 0.0, worst = 0.0;
-    size_t worst_i = 0;
-    for (size_t i = 0; i < n; i++)
-        if (fabs((double)want[i]) > scale) scale = fabs((double)want[i]);
-    if (scale == 0.0) scale = 1.0;
-    for (size_t i = 0; i < n; i++) {
-        if (isnan(got[i]) && !isnan(want[i])) {
-            print_error("%s: element %zu was not written (still NaN); expected %g\n", what, i,
-                        (double)want[i]);
-            fail();
-        }
-        double d = fabs((double)got[i] - (double)want[i]);
-        if (d > worst) {
-            worst = d;
-            worst_i = i;
-        }
-    }
-    if (worst > tol * scale) {
-        print_error("%s: element %zu is %.9g on the GPU, %.9g on the CPU; error %.3g exceeds "
-                    "%.3g relative to max |value| %.6g\n",
-                    what, worst_i, (double)got[worst_i], (double)want[worst_i], worst / scale, tol,
-                    scale);
+void bt_compare(bt_fixture *f, ddp_backend *g, const char *what, op_type type, const void *c_dev,
+                const void *g_dev, size_t n, double tol) {
+    size_t bytes = n * op_elem_size(type);
+    void *hc = malloc(bytes ? bytes : 1), *hg = malloc(bytes ? bytes : 1);
+    assert_true(hc && hg);
+    OK(ddp_backend_copy(f->cpu, hc, c_dev, bytes, DDP_COPY_D2H));
+    OK(ddp_backend_copy(g, hg, g_dev, bytes, DDP_COPY_D2H));
+    if (tol == 0.0 && memcmp(hg, hc, bytes)) {
+        size_t size = op_elem_size(type), i = 0;
+        while (!memcmp((char *)hg + i * size, (char *)hc + i * size, size))
+            i++;
+        print_error("%s: element %zu differs in its bits: %.9g on the GPU, %.9g on the CPU\n", what,
+                    i, op_get(type, hg, i), op_get(type, hc, i));
         fail();
     }
-}
-
-/* Downloads a CPU and a GPU buffer of n floats and compares them. */
-void bt_compare(bt_fixture *f, ddp_backend *g, const char *what, const float *c_dev,
-                const float *g_dev, size_t n, double tol) {
-    float *hc = bt_download(f->cpu, c_dev, n);
-    float *hg = bt_download(g, g_dev, n);
-    bt_expect_close(what, hg, hc, n, tol);
+    op_expect_close(what, type, hg, hc, n, tol);
     free(hc);
     free(hg);
 }

@@ -13,6 +13,8 @@
 #include <cmocka.h>
 
 #include "ddp/backend.h"
+#include "op_cases.h"
+#include "test_util.h"
 
 #define TOL_FP32 1e-5
 #define TOL_TF32 3e-3 /* cuBLAS may truncate inputs to tf32 rather than round them */
@@ -23,13 +25,6 @@ typedef struct {
     ddp_backend *gpu[3]; /* indexed by ddp_math; NULL without a GPU */
     ddp_rng rng;
 } bt_fixture;
-
-#define OK(expr)                                                                                   \
-    do {                                                                                           \
-        ddp_status ok_s_ = (expr);                                                                 \
-        if (ok_s_ != DDP_OK) print_error("%s\n%s\n", #expr, ddp_error_trace_str());                \
-        assert_int_equal(ok_s_, DDP_OK);                                                           \
-    } while (0)
 
 /* Group set-up and tear-down: *state becomes a bt_fixture. Without a GPU the CUDA
  * backends stay NULL. */
@@ -46,10 +41,9 @@ void *bt_upload(ddp_backend *b, const void *h, size_t bytes);
 float *bt_upload_nan(ddp_backend *b, size_t n);
 /* A malloc'ed host copy of n floats of a backend buffer. */
 float *bt_download(ddp_backend *b, const float *d, size_t n);
-/* got must equal want within tol * max|want|, and hold no NaN where want has none. */
-void bt_expect_close(const char *what, const float *got, const float *want, size_t n, double tol);
-/* Compares n floats of a CPU buffer with a GPU buffer of backend g. */
-void bt_compare(bt_fixture *f, ddp_backend *g, const char *what, const float *c_dev,
-                const float *g_dev, size_t n, double tol);
+/* Compares n elements of a CPU buffer with a GPU buffer of backend g: within tol as
+ * op_expect_close says, or bit for bit when tol is 0. */
+void bt_compare(bt_fixture *f, ddp_backend *g, const char *what, op_type type, const void *c_dev,
+                const void *g_dev, size_t n, double tol);
 
 #endif

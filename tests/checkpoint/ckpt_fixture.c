@@ -34,6 +34,9 @@ void fx_init(int *argc, char ***argv) {
     /* 640 samples in batches of 32: 20 steps per epoch, so runs cross an epoch. */
     synthetic_dataset(&fx_train, 640, 20, 4, 7);
     synthetic_dataset(&fx_test, 200, 20, 4, 8);
+    /* 4 x 5 images for the CNN (the MLP does not look at the geometry). */
+    fx_train.height = fx_test.height = 4;
+    fx_train.width = fx_test.width = 5;
     /* 2700 training bytes in batches of 8 windows of 8: 42 steps per epoch. */
     synthetic_text(&fx_text, 3000, 9);
 }
@@ -140,10 +143,15 @@ ddp_trainer *fx_create(const ddp_train_config *cfg, ddp_comm *comm) {
 }
 
 float *fx_params(ddp_trainer *t, size_t *n) {
-    *n = ddp_model_num_params(ddp_trainer_model(t));
+    ddp_model *m = ddp_trainer_model(t);
+    size_t np = ddp_model_num_params(m), nb = ddp_model_num_buffer_elems(m);
+    *n = np + nb;
     float *p = malloc(*n * sizeof(float));
     assert_non_null(p);
     assert_int_equal(ddp_trainer_get_params(t, p), DDP_OK);
+    /* The buffers too (CPU backend: host memory): a resume that lost the running
+     * statistics would still train the same parameters. */
+    if (nb) memcpy(p + np, ddp_model_buffers(m), nb * sizeof(float));
     return p;
 }
 

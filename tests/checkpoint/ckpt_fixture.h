@@ -35,7 +35,7 @@ unsigned char *fx_slurp(const char *path, size_t *len);
 void fx_copy(const char *from, const char *to);
 
 ddp_trainer *fx_create(const ddp_train_config *cfg, ddp_comm *comm);
-/* The trainer's parameters (malloc'd) and their number. */
+/* The trainer's parameters followed by its buffers (malloc'd), and their number. */
 float *fx_params(ddp_trainer *t, size_t *n);
 /* Creates, runs to the end, and returns the parameters; frees the trainer. */
 float *fx_train_run(const ddp_train_config *cfg, ddp_comm *comm, size_t *n);

@@ -170,7 +170,7 @@ static void other_format_version_is_refused_as_unsupported(void **state) {
     if (fx_rank == 0) {
         size_t len;
         unsigned char *b = fx_slurp(src, &len);
-        b[8] = 2; /* version 2, with a CRC that matches: intact, just not ours */
+        b[8] = DDP_CKPT_VERSION + 1; /* with a CRC that matches: intact, just not ours */
         uint32_t crc = ddp_crc32(0, b, len - 4);
         for (int i = 0; i < 4; i++)
             b[len - 4 + i] = (unsigned char)(crc >> (8 * i));
@@ -178,7 +178,45 @@ static void other_format_version_is_refused_as_unsupported(void **state) {
         free(b);
     }
     ddp_trainer *t = fresh_trainer(config());
-    assert_refused(ddp_trainer_load_checkpoint(t, dst), DDP_ERR_UNSUPPORTED, "version 2");
+    assert_refused(ddp_trainer_load_checkpoint(t, dst), DDP_ERR_UNSUPPORTED, "version 3");
+    ddp_trainer_free(t);
+    fx_rmdir(dir);
+}
+
+/* A checkpoint of format version 1 (no model buffers: 8 header bytes fewer and no buffer
+ * data) still resumes: made here from the version-2 file of a model without buffers. */
+static void format_version_1_still_resumes(void **state) {
+    char dir[256], src[1200], dst[1200];
+    fx_tempdir(dir, sizeof dir);
+    master_path(4, src, sizeof src);
+    ddp_checkpoint_path(dst, sizeof dst, dir, 4);
+    if (fx_rank == 0) {
+        size_t len;
+        unsigned char *b = fx_slurp(src, &len);
+        uint32_t slen = b[16] | b[17] << 8 | b[18] << 16 | (uint32_t)b[19] << 24;
+        uint32_t mlen =
+            b[20 + slen] | b[21 + slen] << 8 | b[22 + slen] << 16 | (uint32_t)b[23 + slen] << 24;
+        size_t fields = 108 + slen + mlen, v1_head = (fields + 63) / 64 * 64;
+        size_t v2_head = (fields + 8 + 63) / 64 * 64, data = len - 4 - v2_head;
+        unsigned char *v1 = calloc(1, v1_head + data + 4);
+        memcpy(v1, b, fields);
+        v1[8] = 1;
+        memcpy(v1 + v1_head, b + v2_head, data);
+        uint32_t crc = ddp_crc32(0, v1, v1_head + data);
+        for (int i = 0; i < 4; i++)
+            v1[v1_head + data + i] = (unsigned char)(crc >> (8 * i));
+        spill(dst, v1, v1_head + data + 4);
+        free(v1);
+        free(b);
+    }
+    ddp_train_config c = config();
+    snprintf(c.checkpoint_dir, sizeof c.checkpoint_dir, "%s", dir);
+    ddp_trainer *t = fresh_trainer(c);
+    int64_t resumed = -1;
+    assert_int_equal(ddp_trainer_resume(t, dir, &resumed), DDP_OK);
+    assert_int_equal(resumed, 4);
+    assert_int_equal(ddp_trainer_run(t, NULL), DDP_OK);
+    assert_params(t, final_params);
     ddp_trainer_free(t);
     fx_rmdir(dir);
 }
@@ -330,6 +368,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(flipped_byte_anywhere_is_refused_naming_the_file),
         cmocka_unit_test(truncated_file_is_refused),
         cmocka_unit_test(other_format_version_is_refused_as_unsupported),
+        cmocka_unit_test(format_version_1_still_resumes),
         cmocka_unit_test(damaged_newest_falls_back_to_the_previous_checkpoint),
         cmocka_unit_test(leftover_temporary_file_is_ignored),
         cmocka_unit_test(all_checkpoints_damaged_is_refused_naming_the_newest),

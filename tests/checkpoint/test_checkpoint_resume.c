@@ -76,6 +76,22 @@ static void gpt_resume_half_way_is_bitwise_equal_to_uninterrupted(void **state) 
     stop_half_way_and_resume(fx_gpt_config(T));
 }
 
+static void cnn_resume_half_way_is_bitwise_equal_to_uninterrupted(void **state) {
+    /* The running statistics of batch norm (buffers) are in the checkpoint too: a run
+     * without them would normalize differently in evaluation and drift in training. */
+    ddp_train_config c = fx_config(DDP_OPTIM_SGD, T);
+    ddp_train_config_defaults_for(&c, DDP_MODEL_CNN);
+    c.model.conv[0] = 3;
+    c.model.conv[1] = 4;
+    c.model.hidden[0] = 6;
+    c.global_batch = 32;
+    c.max_steps = T;
+    c.sched.warmup_steps = 5;
+    c.log_every = 5;
+    c.quiet = 1;
+    stop_half_way_and_resume(c);
+}
+
 /* Removes the checkpoints after `step`, as if the run had been killed before writing
  * them. */
 static void forget_after(const char *dir, int64_t step) {
@@ -309,6 +325,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(run_loop_checkpoints_resume_after_a_kill),
         cmocka_unit_test(one_rank_checkpoint_resumes_on_all_ranks),
         cmocka_unit_test(gpt_resume_half_way_is_bitwise_equal_to_uninterrupted),
+        cmocka_unit_test(cnn_resume_half_way_is_bitwise_equal_to_uninterrupted),
         cmocka_unit_test(gpt_one_rank_checkpoint_resumes_on_all_ranks),
         cmocka_unit_test(failed_write_stops_every_rank_with_a_message),
         cmocka_unit_test(resume_without_checkpoints_starts_fresh),

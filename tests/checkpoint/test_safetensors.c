@@ -34,7 +34,7 @@ static void export_parses_back_to_the_model_tensors(void **state) {
     int fd = mkstemp(path);
     assert_true(fd >= 0);
     close(fd);
-    assert_int_equal(ddp_safetensors_write(m, params, path), DDP_OK);
+    assert_int_equal(ddp_safetensors_write(m, params, NULL, path), DDP_OK);
 
     size_t len;
     unsigned char *b = fx_slurp(path, &len);
@@ -103,7 +103,7 @@ static void export_to_an_unwritable_path_fails_with_a_message(void **state) {
     ddp_model *m;
     assert_int_equal(ddp_model_create(backend, &spec, 1, &m), DDP_OK);
     const char *path = "/nonexistent-dir/model.safetensors";
-    assert_int_equal(ddp_safetensors_write(m, ddp_model_params(m), path), DDP_ERR_IO);
+    assert_int_equal(ddp_safetensors_write(m, ddp_model_params(m), NULL, path), DDP_ERR_IO);
     assert_non_null(strstr(ddp_error_message(), path));
     ddp_model_free(m);
 }

@@ -36,7 +36,8 @@
 static ddp_backend *backend;
 static ddp_comm *world_comm, *local_comm;
 static ddp_dataset train_set, test_set;
-static ddp_text text; /* for the GPT: bytes from a small Markov chain */
+static ddp_text text;                   /* for the GPT: bytes from a small Markov chain */
+static ddp_dataset img_train, img_test; /* for the CNN: 6 x 6 images */
 static int rank, world;
 
 static ddp_train_config base_config(void) {
@@ -98,6 +99,7 @@ static void compare_distributed_with_single(ddp_train_config cfg, ddp_train_conf
     ddp_train_config init = reference;
     init.max_steps = 1;
     init.sched.base_lr = 1e-12f;
+    init.sched.min_lr = 0.0f;
     size_t n3;
     float *start = train(init, local_comm, &n3);
     assert_true(rel_error(start, single, n1) > 100.0 * tol);
@@ -235,6 +237,7 @@ static void bf16_gradients_stay_close_and_identical(void **state) {
     ddp_train_config init = c;
     init.max_steps = 1;
     init.sched.base_lr = 1e-12f;
+    init.sched.min_lr = 0.0f;
     float *start = train(init, local_comm, &n);
     c.reducer.grad_dtype = DDP_BF16;
     c.reducer.bucket_bytes = 2048;
@@ -329,6 +332,74 @@ static void gpt_validation_is_the_same_for_any_number_of_ranks(void **state) {
     ddp_trainer_free(t1);
 }
 
+/* ---- the CNN with batch norm ------------------------------------------------------------ */
+
+static ddp_train_config cnn_config(void) {
+    ddp_train_config c;
+    ddp_train_config_defaults_for(&c, DDP_MODEL_CNN);
+    c.model.n_conv = 2;
+    c.model.conv[0] = 4;
+    c.model.conv[1] = 6;
+    c.model.hidden[0] = 8;
+    c.global_batch = 16;
+    c.max_steps = 6;
+    c.sched.warmup_steps = 2;
+    c.sched.base_lr = 0.05f;
+    c.log_every = 3;
+    c.quiet = 1;
+    return c;
+}
+
+/* Trains a CNN and returns its parameters followed by its buffers (malloc'd), n in all. */
+static float *train_cnn(ddp_train_config cfg, ddp_comm *comm, size_t *n) {
+    ddp_trainer *t = NULL;
+    if (ddp_trainer_create(&cfg, backend, comm, comm, &img_train, &img_test, &t) != DDP_OK)
+        fail_msg("trainer_create: %s", ddp_error_trace_str());
+    if (ddp_trainer_run(t, NULL) != DDP_OK) fail_msg("run: %s", ddp_error_trace_str());
+    ddp_model *m = ddp_trainer_model(t);
+    size_t np = ddp_model_num_params(m), nb = ddp_model_num_buffer_elems(m);
+    float *p = malloc((np + nb) * sizeof *p);
+    assert_int_equal(ddp_trainer_get_params(t, p), DDP_OK);
+    memcpy(p + np, ddp_model_buffers(m), nb * sizeof *p);
+    *n = np + nb;
+    ddp_trainer_free(t);
+    return p;
+}
+
+static void cnn_sync_bn_on_n_ranks_equals_one_rank(void **state) {
+    /* With --sync-bn every batch norm sees the global batch's statistics, so N ranks reach
+     * the parameters and the running statistics of one rank with the whole batch; without
+     * it each rank normalizes its own share and they differ (by how much is printed). */
+    ddp_train_config c = cnn_config();
+    size_t n1, n2, n3;
+    float *single = train_cnn(c, local_comm, &n1);
+    c.sync_bn = 1;
+    float *synced = train_cnn(c, world_comm, &n2);
+    c.sync_bn = 0;
+    float *local = train_cnn(c, world_comm, &n3);
+    assert_int_equal(n1, n2);
+    /* The rounding spread of the one-rank run, parameters only (rounding_spread): the
+     * running statistics follow the parameters. */
+    ddp_train_config one = cnn_config();
+    size_t np;
+    float *ref = train_params(one, backend, local_comm, local_comm, &img_train, &img_test, &np);
+    double tol =
+        SPREAD_MARGIN * rounding_spread(one, backend, local_comm, &img_train, &img_test, NULL, ref);
+    double err = rel_error(synced, single, n1), err_local = rel_error(local, single, n1);
+    if (rank == 0)
+        print_message("cnn world %d: --sync-bn relative error %.3g vs one process (tolerance "
+                      "%.3g); without it %.3g\n",
+                      world, err, tol, err_local);
+    assert_true(err <= tol);
+    if (world > 1) assert_true(err_local > 10.0 * tol);
+    assert_identical_on_all_ranks(synced, n2);
+    assert_identical_on_all_ranks(local, n3); /* running statistics averaged over ranks */
+    free(single);
+    free(synced);
+    free(local);
+    free(ref);
+}
+
 static void evaluation_counts_every_sample_once(void **state) {
     /* The accuracy is a count over the test set divided by its size: with every sample
      * counted exactly once the result is the same for any number of ranks. */
@@ -355,6 +426,9 @@ int main(int argc, char **argv) {
     synthetic_dataset(&train_set, 640, 20, 4, 7);
     synthetic_dataset(&test_set, 333, 20, 4, 8);
     synthetic_text(&text, 6000, 9);
+    synthetic_dataset(&img_train, 320, 36, 4, 10);
+    synthetic_dataset(&img_test, 50, 36, 4, 11);
+    img_train.height = img_train.width = img_test.height = img_test.width = 6;
 
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(n_ranks_equal_one_rank_after_one_step),
@@ -370,11 +444,14 @@ int main(int argc, char **argv) {
         cmocka_unit_test(gpt_n_ranks_equal_one_rank),
         cmocka_unit_test(gpt_accumulation_equals_whole_batch),
         cmocka_unit_test(gpt_validation_is_the_same_for_any_number_of_ranks),
+        cmocka_unit_test(cnn_sync_bn_on_n_ranks_equals_one_rank),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     ddp_dataset_free(&train_set);
     ddp_dataset_free(&test_set);
     ddp_text_free(&text);
+    ddp_dataset_free(&img_train);
+    ddp_dataset_free(&img_test);
     ddp_comm_free(local_comm);
     return mpi_test_finish(failed, backend, world_comm);
 }

@@ -168,3 +168,37 @@ extern "C" ddp_status ddp_cuda_add(ddp_backend *b, float *y, const float *a, con
     DDP_CUDA_CHECK_LAUNCH("add_kernel");
     return DDP_OK;
 }
+
+/* ---- transpose ------------------------------------------------------------------------ */
+
+/* One 32 x 32 tile per block through shared memory (padded against bank conflicts), so
+ * that both the reads of x and the writes of y are coalesced. */
+__global__ static void transpose_kernel(float *y, const float *x, int rows, int cols) {
+    __shared__ float tile[32][33];
+    const float *xs = x + (size_t)blockIdx.z * rows * cols;
+    float *ys = y + (size_t)blockIdx.z * rows * cols;
+    int c = blockIdx.x * 32 + threadIdx.x, r0 = blockIdx.y * 32;
+    for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+        int r = r0 + i;
+        if (r < rows && c < cols) tile[i][threadIdx.x] = xs[(size_t)r * cols + c];
+    }
+    __syncthreads();
+    int r = blockIdx.y * 32 + threadIdx.x, c0 = blockIdx.x * 32;
+    for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+        int cc = c0 + i;
+        if (cc < cols && r < rows) ys[(size_t)cc * rows + r] = tile[threadIdx.x][i];
+    }
+}
+
+extern "C" ddp_status ddp_cuda_transpose(ddp_backend *b, float *y, const float *x, int batch,
+                                         int rows, int cols) {
+    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
+    if (batch > 65535)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "transpose: %d matrices (at most 65535 per call)",
+                        batch);
+    dim3 grid((unsigned)((cols + 31) / 32), (unsigned)((rows + 31) / 32), (unsigned)batch);
+    transpose_kernel<<<grid, dim3(32, 8), 0, cb->stream>>>(y, x, rows, cols);
+    DDP_CUDA_CHECK_LAUNCH("transpose_kernel");
+    return DDP_OK;
+}

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# The GPT end to end with the real programs under mpirun, on a small text file: training
+# on 2 ranks writes the language-model metrics; resuming from its half-way checkpoint
+# ends bitwise equal to the uninterrupted run (other rank counts: tests/checkpoint); the
+# export and the checkpoint give ddp-generate the same
+# model (the same text for the same seed), greedy sampling is deterministic; a rank that
+# hangs ends the job through the watchdog (exit 3); and bad
+# input fails on every rank with a message: a text too short for the context, heads that
+# do not divide the width, a text that is missing, ddp-generate on an MLP or on nothing.
+# Needs DDP_TRAIN and DDP_GENERATE (paths of the programs) and MPIEXEC.
+set -u
+TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
+GENERATE=${DDP_GENERATE:?DDP_GENERATE must point at ddp-generate}
+MPIEXEC=${MPIEXEC:-mpirun}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+TMP=$(mktemp -d /tmp/ddp-gpt-cli.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+MPI="$MPIEXEC --oversubscribe"
+fails=0 passes=0
+# shellcheck source=../script_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../script_lib.sh"
+
+# A text with structure worth learning: the same few sentences in shuffled order, 40 KB.
+python3 - "$TMP/text.txt" <<'EOF'
+import random, sys
+random.seed(5)
+s = ["the cat sat on the mat. ", "a dog ran in the park. ", "we eat bread and fish. ",
+     "the sun is warm today. ", "birds sing in the trees. "]
+with open(sys.argv[1], "w") as f:
+    f.write("".join(random.choice(s) for _ in range(1700)))
+EOF
+printf 'too short' >"$TMP/short.txt"
+SMALL=(--model gpt --text "$TMP/text.txt" --layers 2 --dim 32 --heads 4 --ctx 32 --batch 8
+       --lr 3e-3 --warmup 5 --log-every 10 --eval-every 20 --eval-tokens 2048)
+
+run train_two_ranks 0 "final validation loss" -- \
+    $MPI -np 2 "$TRAIN" "${SMALL[@]}" --steps 40 --metrics "$TMP/m.jsonl" \
+    --checkpoint-dir "$TMP/ckpt" --checkpoint-every 20 --export "$TMP/gpt.safetensors" \
+    --dump-params "$TMP/full.bin"
+# The records of a language model: throughput in tokens, MFU, validation loss in nats
+# and bits per byte, and a loss that went down from log(256) = 5.55.
+if python3 - "$TMP/m.jsonl" <<'EOF'
+import json, math, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+last = recs[-1]
+for k in ("tokens_per_s", "mfu", "val_loss", "val_bpb", "val_accuracy", "loss"):
+    assert k in last and last[k] is not None, k
+assert abs(last["val_bpb"] - last["val_loss"] / math.log(2)) < 1e-6
+assert last["tokens_per_s"] > 0 and 0 < last["mfu"] < 1.5
+assert last["val_loss"] < 3.0, last["val_loss"]
+assert sum(1 for r in recs if "val_loss" in r) == 2
+EOF
+then
+    echo "ok   metrics_of_a_language_model"; passes=$((passes + 1))
+else
+    echo "FAIL metrics_of_a_language_model"; cat "$TMP/m.jsonl"; fails=$((fails + 1))
+fi
+
+# Resume from the step-20 checkpoint on 2 ranks: bitwise the uninterrupted run.
+mkdir -p "$TMP/half" && cp "$TMP/ckpt/ckpt-00000020.ddp" "$TMP/half/"
+run resume_two_ranks 0 "resumed from .* step 20" -- \
+    $MPI -np 2 "$TRAIN" "${SMALL[@]}" --steps 40 --checkpoint-dir "$TMP/half" --resume \
+    --dump-params "$TMP/resumed.bin"
+if cmp -s "$TMP/full.bin" "$TMP/resumed.bin"; then
+    echo "ok   resumed_run_is_bitwise_the_uninterrupted_one"; passes=$((passes + 1))
+else
+    echo "FAIL resumed_run_is_bitwise_the_uninterrupted_one"; fails=$((fails + 1))
+fi
+
+# ddp-generate: the export and the last checkpoint hold the same model, so the same seed
+# gives the same text; greedy sampling twice gives the same text.
+run generate_from_export 0 "." -- \
+    "$GENERATE" --safetensors "$TMP/gpt.safetensors" --prompt "the " --tokens 60 --seed 3
+run generate_from_checkpoint 0 "." -- \
+    "$GENERATE" --checkpoint-dir "$TMP/ckpt" --prompt "the " --tokens 60 --seed 3
+if cmp -s "$TMP/generate_from_export.log" "$TMP/generate_from_checkpoint.log" &&
+    [ "$(head -c 4 "$TMP/generate_from_export.log")" = "the " ] &&
+    [ "$(wc -c <"$TMP/generate_from_export.log")" -ge 64 ]; then
+    echo "ok   export_and_checkpoint_generate_the_same_text"; passes=$((passes + 1))
+else
+    echo "FAIL export_and_checkpoint_generate_the_same_text"; fails=$((fails + 1))
+    head -c 200 "$TMP/generate_from_export.log"; echo; head -c 200 "$TMP/generate_from_checkpoint.log"; echo
+fi
+run greedy_a 0 "." -- "$GENERATE" --safetensors "$TMP/gpt.safetensors" --prompt "a dog" \
+    --tokens 40 --temperature 0 --seed 1
+run greedy_b 0 "." -- "$GENERATE" --safetensors "$TMP/gpt.safetensors" --prompt "a dog" \
+    --tokens 40 --temperature 0 --seed 2
+if cmp -s "$TMP/greedy_a.log" "$TMP/greedy_b.log"; then
+    echo "ok   greedy_sampling_ignores_the_seed"; passes=$((passes + 1))
+else
+    echo "FAIL greedy_sampling_ignores_the_seed"; fails=$((fails + 1))
+fi
+
+# A rank that hangs mid-training (SIGSTOP) ends the GPT's job through the watchdog:
+# exit status 3 within --timeout and a few seconds, the message naming the operation. Each
+# rank reads its own link to the text, so that pgrep finds rank 1 alone.
+ln -s "$TMP/text.txt" "$TMP/text.r0"
+ln -s "$TMP/text.txt" "$TMP/text.r1"
+SMALLER=(--model gpt --layers 2 --dim 32 --heads 4 --ctx 32 --batch 8 --log-every 5
+         --eval-every 1000000 --steps 100000 --timeout 4)
+timeout -k 5 120 $MPI -np 1 "$TRAIN" --text "$TMP/text.r0" "${SMALLER[@]}" : \
+    -np 1 "$TRAIN" --text "$TMP/text.r1" "${SMALLER[@]}" >"$TMP/stop.log" 2>&1 &
+job=$!
+for _ in $(seq 1 300); do
+    grep -q "step 20/" "$TMP/stop.log" && break
+    sleep 0.2
+done
+victim=$(pgrep -f "^$TRAIN --text $TMP/text.r1( |\$)")
+if [ -z "$victim" ] || ! grep -q "step 20/" "$TMP/stop.log"; then
+    echo "FAIL watchdog_ends_a_hung_gpt_job: training did not get going"; fails=$((fails + 1))
+    pkill -9 -f "$TMP"; wait $job
+else
+    t0=$(date +%s)
+    kill -STOP "$victim"
+    wait $job
+    rc=$? dt=$(($(date +%s) - t0))
+    kill -CONT "$victim" 2>/dev/null; kill -KILL "$victim" 2>/dev/null
+    if [ $rc -eq 3 ] && [ $dt -le 15 ] && grep -q "did not complete within" "$TMP/stop.log"; then
+        echo "ok   watchdog_ends_a_hung_gpt_job (exit 3, $dt s)"; passes=$((passes + 1))
+    else
+        echo "FAIL watchdog_ends_a_hung_gpt_job: exit $rc after $dt s"
+        tail -5 "$TMP/stop.log"; fails=$((fails + 1))
+    fi
+fi
+pkill -9 -f "$TMP" 2>/dev/null
+
+# Bad input: every rank exits non-zero with a message naming the problem.
+run text_too_short nonzero "short.txt.*(too short|at least)" -- \
+    $MPI -np 2 "$TRAIN" "${SMALL[@]}" --steps 2 --text "$TMP/short.txt"
+run text_missing nonzero "nowhere.txt" -- \
+    $MPI -np 2 "$TRAIN" "${SMALL[@]}" --steps 2 --text "$TMP/nowhere.txt"
+run heads_do_not_divide 2 "heads" -- \
+    $MPI -np 2 "$TRAIN" "${SMALL[@]}" --steps 2 --heads 3
+run text_for_an_mlp 2 "model gpt" -- \
+    $MPI -np 2 "$TRAIN" --model mlp --text "$TMP/text.txt" --steps 1
+$MPI -np 1 "$TRAIN" --steps 2 --batch 8 --export "$TMP/mlp.safetensors" >/dev/null 2>&1
+run generate_from_an_mlp 1 "GPT" -- "$GENERATE" --safetensors "$TMP/mlp.safetensors"
+run generate_from_nothing 2 "exactly one" -- "$GENERATE" --prompt x
+run generate_from_a_missing_file 1 "missing.safetensors" -- \
+    "$GENERATE" --safetensors "$TMP/missing.safetensors"
+
+echo "$passes passed, $fails failed"
+[ "$fails" -eq 0 ]
