@@ -23,8 +23,9 @@ static ddp_status export_init(const char *describe, uint64_t seed, const char *p
     ddp_model *m = NULL;
     ddp_status s = ddp_model_create(b, &spec, 1, &m);
     if (s == DDP_OK) s = ddp_model_init_params(m, seed);
-    /* The CPU backend's parameters are host memory: written as they are. */
-    if (s == DDP_OK) s = ddp_safetensors_write(m, ddp_model_params(m), path);
+    /* The CPU backend's parameters are host memory: written as they are. The GPT has no
+     * buffers (NULL). */
+    if (s == DDP_OK) s = ddp_safetensors_write(m, ddp_model_params(m), ddp_model_buffers(m), path);
     if (s == DDP_OK)
         printf("%s, seed %" PRIu64 ": %zu parameters, CRC-32 %08" PRIx32 " -> %s\n", describe, seed,
                ddp_model_num_params(m),
