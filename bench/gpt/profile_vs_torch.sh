@@ -11,7 +11,7 @@
 # OpenBLAS and would count as GEMM. With -n RANKS (default 1), ddp runs under mpirun and
 # PyTorch under torch.distributed.run, and the times are per rank (the mean of the ranks).
 # OPENBLAS_CORETYPE=SkylakeX for both (as
-# bench_vs_torch.sh, which says why; BENCH_CORETYPE changes it).
+# bench/vs-torch.sh, which says why; BENCH_CORETYPE changes it).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -45,7 +45,7 @@ for prog in ddp torch; do
         elif [ "$ranks" = 1 ]; then
             cmd=("$PYTHON" "$ROOT/bench/gpt/torch_ddp_gpt.py" --threads "$threads")
         else
-            # --redirects/--tee 2: see bench_vs_torch.sh.
+            # --redirects/--tee 2: see bench/vs-torch.sh.
             cmd=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$ranks"
                  --redirects 2 --tee 2 "$ROOT/bench/gpt/torch_ddp_gpt.py" --threads "$threads")
         fi

@@ -6,7 +6,7 @@
   OPENBLAS_NUM_THREADS=2 /usr/bin/python3 bench/gpt/torch_ddp_gpt.py --threads 2  # 1 rank
 
 (--redirects 2 --tee 2: the launcher's default of 0 fails with Debian's torch 1.13 on
-Python 3.11; bench_vs_torch.sh says why.)
+Python 3.11; bench/vs-torch.sh says why.)
 
 Trains the same GPT as ddp's defaults for --model gpt (4 blocks, width 256, 4 heads,
 context 128, bytes as tokens; tests/model/torch_gpt.py) on the same text with the same

@@ -62,7 +62,7 @@ void ddp_train_config_defaults_for(ddp_train_config *cfg, ddp_model_kind kind) {
     ddp_model_spec_defaults(&cfg->model, DDP_MODEL_GPT);
     cfg->global_batch = 32;
     cfg->epochs = 0;
-    cfg->max_steps = 2000;
+    cfg->max_steps = 1300;
     cfg->optim.kind = DDP_OPTIM_ADAMW;
     cfg->optim.beta1 = 0.9f;
     cfg->optim.beta2 = 0.99f;

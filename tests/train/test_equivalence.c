@@ -384,6 +384,40 @@ static void cnn_sync_bn_on_n_ranks_equals_one_rank(void **state) {
     free(ref);
 }
 
+static void cnn_accumulation_normalizes_per_micro_batch(void **state) {
+    /* Batch norm under accumulation normalizes each micro-batch on its own (README). What
+     * holds: one process accumulating 2 W micro-batches trains the parameters that W ranks
+     * accumulating 2 each do (the same samples in each micro-batch, the gradients averaged
+     * the same way); what does not: that equals the whole batch at once, whose statistics
+     * cover all the samples. The running statistics are left out of the first comparison:
+     * one process applies the momentum 2 W times in a row, W ranks twice and average. */
+    ddp_train_config c = cnn_config();
+    c.accum = 2 * world;
+    size_t n1, n2, n3;
+    float *accum_one = train_cnn(c, local_comm, &n1);
+    c.accum = 2;
+    float *ranks = train_cnn(c, world_comm, &n2);
+    c.accum = 1;
+    float *whole = train_cnn(c, local_comm, &n3);
+    ddp_train_config one = cnn_config();
+    one.accum = 2 * world;
+    size_t np;
+    float *ref = train_params(one, backend, local_comm, local_comm, &img_train, &img_test, &np);
+    double tol =
+        SPREAD_MARGIN * rounding_spread(one, backend, local_comm, &img_train, &img_test, NULL, ref);
+    double err = rel_error(ranks, accum_one, np), err_whole = rel_error(accum_one, whole, np);
+    if (rank == 0)
+        print_message("cnn world %d: %d ranks x accumulation 2 vs one process x %d: relative "
+                      "error %.3g (tolerance %.3g); vs the whole batch at once %.3g\n",
+                      world, world, 2 * world, err, tol, err_whole);
+    assert_true(err <= tol);
+    assert_true(err_whole > 10.0 * tol);
+    free(accum_one);
+    free(ranks);
+    free(whole);
+    free(ref);
+}
+
 static void evaluation_counts_every_sample_once(void **state) {
     /* The accuracy is a count over the test set divided by its size: with every sample
      * counted exactly once the result is the same for any number of ranks. */
@@ -429,6 +463,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(gpt_accumulation_equals_whole_batch),
         cmocka_unit_test(gpt_validation_is_the_same_for_any_number_of_ranks),
         cmocka_unit_test(cnn_sync_bn_on_n_ranks_equals_one_rank),
+        cmocka_unit_test(cnn_accumulation_normalizes_per_micro_batch),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     ddp_dataset_free(&train_set);

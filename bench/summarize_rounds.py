@@ -1,10 +1,11 @@
 #!/usr/bin/python3
-"""The rows and the summary of bench_vs_torch.sh.
+"""The rows and the summary of vs-torch.sh.
 
   summarize_rounds.py --row RUN.json ROUND VARIANT FRAMEWORK RANKS THREADS ALLREDUCE OTHERS
-      one CSV row of a run (ddp-bench's or torch_ddp_gpt.py's JSON)
-  summarize_rounds.py ROWS.csv
-      per variant the median tokens/s, the median of the per-round ratios ddp/PyTorch and
+      one CSV row of a run (ddp-bench's or torch_ddp_MODEL.py's JSON): tokens/s where the
+      JSON has them (a language model), else samples/s
+  summarize_rounds.py [--unit UNIT] ROWS.csv
+      per variant the median rate (in UNIT, default tokens/s), the median of the per-round ratios ddp/PyTorch and
       the speed-ups over 1 rank: over all rounds, and over the clean rounds (every run of
       the round with other processes below 0.1 core); then the median of each variant
       over its clean runs, in any round, and the ratios of those medians
@@ -23,7 +24,11 @@ def row(args):
     d = json.load(open(path))
     ms = ["%.1f" % (d[k] * 1e3) for k in ("t_forward", "t_backward", "t_optim", "t_step")]
     exposed = "%.1f" % (d["t_exposed"] * 1e3) if "t_exposed" in d else ""
-    print(",".join(fields + ["%.1f" % d["tokens_per_s"]] + ms + [exposed]))
+    rate = d["tokens_per_s"] if "tokens_per_s" in d else d["samples_per_s"]
+    print(",".join(fields + ["%.1f" % rate] + ms + [exposed]))
+
+
+UNIT = "tokens/s"
 
 
 def report(by, variants, rounds, title):
@@ -35,7 +40,7 @@ def report(by, variants, rounds, title):
         xs = [by[(r, a)] / by[(r, b)] for r in rounds]
         return st.median(xs), " ".join("%.2f" % x for x in xs)
 
-    print("variant        median tokens/s   (rounds %s)" % " ".join(rounds))
+    print("variant        median %s   (rounds %s)" % (UNIT, " ".join(rounds)))
     for v in variants:
         print("%-13s %10.0f   (%s)" % (v, st.median(by[(r, v)] for r in rounds),
                                         " ".join("%.0f" % by[(r, v)] for r in rounds)))
@@ -52,7 +57,7 @@ def report(by, variants, rounds, title):
 
 def summary(path):
     rows = list(csv.DictReader(open(path)))
-    by = {(r["round"], r["variant"]): float(r["tokens_per_s"]) for r in rows}
+    by = {(r["round"], r["variant"]): float(r["rate"]) for r in rows}
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     every = sorted({r["round"] for r in rows}, key=int)
     clean = [x for x in every
@@ -64,9 +69,9 @@ def summary(path):
     ok = {}
     for r in rows:
         if float(r["others_cores"]) < 0.1:
-            ok.setdefault(r["variant"], []).append(float(r["tokens_per_s"]))
+            ok.setdefault(r["variant"], []).append(float(r["rate"]))
     print("\n== clean runs (others below 0.1 core), any round")
-    print("variant        median tokens/s   (runs)")
+    print("variant        median %s   (runs)" % UNIT)
     for v in variants:
         xs = ok.get(v, [])
         print("%-13s %10s   (%s)" % (v, "%.0f" % st.median(xs) if xs else "-",
@@ -86,6 +91,9 @@ def summary(path):
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--row":
         row(sys.argv[2:])
+    elif len(sys.argv) == 4 and sys.argv[1] == "--unit":
+        UNIT = sys.argv[2]
+        summary(sys.argv[3])
     elif len(sys.argv) == 2:
         summary(sys.argv[1])
     else:

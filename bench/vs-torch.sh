@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# ddp against PyTorch DistributedDataParallel on the CPU, training the same GPT (the
-# defaults of --model gpt) side by side, in interleaved rounds.
+# ddp against PyTorch DistributedDataParallel on the CPU, training the same model (the
+# defaults of --model gpt, or of --model cnn with -m cnn) side by side, in interleaved rounds.
 #
-#   bench/gpt/bench_vs_torch.sh [-r ROUNDS] [-n "1 2"] [-c] [-d] [-q SECONDS] [-o CSV] [-- OPTIONS]
+#   bench/vs-torch.sh [-m gpt|cnn] [-r ROUNDS] [-n "1 2"] [-c] [-d] [-q SECONDS] [-o CSV] [-- OPTIONS]
 #
 # Every round runs, for each number of ranks N, ddp (mpirun -np N ddp-bench train --model
-# gpt) and PyTorch (bench/gpt/torch_ddp_gpt.py: under torch.distributed.run with gloo for
-# N > 1, a plain model for N = 1), alternating which goes first from round to round, so
+# MODEL) and PyTorch (bench/MODEL/torch_ddp_MODEL.py: under torch.distributed.run with gloo
+# for N > 1, a plain model for N = 1), alternating which goes first from round to round, so
 # that slow spells of a shared machine hit both alike. Both get the same threads per rank:
 # the machine's CPUs shared among the ranks (2 cores: 1 rank x 2 threads, 2 ranks x 1),
 # through OPENBLAS_NUM_THREADS (PyTorch's float32 matrix products go to the same system
 # OpenBLAS), ddp's --threads and torch.set_num_threads. OPTIONS after -- go to both
 # programs (they share the names: --layers --dim --heads --ctx --batch --warmup-steps
-# --bench-steps --lr --clip --text ...).
+# --bench-steps --lr --clip --text ... for the GPT; --batch --channels --hidden --kernel
+# --warmup-steps --bench-steps --lr for the CNN). Rates are tokens/s for the GPT, images/s
+# for the CNN.
 #
 # OPENBLAS_CORETYPE=SkylakeX is set for both (change with BENCH_CORETYPE): Debian's
 # OpenBLAS 0.3.21 does not recognise newer CPUs and falls back to slow generic kernels;
@@ -28,24 +30,26 @@
 # cores: the machine's busy time minus the run's own user and system time, over its wall
 # time). Rounds in which every run had others below 0.1 core are "clean".
 #
-# Prints each run (tokens/s, per-step phases in ms, ddp's exposed communication, others),
-# and per N the median tokens/s of each, the median of the per-round ratios ddp/PyTorch
+# Prints each run (its rate, per-step phases in ms, ddp's exposed communication, others),
+# and per N the median rate of each, the median of the per-round ratios ddp/PyTorch
 # and the speed-ups over 1 rank, over all rounds and over the clean rounds
 # (summarize_rounds.py).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-$ROOT/build}
 PYTHON=${PYTHON:-/usr/bin/python3} # Debian's, which has torch
+model=gpt
 rounds=5
 ranks="1 2"
 ceiling=0
 default_env=0
 quiet_max=600
 csv=""
-while getopts "r:n:cdq:o:" opt; do
+while getopts "m:r:n:cdq:o:" opt; do
     case $opt in
+    m) model=$OPTARG ;;
     r) rounds=$OPTARG ;;
     n) ranks=$OPTARG ;;
     c) ceiling=1 ;;
@@ -56,6 +60,12 @@ while getopts "r:n:cdq:o:" opt; do
     esac
 done
 shift $((OPTIND - 1))
+case $model in
+gpt) unit=tokens/s ;;
+cnn) unit=images/s ;;
+*) echo "$0: -m $model: the models compared are gpt and cnn" >&2; exit 2 ;;
+esac
+script=$HERE/$model/torch_ddp_$model.py
 [ "${1:-}" = "--" ] && shift
 common=("$@")
 
@@ -72,7 +82,7 @@ hz=$(getconf CLK_TCK)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 rows="$tmp/rows.csv"
-echo "round,variant,framework,ranks,threads,allreduce,others_cores,tokens_per_s,t_forward_ms,t_backward_ms,t_optim_ms,t_step_ms,t_exposed_ms" >"$rows"
+echo "round,variant,framework,ranks,threads,allreduce,others_cores,rate,t_forward_ms,t_backward_ms,t_optim_ms,t_step_ms,t_exposed_ms" >"$rows"
 
 # Busy and total jiffies of all CPUs since boot (busy: user, nice, system, irq, softirq,
 # steal).
@@ -105,10 +115,10 @@ run() {
         # No binding: PyTorch's launcher binds nothing either, and one rank of 2 threads
         # needs both cores (mpirun binds a rank to one core by default).
         cmd=(mpirun -np "$n" --oversubscribe --bind-to none -x OPENBLAS_NUM_THREADS="$threads"
-             "$BUILD_DIR/ddp-bench" train --model gpt --threads "$threads" "${extra[@]}"
+             "$BUILD_DIR/ddp-bench" train --model "$model" --threads "$threads" "${extra[@]}"
              "${common[@]}" --json "$json")
     elif [ "$n" = 1 ]; then
-        cmd=("$PYTHON" "$HERE/torch_ddp_gpt.py" --threads "$threads" "${extra[@]}"
+        cmd=("$PYTHON" "$script" --threads "$threads" "${extra[@]}"
              "${common[@]}" --json "$json")
     else
         # --redirects/--tee 2 (stderr to a log file and the console): their default, 0,
@@ -116,7 +126,7 @@ run() {
         # zero member that torch.distributed.run looks it up by ('NoneType' object has no
         # attribute 'get').
         cmd=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$n"
-             --redirects 2 --tee 2 "$HERE/torch_ddp_gpt.py" --threads "$threads" "${extra[@]}"
+             --redirects 2 --tee 2 "$script" --threads "$threads" "${extra[@]}"
              "${common[@]}" --json "$json")
     fi
     wait_quiet
@@ -138,7 +148,7 @@ run() {
         '{o = (b / hz - $1 - $2) / w; printf "%.2f", (o > 0 ? o : 0)}' "$tmp/cpu")
     "$PYTHON" "$HERE/summarize_rounds.py" --row "$json" "$r" "$name" "$fw" "$n" "$threads" \
         "$ar" "$others" >>"$rows"
-    tail -1 "$rows" | awk -F, '{printf "round %s %-12s %s x %s threads %8s tokens/s  fwd %6s bwd %6s optim %5s step %6s exposed %5s ms  others %s\n", $1, $2, $4, $5, $8, $9, $10, $11, $12, ($13 == "" ? "-" : $13), $7}'
+    tail -1 "$rows" | awk -F, -v unit="$unit" '{printf "round %s %-12s %s x %s threads %8s %s  fwd %6s bwd %6s optim %5s step %6s exposed %5s ms  others %s\n", $1, $2, $4, $5, $8, unit, $9, $10, $11, $12, ($13 == "" ? "-" : $13), $7}'
 }
 
 echo "$(lscpu | sed -n 's/^Model name: *//p'), $cpus CPUs; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}; options: ${common[*]:-(defaults)}"
@@ -151,5 +161,5 @@ for r in $(seq 1 "$rounds"); do
         done
     done
 done
-"$PYTHON" "$HERE/summarize_rounds.py" "$rows"
+"$PYTHON" "$HERE/summarize_rounds.py" --unit "$unit" "$rows"
 if [ -n "$csv" ]; then cp "$rows" "$csv"; fi
