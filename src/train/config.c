@@ -53,7 +53,7 @@ void ddp_train_config_defaults_for(ddp_train_config *cfg, ddp_model_kind kind) {
         /* The CNN of the README's run on Fashion-MNIST (bench/RESULTS.md). */
         ddp_model_spec_defaults(&cfg->model, DDP_MODEL_CNN);
         cfg->epochs = 15;
-        cfg->optim.weight_decay = 5e-4f;
+        cfg->optim.weight_decay = 2e-3f;
         return;
     }
     if (kind != DDP_MODEL_GPT) return;
