@@ -2,7 +2,7 @@
 # ddp against PyTorch DistributedDataParallel on the CPU, training the same model (the
 # defaults of --model gpt, or of --model cnn with -m cnn) side by side, in interleaved rounds.
 #
-#   bench/vs-torch.sh [-m gpt|cnn] [-r ROUNDS] [-n "1 2"] [-c] [-d] [-q SECONDS] [-o CSV] [-- OPTIONS]
+#   bench/vs-torch.sh [-m gpt|cnn] [-t "PYTORCH OPTIONS"] [-r ROUNDS] [-n "1 2"] [-c] [-d] [-q SECONDS] [-o CSV] [-- OPTIONS]
 #
 # Every round runs, for each number of ranks N, ddp (mpirun -np N ddp-bench train --model
 # MODEL) and PyTorch (bench/MODEL/torch_ddp_MODEL.py: under torch.distributed.run with gloo
@@ -14,7 +14,8 @@
 # programs (they share the names: --layers --dim --heads --ctx --batch --warmup-steps
 # --bench-steps --lr --clip --text ... for the GPT; --batch --channels --hidden --kernel
 # --warmup-steps --bench-steps --lr for the CNN). Rates are tokens/s for the GPT, images/s
-# for the CNN.
+# for the CNN. -t gives options to PyTorch's script only (-t --channels-last: the CNN in
+# PyTorch's channels-last memory format, ddp's layout).
 #
 # OPENBLAS_CORETYPE=SkylakeX is set for both (change with BENCH_CORETYPE): Debian's
 # OpenBLAS 0.3.21 does not recognise newer CPUs and falls back to slow generic kernels;
@@ -47,9 +48,11 @@ ceiling=0
 default_env=0
 quiet_max=600
 csv=""
-while getopts "m:r:n:cdq:o:" opt; do
+torch_only=()
+while getopts "m:t:r:n:cdq:o:" opt; do
     case $opt in
     m) model=$OPTARG ;;
+    t) read -r -a torch_only <<<"$OPTARG" ;;
     r) rounds=$OPTARG ;;
     n) ranks=$OPTARG ;;
     c) ceiling=1 ;;
@@ -119,7 +122,7 @@ run() {
              "${common[@]}" --json "$json")
     elif [ "$n" = 1 ]; then
         cmd=("$PYTHON" "$script" --threads "$threads" "${extra[@]}"
-             "${common[@]}" --json "$json")
+             "${common[@]}" "${torch_only[@]}" --json "$json")
     else
         # --redirects/--tee 2 (stderr to a log file and the console): their default, 0,
         # fails in Debian's torch 1.13 under Python 3.11, whose IntFlag no longer lists the
@@ -127,7 +130,7 @@ run() {
         # attribute 'get').
         cmd=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$n"
              --redirects 2 --tee 2 "$script" --threads "$threads" "${extra[@]}"
-             "${common[@]}" --json "$json")
+             "${common[@]}" "${torch_only[@]}" --json "$json")
     fi
     wait_quiet
     local b0 t0 b1 t1 w0 w1 others
@@ -151,7 +154,7 @@ run() {
     tail -1 "$rows" | awk -F, -v unit="$unit" '{printf "round %s %-12s %s x %s threads %8s %s  fwd %6s bwd %6s optim %5s step %6s exposed %5s ms  others %s\n", $1, $2, $4, $5, $8, unit, $9, $10, $11, $12, ($13 == "" ? "-" : $13), $7}'
 }
 
-echo "$(lscpu | sed -n 's/^Model name: *//p'), $cpus CPUs; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}; options: ${common[*]:-(defaults)}"
+echo "$(lscpu | sed -n 's/^Model name: *//p'), $cpus CPUs; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}; options: ${common[*]:-(defaults)}; PyTorch only: ${torch_only[*]:-(none)}"
 for r in $(seq 1 "$rounds"); do
     if [ $((r % 2)) = 1 ]; then order="ddp torch"; else order="torch ddp"; fi
     for n in $ranks; do

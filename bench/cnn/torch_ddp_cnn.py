@@ -23,7 +23,6 @@ one JSON object (rank 0).
 import argparse
 import contextlib
 import gzip
-import json
 import os
 import sys
 import time
@@ -33,6 +32,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch_common  # noqa: E402
 
 
 def load_images(path):
@@ -84,15 +86,7 @@ def main():
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
 
-    torch.set_num_threads(a.threads)
-    distributed = "WORLD_SIZE" in os.environ
-    if distributed:
-        dist.init_process_group("gloo")
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
-    if a.batch % world:
-        sys.exit("--batch %d does not split over %d ranks" % (a.batch, world))
-    local = a.batch // world
+    distributed, rank, world, local = torch_common.start(a.threads, a.batch)
 
     images = torch.from_numpy(load_images(os.path.join(a.data, "train-images-idx3-ubyte.gz"))
                               .astype(np.float32) / 255.0)
@@ -162,14 +156,8 @@ def main():
             "t_optim": phases[2].item(),
             "t_step": phases[3].item(),
         }
-        print(json.dumps(out, indent=2))
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(out, f, indent=2)
-    if distributed:
-        dist.barrier()  # then exit without destroy_process_group (torch_ddp_gpt.py says why)
-        sys.stdout.flush()
-        os._exit(0)
+        torch_common.report(out, a.json)
+    torch_common.finish(distributed)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ apply to both programs; --threads sets PyTorch's own intra-op threads.
 """
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
@@ -38,6 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "model"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import torch_common  # noqa: E402
 import torch_gpt  # noqa: E402
 
 
@@ -63,15 +64,13 @@ def cosine_lr(a, step, total):
     return a.min_lr + (a.lr - a.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_gpt_args(ap):
+    """The model, data and optimizer options that torch_train_gpt.py shares."""
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--ctx", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32, help="global batch (windows)")
-    ap.add_argument("--warmup-steps", type=int, default=5)
-    ap.add_argument("--bench-steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads per rank")
     ap.add_argument("--text", default=None, help="default: ddp's KJV corpus cache file")
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -83,24 +82,23 @@ def main():
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--json", default=None)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_gpt_args(ap)
+    ap.add_argument("--warmup-steps", type=int, default=5)
+    ap.add_argument("--bench-steps", type=int, default=20)
     ap.add_argument("--bucket-mb", type=float, default=25.0)
     ap.add_argument("--no-allreduce", action="store_true",
                     help="skip gradient averaging (DDP's no_sync): the ceiling of N ranks")
     ap.add_argument("--profile", action="store_true",
                     help="after the timed steps, 5 more under torch.profiler; operators by "
                          "self CPU time per step go to stderr (rank 0)")
-    ap.add_argument("--json", default=None)
     a = ap.parse_args()
 
-    torch.set_num_threads(a.threads)
-    distributed = "WORLD_SIZE" in os.environ
-    if distributed:
-        dist.init_process_group("gloo")
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
-    if a.batch % world:
-        sys.exit("--batch %d does not split over %d ranks" % (a.batch, world))
-    local = a.batch // world
+    distributed, rank, world, local = torch_common.start(a.threads, a.batch)
 
     path = a.text or default_corpus()
     if not os.path.exists(path):
@@ -202,19 +200,8 @@ def main():
             "t_step": phases[3].item(),
             "t_step_wall": w / a.bench_steps,
         }
-        print(json.dumps(out, indent=2))
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(out, f, indent=2)
-    if distributed:
-        # Every rank is done with collectives here. Then exit without destroy_process_group:
-        # in Debian's torch 1.13 it sometimes never returns on a rank whose peer has already
-        # exited (the gloo group's destructor joins a thread that waits forever, while the
-        # store client's thread spins on the closed socket at 100% of a core).
-        dist.barrier()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        torch_common.report(out, a.json)
+    torch_common.finish(distributed)
 
 
 if __name__ == "__main__":

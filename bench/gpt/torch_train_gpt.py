@@ -21,7 +21,6 @@ ddp-train's final evaluation computes (src/data/text.c, ddp_val_windows_*). Prin
 JSON object (rank 0).
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -34,7 +33,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "tests", "model"))
+import torch_common  # noqa: E402
 import torch_ddp_gpt  # noqa: E402
 import torch_gpt  # noqa: E402
 
@@ -70,38 +71,14 @@ def evaluate(model, val, ctx, rank, world):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--dim", type=int, default=256)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--ctx", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=32, help="global batch (windows)")
+    torch_ddp_gpt.add_gpt_args(ap)
     ap.add_argument("--seconds", type=float, default=0, help="training budget (wall time)")
     ap.add_argument("--steps", type=int, default=0, help="or a fixed number of steps")
-    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads per rank")
-    ap.add_argument("--text", default=None, help="default: ddp's KJV corpus cache file")
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--min-lr", type=float, default=2e-4)
-    ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--beta1", type=float, default=0.9)
-    ap.add_argument("--beta2", type=float, default=0.99)
-    ap.add_argument("--eps", type=float, default=1e-8)
-    ap.add_argument("--weight-decay", type=float, default=0.1)
-    ap.add_argument("--clip", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--json", default=None)
     a = ap.parse_args()
     if (a.seconds > 0) == (a.steps > 0):
         sys.exit("give one of --seconds and --steps")
 
-    torch.set_num_threads(a.threads)
-    distributed = "WORLD_SIZE" in os.environ
-    if distributed:
-        dist.init_process_group("gloo")
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
-    if a.batch % world:
-        sys.exit("--batch %d does not split over %d ranks" % (a.batch, world))
-    local = a.batch // world
+    distributed, rank, world, local = torch_common.start(a.threads, a.batch)
 
     path = a.text or torch_ddp_gpt.default_corpus()
     with open(path, "rb") as f:
@@ -166,14 +143,8 @@ def main():
             "val_loss": val_loss,
             "val_bpb": val_loss / math.log(2),
         }
-        print(json.dumps(out, indent=2))
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(out, f, indent=2)
-    if distributed:
-        dist.barrier()  # then exit without destroy_process_group (torch_ddp_gpt.py says why)
-        sys.stdout.flush()
-        os._exit(0)
+        torch_common.report(out, a.json)
+    torch_common.finish(distributed)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ struct ddp_comm {
     ddp_backend *backend;
     int rank, size;
     int local_rank, local_size;
-    int sleeping_wait; /* see ddp_comm_sleeping_wait */
+    int sleeping_wait;       /* see ddp_comm_sleeping_wait */
     char allreduce_what[80]; /* what the watchdog names for an all-reduce ("" = "allreduce") */
     char allreduce_tag[32];  /* its name for fault injection ("" = "allreduce") */
 };

@@ -12,8 +12,7 @@
 /* g = gscale grad + wd p; buf = first ? g : momentum buf + g;
  * p -= lr (nesterov ? g + momentum buf : buf). Without buf (no momentum state) p -= lr g. */
 __global__ static void sgd_kernel(float *p, const float *grad, float *buf, size_t n, float lr,
-                                  float momentum, float wd, int nesterov, int first,
-                                  float gscale) {
+                                  float momentum, float wd, int nesterov, int first, float gscale) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         float pi = p[i];
