@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPT end to end with the real programs under mpirun, on a small text file: training
-# on 2 ranks writes the language-model metrics; resuming from its half-way checkpoint
+# on 2 ranks writes the language-model metrics and, with accumulation, a trace of every
+# layer; resuming from its half-way checkpoint
 # ends bitwise equal to the uninterrupted run (other rank counts: tests/checkpoint); the
 # export and the checkpoint give ddp-generate the same
 # model (the same text for the same seed), greedy sampling is deterministic; a rank that
@@ -54,6 +55,32 @@ then
     echo "ok   metrics_of_a_language_model"; passes=$((passes + 1))
 else
     echo "FAIL metrics_of_a_language_model"; cat "$TMP/m.jsonl"; fails=$((fails + 1))
+fi
+
+# --trace with accumulation: every layer of the GPT (the embedding, each block, the final
+# norm, the tied head) in backward twice a step, in forward also in the evaluation, and the
+# buckets' all-reduces
+# on the communication thread.
+run trace_with_accumulation 0 "final validation loss" -- \
+    $MPI -np 2 "$TRAIN" "${SMALL[@]}" --steps 3 --accum 2 --trace "$TMP/tr"
+if python3 - "$TMP/tr.rank0.json" "$TMP/tr.rank1.json" <<'EOF'
+import json, sys
+for path in sys.argv[1:]:
+    d = json.load(open(path))
+    ev = d["traceEvents"] if isinstance(d, dict) else d
+    spans = [e for e in ev if e.get("ph") == "X"]
+    for layer in ("embedding", "h0", "h1", "ln_f", "lm_head"):
+        n = {c: sum(1 for e in spans if e["name"] == layer and e.get("cat") == c)
+             for c in ("forward", "backward")}
+        # 3 steps x 2 micro-batches; forward also in the final evaluation
+        assert n["backward"] == 6 and n["forward"] > 6, (path, layer, n)
+    buckets = [e for e in spans if e["name"] == "allreduce bucket"]
+    assert len(buckets) >= 3 and all(e["tid"] != 0 for e in buckets), buckets
+EOF
+then
+    echo "ok   trace_of_every_layer"; passes=$((passes + 1))
+else
+    echo "FAIL trace_of_every_layer"; fails=$((fails + 1))
 fi
 
 # Resume from the step-20 checkpoint on 2 ranks: bitwise the uninterrupted run.
