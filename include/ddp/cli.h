@@ -180,11 +180,19 @@ typedef struct {
     int node_cpus;   /* CPUs of the node this job may use: the cgroup's cpuset, else
                       * the online CPUs */
     int mask_cpus;   /* CPUs in this process's affinity mask (0: unknown) */
-    double quota;    /* the cgroup v2 CPU quota in CPUs (cpu.max); 0 = none */
+    double quota;    /* the cgroup CPU quota in CPUs (v2 cpu.max, v1 cfs_quota_us); 0 = none */
 } ddp_cli_cpu_info;
 
 /* Reads the environment, the affinity mask and the cgroup files. Not collective. */
 void ddp_cli_cpu_info_read(ddp_cli_cpu_info *info);
+
+/* The part of it that reads the cgroups: for each line of `proc_cgroup` (the format of
+ * /proc/self/cgroup), the hierarchy mounted under `root` (/sys/fs/cgroup), cgroup v2
+ * (cpu.max, cpuset.cpus.effective) or v1 (cpu.cfs_quota_us / cpu.cfs_period_us,
+ * cpuset.effective_cpus), from the process's level up to the mount: sets info->quota to
+ * the tightest quota and info->node_cpus to the nearest cpuset's size, where found. */
+void ddp_cli_cgroup_limits(const char *proc_cgroup, const char *root, ddp_cli_cpu_info *info);
+
 /* The BLAS threads for a rank with `local_size` ranks on its node: `requested` when > 0
  * (--threads); 0 (leave the library's own setting) when OPENBLAS_NUM_THREADS or
  * OMP_NUM_THREADS is set; else the CPUs this rank may use: its share of the node's CPUs

@@ -39,6 +39,11 @@ void ddp_watchdog_free(void);
  * named in the message. */
 void ddp_watchdog_set_step(int64_t step);
 
+/* Where the process is, for programs without training steps (copied, up to 95 bytes; NULL
+ * or "" = back to the step): "in the all-reduces of 1048576 bytes" is named in the
+ * message instead of the step. Takes the watchdog's lock: not for every collective. */
+void ddp_watchdog_set_where(const char *where);
+
 /* Marks the start of a blocking operation named `what` (a string literal: it is kept,
  * not copied). Returns a token for ddp_watchdog_disarm, or -1 when nothing is watched
  * (watchdog off, or more operations in flight at once than it tracks). Operations may

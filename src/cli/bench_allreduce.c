@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "ddp/watchdog.h"
 
 /* Everything one size needs: the buffer in the backend's memory and a host mirror. */
 typedef struct {
@@ -143,6 +144,9 @@ static ddp_status run_allreduce(bench_ctx *c, const ddp_cli_allreduce_options *a
     ddp_status s = DDP_OK;
     *total_wrong = 0;
     for (size_t bytes = a->min_bytes; s == DDP_OK && bytes <= a->max_bytes; bytes *= 2) {
+        char where[96];
+        snprintf(where, sizeof where, "in the all-reduces of %zu bytes", bytes);
+        ddp_watchdog_set_where(where);
         size_t count = bytes / sizeof(float);
         size_result res;
         s = bench_size(c, a, count, bounds, &res);
@@ -174,6 +178,7 @@ static ddp_status run_allreduce(bench_ctx *c, const ddp_cli_allreduce_options *a
             if (row) json_array_append_new(rows, row);
         }
     }
+    ddp_watchdog_set_where(NULL); /* the JSON summary after: back to "set-up" */
     free(bounds);
     if (s == DDP_OK && c->rank == 0) {
         printf("# wrong elements in all: %ld\n", *total_wrong);

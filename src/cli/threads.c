@@ -32,25 +32,8 @@ int ddp_cli_threads_for(int requested, int local_size, const ddp_cli_cpu_info *i
     return share;
 }
 
-/* This process's cgroup v2 directory ("0::/path" in /proc/self/cgroup). */
-static int own_cgroup(char *dir, size_t cap) {
-    FILE *f = fopen("/proc/self/cgroup", "r");
-    if (!f) return 0;
-    char line[1024];
-    int found = 0;
-    while (!found && fgets(line, sizeof line, f)) {
-        if (strncmp(line, "0::", 3) != 0) continue;
-        line[strcspn(line, "\n")] = '\0';
-        /* "/" is the root: no trailing slash, so that parents are cut at slashes. */
-        snprintf(dir, cap, "%s%s", CGROUP_ROOT, strcmp(line + 3, "/") == 0 ? "" : line + 3);
-        found = 1;
-    }
-    fclose(f);
-    return found;
-}
-
 static int read_line(const char *dir, const char *file, char *buf, size_t cap) {
-    char path[1400];
+    char path[1440]; /* a level (up to 1400) and a file name */
     snprintf(path, sizeof path, "%s/%s", dir, file);
     FILE *f = fopen(path, "r");
     if (!f) return 0;
@@ -77,27 +60,90 @@ static int count_cpu_list(const char *s) {
     return n;
 }
 
-/* Every level from this cgroup up to the root may limit: the tightest quota counts, and
- * the nearest effective cpuset (each level's is already within its parent's). */
-static void read_cgroup(ddp_cli_cpu_info *info) {
-    char dir[1100], line[256];
-    if (!own_cgroup(dir, sizeof dir)) return;
+/* The quota in CPUs one level sets, 0 = none: cgroup v2's cpu.max ("max 100000" or
+ * "QUOTA PERIOD"), or v1's cpu.cfs_quota_us (-1 = none) over cpu.cfs_period_us. */
+static double level_quota(const char *dir, int v1) {
+    char line[256];
+    long long quota = 0, period = 0;
+    if (!v1) {
+        if (read_line(dir, "cpu.max", line, sizeof line) &&
+            sscanf(line, "%lld %lld", &quota, &period) == 2 && quota > 0 && period > 0)
+            return (double)quota / (double)period;
+        return 0.0;
+    }
+    if (read_line(dir, "cpu.cfs_quota_us", line, sizeof line) &&
+        sscanf(line, "%lld", &quota) == 1 && quota > 0 &&
+        read_line(dir, "cpu.cfs_period_us", line, sizeof line) &&
+        sscanf(line, "%lld", &period) == 1 && period > 0)
+        return (double)quota / (double)period;
+    return 0.0;
+}
+
+/* Every level from `path` under `mount` up to `mount` itself may limit: the tightest quota
+ * counts, and the nearest effective cpuset (each level's is already within its parent's).
+ * Levels that do not exist are passed over: inside a container, /proc/self/cgroup names
+ * the host's path while the container sees its own cgroup mounted at the root. */
+static void scan_levels(const char *mount, const char *path, int v1, int quota, int cpuset,
+                        ddp_cli_cpu_info *info) {
+    char dir[1400], line[1024];
+    snprintf(dir, sizeof dir, "%s%s", mount, strcmp(path, "/") == 0 ? "" : path);
+    size_t root_len = strlen(mount);
     int have_cpuset = 0;
     while (1) {
-        long long quota = 0, period = 0;
-        if (read_line(dir, "cpu.max", line, sizeof line) &&
-            sscanf(line, "%lld %lld", &quota, &period) == 2 && quota > 0 && period > 0) {
-            double q = (double)quota / (double)period;
-            if (info->quota == 0.0 || q < info->quota) info->quota = q;
+        if (quota) {
+            double q = level_quota(dir, v1);
+            if (q > 0.0 && (info->quota == 0.0 || q < info->quota)) info->quota = q;
         }
-        if (!have_cpuset && read_line(dir, "cpuset.cpus.effective", line, sizeof line)) {
+        if (cpuset && !have_cpuset &&
+            read_line(dir, v1 ? "cpuset.effective_cpus" : "cpuset.cpus.effective", line,
+                      sizeof line)) {
             int n = count_cpu_list(line);
             if (n > 0) info->node_cpus = n, have_cpuset = 1;
         }
         char *slash = strrchr(dir, '/');
-        if (strlen(dir) <= strlen(CGROUP_ROOT) || !slash) break;
+        if (strlen(dir) <= root_len || !slash || (size_t)(slash - dir) < root_len) break;
         *slash = '\0';
     }
+}
+
+/* Whether the comma-separated controller list names `want` ("cpu,cpuacct" has "cpu"). */
+static int has_controller(const char *list, size_t len, const char *want) {
+    size_t w = strlen(want);
+    for (const char *p = list; p < list + len;) {
+        const char *comma = memchr(p, ',', (size_t)(list + len - p));
+        size_t n = comma ? (size_t)(comma - p) : (size_t)(list + len - p);
+        if (n == w && strncmp(p, want, w) == 0) return 1;
+        p += n + 1;
+    }
+    return 0;
+}
+
+void ddp_cli_cgroup_limits(const char *proc_cgroup, const char *root, ddp_cli_cpu_info *info) {
+    FILE *f = fopen(proc_cgroup, "r");
+    if (!f) return;
+    char line[1024];
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = '\0';
+        /* "ID:CONTROLLERS:PATH"; cgroup v2's line is "0::PATH". */
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2 || c2[1] != '/') continue;
+        const char *list = c1 + 1, *path = c2 + 1;
+        size_t len = (size_t)(c2 - list);
+        char mount[1100];
+        if (strncmp(line, "0::", 3) == 0) {
+            scan_levels(root, path, 0, 1, 1, info);
+            continue;
+        }
+        /* cgroup v1: each hierarchy is mounted by its controllers' names ("cpu,cpuacct";
+         * distributions also link "cpu" to it). */
+        int cpu = has_controller(list, len, "cpu"), cpuset = has_controller(list, len, "cpuset");
+        if (!cpu && !cpuset) continue;
+        snprintf(mount, sizeof mount, "%s/%.*s", root, (int)len, list);
+        if (access(mount, F_OK) != 0)
+            snprintf(mount, sizeof mount, "%s/%s", root, cpu ? "cpu" : "cpuset");
+        scan_levels(mount, path, 1, cpu, cpuset, info);
+    }
+    fclose(f);
 }
 
 void ddp_cli_cpu_info_read(ddp_cli_cpu_info *info) {
@@ -106,7 +152,7 @@ void ddp_cli_cpu_info_read(ddp_cli_cpu_info *info) {
     info->env_threads = (a && a[0]) || (b && b[0]);
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     info->node_cpus = online > 0 ? (int)online : 1;
-    read_cgroup(info);
+    ddp_cli_cgroup_limits("/proc/self/cgroup", CGROUP_ROOT, info);
     cpu_set_t set;
     CPU_ZERO(&set);
     if (sched_getaffinity(0, sizeof set, &set) == 0) info->mask_cpus = CPU_COUNT(&set);

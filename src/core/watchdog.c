@@ -37,6 +37,7 @@ static struct {
     ddp_watchdog_expire_fn on_expire;
     void *ctx;
     slot slots[MAX_SLOTS];
+    char where[96]; /* ddp_watchdog_set_where; "" = the step */
 } wd = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* Read without the mutex on every arm, so that an idle watchdog costs one load. */
@@ -106,8 +107,11 @@ static void *watch(void *arg) {
         if (s) {
             double left = s->since + wd.timeout - now;
             if (left <= 0.0) {
-                char step[64], msg[512];
-                describe_step(atomic_load(&wd_step), step, sizeof step);
+                char step[sizeof wd.where], msg[512];
+                if (wd.where[0])
+                    snprintf(step, sizeof step, "%s", wd.where);
+                else
+                    describe_step(atomic_load(&wd_step), step, sizeof step);
                 /* Honest about what is known: this rank sees only that its own call did
                  * not return; the rank at fault is whichever one did not report this. */
                 snprintf(msg, sizeof msg,
@@ -197,6 +201,12 @@ void ddp_watchdog_free(void) {
 }
 
 void ddp_watchdog_set_step(int64_t step) { atomic_store(&wd_step, step); }
+
+void ddp_watchdog_set_where(const char *where) {
+    pthread_mutex_lock(&wd.mu);
+    snprintf(wd.where, sizeof wd.where, "%s", where ? where : "");
+    pthread_mutex_unlock(&wd.mu);
+}
 
 int ddp_watchdog_arm(const char *what) {
     if (!atomic_load_explicit(&wd_enabled, memory_order_relaxed)) return -1;

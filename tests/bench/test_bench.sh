@@ -161,7 +161,7 @@ else
     dt=$(elapsed "$t0" "$(now)")
     kill_ours # the stopped rank, should mpirun's end not have reached it
     if [ $rc -ne 3 ] || ! le 3 "$dt" || ! le "$dt" 13 ||
-        ! grep -Eq "rank 0: allreduce .*did not complete within 3 s" "$TMP/stop.log"; then
+        ! grep -Eq "rank 0: allreduce .*in the all-reduces of [0-9]+ bytes did not complete within 3 s" "$TMP/stop.log"; then
         fail "watchdog (allreduce): exit status $rc after $dt s (expected 3, after 3 to 13 s, with the watchdog's message)"
         cat "$TMP/stop.log"
     else

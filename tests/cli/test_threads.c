@@ -8,7 +8,10 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 #include <cmocka.h>
 
@@ -107,8 +110,77 @@ static void environment_variables_are_respected(void **state) {
     setenv("OPENBLAS_NUM_THREADS", "1", 1);
 }
 
+/* A made-up cgroup tree: `root`/`rel` holds `text`, folders made as needed. */
+static void put(const char *root, const char *rel, const char *text) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", root, rel);
+    for (char *p = path + strlen(root) + 1; (p = strchr(p, '/')) != NULL; p++) {
+        *p = '\0';
+        mkdir(path, 0700);
+        *p = '/';
+    }
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void cgroup_v2_levels_give_the_tightest_quota_and_nearest_cpuset(void **state) {
+    char root[] = "/tmp/ddp-cgroup-v2.XXXXXX";
+    assert_non_null(mkdtemp(root));
+    put(root, "proc", "0::/job/rank\n");
+    put(root, "fs/job/rank/cpu.max", "max 100000\n"); /* no limit at this level */
+    put(root, "fs/job/cpu.max", "150000 100000\n");   /* 1.5 CPUs */
+    put(root, "fs/cpu.max", "400000 100000\n");
+    put(root, "fs/job/rank/cpuset.cpus.effective", "0-3,8\n");
+    put(root, "fs/job/cpuset.cpus.effective", "0-15\n");
+    char proc[600], fs[600];
+    snprintf(proc, sizeof proc, "%s/proc", root);
+    snprintf(fs, sizeof fs, "%s/fs", root);
+    ddp_cli_cpu_info m = machine(64, 64, 0.0);
+    ddp_cli_cgroup_limits(proc, fs, &m);
+    assert_true(m.quota == 1.5);
+    assert_int_equal(m.node_cpus, 5);
+    assert_int_equal(ddp_cli_threads_for(0, 1, &m), 1);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void cgroup_v1_quota_and_cpuset_are_read_too(void **state) {
+    /* As in a container on a cgroup v1 host: /proc/self/cgroup names the host's path, which
+     * does not exist inside; the container's own cgroup is at the mount. */
+    char root[] = "/tmp/ddp-cgroup-v1.XXXXXX";
+    assert_non_null(mkdtemp(root));
+    put(root, "proc",
+        "12:cpuset:/docker/abc\n4:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n"
+        "1:name=systemd:/docker/abc\n");
+    put(root, "fs/cpu,cpuacct/cpu.cfs_quota_us", "250000\n");
+    put(root, "fs/cpu,cpuacct/cpu.cfs_period_us", "100000\n");
+    put(root, "fs/cpuset/cpuset.effective_cpus", "2-9\n");
+    put(root, "fs/memory/cpu.cfs_quota_us", "1000\n"); /* not the cpu hierarchy: ignored */
+    char proc[600], fs[600];
+    snprintf(proc, sizeof proc, "%s/proc", root);
+    snprintf(fs, sizeof fs, "%s/fs", root);
+    ddp_cli_cpu_info m = machine(64, 64, 0.0);
+    ddp_cli_cgroup_limits(proc, fs, &m);
+    assert_true(m.quota == 2.5);
+    assert_int_equal(m.node_cpus, 8);
+    assert_int_equal(ddp_cli_threads_for(0, 2, &m), 1); /* 2.5 CPUs keep 2 busy: 1 each */
+    /* -1 is no quota. */
+    put(root, "fs/cpu,cpuacct/cpu.cfs_quota_us", "-1\n");
+    m = machine(64, 64, 0.0);
+    ddp_cli_cgroup_limits(proc, fs, &m);
+    assert_true(m.quota == 0.0);
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(cgroup_v2_levels_give_the_tightest_quota_and_nearest_cpuset),
+        cmocka_unit_test(cgroup_v1_quota_and_cpuset_are_read_too),
         cmocka_unit_test(explicit_threads_win),
         cmocka_unit_test(environment_is_left_to_the_library),
         cmocka_unit_test(unbound_ranks_share_the_node),

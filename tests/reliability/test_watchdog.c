@@ -102,6 +102,22 @@ static void names_set_up_before_the_first_step(void **state) {
     assert_non_null(strstr(seen.message, "rank 0: allgather during set-up (before step 1)"));
 }
 
+/* A program without steps says where it is instead (ddp-bench allreduce: the size). */
+static void names_where_set_instead_of_the_step(void **state) {
+    assert_int_equal(ddp_watchdog_init(0.2, 2, record, NULL), DDP_OK);
+    ddp_watchdog_set_step(7);
+    ddp_watchdog_set_where("in the all-reduces of 4096 bytes");
+    int tok = ddp_watchdog_arm("allreduce");
+    for (int i = 0; i < 500 && calls() == 0; i++)
+        sleep_s(0.01);
+    ddp_watchdog_disarm(tok);
+    ddp_watchdog_set_where(NULL);
+    assert_int_equal(calls(), 1);
+    assert_non_null(strstr(seen.message,
+                           "rank 2: allreduce in the all-reduces of 4096 bytes did not complete"));
+    assert_null(strstr(seen.message, "step 7"));
+}
+
 /* The oldest of several armed operations is the one named. */
 static void names_the_oldest_armed_operation(void **state) {
     assert_int_equal(ddp_watchdog_init(0.4, 1, record, NULL), DDP_OK);
@@ -245,6 +261,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(fires_once_naming_rank_operation_and_step, setup, teardown),
         cmocka_unit_test_setup_teardown(names_set_up_before_the_first_step, setup, teardown),
+        cmocka_unit_test_setup_teardown(names_where_set_instead_of_the_step, setup, teardown),
         cmocka_unit_test_setup_teardown(names_the_oldest_armed_operation, setup, teardown),
         cmocka_unit_test_setup_teardown(never_fires_on_a_slow_but_progressing_run, setup, teardown),
         cmocka_unit_test_setup_teardown(overlapping_operations_on_two_threads_do_not_add_up, setup,
