@@ -125,6 +125,23 @@ static void put(const char *root, const char *rel, const char *text) {
     fclose(f);
 }
 
+/* What ddp_cli_cgroup_limits finds in a made-up tree (`root`/proc, `root`/fs) on a
+ * machine of 64 CPUs without a quota. */
+static ddp_cli_cpu_info limits_of(const char *root) {
+    char proc[600], fs[600];
+    snprintf(proc, sizeof proc, "%s/proc", root);
+    snprintf(fs, sizeof fs, "%s/fs", root);
+    ddp_cli_cpu_info m = machine(64, 64, 0.0);
+    ddp_cli_cgroup_limits(proc, fs, &m);
+    return m;
+}
+
+static void remove_tree(const char *root) {
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
 static void cgroup_v2_levels_give_the_tightest_quota_and_nearest_cpuset(void **state) {
     char root[] = "/tmp/ddp-cgroup-v2.XXXXXX";
     assert_non_null(mkdtemp(root));
@@ -134,17 +151,11 @@ static void cgroup_v2_levels_give_the_tightest_quota_and_nearest_cpuset(void **s
     put(root, "fs/cpu.max", "400000 100000\n");
     put(root, "fs/job/rank/cpuset.cpus.effective", "0-3,8\n");
     put(root, "fs/job/cpuset.cpus.effective", "0-15\n");
-    char proc[600], fs[600];
-    snprintf(proc, sizeof proc, "%s/proc", root);
-    snprintf(fs, sizeof fs, "%s/fs", root);
-    ddp_cli_cpu_info m = machine(64, 64, 0.0);
-    ddp_cli_cgroup_limits(proc, fs, &m);
+    ddp_cli_cpu_info m = limits_of(root);
     assert_true(m.quota == 1.5);
     assert_int_equal(m.node_cpus, 5);
     assert_int_equal(ddp_cli_threads_for(0, 1, &m), 1);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    assert_int_equal(system(cmd), 0);
+    remove_tree(root);
 }
 
 static void cgroup_v1_quota_and_cpuset_are_read_too(void **state) {
@@ -159,22 +170,15 @@ static void cgroup_v1_quota_and_cpuset_are_read_too(void **state) {
     put(root, "fs/cpu,cpuacct/cpu.cfs_period_us", "100000\n");
     put(root, "fs/cpuset/cpuset.effective_cpus", "2-9\n");
     put(root, "fs/memory/cpu.cfs_quota_us", "1000\n"); /* not the cpu hierarchy: ignored */
-    char proc[600], fs[600];
-    snprintf(proc, sizeof proc, "%s/proc", root);
-    snprintf(fs, sizeof fs, "%s/fs", root);
-    ddp_cli_cpu_info m = machine(64, 64, 0.0);
-    ddp_cli_cgroup_limits(proc, fs, &m);
+    ddp_cli_cpu_info m = limits_of(root);
     assert_true(m.quota == 2.5);
     assert_int_equal(m.node_cpus, 8);
     assert_int_equal(ddp_cli_threads_for(0, 2, &m), 1); /* 2.5 CPUs keep 2 busy: 1 each */
     /* -1 is no quota. */
     put(root, "fs/cpu,cpuacct/cpu.cfs_quota_us", "-1\n");
-    m = machine(64, 64, 0.0);
-    ddp_cli_cgroup_limits(proc, fs, &m);
+    m = limits_of(root);
     assert_true(m.quota == 0.0);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    assert_int_equal(system(cmd), 0);
+    remove_tree(root);
 }
 
 int main(void) {
