@@ -97,7 +97,9 @@
       DDP_OK, n == 0)                                                                              \
     X(bf16_to_f32, (ddp_backend * b, const uint16_t *x, float *y, size_t n), (b, x, y, n),         \
       DDP_OK, n == 0)                                                                              \
-    /* *out = sum of squares of x (n), a host double; synchronizes. NaN and inf propagate. */     \
+    /* *out = sum of squares of x (n), a host double; synchronizes. NaN and inf propagate.      \
+     * The CPU's is the same bits on every CPU (the clip coefficient every rank computes).   \
+     */                                                                                         \
     X(sumsq, (ddp_backend * b, const float *x, size_t n, double *out), (b, x, n, out),            \
       zero_double(out), n == 0)                                                                    \
     /* SGD with momentum over n elements (PyTorch semantics), the gradient first multiplied       \

@@ -217,19 +217,26 @@ ddp_status ddp_cpu_bf16_to_f32(ddp_backend *b, const uint16_t *x, float *y, size
     return DDP_OK;
 }
 
-ddp_status ddp_cpu_sumsq(ddp_backend *b, const float *x, size_t n, double *out) {
-    /* dsdot: float inputs, double accumulation, vectorized by the BLAS (a plain loop
-     * with a double accumulator cannot be reordered by the compiler and is ~3x slower).
-     * OpenBLAS's Haswell and SkylakeX kernels round each product to float before adding
-     * it: a relative error of at most 2^-24. Chunks keep the count within the BLAS
-     * integer. NaN and inf propagate. */
-    double s = 0.0;
-    const size_t chunk = (size_t)1 << 30;
-    for (size_t i = 0; i < n; i += chunk) {
-        size_t m = n - i < chunk ? n - i : chunk;
-        s += cblas_dsdot((int)m, x + i, 1, x + i, 1);
-    }
-    *out = s;
+DDP_CPU_CLONES ddp_status ddp_cpu_sumsq(ddp_backend *b, const float *x, size_t n, double *out) {
+    /* The gradient norm, from which every rank computes the same clip coefficient: it must
+     * be the same bits on every CPU of a job, which the BLAS's dsdot is not (OpenBLAS's
+     * Haswell and SkylakeX kernels round each product to float, others do not). Here the
+     * products are exact (a float squared fits a double's 53 bits) and 16 double lanes add
+     * them in a fixed order, lane j the elements i = j mod 16 in index order, the lanes
+     * then in a fixed tree: the same on every instruction set, vectorized all the same.
+     * NaN and inf propagate. */
+    enum { LANES = 16 };
+    double lane[LANES] = {0};
+    size_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++)
+            lane[j] += (double)x[i + j] * (double)x[i + j];
+    for (int j = 0; i < n; i++, j++)
+        lane[j] += (double)x[i] * (double)x[i];
+    for (int w = LANES / 2; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++)
+            lane[j] += lane[j + w];
+    *out = lane[0];
     return DDP_OK;
 }
 

@@ -786,9 +786,9 @@ const op_case op_cases[] = {
      .forward = sumsq_op,
      .reference = ref_sumsq,
      .prepare = sumsq_prepare,
-     /* OpenBLAS's Haswell and SkylakeX dsdot kernels round each product to float before
-      * the double sum: a relative error up to 2^-24. */
-     .fwd_tol = 1e-7,
+     /* Exact products, double sums: far below float (dsdot's kernels that round each
+      * product to float miss this by up to 2^-24). */
+     .fwd_tol = 1e-12,
      .gpu_tol = 1e-7},
     {.name = "sgd_step",
      .dims = "n nesterov first clip",
