@@ -3,6 +3,7 @@ process set-up, under torch.distributed.run or alone, the JSON result, and the e
 import json
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,29 @@ def start(threads, batch):
     if batch % world:
         sys.exit("--batch %d does not split over %d ranks" % (batch, world))
     return distributed, rank, world, batch // world
+
+
+def timed_steps(step, warmup, n, distributed, world):
+    """Runs step(i) for i < warmup untimed, then n timed steps between barriers; step returns
+    its phases in seconds (a numpy array). Returns the slowest rank's wall time and the
+    phases per step averaged over the steps and the ranks (a float64 tensor)."""
+    for i in range(warmup):
+        step(i)
+    if distributed:
+        dist.barrier()
+    t0 = time.perf_counter()
+    phases = step(warmup)
+    for i in range(warmup + 1, warmup + n):
+        phases = phases + step(i)
+    if distributed:
+        dist.barrier()
+    wall = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    phases = torch.from_numpy(phases / n)
+    if distributed:
+        dist.all_reduce(wall, op=dist.ReduceOp.MAX)
+        dist.all_reduce(phases)
+        phases /= world
+    return wall.item(), phases
 
 
 def report(out, path):

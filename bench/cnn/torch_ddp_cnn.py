@@ -29,7 +29,6 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -102,9 +101,8 @@ def main():
                           weight_decay=a.weight_decay)
     net = DistributedDataParallel(model, bucket_cap_mb=a.bucket_mb) if distributed else model
     gen = np.random.default_rng([a.seed, rank])
-    phases = np.zeros(4)  # forward, backward, optimizer, step
 
-    def step():
+    def step(i):
         t0 = time.perf_counter()
         idx = torch.from_numpy(gen.integers(0, images.shape[0], size=local))
         x = images[idx].contiguous(memory_format=fmt)
@@ -120,24 +118,9 @@ def main():
         t3 = time.perf_counter()
         return np.array([t1 - t0, t2 - t1, t3 - t2, t3 - t0])
 
-    for _ in range(a.warmup_steps):
-        step()
-    if distributed:
-        dist.barrier()
-    t0 = time.perf_counter()
-    for _ in range(a.bench_steps):
-        phases += step()
-    if distributed:
-        dist.barrier()
-    wall = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-    phases = torch.from_numpy(phases / a.bench_steps)
-    if distributed:
-        dist.all_reduce(wall, op=dist.ReduceOp.MAX)
-        dist.all_reduce(phases)
-        phases /= world
+    w, phases = torch_common.timed_steps(step, a.warmup_steps, a.bench_steps, distributed, world)
 
     if rank == 0:
-        w = wall.item()
         out = {
             "bench": "torch_ddp_cnn",
             "framework": "pytorch " + torch.__version__,

@@ -32,7 +32,6 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -119,7 +118,6 @@ def main():
     gen = np.random.default_rng([a.seed, rank])
     arange = torch.arange(a.ctx + 1)
     total = a.warmup_steps + a.bench_steps + 1  # as ddp-bench train's schedule
-    phases = np.zeros(4)  # forward, backward, optimizer, step
 
     def step(i):
         t0 = time.perf_counter()
@@ -142,21 +140,7 @@ def main():
         t3 = time.perf_counter()
         return np.array([t1 - t0, t2 - t1, t3 - t2, t3 - t0])
 
-    for i in range(a.warmup_steps):
-        step(i)
-    if distributed:
-        dist.barrier()
-    t0 = time.perf_counter()
-    for i in range(a.warmup_steps, a.warmup_steps + a.bench_steps):
-        phases += step(i)
-    if distributed:
-        dist.barrier()
-    wall = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-    phases = torch.from_numpy(phases / a.bench_steps)
-    if distributed:
-        dist.all_reduce(wall, op=dist.ReduceOp.MAX)
-        dist.all_reduce(phases)
-        phases /= world
+    w, phases = torch_common.timed_steps(step, a.warmup_steps, a.bench_steps, distributed, world)
 
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -175,7 +159,6 @@ def main():
                                                      e.count // n, e.key), file=sys.stderr)
 
     if rank == 0:
-        w = wall.item()
         sps = a.bench_steps * a.batch / w
         out = {
             "bench": "torch_ddp_gpt",
