@@ -334,8 +334,9 @@ static ddp_train_config cnn_config(void) {
     return c;
 }
 
-/* Trains a CNN and returns its parameters followed by its buffers (malloc'd), n in all. */
-static float *train_cnn(ddp_train_config cfg, ddp_comm *comm, size_t *n) {
+/* Trains a CNN and returns its parameters followed by its buffers (malloc'd), n in all,
+ * np of them parameters (np may be NULL). */
+static float *train_cnn(ddp_train_config cfg, ddp_comm *comm, size_t *n, size_t *np_out) {
     ddp_trainer *t = NULL;
     if (ddp_trainer_create(&cfg, backend, comm, comm, &img_train, &img_test, &t) != DDP_OK)
         fail_msg("trainer_create: %s", ddp_error_trace_str());
@@ -346,8 +347,17 @@ static float *train_cnn(ddp_train_config cfg, ddp_comm *comm, size_t *n) {
     assert_int_equal(ddp_trainer_get_params(t, p), DDP_OK);
     memcpy(p + np, ddp_model_buffers(m), nb * sizeof *p);
     *n = np + nb;
+    if (np_out) *np_out = np;
     ddp_trainer_free(t);
     return p;
+}
+
+/* The tolerance of comparisons with the one-process run of `one`, whose parameters (then
+ * buffers) are `single`: the rounding spread of its parameters (rounding_spread); the
+ * running statistics follow the parameters. */
+static double cnn_tolerance(ddp_train_config one, const float *single) {
+    return SPREAD_MARGIN *
+           rounding_spread(one, backend, local_comm, &img_train, &img_test, NULL, single);
 }
 
 static void cnn_sync_bn_on_n_ranks_equals_one_rank(void **state) {
@@ -356,19 +366,13 @@ static void cnn_sync_bn_on_n_ranks_equals_one_rank(void **state) {
      * it each rank normalizes its own share and they differ (by how much is printed). */
     ddp_train_config c = cnn_config();
     size_t n1, n2, n3;
-    float *single = train_cnn(c, local_comm, &n1);
+    float *single = train_cnn(c, local_comm, &n1, NULL);
+    double tol = cnn_tolerance(c, single);
     c.sync_bn = 1;
-    float *synced = train_cnn(c, world_comm, &n2);
+    float *synced = train_cnn(c, world_comm, &n2, NULL);
     c.sync_bn = 0;
-    float *local = train_cnn(c, world_comm, &n3);
+    float *local = train_cnn(c, world_comm, &n3, NULL);
     assert_int_equal(n1, n2);
-    /* The rounding spread of the one-rank run, parameters only (rounding_spread): the
-     * running statistics follow the parameters. */
-    ddp_train_config one = cnn_config();
-    size_t np;
-    float *ref = train_params(one, backend, local_comm, local_comm, &img_train, &img_test, &np);
-    double tol =
-        SPREAD_MARGIN * rounding_spread(one, backend, local_comm, &img_train, &img_test, NULL, ref);
     double err = rel_error(synced, single, n1), err_local = rel_error(local, single, n1);
     if (rank == 0)
         print_message("cnn world %d: --sync-bn relative error %.3g vs one process (tolerance "
@@ -381,7 +385,6 @@ static void cnn_sync_bn_on_n_ranks_equals_one_rank(void **state) {
     free(single);
     free(synced);
     free(local);
-    free(ref);
 }
 
 static void cnn_accumulation_normalizes_per_micro_batch(void **state) {
@@ -393,18 +396,13 @@ static void cnn_accumulation_normalizes_per_micro_batch(void **state) {
      * one process applies the momentum 2 W times in a row, W ranks twice and average. */
     ddp_train_config c = cnn_config();
     c.accum = 2 * world;
-    size_t n1, n2, n3;
-    float *accum_one = train_cnn(c, local_comm, &n1);
+    size_t n, np;
+    float *accum_one = train_cnn(c, local_comm, &n, &np);
+    double tol = cnn_tolerance(c, accum_one);
     c.accum = 2;
-    float *ranks = train_cnn(c, world_comm, &n2);
+    float *ranks = train_cnn(c, world_comm, &n, NULL);
     c.accum = 1;
-    float *whole = train_cnn(c, local_comm, &n3);
-    ddp_train_config one = cnn_config();
-    one.accum = 2 * world;
-    size_t np;
-    float *ref = train_params(one, backend, local_comm, local_comm, &img_train, &img_test, &np);
-    double tol =
-        SPREAD_MARGIN * rounding_spread(one, backend, local_comm, &img_train, &img_test, NULL, ref);
+    float *whole = train_cnn(c, local_comm, &n, NULL);
     double err = rel_error(ranks, accum_one, np), err_whole = rel_error(accum_one, whole, np);
     if (rank == 0)
         print_message("cnn world %d: %d ranks x accumulation 2 vs one process x %d: relative "
@@ -415,7 +413,6 @@ static void cnn_accumulation_normalizes_per_micro_batch(void **state) {
     free(accum_one);
     free(ranks);
     free(whole);
-    free(ref);
 }
 
 static void evaluation_counts_every_sample_once(void **state) {
