@@ -6,8 +6,8 @@
  * well as clarity: the attention's products are BLAS calls on strided views of qkv (no
  * copies, and the upper triangle that the causal mask zeroes is skipped block by block);
  * everything else is single-threaded loops over the channels. Elementwise loops are plain
- * C that gcc -O3 vectorizes. Reductions are written with explicit 4-float vectors (GNU C
- * vector extensions, SSE or NEON): 16 independent float partial sums, added up in a fixed
+ * C that gcc -O3 vectorizes. Reductions are written with explicit 8-float vectors (GNU C
+ * vector extensions, vec8): 16 independent float partial sums, added up in a fixed
  * order at the end, so every result is deterministic. Left to the compiler, a sum is not
  * vectorized at all (that would reorder it), and an array of partial sums is vectorized
  * or not, well or eight times slower, depending on what else the loop does.

@@ -6,8 +6,9 @@
  * DDP_CPU_CLONES compiles a kernel three times, for AVX-512 (x86-64-v4), AVX2 (x86-64-v3)
  * and plain x86-64, and picks the one the CPU runs when the program starts. The files
  * that use it are compiled without fused multiply-adds (CMakeLists.txt), so the three
- * give the same bits. Only forward and backward kernels take it; the optimizer's update,
- * which every rank must compute to the same bits on any CPU, stays plain.
+ * give the same bits. Forward and backward kernels take it, and the sum of squares of the
+ * gradient norm, whose order is fixed and whose products are exact; the optimizer's
+ * update, which every rank must compute to the same bits on any CPU, stays plain.
  */
 #ifndef DDP_BACKEND_CPU_MATH_H
 #define DDP_BACKEND_CPU_MATH_H

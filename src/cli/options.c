@@ -260,10 +260,10 @@ ddp_model_kind ddp_cli_model_kind(int argc, char **argv) {
             v = argv[i + 1];
         else if (strncmp(argv[i], "--model=", 8) == 0)
             v = argv[i] + 8;
-        if (v)
-            kind = strcmp(v, "gpt") == 0   ? DDP_MODEL_GPT
-                   : strcmp(v, "cnn") == 0 ? DDP_MODEL_CNN
-                                           : DDP_MODEL_MLP;
+        if (!v) continue;
+        kind = DDP_MODEL_MLP;
+        for (int k = 0; models[k]; k++)
+            if (strcmp(v, models[k]) == 0) kind = (ddp_model_kind)model_values[k];
     }
     return kind;
 }

@@ -116,7 +116,8 @@ ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *d
 ddp_status ddp_model_build_cnn(ddp_model *m, const ddp_model_spec *spec, char *describe,
                                size_t cap);
 /* The MLP part of the MLP and the CNN: [Linear -> act] x hidden -> Linear -> classes from
- * `in` features, its layers named fc0, fc1, ... after `first` layers; appends "256-128-10
+ * `in` features, appended after the model's layers so far, its tensors named fc0, fc1, ...;
+ * appends "256-128-10
  * relu" style text to describe. */
 ddp_status ddp_model_add_mlp_head(ddp_model *m, const ddp_model_spec *spec, size_t in,
                                   char *describe, size_t cap);
