@@ -111,6 +111,16 @@ ddp_status ddp_comm_allgather(ddp_comm *c, const void *send, void *recv, size_t 
 /* Reduces send (size * count) over ranks; rank r receives block r (count). COLLECTIVE. */
 ddp_status ddp_comm_reduce_scatter(ddp_comm *c, const void *send, void *recv, size_t count,
                                    ddp_dtype t, ddp_redop op);
+/* Blocks of any size, for shards of a buffer that do not divide evenly: send holds the
+ * blocks of all ranks in rank order (counts[r] elements for rank r, every rank passing
+ * the same counts), and rank r receives in recv the reduction over ranks of its own
+ * block. Empty blocks are allowed (a rank with counts[rank] == 0 receives nothing).
+ * COLLECTIVE; blocking on the host for MPI, ordered on the comm stream for NCCL. */
+ddp_status ddp_comm_reduce_scatterv(ddp_comm *c, const void *send, void *recv, const size_t *counts,
+                                    ddp_dtype t, ddp_redop op);
+/* In place: buf holds the blocks of all ranks in rank order (counts as above); each rank's
+ * own block is copied into every other rank's buf. COLLECTIVE. */
+ddp_status ddp_comm_allgatherv(ddp_comm *c, void *buf, const size_t *counts, ddp_dtype t);
 /* COLLECTIVE. */
 ddp_status ddp_comm_barrier(ddp_comm *c);
 /* Ends every rank of the job with exit status `code`. Not collective: any rank may call

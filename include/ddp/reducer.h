@@ -62,8 +62,23 @@ ddp_status ddp_reducer_create(ddp_comm *comm, ddp_backend *b, float *grads, size
                               const ddp_reducer_options *opt, ddp_reducer **out);
 void ddp_reducer_free(ddp_reducer *r);
 
+/* Sharded gradients (ZeRO): instead of all-reducing each bucket, reduce-scatter it, so
+ * that rank q receives the sum of the part of the bucket that falls into its shard
+ * [q * shard_size, min((q + 1) * shard_size, n)) of the flat buffer (shards are cut
+ * without regard to buckets, so a bucket may feed several shards). This rank's sums land
+ * in shard (shard_size elements, device), at the offset of the element within the shard.
+ * release_grads: after a bucket has been sent, its whole pages of the gradient buffer are
+ * given back to the system (host memory only), so that the full gradients never stay
+ * resident: the buffer must be private anonymous memory, not shared with other ranks.
+ * Call once, after create. Not collective. */
+ddp_status ddp_reducer_set_shard(ddp_reducer *r, float *shard, size_t shard_size,
+                                 int release_grads);
 /* Starts a communicating backward pass. */
 ddp_status ddp_reducer_begin(ddp_reducer *r);
+/* The same for a sharded reducer: add 0 makes the bucket sums overwrite the shard, add 1
+ * adds them to it (the later micro-batches of a step whose gradients are sent once per
+ * micro-batch). */
+ddp_status ddp_reducer_begin_sharded(ddp_reducer *r, int add);
 /* A ddp_grad_ready_fn (ctx = the reducer): gradients [offset, offset + count) are final
  * for this backward pass. Starts the all-reduce of each bucket that this completes (in
  * bucket order when several complete at once). A range that overlaps one reported before
@@ -73,7 +88,8 @@ ddp_status ddp_reducer_ready(void *reducer, size_t offset, size_t count);
 /* Buckets started so far in this backward pass. */
 int ddp_reducer_num_launched(const ddp_reducer *r);
 /* Starts what is left, waits for every bucket; afterwards the buffer holds the sum over
- * ranks (callers scale by 1/global batch beforehand). COLLECTIVE. */
+ * ranks (callers scale by 1/global batch beforehand), or, sharded, the shard holds its
+ * part of it. COLLECTIVE. */
 ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats);
 
 int ddp_reducer_num_buckets(const ddp_reducer *r);

@@ -54,6 +54,12 @@ typedef struct {
     int sync_bn;
     /* gradient communication */
     ddp_reducer_options reducer;
+    /* ZeRO stage: 0 every rank holds and updates everything; 1 each rank keeps the
+     * optimizer state of its shard of the flat buffer, gradients are reduce-scattered and
+     * the updated parameters all-gathered; 2 also the averaged gradients only for its
+     * shard, sent once per micro-batch, the full gradient buffer released bucket by
+     * bucket (host memory) */
+    int zero;
     int on_nonfinite; /* DDP_NONFINITE_ABORT or DDP_NONFINITE_SKIP */
     /* output */
     int log_every;  /* steps between progress lines and metrics records */

@@ -200,6 +200,11 @@ static const ddp_cli_opt train_opts[] = {
         .values = dtype_values),
     OPT(FLAG, "no-overlap", train.reducer.overlap, NULL,
         "one all-reduce after backward instead of buckets during it", .lo = 0),
+    OPT(INT, "zero", train.zero, "S",
+        "shard over the ranks: 0 nothing (default), 1 the optimizer\n"
+        "state (reduce-scatter, update of a shard, all-gather),\n"
+        "2 also the gradients",
+        .lo = 0, .hi = 2),
     OPT_PROGRESS_ENTRY(train.reducer.progress),
     OPT(CHOICE, "on-nonfinite", train.on_nonfinite, NULL,
         "NaN/inf gradients: stop (default) or skip the step", .choices = policies,

@@ -12,7 +12,8 @@
 #include "ddp/watchdog.h"
 
 /* Fault injection for tests: DDP_INJECT_FAULT="OP:RANK:N" makes the N-th call (1-based)
- * of operation OP (allreduce, iallreduce, broadcast, allgather, barrier) on rank RANK
+ * of operation OP (allreduce, iallreduce, broadcast, allgather, reduce_scatter, barrier) on
+ * rank RANK
  * fail with DDP_ERR_COMM, as a broken link would; OP comm_create makes the N-th
  * communicator creation fail locally, as an allocation would. A labelled communicator's
  * all-reduces are called TAG_allreduce (ddp_comm_set_label): "bn_allreduce" for batch
@@ -186,6 +187,45 @@ ddp_status ddp_comm_reduce_scatter(ddp_comm *c, const void *send, void *recv, si
     if (count == 0) return DDP_OK;
     int wd = ddp_watchdog_arm("reduce_scatter");
     ddp_status s = c->ops->reduce_scatter(c, send, recv, count, t, op);
+    ddp_watchdog_disarm(wd);
+    DDP_CHECK(s);
+    return DDP_OK;
+}
+
+/* The total of counts, refusing a sum that wraps. */
+static ddp_status total_count(const ddp_comm *c, const size_t *counts, const char *what,
+                              size_t *total) {
+    *total = 0;
+    for (int r = 0; r < c->size; r++) {
+        if (counts[r] > SIZE_MAX - *total)
+            return DDP_FAIL(DDP_ERR_INVALID_ARG, "%s: the blocks' sizes overflow", what);
+        *total += counts[r];
+    }
+    return DDP_OK;
+}
+
+ddp_status ddp_comm_reduce_scatterv(ddp_comm *c, const void *send, void *recv, const size_t *counts,
+                                    ddp_dtype t, ddp_redop op) {
+    DDP_CHECK(check_type(t));
+    DDP_CHECK(maybe_inject(c, "reduce_scatter"));
+    size_t total;
+    DDP_CHECK(total_count(c, counts, "reduce-scatter", &total));
+    if (total == 0) return DDP_OK;
+    int wd = ddp_watchdog_arm("reduce-scatter of the gradients");
+    ddp_status s = c->ops->reduce_scatterv(c, send, recv, counts, t, op);
+    ddp_watchdog_disarm(wd);
+    DDP_CHECK(s);
+    return DDP_OK;
+}
+
+ddp_status ddp_comm_allgatherv(ddp_comm *c, void *buf, const size_t *counts, ddp_dtype t) {
+    DDP_CHECK(check_type(t));
+    DDP_CHECK(maybe_inject(c, "allgather"));
+    size_t total;
+    DDP_CHECK(total_count(c, counts, "all-gather", &total));
+    if (total == 0) return DDP_OK;
+    int wd = ddp_watchdog_arm("all-gather of the parameters");
+    ddp_status s = c->ops->allgatherv(c, buf, counts, t);
     ddp_watchdog_disarm(wd);
     DDP_CHECK(s);
     return DDP_OK;

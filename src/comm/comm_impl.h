@@ -27,6 +27,11 @@ typedef struct {
     ddp_status (*allgather)(ddp_comm *c, const void *send, void *recv, size_t count, ddp_dtype t);
     ddp_status (*reduce_scatter)(ddp_comm *c, const void *send, void *recv, size_t count,
                                  ddp_dtype t, ddp_redop op);
+    /* counts: (size) elements of each rank's block, blocks in rank order; see the public
+     * wrappers. Blocks may be empty. */
+    ddp_status (*reduce_scatterv)(ddp_comm *c, const void *send, void *recv, const size_t *counts,
+                                  ddp_dtype t, ddp_redop op);
+    ddp_status (*allgatherv)(ddp_comm *c, void *buf, const size_t *counts, ddp_dtype t);
     ddp_status (*barrier)(ddp_comm *c);
     /* Optional (NULL: no shared memory): see ddp_comm_alloc_shared. */
     ddp_status (*alloc_shared)(ddp_comm *c, size_t bytes, void **ptr);

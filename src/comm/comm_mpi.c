@@ -543,6 +543,114 @@ static ddp_status mpi_reduce_scatter(ddp_comm *base, const void *send, void *rec
     return DDP_OK;
 }
 
+/* MPI's int counts and displacements for blocks of size_t counts. *out: malloc'd, size
+ * counts then size displacements. */
+static ddp_status int_blocks(const mpi_comm *c, const size_t *counts, int **out, size_t *total) {
+    int n = c->base.size;
+    int *v = malloc(2 * (size_t)n * sizeof *v);
+    if (!v) return DDP_FAIL(DDP_ERR_NOMEM, "MPI comm: out of memory");
+    size_t at = 0;
+    for (int r = 0; r < n; r++) {
+        if (counts[r] > (size_t)INT32_MAX || at > (size_t)INT32_MAX) {
+            free(v);
+            return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                            "MPI comm: blocks beyond %d elements in one call (rank %d's block "
+                            "has %zu at element %zu)",
+                            INT32_MAX, r, counts[r], at);
+        }
+        v[r] = (int)counts[r];
+        v[n + r] = (int)at;
+        at += counts[r];
+    }
+    *out = v;
+    *total = at;
+    return DDP_OK;
+}
+
+/* Rank r's block of a buffer in shared memory, summed over the node's ranks (in rank order,
+ * as shared_sum_f32) into recv. Passing the gate before makes every rank's values final;
+ * passing it after keeps every rank from overwriting its buffer while another reads it. */
+static void shared_reduce_scatter_f32(mpi_comm *c, shared_region *r, size_t offset,
+                                      const size_t *counts, float *recv) {
+    int n = c->base.local_size, me = c->base.local_rank;
+    size_t lo = 0;
+    for (int q = 0; q < me; q++)
+        lo += counts[q];
+    size_t m = counts[me];
+    ddp_shm_gate_pass(c->gate);
+    if (m > 0) {
+        const float *x0 = (const float *)(r->base[0] + offset) + lo;
+        if (recv != x0) memmove(recv, x0, m * sizeof(float));
+        for (int q = 1; q < n; q++) {
+            const float *x = (const float *)(r->base[q] + offset) + lo;
+            for (size_t k = 0; k < m; k++)
+                recv[k] += x[k];
+        }
+    }
+    ddp_shm_gate_pass(c->gate);
+}
+
+static ddp_status mpi_reduce_scatterv(ddp_comm *base, const void *send, void *recv,
+                                      const size_t *counts, ddp_dtype t, ddp_redop op) {
+    mpi_comm *c = (mpi_comm *)base;
+    int *v;
+    size_t total;
+    DDP_CHECK(int_blocks(c, counts, &v, &total));
+    size_t esize = ddp_dtype_size(t), mine = counts[base->rank];
+    shared_region *sr;
+    if (t == DDP_F32 && op == DDP_SUM && total * esize >= GATE_MIN_BYTES &&
+        (sr = find_shared(c, send, total * esize)) != NULL) {
+        free(v);
+        shared_reduce_scatter_f32(c, sr, (size_t)((const char *)send - sr->base[base->local_rank]),
+                                  counts, recv);
+        return DDP_OK;
+    }
+    MPI_Op mop = MPI_OP_NULL;
+    ddp_status s = mpi_op(c, t, op, &mop);
+    stage_buf *ss = NULL, *rs = NULL;
+    void *hs = NULL, *hr = NULL;
+    if (s == DDP_OK) s = to_host(c, send, total * esize, 1, &ss, &hs);
+    if (s == DDP_OK) s = to_host(c, recv, mine * esize, 0, &rs, &hr);
+    if (s == DDP_OK && c->gate && total * esize >= GATE_MIN_BYTES) ddp_shm_gate_pass(c->gate);
+    int rc = MPI_SUCCESS;
+    if (s == DDP_OK) rc = MPI_Reduce_scatter(hs, hr, v, mpi_type(t), mop, c->comm);
+    free(v);
+    if (ss) ss->in_use = 0;
+    if (s == DDP_OK && rc == MPI_SUCCESS && op == DDP_AVG)
+        s = divide_by_size(hr, mine, t, base->size);
+    if (s != DDP_OK || rc != MPI_SUCCESS) {
+        if (rs) rs->in_use = 0;
+        if (s == DDP_OK) return mpi_fail(rc, "MPI_Reduce_scatter", __FILE__, __LINE__);
+        DDP_CHECK(s);
+    }
+    DDP_CHECK(from_host(c, rs, recv, mine * esize));
+    return DDP_OK;
+}
+
+static ddp_status mpi_allgatherv(ddp_comm *base, void *buf, const size_t *counts, ddp_dtype t) {
+    mpi_comm *c = (mpi_comm *)base;
+    int *v;
+    size_t total;
+    DDP_CHECK(int_blocks(c, counts, &v, &total));
+    size_t bytes = total * ddp_dtype_size(t);
+    stage_buf *st = NULL;
+    void *host = NULL;
+    ddp_status s = to_host(c, buf, bytes, 1, &st, &host);
+    if (s == DDP_OK && c->gate && bytes >= GATE_MIN_BYTES) ddp_shm_gate_pass(c->gate);
+    int rc = MPI_SUCCESS;
+    if (s == DDP_OK)
+        rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, host, v, v + base->size,
+                            mpi_type(t), c->comm);
+    free(v);
+    if (s != DDP_OK || rc != MPI_SUCCESS) {
+        if (st) st->in_use = 0;
+        if (s == DDP_OK) return mpi_fail(rc, "MPI_Allgatherv", __FILE__, __LINE__);
+        DDP_CHECK(s);
+    }
+    DDP_CHECK(from_host(c, st, buf, bytes));
+    return DDP_OK;
+}
+
 static ddp_status mpi_barrier(ddp_comm *base) {
     MPI_TRY(MPI_Barrier(((mpi_comm *)base)->comm), "MPI_Barrier");
     return DDP_OK;
@@ -589,6 +697,8 @@ static const ddp_comm_ops mpi_ops = {
     .broadcast = mpi_broadcast,
     .allgather = mpi_allgather,
     .reduce_scatter = mpi_reduce_scatter,
+    .reduce_scatterv = mpi_reduce_scatterv,
+    .allgatherv = mpi_allgatherv,
     .barrier = mpi_barrier,
     .abort = mpi_abort,
     .alloc_shared = mpi_alloc_shared,

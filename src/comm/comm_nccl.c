@@ -376,6 +376,62 @@ static ddp_status nccl_reduce_scatter(ddp_comm *base, const void *send, void *re
     return DDP_OK;
 }
 
+/* Blocks of any size: NCCL's reduce-scatter and all-gather take equal blocks, so each
+ * block is its own reduce (to the block's rank) or broadcast (from it), grouped so that
+ * NCCL runs them as one operation. */
+static ddp_status nccl_reduce_scatterv(ddp_comm *base, const void *send, void *recv,
+                                       const size_t *counts, ddp_dtype t, ddp_redop op) {
+    nccl_comm *c = (nccl_comm *)base;
+    ncclDataType_t nt = ncclFloat32;
+    ncclRedOp_t no = ncclSum;
+    DDP_CHECK(need_device(send, "reduce-scatter"));
+    DDP_CHECK(nccl_type(t, &nt));
+    DDP_CHECK(nccl_op(op, &no));
+    DDP_CHECK(begin(c));
+    size_t esize = ddp_dtype_size(t), at = 0;
+    /* COLLECTIVE: every rank queues the same reduces in the same order. */
+    NCCL_TRY(c, ncclGroupStart());
+    for (int r = 0; r < base->size; r++) {
+        if (counts[r] > 0) {
+            ncclResult_t nr = ncclReduce((const char *)send + at * esize, recv, counts[r], nt, no,
+                                         r, c->nccl, c->stream);
+            if (nr != ncclSuccess) {
+                ncclGroupEnd();
+                return nccl_fail(c, nr, "ncclReduce", __FILE__, __LINE__);
+            }
+        }
+        at += counts[r];
+    }
+    NCCL_TRY(c, ncclGroupEnd());
+    DDP_CHECK(finish(c));
+    return DDP_OK;
+}
+
+static ddp_status nccl_allgatherv(ddp_comm *base, void *buf, const size_t *counts, ddp_dtype t) {
+    nccl_comm *c = (nccl_comm *)base;
+    ncclDataType_t nt = ncclFloat32;
+    DDP_CHECK(need_device(buf, "all-gather"));
+    DDP_CHECK(nccl_type(t, &nt));
+    DDP_CHECK(begin(c));
+    size_t esize = ddp_dtype_size(t), at = 0;
+    /* COLLECTIVE: every rank queues the same broadcasts in the same order. */
+    NCCL_TRY(c, ncclGroupStart());
+    for (int r = 0; r < base->size; r++) {
+        if (counts[r] > 0) {
+            char *p = (char *)buf + at * esize;
+            ncclResult_t nr = ncclBroadcast(p, p, counts[r], nt, r, c->nccl, c->stream);
+            if (nr != ncclSuccess) {
+                ncclGroupEnd();
+                return nccl_fail(c, nr, "ncclBroadcast", __FILE__, __LINE__);
+            }
+        }
+        at += counts[r];
+    }
+    NCCL_TRY(c, ncclGroupEnd());
+    DDP_CHECK(finish(c));
+    return DDP_OK;
+}
+
 /* A one-element all-reduce that the host waits for: on return every rank has reached
  * the barrier and this rank's queued GPU work is done. */
 static ddp_status nccl_barrier(ddp_comm *base) {
@@ -543,6 +599,8 @@ static const ddp_comm_ops nccl_ops = {
     .broadcast = nccl_broadcast,
     .allgather = nccl_allgather,
     .reduce_scatter = nccl_reduce_scatter,
+    .reduce_scatterv = nccl_reduce_scatterv,
+    .allgatherv = nccl_allgatherv,
     .barrier = nccl_barrier,
     .abort = nccl_abort,
 };

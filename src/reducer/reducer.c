@@ -13,11 +13,15 @@
  * in the same order.
  */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ddp/reducer.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 typedef struct {
     size_t begin, end; /* elements */
@@ -42,6 +46,16 @@ struct ddp_reducer {
     int n_buckets;
     bucket *buckets;
     uint16_t *wire; /* bf16 copy of the gradients (device), when grad_dtype is BF16 */
+    /* sharded (ddp_reducer_set_shard): bucket i sends counts[i * world + q] elements to
+     * rank q; this rank's land at shard + dst[i] */
+    int world, rank;
+    float *shard;   /* (shard_size) device */
+    float *scratch; /* (scratch_size) device: a bucket's sums before they are added */
+    size_t *counts; /* (n_buckets, world) */
+    size_t *dst;    /* (n_buckets) */
+    size_t shard_begin, shard_size;
+    int add;     /* this pass adds to the shard */
+    int release; /* give a sent bucket's pages back to the system */
     /* per backward pass */
     int *order;      /* (n_buckets) bucket indices in the order they were started */
     int launched;    /* buckets order[0, launched) have been started */
@@ -64,6 +78,29 @@ struct ddp_reducer {
 
 /* Blocking all-reduce of gradients [begin, end), converting to and from bf16 when
  * asked. Called by the communication thread, or by finish() without overlap. */
+/* Sharded: reduce-scatter of bucket i into the shard (see ddp_reducer_set_shard). */
+static ddp_status scatter_bucket(ddp_reducer *r, int i) {
+    bucket *bk = &r->buckets[i];
+    const size_t *counts = r->counts + (size_t)i * (size_t)r->world;
+    size_t mine = counts[r->rank];
+    float *recv = r->add ? r->scratch : r->shard + r->dst[i];
+    DDP_CHECK(
+        ddp_comm_reduce_scatterv(r->comm, r->grads + bk->begin, recv, counts, DDP_F32, DDP_SUM));
+    if (r->add && mine > 0)
+        DDP_CHECK(ddp_backend_add(r->backend, r->shard + r->dst[i], r->shard + r->dst[i],
+                                  r->scratch, mine));
+    if (r->release) {
+        /* Whole pages only: the partial ones at the ends hold neighbouring buckets. The
+         * next backward finds them zero-filled, and overwrites them anyway. */
+        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t lo = ((uintptr_t)(r->grads + bk->begin) + page - 1) / page * page;
+        uintptr_t hi = (uintptr_t)(r->grads + bk->end) / page * page;
+        if (hi > lo && madvise((void *)lo, hi - lo, MADV_DONTNEED) != 0)
+            return DDP_FAIL(DDP_ERR_INTERNAL, "reducer: releasing gradient pages failed");
+    }
+    return DDP_OK;
+}
+
 static ddp_status reduce_blocking(ddp_reducer *r, size_t begin, size_t end) {
     size_t count = end - begin;
     float *g = r->grads + begin;
@@ -83,6 +120,15 @@ static ddp_status start_bucket_nonblocking(ddp_reducer *r, int i) {
     size_t count = bk->end - bk->begin;
     bk->t_start = ddp_time_now();
     bk->t_end = bk->t_start - 1.0; /* not yet seen complete */
+    if (r->shard) {
+        /* No non-blocking reduce-scatter of uneven blocks: on the GPU the blocking one is
+         * only queued on the comm stream, on the host it runs here, without overlap. */
+        DDP_CHECK(scatter_bucket(r, i));
+        bk->req = NULL;
+        bk->in_flight = 1; /* completed by finish(), which waits on a NULL request at once */
+        bk->t_end = ddp_time_now();
+        return DDP_OK;
+    }
     if (r->opt.grad_dtype == DDP_BF16) {
         uint16_t *w = r->wire + bk->begin;
         DDP_CHECK(ddp_backend_f32_to_bf16(r->backend, r->grads + bk->begin, w, count));
@@ -122,9 +168,10 @@ static void *comm_thread(void *arg) {
         pthread_mutex_unlock(&r->mu);
         r->buckets[i].t_start = ddp_time_now();
         double cpu0 = ddp_thread_cpu_time();
-        ddp_status s = r->thread_status == DDP_OK
-                           ? reduce_blocking(r, r->buckets[i].begin, r->buckets[i].end)
-                           : DDP_OK;
+        ddp_status s = DDP_OK;
+        if (r->thread_status == DDP_OK)
+            s = r->shard ? scatter_bucket(r, i)
+                         : reduce_blocking(r, r->buckets[i].begin, r->buckets[i].end);
         r->buckets[i].t_end = ddp_time_now();
         double cpu = ddp_thread_cpu_time() - cpu0;
         ddp_trace_span("allreduce bucket", "comm", r->buckets[i].t_start, r->buckets[i].t_end, 1);
@@ -232,6 +279,9 @@ void ddp_reducer_free(ddp_reducer *r) {
     for (int i = 0; i < r->n_buckets; i++)
         if (r->buckets[i].in_flight) ddp_comm_wait(r->comm, r->buckets[i].req);
     ddp_backend_dealloc(r->backend, r->wire);
+    ddp_backend_dealloc(r->backend, r->scratch);
+    free(r->counts);
+    free(r->dst);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     free(r->buckets);
@@ -247,7 +297,53 @@ void ddp_reducer_bucket(const ddp_reducer *r, int i, size_t *begin, size_t *end)
     *end = r->buckets[i].end;
 }
 
+ddp_status ddp_reducer_set_shard(ddp_reducer *r, float *shard, size_t shard_size,
+                                 int release_grads) {
+    int world = ddp_comm_size(r->comm), rank = ddp_comm_rank(r->comm);
+    if (r->opt.grad_dtype != DDP_F32)
+        return DDP_FAIL(DDP_ERR_UNSUPPORTED,
+                        "sharded gradients (--zero 1 or 2) are sent in fp32: drop --grad-dtype "
+                        "bf16");
+    if (shard_size == 0 || shard_size > SIZE_MAX / (size_t)world ||
+        shard_size * (size_t)world < r->n)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "reducer: %d shards of %zu elements do not cover %zu gradients", world,
+                        shard_size, r->n);
+    r->counts = calloc((size_t)r->n_buckets * (size_t)world, sizeof *r->counts);
+    r->dst = calloc((size_t)r->n_buckets, sizeof *r->dst);
+    if (!r->counts || !r->dst) return DDP_FAIL(DDP_ERR_NOMEM, "reducer: out of memory");
+    size_t scratch = 0;
+    for (int i = 0; i < r->n_buckets; i++) {
+        const bucket *bk = &r->buckets[i];
+        for (int q = 0; q < world; q++) {
+            size_t lo = (size_t)q * shard_size, hi = lo + shard_size;
+            if (lo < bk->begin) lo = bk->begin;
+            if (hi > bk->end) hi = bk->end;
+            r->counts[(size_t)i * (size_t)world + (size_t)q] = hi > lo ? hi - lo : 0;
+            if (q == rank) r->dst[i] = hi > lo ? lo - (size_t)q * shard_size : 0;
+        }
+        size_t mine = r->counts[(size_t)i * (size_t)world + (size_t)rank];
+        if (mine > scratch) scratch = mine;
+    }
+    if (scratch > 0)
+        DDP_CHECK(ddp_backend_alloc(r->backend, scratch * sizeof(float), (void **)&r->scratch));
+    r->world = world;
+    r->rank = rank;
+    r->shard = shard;
+    r->shard_size = shard_size;
+    r->shard_begin = (size_t)rank * shard_size;
+    r->release = release_grads && ddp_backend_is_host(r->backend);
+    return DDP_OK;
+}
+
 /* ---- one backward pass ------------------------------------------------------------ */
+
+ddp_status ddp_reducer_begin_sharded(ddp_reducer *r, int add) {
+    if (!r->shard) return DDP_FAIL(DDP_ERR_INTERNAL, "reducer: not sharded");
+    r->add = add;
+    DDP_CHECK(ddp_reducer_begin(r));
+    return DDP_OK;
+}
 
 ddp_status ddp_reducer_begin(ddp_reducer *r) {
     r->launched = 0;
@@ -352,12 +448,24 @@ ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats) {
     double t0 = ddp_time_now(), cpu0 = ddp_thread_cpu_time(), thread_cpu = 0.0;
     ddp_status s = DDP_OK;
     if (r->opt.skip) {
+        /* Sharded: the shard takes this rank's own gradients, as if it were alone. */
+        if (r->shard && r->shard_begin < r->n) {
+            size_t len =
+                r->n - r->shard_begin < r->shard_size ? r->n - r->shard_begin : r->shard_size;
+            DDP_CHECK(ddp_backend_copy(r->backend, r->shard, r->grads + r->shard_begin,
+                                       len * sizeof(float), DDP_COPY_D2D));
+        }
         if (stats) *stats = (ddp_reducer_stats){.n_buckets = r->n_buckets};
         return DDP_OK;
     }
     if (!r->opt.overlap) {
-        /* The unbucketed path: one all-reduce of the whole buffer after backward. */
-        DDP_CHECK(reduce_blocking(r, 0, r->n));
+        /* The unbucketed path: one all-reduce of the whole buffer after backward (sharded:
+         * the buckets' reduce-scatters one after another). */
+        if (r->shard)
+            for (int i = 0; i < r->n_buckets; i++)
+                DDP_CHECK(scatter_bucket(r, i));
+        else
+            DDP_CHECK(reduce_blocking(r, 0, r->n));
         double t = ddp_time_now() - t0;
         if (stats)
             *stats = (ddp_reducer_stats){.t_comm = t,

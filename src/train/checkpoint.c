@@ -34,7 +34,7 @@
 static const char *const may_change[] = {
     "accum",     "micro",      "epochs",     "steps",      "device",       "comm",       "math",
     "log_every", "eval_every", "check_sync", "bucket",     "first_bucket", "grad_dtype", "overlap",
-    "progress",  "nonfinite",  "ckpt",       "ckpt_every", "resume",
+    "progress",  "nonfinite",  "ckpt",       "ckpt_every", "resume",       "zero",
 };
 
 static int key_may_change(const char *key, size_t n) {

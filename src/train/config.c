@@ -151,6 +151,16 @@ ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world) {
                         "--text is the data of a language model: use it with --model gpt (the "
                         "MLP trains on --data DIR)");
     }
+    if (cfg->zero < 0 || cfg->zero > 2)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "--zero %d: the stages are 0 (replicated), 1 (sharded optimizer state) "
+                        "and 2 (sharded optimizer state and gradients)",
+                        cfg->zero);
+    if (cfg->zero > 0 && cfg->reducer.grad_dtype != DDP_F32)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "--zero %d reduce-scatters the gradients in fp32: --grad-dtype bf16 "
+                        "applies to --zero 0 only",
+                        cfg->zero);
     if (cfg->epochs <= 0 && cfg->max_steps <= 0)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "set --epochs or --steps to a positive number");
     if (cfg->sched.base_lr <= 0.0f)
@@ -214,6 +224,9 @@ size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t
     PUT(" bucket=%zu first_bucket=%zu grad_dtype=%d overlap=%d progress=%d nonfinite=%d",
         cfg->reducer.bucket_bytes, cfg->reducer.first_bucket_bytes, (int)cfg->reducer.grad_dtype,
         cfg->reducer.overlap, (int)cfg->reducer.progress, cfg->on_nonfinite);
+    /* The stage decides which collectives run (reduce-scatter and all-gather instead of
+     * all-reduce). */
+    PUT(" zero=%d", cfg->zero);
     /* Saving and resuming end in an agreement over all ranks, so whether and when they
      * happen must agree; the directory and --keep concern rank 0 alone. */
     PUT(" ckpt=%d ckpt_every=%d resume=%d", cfg->checkpoint_dir[0] != '\0', cfg->checkpoint_every,

@@ -32,26 +32,53 @@ static ddp_status check_fingerprints(ddp_trainer *t) {
 }
 
 /* The ranges of the flat buffer that weight decay must leave alone (biases,
- * normalization, position embeddings), merged where adjacent. */
+ * normalization, position embeddings), merged where adjacent; with a sharded optimizer,
+ * their parts inside this rank's shard, relative to its start. */
 static ddp_status set_decay(ddp_trainer *t) {
     int nv = ddp_model_num_views(t->model);
     size_t(*ranges)[2] = malloc((size_t)nv * sizeof *ranges);
     if (!ranges) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
+    size_t lo = t->shard_begin, hi = t->shard_begin + t->shard_len;
     int n = 0;
     for (int i = 0; i < nv; i++) {
         const ddp_param_view *v = ddp_model_view(t->model, i);
-        if (v->decay) continue;
-        if (n > 0 && ranges[n - 1][0] + ranges[n - 1][1] == v->offset)
-            ranges[n - 1][1] += v->count;
+        size_t a = v->offset > lo ? v->offset : lo;
+        size_t e = v->offset + v->count < hi ? v->offset + v->count : hi;
+        if (v->decay || e <= a) continue;
+        if (n > 0 && ranges[n - 1][0] + ranges[n - 1][1] == a - lo)
+            ranges[n - 1][1] += e - a;
         else {
-            ranges[n][0] = v->offset;
-            ranges[n][1] = v->count;
+            ranges[n][0] = a - lo;
+            ranges[n][1] = e - a;
             n++;
         }
     }
     ddp_status s = ddp_optim_set_no_decay(t->optim, (const size_t(*)[2])ranges, n);
     free(ranges);
     DDP_CHECK(s);
+    return DDP_OK;
+}
+
+/* Which part of the flat buffers this rank updates: all of it, or with --zero its shard.
+ * Shards are cut from the flat buffer alone (not from buckets or tensors), so that a
+ * checkpoint's shards can be read back by any number of ranks. */
+static ddp_status shard_layout(ddp_trainer *t) {
+    size_t n = t->num_params, w = (size_t)t->world;
+    t->shard_counts = calloc(w, sizeof *t->shard_counts);
+    if (!t->shard_counts) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
+    if (t->cfg.zero == 0) {
+        t->shard_size = t->shard_len = n;
+        t->shard_begin = 0;
+        return DDP_OK;
+    }
+    t->shard_size = ((n + w - 1) / w + 15) / 16 * 16;
+    for (size_t q = 0; q < w; q++) {
+        size_t lo = q * t->shard_size;
+        t->shard_counts[q] = lo >= n ? 0 : (n - lo < t->shard_size ? n - lo : t->shard_size);
+    }
+    t->shard_begin = (size_t)t->rank * t->shard_size;
+    if (t->shard_begin > n) t->shard_begin = n;
+    t->shard_len = t->shard_counts[t->rank];
     return DDP_OK;
 }
 
@@ -67,7 +94,8 @@ static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
     /* Same seed on every rank: identical initial parameters without a broadcast. */
     DDP_CHECK(ddp_model_init_params(t->model, t->cfg.seed));
     t->num_params = ddp_model_num_params(t->model);
-    DDP_CHECK(ddp_optim_create(b, &t->cfg.optim, t->num_params, &t->optim));
+    DDP_CHECK(shard_layout(t));
+    DDP_CHECK(ddp_optim_create(b, &t->cfg.optim, t->shard_len, &t->optim));
     DDP_CHECK(set_decay(t));
     t->h_params = malloc(t->num_params * sizeof(float));
     if (!t->h_params) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
@@ -79,7 +107,9 @@ static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
  * all-reduce then sums them in place, without messages. COLLECTIVE over t->comm; where
  * sharing is not possible the model keeps its own buffer. */
 static ddp_status share_gradients(ddp_trainer *t) {
-    if (!ddp_backend_is_host(t->backend)) return DDP_OK;
+    /* Stage 2 gives the pages of sent buckets back to the system, which memory that the
+     * node's ranks share cannot do. Every rank has the same stage. */
+    if (!ddp_backend_is_host(t->backend) || t->cfg.zero == 2) return DDP_OK;
     void *shared = NULL;
     DDP_CHECK(ddp_comm_alloc_shared(t->comm, t->num_params * sizeof(float), &shared));
     if (shared) DDP_CHECK(ddp_model_use_grad_buffer(t->model, shared));
@@ -105,6 +135,12 @@ static ddp_status setup_reducer(ddp_trainer *t) {
                                        t->num_params, bounds, nb, &ropt, &t->reducer);
     free(bounds);
     DDP_CHECK(rs);
+    if (t->cfg.zero > 0) {
+        DDP_CHECK(
+            ddp_backend_alloc(t->backend, t->shard_size * sizeof(float), (void **)&t->shard_grads));
+        DDP_CHECK(
+            ddp_reducer_set_shard(t->reducer, t->shard_grads, t->shard_size, t->cfg.zero == 2));
+    }
     return DDP_OK;
 }
 
@@ -188,6 +224,8 @@ void ddp_trainer_free(ddp_trainer *t) {
     ddp_backend *b = t->backend;
     if (t->src && b) t->src->release(t);
     ddp_backend_dealloc(b, t->d_stats);
+    ddp_backend_dealloc(b, t->shard_grads);
+    free(t->shard_counts);
     free(t->h_params);
     ddp_reducer_free(t->reducer);
     ddp_comm_free(t->bn_comm);
@@ -220,6 +258,16 @@ static ddp_status reduce_stats(ddp_trainer *t, double out[2]) {
     return DDP_OK;
 }
 
+/* The global gradient norm from the shards: each rank's sum of squares, summed over ranks.
+ * COLLECTIVE over ctrl (one double). */
+static ddp_status shard_grad_norm(ddp_trainer *t, double *norm) {
+    double sumsq;
+    DDP_CHECK(ddp_backend_sumsq(t->backend, t->shard_grads, t->shard_len, &sumsq));
+    DDP_CHECK(ddp_comm_allreduce(t->ctrl, &sumsq, 1, DDP_F64, DDP_SUM));
+    *norm = sqrt(sumsq);
+    return DDP_OK;
+}
+
 ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     ddp_backend *b = t->backend;
     const ddp_train_config *c = &t->cfg;
@@ -236,8 +284,12 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
 
     DDP_CHECK(t->src->next(t));
     DDP_CHECK(ddp_backend_zero(b, t->d_stats, 2 * sizeof(float)));
+    ddp_reducer_stats rs = {0};
     for (int k = 0; k < c->accum; k++) {
         int last = k == c->accum - 1;
+        /* Stage 2 sends every micro-batch's gradients, adding them up in the shard, so
+         * that no full gradient buffer has to last from one micro-batch to the next. */
+        int send = last || c->zero == 2;
         t1 = ddp_time_now();
         DDP_CHECK(ddp_trace_begin("forward", "compute"));
         ddp_batch batch;
@@ -248,23 +300,30 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         st->t_forward += ddp_time_now() - t1;
         t1 = ddp_time_now();
         DDP_CHECK(ddp_trace_begin("backward", "compute"));
-        /* Only the last micro-batch communicates: its backward hands each bucket to the
-         * reducer as soon as the bucket's gradients are final. */
-        if (last) DDP_CHECK(ddp_reducer_begin(t->reducer));
+        /* Only the last micro-batch communicates (with --zero 2, every one): its backward
+         * hands each bucket to the reducer as soon as the bucket's gradients are final. */
+        if (send && c->zero > 0)
+            DDP_CHECK(ddp_reducer_begin_sharded(t->reducer, c->zero == 2 && k > 0));
+        else if (send)
+            DDP_CHECK(ddp_reducer_begin(t->reducer));
         /* The first micro-batch writes the gradients, the others add to them: no pass
-         * to zero the buffer. */
-        DDP_CHECK(ddp_model_backward(t->model, k == 0, last ? ddp_reducer_ready : NULL,
-                                     last ? t->reducer : NULL));
+         * to zero the buffer. Under stage 2 each one writes: its buckets were sent. */
+        DDP_CHECK(ddp_model_backward(t->model, k == 0 || c->zero == 2,
+                                     send ? ddp_reducer_ready : NULL, send ? t->reducer : NULL));
         if (timed) DDP_CHECK(ddp_backend_sync(b));
         DDP_CHECK(ddp_trace_end());
         st->t_backward += ddp_time_now() - t1;
+        if (!send) continue;
+        ddp_reducer_stats pass;
+        /* Every rank reaches this after the same micro-batches. */
+        DDP_CHECK(ddp_trace_begin("allreduce wait", "comm"));
+        DDP_CHECK(ddp_reducer_finish(t->reducer, &pass));
+        if (timed) DDP_CHECK(ddp_backend_sync(b));
+        DDP_CHECK(ddp_trace_end());
+        rs.t_comm += pass.t_comm;
+        rs.t_exposed += pass.t_exposed;
+        rs.t_comm_cpu += pass.t_comm_cpu;
     }
-    ddp_reducer_stats rs;
-    /* Every rank reaches this once per step, after its last micro-batch. */
-    DDP_CHECK(ddp_trace_begin("allreduce wait", "comm"));
-    DDP_CHECK(ddp_reducer_finish(t->reducer, &rs));
-    if (timed) DDP_CHECK(ddp_backend_sync(b));
-    DDP_CHECK(ddp_trace_end());
     st->t_allreduce = rs.t_comm;
     st->t_exposed = rs.t_exposed;
     st->t_comm_cpu = rs.t_comm_cpu;
@@ -275,7 +334,10 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
      * same verdict on them without communicating. One pass gives the norm: it is logged,
      * it decides whether the gradients are finite, and clipping is its coefficient
      * applied inside the update. */
-    DDP_CHECK(ddp_grad_norm(b, grads, t->num_params, &st->grad_norm));
+    if (c->zero > 0)
+        DDP_CHECK(shard_grad_norm(t, &st->grad_norm));
+    else
+        DDP_CHECK(ddp_grad_norm(b, grads, t->num_params, &st->grad_norm));
     st->lr = ddp_schedule_lr(&c->sched, t->step);
     if (!isfinite(st->grad_norm)) {
         if (c->on_nonfinite == DDP_NONFINITE_ABORT)
@@ -288,8 +350,26 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         ddp_log_warn("step %lld: non-finite gradients, update skipped (%lld so far)",
                      (long long)t->step + 1, (long long)t->skipped_steps);
     } else {
-        DDP_CHECK(ddp_optim_step(t->optim, ddp_model_params(t->model), grads, st->lr,
+        DDP_CHECK(ddp_optim_step(t->optim, ddp_model_params(t->model) + t->shard_begin,
+                                 c->zero > 0 ? t->shard_grads : grads, st->lr,
                                  ddp_clip_coef(st->grad_norm, c->clip_norm)));
+    }
+    if (c->zero > 0) {
+        /* Every rank updated its shard alone: the all-gather gives every rank all of
+         * them. Every rank reaches it, also after a skipped update (then it copies the
+         * parameters that every rank already has), so that the collectives never depend
+         * on a verdict. */
+        double g0 = ddp_time_now();
+        DDP_CHECK(ddp_trace_begin("allgather parameters", "comm"));
+        DDP_CHECK(
+            ddp_comm_allgatherv(t->comm, ddp_model_params(t->model), t->shard_counts, DDP_F32));
+        if (timed) DDP_CHECK(ddp_backend_sync(b));
+        DDP_CHECK(ddp_trace_end());
+        /* Communication that nothing hides: counted with the exposed all-reduce time. */
+        double g = ddp_time_now() - g0;
+        st->t_allreduce += g;
+        st->t_exposed += g;
+        t1 += g;
     }
     /* Running statistics of batch norm on a rank's own shard differ between ranks; their
      * average keeps every rank's model, evaluation and checkpoint the same. (With

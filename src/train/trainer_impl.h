@@ -54,7 +54,13 @@ struct ddp_trainer {
     int checkpoints_ready; /* ddp_trainer_prepare_checkpoints has run (and agreed) */
     int grads_shared;      /* the gradients live in node-shared memory (share_gradients) */
     size_t num_params;
-    int64_t step; /* steps completed */
+    /* --zero 1, 2: this rank's shard [shard_begin, shard_begin + shard_len) of the flat
+     * buffers; every shard but the last ones holds shard_size elements (a multiple of 16,
+     * so that shards start on cache lines; the last may be short or empty) */
+    size_t shard_size, shard_begin, shard_len;
+    size_t *shard_counts; /* (world) every rank's shard_len, for the all-gather */
+    float *shard_grads;   /* (shard_size) device: this shard's averaged gradients */
+    int64_t step;         /* steps completed */
     int64_t total_steps;
     uint64_t epoch;        /* epoch of the last step */
     size_t max_batch;      /* samples the model's activations hold */
