@@ -34,7 +34,9 @@ extern "C" {
 #endif
 
 #define DDP_CKPT_MAGIC   "DDPCKPT" /* 8 bytes with its terminating zero */
-#define DDP_CKPT_VERSION 2u        /* version 1, without buffers, is read too */
+#define DDP_CKPT_VERSION 3u        /* versions 1 (no buffers) and 2 (no shards) are read too */
+/* shard_index of a manifest: the file that commits a sharded checkpoint */
+#define DDP_CKPT_MANIFEST 0xffffffffu
 
 /* What a checkpoint says about itself. The pointers point into the buffer that was
  * parsed; the texts are not zero-terminated; the arrays may be unaligned (copy them). */
@@ -57,9 +59,17 @@ typedef struct {
     int64_t optim_steps;
     uint64_t state_size;  /* elements per state buffer */
     uint64_t num_buffers; /* elements of the model's buffers (version 2; 0 in version 1) */
-    const void *params;   /* (num_params) float32 */
-    const void *states;   /* (num_states, state_size) float32 */
-    const void *buffers;  /* (num_buffers) float32 */
+    /* Version 3: optimizer state sharded over `shards` files (0: it is in this file).
+     * A manifest (shard_index DDP_CKPT_MANIFEST) holds everything but the state, and the
+     * CRC-32 of each shard file; state_size is then the elements of each whole state
+     * buffer. A shard file (shard_index < shards) holds the state elements
+     * [shard_index * shard_size, + state_size) of every buffer, and no parameters. */
+    uint32_t shards, shard_index;
+    uint64_t shard_size;
+    const void *params;     /* (num_params) float32 */
+    const void *states;     /* (num_states, state_size) float32; none in a manifest */
+    const void *buffers;    /* (num_buffers) float32 */
+    const void *shard_crcs; /* manifest: (shards) u32, little-endian */
 } ddp_checkpoint_info;
 
 /* Checks a checkpoint image in memory: magic, CRC, version, and that every field lies
@@ -74,6 +84,9 @@ ddp_status ddp_checkpoint_read(const char *path, void **buf, size_t *len,
                                ddp_checkpoint_info *info);
 /* DIR/ckpt-<step>.ddp into buf. */
 void ddp_checkpoint_path(char *buf, size_t cap, const char *dir, int64_t step);
+/* DIR/ckpt-<step>.shard-<i>-of-<n>.ddp into buf: shard i of a sharded checkpoint. */
+void ddp_checkpoint_shard_path(char *buf, size_t cap, const char *dir, int64_t step, uint32_t i,
+                               uint32_t n);
 /* The steps of the checkpoint files in dir, ascending (*steps: free() it). A missing
  * directory has none. Not collective. */
 ddp_status ddp_checkpoint_list(const char *dir, int64_t **steps, size_t *n);

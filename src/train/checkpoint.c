@@ -93,32 +93,57 @@ static ddp_status put_device(ddp_trainer *t, ddp_ckpt_writer *w, const float *de
     return DDP_OK;
 }
 
-static ddp_status write_body(ddp_trainer *t, ddp_ckpt_writer *w, const unsigned char *header,
-                             size_t header_len) {
+/* The data after the header, as h says which parts the file holds: parameters, the
+ * optimizer state (this rank's part of it, which is all of it without sharding), the
+ * model's buffers, and a manifest's shard CRCs. */
+static ddp_status write_body(ddp_trainer *t, ddp_ckpt_writer *w, const ddp_checkpoint_info *h,
+                             const unsigned char *header, size_t header_len) {
     enum { CHUNK = 1 << 18 };
     DDP_CHECK(ddp_ckpt_writer_put(w, header, header_len));
     float *host = malloc(CHUNK * sizeof(float));
     if (!host) return DDP_FAIL(DDP_ERR_NOMEM, "checkpoint: out of memory");
-    ddp_status s = put_device(t, w, ddp_model_params(t->model), t->num_params, host, CHUNK);
-    for (int i = 0; s == DDP_OK && i < ddp_optim_num_states(t->optim); i++)
+    int manifest = h->shards > 0 && h->shard_index == DDP_CKPT_MANIFEST;
+    ddp_status s = put_device(t, w, ddp_model_params(t->model), h->num_params, host, CHUNK);
+    for (int i = 0; s == DDP_OK && !manifest && i < ddp_optim_num_states(t->optim); i++)
         s = put_device(t, w, ddp_optim_state(t->optim, i), ddp_optim_size(t->optim), host, CHUNK);
-    if (s == DDP_OK)
-        s = put_device(t, w, ddp_model_buffers(t->model), ddp_model_num_buffer_elems(t->model),
-                       host, CHUNK);
+    if (s == DDP_OK) s = put_device(t, w, ddp_model_buffers(t->model), h->num_buffers, host, CHUNK);
+    if (s == DDP_OK && manifest) s = ddp_ckpt_writer_put(w, h->shard_crcs, 4 * (size_t)h->shards);
     free(host);
     DDP_CHECK(s);
     return DDP_OK;
 }
 
-/* Rank 0's part of a save. */
-static ddp_status write_checkpoint(ddp_trainer *t) {
+/* Writes the file that h describes (its header and body) and commits it; *crc (may be
+ * NULL) receives the CRC-32 stored at its end. */
+static ddp_status write_file(ddp_trainer *t, const ddp_checkpoint_info *h, ddp_ckpt_writer *w,
+                             uint32_t *crc) {
+    unsigned char *header;
+    size_t header_len;
+    DDP_CHECK(ddp_ckpt_encode_header(h, &header, &header_len));
     const char *dir = t->cfg.checkpoint_dir;
-    double t0 = ddp_time_now();
-    char settings[4096];
+    ddp_status s = h->shards > 0 && h->shard_index != DDP_CKPT_MANIFEST
+                       ? ddp_ckpt_writer_open_shard(w, dir, t->step, h->shard_index, h->shards)
+                       : ddp_ckpt_writer_open(w, dir, t->step);
+    if (s == DDP_OK) {
+        s = write_body(t, w, h, header, header_len);
+        if (s == DDP_OK && crc) *crc = w->crc; /* before commit appends it */
+        if (s == DDP_OK)
+            s = ddp_ckpt_writer_commit(w);
+        else
+            ddp_ckpt_writer_abort(w);
+    }
+    free(header);
+    DDP_CHECK(s);
+    return DDP_OK;
+}
+
+/* The header of this step's checkpoint: a whole one without sharding, else the manifest;
+ * settings (cap 4096) receives its settings text. */
+static void describe(ddp_trainer *t, ddp_checkpoint_info *out, char *settings) {
     const char *model = ddp_model_describe(t->model);
     ddp_checkpoint_info h = {
         .settings = settings,
-        .settings_len = ddp_checkpoint_settings(t, settings, sizeof settings),
+        .settings_len = ddp_checkpoint_settings(t, settings, 4096),
         .model = model,
         .model_len = strlen(model),
         .num_params = t->num_params,
@@ -132,37 +157,90 @@ static ddp_status write_checkpoint(ddp_trainer *t) {
         .optim_kind = (uint32_t)t->cfg.optim.kind,
         .num_states = (uint32_t)ddp_optim_num_states(t->optim),
         .optim_steps = ddp_optim_steps(t->optim),
-        .state_size = ddp_optim_size(t->optim),
+        /* Of each whole state buffer, whether or not this file holds it. */
+        .state_size = t->num_params,
         .num_buffers = ddp_model_num_buffer_elems(t->model),
     };
-    unsigned char *header;
-    size_t header_len;
-    DDP_CHECK(ddp_ckpt_encode_header(&h, &header, &header_len));
-    ddp_ckpt_writer w;
-    ddp_status s = ddp_ckpt_writer_open(&w, dir, t->step);
-    if (s == DDP_OK) {
-        s = write_body(t, &w, header, header_len);
-        if (s == DDP_OK)
-            s = ddp_ckpt_writer_commit(&w);
-        else
-            ddp_ckpt_writer_abort(&w);
+    if (t->cfg.zero > 0) {
+        h.shards = (uint32_t)t->world;
+        h.shard_index = DDP_CKPT_MANIFEST;
+        h.shard_size = t->shard_size;
     }
-    free(header);
-    DDP_CHECK(s);
+    *out = h;
+}
+
+/* Rank 0's file: the whole checkpoint, or the manifest that commits the shards (their
+ * CRCs in crcs). */
+static ddp_status write_checkpoint(ddp_trainer *t, const uint32_t *crcs) {
+    double t0 = ddp_time_now();
+    char settings[4096];
+    ddp_checkpoint_info h;
+    describe(t, &h, settings);
+    h.shard_crcs = crcs;
+    ddp_ckpt_writer w;
+    DDP_CHECK(write_file(t, &h, &w, NULL));
     if (!t->cfg.quiet)
-        ddp_log_info("checkpoint of step %lld written to %s (%.1f MB in %.2f s)",
-                     (long long)t->step, w.final, (double)w.bytes / 1e6, ddp_time_now() - t0);
+        ddp_log_info("checkpoint of step %lld written to %s (%.1f MB in %.2f s%s)",
+                     (long long)t->step, w.final, (double)w.bytes / 1e6, ddp_time_now() - t0,
+                     h.shards ? ", the optimizer state in one shard file per rank" : "");
     /* Old checkpoints go only after the new one is safely in place. */
-    ddp_ckpt_prune(dir, t->cfg.keep, t->step);
+    ddp_ckpt_prune(t->cfg.checkpoint_dir, t->cfg.keep, t->step);
+    return DDP_OK;
+}
+
+/* This rank's shard file of a sharded checkpoint: its part of the optimizer state;
+ * *crc receives the file's CRC-32 for the manifest. */
+static ddp_status write_shard(ddp_trainer *t, uint32_t *crc) {
+    char settings[4096];
+    ddp_checkpoint_info h;
+    describe(t, &h, settings);
+    h.num_params = 0;
+    h.num_buffers = 0;
+    h.state_size = t->shard_len;
+    h.shard_index = (uint32_t)t->rank;
+    ddp_ckpt_writer w;
+    DDP_CHECK(write_file(t, &h, &w, crc));
     return DDP_OK;
 }
 
 ddp_status ddp_trainer_save_checkpoint(ddp_trainer *t) {
     ddp_status s = DDP_OK;
-    if (!t->cfg.checkpoint_dir[0])
+    if (!t->cfg.checkpoint_dir[0]) {
         s = DDP_FAIL(DDP_ERR_INVALID_ARG, "saving a checkpoint needs --checkpoint-dir");
-    else if (t->rank == 0)
-        s = write_checkpoint(t);
+        ddp_error_trace(__FILE__, __LINE__);
+        DDP_CHECK(ddp_ckpt_agree(t, s, "write a checkpoint"));
+    }
+    uint32_t *crcs = NULL;
+    if (t->cfg.zero > 0) {
+        /* Every rank writes its shard; only when all of them are in place does rank 0
+         * write the manifest, whose rename commits the checkpoint. */
+        uint32_t crc = 0;
+        s = write_shard(t, &crc);
+        if (s == DDP_OK && t->rank == 0) {
+            crcs = calloc((size_t)t->world, sizeof *crcs);
+            if (!crcs) s = DDP_FAIL(DDP_ERR_NOMEM, "checkpoint: out of memory");
+        }
+        if (s != DDP_OK) ddp_error_trace(__FILE__, __LINE__);
+        /* Every rank reaches these after the same step. */
+        s = ddp_ckpt_agree(t, s, "write its checkpoint shard");
+        uint32_t *all = NULL;
+        if (s == DDP_OK) {
+            all = calloc((size_t)t->world, sizeof *all);
+            s = all ? DDP_OK : DDP_FAIL(DDP_ERR_NOMEM, "checkpoint: out of memory");
+            s = ddp_ckpt_agree(t, s, "gather the shards' checksums");
+        }
+        if (s == DDP_OK) s = ddp_comm_allgather(t->ctrl, &crc, all, 1, DDP_U32);
+        if (s == DDP_OK && crcs)
+            for (int r = 0; r < t->world; r++) /* stored little-endian, as the format says */
+                crcs[r] = all[r];
+        free(all);
+        if (s != DDP_OK) {
+            free(crcs);
+            DDP_CHECK(s);
+        }
+    }
+    if (t->rank == 0) s = write_checkpoint(t, crcs);
+    free(crcs);
     if (s != DDP_OK) ddp_error_trace(__FILE__, __LINE__);
     /* Every rank reaches this after the same step, whether rank 0's write worked or not. */
     DDP_CHECK(ddp_ckpt_agree(t, s, "write a checkpoint"));

@@ -40,8 +40,10 @@ static void put64(unsigned char **p, uint64_t v) {
 }
 
 static size_t header_bytes(uint32_t version, size_t settings_len, size_t model_len) {
-    size_t n =
-        (version >= 2 ? DDP_CKPT_FIXED_BYTES : DDP_CKPT_FIXED_BYTES - 8) + settings_len + model_len;
+    size_t fixed = version >= 3   ? DDP_CKPT_FIXED_BYTES
+                   : version == 2 ? DDP_CKPT_FIXED_BYTES - 16
+                                  : DDP_CKPT_FIXED_BYTES - 24;
+    size_t n = fixed + settings_len + model_len;
     return (n + DDP_CKPT_ALIGN - 1) / DDP_CKPT_ALIGN * DDP_CKPT_ALIGN;
 }
 
@@ -77,6 +79,9 @@ ddp_status ddp_ckpt_encode_header(const ddp_checkpoint_info *in, unsigned char *
     put64(&p, (uint64_t)in->optim_steps);
     put64(&p, in->state_size);
     put64(&p, in->num_buffers);
+    put32(&p, in->shards);
+    put32(&p, in->shard_index);
+    put64(&p, in->shard_size);
     *out = buf;
     *len = n;
     return DDP_OK;
@@ -141,18 +146,30 @@ static int parse_header(const unsigned char *buf, size_t len, ddp_checkpoint_inf
     h->optim_steps = (int64_t)get64(&r);
     h->state_size = get64(&r);
     if (h->version >= 2) h->num_buffers = get64(&r);
+    if (h->version >= 3) {
+        h->shards = get32(&r);
+        h->shard_index = get32(&r);
+        h->shard_size = get64(&r);
+    }
     if (r.short_read) return 0;
     /* Bounded so that the products below cannot overflow. */
     if (h->num_states > MAX_STATES || h->num_params > ((uint64_t)1 << 60) ||
-        h->state_size > ((uint64_t)1 << 60) || h->num_buffers > ((uint64_t)1 << 60))
+        h->state_size > ((uint64_t)1 << 60) || h->num_buffers > ((uint64_t)1 << 60) ||
+        h->shards > (1u << 24) || h->shard_size > ((uint64_t)1 << 60) ||
+        (h->shards > 0 && h->shard_index != DDP_CKPT_MANIFEST && h->shard_index >= h->shards) ||
+        (h->shards == 0 && h->shard_index != 0))
         return -1;
+    int manifest = h->shards > 0 && h->shard_index == DDP_CKPT_MANIFEST;
     uint64_t data_off = header_bytes(h->version, h->settings_len, h->model_len);
     uint64_t states_off = data_off + 4 * h->num_params;
-    uint64_t buffers_off = states_off + 4 * (uint64_t)h->num_states * h->state_size;
-    *expected = buffers_off + 4 * h->num_buffers + 4;
+    uint64_t buffers_off =
+        states_off + (manifest ? 0 : 4 * (uint64_t)h->num_states * h->state_size);
+    uint64_t crcs_off = buffers_off + 4 * h->num_buffers;
+    *expected = crcs_off + (manifest ? 4 * (uint64_t)h->shards : 0) + 4;
     h->params = buf + (data_off <= len ? data_off : len);
     h->states = buf + (states_off <= len ? states_off : len);
     h->buffers = buf + (buffers_off <= len ? buffers_off : len);
+    h->shard_crcs = buf + (crcs_off <= len ? crcs_off : len);
     return 1;
 }
 
@@ -251,6 +268,23 @@ void ddp_checkpoint_path(char *buf, size_t cap, const char *dir, int64_t step) {
     snprintf(buf, cap, "%s/ckpt-%08lld.ddp", dir, (long long)step);
 }
 
+void ddp_checkpoint_shard_path(char *buf, size_t cap, const char *dir, int64_t step, uint32_t i,
+                               uint32_t n) {
+    snprintf(buf, cap, "%s/ckpt-%08lld.shard-%u-of-%u.ddp", dir, (long long)step, i, n);
+}
+
+/* The step of a shard file's name "ckpt-<digits>.shard-<i>-of-<n>.ddp", or -1. */
+static int64_t step_of_shard_name(const char *name) {
+    long long step;
+    unsigned i, n;
+    int end = 0;
+    if (strncmp(name, "ckpt-", 5) != 0 ||
+        sscanf(name, "ckpt-%lld.shard-%u-of-%u.ddp%n", &step, &i, &n, &end) != 3 ||
+        name[end] != '\0' || step < 0)
+        return -1;
+    return step;
+}
+
 /* The step of a name "ckpt-<digits>.ddp", or -1 for any other name. */
 static int64_t step_of_name(const char *name) {
     if (strncmp(name, "ckpt-", 5) != 0) return -1;
@@ -331,18 +365,36 @@ static void maybe_crash(ddp_ckpt_writer *w, const void *data, size_t bytes) {
     raise(SIGKILL);
 }
 
-ddp_status ddp_ckpt_writer_open(ddp_ckpt_writer *w, const char *dir, int64_t step) {
-    memset(w, 0, sizeof *w);
-    w->step = step;
-    snprintf(w->dir, sizeof w->dir, "%s", dir);
-    snprintf(w->tmp, sizeof w->tmp, "%s/.ckpt-%08lld.ddp.tmp", dir, (long long)step);
-    ddp_checkpoint_path(w->final, sizeof w->final, dir, step);
+/* Opens w->tmp, whose name the caller has set. */
+static ddp_status writer_open(ddp_ckpt_writer *w) {
     w->f = fopen(w->tmp, "wb");
     if (!w->f)
         return DDP_FAIL(DDP_ERR_IO,
                         "checkpoint: cannot create %s: %s; check that --checkpoint-dir exists "
                         "and is writable",
                         w->tmp, strerror(errno));
+    return DDP_OK;
+}
+
+ddp_status ddp_ckpt_writer_open(ddp_ckpt_writer *w, const char *dir, int64_t step) {
+    memset(w, 0, sizeof *w);
+    w->step = step;
+    snprintf(w->dir, sizeof w->dir, "%s", dir);
+    snprintf(w->tmp, sizeof w->tmp, "%s/.ckpt-%08lld.ddp.tmp", dir, (long long)step);
+    ddp_checkpoint_path(w->final, sizeof w->final, dir, step);
+    DDP_CHECK(writer_open(w));
+    return DDP_OK;
+}
+
+ddp_status ddp_ckpt_writer_open_shard(ddp_ckpt_writer *w, const char *dir, int64_t step, uint32_t i,
+                                      uint32_t n) {
+    memset(w, 0, sizeof *w);
+    w->step = step;
+    snprintf(w->dir, sizeof w->dir, "%s", dir);
+    snprintf(w->tmp, sizeof w->tmp, "%s/.ckpt-%08lld.shard-%u-of-%u.ddp.tmp", dir, (long long)step,
+             i, n);
+    ddp_checkpoint_shard_path(w->final, sizeof w->final, dir, step, i, n);
+    DDP_CHECK(writer_open(w));
     return DDP_OK;
 }
 
@@ -417,7 +469,6 @@ void ddp_ckpt_prune(const char *dir, int keep, int64_t newest) {
         }
         closedir(d);
     }
-    if (keep <= 0) return;
     int64_t *steps;
     size_t n;
     if (ddp_checkpoint_list(dir, &steps, &n) != DDP_OK) {
@@ -427,13 +478,33 @@ void ddp_ckpt_prune(const char *dir, int keep, int64_t newest) {
     }
     /* Later steps than the one just written are left alone: they are not older, and
      * this run will replace them when it gets there. */
-    while (n > 0 && steps[n - 1] > newest)
-        n--;
-    /* Oldest first, leaving the `keep` newest. */
-    for (size_t i = 0; i + (size_t)keep < n; i++) {
+    size_t upto = n;
+    while (upto > 0 && steps[upto - 1] > newest)
+        upto--;
+    /* Oldest first, leaving the `keep` newest (keep 0: all). */
+    size_t removed = 0;
+    for (size_t i = 0; keep > 0 && i + (size_t)keep < upto; i++, removed++) {
         ddp_checkpoint_path(path, sizeof path, dir, steps[i]);
         if (unlink(path) != 0)
             ddp_log_warn("checkpoint: cannot remove the old %s: %s", path, strerror(errno));
+    }
+    /* Shard files up to `newest` whose manifest is gone (pruned just now, or never
+     * written because the save failed or was killed before its commit). */
+    d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            int64_t step = step_of_shard_name(e->d_name);
+            if (step < 0 || step > newest) continue;
+            int kept = 0;
+            for (size_t i = removed; i < n && !kept; i++)
+                kept = steps[i] == step;
+            if (kept) continue;
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            if (unlink(path) != 0)
+                ddp_log_warn("checkpoint: cannot remove the old %s: %s", path, strerror(errno));
+        }
+        closedir(d);
     }
     free(steps);
 }

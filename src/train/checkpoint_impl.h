@@ -8,7 +8,7 @@
 #include "ddp/checkpoint.h"
 
 /* Bytes of the fixed fields of the header (all but the two texts and the padding). */
-#define DDP_CKPT_FIXED_BYTES 116u /* version 1: 108, without the buffers' count */
+#define DDP_CKPT_FIXED_BYTES 132u /* version 2: 116 (no shards), version 1: 108 (no buffers) */
 /* The float data start at a multiple of this many bytes. */
 #define DDP_CKPT_ALIGN 64u
 
@@ -31,6 +31,9 @@ typedef struct {
 
 /* Opens DIR/.ckpt-<step>.ddp.tmp for writing (DIR must exist). */
 ddp_status ddp_ckpt_writer_open(ddp_ckpt_writer *w, const char *dir, int64_t step);
+/* The same for shard i of n: DIR/.ckpt-<step>.shard-<i>-of-<n>.ddp.tmp. */
+ddp_status ddp_ckpt_writer_open_shard(ddp_ckpt_writer *w, const char *dir, int64_t step, uint32_t i,
+                                      uint32_t n);
 ddp_status ddp_ckpt_writer_put(ddp_ckpt_writer *w, const void *data, size_t bytes);
 /* Appends the CRC, syncs the file, renames it to DIR/ckpt-<step>.ddp and syncs the
  * directory. On failure the temporary file is removed. */

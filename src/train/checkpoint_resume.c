@@ -160,8 +160,7 @@ static ddp_status check_compatible(ddp_trainer *t, const ddp_checkpoint_info *h,
                         path, (int)h->model_len, h->model, (unsigned long long)h->num_params, model,
                         t->num_params);
     if (h->optim_kind != (uint32_t)t->cfg.optim.kind ||
-        h->num_states != (uint32_t)ddp_optim_num_states(t->optim) ||
-        h->state_size != ddp_optim_size(t->optim))
+        h->num_states != (uint32_t)ddp_optim_num_states(t->optim) || h->state_size != t->num_params)
         return DDP_FAIL(DDP_ERR_MISMATCH,
                         "checkpoint %s holds optimizer %u with %u state buffer(s) of %llu "
                         "elements, which does not fit this run's optimizer",
@@ -246,17 +245,87 @@ static ddp_status pick(ddp_trainer *t, const char *dir, const char *file, void *
     return DDP_OK;
 }
 
+/* Every rank: this rank's part [shard_begin, + shard_len) of every optimizer state buffer
+ * (all of them without --zero), read from the shard files that the manifest `path`
+ * commits, which lie beside it. The shards may have been cut for another number of ranks:
+ * each rank reads those that overlap its part. Each file must be intact and be the one
+ * the manifest names (its CRC), or the load fails naming it. */
+static ddp_status load_shards(ddp_trainer *t, const ddp_checkpoint_info *m, const char *path,
+                              float *host) {
+    char dir[DDP_PATH_MAX + 64];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = '\0';
+    else
+        snprintf(dir, sizeof dir, ".");
+    size_t lo = t->shard_begin, hi = t->shard_begin + t->shard_len, k = m->num_states;
+    for (uint32_t q = 0; q < m->shards; q++) {
+        uint64_t qlo = (uint64_t)q * m->shard_size;
+        uint64_t qhi = qlo + m->shard_size < m->state_size ? qlo + m->shard_size : m->state_size;
+        size_t a = lo > qlo ? lo : (size_t)qlo, e = hi < qhi ? hi : (size_t)qhi;
+        if (e <= a) continue;
+        char shard[DDP_PATH_MAX + 128];
+        ddp_checkpoint_shard_path(shard, sizeof shard, dir, m->step, q, m->shards);
+        void *buf = NULL;
+        size_t len = 0;
+        ddp_checkpoint_info h;
+        DDP_CHECK(ddp_checkpoint_read(shard, &buf, &len, &h));
+        const unsigned char *c = (const unsigned char *)m->shard_crcs + 4 * (size_t)q;
+        uint32_t want =
+            (uint32_t)c[0] | (uint32_t)c[1] << 8 | (uint32_t)c[2] << 16 | (uint32_t)c[3] << 24;
+        const unsigned char *s = (const unsigned char *)buf + len - 4;
+        uint32_t got =
+            (uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 24;
+        if (got != want || h.shards != m->shards || h.shard_index != q || h.step != m->step ||
+            h.num_states != m->num_states || h.shard_size != m->shard_size ||
+            h.state_size != qhi - qlo || h.fingerprint != m->fingerprint) {
+            free(buf);
+            return DDP_FAIL(DDP_ERR_FORMAT,
+                            "checkpoint shard %s does not belong to the manifest %s (checksum "
+                            "%08x where the manifest names %08x, or other sizes): it was written "
+                            "by another save; resume from an older checkpoint",
+                            shard, path, got, want);
+        }
+        for (size_t i = 0; i < k; i++)
+            memcpy(host + i * t->shard_len + (a - lo),
+                   (const char *)h.states + (i * h.state_size + (a - qlo)) * sizeof(float),
+                   (e - a) * sizeof(float));
+        free(buf);
+    }
+    return DDP_OK;
+}
+
+/* Every rank: its part of the optimizer state, from the checkpoint itself or from its
+ * shard files, onto the device. */
+static ddp_status load_state(ddp_trainer *t, const ddp_checkpoint_info *h, const char *path) {
+    size_t len = t->shard_len, k = h->num_states;
+    float *host = malloc((k * len > 0 ? k * len : 1) * sizeof *host);
+    if (!host) return DDP_FAIL(DDP_ERR_NOMEM, "no memory to load the optimizer state");
+    ddp_status s = DDP_OK;
+    if (h->shards > 0)
+        s = load_shards(t, h, path, host);
+    else
+        for (size_t i = 0; i < k; i++)
+            memcpy(host + i * len,
+                   (const char *)h->states + (i * h->state_size + t->shard_begin) * sizeof(float),
+                   len * sizeof(float));
+    for (size_t i = 0; s == DDP_OK && i < k; i++)
+        s = ddp_backend_copy(t->backend, ddp_optim_state(t->optim, (int)i), host + i * len,
+                             len * sizeof(float), DDP_COPY_H2D);
+    if (s == DDP_OK) s = ddp_backend_sync(t->backend);
+    free(host);
+    DDP_CHECK(s);
+    return DDP_OK;
+}
+
 /* Every rank: puts the checkpoint's state into the trainer. */
-static ddp_status apply(ddp_trainer *t, const ddp_checkpoint_info *h) {
+static ddp_status apply(ddp_trainer *t, const ddp_checkpoint_info *h, const char *path) {
     ddp_backend *b = t->backend;
     DDP_CHECK(t->src->seek(t, h->sampler_epoch, (size_t)h->sampler_step));
     DDP_CHECK(ddp_backend_copy(b, ddp_model_params(t->model), h->params,
                                t->num_params * sizeof(float), DDP_COPY_H2D));
-    size_t n = ddp_optim_size(t->optim);
-    for (uint32_t i = 0; i < h->num_states; i++)
-        DDP_CHECK(ddp_backend_copy(b, ddp_optim_state(t->optim, (int)i),
-                                   (const char *)h->states + (size_t)i * n * sizeof(float),
-                                   n * sizeof(float), DDP_COPY_H2D));
+    DDP_CHECK(load_state(t, h, path));
     DDP_CHECK(ddp_backend_copy(b, ddp_model_buffers(t->model), h->buffers,
                                h->num_buffers * sizeof(float), DDP_COPY_H2D));
     /* The host buffer is freed after this: the copies must be done with it. */
@@ -319,7 +388,7 @@ static ddp_status load(ddp_trainer *t, const char *dir, const char *file, int64_
     /* Parsed again on every rank: rank 0 checked these bytes, the others got them over
      * the network, and the CRC covers that hop too. */
     if (s == DDP_OK) s = ddp_checkpoint_parse(buf, n, path, &h);
-    if (s == DDP_OK) s = apply(t, &h);
+    if (s == DDP_OK) s = apply(t, &h, path);
     if (s == DDP_OK) report(t, &h, path);
     free(buf);
     DDP_CHECK(ddp_ckpt_agree(t, s, "load the checkpoint"));
