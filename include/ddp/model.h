@@ -109,6 +109,8 @@ void ddp_model_free(ddp_model *m);
 
 const ddp_model_spec *ddp_model_spec_of(const ddp_model *m);
 size_t ddp_model_num_params(const ddp_model *m);
+/* Bytes of the activation arena, as allocated. */
+size_t ddp_model_activation_bytes(const ddp_model *m);
 /* Classes of the logits: the MLP's classes, the GPT's vocabulary. */
 int ddp_model_num_classes(const ddp_model *m);
 /* Positions per sample: 1, or the GPT's context length. */

@@ -138,6 +138,20 @@ ddp_status ddp_trainer_check_sync(ddp_trainer *t);
 /* The whole run: steps, progress, evaluation, metrics. COLLECTIVE. */
 ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy);
 
+/* Bytes per rank of the training state under the run's settings (--zero, the buckets). */
+typedef struct {
+    size_t params; /* the parameters: every stage keeps all of them */
+    /* Gradient memory resident at its peak: the whole flat buffer, or under --zero 2 the
+     * two largest buckets (one being written by backward while the other is sent); the
+     * rest of the buffer is address space whose pages go back to the system once sent. */
+    size_t grads;
+    size_t grad_shard;  /* the shard's averaged gradients (--zero 1 and 2) */
+    size_t optim;       /* optimizer state: all of it, or this rank's shard */
+    size_t optim_full;  /* what the optimizer state would take unsharded */
+    size_t activations; /* the model's activation arena */
+} ddp_memory_use;
+void ddp_trainer_memory(const ddp_trainer *t, ddp_memory_use *m);
+
 int64_t ddp_trainer_total_steps(const ddp_trainer *t);
 ddp_model *ddp_trainer_model(ddp_trainer *t);
 /* Nonzero when the gradients live in memory shared by the node's ranks

@@ -43,6 +43,7 @@ struct ddp_model {
     /* the activation arena: each layer's output, each layer's saved tensors, the shared
      * scratch, the two backward buffers and the gradient of the logits */
     float *arena;
+    size_t arena_bytes;
     float **outs;   /* (n_layers) rows x out_per_pos each */
     float *bwd[2];  /* rows x the widest layer boundary */
     float *dlogits; /* rows x classes */
@@ -290,6 +291,7 @@ static ddp_status allocate(ddp_model *m) {
                         m->max_batch);
     m->outs = calloc((size_t)m->n_layers, sizeof *m->outs);
     if (!m->outs) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
+    m->arena_bytes = total * sizeof(float);
     ddp_status s = ddp_backend_alloc(m->backend, total * sizeof(float), (void **)&m->arena);
     if (s != DDP_OK) {
         ddp_error_trace(__FILE__, __LINE__);
@@ -624,3 +626,5 @@ int ddp_model_ready_points(ddp_model *m, size_t *offsets, int max) {
     }
     return n;
 }
+
+size_t ddp_model_activation_bytes(const ddp_model *m) { return m->arena_bytes; }

@@ -5,6 +5,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "ddp/watchdog.h"
 #include "train/checkpoint_impl.h"
@@ -115,6 +116,28 @@ static ddp_status report(ddp_trainer *t, const ddp_step_stats *st, const step_re
     return DDP_OK;
 }
 
+/* What each rank holds under the chosen settings, before the first step. */
+static void log_memory(const ddp_trainer *t) {
+    ddp_memory_use m;
+    ddp_trainer_memory(t, &m);
+    char grads[96] = "", optim[96] = "";
+    int zero = t->cfg.zero;
+    if (zero == 2)
+        snprintf(grads, sizeof grads, "%.1f MB in flight at most + %.1f MB shard",
+                 (double)m.grads / 1e6, (double)m.grad_shard / 1e6);
+    else
+        snprintf(grads, sizeof grads, "%.1f MB%s", (double)m.grads / 1e6,
+                 zero == 1 ? "" : " (the all-reduced buffer)");
+    if (zero == 1)
+        snprintf(grads + strlen(grads), sizeof grads - strlen(grads), " + %.1f MB shard",
+                 (double)m.grad_shard / 1e6);
+    snprintf(optim, sizeof optim, zero > 0 ? "%.1f MB (1/%d shard of %.1f MB)" : "%.1f MB",
+             (double)m.optim / 1e6, t->world, (double)m.optim_full / 1e6);
+    ddp_log_info("memory per rank (--zero %d): parameters %.1f MB, gradients %s, optimizer state "
+                 "%s, activations %.1f MB",
+                 zero, (double)m.params / 1e6, grads, optim, (double)m.activations / 1e6);
+}
+
 ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
     const ddp_train_config *c = &t->cfg;
     if (c->metrics_path[0] && t->rank == 0 && !t->metrics) {
@@ -133,6 +156,7 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
                      c->micro_batch, c->accum, t->world,
                      positions > 1 ? " of windows of the context length" : "",
                      (long long)t->total_steps, spe);
+    if (!c->quiet && t->rank == 0) log_memory(t);
     /* MFU needs the peak: measured once, where someone reads it. */
     if ((!c->quiet || c->metrics_path[0]) && t->peak_flops == 0.0) t->peak_flops = measure_peak(t);
     /* Training costs about 3 forward passes (forward, and backward's two products). */

@@ -236,6 +236,31 @@ void ddp_trainer_free(ddp_trainer *t) {
     free(t);
 }
 
+void ddp_trainer_memory(const ddp_trainer *t, ddp_memory_use *m) {
+    size_t f = sizeof(float), states = (size_t)ddp_optim_num_states(t->optim);
+    memset(m, 0, sizeof *m);
+    m->params = t->num_params * f;
+    m->grads = t->num_params * f;
+    if (t->cfg.zero == 2 && ddp_backend_is_host(t->backend)) {
+        size_t big[2] = {0, 0};
+        for (int i = 0; i < ddp_reducer_num_buckets(t->reducer); i++) {
+            size_t a, e;
+            ddp_reducer_bucket(t->reducer, i, &a, &e);
+            if (e - a > big[0]) {
+                big[1] = big[0];
+                big[0] = e - a;
+            } else if (e - a > big[1]) {
+                big[1] = e - a;
+            }
+        }
+        m->grads = (big[0] + big[1]) * f;
+    }
+    m->grad_shard = t->cfg.zero > 0 ? t->shard_size * f : 0;
+    m->optim = states * ddp_optim_size(t->optim) * f;
+    m->optim_full = states * t->num_params * f;
+    m->activations = ddp_model_activation_bytes(t->model);
+}
+
 int64_t ddp_trainer_total_steps(const ddp_trainer *t) { return t->total_steps; }
 ddp_model *ddp_trainer_model(ddp_trainer *t) { return t->model; }
 int ddp_trainer_grads_shared(const ddp_trainer *t) { return t->grads_shared; }
