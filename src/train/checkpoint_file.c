@@ -456,6 +456,24 @@ static int is_stale_tmp(const char *name) {
     return strncmp(name, ".ckpt-", 6) == 0 && n > 14 && strcmp(name + n - 8, ".ddp.tmp") == 0;
 }
 
+void ddp_ckpt_warn_orphans(const char *dir, int64_t newest) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    int64_t warned = -1;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        int64_t step = step_of_shard_name(e->d_name);
+        if (step <= newest || step == warned) continue;
+        char manifest[DDP_PATH_MAX + 64];
+        ddp_checkpoint_path(manifest, sizeof manifest, dir, step);
+        ddp_log_warn("ignoring the shard files of step %lld in %s: their manifest %s is missing "
+                     "(that save did not complete)",
+                     (long long)step, dir, manifest);
+        warned = step;
+    }
+    closedir(d);
+}
+
 void ddp_ckpt_prune(const char *dir, int keep, int64_t newest) {
     char path[DDP_PATH_MAX + 300];
     DIR *d = opendir(dir);

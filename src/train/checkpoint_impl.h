@@ -48,6 +48,10 @@ ddp_status ddp_ckpt_mkdirs(const char *dir);
  * are logged as warnings: the checkpoint just written is safe either way. */
 void ddp_ckpt_prune(const char *dir, int keep, int64_t newest);
 
+/* Warns, naming the missing manifest, about shard files of steps after `newest` (the
+ * checkpoint about to be resumed; -1: none): a save that did not complete, ignored. */
+void ddp_ckpt_warn_orphans(const char *dir, int64_t newest);
+
 /* All ranks learn whether `local` failed anywhere: the failing rank keeps its own error,
  * the others get DDP_ERR_REMOTE naming it and `what` ("write a checkpoint").
  * COLLECTIVE over ctrl, except after a communication error (see ddp_comm_agree): that is

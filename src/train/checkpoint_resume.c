@@ -228,6 +228,7 @@ static ddp_status pick(ddp_trainer *t, const char *dir, const char *file, void *
         s = ddp_checkpoint_read(path, buf, len, &h);
     } else {
         s = newest_intact(dir, buf, len, path, cap, &h, &steps, &n, &skipped);
+        if (s == DDP_OK) ddp_ckpt_warn_orphans(dir, *len > 0 ? h.step : -1);
     }
     if (s == DDP_OK && *len > 0) s = check_compatible(t, &h, path);
     if (s == DDP_OK && skipped > 0) {
