@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # ddp-train with checkpoints, end to end on Fashion-MNIST: 60 steps in one run equal 40
 # steps plus a resumed 20 bit for bit (2 ranks); a 2-rank checkpoint resumes on 1 rank;
-# a damaged newest checkpoint falls back to the previous one; other settings, a missing
+# a damaged newest checkpoint falls back to the previous one; the same with sharded
+# optimizer state (--zero 1), where a damaged shard is refused naming it; other settings, a missing
 # --checkpoint-dir, an unusable directory and another run's directory are refused with a
 # message, in bounded time, on every rank; --export writes safetensors.
 # Needs: DDP_TRAIN (path to ddp-train), MPIEXEC; Fashion-MNIST in DATA (default below).
@@ -127,6 +128,41 @@ run unusable_dir_refused nonzero "a-file/ckpt" -- \
     $MPI -np 2 "$TRAIN" "${COMMON[@]}" --steps 5 --checkpoint-dir "$TMP/a-file/ckpt"
 run every_without_dir_refused 2 "need --checkpoint-dir" -- \
     $MPI -np 2 "$TRAIN" "${COMMON[@]}" --steps 5 --checkpoint-every 2
+
+# Sharded state (--zero 1): each rank writes its shard of the optimizer state and rank 0
+# the manifest last. The same bit-exact resume; a damaged shard stops every rank with a
+# message naming it; a save killed while the shards are written leaves no manifest, so the
+# previous checkpoint is resumed, again bit for bit.
+run zero_whole_run 0 "one shard file per rank" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --optim adamw --lr 1e-3 --zero 1 --steps 60 \
+    --checkpoint-every 20 --checkpoint-dir "$TMP/zwhole" --dump-params "$TMP/ZA.bin"
+run zero_first_40_steps 0 "checkpoint of step 40 written" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --optim adamw --lr 1e-3 --zero 1 --steps 40 \
+    --checkpoint-every 20 --checkpoint-dir "$TMP/zsplit"
+check zero_shards_written bash -c "[ -s '$TMP/zsplit/ckpt-00000040.shard-0-of-2.ddp' ] &&
+                                   [ -s '$TMP/zsplit/ckpt-00000040.shard-1-of-2.ddp' ]"
+cp -r "$TMP/zsplit" "$TMP/zdamaged"
+run zero_resumed_to_60 0 "resumed from .*ckpt-00000040.ddp: step 40" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --optim adamw --lr 1e-3 --zero 1 --steps 60 \
+    --checkpoint-every 20 --checkpoint-dir "$TMP/zsplit" --resume --dump-params "$TMP/ZB.bin"
+check zero_resumed_params_equal_uninterrupted_bitwise cmp "$TMP/ZA.bin" "$TMP/ZB.bin"
+printf '\x55' | dd of="$TMP/zdamaged/ckpt-00000040.shard-1-of-2.ddp" bs=1 seek=5000 conv=notrunc \
+    2>/dev/null
+run zero_damaged_shard_refused nonzero "ckpt-00000040.shard-1-of-2.ddp is damaged" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --optim adamw --lr 1e-3 --zero 1 --steps 60 \
+    --checkpoint-dir "$TMP/zdamaged" --resume
+DDP_INJECT_CKPT_CRASH=40:3000 timeout -k 5 180 $MPI -np 2 "$TRAIN" "${COMMON[@]}" --optim adamw \
+    --lr 1e-3 --zero 1 --steps 60 --checkpoint-every 20 --checkpoint-dir "$TMP/zcrash" \
+    >"$TMP/zcrash.log" 2>&1
+check zero_killed_mid_shard_write_leaves_no_manifest \
+    bash -c "[ -s '$TMP/zcrash/ckpt-00000020.ddp' ] && [ ! -e '$TMP/zcrash/ckpt-00000040.ddp' ]"
+run zero_resumed_after_killed_write 0 "resumed from .*ckpt-00000020.ddp: step 20" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --optim adamw --lr 1e-3 --zero 1 --steps 60 \
+    --checkpoint-every 20 --checkpoint-dir "$TMP/zcrash" --resume --dump-params "$TMP/ZC.bin"
+check zero_resumed_after_killed_write_equals_uninterrupted_bitwise cmp "$TMP/ZA.bin" "$TMP/ZC.bin"
+run zero_stage_3_refused nonzero "--zero" -- $MPI -np 2 "$TRAIN" "${COMMON[@]}" --zero 3 --steps 5
+run zero_bf16_refused nonzero "grad-dtype bf16 applies to --zero 0 only" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --zero 1 --grad-dtype bf16 --steps 5
 
 echo "$passes passed, $fails failed"
 [ "$fails" -eq 0 ]
