@@ -95,6 +95,7 @@ typedef struct {
     char dump_params[DDP_PATH_MAX]; /* write final parameters as raw float32 (rank 0) */
     char export_path[DDP_PATH_MAX]; /* write final parameters as safetensors (rank 0) */
     int verbose;                    /* error messages with their trace */
+    int memory_plan;                /* > 0: print the memory per rank on that many ranks, exit */
     int help;
     int version;
 } ddp_cli_options;

@@ -150,7 +150,9 @@ typedef struct {
     size_t optim_full;  /* what the optimizer state would take unsharded */
     size_t activations; /* the model's activation arena */
 } ddp_memory_use;
-void ddp_trainer_memory(const ddp_trainer *t, ddp_memory_use *m);
+/* For this run, or with ranks > 0 for the same settings on that many ranks with the same
+ * micro-batch (a plan: the largest shard's figures). Not collective. */
+void ddp_trainer_memory(const ddp_trainer *t, int ranks, ddp_memory_use *m);
 
 int64_t ddp_trainer_total_steps(const ddp_trainer *t);
 ddp_model *ddp_trainer_model(ddp_trainer *t);

@@ -31,6 +31,17 @@ static ddp_status dump_params(ddp_trainer *t, const char *path) {
     return s;
 }
 
+/* --memory-plan: one JSON line of bytes per rank, for scripts that size models. */
+static void print_memory_plan(ddp_trainer *t, int ranks) {
+    ddp_memory_use m;
+    ddp_trainer_memory(t, ranks, &m);
+    printf("{\"ranks\": %d, \"num_params\": %zu, \"params\": %zu, \"grads\": %zu, "
+           "\"grad_shard\": %zu, \"optim\": %zu, \"activations\": %zu, \"total\": %zu}\n",
+           ranks, ddp_model_num_params(ddp_trainer_model(t)), m.params, m.grads, m.grad_shard,
+           m.optim, m.activations, m.params + m.grads + m.grad_shard + m.optim + m.activations);
+    fflush(stdout);
+}
+
 int main(int argc, char **argv) {
     /* Before anything else: this may start the program again with other BLAS kernels. */
     ddp_blas_choose_kernels(argv);
@@ -84,6 +95,11 @@ int main(int argc, char **argv) {
 
     if (!ddp_cli_load_data(ctrl, cfg, &data)) goto done;
     if (!ddp_cli_create_trainer(ctrl, cfg, backend, &data, &comm, &trainer)) goto done;
+    if (opt.memory_plan > 0) {
+        if (rank == 0) print_memory_plan(trainer, opt.memory_plan);
+        code = 0;
+        goto done;
+    }
     if (cfg->resume) {
         /* Collective, and it agrees on failure itself; the failing rank prints why. */
         s = ddp_trainer_resume(trainer, cfg->checkpoint_dir, NULL);

@@ -225,6 +225,11 @@ static const ddp_cli_opt train_opts[] = {
     OPT(PATH, "dump-params", dump_params, "FILE",
         "write the final parameters as raw float32 (rank 0)", .per_rank = 1),
     OPT(FLAG, "quiet", train.quiet, NULL, "no progress lines", .lo = 1, .per_rank = 1),
+    OPT(INT, "memory-plan", memory_plan, "N",
+        "print the bytes per rank of parameters, gradients,\n"
+        "optimizer state and activations of these settings on N\n"
+        "ranks (one JSON line; --batch is one rank's), then exit",
+        .lo = 1, .hi = 1 << 24, .per_rank = 1),
     OPT(PATH, "trace", train.trace_path, "FILE",
         "Chrome trace events (Perfetto); FILE.rankN.json per rank", .per_rank = 1),
     OPT_VERBOSE_ENTRY(verbose),

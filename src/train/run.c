@@ -119,7 +119,7 @@ static ddp_status report(ddp_trainer *t, const ddp_step_stats *st, const step_re
 /* What each rank holds under the chosen settings, before the first step. */
 static void log_memory(const ddp_trainer *t) {
     ddp_memory_use m;
-    ddp_trainer_memory(t, &m);
+    ddp_trainer_memory(t, 0, &m);
     char grads[96] = "", optim[96] = "";
     int zero = t->cfg.zero;
     if (zero == 2)

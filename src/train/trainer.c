@@ -236,8 +236,15 @@ void ddp_trainer_free(ddp_trainer *t) {
     free(t);
 }
 
-void ddp_trainer_memory(const ddp_trainer *t, ddp_memory_use *m) {
+void ddp_trainer_memory(const ddp_trainer *t, int ranks, ddp_memory_use *m) {
     size_t f = sizeof(float), states = (size_t)ddp_optim_num_states(t->optim);
+    /* This run: what this rank allocated. A plan: the largest shard of `ranks`. */
+    size_t n = t->num_params, shard = t->shard_size, mine = ddp_optim_size(t->optim);
+    if (ranks > 0 && ranks != t->world) {
+        shard = t->cfg.zero == 0 ? n : ((n + (size_t)ranks - 1) / (size_t)ranks + 15) / 16 * 16;
+        if (shard > n) shard = n;
+        mine = shard;
+    }
     memset(m, 0, sizeof *m);
     m->params = t->num_params * f;
     m->grads = t->num_params * f;
@@ -255,8 +262,8 @@ void ddp_trainer_memory(const ddp_trainer *t, ddp_memory_use *m) {
         }
         m->grads = (big[0] + big[1]) * f;
     }
-    m->grad_shard = t->cfg.zero > 0 ? t->shard_size * f : 0;
-    m->optim = states * ddp_optim_size(t->optim) * f;
+    m->grad_shard = t->cfg.zero > 0 ? shard * f : 0;
+    m->optim = states * mine * f;
     m->optim_full = states * t->num_params * f;
     m->activations = ddp_model_activation_bytes(t->model);
 }

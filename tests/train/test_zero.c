@@ -105,7 +105,7 @@ static float *train_info(ddp_train_config cfg, ddp_comm *comm, size_t *n, run_in
     assert_non_null(p);
     assert_int_equal(ddp_trainer_get_params(t, p), DDP_OK);
     if (info) {
-        ddp_trainer_memory(t, &info->mem);
+        ddp_trainer_memory(t, 0, &info->mem);
         info->shard_len = info->mem.optim / (2 * sizeof(float)); /* AdamW: m and v */
         info->resident_grad = resident_bytes(ddp_model_grads(m), *n * sizeof(float));
         info->skipped = skipped;

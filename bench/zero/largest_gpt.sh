@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The widest GPT of a family that fits a memory budget per rank, for each ZeRO stage, with
+# and without --recompute (when this build has it).
+#
+#   bench/zero/largest_gpt.sh [-b BUDGET_MIB] [-n RANKS] [-l LAYERS] [-t CTX] [-m MICRO]
+#
+# The family: LAYERS blocks, width C a multiple of 64, C/64 heads, context CTX, MICRO
+# windows per rank and micro-batch. For each setting the width is found by bisection;
+# every probe is `ddp-train --memory-plan RANKS` (one process builds the model and reports
+# the bytes per rank that RANKS ranks would hold: parameters, gradients, the gradient
+# shard, optimizer state and the activation arena, as the trainer allocates them). What is
+# not counted: the data, the MPI and BLAS libraries' own buffers, and the pages of /dev/shm
+# that the node's ranks share. Prints a Markdown table.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+TRAIN=${DDP_TRAIN:-$ROOT/build/ddp-train}
+budget_mib=2048 ranks=8 layers=12 ctx=256 micro=4
+while getopts "b:n:l:t:m:" o; do
+    case $o in
+    b) budget_mib=$OPTARG ;;
+    n) ranks=$OPTARG ;;
+    l) layers=$OPTARG ;;
+    t) ctx=$OPTARG ;;
+    m) micro=$OPTARG ;;
+    *) sed -n 2,12p "$0"; exit 2 ;;
+    esac
+done
+budget=$((budget_mib * 1024 * 1024))
+recompute_flags=("")
+if "$TRAIN" --help 2>&1 | grep -q -- "--recompute"; then recompute_flags+=("--recompute"); fi
+
+# plan ZERO RECOMPUTE WIDTH -> the JSON line of --memory-plan
+plan() {
+    local dim=$3
+    # shellcheck disable=SC2086
+    "$TRAIN" --model gpt --layers "$layers" --dim "$dim" --heads $((dim / 64)) --ctx "$ctx" \
+        --batch "$micro" --zero "$1" $2 --memory-plan "$ranks" --quiet 2>/dev/null | tail -1
+}
+total() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["total"])'; }
+field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())[\"$1\"])"; }
+
+echo "Budget $budget_mib MiB per rank, $ranks ranks; GPT of $layers blocks, context $ctx," \
+    "$micro windows per rank, width C (C/64 heads)."
+echo
+echo "| --zero | recompute | widest C | parameters | params MB | grads MB | shard MB | optimizer MB | activations MB | total MB |"
+echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+for rc in "${recompute_flags[@]}"; do
+    for zero in 0 1 2; do
+        lo=0 hi=64
+        # Grow until it does not fit, then bisect in steps of 64.
+        while [ "$(plan $zero "$rc" $hi | total)" -le "$budget" ]; do
+            lo=$hi
+            hi=$((hi * 2))
+        done
+        while [ $((hi - lo)) -gt 64 ]; do
+            mid=$(((lo + hi) / 2 / 64 * 64))
+            if [ "$(plan $zero "$rc" $mid | total)" -le "$budget" ]; then lo=$mid; else hi=$mid; fi
+        done
+        label=no
+        [ -n "$rc" ] && label=yes
+        if [ "$lo" -eq 0 ]; then
+            echo "| $zero | $label | none fits | | | | | | | |"
+            continue
+        fi
+        j=$(plan $zero "$rc" $lo)
+        mb() { echo "$j" | field "$1" | awk '{printf "%.0f", $1 / 1e6}'; }
+        echo "| $zero | $label | $lo | $(echo "$j" | field num_params) | $(mb params) |" \
+            "$(mb grads) | $(mb grad_shard) | $(mb optim) | $(mb activations) | $(mb total) |"
+    done
+done
