@@ -2,7 +2,9 @@
 # --recompute end to end with the real ddp-train under mpirun on 2 ranks: the MLP and the
 # CNN (with --sync-bn) on Fashion-MNIST and the GPT on a text train to the same bits with
 # and without it (the exported parameters and running statistics, the logged losses and
-# gradient norms); the metrics records carry every rank's peak resident memory
+# gradient norms); a GPT run resumed with it from a checkpoint written without it ends on
+# the same bits; its trace shows each block recomputed before each backward; the metrics
+# records carry every rank's peak resident memory
 # ("peak_rss_mb"), at least what the training images take as floats and never falling.
 # Needs DDP_TRAIN and MPIEXEC; Fashion-MNIST in DATA (default below).
 set -u
@@ -42,22 +44,62 @@ for x, y in zip(a, b):
 PY
 }
 
+# The GPT's plain run also leaves a checkpoint half-way (resumed below with --recompute)
+# and the final parameters; its run with --recompute a trace.
+GPT_PLAIN=(--checkpoint-dir "$TMP/ckpt" --checkpoint-every 4 --dump-params "$TMP/GPT.plain.bin")
+GPT_RC=(--trace "$TMP/gpt.trace.json")
+MLP_PLAIN=() MLP_RC=() CNN_PLAIN=() CNN_RC=()
 for model in MLP CNN GPT; do
-    declare -n args=$model
+    declare -n args=$model plain_extra=${model}_PLAIN rc_extra=${model}_RC
     run "${model,,}_plain" 0 "final" -- \
         $MPI -np 2 "$TRAIN" "${args[@]}" --metrics "$TMP/$model.plain.jsonl" \
-        --export "$TMP/$model.plain.safetensors"
+        --export "$TMP/$model.plain.safetensors" "${plain_extra[@]}"
     run "${model,,}_recompute" 0 "final" -- \
         $MPI -np 2 "$TRAIN" "${args[@]}" --recompute --metrics "$TMP/$model.rc.jsonl" \
-        --export "$TMP/$model.rc.safetensors"
+        --export "$TMP/$model.rc.safetensors" "${rc_extra[@]}"
     if cmp -s "$TMP/$model.plain.safetensors" "$TMP/$model.rc.safetensors" &&
         same_losses "$TMP/$model.plain.jsonl" "$TMP/$model.rc.jsonl"; then
         echo "ok   ${model,,}_recompute_trains_to_the_same_bits"; passes=$((passes + 1))
     else
         echo "FAIL ${model,,}_recompute_trains_to_the_same_bits"; fails=$((fails + 1))
     fi
-    unset -n args
+    unset -n args plain_extra rc_extra
 done
+
+# --recompute is not in the settings a checkpoint must match: a run resumed with it from
+# a checkpoint written without it ends on the uninterrupted run's bits.
+mkdir -p "$TMP/half" && cp "$TMP/ckpt/ckpt-00000004.ddp" "$TMP/half/"
+run gpt_resume_with_recompute 0 "resumed from .* step 4" -- \
+    $MPI -np 2 "$TRAIN" "${GPT[@]}" --recompute --checkpoint-dir "$TMP/half" --resume \
+    --dump-params "$TMP/GPT.resumed.bin"
+if cmp -s "$TMP/GPT.plain.bin" "$TMP/GPT.resumed.bin"; then
+    echo "ok   resumed_with_recompute_is_bitwise_the_run_without"; passes=$((passes + 1))
+else
+    echo "FAIL resumed_with_recompute_is_bitwise_the_run_without"; fails=$((fails + 1))
+fi
+
+# The trace shows each transformer block recomputed once before each of its backwards,
+# and the embedding and the output projection (nothing to recompute) never.
+if python3 - "$TMP"/gpt.trace.json.rank*.json <<'PY'
+import json, sys
+for path in sys.argv[1:]:
+    ev = json.load(open(path))
+    ev = ev["traceEvents"] if isinstance(ev, dict) else ev
+    n = {}
+    for e in ev:
+        if e.get("ph") == "X" and e.get("cat") in ("forward", "backward", "recompute"):
+            k = (e["name"], e["cat"])
+            n[k] = n.get(k, 0) + 1
+    for block in ("h0", "h1"):
+        assert n.get((block, "recompute"), 0) == n[(block, "backward")] == 8, (path, n)
+    for layer in ("embedding", "lm_head"):
+        assert (layer, "recompute") not in n, (path, n)
+PY
+then
+    echo "ok   trace_shows_each_block_recomputed_before_its_backward"; passes=$((passes + 1))
+else
+    echo "FAIL trace_shows_each_block_recomputed_before_its_backward"; fails=$((fails + 1))
+fi
 
 # Every record: one figure per rank, at least the training images as floats (each rank
 # holds all of them) and at most the machine's memory, never falling from one record to
