@@ -2,10 +2,11 @@
 # --recompute end to end with the real ddp-train under mpirun on 2 ranks: the MLP and the
 # CNN (with --sync-bn) on Fashion-MNIST and the GPT on a text train to the same bits with
 # and without it (the exported parameters and running statistics, the logged losses and
-# gradient norms); a GPT run resumed with it from a checkpoint written without it ends on
-# the same bits; its trace shows each block recomputed before each backward; the metrics
-# records carry every rank's peak resident memory
-# ("peak_rss_mb"), at least what the training images take as floats and never falling.
+# gradient norms), also when only one rank recomputes; a GPT run resumed with it from a
+# checkpoint written without it ends on the same bits; its trace shows each block
+# recomputed before each backward; the metrics records carry every rank's peak resident
+# memory ("peak_rss_mb"), at least what the training images take as floats and never
+# falling.
 # Needs DDP_TRAIN and MPIEXEC; Fashion-MNIST in DATA (default below).
 set -u
 TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
@@ -65,6 +66,17 @@ for model in MLP CNN GPT; do
     fi
     unset -n args plain_extra rc_extra
 done
+
+# Nor in the configuration the ranks compare: rank 0 recomputes, rank 1 does not (an MPMD
+# launch), with --sync-bn, and they train to the bits of the run where neither does.
+run cnn_recompute_on_one_rank 0 "final" -- \
+    $MPI -np 1 "$TRAIN" "${CNN[@]}" --recompute --export "$TMP/CNN.mixed.safetensors" : \
+    -np 1 "$TRAIN" "${CNN[@]}" --export "$TMP/CNN.mixed.safetensors"
+if cmp -s "$TMP/CNN.plain.safetensors" "$TMP/CNN.mixed.safetensors"; then
+    echo "ok   recompute_on_one_rank_trains_to_the_same_bits"; passes=$((passes + 1))
+else
+    echo "FAIL recompute_on_one_rank_trains_to_the_same_bits"; fails=$((fails + 1))
+fi
 
 # --recompute is not in the settings a checkpoint must match: a run resumed with it from
 # a checkpoint written without it ends on the uninterrupted run's bits.
