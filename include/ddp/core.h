@@ -128,6 +128,9 @@ float ddp_rng_normal(ddp_rng *rng);
 double ddp_time_now(void);
 /* CPU seconds the calling thread has run (its own, not the process's). */
 double ddp_thread_cpu_time(void);
+/* The process's peak resident set size so far in MiB (getrusage's ru_maxrss), to a
+ * tenth; -1 if it cannot be read. */
+double ddp_peak_rss_mb(void);
 
 /* ---- tracing ---------------------------------------------------------------------- */
 

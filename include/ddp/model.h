@@ -61,6 +61,12 @@ typedef struct {
     /* weight decay on every tensor; by default only on matrices and the token embedding,
      * not on biases, normalization parameters and position embeddings */
     int decay_all;
+    /* activation recomputation (--recompute): keep only each block's input from forward to
+     * backward (a transformer block; a dense layer with its activation; a conv stage) and
+     * run the block's forward again in backward, into one block's worth of memory that
+     * every block reuses. The gradients are the same bits; a training step costs about
+     * one more forward. Not part of ddp_model_describe: it changes no result. */
+    int recompute;
 } ddp_model_spec;
 
 /* Fills the defaults of `kind` (the sizes ddp-train uses when none are given). */
@@ -109,8 +115,6 @@ void ddp_model_free(ddp_model *m);
 
 const ddp_model_spec *ddp_model_spec_of(const ddp_model *m);
 size_t ddp_model_num_params(const ddp_model *m);
-/* Bytes of the activation arena, as allocated. */
-size_t ddp_model_activation_bytes(const ddp_model *m);
 /* Classes of the logits: the MLP's classes, the GPT's vocabulary. */
 int ddp_model_num_classes(const ddp_model *m);
 /* Positions per sample: 1, or the GPT's context length. */
@@ -126,6 +130,12 @@ size_t ddp_model_num_buffer_elems(const ddp_model *m);
 float *ddp_model_buffers(ddp_model *m); /* device, (num_buffer_elems), or NULL */
 int ddp_model_num_buffer_views(const ddp_model *m);
 const ddp_param_view *ddp_model_buffer_view(const ddp_model *m, int i);
+/* Bytes of the activation arena, as allocated at creation for max_batch samples: the
+ * layers' outputs and saved tensors (with recomputation: the blocks' inputs and one
+ * block's workspace), the shared scratch, the backward's two gradient buffers and the
+ * gradient of the logits. Small per-layer state outside it (batch norm's per-channel
+ * statistics) is not counted. */
+size_t ddp_model_activation_bytes(const ddp_model *m);
 /* Gives the layers that communicate in forward and backward (synchronized batch norm)
  * their communicator: one of their own, since another thread (the reducer's) may be
  * all-reducing gradients on the trainer's at the same time. Without one they compute on

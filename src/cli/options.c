@@ -142,6 +142,12 @@ static const ddp_cli_opt train_opts[] = {
         "weight decay on every tensor (default: matrices and the\n"
         "token embedding, not biases, norms, positions)",
         .lo = 1),
+    OPT(FLAG, "recompute", train.model.recompute, NULL,
+        "activation recomputation: keep only each block's input\n"
+        "(gpt: transformer block; cnn: conv stage; dense layer +\n"
+        "activation) and recompute the rest in backward: less\n"
+        "memory, about one more forward per step, same gradients",
+        .lo = 1),
     OPT_HEADING("Batch and length"),
     OPT(U64, "batch", train.global_batch, "N", "global batch over all ranks (default 128)", .lo = 1,
         .hi = 1u << 30),

@@ -1,8 +1,10 @@
-/* The monotonic clock, CRC-32 (through zlib, which the data reader needs anyway) and
- * directory creation. */
+/* The monotonic clock, the peak resident memory, CRC-32 (through zlib, which the data reader needs
+ * anyway) and directory creation. */
 #include <errno.h>
 #include <stdio.h>
+#include <math.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <zlib.h>
@@ -13,6 +15,13 @@ double ddp_time_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double ddp_peak_rss_mb(void) {
+    struct rusage u;
+    if (getrusage(RUSAGE_SELF, &u) != 0) return -1.0;
+    /* Linux gives kilobytes (KiB). */
+    return round((double)u.ru_maxrss / 1024.0 * 10.0) / 10.0;
 }
 
 double ddp_thread_cpu_time(void) {

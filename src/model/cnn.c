@@ -84,7 +84,11 @@ static ddp_status bn_forward(ddp_layer *l, ddp_model *m, const ddp_pass *p, cons
     ddp_backend *b = N->backend;
     int rows = (int)(p->n * (size_t)N->hw), C = N->C;
     float *running = ddp_model_buf(m, N->running);
-    if (!p->train) {
+    if (p->recompute) {
+        /* Again in backward: the statistics of the first forward, kept in mean and rstd.
+         * The running statistics were updated once, and no rank communicates again (the
+         * ranks' recomputations need not even agree on whether they happen). */
+    } else if (!p->train) {
         /* Evaluation: the running statistics, left as they are. */
         DDP_CHECK(ddp_backend_bn_stats(b, N->mean, N->rstd, running, N->sums, 0.0, BN_EPS,
                                        BN_MOMENTUM, C));
@@ -269,6 +273,9 @@ static ddp_status add_stage(ddp_model *m, int i, int *H, int *W, int Cin, int Co
     if (!P) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
     P->s = (ddp_pool_shape){.H = *H, .W = *W, .C = Cout, .K = 2, .stride = 2};
     P->base.saved_per_pos = out; /* int32 indices of the maxima */
+    /* With recomputation a stage is one block: the pooled output is kept; the conv, batch
+     * norm and ReLU outputs and the pooling indices are recomputed. */
+    P->base.checkpoint = 1;
     DDP_CHECK(ddp_model_add_layer(m, &P->base));
     *H = Ho;
     *W = Wo;

@@ -251,6 +251,9 @@ static ddp_status add_block(ddp_model *m, const ddp_model_spec *spec, int i) {
     K->ctx = spec->ctx;
     K->base.in_per_pos = C;
     K->base.out_per_pos = C;
+    /* With recomputation each block is a block of its own: its output (the next one's
+     * input) is kept, its saved tensors are recomputed. */
+    K->base.checkpoint = 1;
     /* ln1, mean, rstd, qkv, att, atty, res2, ln2, mean, rstd, fch, fch_gelu (carve()) */
     K->base.saved_per_pos = 15 * C + 4 + (size_t)spec->heads * (size_t)spec->ctx;
     /* backward: d_fch, d_c, d_qkv and attention's work (per position of a full context) */
@@ -306,6 +309,7 @@ ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *d
     snprintf(E->base.name, sizeof E->base.name, "embedding");
     E->base.in_per_pos = 0; /* tokens */
     E->base.out_per_pos = C;
+    E->base.checkpoint = 1; /* the first block's input */
     E->C = spec->dim;
     ddp_status s = param(m, "transformer.", "wte.weight", V, C, w, 1, &E->wte);
     if (s == DDP_OK)
@@ -326,6 +330,7 @@ ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *d
     N->base.in_per_pos = C;
     N->base.out_per_pos = C;
     N->base.saved_per_pos = 2; /* mean, rstd */
+    N->base.checkpoint = 1;
     N->C = spec->dim;
     s = param(m, "transformer.", "ln_f.weight", C, 0, init_one, 0, &N->w);
     if (s == DDP_OK) s = param(m, "transformer.", "ln_f.bias", C, 0, init_zero, 0, &N->b);

@@ -31,6 +31,12 @@ typedef struct {
     size_t n;  /* samples */
     size_t t;  /* positions per sample */
     int train; /* DDP_MODE_TRAIN */
+    /* A training forward run again in backward (activation recomputation): the layer
+     * must write the same outputs and saved tensors as the first time, and do nothing
+     * else a second time: no running statistics updated, no communication. A layer that
+     * draws random numbers (none does today) must draw the same ones, e.g. from a seed it
+     * kept at the first forward rather than from a stream that has moved on. */
+    int recompute;
     const ddp_batch *batch;
 } ddp_pass;
 
@@ -58,6 +64,13 @@ struct ddp_layer {
     size_t scratch_per_pos; /* floats used within one call only, per position */
     float *saved;           /* set by the model: saved_per_pos * max rows */
     float *scratch;         /* set by the model: shared by all layers */
+    /* With recomputation (ddp_model_spec.recompute): the output is a checkpoint, kept from
+     * forward to backward. The layers after one checkpoint up to the next form a block;
+     * the other outputs and the saved tensors of a block live in a workspace that every
+     * block reuses, and backward runs the block's forward again just before its backward.
+     * The kinds set it on the natural units' last layers; the model's last layer (the
+     * logits) is always one. */
+    int checkpoint;
 };
 
 /* ---- building (called by the model kinds while constructing) ------------------------ */

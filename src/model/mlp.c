@@ -34,7 +34,11 @@ ddp_status ddp_model_add_mlp_head(ddp_model *m, const ddp_model_spec *spec, size
                                           (ddp_init){DDP_INIT_HE_NORMAL, 0.0f}, NULL));
         if (i + 2 < nd) {
             snprintf(name, sizeof name, "%s%d", act, i);
-            DDP_CHECK(ddp_layer_activation_create(m, name, spec->act, dims[i + 1], NULL));
+            ddp_layer *a;
+            DDP_CHECK(ddp_layer_activation_create(m, name, spec->act, dims[i + 1], &a));
+            /* With recomputation a linear map and its activation are one block: the
+             * activation's output is kept, the linear map's recomputed. */
+            a->checkpoint = 1;
         }
         off += (size_t)snprintf(describe + off, off < cap ? cap - off : 0, "%zu-", dims[i]);
     }

@@ -41,7 +41,9 @@ struct ddp_model {
     int own_grads;  /* grads was allocated here (not given by ddp_model_use_grad_buffer) */
     size_t max_batch, max_pos;
     /* the activation arena: each layer's output, each layer's saved tensors, the shared
-     * scratch, the two backward buffers and the gradient of the logits */
+     * scratch, the two backward buffers and the gradient of the logits; with
+     * recomputation the outputs of the checkpoints only, then one block's workspace for
+     * the other outputs and the saved tensors */
     float *arena;
     size_t arena_bytes;
     float **outs;   /* (n_layers) rows x out_per_pos each */
@@ -266,32 +268,51 @@ static int grow(size_t *total, size_t a, size_t b) {
     return 1;
 }
 
-/* Carves the arena: outputs, saved tensors, scratch, backward buffers, dlogits. */
+/* Whether layer i's output is kept from forward to backward under recomputation: the
+ * layers that end a block, and the logits. */
+static int is_checkpoint(const ddp_model *m, int i) {
+    return m->layers[i]->checkpoint || i == m->n_layers - 1;
+}
+
+/* Carves the arena: outputs, saved tensors, scratch, backward buffers, dlogits. With
+ * recomputation, the outputs of the checkpoints, then the workspace where each block in
+ * turn keeps its other outputs and its saved tensors (as much as the largest block needs). */
 static ddp_status allocate(ddp_model *m) {
     size_t rows = m->max_batch * m->max_pos;
     if (m->max_pos != 0 && rows / m->max_pos != m->max_batch)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "model: batch of %zu x %zu positions is too large",
                         m->max_batch, m->max_pos);
-    size_t outs = 0, saved = 0, scratch = 0, widest = 0;
+    int rc = m->spec.recompute;
+    size_t outs = 0, saved = 0, scratch = 0, widest = 0, work = 0, block = 0;
     for (int i = 0; i < m->n_layers; i++) {
         const ddp_layer *l = m->layers[i];
-        outs += l->out_per_pos;
-        saved += l->saved_per_pos;
         if (l->scratch_per_pos > scratch) scratch = l->scratch_per_pos;
         if (l->in_per_pos > widest) widest = l->in_per_pos;
         if (l->out_per_pos > widest) widest = l->out_per_pos;
+        if (!rc) {
+            outs += l->out_per_pos;
+            saved += l->saved_per_pos;
+            continue;
+        }
+        block += l->saved_per_pos;
+        if (!is_checkpoint(m, i)) {
+            block += l->out_per_pos;
+            continue;
+        }
+        outs += l->out_per_pos;
+        if (block > work) work = block;
+        block = 0;
     }
     size_t classes = m->layers[m->n_layers - 1]->out_per_pos, total = 0;
-    if (!grow(&total, rows, outs) || !grow(&total, rows, saved) || !grow(&total, rows, scratch) ||
-        !grow(&total, rows, 2 * widest) || !grow(&total, rows, classes) ||
-        total > SIZE_MAX / sizeof(float))
+    if (!grow(&total, rows, outs) || !grow(&total, rows, saved) || !grow(&total, rows, work) ||
+        !grow(&total, rows, scratch) || !grow(&total, rows, 2 * widest) ||
+        !grow(&total, rows, classes) || total > SIZE_MAX / sizeof(float))
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "model: activations for %zu samples do not fit in memory; use a "
                         "smaller micro-batch (--micro-batch or --accum)",
                         m->max_batch);
     m->outs = calloc((size_t)m->n_layers, sizeof *m->outs);
     if (!m->outs) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
-    m->arena_bytes = total * sizeof(float);
     ddp_status s = ddp_backend_alloc(m->backend, total * sizeof(float), (void **)&m->arena);
     if (s != DDP_OK) {
         ddp_error_trace(__FILE__, __LINE__);
@@ -300,14 +321,34 @@ static ddp_status allocate(ddp_model *m) {
                         "a smaller micro-batch (--micro-batch or --accum)",
                         (double)total * sizeof(float) / 1e6, m->max_batch);
     }
+    m->arena_bytes = total * sizeof(float);
     float *p = m->arena;
-    for (int i = 0; i < m->n_layers; i++) {
-        m->outs[i] = p;
-        p += rows * m->layers[i]->out_per_pos;
-    }
-    for (int i = 0; i < m->n_layers; i++) {
-        m->layers[i]->saved = m->layers[i]->saved_per_pos ? p : NULL;
-        p += rows * m->layers[i]->saved_per_pos;
+    if (!rc) {
+        for (int i = 0; i < m->n_layers; i++) {
+            m->outs[i] = p;
+            p += rows * m->layers[i]->out_per_pos;
+        }
+        for (int i = 0; i < m->n_layers; i++) {
+            m->layers[i]->saved = m->layers[i]->saved_per_pos ? p : NULL;
+            p += rows * m->layers[i]->saved_per_pos;
+        }
+    } else {
+        float *ws = p + rows * outs, *w = ws;
+        for (int i = 0; i < m->n_layers; i++) {
+            ddp_layer *l = m->layers[i];
+            int keep = is_checkpoint(m, i);
+            if (keep) {
+                m->outs[i] = p;
+                p += rows * l->out_per_pos;
+            } else {
+                m->outs[i] = w;
+                w += rows * l->out_per_pos;
+            }
+            l->saved = l->saved_per_pos ? w : NULL;
+            w += rows * l->saved_per_pos;
+            if (keep) w = ws; /* the next block reuses the workspace */
+        }
+        p = ws + rows * work;
     }
     for (int i = 0; i < m->n_layers; i++)
         m->layers[i]->scratch = scratch ? p : NULL;
@@ -406,6 +447,7 @@ int ddp_model_num_buffer_views(const ddp_model *m) { return m->n_buffers; }
 const ddp_param_view *ddp_model_buffer_view(const ddp_model *m, int i) {
     return i >= 0 && i < m->n_buffers ? &m->buffers[i].view : NULL;
 }
+size_t ddp_model_activation_bytes(const ddp_model *m) { return m->arena_bytes; }
 void ddp_model_set_comm(ddp_model *m, ddp_comm *comm) { m->comm = comm; }
 ddp_comm *ddp_model_comm(ddp_model *m) { return m->comm; }
 const char *ddp_model_describe(const ddp_model *m) { return m->describe; }
@@ -541,6 +583,29 @@ void ddp_grad_done_reported(ddp_model *m, int id) {
     m->tensors[id].uses_left = 0;
 }
 
+/* Runs the forward of the block that ends at layer b again, so that its outputs and saved
+ * tensors are back in the workspace for its backward: the same kernels on the same inputs
+ * in the same order as the first forward, so the same bits. The last layer runs only if it
+ * saves something; its output, a checkpoint, is still there (and is written again with
+ * the same values if it runs). */
+static ddp_status recompute_block(ddp_model *m, int b) {
+    int a = b;
+    while (a > 0 && !is_checkpoint(m, a - 1))
+        a--;
+    ddp_pass p = m->pass;
+    p.recompute = 1;
+    const float *x = a > 0 ? m->outs[a - 1] : m->batch.x;
+    for (int j = a; j <= b; j++) {
+        ddp_layer *l = m->layers[j];
+        if (j == b && l->saved_per_pos == 0) break;
+        DDP_CHECK(ddp_trace_begin(l->name, "recompute"));
+        DDP_CHECK(l->ops->forward(l, m, &p, x, m->outs[j]));
+        DDP_CHECK(ddp_trace_end());
+        x = m->outs[j];
+    }
+    return DDP_OK;
+}
+
 ddp_status ddp_model_backward(ddp_model *m, int first, ddp_grad_ready_fn ready, void *ctx) {
     if (!m->have_dlogits)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
@@ -558,6 +623,11 @@ ddp_status ddp_model_backward(ddp_model *m, int first, ddp_grad_ready_fn ready, 
     ddp_status s = DDP_OK;
     for (int i = m->n_layers - 1; s == DDP_OK && i >= 0; i--) {
         ddp_layer *l = m->layers[i];
+        /* A block's backward starts at its last layer: its activations first. */
+        if (m->spec.recompute && is_checkpoint(m, i)) {
+            s = recompute_block(m, i);
+            if (s != DDP_OK) break;
+        }
         /* The first layer's input gradient is never needed. */
         float *dx = i > 0 ? m->bwd[i & 1] : NULL;
         const float *x = i > 0 ? m->outs[i - 1] : m->batch.x;
@@ -626,5 +696,3 @@ int ddp_model_ready_points(ddp_model *m, size_t *offsets, int max) {
     }
     return n;
 }
-
-size_t ddp_model_activation_bytes(const ddp_model *m) { return m->arena_bytes; }

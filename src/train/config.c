@@ -207,6 +207,9 @@ size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t
             PUT("%s%d", i ? "," : "", m->conv[i]);
         PUT(" kernel=%d sync_bn=%d", m->kernel, cfg->sync_bn);
     }
+    /* --recompute is not here: it changes neither a result (the gradients are the same
+     * bits) nor a collective (a recomputed forward does not communicate), so ranks may
+     * differ in it and a run may resume with or without it. */
     PUT(" decay_all=%d batch=%zu accum=%d micro=%zu epochs=%d steps=%lld", m->decay_all,
         cfg->global_batch, cfg->accum, cfg->micro_batch, cfg->epochs, (long long)cfg->max_steps);
     PUT(" optim=%d momentum=%a nesterov=%d betas=%a,%a eps=%a wd=%a", (int)cfg->optim.kind,

@@ -5,6 +5,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ddp/watchdog.h"
@@ -33,6 +34,7 @@ typedef struct {
     int evaluated;       /* this step ran an evaluation: */
     double eval_loss;    /* mean loss per prediction */
     double eval_accuracy;
+    const double *peak_rss_mb; /* (world) each rank's peak resident memory so far, MiB */
 } step_report;
 
 static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, const step_report *r) {
@@ -61,6 +63,10 @@ static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, const 
     int tokens = t->src->positions(t) > 1;
     if (tokens) json_object_set_new(o, "tokens_per_s", number(r->tokens_per_s));
     if (r->mfu >= 0.0) json_object_set_new(o, "mfu", number(r->mfu));
+    json_t *rss = json_array();
+    for (int i = 0; rss && i < t->world; i++)
+        json_array_append_new(rss, json_real(r->peak_rss_mb[i]));
+    if (rss) json_object_set_new(o, "peak_rss_mb", rss);
     if (r->evaluated && tokens) {
         /* Byte-level vocabulary: the loss per byte in bits is the loss in nats / ln 2. */
         json_object_set_new(o, "val_loss", number(r->eval_loss));
@@ -138,6 +144,23 @@ static void log_memory(const ddp_trainer *t) {
                  zero, (double)m.params / 1e6, grads, optim, (double)m.activations / 1e6);
 }
 
+/* Gathers every rank's peak resident memory and reports the step. COLLECTIVE on the
+ * control communicator: all ranks reach it at the same steps, the logged ones (log_every
+ * is in the configuration they agreed on), so other steps pay no collective. */
+static ddp_status gather_and_report(ddp_trainer *t, const ddp_step_stats *st, step_report *r,
+                                    double eta) {
+    double mine = ddp_peak_rss_mb();
+    double *all = calloc((size_t)t->world, sizeof *all);
+    if (!all) return DDP_FAIL(DDP_ERR_NOMEM, "metrics: out of memory");
+    ddp_status s = ddp_comm_allgather(t->ctrl, &mine, all, 1, DDP_F64);
+    r->peak_rss_mb = all;
+    if (s == DDP_OK) s = report(t, st, r, eta);
+    free(all);
+    r->peak_rss_mb = NULL;
+    DDP_CHECK(s);
+    return DDP_OK;
+}
+
 ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
     const ddp_train_config *c = &t->cfg;
     if (c->metrics_path[0] && t->rank == 0 && !t->metrics) {
@@ -204,7 +227,7 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
                 r.mfu = train_flops * r.samples_per_s / (t->peak_flops * t->world);
             double eta = (now - run_start) / (double)(t->step - first_step) *
                          (double)(t->total_steps - t->step);
-            DDP_CHECK(report(t, &st, &r, eta));
+            DDP_CHECK(gather_and_report(t, &st, &r, eta));
             window_start = now;
             window_steps = 0;
             eval_time = 0.0;

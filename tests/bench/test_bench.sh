@@ -64,13 +64,19 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 keys = ["samples_per_s", "t_forward", "t_backward", "t_allreduce", "t_exposed", "t_optim",
         "t_step", "t_comm_cpu", "model_flops_per_s", "ranks", "global_batch", "bench_steps",
-        "sleeping_wait", "allreduce", "shared_gradients", "threads"]
+        "sleeping_wait", "allreduce", "shared_gradients", "threads", "recompute",
+        "activation_bytes", "peak_rss_mb"]
 missing = [k for k in keys if k not in d]
 assert not missing, missing
 assert d["ranks"] == 2 and d["global_batch"] == 64 and d["bench_steps"] == 3, d
 assert d["threads"] == 1 and isinstance(d["shared_gradients"], bool), d
 assert d["samples_per_s"] > 0 and d["t_step"] > 0 and d["model_flops_per_s"] > 0, d
 assert 0 < d["t_comm_cpu"] < d["t_step"], d
+# MLP 784-64-10, sized for the evaluation's chunks of 1000 samples (more than the
+# micro-batch of 32): outputs 64 + 64 + 10, two backward buffers of 784, the logits'
+# gradient 10, in floats.
+assert d["recompute"] is False and d["activation_bytes"] == 1000 * (138 + 2 * 784 + 10) * 4, d
+assert d["peak_rss_mb"] > 0, d
 PY
     grep -q '"samples_per_s"' "$TMP/train.log" || fail "train: no JSON on stdout"
 else

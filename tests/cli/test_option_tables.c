@@ -43,6 +43,7 @@ static const opt_case train_cases[] = {
     {"heads", "6", "1e2"},
     {"ctx", "256", "1"},
     {"decay-all", NULL, "1"},
+    {"recompute", NULL, "1"},
     {"batch", "256", "0"},
     {"accum", "4", "0"},
     {"micro-batch", "16", "1.5"},

@@ -498,11 +498,15 @@ static void test_canonical_text_ignores_output_paths_and_per_rank_settings(void 
     const char *base[] = {"--lr", "0.01"};
     const char *other[] = {"--lr",          "0.01",   "--metrics", "/tmp/elsewhere.jsonl",
                            "--dump-params", "p.bin",  "--threads", "3",
-                           "--quiet",       "--data", "/mnt/copy"};
+                           "--quiet",       "--data", "/mnt/copy", "--recompute"};
     char t0[4096], t[4096];
     canonical_of(base, 2, t0, sizeof t0);
-    canonical_of(other, 11, t, sizeof t);
+    /* --recompute too: the same gradient bits and the same collectives. */
+    canonical_of(other, 12, t, sizeof t);
     assert_string_equal(t0, t);
+    ddp_cli_options o;
+    assert_int_equal(PARSE(&o, "--recompute"), DDP_OK);
+    assert_int_equal(o.train.model.recompute, 1);
 }
 
 static void test_canonical_text_truncates_safely(void **state) {
