@@ -35,9 +35,10 @@ if [[ $(id -u) -ne 0 ]]; then
     echo "skip: the Slurm cluster on emulated nodes needs root (network namespaces, daemons)"
     exit 77
 fi
-for tool in ip unshare nsenter runuser python3 slurmctld slurmd sbatch srun munged; do
-    command -v "$tool" >/dev/null || {
-        echo "skip: $tool is not installed (launch/install-deps installs slurm-wlm and munge)"
+for tool in ip:iproute2 unshare:util-linux nsenter:util-linux runuser:util-linux python3:python3 \
+    slurmctld:slurm-wlm slurmd:slurm-wlm sbatch:slurm-wlm srun:slurm-wlm munged:munge; do
+    command -v "${tool%%:*}" >/dev/null || {
+        echo "skip: ${tool%%:*} is not installed (Debian package ${tool#*:}; launch/install-deps installs it)"
         exit 77
     }
 done
