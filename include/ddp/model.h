@@ -141,6 +141,12 @@ size_t ddp_model_activation_bytes(const ddp_model *m);
  * all-reducing gradients on the trainer's at the same time. Without one they compute on
  * this rank's batch alone. */
 void ddp_model_set_comm(ddp_model *m, ddp_comm *comm);
+/* Called by forward before each layer that reads parameters, with the end of the prefix
+ * [0, end) of the flat parameter buffer that the layer may read (ascending from layer to
+ * layer): returns once those are final. Lets the parameters of a sharded update arrive
+ * (all-gathered bucket by bucket) while the first layers already compute. NULL: none. */
+typedef ddp_status (*ddp_param_wait_fn)(void *ctx, size_t end);
+void ddp_model_set_param_wait(ddp_model *m, ddp_param_wait_fn fn, void *ctx);
 /* A text that identifies the kind and every shape option ("mlp 784-256-128-10 relu",
  * "gpt L4 C256 H4 T128 V256"); ddp_model_spec_parse reads it back. */
 const char *ddp_model_describe(const ddp_model *m);

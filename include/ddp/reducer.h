@@ -92,6 +92,22 @@ int ddp_reducer_num_launched(const ddp_reducer *r);
  * part of it. COLLECTIVE. */
 ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats);
 
+/* Sharded: starts the all-gather of the parameters (device, the reducer's n elements),
+ * each rank contributing its shard, bucket by bucket in the order forward reads them (from
+ * the start of the buffer), on the communication thread where there is one (elsewhere
+ * each bucket's all-gather runs here: queued on the GPU's comm stream, or blocking on the
+ * host). Nothing else may use the reducer's communicator until the gather is finished.
+ * COLLECTIVE. */
+ddp_status ddp_reducer_start_gather(ddp_reducer *r, float *params);
+/* A ddp_param_wait_fn (ctx = the reducer): returns once parameters [0, end) are gathered
+ * (at once when no gather is in flight). Not collective. */
+ddp_status ddp_reducer_wait_params(void *reducer, size_t end);
+/* Waits for the whole gather started last (returns at once when none is in flight); stats
+ * (may be NULL) receives its buckets' communication time and the time spent waiting for
+ * it, here and in ddp_reducer_wait_params. Not collective, but every rank calls it before
+ * its next collective on the reducer's communicator (ddp_reducer_begin does). */
+ddp_status ddp_reducer_finish_gather(ddp_reducer *r, ddp_reducer_stats *stats);
+
 int ddp_reducer_num_buckets(const ddp_reducer *r);
 /* Element range [*begin, *end) of bucket i (bucket 0 is at the end of the buffer). */
 void ddp_reducer_bucket(const ddp_reducer *r, int i, size_t *begin, size_t *end);

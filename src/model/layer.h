@@ -71,6 +71,10 @@ struct ddp_layer {
      * The kinds set it on the natural units' last layers; the model's last layer (the
      * logits) is always one. */
     int checkpoint;
+    /* Set by ddp_model_add_layer: the parameters declared so far. A layer declares its
+     * tensors before it is added and shares only earlier ones, so its forward reads
+     * parameters in [0, param_end) alone. */
+    size_t param_end;
 };
 
 /* ---- building (called by the model kinds while constructing) ------------------------ */

@@ -57,6 +57,8 @@ struct ddp_model {
     int overwrite;
     ddp_grad_ready_fn ready;
     void *ready_ctx;
+    ddp_param_wait_fn param_wait; /* see ddp_model_set_param_wait */
+    void *param_wait_ctx;
     char describe[256];
     double flops;
 };
@@ -180,6 +182,7 @@ ddp_status ddp_model_add_layer(ddp_model *m, ddp_layer *l) {
         m->layers = grown;
         m->cap_layers = cap;
     }
+    l->param_end = m->num_params;
     m->layers[m->n_layers++] = l;
     return DDP_OK;
 }
@@ -449,6 +452,11 @@ const ddp_param_view *ddp_model_buffer_view(const ddp_model *m, int i) {
 }
 size_t ddp_model_activation_bytes(const ddp_model *m) { return m->arena_bytes; }
 void ddp_model_set_comm(ddp_model *m, ddp_comm *comm) { m->comm = comm; }
+
+void ddp_model_set_param_wait(ddp_model *m, ddp_param_wait_fn fn, void *ctx) {
+    m->param_wait = fn;
+    m->param_wait_ctx = ctx;
+}
 ddp_comm *ddp_model_comm(ddp_model *m) { return m->comm; }
 const char *ddp_model_describe(const ddp_model *m) { return m->describe; }
 double ddp_model_flops_per_sample(const ddp_model *m) { return m->flops; }
@@ -527,6 +535,8 @@ ddp_status ddp_model_forward(ddp_model *m, const ddp_batch *batch, ddp_mode mode
     const float *x = batch->x;
     for (int i = 0; i < m->n_layers; i++) {
         ddp_layer *l = m->layers[i];
+        if (m->param_wait && l->param_end > 0)
+            DDP_CHECK(m->param_wait(m->param_wait_ctx, l->param_end));
         DDP_CHECK(ddp_trace_begin(l->name, "forward"));
         DDP_CHECK(l->ops->forward(l, m, &m->pass, x, m->outs[i]));
         DDP_CHECK(ddp_trace_end());

@@ -54,7 +54,11 @@ struct ddp_reducer {
     size_t *counts; /* (n_buckets, world) */
     size_t *dst;    /* (n_buckets) */
     size_t shard_begin, shard_size;
-    int add;     /* this pass adds to the shard */
+    int add;         /* this pass adds to the shard */
+    /* the parameters' all-gather (ddp_reducer_start_gather): a pass of its own, its
+     * buckets in order[] from the start of the buffer */
+    float *params;      /* non-NULL while a gather is in flight */
+    double gather_wait; /* seconds waited for it so far */
     int release; /* give a sent bucket's pages back to the system */
     /* per backward pass */
     int *order;      /* (n_buckets) bucket indices in the order they were started */
@@ -98,6 +102,14 @@ static ddp_status scatter_bucket(ddp_reducer *r, int i) {
         if (hi > lo && madvise((void *)lo, hi - lo, MADV_DONTNEED) != 0)
             return DDP_FAIL(DDP_ERR_INTERNAL, "reducer: releasing gradient pages failed");
     }
+    return DDP_OK;
+}
+
+/* Sharded: all-gather of bucket i of the parameters, in place. The bucket's blocks in
+ * rank order are contiguous: rank q's is its part of shard q. */
+static ddp_status gather_bucket(ddp_reducer *r, int i) {
+    DDP_CHECK(ddp_comm_allgatherv(r->comm, r->params + r->buckets[i].begin,
+                                  r->counts + (size_t)i * (size_t)r->world, DDP_F32));
     return DDP_OK;
 }
 
@@ -170,11 +182,13 @@ static void *comm_thread(void *arg) {
         double cpu0 = ddp_thread_cpu_time();
         ddp_status s = DDP_OK;
         if (r->thread_status == DDP_OK)
-            s = r->shard ? scatter_bucket(r, i)
-                         : reduce_blocking(r, r->buckets[i].begin, r->buckets[i].end);
+            s = r->params  ? gather_bucket(r, i)
+                : r->shard ? scatter_bucket(r, i)
+                           : reduce_blocking(r, r->buckets[i].begin, r->buckets[i].end);
         r->buckets[i].t_end = ddp_time_now();
         double cpu = ddp_thread_cpu_time() - cpu0;
-        ddp_trace_span("allreduce bucket", "comm", r->buckets[i].t_start, r->buckets[i].t_end, 1);
+        ddp_trace_span(r->params ? "allgather bucket" : "allreduce bucket", "comm",
+                       r->buckets[i].t_start, r->buckets[i].t_end, 1);
         pthread_mutex_lock(&r->mu);
         if (s != DDP_OK && r->thread_status == DDP_OK) {
             /* The error state is per thread: carry the message over to finish(). */
@@ -346,6 +360,8 @@ ddp_status ddp_reducer_begin_sharded(ddp_reducer *r, int add) {
 }
 
 ddp_status ddp_reducer_begin(ddp_reducer *r) {
+    /* The communicator is the gather's until it is finished. */
+    DDP_CHECK(ddp_reducer_finish_gather(r, NULL));
     r->launched = 0;
     r->n_reported = 0;
     for (int i = 0; i < r->n_buckets; i++) {
@@ -511,6 +527,87 @@ ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats) {
         for (int i = 0; i < r->n_buckets; i++)
             stats->t_comm += r->buckets[i].t_end - r->buckets[i].t_start;
         stats->n_buckets = r->n_buckets;
+    }
+    return DDP_OK;
+}
+
+/* ---- the parameters' all-gather ------------------------------------------------------ */
+
+ddp_status ddp_reducer_start_gather(ddp_reducer *r, float *params) {
+    if (!r->shard) return DDP_FAIL(DDP_ERR_INTERNAL, "reducer: a gather needs shards");
+    DDP_CHECK(ddp_reducer_finish_gather(r, NULL));
+    r->gather_wait = 0.0;
+    /* Bucket 0 is at the end of the buffer: forward wants the last one first. */
+    for (int k = 0; k < r->n_buckets; k++)
+        r->order[k] = r->n_buckets - 1 - k;
+    r->launched = r->n_buckets;
+    if (r->thread_running) {
+        pthread_mutex_lock(&r->mu);
+        r->params = params;
+        r->done = 0;
+        r->thread_cpu = 0.0;
+        r->thread_status = DDP_OK;
+        r->queued = r->n_buckets;
+        pthread_cond_signal(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+        return DDP_OK;
+    }
+    r->params = params;
+    ddp_status s = DDP_OK;
+    for (int k = 0; k < r->n_buckets; k++) {
+        bucket *bk = &r->buckets[r->order[k]];
+        bk->t_start = ddp_time_now();
+        if (s == DDP_OK) s = gather_bucket(r, r->order[k]);
+        bk->t_end = ddp_time_now();
+    }
+    if (s != DDP_OK) r->params = NULL;
+    DDP_CHECK(s);
+    return DDP_OK;
+}
+
+/* Buckets of the gather order that hold parameters before `end`: they come first. */
+static int gather_needed(const ddp_reducer *r, size_t end) {
+    int k = 0;
+    while (k < r->n_buckets && r->buckets[r->order[k]].begin < end)
+        k++;
+    return k;
+}
+
+ddp_status ddp_reducer_wait_params(void *reducer, size_t end) {
+    ddp_reducer *r = reducer;
+    if (!r->params || !r->thread_running) return DDP_OK;
+    int need = gather_needed(r, end);
+    double t0 = ddp_time_now();
+    pthread_mutex_lock(&r->mu);
+    /* A failed bucket stops the wait; finish_gather, which every path reaches before the
+     * next collective, reports it. */
+    while (r->done < need && r->thread_status == DDP_OK)
+        pthread_cond_wait(&r->cv, &r->mu);
+    pthread_mutex_unlock(&r->mu);
+    r->gather_wait += ddp_time_now() - t0;
+    return DDP_OK;
+}
+
+ddp_status ddp_reducer_finish_gather(ddp_reducer *r, ddp_reducer_stats *stats) {
+    if (stats) *stats = (ddp_reducer_stats){.n_buckets = r->n_buckets};
+    if (!r->params) return DDP_OK;
+    double t0 = ddp_time_now();
+    ddp_status s = DDP_OK;
+    if (r->thread_running) {
+        pthread_mutex_lock(&r->mu);
+        while (r->done < r->launched)
+            pthread_cond_wait(&r->cv, &r->mu);
+        if (r->thread_status != DDP_OK)
+            s = ddp_error_restore(&r->thread_error, __FILE__, __LINE__);
+        if (stats) stats->t_comm_cpu = r->thread_cpu;
+        pthread_mutex_unlock(&r->mu);
+    }
+    r->params = NULL;
+    DDP_CHECK(s);
+    if (stats) {
+        stats->t_exposed = r->gather_wait + (ddp_time_now() - t0);
+        for (int i = 0; i < r->n_buckets; i++)
+            stats->t_comm += r->buckets[i].t_end - r->buckets[i].t_start;
     }
     return DDP_OK;
 }

@@ -204,7 +204,9 @@ static ddp_status write_shard(ddp_trainer *t, uint32_t *crc) {
 }
 
 ddp_status ddp_trainer_save_checkpoint(ddp_trainer *t) {
-    ddp_status s = DDP_OK;
+    ddp_status s = ddp_trainer_settle(t);
+    if (s != DDP_OK) ddp_error_trace(__FILE__, __LINE__);
+    DDP_CHECK(ddp_ckpt_agree(t, s, "finish the parameters' all-gather"));
     if (!t->cfg.checkpoint_dir[0]) {
         s = DDP_FAIL(DDP_ERR_INVALID_ARG, "saving a checkpoint needs --checkpoint-dir");
         ddp_error_trace(__FILE__, __LINE__);

@@ -140,6 +140,7 @@ static ddp_status setup_reducer(ddp_trainer *t) {
             ddp_backend_alloc(t->backend, t->shard_size * sizeof(float), (void **)&t->shard_grads));
         DDP_CHECK(
             ddp_reducer_set_shard(t->reducer, t->shard_grads, t->shard_size, t->cfg.zero == 2));
+        ddp_model_set_param_wait(t->model, ddp_reducer_wait_params, t->reducer);
     }
     return DDP_OK;
 }
@@ -219,9 +220,16 @@ ddp_status ddp_trainer_create_text(const ddp_train_config *cfg, ddp_backend *b, 
     return create(t, b, comm, ctrl, out);
 }
 
+ddp_status ddp_trainer_settle(ddp_trainer *t) {
+    if (t->reducer) DDP_CHECK(ddp_reducer_finish_gather(t->reducer, NULL));
+    return DDP_OK;
+}
+
 void ddp_trainer_free(ddp_trainer *t) {
     if (!t) return;
     ddp_backend *b = t->backend;
+    /* A parameter gather in flight is a collective the other ranks are in too. */
+    if (ddp_trainer_settle(t) != DDP_OK) ddp_log_current_error("freeing the trainer");
     if (t->src && b) t->src->release(t);
     ddp_backend_dealloc(b, t->d_stats);
     ddp_backend_dealloc(b, t->shard_grads);
@@ -274,6 +282,7 @@ int ddp_trainer_grads_shared(const ddp_trainer *t) { return t->grads_shared; }
 double ddp_trainer_last_eval_loss(const ddp_trainer *t) { return t->last_eval_loss; }
 
 ddp_status ddp_trainer_get_params(ddp_trainer *t, float *host) {
+    DDP_CHECK(ddp_trainer_settle(t));
     DDP_CHECK(ddp_backend_copy(t->backend, host, ddp_model_params(t->model),
                                t->num_params * sizeof(float), DDP_COPY_D2H));
     return DDP_OK;
@@ -330,6 +339,16 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         if (timed) DDP_CHECK(ddp_backend_sync(b));
         DDP_CHECK(ddp_trace_end());
         st->t_forward += ddp_time_now() - t1;
+        if (k == 0 && c->zero > 0) {
+            /* The last step's parameter all-gather, which this forward waited for layer
+             * by layer: its time that forward did not hide counts as exposed. */
+            ddp_reducer_stats g;
+            DDP_CHECK(ddp_reducer_finish_gather(t->reducer, &g));
+            rs.t_comm += g.t_comm;
+            rs.t_exposed += g.t_exposed;
+            rs.t_comm_cpu += g.t_comm_cpu;
+            st->t_forward -= g.t_exposed;
+        }
         t1 = ddp_time_now();
         DDP_CHECK(ddp_trace_begin("backward", "compute"));
         /* Only the last micro-batch communicates (with --zero 2, every one): its backward
@@ -386,23 +405,6 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
                                  c->zero > 0 ? t->shard_grads : grads, st->lr,
                                  ddp_clip_coef(st->grad_norm, c->clip_norm)));
     }
-    if (c->zero > 0) {
-        /* Every rank updated its shard alone: the all-gather gives every rank all of
-         * them. Every rank reaches it, also after a skipped update (then it copies the
-         * parameters that every rank already has), so that the collectives never depend
-         * on a verdict. */
-        double g0 = ddp_time_now();
-        DDP_CHECK(ddp_trace_begin("allgather parameters", "comm"));
-        DDP_CHECK(
-            ddp_comm_allgatherv(t->comm, ddp_model_params(t->model), t->shard_counts, DDP_F32));
-        if (timed) DDP_CHECK(ddp_backend_sync(b));
-        DDP_CHECK(ddp_trace_end());
-        /* Communication that nothing hides: counted with the exposed all-reduce time. */
-        double g = ddp_time_now() - g0;
-        st->t_allreduce += g;
-        st->t_exposed += g;
-        t1 += g;
-    }
     /* Running statistics of batch norm on a rank's own shard differ between ranks; their
      * average keeps every rank's model, evaluation and checkpoint the same. (With
      * --sync-bn they come from the global batch and are the same already.) All ranks
@@ -410,6 +412,15 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     size_t nbuf = ddp_model_num_buffer_elems(t->model);
     if (nbuf > 0 && t->world > 1 && !t->bn_comm)
         DDP_CHECK(ddp_comm_allreduce(t->comm, ddp_model_buffers(t->model), nbuf, DDP_F32, DDP_AVG));
+    if (c->zero > 0) {
+        /* Every rank updated its shard alone: the all-gather gives every rank all of
+         * them, bucket by bucket on the communication thread, while the next step's
+         * forward already runs the layers whose parameters have arrived (it waits for the
+         * others, ddp_reducer_wait_params). Every rank starts it, also after a skipped
+         * update (it then copies what every rank already has), so that the collectives
+         * never depend on a verdict. */
+        DDP_CHECK(ddp_reducer_start_gather(t->reducer, ddp_model_params(t->model)));
+    }
     if (timed) DDP_CHECK(ddp_backend_sync(b));
     DDP_CHECK(ddp_trace_end());
     st->t_optim = ddp_time_now() - t1;
@@ -429,6 +440,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
 }
 
 ddp_status ddp_trainer_evaluate_part(ddp_trainer *t, int full, double *accuracy, double *loss) {
+    DDP_CHECK(ddp_trainer_settle(t));
     double sums[3] = {0.0, 0.0, 0.0};
     DDP_CHECK(t->src->evaluate(t, sums, full));
     /* Every rank evaluates at the same steps; its shard may be empty but it still

@@ -33,6 +33,11 @@ typedef struct {
     void (*release)(ddp_trainer *t);
 } ddp_source_ops;
 
+/* Finishes a parameter all-gather in flight (--zero), so that the parameters may be read:
+ * every function that reads them outside a training step calls it first. Not collective
+ * itself, but completes a collective that every rank started. */
+ddp_status ddp_trainer_settle(ddp_trainer *t);
+
 extern const ddp_source_ops ddp_source_idx;
 extern const ddp_source_ops ddp_source_text;
 
