@@ -1,7 +1,9 @@
 /*
  * The MPI comm under mpirun: exact all-reduce results on both sides of the size where
  * the node's arrival gate starts, that a rank waiting for a late peer sleeps instead of
- * burning its core, and that the gate is used on all ranks of a node or on none.
+ * burning its core, and that the gate is used on all ranks of a node or on none; the
+ * reduce-scatter and all-gather of blocks of uneven (and empty) sizes that sharded
+ * optimizers use, from ordinary and from node-shared memory.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -120,6 +122,68 @@ static void shared_memory_allreduce_sums_exactly_in_place(void **state) {
     }
 }
 
+/* Blocks of the sizes that shards of n elements over the ranks have, or (skew) a first
+ * block of everything and empty ones after it. */
+static void block_counts(size_t n, int skew, size_t *counts) {
+    size_t s = (n + (size_t)world - 1) / (size_t)world, at = 0;
+    for (int r = 0; r < world; r++) {
+        counts[r] = skew ? (r == 0 ? n : 0) : (n - at < s ? n - at : s);
+        at += counts[r];
+    }
+}
+
+/* reduce_scatterv of n floats from `send` (ordinary or shared memory): each rank gets the
+ * exact sums of its block; all_gatherv then gives every rank all blocks. */
+static void check_scatter_gather(float *send, size_t n, int skew) {
+    size_t counts[64], lo = 0;
+    block_counts(n, skew, counts);
+    for (int r = 0; r < rank; r++)
+        lo += counts[r];
+    size_t mine = counts[rank];
+    float *recv = malloc((mine ? mine : 1) * sizeof(float));
+    assert_non_null(recv);
+    fill(send, n);
+    assert_int_equal(ddp_comm_reduce_scatterv(world_comm, send, recv, counts, DDP_F32, DDP_SUM),
+                     DDP_OK);
+    for (size_t i = 0; i < mine; i++) {
+        float want = (float)(world * (int)((lo + i) % 7) + world * (world - 1) / 2);
+        if (recv[i] != want)
+            fail_msg("rank %d, %zu elements (skew %d): sum %zu is %g, not %g", rank, n, skew,
+                     lo + i, recv[i], want);
+    }
+    /* Every rank has read the others' send buffers before anyone changes them. */
+    assert_int_equal(ddp_comm_barrier(world_comm), DDP_OK);
+    float *all = malloc(n * sizeof(float));
+    assert_non_null(all);
+    for (size_t i = 0; i < n; i++)
+        all[i] = -1.0f;
+    for (size_t i = 0; i < mine; i++)
+        all[lo + i] = recv[i];
+    assert_int_equal(ddp_comm_allgatherv(world_comm, all, counts, DDP_F32), DDP_OK);
+    if (count_wrong(all, n) != 0)
+        fail_msg("rank %d: %zu of %zu gathered elements wrong", rank, count_wrong(all, n), n);
+    free(all);
+    free(recv);
+}
+
+static void uneven_reduce_scatter_and_all_gather_are_exact(void **state) {
+    const size_t sizes[] = {1, 5, 1000, 16385, 262147};
+    float *x = malloc(262147 * sizeof(float));
+    assert_non_null(x);
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++)
+        for (int skew = 0; skew <= 1; skew++)
+            check_scatter_gather(x, sizes[k], skew);
+    free(x);
+    /* From node-shared memory, the path of sharded gradients on one node. */
+    float *sh = NULL;
+    assert_int_equal(ddp_comm_alloc_shared(world_comm, 262147 * sizeof(float), (void **)&sh),
+                     DDP_OK);
+    if (!sh) return; /* one rank: nothing is shared */
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++)
+        for (int skew = 0; skew <= 1; skew++)
+            check_scatter_gather(sh, sizes[k], skew);
+}
+
 /* A new MPI comm, made with DDP_MPI_GATE=0 on this rank when `off`. COLLECTIVE. */
 static ddp_comm *comm_with_gate_off(int off) {
     if (off) setenv("DDP_MPI_GATE", "0", 1);
@@ -167,6 +231,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(sleeping_wait_is_on_with_several_ranks_on_a_node),
         cmocka_unit_test(late_peer_is_awaited_asleep),
         cmocka_unit_test(shared_memory_allreduce_sums_exactly_in_place),
+        cmocka_unit_test(uneven_reduce_scatter_and_all_gather_are_exact),
         cmocka_unit_test(gate_can_be_turned_off),
         cmocka_unit_test(one_rank_refusing_the_gate_turns_it_off_everywhere),
     };
