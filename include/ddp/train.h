@@ -103,9 +103,13 @@ typedef struct {
     double loss;      /* mean training loss over the global batch (logged steps) */
     double grad_norm; /* global gradient norm, before clipping */
     double t_forward, t_backward, t_allreduce, t_optim, t_step; /* seconds */
-    double t_exposed;  /* part of the all-reduce time not hidden behind backward */
-    double t_comm_cpu; /* CPU seconds communication took (ddp_reducer_stats) */
-    int skipped;       /* the update was skipped: non-finite gradients */
+    double t_exposed;   /* part of the all-reduce time not hidden behind backward (with
+                         * --zero: of the reduce-scatters' and the all-gather's, t_allgather
+                         * not hidden behind forward) */
+    double t_allgather; /* --zero: seconds the parameters' all-gather took (t_allreduce: the
+                         * gradients' reduce-scatters) */
+    double t_comm_cpu;  /* CPU seconds communication took (ddp_reducer_stats) */
+    int skipped;        /* the update was skipped: non-finite gradients */
 } ddp_step_stats;
 
 typedef struct ddp_trainer ddp_trainer;

@@ -35,7 +35,7 @@ static ddp_status make_synthetic(size_t n, size_t dim, int classes, uint64_t str
 }
 
 typedef struct {
-    double fwd, bwd, ar, exposed, optim, step, comm_cpu;
+    double fwd, bwd, ar, exposed, optim, step, comm_cpu, gather;
 } phase_sums;
 
 int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
@@ -101,6 +101,7 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         sum.optim += st.t_optim;
         sum.step += st.t_step;
         sum.comm_cpu += st.t_comm_cpu;
+        sum.gather += st.t_allgather;
     }
     if (s == DDP_OK) s = ddp_backend_sync(backend);
     if (s == DDP_OK) s = ddp_trace_close();
@@ -115,8 +116,9 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
     /* Phase times: mean over steps and over ranks; the wall time: max over ranks. The
      * training thread's CPU seconds (mean too) are what a step costs in compute, which
      * other processes on the machine inflate less than they do the wall-clock times. */
-    double v[8] = {sum.fwd, sum.bwd, sum.ar, sum.exposed, sum.optim, sum.step, sum.comm_cpu, cpu};
-    s = ddp_comm_allreduce(ctrl, v, 8, DDP_F64, DDP_SUM);
+    double v[9] = {sum.fwd,  sum.bwd,      sum.ar, sum.exposed, sum.optim,
+                   sum.step, sum.comm_cpu, cpu,    sum.gather};
+    s = ddp_comm_allreduce(ctrl, v, 9, DDP_F64, DDP_SUM);
     if (s == DDP_OK) s = ddp_bench_max_over_ranks(ctrl, &wall);
     /* Peak resident memory: the largest of any rank (all ranks reach this, as the above). */
     double rss = ddp_peak_rss_mb();
@@ -126,7 +128,7 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         ddp_comm_abort(ctrl, 1);
     }
     double per = 1.0 / ((double)a.bench_steps * world);
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < 9; i++)
         v[i] *= per;
     double sps = (double)a.bench_steps * (double)cfg->global_batch / wall;
     ddp_model *m = ddp_trainer_model(trainer);
@@ -154,6 +156,7 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         json_object_set_new(o, "global_batch", json_integer((json_int_t)cfg->global_batch));
         json_object_set_new(o, "micro_batch", json_integer((json_int_t)cfg->micro_batch));
         json_object_set_new(o, "accum", json_integer(cfg->accum));
+        json_object_set_new(o, "zero", json_integer(cfg->zero));
         json_object_set_new(o, "overlap", json_boolean(cfg->reducer.overlap));
         json_object_set_new(o, "allreduce", json_boolean(!cfg->reducer.skip));
         json_object_set_new(o, "progress", json_string(progress_names[cfg->reducer.progress % 3]));
@@ -166,6 +169,7 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         json_object_set_new(o, "t_forward", json_real(v[0]));
         json_object_set_new(o, "t_backward", json_real(v[1]));
         json_object_set_new(o, "t_allreduce", json_real(v[2]));
+        json_object_set_new(o, "t_allgather", json_real(v[8]));
         json_object_set_new(o, "t_exposed", json_real(v[3]));
         json_object_set_new(o, "t_optim", json_real(v[4]));
         json_object_set_new(o, "t_step", json_real(v[5]));

@@ -54,12 +54,12 @@ struct ddp_reducer {
     size_t *counts; /* (n_buckets, world) */
     size_t *dst;    /* (n_buckets) */
     size_t shard_begin, shard_size;
-    int add;         /* this pass adds to the shard */
+    int add; /* this pass adds to the shard */
     /* the parameters' all-gather (ddp_reducer_start_gather): a pass of its own, its
      * buckets in order[] from the start of the buffer */
     float *params;      /* non-NULL while a gather is in flight */
     double gather_wait; /* seconds waited for it so far */
-    int release; /* give a sent bucket's pages back to the system */
+    int release;        /* give a sent bucket's pages back to the system */
     /* per backward pass */
     int *order;      /* (n_buckets) bucket indices in the order they were started */
     int launched;    /* buckets order[0, launched) have been started */
@@ -597,8 +597,7 @@ ddp_status ddp_reducer_finish_gather(ddp_reducer *r, ddp_reducer_stats *stats) {
         pthread_mutex_lock(&r->mu);
         while (r->done < r->launched)
             pthread_cond_wait(&r->cv, &r->mu);
-        if (r->thread_status != DDP_OK)
-            s = ddp_error_restore(&r->thread_error, __FILE__, __LINE__);
+        if (r->thread_status != DDP_OK) s = ddp_error_restore(&r->thread_error, __FILE__, __LINE__);
         if (stats) stats->t_comm_cpu = r->thread_cpu;
         pthread_mutex_unlock(&r->mu);
     }

@@ -51,6 +51,7 @@ static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, const 
                 {"t_forward", st->t_forward},
                 {"t_backward", st->t_backward},
                 {"t_allreduce", st->t_allreduce},
+                {"t_allgather", st->t_allgather},
                 {"t_optim", st->t_optim},
                 {"t_step", st->t_step},
                 {"t_exposed_comm", st->t_exposed},

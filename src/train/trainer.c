@@ -344,7 +344,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
              * by layer: its time that forward did not hide counts as exposed. */
             ddp_reducer_stats g;
             DDP_CHECK(ddp_reducer_finish_gather(t->reducer, &g));
-            rs.t_comm += g.t_comm;
+            st->t_allgather = g.t_comm;
             rs.t_exposed += g.t_exposed;
             rs.t_comm_cpu += g.t_comm_cpu;
             st->t_forward -= g.t_exposed;
