@@ -71,6 +71,10 @@ typedef struct {
     int checkpoint_every;              /* steps between checkpoints; 0 = only after the last step */
     int keep;                          /* newest checkpoints kept; 0 = all */
     int resume;                        /* continue from the newest checkpoint in checkpoint_dir */
+    /* gradient noise scale (McCandlish et al. 2018), estimated each step from the
+     * micro-batch and global-batch gradients; logged as B_simple */
+    int gns;       /* estimate it (default 1; --no-gns) */
+    float gns_ema; /* decay of its moving averages per step (default 0.99) */
     /* failure detection (per rank; not part of the fingerprint) */
     float timeout_s; /* a collective blocked this long ends the job (--timeout); 0 = never */
 } ddp_train_config;
@@ -100,6 +104,13 @@ typedef struct {
     double t_exposed;  /* part of the all-reduce time not hidden behind backward */
     double t_comm_cpu; /* CPU seconds communication took (ddp_reducer_stats) */
     int skipped;       /* the update was skipped: non-finite gradients */
+    /* gradient noise scale: this step's squared norms of this rank's micro-batch gradient
+     * and of the averaged gradient, and their batch sizes (0 when not measured) */
+    double gns_b_small, gns_small_sq, gns_b_big, gns_big_sq;
+    /* logged steps: the moving averages over ranks of the estimates of |G|^2 and
+     * tr(Sigma), and B_simple = tr(Sigma) / |G|^2 (gns_valid set) */
+    int gns_valid;
+    double gns_g2, gns_trace, gns_b_simple;
 } ddp_step_stats;
 
 typedef struct ddp_trainer ddp_trainer;

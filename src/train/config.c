@@ -45,6 +45,8 @@ void ddp_train_config_defaults(ddp_train_config *cfg) {
     cfg->check_sync = 0;
     cfg->keep = 3;
     cfg->timeout_s = 300.0f;
+    cfg->gns = 1;
+    cfg->gns_ema = 0.99f;
 }
 
 void ddp_train_config_defaults_for(ddp_train_config *cfg, ddp_model_kind kind) {
@@ -164,6 +166,8 @@ ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world) {
                         "--warmup, --clip, --log-every, --eval-every and --check-sync must not "
                         "be negative");
     if (cfg->log_every == 0) cfg->log_every = 1;
+    if (!(cfg->gns_ema >= 0.0f && cfg->gns_ema < 1.0f))
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "--gns-ema %g must be in [0, 1)", cfg->gns_ema);
     if ((cfg->checkpoint_every > 0 || cfg->resume) && !cfg->checkpoint_dir[0])
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "--checkpoint-every and --resume need --checkpoint-dir "

@@ -53,6 +53,12 @@ static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, const 
                 {"t_exposed_comm", st->t_exposed},
                 {"t_comm_cpu", st->t_comm_cpu},
                 {"grad_norm", st->grad_norm}};
+    if (st->gns_valid) {
+        json_object_set_new(o, "gns_b_simple", number(st->gns_b_simple));
+        json_object_set_new(o, "gns_g2", number(st->gns_g2));
+        json_object_set_new(o, "gns_trace", number(st->gns_trace));
+    }
+    json_object_set_new(o, "batch", json_integer((json_int_t)t->cfg.global_batch));
     for (size_t i = 0; i < sizeof nums / sizeof *nums; i++)
         json_object_set_new(o, nums[i].key, number(nums[i].value));
     if (t->skipped_steps > 0)
@@ -107,10 +113,12 @@ static ddp_status report(ddp_trainer *t, const ddp_step_stats *st, const step_re
     else
         snprintf(rate, sizeof rate, "%.0f samples/s", r->samples_per_s);
     if (r->mfu >= 0.0) snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * r->mfu);
+    char gns[48] = "";
+    if (st->gns_valid) snprintf(gns, sizeof gns, " | B_simple %.4g", st->gns_b_simple);
     if (!c->quiet)
-        ddp_log_info("step %lld/%lld | epoch %.2f | loss %.4f | lr %.5f | %s%s | left %s",
+        ddp_log_info("step %lld/%lld | epoch %.2f | loss %.4f | lr %.5f%s | %s%s | left %s",
                      (long long)t->step, (long long)t->total_steps, (double)t->step / (double)spe,
-                     st->loss, st->lr, rate, mfu, eta_s);
+                     st->loss, st->lr, gns, rate, mfu, eta_s);
     if (t->metrics) DDP_CHECK(write_metrics(t, st, r));
     return DDP_OK;
 }

@@ -116,6 +116,7 @@ static ddp_status create(ddp_trainer *t, ddp_backend *b, ddp_comm *comm, ddp_com
     t->comm = comm;
     t->ctrl = ctrl;
     t->last_eval_loss = -1.0;
+    ddp_gns_ema_init(&t->gns, t->cfg.gns_ema);
     t->rank = ddp_comm_rank(comm);
     t->world = ddp_comm_size(comm);
     ddp_status s = setup_local(t, b);
@@ -211,12 +212,14 @@ ddp_status ddp_trainer_get_params(ddp_trainer *t, float *host) {
 
 /* Reads the device stats (loss sum, correct count) and sums them over all ranks.
  * COLLECTIVE over ctrl. */
-static ddp_status reduce_stats(ddp_trainer *t, double out[2]) {
+static ddp_status reduce_stats(ddp_trainer *t, double out[4]) {
     float h[2];
     DDP_CHECK(ddp_backend_copy(t->backend, h, t->d_stats, sizeof h, DDP_COPY_D2H));
     out[0] = h[0];
     out[1] = h[1];
-    DDP_CHECK(ddp_comm_allreduce(t->ctrl, out, 2, DDP_F64, DDP_SUM));
+    /* The noise scale's moving averages ride along (noise_scale.c). */
+    ddp_trainer_gns_pack(t, out + 2);
+    DDP_CHECK(ddp_comm_allreduce(t->ctrl, out, 4, DDP_F64, DDP_SUM));
     return DDP_OK;
 }
 
@@ -253,8 +256,11 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         if (last) DDP_CHECK(ddp_reducer_begin(t->reducer));
         /* The first micro-batch writes the gradients, the others add to them: no pass
          * to zero the buffer. */
-        DDP_CHECK(ddp_model_backward(t->model, k == 0, last ? ddp_reducer_ready : NULL,
-                                     last ? t->reducer : NULL));
+        ddp_grad_ready_fn ready = NULL;
+        void *ready_ctx = NULL;
+        if (last) ddp_trainer_gns_ready_fn(t, &ready, &ready_ctx);
+        DDP_CHECK(ddp_model_backward(t->model, k == 0, ready, ready_ctx));
+        DDP_CHECK(ddp_trainer_gns_after_backward(t, k));
         if (timed) DDP_CHECK(ddp_backend_sync(b));
         DDP_CHECK(ddp_trace_end());
         st->t_backward += ddp_time_now() - t1;
@@ -291,6 +297,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         DDP_CHECK(ddp_optim_step(t->optim, ddp_model_params(t->model), grads, st->lr,
                                  ddp_clip_coef(st->grad_norm, c->clip_norm)));
     }
+    ddp_trainer_gns_observe(t, st);
     /* Running statistics of batch norm on a rank's own shard differ between ranks; their
      * average keeps every rank's model, evaluation and checkpoint the same. (With
      * --sync-bn they come from the global batch and are the same already.) All ranks
@@ -306,9 +313,10 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     st->step = t->step;
     st->epoch = t->epoch;
     if (log_step) {
-        double sums[2];
+        double sums[4];
         /* All ranks log on the same steps (log_every is in the fingerprint). */
         DDP_CHECK(reduce_stats(t, sums));
+        ddp_trainer_gns_unpack(t, sums + 2, st);
         st->loss = sums[0] / ((double)c->global_batch * (double)t->src->positions(t));
         st->logged = 1;
     }

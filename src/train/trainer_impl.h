@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 #include "ddp/train.h"
+#include "train/noise_scale.h"
 
 /* Where the batches come from: labelled samples (IDX images, source_idx.c) or windows of
  * a text (source_text.c). Every function runs on every rank. */
@@ -63,6 +64,10 @@ struct ddp_trainer {
     double peak_flops;     /* measured matrix-product FLOP/s of this rank's device (MFU) */
     double last_eval_loss; /* of the run's last evaluation; < 0: none */
     FILE *metrics;
+    /* gradient noise scale (noise_scale.c) */
+    ddp_gns_ema gns;
+    double gns_local_sq; /* this step: squares of this rank's micro-batch gradient, summed */
+    size_t gns_covered;  /* elements summed into gns_local_sq so far */
     /* source_idx: samples on the device (or the host arrays themselves on the CPU) */
     size_t dim;
     int num_classes;
@@ -80,5 +85,20 @@ struct ddp_trainer {
     int32_t *h_tok, *h_tgt;        /* (max(local_batch, max_batch), ctx) host */
     int32_t *d_tok, *d_tgt;        /* the same on the device (the host arrays on the CPU) */
 };
+
+/* Where the small-batch gradient of the noise scale comes from (noise_scale.c). */
+enum { DDP_GNS_NONE = 0, DDP_GNS_MICRO0 = 1, DDP_GNS_READY = 2 };
+int ddp_trainer_gns_source(const ddp_trainer *t);
+/* The ready callback for the last micro-batch's backward: the reducer's, or a wrapper that
+ * measures each range before handing it on. */
+void ddp_trainer_gns_ready_fn(ddp_trainer *t, ddp_grad_ready_fn *fn, void **ctx);
+/* After micro-batch k's backward, before the reducer's finish(). */
+ddp_status ddp_trainer_gns_after_backward(ddp_trainer *t, int k);
+/* After the averaged gradient's norm (st->grad_norm): one more estimate. Not collective. */
+void ddp_trainer_gns_observe(ddp_trainer *t, ddp_step_stats *st);
+/* This rank's averages, for the logging step's all-reduce, and their sums over ranks
+ * back (every rank then holds the mean; st gets the noise scale). */
+void ddp_trainer_gns_pack(const ddp_trainer *t, double out[2]);
+void ddp_trainer_gns_unpack(ddp_trainer *t, const double sums[2], ddp_step_stats *st);
 
 #endif
