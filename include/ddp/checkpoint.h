@@ -8,15 +8,17 @@
  * state is stored because there is none to store: the shuffle order of an epoch is
  * derived from (seed, epoch) alone, so the cursor (epoch, step in epoch) recreates it.
  *
- * File layout (version 2; integers little-endian; docs/checkpoints.md has the table):
+ * File layout (version 3; integers little-endian; docs/checkpoints.md has the table):
  *   "DDPCKPT\0", u32 version, u32 fingerprint (CRC-32 of the settings text),
  *   u32 length + settings text, u32 length + model description, u64 parameters,
  *   u64 global batch, u32 ranks of the writer, i64 step, u64 epoch, u64 sampler epoch,
  *   u64 sampler step, i64 schedule length, u32 optimizer kind, u32 state buffers,
  *   i64 optimizer steps, u64 elements per state buffer, u64 elements of the model's
- *   buffers (version 2 only), zero padding to a multiple of 64 bytes, float32 parameters,
- *   float32 state buffers, float32 model buffers (running statistics; version 2), u32
- *   CRC-32 of all bytes before.
+ *   buffers (version 2 on), u64 global batch of the next step, u64 sampler position in
+ *   samples, i64 samples trained, i64 step of the last batch change, f64 x 2 and i64 the
+ *   noise scale's moving averages and their count (version 3 on), zero padding to a multiple of 64
+ * bytes, float32 parameters, float32 state buffers, float32 model buffers (running statistics;
+ * version 2), u32 CRC-32 of all bytes before.
  *
  * Files are named ckpt-<step, 8 digits>.ddp and appear only complete: rank 0 writes a
  * hidden temporary file, syncs it, renames it into place and syncs the directory, so a
@@ -34,7 +36,7 @@ extern "C" {
 #endif
 
 #define DDP_CKPT_MAGIC   "DDPCKPT" /* 8 bytes with its terminating zero */
-#define DDP_CKPT_VERSION 2u        /* version 1, without buffers, is read too */
+#define DDP_CKPT_VERSION 3u        /* versions 1 (no buffers) and 2 (no schedule) are read too */
 
 /* What a checkpoint says about itself. The pointers point into the buffer that was
  * parsed; the texts are not zero-terminated; the arrays may be unaligned (copy them). */
@@ -57,9 +59,17 @@ typedef struct {
     int64_t optim_steps;
     uint64_t state_size;  /* elements per state buffer */
     uint64_t num_buffers; /* elements of the model's buffers (version 2; 0 in version 1) */
-    const void *params;   /* (num_params) float32 */
-    const void *states;   /* (num_states, state_size) float32 */
-    const void *buffers;  /* (num_buffers) float32 */
+    /* version 3: the batch schedule and the noise scale's averages (in older files: the
+     * fixed batch's values, and no averages) */
+    uint64_t batch_now;   /* the global batch of the next step */
+    uint64_t sampler_pos; /* samples of the sampler's epoch before the next batch */
+    int64_t samples;      /* samples trained on */
+    int64_t batch_step;   /* the step after which the batch last changed */
+    double gns_g2, gns_trace;
+    int64_t gns_n;
+    const void *params;  /* (num_params) float32 */
+    const void *states;  /* (num_states, state_size) float32 */
+    const void *buffers; /* (num_buffers) float32 */
 } ddp_checkpoint_info;
 
 /* Checks a checkpoint image in memory: magic, CRC, version, and that every field lies

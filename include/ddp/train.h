@@ -23,6 +23,8 @@ extern "C" {
 /* What a step does when the loss or the averaged gradients are NaN or infinite. Every
  * rank sees the same averaged gradients, so all ranks decide alike. */
 enum { DDP_NONFINITE_ABORT = 0, DDP_NONFINITE_SKIP = 1 };
+enum { DDP_BATCH_FIXED = 0, DDP_BATCH_ADAPTIVE = 1 };
+enum { DDP_LR_SCALING_LINEAR = 0, DDP_LR_SCALING_SQRT = 1 };
 
 typedef struct {
     /* model */
@@ -63,6 +65,9 @@ typedef struct {
      * every time. */
     int64_t eval_tokens;
     int check_sync; /* steps between bitwise parameter checks; 0 = never */
+    /* stop after the first evaluation whose test accuracy reaches this (time-to-accuracy
+     * runs); 0 = never */
+    float target_accuracy;
     char metrics_path[DDP_PATH_MAX];
     char trace_path[DDP_PATH_MAX]; /* Chrome trace events, one file per rank */
     int quiet;                     /* no progress lines */
@@ -75,6 +80,12 @@ typedef struct {
      * micro-batch and global-batch gradients; logged as B_simple */
     int gns;       /* estimate it (default 1; --no-gns) */
     float gns_ema; /* decay of its moving averages per step (default 0.99) */
+    /* the batch schedule: DDP_BATCH_FIXED, or DDP_BATCH_ADAPTIVE, which doubles the
+     * accumulation steps (so the global batch) when B_simple exceeds the batch, up to
+     * max_global_batch, with the learning rate scaled by lr_scaling (batch_schedule.c) */
+    int batch_schedule;
+    int lr_scaling; /* DDP_LR_SCALING_LINEAR (Goyal et al. 2017) or DDP_LR_SCALING_SQRT */
+    size_t max_global_batch;
     /* failure detection (per rank; not part of the fingerprint) */
     float timeout_s; /* a collective blocked this long ends the job (--timeout); 0 = never */
 } ddp_train_config;

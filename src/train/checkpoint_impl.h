@@ -8,7 +8,7 @@
 #include "ddp/checkpoint.h"
 
 /* Bytes of the fixed fields of the header (all but the two texts and the padding). */
-#define DDP_CKPT_FIXED_BYTES 116u /* version 1: 108, without the buffers' count */
+#define DDP_CKPT_FIXED_BYTES 172u /* version 2: 116 (no schedule), 1: 108 (no buffers) */
 /* The float data start at a multiple of this many bytes. */
 #define DDP_CKPT_ALIGN 64u
 

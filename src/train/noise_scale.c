@@ -143,3 +143,14 @@ void ddp_trainer_gns_unpack(ddp_trainer *t, const double sums[2], ddp_step_stats
     st->gns_b_simple = ddp_gns_b_simple(&t->gns);
     st->gns_valid = 1;
 }
+
+ddp_status ddp_trainer_gns_sync(ddp_trainer *t) {
+    if (ddp_trainer_gns_source(t) == DDP_GNS_NONE) return DDP_OK;
+    double v[2];
+    ddp_trainer_gns_pack(t, v);
+    /* The caller's every rank reaches this at the same step. */
+    DDP_CHECK(ddp_comm_allreduce(t->ctrl, v, 2, DDP_F64, DDP_SUM));
+    t->gns.g2 = v[0] / (double)t->world;
+    t->gns.tr = v[1] / (double)t->world;
+    return DDP_OK;
+}

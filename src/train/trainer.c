@@ -63,6 +63,9 @@ static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
                          ? t->cfg.max_steps
                          : (int64_t)t->cfg.epochs * (int64_t)t->sampler.steps_per_epoch;
     t->cfg.sched.total_steps = t->total_steps;
+    t->start_batch = t->cfg.global_batch;
+    t->start_accum = t->cfg.accum;
+    DDP_CHECK(ddp_trainer_batch_check(t));
     DDP_CHECK(ddp_model_create(b, &t->cfg.model, t->max_batch, &t->model));
     /* Same seed on every rank: identical initial parameters without a broadcast. */
     DDP_CHECK(ddp_model_init_params(t->model, t->cfg.seed));
@@ -282,7 +285,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
      * it decides whether the gradients are finite, and clipping is its coefficient
      * applied inside the update. */
     DDP_CHECK(ddp_grad_norm(b, grads, t->num_params, &st->grad_norm));
-    st->lr = ddp_schedule_lr(&c->sched, t->step);
+    st->lr = ddp_trainer_batch_lr(t);
     if (!isfinite(st->grad_norm)) {
         if (c->on_nonfinite == DDP_NONFINITE_ABORT)
             return DDP_FAIL(DDP_ERR_NONFINITE,
@@ -310,6 +313,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     st->t_optim = ddp_time_now() - t1;
 
     t->step++;
+    t->samples += (int64_t)c->global_batch;
     st->step = t->step;
     st->epoch = t->epoch;
     if (log_step) {
@@ -317,6 +321,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         /* All ranks log on the same steps (log_every is in the fingerprint). */
         DDP_CHECK(reduce_stats(t, sums));
         ddp_trainer_gns_unpack(t, sums + 2, st);
+        DDP_CHECK(ddp_trainer_batch_adapt(t, st));
         st->loss = sums[0] / ((double)c->global_batch * (double)t->src->positions(t));
         st->logged = 1;
     }

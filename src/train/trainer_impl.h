@@ -55,7 +55,8 @@ struct ddp_trainer {
     int checkpoints_ready; /* ddp_trainer_prepare_checkpoints has run (and agreed) */
     int grads_shared;      /* the gradients live in node-shared memory (share_gradients) */
     size_t num_params;
-    int64_t step; /* steps completed */
+    int64_t step;    /* steps completed */
+    int64_t samples; /* samples trained on over all ranks (steps x their global batches) */
     int64_t total_steps;
     uint64_t epoch;        /* epoch of the last step */
     size_t max_batch;      /* samples the model's activations hold */
@@ -68,6 +69,11 @@ struct ddp_trainer {
     ddp_gns_ema gns;
     double gns_local_sq; /* this step: squares of this rank's micro-batch gradient, summed */
     size_t gns_covered;  /* elements summed into gns_local_sq so far */
+    /* the batch schedule (batch_schedule.c); cfg.global_batch and cfg.accum are the
+     * current ones */
+    size_t start_batch; /* cfg.global_batch as configured */
+    int start_accum;
+    int64_t batch_step; /* the step after which the batch last changed */
     /* source_idx: samples on the device (or the host arrays themselves on the CPU) */
     size_t dim;
     int num_classes;
@@ -100,5 +106,30 @@ void ddp_trainer_gns_observe(ddp_trainer *t, ddp_step_stats *st);
  * back (every rank then holds the mean; st gets the noise scale). */
 void ddp_trainer_gns_pack(const ddp_trainer *t, double out[2]);
 void ddp_trainer_gns_unpack(ddp_trainer *t, const double sums[2], ddp_step_stats *st);
+
+/* Makes every rank's share of the noise scale's averages their mean (before a
+ * checkpoint saves them). COLLECTIVE over ctrl when the noise scale is estimated. */
+ddp_status ddp_trainer_gns_sync(ddp_trainer *t);
+
+/* The batch schedule (batch_schedule.c). */
+int ddp_trainer_adaptive(const ddp_trainer *t);
+/* Whether the schedule fits the run (source, length, a noise scale to follow). */
+ddp_status ddp_trainer_batch_check(const ddp_trainer *t);
+/* The most samples a rank's share of a batch will hold. */
+size_t ddp_trainer_max_local_batch(const ddp_trainer *t);
+/* This step's learning rate: the schedule's, scaled to the batch. */
+float ddp_trainer_batch_lr(const ddp_trainer *t);
+/* Epochs done, with the fraction of the current one. */
+double ddp_trainer_epoch_progress(const ddp_trainer *t);
+/* Makes the batch micro x accum x world from the next step on (sampler, run length). */
+ddp_status ddp_trainer_batch_set(ddp_trainer *t, int accum);
+/* After a logged step: doubles the batch when the noise scale says so. Every rank
+ * decides alike (the noise scale was just reduced). Not collective. */
+ddp_status ddp_trainer_batch_adapt(ddp_trainer *t, const ddp_step_stats *st);
+/* Resuming: the batch of a checkpoint's next step and the sampler's cursor. */
+ddp_status ddp_trainer_batch_resume(ddp_trainer *t, size_t batch, uint64_t epoch, size_t step,
+                                    size_t pos);
+/* Sets the run length from the sampler's cursor, the batch and cfg.epochs. */
+void ddp_trainer_batch_steps_left(ddp_trainer *t);
 
 #endif
