@@ -4,6 +4,7 @@
 # training time to target against the batch at each rank count. Right: B_simple over the
 # training of each fixed-batch run of one rank (seed 1), and the adaptive run's batch size.
 set terminal pngcairo size 1800,560 font ",10"
+set termoption noenhanced
 set output dir."/tta.png"
 set datafile separator whitespace
 set multiplot layout 1,3
