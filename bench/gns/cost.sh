@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# What the gradient noise scale costs per step: ddp-bench train with the estimator (the
-# default) and with --no-gns, in interleaved rounds (bench/speedup-ab.sh), for its two
-# ways of measuring the small-batch gradient:
+# What the gradient noise scale costs per step: ddp-bench train with --no-gns, with the
+# estimator on every step (the default) and on every 10th (--gns-every 10), in
+# interleaved rounds (bench/speedup-ab.sh), for its two ways of measuring the small-batch
+# gradient:
 #   ready  2 ranks, no accumulation: each range summed as backward hands it to the reducer
 #   micro0 1 rank, 2 micro-batches: one pass over the buffer after micro-batch 0
 # on the README's MLP (784-256-128-10, 235 k parameters, batch 128) and on the scaling
@@ -21,5 +22,6 @@ for cfg in "ready|-np 2|--batch 128|256,128" "micro0|-np 1|--batch 128 --accum 2
     echo
     echo "== $how: $np, $batch, hidden $hidden"
     base="$MPI $np $BENCH train --hidden $hidden $batch --bench-steps $STEPS --warmup-steps 20"
-    "$ROOT/bench/speedup-ab.sh" -r "$ROUNDS" off="$base --no-gns" on="$base"
+    "$ROOT/bench/speedup-ab.sh" -r "$ROUNDS" off="$base --no-gns" on="$base" \
+        every10="$base --gns-every 10"
 done

@@ -79,7 +79,8 @@ typedef struct {
     /* gradient noise scale (McCandlish et al. 2018), estimated each step from the
      * micro-batch and global-batch gradients; logged as B_simple */
     int gns;       /* estimate it (default 1; --no-gns) */
-    float gns_ema; /* decay of its moving averages per step (default 0.99) */
+    float gns_ema; /* decay of its moving averages per estimate (default 0.99) */
+    int gns_every; /* estimate on every gns_every-th step (default 1) */
     /* the batch schedule: DDP_BATCH_FIXED, or DDP_BATCH_ADAPTIVE, which doubles the
      * accumulation steps (so the global batch) when B_simple exceeds the batch, up to
      * max_global_batch, with the learning rate scaled by lr_scaling (batch_schedule.c) */

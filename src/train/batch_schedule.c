@@ -108,7 +108,7 @@ ddp_status ddp_trainer_batch_adapt(ddp_trainer *t, const ddp_step_stats *st) {
     if (!ddp_trainer_adaptive(t)) return DDP_OK;
     if (!st->gns_valid || !(st->gns_b_simple > (double)c->global_batch)) return DDP_OK;
     if (2 * c->global_batch > c->max_global_batch) return DDP_OK;
-    double window = 1.0 / (1.0 - (double)c->gns_ema);
+    double window = (double)c->gns_every / (1.0 - (double)c->gns_ema);
     if ((double)(t->step - t->batch_step) < window) return DDP_OK;
     size_t from = c->global_batch;
     DDP_CHECK(ddp_trainer_batch_set(t, 2 * c->accum));

@@ -47,6 +47,7 @@ void ddp_train_config_defaults(ddp_train_config *cfg) {
     cfg->timeout_s = 300.0f;
     cfg->gns = 1;
     cfg->gns_ema = 0.99f;
+    cfg->gns_every = 1;
     cfg->batch_schedule = DDP_BATCH_FIXED;
     cfg->lr_scaling = DDP_LR_SCALING_LINEAR;
     cfg->max_global_batch = 0;
@@ -172,6 +173,8 @@ ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world) {
     if (cfg->max_global_batch == 0) cfg->max_global_batch = cfg->global_batch;
     if (!(cfg->gns_ema >= 0.0f && cfg->gns_ema < 1.0f))
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "--gns-ema %g must be in [0, 1)", cfg->gns_ema);
+    if (cfg->gns_every < 1)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "--gns-every %d must be at least 1", cfg->gns_every);
     if ((cfg->checkpoint_every > 0 || cfg->resume) && !cfg->checkpoint_dir[0])
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "--checkpoint-every and --resume need --checkpoint-dir "
@@ -231,8 +234,8 @@ size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t
     if (cfg->target_accuracy > 0.0f) PUT(" target=%a", cfg->target_accuracy);
     /* The adaptive schedule changes the batch, the steps and the rate alike everywhere. */
     if (cfg->batch_schedule == DDP_BATCH_ADAPTIVE)
-        PUT(" batch_schedule=adaptive max_batch=%zu lr_scaling=%d gns_ema=%a",
-            cfg->max_global_batch, cfg->lr_scaling, cfg->gns_ema);
+        PUT(" batch_schedule=adaptive max_batch=%zu lr_scaling=%d gns_ema=%a gns_every=%d",
+            cfg->max_global_batch, cfg->lr_scaling, cfg->gns_ema, cfg->gns_every);
 #undef PUT
     if (cap == 0) return 0; /* nothing written, not even the terminating zero */
     return (size_t)n < cap ? (size_t)n : cap - 1;

@@ -62,6 +62,13 @@ int ddp_trainer_gns_source(const ddp_trainer *t) {
     return t->world > 1 ? DDP_GNS_READY : DDP_GNS_NONE;
 }
 
+/* Where this step's small-batch gradient is measured: every gns_every-th step only (the
+ * step's index is the same on every rank, and does not change until the step ends). */
+static int measured_now(const ddp_trainer *t) {
+    if (t->step % t->cfg.gns_every != 0) return DDP_GNS_NONE;
+    return ddp_trainer_gns_source(t);
+}
+
 /* A ddp_grad_ready_fn (ctx = the trainer): adds the squares of the range, then hands it
  * to the reducer, which may start all-reducing it at once. */
 static ddp_status gns_ready(void *ctx, size_t offset, size_t count) {
@@ -75,7 +82,7 @@ static ddp_status gns_ready(void *ctx, size_t offset, size_t count) {
 }
 
 void ddp_trainer_gns_ready_fn(ddp_trainer *t, ddp_grad_ready_fn *fn, void **ctx) {
-    if (ddp_trainer_gns_source(t) == DDP_GNS_READY) {
+    if (measured_now(t) == DDP_GNS_READY) {
         *fn = gns_ready;
         *ctx = t;
     } else {
@@ -85,7 +92,7 @@ void ddp_trainer_gns_ready_fn(ddp_trainer *t, ddp_grad_ready_fn *fn, void **ctx)
 }
 
 ddp_status ddp_trainer_gns_after_backward(ddp_trainer *t, int k) {
-    int src = ddp_trainer_gns_source(t);
+    int src = measured_now(t);
     if (src == DDP_GNS_NONE) return DDP_OK;
     const float *grads = ddp_model_grads(t->model);
     if (src == DDP_GNS_MICRO0) {
@@ -110,7 +117,7 @@ ddp_status ddp_trainer_gns_after_backward(ddp_trainer *t, int k) {
 }
 
 void ddp_trainer_gns_observe(ddp_trainer *t, ddp_step_stats *st) {
-    int src = ddp_trainer_gns_source(t);
+    int src = measured_now(t);
     double local = t->gns_local_sq;
     t->gns_local_sq = 0.0;
     t->gns_covered = 0;

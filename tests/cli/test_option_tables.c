@@ -74,6 +74,7 @@ static const opt_case train_cases[] = {
     {"on-nonfinite", "skip", "ignore"},
     {"no-gns", NULL, "1"},
     {"gns-ema", "0.9", "1"},
+    {"gns-every", "10", "0"},
     {"batch-schedule", "adaptive", "dynamic"},
     {"max-batch", "4096", "0"},
     {"lr-scaling", "sqrt", "cubic"},

@@ -12,7 +12,8 @@
  *    its squared norm equals rank 0's, and both see the same averaged gradient;
  *  - the ranges measured as backward hands them to the reducer (overlap) add up to what
  *    one pass over the buffer measures (no overlap);
- *  - on logged steps every rank holds the same B_simple.
+ *  - on logged steps every rank holds the same B_simple;
+ *  - --gns-every N measures on every N-th step only.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -266,6 +267,22 @@ static void every_rank_reads_the_same_noise_scale(void **state) {
     }
 }
 
+/* --gns-every 2 measures on steps 1 and 3 (indices 0 and 2), not on step 2; the values
+ * measured are those of the run that measures every step (the parameters do not depend
+ * on the estimate). */
+static void gns_every_skips_the_steps_between(void **state) {
+    ddp_train_config c = base_config(), every = base_config();
+    c.accum = 2;
+    every.accum = 2;
+    every.gns_every = 2;
+    ddp_step_stats a[STEPS], b[STEPS];
+    run_steps(c, world_comm, a);
+    run_steps(every, world_comm, b);
+    assert_true(b[0].gns_b_small > 0.0 && b[1].gns_b_small == 0.0 && b[2].gns_b_small > 0.0);
+    assert_true(b[0].gns_small_sq == a[0].gns_small_sq && b[2].gns_small_sq == a[2].gns_small_sq);
+    assert_true(b[1].gns_valid); /* the averages are still read on logged steps */
+}
+
 int main(int argc, char **argv) {
     mpi_test_init(&argc, &argv, &backend, &world_comm, &rank, &world);
     assert_int_equal(ddp_comm_create(DDP_COMM_LOCAL, backend, &local_comm), DDP_OK);
@@ -279,6 +296,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(the_norms_are_the_gradients_norms),
         cmocka_unit_test(ready_ranges_add_up_to_the_whole_buffer),
         cmocka_unit_test(every_rank_reads_the_same_noise_scale),
+        cmocka_unit_test(gns_every_skips_the_steps_between),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     ddp_dataset_free(&train_set);
