@@ -119,6 +119,7 @@ typedef struct {
     /* gradient noise scale: this step's squared norms of this rank's micro-batch gradient
      * and of the averaged gradient, and their batch sizes (0 when not measured) */
     double gns_b_small, gns_small_sq, gns_b_big, gns_big_sq;
+    double t_gns; /* seconds this rank spent measuring the micro-batch's norm (its cost) */
     /* logged steps: the moving averages over ranks of the estimates of |G|^2 and
      * tr(Sigma), and B_simple = tr(Sigma) / |G|^2 (gns_valid set) */
     int gns_valid;

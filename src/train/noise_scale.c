@@ -73,8 +73,9 @@ static int measured_now(const ddp_trainer *t) {
  * to the reducer, which may start all-reducing it at once. */
 static ddp_status gns_ready(void *ctx, size_t offset, size_t count) {
     ddp_trainer *t = ctx;
-    double sq;
+    double sq, t0 = ddp_time_now();
     DDP_CHECK(ddp_backend_sumsq(t->backend, ddp_model_grads(t->model) + offset, count, &sq));
+    t->gns_time += ddp_time_now() - t0;
     t->gns_local_sq += sq;
     t->gns_covered += count;
     DDP_CHECK(ddp_reducer_ready(t->reducer, offset, count));
@@ -97,7 +98,9 @@ ddp_status ddp_trainer_gns_after_backward(ddp_trainer *t, int k) {
     const float *grads = ddp_model_grads(t->model);
     if (src == DDP_GNS_MICRO0) {
         if (k == 0) {
+            double t0 = ddp_time_now();
             DDP_CHECK(ddp_backend_sumsq(t->backend, grads, t->num_params, &t->gns_local_sq));
+            t->gns_time += ddp_time_now() - t0;
             t->gns_covered = t->num_params;
         }
         return DDP_OK;
@@ -119,8 +122,10 @@ ddp_status ddp_trainer_gns_after_backward(ddp_trainer *t, int k) {
 void ddp_trainer_gns_observe(ddp_trainer *t, ddp_step_stats *st) {
     int src = measured_now(t);
     double local = t->gns_local_sq;
+    st->t_gns = t->gns_time;
     t->gns_local_sq = 0.0;
     t->gns_covered = 0;
+    t->gns_time = 0.0;
     if (src == DDP_GNS_NONE || st->skipped) return;
     /* The buffer holds gradients summed over samples and scaled by 1 / B: the micro-batch's
      * mean gradient is the buffer times B / b. */

@@ -54,7 +54,8 @@ static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, const 
                 {"t_step", st->t_step},
                 {"t_exposed_comm", st->t_exposed},
                 {"t_comm_cpu", st->t_comm_cpu},
-                {"grad_norm", st->grad_norm}};
+                {"grad_norm", st->grad_norm},
+                {"t_gns", st->t_gns}};
     if (st->gns_valid) {
         json_object_set_new(o, "gns_b_simple", number(st->gns_b_simple));
         json_object_set_new(o, "gns_g2", number(st->gns_g2));

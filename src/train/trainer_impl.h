@@ -69,6 +69,7 @@ struct ddp_trainer {
     ddp_gns_ema gns;
     double gns_local_sq; /* this step: squares of this rank's micro-batch gradient, summed */
     size_t gns_covered;  /* elements summed into gns_local_sq so far */
+    double gns_time;     /* seconds this step spent measuring it */
     /* the batch schedule (batch_schedule.c); cfg.global_batch and cfg.accum are the
      * current ones */
     size_t start_batch; /* cfg.global_batch as configured */
