@@ -49,7 +49,7 @@ def main():
               "B_simple at the target, median over the batches: %.0f" %
               (n, s_min, crit, statistics.median(p[2] for p in pts)))
         for (b0, s0, _), (b1, s1, _) in zip(pts, pts[1:]):
-            print("  batch %5d -> %5d: steps x %.2f (perfect scaling 0.5)" % (b0, b1, s1 / s0))
+            print("  batch %5d -> %5d: steps x %.2f (perfect scaling %.2f)" % (b0, b1, s1 / s0, b0 / b1))
 
 
 if __name__ == "__main__":
