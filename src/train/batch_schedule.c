@@ -9,7 +9,7 @@
  *
  * Decisions are taken on logging steps, the steps where the noise scale's averages are
  * reduced over ranks, so every rank decides alike, and at least one averaging window
- * (1 / (1 - gns_ema) steps) after the previous change. The sampler continues from where
+ * (gns_every / (1 - gns_ema) steps) after the previous change. The sampler continues from where
  * the last batch ended in the epoch's order, so every sample is still used once per epoch.
  */
 #include <math.h>
