@@ -140,7 +140,7 @@ ddp_status ddp_sampler_set_batch(ddp_sampler *s, size_t global_batch) {
 ddp_status ddp_sampler_seek_pos(ddp_sampler *s, uint64_t epoch, size_t step, size_t pos) {
     if (s == NULL || s->order == NULL)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "ddp_sampler_seek_pos: sampler not initialized");
-    if (pos + s->global_batch > s->n || step > pos)
+    if (pos > s->n || s->n - pos < s->global_batch || step > pos)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "cannot resume at sample %zu (step %zu) of epoch %llu: an epoch of %zu "
                         "samples has no full batch of %zu there; was the checkpoint written "

@@ -169,7 +169,8 @@ static int parse_header(const unsigned char *buf, size_t len, ddp_checkpoint_inf
         /* A fixed batch throughout, and no noise-scale averages. */
         h->batch_now = h->global_batch;
         h->sampler_pos = h->sampler_step * h->global_batch;
-        h->samples = h->step * (int64_t)h->global_batch;
+        /* Unsigned: a damaged file's numbers must not overflow a signed product. */
+        h->samples = (int64_t)((uint64_t)h->step * h->global_batch);
     }
     if (r.short_read) return 0;
     /* Bounded so that the products below cannot overflow. */

@@ -340,6 +340,8 @@ static void test_batch_change_keeps_each_sample_once_per_epoch(void **state) {
     assert_int_equal(ddp_sampler_set_batch(&s, 102), DDP_ERR_INVALID_ARG);
     assert_int_equal(ddp_sampler_seek_pos(&s, 0, 0, 96), DDP_ERR_INVALID_ARG);
     assert_msg_has("no full batch");
+    /* A damaged checkpoint's position may be anything; it must not wrap around. */
+    assert_int_equal(ddp_sampler_seek_pos(&s, 0, 0, SIZE_MAX - 2), DDP_ERR_INVALID_ARG);
     ddp_sampler_free(&s);
 }
 
