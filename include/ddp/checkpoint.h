@@ -8,20 +8,26 @@
  * state is stored because there is none to store: the shuffle order of an epoch is
  * derived from (seed, epoch) alone, so the cursor (epoch, step in epoch) recreates it.
  *
- * File layout (version 2; integers little-endian; docs/checkpoints.md has the table):
+ * File layout (version 3; integers little-endian; docs/checkpoints.md has the table):
  *   "DDPCKPT\0", u32 version, u32 fingerprint (CRC-32 of the settings text),
  *   u32 length + settings text, u32 length + model description, u64 parameters,
  *   u64 global batch, u32 ranks of the writer, i64 step, u64 epoch, u64 sampler epoch,
  *   u64 sampler step, i64 schedule length, u32 optimizer kind, u32 state buffers,
  *   i64 optimizer steps, u64 elements per state buffer, u64 elements of the model's
- *   buffers (version 2 only), zero padding to a multiple of 64 bytes, float32 parameters,
- *   float32 state buffers, float32 model buffers (running statistics; version 2), u32
- *   CRC-32 of all bytes before.
+ *   buffers (version 2 on), u64 global batch of the next step, u64 sampler position in
+ *   samples, i64 samples trained, i64 step of the last batch change, f64 x 2 and i64 the
+ *   noise scale's moving averages and their count, u32 shard files, u32 shard index, u64
+ *   shard size (version 3 on), zero padding to a multiple of 64 bytes, float32
+ *   parameters, float32 state buffers, float32 model buffers (running statistics;
+ *   version 2 on), a manifest's u32 CRC-32 per shard file, u32 CRC-32 of all bytes
+ *   before.
  *
  * Files are named ckpt-<step, 8 digits>.ddp and appear only complete: rank 0 writes a
  * hidden temporary file, syncs it, renames it into place and syncs the directory, so a
  * process killed at any moment leaves the previous checkpoints intact (and at worst a
- * stale temporary file, which is ignored and later removed).
+ * stale temporary file, which is ignored and later removed). With sharded optimizer state
+ * (--zero 1, 2) every rank first writes ckpt-<step>.shard-<rank>-of-<ranks>.ddp the same
+ * way, and ckpt-<step>.ddp is the manifest that commits them.
  */
 #ifndef DDP_CHECKPOINT_H
 #define DDP_CHECKPOINT_H
@@ -33,8 +39,9 @@
 extern "C" {
 #endif
 
-#define DDP_CKPT_MAGIC   "DDPCKPT" /* 8 bytes with its terminating zero */
-#define DDP_CKPT_VERSION 3u        /* versions 1 (no buffers) and 2 (no shards) are read too */
+#define DDP_CKPT_MAGIC "DDPCKPT" /* 8 bytes with its terminating zero */
+#define DDP_CKPT_VERSION                                                                           \
+    3u /* versions 1 (no buffers) and 2 (no schedule, no shards) are read too */
 /* shard_index of a manifest: the file that commits a sharded checkpoint */
 #define DDP_CKPT_MANIFEST 0xffffffffu
 
@@ -59,6 +66,14 @@ typedef struct {
     int64_t optim_steps;
     uint64_t state_size;  /* elements per state buffer */
     uint64_t num_buffers; /* elements of the model's buffers (version 2; 0 in version 1) */
+    /* version 3: the batch schedule and the noise scale's averages (in older files: the
+     * fixed batch's values, and no averages) */
+    uint64_t batch_now;   /* the global batch of the next step */
+    uint64_t sampler_pos; /* samples of the sampler's epoch before the next batch */
+    int64_t samples;      /* samples trained on */
+    int64_t batch_step;   /* the step after which the batch last changed */
+    double gns_g2, gns_trace;
+    int64_t gns_n;
     /* Version 3: optimizer state sharded over `shards` files (0: it is in this file).
      * A manifest (shard_index DDP_CKPT_MANIFEST) holds everything but the state, and the
      * CRC-32 of each shard file; state_size is then the elements of each whole state

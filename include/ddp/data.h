@@ -79,6 +79,7 @@ typedef struct {
     size_t steps_per_epoch; /* n / global_batch (tail dropped) */
     uint64_t epoch;         /* epoch of the next batch */
     size_t step;            /* step within that epoch of the next batch */
+    size_t pos;             /* samples of the epoch's order handed out before it */
     uint32_t *order;        /* (n) permutation of the current epoch */
 } ddp_sampler;
 
@@ -91,6 +92,15 @@ ddp_status ddp_sampler_next(ddp_sampler *s, int32_t *idx, uint64_t *epoch_out);
 /* Positions the sampler so that the next batch is step `step` of epoch `epoch`
  * (resuming from a checkpoint). */
 ddp_status ddp_sampler_seek(ddp_sampler *s, uint64_t epoch, size_t step);
+/* Changes the global batch from the next batch on (an adaptive batch schedule): the
+ * next batch starts where the last one ended in the epoch's order, so that every sample
+ * is still used at most once per epoch, and a new epoch begins when fewer than
+ * global_batch samples are left of this one (that tail is dropped, as always). Fails
+ * with a message if global_batch is 0, not divisible by world, or larger than n. */
+ddp_status ddp_sampler_set_batch(ddp_sampler *s, size_t global_batch);
+/* Positions the sampler at sample `pos` of epoch `epoch`'s order, as step `step` of that
+ * epoch (resuming a run whose batch changed within the epoch). */
+ddp_status ddp_sampler_seek_pos(ddp_sampler *s, uint64_t epoch, size_t step, size_t pos);
 void ddp_sampler_free(ddp_sampler *s);
 
 /* The contiguous part of n items that rank r evaluates: every item exactly once over

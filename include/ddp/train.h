@@ -23,6 +23,8 @@ extern "C" {
 /* What a step does when the loss or the averaged gradients are NaN or infinite. Every
  * rank sees the same averaged gradients, so all ranks decide alike. */
 enum { DDP_NONFINITE_ABORT = 0, DDP_NONFINITE_SKIP = 1 };
+enum { DDP_BATCH_FIXED = 0, DDP_BATCH_ADAPTIVE = 1 };
+enum { DDP_LR_SCALING_LINEAR = 0, DDP_LR_SCALING_SQRT = 1 };
 
 typedef struct {
     /* model */
@@ -69,6 +71,9 @@ typedef struct {
      * every time. */
     int64_t eval_tokens;
     int check_sync; /* steps between bitwise parameter checks; 0 = never */
+    /* stop after the first evaluation whose test accuracy reaches this (time-to-accuracy
+     * runs); 0 = never */
+    float target_accuracy;
     char metrics_path[DDP_PATH_MAX];
     char trace_path[DDP_PATH_MAX]; /* Chrome trace events, one file per rank */
     int quiet;                     /* no progress lines */
@@ -77,6 +82,17 @@ typedef struct {
     int checkpoint_every;              /* steps between checkpoints; 0 = only after the last step */
     int keep;                          /* newest checkpoints kept; 0 = all */
     int resume;                        /* continue from the newest checkpoint in checkpoint_dir */
+    /* gradient noise scale (McCandlish et al. 2018), estimated each step from the
+     * micro-batch and global-batch gradients; logged as B_simple */
+    int gns;       /* estimate it (default 1; --no-gns) */
+    float gns_ema; /* decay of its moving averages per estimate (default 0.99) */
+    int gns_every; /* estimate on every gns_every-th step (default 1) */
+    /* the batch schedule: DDP_BATCH_FIXED, or DDP_BATCH_ADAPTIVE, which doubles the
+     * accumulation steps (so the global batch) when B_simple exceeds the batch, up to
+     * max_global_batch, with the learning rate scaled by lr_scaling (batch_schedule.c) */
+    int batch_schedule;
+    int lr_scaling; /* DDP_LR_SCALING_LINEAR (Goyal et al. 2017) or DDP_LR_SCALING_SQRT */
+    size_t max_global_batch;
     /* failure detection (per rank; not part of the fingerprint) */
     float timeout_s; /* a collective blocked this long ends the job (--timeout); 0 = never */
 } ddp_train_config;
@@ -110,6 +126,14 @@ typedef struct {
                          * gradients' reduce-scatters) */
     double t_comm_cpu;  /* CPU seconds communication took (ddp_reducer_stats) */
     int skipped;        /* the update was skipped: non-finite gradients */
+    /* gradient noise scale: this step's squared norms of this rank's micro-batch gradient
+     * and of the averaged gradient, and their batch sizes (0 when not measured) */
+    double gns_b_small, gns_small_sq, gns_b_big, gns_big_sq;
+    double t_gns; /* seconds this rank spent measuring the micro-batch's norm (its cost) */
+    /* logged steps: the moving averages over ranks of the estimates of |G|^2 and
+     * tr(Sigma), and B_simple = tr(Sigma) / |G|^2 (gns_valid set) */
+    int gns_valid;
+    double gns_g2, gns_trace, gns_b_simple;
 } ddp_step_stats;
 
 typedef struct ddp_trainer ddp_trainer;

@@ -87,6 +87,10 @@ static const char *const optims[] = {"sgd", "adamw", NULL};
 static const int optim_values[] = {DDP_OPTIM_SGD, DDP_OPTIM_ADAMW};
 static const char *const schedules[] = {"constant", "cosine", NULL};
 static const int schedule_values[] = {DDP_SCHED_CONSTANT, DDP_SCHED_COSINE};
+static const char *const batch_schedules[] = {"fixed", "adaptive", NULL};
+static const int batch_schedule_values[] = {DDP_BATCH_FIXED, DDP_BATCH_ADAPTIVE};
+static const char *const lr_scalings[] = {"linear", "sqrt", NULL};
+static const int lr_scaling_values[] = {DDP_LR_SCALING_LINEAR, DDP_LR_SCALING_SQRT};
 static const char *const devices[] = {"auto", "cpu", "cuda", NULL};
 static const int device_values[] = {DDP_DEVICE_AUTO, DDP_DEVICE_CPU, DDP_DEVICE_CUDA};
 static const char *const comms[] = {"auto", "mpi", "nccl", NULL};
@@ -159,6 +163,16 @@ static const ddp_cli_opt train_opts[] = {
         "epochs (default 20); the tail batch of an epoch is dropped", .lo = 1, .hi = 1 << 20),
     OPT(U64, "steps", train.max_steps, "S", "stop after S steps instead", .lo = 1,
         .hi = (uint64_t)1 << 40),
+    OPT(CHOICE, "batch-schedule", train.batch_schedule, NULL,
+        "(default fixed) adaptive: double --accum, so the batch,\n"
+        "when the measured noise scale B_simple exceeds it",
+        .choices = batch_schedules, .values = batch_schedule_values),
+    OPT(U64, "max-batch", train.max_global_batch, "B",
+        "adaptive: the largest global batch (default: --batch)", .lo = 1, .hi = 1u << 30),
+    OPT(CHOICE, "lr-scaling", train.lr_scaling, NULL,
+        "adaptive: the rate at batch B is --lr x B/B0 (linear,\n"
+        "default) or x sqrt(B/B0), B0 the starting batch",
+        .choices = lr_scalings, .values = lr_scaling_values),
     OPT_HEADING("Optimizer"),
     OPT(CHOICE, "optim", train.optim.kind, NULL, "(default sgd, momentum 0.9)", .choices = optims,
         .values = optim_values),
@@ -212,6 +226,14 @@ static const ddp_cli_opt train_opts[] = {
         "2 also the gradients",
         .lo = 0, .hi = 2),
     OPT_PROGRESS_ENTRY(train.reducer.progress),
+    OPT(FLAG, "no-gns", train.gns, NULL, "do not estimate the gradient noise scale (B_simple)",
+        .lo = 0),
+    OPT(FLOAT, "gns-ema", train.gns_ema, "D",
+        "decay per estimate of the noise scale's moving averages\n(default 0.99)", .min = 0.0,
+        .max = 0.999999),
+    OPT(INT, "gns-every", train.gns_every, "N",
+        "estimate the noise scale on every N-th step only\n(default 1; the cost per step / N)",
+        .lo = 1, .hi = 1 << 30),
     OPT(CHOICE, "on-nonfinite", train.on_nonfinite, NULL,
         "NaN/inf gradients: stop (default) or skip the step", .choices = policies,
         .values = policy_values),
@@ -226,6 +248,8 @@ static const ddp_cli_opt train_opts[] = {
         "steps between test evaluations (default: each epoch)", .lo = 1, .hi = 1 << 30),
     OPT(INT, "check-sync", train.check_sync, "N",
         "verify every N steps that all ranks hold identical\nparameters", .lo = 1, .hi = 1 << 30),
+    OPT(FLOAT, "target-accuracy", train.target_accuracy, "A",
+        "stop after the first evaluation reaching test accuracy A", .min = 0.0, .max = 1.0),
     OPT(PATH, "metrics", train.metrics_path, "FILE", "one JSON object per logged step (rank 0)",
         .per_rank = 1),
     OPT(PATH, "dump-params", dump_params, "FILE",

@@ -97,16 +97,59 @@ ddp_status ddp_sampler_next(ddp_sampler *s, int32_t *idx, uint64_t *epoch_out) {
     if (s == NULL || s->order == NULL || idx == NULL)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "ddp_sampler_next: sampler not initialized or idx is NULL");
-    const uint32_t *slice = s->order + s->step * s->global_batch + (size_t)s->rank * s->local_batch;
+    const uint32_t *slice = s->order + s->pos + (size_t)s->rank * s->local_batch;
     for (size_t i = 0; i < s->local_batch; i++)
         idx[i] = (int32_t)slice[i];
     if (epoch_out) *epoch_out = s->epoch;
 
     /* Move on eagerly, so that epoch and step always name the next batch (which is what
-     * a checkpoint saves). */
-    if (++s->step == s->steps_per_epoch) {
+     * a checkpoint saves). With a fixed batch pos is step x global_batch, and the epoch
+     * ends after steps_per_epoch steps. */
+    s->step++;
+    s->pos += s->global_batch;
+    if (s->pos + s->global_batch > s->n) {
         s->step = 0;
+        s->pos = 0;
         s->epoch++;
+        build_order(s);
+    }
+    return DDP_OK;
+}
+
+ddp_status ddp_sampler_set_batch(ddp_sampler *s, size_t global_batch) {
+    if (s == NULL || s->order == NULL)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "ddp_sampler_set_batch: sampler not initialized");
+    if (global_batch == 0 || global_batch > s->n)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "global batch %zu: a batch must hold 1 to %zu samples (the dataset)",
+                        global_batch, s->n);
+    if (global_batch % (size_t)s->world != 0)
+        return ddp_data_fail_indivisible(s->n, global_batch, s->world);
+    s->global_batch = global_batch;
+    s->local_batch = global_batch / (size_t)s->world;
+    s->steps_per_epoch = s->n / global_batch;
+    if (s->pos + global_batch > s->n) {
+        s->step = 0;
+        s->pos = 0;
+        s->epoch++;
+        build_order(s);
+    }
+    return DDP_OK;
+}
+
+ddp_status ddp_sampler_seek_pos(ddp_sampler *s, uint64_t epoch, size_t step, size_t pos) {
+    if (s == NULL || s->order == NULL)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "ddp_sampler_seek_pos: sampler not initialized");
+    if (pos > s->n || s->n - pos < s->global_batch || step > pos)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "cannot resume at sample %zu (step %zu) of epoch %llu: an epoch of %zu "
+                        "samples has no full batch of %zu there; was the checkpoint written "
+                        "with another dataset?",
+                        pos, step, (unsigned long long)epoch, s->n, s->global_batch);
+    s->step = step;
+    s->pos = pos;
+    if (epoch != s->epoch) {
+        s->epoch = epoch;
         build_order(s);
     }
     return DDP_OK;
@@ -123,6 +166,7 @@ ddp_status ddp_sampler_seek(ddp_sampler *s, uint64_t epoch, size_t step) {
                         step, (unsigned long long)epoch, s->n, s->global_batch,
                         s->steps_per_epoch - 1);
     s->step = step;
+    s->pos = step * s->global_batch;
     if (epoch != s->epoch) {
         s->epoch = epoch;
         build_order(s);

@@ -45,7 +45,11 @@ static int key_may_change(const char *key, size_t n) {
 
 size_t ddp_checkpoint_settings(const ddp_trainer *t, char *buf, size_t cap) {
     char canon[4096];
-    size_t len = ddp_train_config_canonical(&t->cfg, canon, sizeof canon);
+    /* The batch as configured: an adaptive schedule may have grown it since. */
+    ddp_train_config cfg = t->cfg;
+    cfg.global_batch = t->start_batch;
+    cfg.accum = t->start_accum;
+    size_t len = ddp_train_config_canonical(&cfg, canon, sizeof canon);
     size_t n = 0;
     buf[0] = '\0';
     /* Tokens are "key=value" separated by single spaces. */
@@ -147,7 +151,7 @@ static void describe(ddp_trainer *t, ddp_checkpoint_info *out, char *settings) {
         .model = model,
         .model_len = strlen(model),
         .num_params = t->num_params,
-        .global_batch = t->cfg.global_batch,
+        .global_batch = t->start_batch, /* what --batch must say on resume */
         .world = (uint32_t)t->world,
         .step = t->step,
         .epoch = t->epoch,
@@ -160,6 +164,13 @@ static void describe(ddp_trainer *t, ddp_checkpoint_info *out, char *settings) {
         /* Of each whole state buffer, whether or not this file holds it. */
         .state_size = t->num_params,
         .num_buffers = ddp_model_num_buffer_elems(t->model),
+        .batch_now = t->cfg.global_batch,
+        .sampler_pos = t->sampler.pos,
+        .samples = t->samples,
+        .batch_step = t->batch_step,
+        .gns_g2 = t->gns.g2,
+        .gns_trace = t->gns.tr,
+        .gns_n = t->gns.n,
     };
     if (t->cfg.zero > 0) {
         h.shards = (uint32_t)t->world;
@@ -207,6 +218,10 @@ ddp_status ddp_trainer_save_checkpoint(ddp_trainer *t) {
     ddp_status s = ddp_trainer_settle(t);
     if (s != DDP_OK) ddp_error_trace(__FILE__, __LINE__);
     DDP_CHECK(ddp_ckpt_agree(t, s, "finish the parameters' all-gather"));
+    /* Each rank's share of the noise scale's averages becomes their mean, which the file
+     * keeps: the resumed run continues from what this run continues from. Every rank
+     * reaches this after the same step. */
+    DDP_CHECK(ddp_trainer_gns_sync(t));
     if (!t->cfg.checkpoint_dir[0]) {
         s = DDP_FAIL(DDP_ERR_INVALID_ARG, "saving a checkpoint needs --checkpoint-dir");
         ddp_error_trace(__FILE__, __LINE__);

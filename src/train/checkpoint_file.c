@@ -39,10 +39,16 @@ static void put64(unsigned char **p, uint64_t v) {
         *(*p)++ = (unsigned char)(v >> (8 * i));
 }
 
+static void put_f64(unsigned char **p, double v) {
+    uint64_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    put64(p, bits);
+}
+
 static size_t header_bytes(uint32_t version, size_t settings_len, size_t model_len) {
     size_t fixed = version >= 3   ? DDP_CKPT_FIXED_BYTES
-                   : version == 2 ? DDP_CKPT_FIXED_BYTES - 16
-                                  : DDP_CKPT_FIXED_BYTES - 24;
+                   : version == 2 ? DDP_CKPT_FIXED_BYTES - 72
+                                  : DDP_CKPT_FIXED_BYTES - 80;
     size_t n = fixed + settings_len + model_len;
     return (n + DDP_CKPT_ALIGN - 1) / DDP_CKPT_ALIGN * DDP_CKPT_ALIGN;
 }
@@ -79,6 +85,13 @@ ddp_status ddp_ckpt_encode_header(const ddp_checkpoint_info *in, unsigned char *
     put64(&p, (uint64_t)in->optim_steps);
     put64(&p, in->state_size);
     put64(&p, in->num_buffers);
+    put64(&p, in->batch_now);
+    put64(&p, in->sampler_pos);
+    put64(&p, (uint64_t)in->samples);
+    put64(&p, (uint64_t)in->batch_step);
+    put_f64(&p, in->gns_g2);
+    put_f64(&p, in->gns_trace);
+    put64(&p, (uint64_t)in->gns_n);
     put32(&p, in->shards);
     put32(&p, in->shard_index);
     put64(&p, in->shard_size);
@@ -147,9 +160,23 @@ static int parse_header(const unsigned char *buf, size_t len, ddp_checkpoint_inf
     h->state_size = get64(&r);
     if (h->version >= 2) h->num_buffers = get64(&r);
     if (h->version >= 3) {
+        h->batch_now = get64(&r);
+        h->sampler_pos = get64(&r);
+        h->samples = (int64_t)get64(&r);
+        h->batch_step = (int64_t)get64(&r);
+        uint64_t g2 = get64(&r), tr = get64(&r);
+        memcpy(&h->gns_g2, &g2, sizeof g2);
+        memcpy(&h->gns_trace, &tr, sizeof tr);
+        h->gns_n = (int64_t)get64(&r);
         h->shards = get32(&r);
         h->shard_index = get32(&r);
         h->shard_size = get64(&r);
+    } else {
+        /* A fixed batch throughout, and no noise-scale averages. */
+        h->batch_now = h->global_batch;
+        h->sampler_pos = h->sampler_step * h->global_batch;
+        /* Unsigned: a damaged file's numbers must not overflow a signed product. */
+        h->samples = (int64_t)((uint64_t)h->step * h->global_batch);
     }
     if (r.short_read) return 0;
     /* Bounded so that the products below cannot overflow. */
@@ -221,7 +248,8 @@ ddp_status ddp_checkpoint_parse(const void *data, size_t len, const char *name,
                         "the file was not written by ddp-train",
                         name, len);
     if (ddp_crc32(0, h.settings, h.settings_len) != h.fingerprint || h.step < 0 ||
-        h.optim_steps < 0 || h.total_steps < 0)
+        h.optim_steps < 0 || h.total_steps < 0 || h.samples < 0 || h.batch_step < 0 ||
+        h.gns_n < 0 || h.batch_now == 0)
         return DDP_FAIL(DDP_ERR_FORMAT,
                         "checkpoint %s: inconsistent header (fingerprint or counters); the "
                         "file was not written by ddp-train",

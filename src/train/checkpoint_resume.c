@@ -323,7 +323,11 @@ static ddp_status load_state(ddp_trainer *t, const ddp_checkpoint_info *h, const
 /* Every rank: puts the checkpoint's state into the trainer. */
 static ddp_status apply(ddp_trainer *t, const ddp_checkpoint_info *h, const char *path) {
     ddp_backend *b = t->backend;
-    DDP_CHECK(t->src->seek(t, h->sampler_epoch, (size_t)h->sampler_step));
+    if (ddp_trainer_adaptive(t))
+        DDP_CHECK(ddp_trainer_batch_resume(t, h->batch_now, h->sampler_epoch,
+                                           (size_t)h->sampler_step, (size_t)h->sampler_pos));
+    else
+        DDP_CHECK(t->src->seek(t, h->sampler_epoch, (size_t)h->sampler_step));
     DDP_CHECK(ddp_backend_copy(b, ddp_model_params(t->model), h->params,
                                t->num_params * sizeof(float), DDP_COPY_H2D));
     DDP_CHECK(load_state(t, h, path));
@@ -333,7 +337,13 @@ static ddp_status apply(ddp_trainer *t, const ddp_checkpoint_info *h, const char
     DDP_CHECK(ddp_backend_sync(b));
     ddp_optim_set_steps(t->optim, h->optim_steps);
     t->step = h->step;
+    t->samples = h->samples;
+    t->batch_step = h->batch_step;
     t->epoch = h->epoch;
+    t->gns.g2 = h->gns_g2;
+    t->gns.tr = h->gns_trace;
+    t->gns.n = h->gns_n;
+    if (ddp_trainer_adaptive(t)) ddp_trainer_batch_steps_left(t);
     return DDP_OK;
 }
 

@@ -45,6 +45,12 @@ void ddp_train_config_defaults(ddp_train_config *cfg) {
     cfg->check_sync = 0;
     cfg->keep = 3;
     cfg->timeout_s = 300.0f;
+    cfg->gns = 1;
+    cfg->gns_ema = 0.99f;
+    cfg->gns_every = 1;
+    cfg->batch_schedule = DDP_BATCH_FIXED;
+    cfg->lr_scaling = DDP_LR_SCALING_LINEAR;
+    cfg->max_global_batch = 0;
 }
 
 void ddp_train_config_defaults_for(ddp_train_config *cfg, ddp_model_kind kind) {
@@ -174,6 +180,11 @@ ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world) {
                         "--warmup, --clip, --log-every, --eval-every and --check-sync must not "
                         "be negative");
     if (cfg->log_every == 0) cfg->log_every = 1;
+    if (cfg->max_global_batch == 0) cfg->max_global_batch = cfg->global_batch;
+    if (!(cfg->gns_ema >= 0.0f && cfg->gns_ema < 1.0f))
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "--gns-ema %g must be in [0, 1)", cfg->gns_ema);
+    if (cfg->gns_every < 1)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "--gns-every %d must be at least 1", cfg->gns_every);
     if ((cfg->checkpoint_every > 0 || cfg->resume) && !cfg->checkpoint_dir[0])
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "--checkpoint-every and --resume need --checkpoint-dir "
@@ -234,6 +245,13 @@ size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t
      * happen must agree; the directory and --keep concern rank 0 alone. */
     PUT(" ckpt=%d ckpt_every=%d resume=%d", cfg->checkpoint_dir[0] != '\0', cfg->checkpoint_every,
         cfg->resume);
+    /* Runs that stop at a target accuracy stop together. (Written only when set, so that
+     * the fingerprints of other runs, and their checkpoints, are unchanged.) */
+    if (cfg->target_accuracy > 0.0f) PUT(" target=%a", cfg->target_accuracy);
+    /* The adaptive schedule changes the batch, the steps and the rate alike everywhere. */
+    if (cfg->batch_schedule == DDP_BATCH_ADAPTIVE)
+        PUT(" batch_schedule=adaptive max_batch=%zu lr_scaling=%d gns_ema=%a gns_every=%d",
+            cfg->max_global_batch, cfg->lr_scaling, cfg->gns_ema, cfg->gns_every);
 #undef PUT
     if (cap == 0) return 0; /* nothing written, not even the terminating zero */
     return (size_t)n < cap ? (size_t)n : cap - 1;

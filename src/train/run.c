@@ -31,6 +31,8 @@ typedef struct {
     double samples_per_s;
     double tokens_per_s; /* samples/s x positions (token models) */
     double mfu;          /* model FLOPs utilisation, 0..1; < 0 when not measured */
+    double train_s;      /* seconds of training since the run (or resume) started,
+                            evaluations excluded */
     int evaluated;       /* this step ran an evaluation: */
     double eval_loss;    /* mean loss per prediction */
     double eval_accuracy;
@@ -56,7 +58,16 @@ static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, const 
                 {"t_step", st->t_step},
                 {"t_exposed_comm", st->t_exposed},
                 {"t_comm_cpu", st->t_comm_cpu},
-                {"grad_norm", st->grad_norm}};
+                {"grad_norm", st->grad_norm},
+                {"t_gns", st->t_gns}};
+    if (st->gns_valid) {
+        json_object_set_new(o, "gns_b_simple", number(st->gns_b_simple));
+        json_object_set_new(o, "gns_g2", number(st->gns_g2));
+        json_object_set_new(o, "gns_trace", number(st->gns_trace));
+    }
+    json_object_set_new(o, "batch", json_integer((json_int_t)t->cfg.global_batch));
+    json_object_set_new(o, "samples", json_integer((json_int_t)t->samples));
+    json_object_set_new(o, "train_s", number(r->train_s));
     for (size_t i = 0; i < sizeof nums / sizeof *nums; i++)
         json_object_set_new(o, nums[i].key, number(nums[i].value));
     if (t->skipped_steps > 0)
@@ -107,7 +118,6 @@ static double measure_peak(ddp_trainer *t) {
 static ddp_status report(ddp_trainer *t, const ddp_step_stats *st, const step_report *r,
                          double eta) {
     const ddp_train_config *c = &t->cfg;
-    size_t spe = t->sampler.steps_per_epoch;
     char eta_s[32], rate[64], mfu[32] = "";
     format_eta(eta, eta_s, sizeof eta_s);
     if (t->src->positions(t) > 1)
@@ -115,10 +125,12 @@ static ddp_status report(ddp_trainer *t, const ddp_step_stats *st, const step_re
     else
         snprintf(rate, sizeof rate, "%.0f samples/s", r->samples_per_s);
     if (r->mfu >= 0.0) snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * r->mfu);
+    char gns[48] = "";
+    if (st->gns_valid) snprintf(gns, sizeof gns, " | B_simple %.4g", st->gns_b_simple);
     if (!c->quiet)
-        ddp_log_info("step %lld/%lld | epoch %.2f | loss %.4f | lr %.5f | %s%s | left %s",
-                     (long long)t->step, (long long)t->total_steps, (double)t->step / (double)spe,
-                     st->loss, st->lr, rate, mfu, eta_s);
+        ddp_log_info("step %lld/%lld | epoch %.2f | loss %.4f | lr %.5f%s | %s%s | left %s",
+                     (long long)t->step, (long long)t->total_steps, ddp_trainer_epoch_progress(t),
+                     st->loss, st->lr, gns, rate, mfu, eta_s);
     if (t->metrics) DDP_CHECK(write_metrics(t, st, r));
     return DDP_OK;
 }
@@ -188,15 +200,16 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
     double accuracy = -1.0, loss = 0.0;
     int loss_seen = 0;
     double window_start = ddp_time_now(), run_start = window_start;
-    int64_t window_steps = 0, first_step = t->step;
+    int64_t window_steps = 0, first_step = t->step, window_samples = t->samples;
     /* Seconds spent evaluating in the window: not training, so not in its throughput. */
-    double eval_time = 0.0;
+    double eval_time = 0.0, eval_total = 0.0;
     while (t->step < t->total_steps) {
         ddp_step_stats st;
         ddp_watchdog_set_step(t->step + 1); /* named if a collective of this step hangs */
         DDP_CHECK(ddp_trainer_step(t, &st));
         window_steps++;
-        int epoch_end = spe > 0 && t->step % (int64_t)spe == 0;
+        /* The cursor is at the start of an epoch (also when the batch has changed). */
+        int epoch_end = spe > 0 && t->sampler.step == 0;
         int eval_now = (c->eval_every > 0 ? t->step % c->eval_every == 0 : epoch_end) ||
                        t->step == t->total_steps;
         step_report r = {.mfu = -1.0};
@@ -206,6 +219,7 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
             double e0 = ddp_time_now();
             DDP_CHECK(ddp_trainer_evaluate_part(t, t->step == t->total_steps, &accuracy, &loss));
             eval_time += ddp_time_now() - e0;
+            eval_total += ddp_time_now() - e0;
             loss_seen = 1;
             r.evaluated = 1;
             r.eval_accuracy = accuracy;
@@ -213,27 +227,36 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
             if (!c->quiet && positions > 1)
                 ddp_log_info("eval step %lld epoch %.2f: validation loss %.4f, %.4f bits per "
                              "byte, next-byte accuracy %.4f",
-                             (long long)t->step, (double)t->step / (double)spe, loss, loss / M_LN2,
+                             (long long)t->step, ddp_trainer_epoch_progress(t), loss, loss / M_LN2,
                              accuracy);
             else if (!c->quiet)
                 ddp_log_info("eval step %lld epoch %.2f: test accuracy %.4f, test loss %.4f",
-                             (long long)t->step, (double)t->step / (double)spe, accuracy, loss);
+                             (long long)t->step, ddp_trainer_epoch_progress(t), accuracy, loss);
         }
         if (st.logged) { /* the loss was reduced over all ranks (and may be NaN or inf) */
             double now = ddp_time_now();
             r.samples_per_s =
-                (double)window_steps * (double)c->global_batch / (now - window_start - eval_time);
+                (double)(t->samples - window_samples) / (now - window_start - eval_time);
             r.tokens_per_s = r.samples_per_s * (double)positions;
             if (t->peak_flops > 0.0)
                 r.mfu = train_flops * r.samples_per_s / (t->peak_flops * t->world);
             double eta = (now - run_start) / (double)(t->step - first_step) *
                          (double)(t->total_steps - t->step);
+            r.train_s = now - run_start - eval_total;
             DDP_CHECK(gather_and_report(t, &st, &r, eta));
             window_start = now;
             window_steps = 0;
+            window_samples = t->samples;
             eval_time = 0.0;
         }
         DDP_CHECK(ddp_checkpoint_run_step(t));
+        /* The accuracy was reduced over all ranks: every rank stops at the same step. */
+        if (c->target_accuracy > 0.0f && r.evaluated && accuracy >= c->target_accuracy) {
+            if (!c->quiet)
+                ddp_log_info("test accuracy %.4f reached the target %.4f at step %lld: stopping",
+                             accuracy, c->target_accuracy, (long long)t->step);
+            break;
+        }
     }
     if (final_accuracy) *final_accuracy = accuracy;
     t->last_eval_loss = loss_seen ? loss : -1.0;

@@ -52,7 +52,7 @@ static ddp_status idx_setup(ddp_trainer *t) {
     DDP_CHECK(upload(t, train->y, train->n * sizeof(int32_t), (void **)&t->d_train_y));
     DDP_CHECK(upload(t, test->x, test->n * t->dim * sizeof(float), (void **)&t->d_test_x));
     DDP_CHECK(upload(t, test->y, test->n * sizeof(int32_t), (void **)&t->d_test_y));
-    size_t local = t->sampler.local_batch;
+    size_t local = ddp_trainer_max_local_batch(t);
     t->h_idx = malloc(local * sizeof(int32_t));
     if (!t->h_idx) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
     DDP_CHECK(ddp_backend_alloc(b, local * sizeof(int32_t), (void **)&t->d_idx));

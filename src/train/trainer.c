@@ -90,6 +90,9 @@ static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
                          ? t->cfg.max_steps
                          : (int64_t)t->cfg.epochs * (int64_t)t->sampler.steps_per_epoch;
     t->cfg.sched.total_steps = t->total_steps;
+    t->start_batch = t->cfg.global_batch;
+    t->start_accum = t->cfg.accum;
+    DDP_CHECK(ddp_trainer_batch_check(t));
     DDP_CHECK(ddp_model_create(b, &t->cfg.model, t->max_batch, &t->model));
     /* Same seed on every rank: identical initial parameters without a broadcast. */
     DDP_CHECK(ddp_model_init_params(t->model, t->cfg.seed));
@@ -153,6 +156,7 @@ static ddp_status create(ddp_trainer *t, ddp_backend *b, ddp_comm *comm, ddp_com
     t->comm = comm;
     t->ctrl = ctrl;
     t->last_eval_loss = -1.0;
+    ddp_gns_ema_init(&t->gns, t->cfg.gns_ema);
     t->rank = ddp_comm_rank(comm);
     t->world = ddp_comm_size(comm);
     ddp_status s = setup_local(t, b);
@@ -290,12 +294,14 @@ ddp_status ddp_trainer_get_params(ddp_trainer *t, float *host) {
 
 /* Reads the device stats (loss sum, correct count) and sums them over all ranks.
  * COLLECTIVE over ctrl. */
-static ddp_status reduce_stats(ddp_trainer *t, double out[2]) {
+static ddp_status reduce_stats(ddp_trainer *t, double out[4]) {
     float h[2];
     DDP_CHECK(ddp_backend_copy(t->backend, h, t->d_stats, sizeof h, DDP_COPY_D2H));
     out[0] = h[0];
     out[1] = h[1];
-    DDP_CHECK(ddp_comm_allreduce(t->ctrl, out, 2, DDP_F64, DDP_SUM));
+    /* The noise scale's moving averages ride along (noise_scale.c). */
+    ddp_trainer_gns_pack(t, out + 2);
+    DDP_CHECK(ddp_comm_allreduce(t->ctrl, out, 4, DDP_F64, DDP_SUM));
     return DDP_OK;
 }
 
@@ -359,8 +365,11 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
             DDP_CHECK(ddp_reducer_begin(t->reducer));
         /* The first micro-batch writes the gradients, the others add to them: no pass
          * to zero the buffer. Under stage 2 each one writes: its buckets were sent. */
-        DDP_CHECK(ddp_model_backward(t->model, k == 0 || c->zero == 2,
-                                     send ? ddp_reducer_ready : NULL, send ? t->reducer : NULL));
+        ddp_grad_ready_fn ready = NULL;
+        void *ready_ctx = NULL;
+        if (send) ddp_trainer_gns_ready_fn(t, k, &ready, &ready_ctx);
+        DDP_CHECK(ddp_model_backward(t->model, k == 0 || c->zero == 2, ready, ready_ctx));
+        DDP_CHECK(ddp_trainer_gns_after_backward(t, k));
         if (timed) DDP_CHECK(ddp_backend_sync(b));
         DDP_CHECK(ddp_trace_end());
         st->t_backward += ddp_time_now() - t1;
@@ -389,7 +398,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         DDP_CHECK(shard_grad_norm(t, &st->grad_norm));
     else
         DDP_CHECK(ddp_grad_norm(b, grads, t->num_params, &st->grad_norm));
-    st->lr = ddp_schedule_lr(&c->sched, t->step);
+    st->lr = ddp_trainer_batch_lr(t);
     if (!isfinite(st->grad_norm)) {
         if (c->on_nonfinite == DDP_NONFINITE_ABORT)
             return DDP_FAIL(DDP_ERR_NONFINITE,
@@ -405,6 +414,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
                                  c->zero > 0 ? t->shard_grads : grads, st->lr,
                                  ddp_clip_coef(st->grad_norm, c->clip_norm)));
     }
+    ddp_trainer_gns_observe(t, st);
     /* Running statistics of batch norm on a rank's own shard differ between ranks; their
      * average keeps every rank's model, evaluation and checkpoint the same. (With
      * --sync-bn they come from the global batch and are the same already.) All ranks
@@ -426,12 +436,15 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     st->t_optim = ddp_time_now() - t1;
 
     t->step++;
+    t->samples += (int64_t)c->global_batch;
     st->step = t->step;
     st->epoch = t->epoch;
     if (log_step) {
-        double sums[2];
+        double sums[4];
         /* All ranks log on the same steps (log_every is in the fingerprint). */
         DDP_CHECK(reduce_stats(t, sums));
+        ddp_trainer_gns_unpack(t, sums + 2, st);
+        DDP_CHECK(ddp_trainer_batch_adapt(t, st));
         st->loss = sums[0] / ((double)c->global_batch * (double)t->src->positions(t));
         st->logged = 1;
     }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 #include "ddp/train.h"
+#include "train/noise_scale.h"
 
 /* Where the batches come from: labelled samples (IDX images, source_idx.c) or windows of
  * a text (source_text.c). Every function runs on every rank. */
@@ -66,6 +67,7 @@ struct ddp_trainer {
     size_t *shard_counts; /* (world) every rank's shard_len, for the all-gather */
     float *shard_grads;   /* (shard_size) device: this shard's averaged gradients */
     int64_t step;         /* steps completed */
+    int64_t samples;      /* samples trained on over all ranks (steps x their global batches) */
     int64_t total_steps;
     uint64_t epoch;        /* epoch of the last step */
     size_t max_batch;      /* samples the model's activations hold */
@@ -74,6 +76,16 @@ struct ddp_trainer {
     double peak_flops;     /* measured matrix-product FLOP/s of this rank's device (MFU) */
     double last_eval_loss; /* of the run's last evaluation; < 0: none */
     FILE *metrics;
+    /* gradient noise scale (noise_scale.c) */
+    ddp_gns_ema gns;
+    double gns_local_sq; /* this step: squares of this rank's micro-batch gradient, summed */
+    size_t gns_covered;  /* elements summed into gns_local_sq so far */
+    double gns_time;     /* seconds this step spent measuring it */
+    /* the batch schedule (batch_schedule.c); cfg.global_batch and cfg.accum are the
+     * current ones */
+    size_t start_batch; /* cfg.global_batch as configured */
+    int start_accum;
+    int64_t batch_step; /* the step after which the batch last changed */
     /* source_idx: samples on the device (or the host arrays themselves on the CPU) */
     size_t dim;
     int num_classes;
@@ -91,5 +103,45 @@ struct ddp_trainer {
     int32_t *h_tok, *h_tgt;        /* (max(local_batch, max_batch), ctx) host */
     int32_t *d_tok, *d_tgt;        /* the same on the device (the host arrays on the CPU) */
 };
+
+/* Where the small-batch gradient of the noise scale comes from (noise_scale.c). */
+enum { DDP_GNS_NONE = 0, DDP_GNS_MICRO0 = 1, DDP_GNS_READY = 2 };
+int ddp_trainer_gns_source(const ddp_trainer *t);
+/* The ready callback for the backward of micro-batch k, one that sends: the reducer's, or
+ * a wrapper that measures each range before handing it on. */
+void ddp_trainer_gns_ready_fn(ddp_trainer *t, int k, ddp_grad_ready_fn *fn, void **ctx);
+/* After micro-batch k's backward, before the reducer's finish(). */
+ddp_status ddp_trainer_gns_after_backward(ddp_trainer *t, int k);
+/* After the averaged gradient's norm (st->grad_norm): one more estimate. Not collective. */
+void ddp_trainer_gns_observe(ddp_trainer *t, ddp_step_stats *st);
+/* This rank's averages, for the logging step's all-reduce, and their sums over ranks
+ * back (every rank then holds the mean; st gets the noise scale). */
+void ddp_trainer_gns_pack(const ddp_trainer *t, double out[2]);
+void ddp_trainer_gns_unpack(ddp_trainer *t, const double sums[2], ddp_step_stats *st);
+
+/* Makes every rank's share of the noise scale's averages their mean (before a
+ * checkpoint saves them). COLLECTIVE over ctrl when the noise scale is estimated. */
+ddp_status ddp_trainer_gns_sync(ddp_trainer *t);
+
+/* The batch schedule (batch_schedule.c). */
+int ddp_trainer_adaptive(const ddp_trainer *t);
+/* Whether the schedule fits the run (source, length, a noise scale to follow). */
+ddp_status ddp_trainer_batch_check(const ddp_trainer *t);
+/* The most samples a rank's share of a batch will hold. */
+size_t ddp_trainer_max_local_batch(const ddp_trainer *t);
+/* This step's learning rate: the schedule's, scaled to the batch. */
+float ddp_trainer_batch_lr(const ddp_trainer *t);
+/* Epochs done, with the fraction of the current one. */
+double ddp_trainer_epoch_progress(const ddp_trainer *t);
+/* Makes the batch micro x accum x world from the next step on (sampler, run length). */
+ddp_status ddp_trainer_batch_set(ddp_trainer *t, int accum);
+/* After a logged step: doubles the batch when the noise scale says so. Every rank
+ * decides alike (the noise scale was just reduced). Not collective. */
+ddp_status ddp_trainer_batch_adapt(ddp_trainer *t, const ddp_step_stats *st);
+/* Resuming: the batch of a checkpoint's next step and the sampler's cursor. */
+ddp_status ddp_trainer_batch_resume(ddp_trainer *t, size_t batch, uint64_t epoch, size_t step,
+                                    size_t pos);
+/* Sets the run length from the sampler's cursor, the batch and cfg.epochs. */
+void ddp_trainer_batch_steps_left(ddp_trainer *t);
 
 #endif

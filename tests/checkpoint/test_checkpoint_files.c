@@ -185,32 +185,38 @@ static void other_format_version_is_refused_as_unsupported(void **state) {
     fx_rmdir(dir);
 }
 
-/* A checkpoint of format version 1 (no model buffers: 8 header bytes fewer and no buffer
- * data) still resumes: made here from the version-2 file of a model without buffers. */
-static void format_version_1_still_resumes(void **state) {
+/* Writes to dst the current-format checkpoint src as format `version`, whose header ends
+ * after `fixed` bytes of fields (1: 108, no model buffers; 2: 116, no batch schedule nor
+ * noise scale); the model must have no buffers. */
+static void write_old_format(const char *src, const char *dst, unsigned version, size_t fixed) {
+    size_t len;
+    unsigned char *b = fx_slurp(src, &len);
+    uint32_t slen = b[16] | b[17] << 8 | b[18] << 16 | (uint32_t)b[19] << 24;
+    uint32_t mlen =
+        b[20 + slen] | b[21 + slen] << 8 | b[22 + slen] << 16 | (uint32_t)b[23 + slen] << 24;
+    size_t fields = fixed + slen + mlen, old_head = (fields + 63) / 64 * 64;
+    size_t head = (172 + slen + mlen + 63) / 64 * 64, data = len - 4 - head;
+    unsigned char *old = calloc(1, old_head + data + 4);
+    memcpy(old, b, fields);
+    old[8] = (unsigned char)version;
+    memcpy(old + old_head, b + head, data);
+    uint32_t crc = ddp_crc32(0, old, old_head + data);
+    for (int i = 0; i < 4; i++)
+        old[old_head + data + i] = (unsigned char)(crc >> (8 * i));
+    spill(dst, old, old_head + data + 4);
+    free(old);
+    free(b);
+}
+
+/* Checkpoints of format versions 1 (no model buffers) and 2 (no batch schedule or noise
+ * scale: a fixed batch is assumed, the noise scale's averages start afresh) still resume:
+ * made here from the current file of a model without buffers. */
+static void resume_old_format(unsigned version, size_t fixed) {
     char dir[256], src[1200], dst[1200];
     fx_tempdir(dir, sizeof dir);
     master_path(4, src, sizeof src);
     ddp_checkpoint_path(dst, sizeof dst, dir, 4);
-    if (fx_rank == 0) {
-        size_t len;
-        unsigned char *b = fx_slurp(src, &len);
-        uint32_t slen = b[16] | b[17] << 8 | b[18] << 16 | (uint32_t)b[19] << 24;
-        uint32_t mlen =
-            b[20 + slen] | b[21 + slen] << 8 | b[22 + slen] << 16 | (uint32_t)b[23 + slen] << 24;
-        size_t fields = 108 + slen + mlen, v1_head = (fields + 63) / 64 * 64;
-        size_t v2_head = (fields + 8 + 63) / 64 * 64, data = len - 4 - v2_head;
-        unsigned char *v1 = calloc(1, v1_head + data + 4);
-        memcpy(v1, b, fields);
-        v1[8] = 1;
-        memcpy(v1 + v1_head, b + v2_head, data);
-        uint32_t crc = ddp_crc32(0, v1, v1_head + data);
-        for (int i = 0; i < 4; i++)
-            v1[v1_head + data + i] = (unsigned char)(crc >> (8 * i));
-        spill(dst, v1, v1_head + data + 4);
-        free(v1);
-        free(b);
-    }
+    if (fx_rank == 0) write_old_format(src, dst, version, fixed);
     ddp_train_config c = config();
     snprintf(c.checkpoint_dir, sizeof c.checkpoint_dir, "%s", dir);
     ddp_trainer *t = fresh_trainer(c);
@@ -222,6 +228,9 @@ static void format_version_1_still_resumes(void **state) {
     ddp_trainer_free(t);
     fx_rmdir(dir);
 }
+
+static void format_version_1_still_resumes(void **state) { resume_old_format(1, 108); }
+static void format_version_2_still_resumes(void **state) { resume_old_format(2, 116); }
 
 /* dir gets the intact checkpoint of step 4 and a damaged one of step 8 (`how`: 0
  * truncated, 1 a flipped byte). */
@@ -371,6 +380,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(truncated_file_is_refused),
         cmocka_unit_test(other_format_version_is_refused_as_unsupported),
         cmocka_unit_test(format_version_1_still_resumes),
+        cmocka_unit_test(format_version_2_still_resumes),
         cmocka_unit_test(damaged_newest_falls_back_to_the_previous_checkpoint),
         cmocka_unit_test(leftover_temporary_file_is_ignored),
         cmocka_unit_test(all_checkpoints_damaged_is_refused_naming_the_newest),

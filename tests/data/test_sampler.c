@@ -263,6 +263,88 @@ static void test_seek_rejects_step_past_the_epoch(void **state) {
     assert_int_equal(ddp_sampler_seek(&s, 0, 0), DDP_ERR_INVALID_ARG);
 }
 
+/* A batch that doubles within an epoch (the adaptive schedule): on every rank of each
+ * world, over two epochs, each sample is used at most once per epoch; the batches of an
+ * epoch tile its order from the start without gaps, so only a tail shorter than the
+ * batch is left; and a sampler positioned at a saved cursor (ddp_sampler_seek_pos)
+ * continues the same stream. */
+static void test_batch_change_keeps_each_sample_once_per_epoch(void **state) {
+    const size_t n = 1000, B0 = 24;
+    /* The batch before each of the first 40 steps: 24 doubling every 9 steps to 192. */
+    for (size_t w = 0; w < NWORLDS; w++) {
+        int world = worlds[w];
+        size_t b0 = B0 / (size_t)world * (size_t)world;
+        unsigned char *seen = calloc(2 * n, 1);
+        for (int r = 0; r < world; r++) {
+            ddp_sampler s, resumed;
+            assert_int_equal(ddp_sampler_init(&s, n, b0, r, world, 7, 1), DDP_OK);
+            assert_int_equal(ddp_sampler_init(&resumed, n, b0, r, world, 7, 1), DDP_OK);
+            int32_t idx[256], again[256];
+            size_t B = b0, pos_in_epoch = 0;
+            uint64_t epoch = 0;
+            for (int t = 0; epoch < 2; t++) {
+                if (t > 0 && t % 9 == 0 && B < 8 * b0) {
+                    B *= 2;
+                    assert_int_equal(ddp_sampler_set_batch(&s, B), DDP_OK);
+                    if (t > 20) assert_int_equal(ddp_sampler_set_batch(&resumed, B), DDP_OK);
+                    assert_int_equal(s.local_batch, B / (size_t)world);
+                    if (pos_in_epoch + B > n) { /* no full batch left: a new epoch */
+                        assert_int_equal(s.pos, 0);
+                        epoch++;
+                        pos_in_epoch = 0;
+                        if (epoch == 2) break;
+                    }
+                }
+                /* Resume from a copy of the cursor at step 20. */
+                if (t == 20) {
+                    assert_int_equal(ddp_sampler_set_batch(&resumed, B), DDP_OK);
+                    assert_int_equal(ddp_sampler_seek_pos(&resumed, s.epoch, s.step, s.pos),
+                                     DDP_OK);
+                }
+                assert_int_equal(s.pos, pos_in_epoch);
+                uint64_t e = 99;
+                assert_int_equal(ddp_sampler_next(&s, idx, &e), DDP_OK);
+                assert_int_equal(e, epoch);
+                if (t >= 20) {
+                    assert_int_equal(ddp_sampler_next(&resumed, again, NULL), DDP_OK);
+                    assert_memory_equal(again, idx, s.local_batch * sizeof *idx);
+                }
+                for (size_t i = 0; i < B / (size_t)world; i++) {
+                    unsigned char *mark = &seen[epoch * n + (size_t)idx[i]];
+                    assert_int_equal(*mark, 0);
+                    *mark = 1;
+                }
+                pos_in_epoch += B;
+                if (pos_in_epoch + B > n) {
+                    epoch++;
+                    pos_in_epoch = 0;
+                }
+            }
+            ddp_sampler_free(&s);
+            ddp_sampler_free(&resumed);
+        }
+        /* Epoch 0 ran 9 steps at b0, 9 at 2 b0, then 4 b0 until less than a batch was
+         * left: everything but that tail was used, by exactly one rank. */
+        size_t used = 0;
+        for (size_t i = 0; i < n; i++)
+            used += seen[i];
+        size_t rest = n - 9 * b0 - 9 * 2 * b0;
+        assert_int_equal(used, 9 * b0 + 9 * 2 * b0 + rest / (4 * b0) * (4 * b0));
+        free(seen);
+    }
+    assert_int_equal(ddp_sampler_set_batch(NULL, 8), DDP_ERR_INVALID_ARG);
+    ddp_sampler s;
+    assert_int_equal(ddp_sampler_init(&s, 100, 8, 0, 2, 1, 1), DDP_OK);
+    assert_int_equal(ddp_sampler_set_batch(&s, 7), DDP_ERR_INVALID_ARG);
+    assert_msg_has("not divisible by the 2 ranks");
+    assert_int_equal(ddp_sampler_set_batch(&s, 102), DDP_ERR_INVALID_ARG);
+    assert_int_equal(ddp_sampler_seek_pos(&s, 0, 0, 96), DDP_ERR_INVALID_ARG);
+    assert_msg_has("no full batch");
+    /* A damaged checkpoint's position may be anything; it must not wrap around. */
+    assert_int_equal(ddp_sampler_seek_pos(&s, 0, 0, SIZE_MAX - 2), DDP_ERR_INVALID_ARG);
+    ddp_sampler_free(&s);
+}
+
 static void test_shard_range_covers_every_item_once(void **state) {
     for (size_t n = 0; n <= 200; n += (n < 40 ? 1 : 17)) {
         for (int world = 1; world <= 17; world++) {
@@ -297,6 +379,7 @@ int main(void) {
         cmocka_unit_test(test_seek_resumes_the_same_stream),
         cmocka_unit_test(test_rejects_invalid_batch_sizes),
         cmocka_unit_test(test_seek_rejects_step_past_the_epoch),
+        cmocka_unit_test(test_batch_change_keeps_each_sample_once_per_epoch),
         cmocka_unit_test(test_shard_range_covers_every_item_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

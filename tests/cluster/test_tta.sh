@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# cluster/tta end to end on a tiny grid (Fashion-MNIST, 1 rank, one epoch at most): every
+# run gets a row in tta.csv with reached=1 when the target is within reach and reached=0
+# (with the accuracy it got) when it is not, the noise scale over training lands in
+# gns.csv, the summary fits the critical batch, the figure is drawn; bad options are
+# refused. Needs DDP_TRAIN; Fashion-MNIST in DATA.
+set -u
+TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
+DATA=${DDP_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export OPENBLAS_NUM_THREADS=1
+TMP=$(mktemp -d /tmp/ddp-tta.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+fails=0 passes=0
+check() { # NAME, then a command that must succeed
+    local name=$1; shift
+    if "$@"; then echo "ok   $name"; passes=$((passes + 1)); else echo "FAIL $name"; fails=$((fails + 1)); fi
+}
+if [ ! -d "$DATA" ]; then
+    echo "Fashion-MNIST not found in $DATA (apt-get install dataset-fashion-mnist)"; exit 1
+fi
+
+check reachable_grid "$ROOT/cluster/tta" --train "$TRAIN" --batches 512,1024 --seeds 1 \
+    --max-epochs 1 --target 0.7 --adaptive 256 --max-batch 1024 --out "$TMP/a" -- --data "$DATA" \
+    >"$TMP/a.log" 2>&1
+check rows_say_reached python3 - "$TMP/a/tta.csv" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+assert [(r["schedule"], r["batch"]) for r in rows] == [
+    ("fixed", "512"), ("fixed", "1024"), ("adaptive", "256")], rows
+for r in rows:
+    assert r["reached"] == "1" and float(r["accuracy"]) >= 0.7, r
+    assert int(r["samples"]) == int(r["steps"]) * int(r["batch"]) or r["schedule"] == "adaptive", r
+    assert float(r["b_simple"]) > 0, r
+PY
+check noise_scale_over_training bash -c "[ \$(grep -c '^fixed,1,512,1,' '$TMP/a/gns.csv') -ge 2 ]"
+check summary_fits_the_critical_batch grep -q "fit S(B) = S_min (1 + B_crit / B)" "$TMP/a/summary.txt"
+if command -v gnuplot >/dev/null; then check figure_drawn test -s "$TMP/a/tta.png"; fi
+
+check unreachable_target "$ROOT/cluster/tta" --train "$TRAIN" --batches 2048 --seeds 1 \
+    --max-epochs 1 --target 0.99 --out "$TMP/b" -- --data "$DATA" >"$TMP/b.log" 2>&1
+check row_says_not_reached bash -c "grep -q '^fixed,1,2048,1,[^,]*,0,' '$TMP/b/tta.csv' &&
+    grep -q 'no run reached the target' '$TMP/b.log'"
+
+check bad_rule_refused bash -c "! '$ROOT/cluster/tta' --lr-rule cubic 2>'$TMP/c.log' &&
+    grep -q 'lr-rule must be sqrt or linear' '$TMP/c.log'"
+
+echo "$passes passed, $fails failed"
+[ "$fails" -eq 0 ]
