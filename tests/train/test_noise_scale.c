@@ -211,6 +211,37 @@ static void k_ranks_agree_with_one_rank_of_k_micro_batches(void **state) {
     assert_true(a[0].gns_small_sq > a[0].gns_big_sq);
 }
 
+/* With the optimizer state sharded the noise scale measures the same norms: the small
+ * batch's before its gradients are sent (reduce-scattered; under --zero 2 as backward
+ * reports them, since every micro-batch is sent and its pages given back), the large
+ * batch's from the shards' norms. With and without accumulation; layers wide enough and
+ * buckets small enough that --zero 2 has whole pages to give back. */
+static void sharded_stages_measure_the_same_norms(void **state) {
+    for (int accum = 1; accum <= 2; accum++) {
+        ddp_train_config c = base_config();
+        c.accum = accum;
+        c.model.hidden[0] = c.model.hidden[1] = 256;
+        c.reducer.bucket_bytes = 32 << 10;
+        c.reducer.first_bucket_bytes = 8 << 10;
+        ddp_step_stats ref[STEPS], z[STEPS];
+        run_steps(c, world_comm, ref);
+        for (int zero = 1; zero <= 2; zero++) {
+            c.zero = zero;
+            run_steps(c, world_comm, z);
+            for (int i = 0; i < STEPS; i++) {
+                assert_true(z[i].gns_b_small == ref[i].gns_b_small);
+                assert_true(z[i].gns_valid == ref[i].gns_valid);
+                if (!ref[i].gns_valid) continue;
+                assert_true(rel(z[i].gns_small_sq, ref[i].gns_small_sq) < RUN_TOL);
+                assert_true(rel(z[i].gns_big_sq, ref[i].gns_big_sq) < RUN_TOL);
+                assert_true(rel(z[i].gns_b_simple, ref[i].gns_b_simple) < RUN_TOL);
+            }
+            /* The first step: the same gradients, up to the order of a few sums. */
+            if (ref[0].gns_valid) assert_true(rel(z[0].gns_small_sq, ref[0].gns_small_sq) < 1e-6);
+        }
+    }
+}
+
 /* The squared norms the stats report are those of the gradients themselves: the
  * averaged one is grad_norm^2 and, on one rank with accumulation, the micro-batch's is
  * the norm of that micro-batch trained alone as a batch of b (the buffer holds it scaled
@@ -294,6 +325,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(rank_averages_average_exactly),
         cmocka_unit_test(k_ranks_agree_with_one_rank_of_k_micro_batches),
         cmocka_unit_test(the_norms_are_the_gradients_norms),
+        cmocka_unit_test(sharded_stages_measure_the_same_norms),
         cmocka_unit_test(ready_ranges_add_up_to_the_whole_buffer),
         cmocka_unit_test(every_rank_reads_the_same_noise_scale),
         cmocka_unit_test(gns_every_skips_the_steps_between),
