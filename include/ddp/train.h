@@ -74,6 +74,8 @@ typedef struct {
     /* stop after the first evaluation whose test accuracy reaches this (time-to-accuracy
      * runs); 0 = never */
     float target_accuracy;
+    /* the same for an evaluation loss at or below this (the GPT's validation loss); 0 = never */
+    float target_loss;
     char metrics_path[DDP_PATH_MAX];
     char trace_path[DDP_PATH_MAX]; /* Chrome trace events, one file per rank */
     int quiet;                     /* no progress lines */

@@ -250,6 +250,10 @@ static const ddp_cli_opt train_opts[] = {
         "verify every N steps that all ranks hold identical\nparameters", .lo = 1, .hi = 1 << 30),
     OPT(FLOAT, "target-accuracy", train.target_accuracy, "A",
         "stop after the first evaluation reaching test accuracy A", .min = 0.0, .max = 1.0),
+    OPT(FLOAT, "target-loss", train.target_loss, "L",
+        "stop after the first evaluation whose loss is at most L\n"
+        "(the GPT's validation loss, nats per byte)",
+        .min = 0.0, .max = 1e6),
     OPT(PATH, "metrics", train.metrics_path, "FILE", "one JSON object per logged step (rank 0)",
         .per_rank = 1),
     OPT(PATH, "dump-params", dump_params, "FILE",

@@ -32,9 +32,10 @@
  * checkpoint and the run that resumes it. Everything else must match; a key added to
  * the canonical text later must match too unless it is listed here. */
 static const char *const may_change[] = {
-    "accum",     "micro",      "epochs",     "steps",      "device",       "comm",       "math",
-    "log_every", "eval_every", "check_sync", "bucket",     "first_bucket", "grad_dtype", "overlap",
-    "progress",  "nonfinite",  "ckpt",       "ckpt_every", "resume",       "zero",
+    "accum",      "micro",     "epochs",     "steps",       "device", "comm",
+    "math",       "log_every", "eval_every", "check_sync",  "bucket", "first_bucket",
+    "grad_dtype", "overlap",   "progress",   "nonfinite",   "ckpt",   "ckpt_every",
+    "resume",     "zero",      "target",     "target_loss",
 };
 
 static int key_may_change(const char *key, size_t n) {

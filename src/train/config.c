@@ -248,6 +248,7 @@ size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t
     /* Runs that stop at a target accuracy stop together. (Written only when set, so that
      * the fingerprints of other runs, and their checkpoints, are unchanged.) */
     if (cfg->target_accuracy > 0.0f) PUT(" target=%a", cfg->target_accuracy);
+    if (cfg->target_loss > 0.0f) PUT(" target_loss=%a", cfg->target_loss);
     /* The adaptive schedule changes the batch, the steps and the rate alike everywhere. */
     if (cfg->batch_schedule == DDP_BATCH_ADAPTIVE)
         PUT(" batch_schedule=adaptive max_batch=%zu lr_scaling=%d gns_ema=%a gns_every=%d",

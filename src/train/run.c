@@ -257,6 +257,13 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
                              accuracy, c->target_accuracy, (long long)t->step);
             break;
         }
+        /* Likewise the loss, reduced over all ranks. */
+        if (c->target_loss > 0.0f && r.evaluated && loss <= c->target_loss) {
+            if (!c->quiet)
+                ddp_log_info("evaluation loss %.4f reached the target %.4f at step %lld: stopping",
+                             loss, c->target_loss, (long long)t->step);
+            break;
+        }
     }
     if (final_accuracy) *final_accuracy = accuracy;
     t->last_eval_loss = loss_seen ? loss : -1.0;

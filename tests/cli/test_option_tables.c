@@ -87,6 +87,7 @@ static const opt_case train_cases[] = {
     {"metrics", "/tmp/m.jsonl", ""},
     {"dump-params", "out.bin", ""},
     {"memory-plan", "8", "0"},
+    {"target-loss", "1.5", "-1"},
     {"quiet", NULL, "1"},
     {"trace", "/tmp/trace", ""},
     {"verbose", NULL, "2"},

@@ -2,8 +2,8 @@
 # cluster/tta end to end on a tiny grid (Fashion-MNIST, 1 rank, one epoch at most): every
 # run gets a row in tta.csv with reached=1 when the target is within reach and reached=0
 # (with the accuracy it got) when it is not, the noise scale over training lands in
-# gns.csv, the summary fits the critical batch, the figure is drawn; bad options are
-# refused. Needs DDP_TRAIN; Fashion-MNIST in DATA.
+# gns.csv, the summary fits the critical batch, the figure is drawn; the GPT runs to a
+# validation loss; bad options are refused. Needs DDP_TRAIN; Fashion-MNIST in DATA.
 set -u
 TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
 DATA=${DDP_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
@@ -41,6 +41,21 @@ check unreachable_target "$ROOT/cluster/tta" --train "$TRAIN" --batches 2048 --s
     --max-epochs 1 --target 0.99 --out "$TMP/b" -- --data "$DATA" >"$TMP/b.log" 2>&1
 check row_says_not_reached bash -c "grep -q '^fixed,1,2048,1,[^,]*,0,' '$TMP/b/tta.csv' &&
     grep -q 'no run reached the target' '$TMP/b.log'"
+
+# The GPT to a validation loss, on this repository's README as text.
+check gpt_grid "$ROOT/cluster/tta" --train "$TRAIN" --model gpt --batches 8,16 --seeds 1 \
+    --max-steps 40 --eval-every 10 --target 4.0 --lr 0.02 --warmup-samples 40 --out "$TMP/g" \
+    -- --text "$ROOT/README.md" --layers 1 --dim 32 --heads 2 --ctx 16 >"$TMP/g.log" 2>&1
+check gpt_rows_say_reached python3 - "$TMP/g/tta.csv" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+assert [(r["schedule"], r["batch"]) for r in rows] == [("fixed", "8"), ("fixed", "16")], rows
+for r in rows:
+    assert r["reached"] == "1" and float(r["val_loss"]) <= 4.0, r
+    assert int(r["steps"]) % 10 == 0 and int(r["steps"]) <= 40, r
+PY
+check gpt_adaptive_refused bash -c "! '$ROOT/cluster/tta' --model gpt --adaptive 8 2>'$TMP/d.log' &&
+    grep -q 'runs fixed batches' '$TMP/d.log'"
 
 check bad_rule_refused bash -c "! '$ROOT/cluster/tta' --lr-rule cubic 2>'$TMP/c.log' &&
     grep -q 'lr-rule must be sqrt or linear' '$TMP/c.log'"
