@@ -2,7 +2,9 @@
 # The widest GPT of a family that fits a memory budget per rank, for each ZeRO stage, with
 # and without --recompute (when this build has it).
 #
-#   bench/zero/largest_gpt.sh [-b BUDGET_MIB] [-n RANKS] [-l LAYERS] [-t CTX] [-m MICRO]
+#   bench/zero/largest_gpt.sh [-b BUDGET_MIB] [-n RANKS] [-l LAYERS] [-t CTX] [-m MICRO] [-r]
+#
+# (-r: the rows with --recompute only.)
 #
 # The family: LAYERS blocks, width C a multiple of 64, C/64 heads, context CTX, MICRO
 # windows per rank and micro-batch. For each setting the width is found by bisection;
@@ -14,20 +16,24 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 TRAIN=${DDP_TRAIN:-$ROOT/build/ddp-train}
-budget_mib=2048 ranks=8 layers=12 ctx=256 micro=4
-while getopts "b:n:l:t:m:" o; do
+budget_mib=2048 ranks=8 layers=12 ctx=256 micro=4 only_recompute=""
+while getopts "b:n:l:t:m:r" o; do
     case $o in
     b) budget_mib=$OPTARG ;;
     n) ranks=$OPTARG ;;
     l) layers=$OPTARG ;;
     t) ctx=$OPTARG ;;
     m) micro=$OPTARG ;;
+    r) only_recompute=1 ;;
     *) sed -n 2,12p "$0"; exit 2 ;;
     esac
 done
 budget=$((budget_mib * 1024 * 1024))
 recompute_flags=("")
-if "$TRAIN" --help 2>&1 | grep -q -- "--recompute"; then recompute_flags+=("--recompute"); fi
+# (Not `--help | grep -q`: grep leaving early fails the pipe under pipefail.)
+help=$("$TRAIN" --help 2>&1 || true)
+if [[ $help == *--recompute* ]]; then recompute_flags+=("--recompute"); fi
+[ -n "$only_recompute" ] && recompute_flags=("--recompute")
 
 # plan ZERO RECOMPUTE WIDTH -> the JSON line of --memory-plan
 plan() {
