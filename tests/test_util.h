@@ -115,6 +115,23 @@ static inline double rounding_spread(ddp_train_config cfg, ddp_backend *b, ddp_c
  * over the measured spread (see rounding_spread). */
 #define SPREAD_MARGIN 8.0
 
+/* The small MLP of the training tests (hidden 24, 12; batch 32; SGD at 0.1 after 5 warm-up
+ * steps), `steps` steps, logging every `every`. */
+static inline ddp_train_config small_mlp_config(int64_t steps, int every) {
+    ddp_train_config c;
+    ddp_train_config_defaults(&c);
+    c.model.n_hidden = 2;
+    c.model.hidden[0] = 24;
+    c.model.hidden[1] = 12;
+    c.global_batch = 32;
+    c.max_steps = steps;
+    c.sched.warmup_steps = 5;
+    c.sched.base_lr = 0.1f;
+    c.log_every = every;
+    c.quiet = 1;
+    return c;
+}
+
 /* A tiny GPT (2 blocks, width 16, 2 heads, context 8, batch 8 windows) that trains in
  * milliseconds, with the GPT's defaults otherwise: `steps` steps, logging and evaluating
  * every `every` steps. */

@@ -62,24 +62,18 @@ static ddp_status set_decay(ddp_trainer *t) {
 /* Which part of the flat buffers this rank updates: all of it, or with --zero its shard.
  * Shards are cut from the flat buffer alone (not from buckets or tensors), so that a
  * checkpoint's shards can be read back by any number of ranks. */
-static ddp_status shard_layout(ddp_trainer *t) {
-    size_t n = t->num_params, w = (size_t)t->world;
-    t->shard_counts = calloc(w, sizeof *t->shard_counts);
-    if (!t->shard_counts) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
-    if (t->cfg.zero == 0) {
-        t->shard_size = t->shard_len = n;
-        t->shard_begin = 0;
-        return DDP_OK;
-    }
-    t->shard_size = ((n + w - 1) / w + 15) / 16 * 16;
-    for (size_t q = 0; q < w; q++) {
-        size_t lo = q * t->shard_size;
-        t->shard_counts[q] = lo >= n ? 0 : (n - lo < t->shard_size ? n - lo : t->shard_size);
-    }
-    t->shard_begin = (size_t)t->rank * t->shard_size;
+static size_t shard_size_of(size_t n, size_t ranks, int zero) {
+    /* A multiple of 16 floats, so that shards start on cache lines. */
+    return zero == 0 ? n : ((n + ranks - 1) / ranks + 15) / 16 * 16;
+}
+
+static void shard_layout(ddp_trainer *t) {
+    size_t n = t->num_params;
+    t->shard_size = shard_size_of(n, (size_t)t->world, t->cfg.zero);
+    /* Without sharding every rank's "shard" is the whole buffer. */
+    t->shard_begin = t->cfg.zero == 0 ? 0 : (size_t)t->rank * t->shard_size;
     if (t->shard_begin > n) t->shard_begin = n;
-    t->shard_len = t->shard_counts[t->rank];
-    return DDP_OK;
+    t->shard_len = n - t->shard_begin < t->shard_size ? n - t->shard_begin : t->shard_size;
 }
 
 /* Everything in set-up that involves no collective: it may fail on one rank alone. */
@@ -97,7 +91,7 @@ static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
     /* Same seed on every rank: identical initial parameters without a broadcast. */
     DDP_CHECK(ddp_model_init_params(t->model, t->cfg.seed));
     t->num_params = ddp_model_num_params(t->model);
-    DDP_CHECK(shard_layout(t));
+    shard_layout(t);
     DDP_CHECK(ddp_optim_create(b, &t->cfg.optim, t->shard_len, &t->optim));
     DDP_CHECK(set_decay(t));
     t->h_params = malloc(t->num_params * sizeof(float));
@@ -237,7 +231,6 @@ void ddp_trainer_free(ddp_trainer *t) {
     if (t->src && b) t->src->release(t);
     ddp_backend_dealloc(b, t->d_stats);
     ddp_backend_dealloc(b, t->shard_grads);
-    free(t->shard_counts);
     free(t->h_params);
     ddp_reducer_free(t->reducer);
     ddp_comm_free(t->bn_comm);
@@ -253,7 +246,7 @@ void ddp_trainer_memory(const ddp_trainer *t, int ranks, ddp_memory_use *m) {
     /* This run: what this rank allocated. A plan: the largest shard of `ranks`. */
     size_t n = t->num_params, shard = t->shard_size, mine = ddp_optim_size(t->optim);
     if (ranks > 0 && ranks != t->world) {
-        shard = t->cfg.zero == 0 ? n : ((n + (size_t)ranks - 1) / (size_t)ranks + 15) / 16 * 16;
+        shard = shard_size_of(n, (size_t)ranks, t->cfg.zero);
         if (shard > n) shard = n;
         mine = shard;
     }

@@ -64,7 +64,6 @@ struct ddp_trainer {
      * buffers; every shard but the last ones holds shard_size elements (a multiple of 16,
      * so that shards start on cache lines; the last may be short or empty) */
     size_t shard_size, shard_begin, shard_len;
-    size_t *shard_counts; /* (world) every rank's shard_len, for the all-gather */
     float *shard_grads;   /* (shard_size) device: this shard's averaged gradients */
     int64_t step;         /* steps completed */
     int64_t samples;      /* samples trained on over all ranks (steps x their global batches) */

@@ -40,20 +40,7 @@ static ddp_text text;                   /* for the GPT: bytes from a small Marko
 static ddp_dataset img_train, img_test; /* for the CNN: 6 x 6 images */
 static int rank, world;
 
-static ddp_train_config base_config(void) {
-    ddp_train_config c;
-    ddp_train_config_defaults(&c);
-    c.model.n_hidden = 2;
-    c.model.hidden[0] = 24;
-    c.model.hidden[1] = 12;
-    c.global_batch = 32;
-    c.max_steps = STEPS;
-    c.sched.warmup_steps = 5;
-    c.sched.base_lr = 0.1f;
-    c.log_every = 5;
-    c.quiet = 1;
-    return c;
-}
+static ddp_train_config base_config(void) { return small_mlp_config(STEPS, 5); }
 
 /* Trains cfg over `comm` and returns the final parameters (malloc'd). */
 static float *train(ddp_train_config cfg, ddp_comm *comm, size_t *n) {

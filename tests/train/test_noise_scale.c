@@ -153,17 +153,8 @@ static void rank_averages_average_exactly(void **state) {
 /* ---- the trainer's measurements ------------------------------------------------------ */
 
 static ddp_train_config base_config(void) {
-    ddp_train_config c;
-    ddp_train_config_defaults(&c);
-    c.model.n_hidden = 2;
-    c.model.hidden[0] = 24;
-    c.model.hidden[1] = 12;
-    c.global_batch = 32;
-    c.max_steps = STEPS;
+    ddp_train_config c = small_mlp_config(STEPS, 1);
     c.sched.warmup_steps = 0;
-    c.sched.base_lr = 0.1f;
-    c.log_every = 1;
-    c.quiet = 1;
     return c;
 }
 
@@ -277,8 +268,14 @@ static void ready_ranges_add_up_to_the_whole_buffer(void **state) {
     ddp_step_stats a[STEPS], b[STEPS];
     run_steps(over, world_comm, a);
     run_steps(plain, world_comm, b);
-    /* Double sums of the same float squares, in other chunks: 1e-12. */
-    assert_true(rel(a[0].gns_small_sq, b[0].gns_small_sq) < 1e-12);
+    /* The same gradient summed in other chunks, except that with overlap the first layer's
+     * gradient is computed in row slices, whose products some BLAS kernels (OpenBLAS's
+     * Haswell ones) block differently: a few float roundings per element, 1e-6 of the
+     * squared norm, far below a range measured twice or left out (its share of the norm,
+     * 1e-2 and more here). */
+    double first = rel(a[0].gns_small_sq, b[0].gns_small_sq);
+    if (rank == 0) print_message("first step: relative difference %.3g\n", first);
+    assert_true(first < 1e-6);
     for (int i = 0; i < STEPS; i++)
         assert_true(rel(a[i].gns_small_sq, b[i].gns_small_sq) < RUN_TOL);
 }

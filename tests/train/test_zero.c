@@ -40,21 +40,13 @@ static int rank, world;
 /* AdamW with weight decay (not on biases), clipping that binds, 2 micro-batches, and a
  * batch that 1 to 4 ranks divide. */
 static ddp_train_config mlp_config(void) {
-    ddp_train_config c;
-    ddp_train_config_defaults(&c);
-    c.model.n_hidden = 2;
-    c.model.hidden[0] = 24;
-    c.model.hidden[1] = 12;
+    ddp_train_config c = small_mlp_config(25, 5);
     c.global_batch = 48;
     c.accum = 2;
-    c.max_steps = 25;
-    c.sched.warmup_steps = 5;
     c.optim.kind = DDP_OPTIM_ADAMW;
     c.sched.base_lr = 3e-3f;
     c.optim.weight_decay = 0.01f;
     c.clip_norm = 0.5f;
-    c.log_every = 5;
-    c.quiet = 1;
     return c;
 }
 
