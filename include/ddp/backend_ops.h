@@ -45,8 +45,8 @@
 /* clang-format off */
 #define DDP_BACKEND_OPS(X)                                                                         \
     /* C (M, N) = alpha * op(A) op(B) + beta * C; op(A) is (M, K), op(B) (K, N); lda, ldb,         \
-     * ldc are the row strides of A, B, C as stored. With beta 0 and K > 0, C is never read    \
-     * (K = 0 computes C *= beta). */             \
+     * ldc are the row strides of A, B, C as stored. With beta 0, C is never read, so it may   \
+     * hold NaN (K = 0 computes C = beta * C, zeros when beta is 0). */                          \
     X(gemm,                                                                                        \
       (ddp_backend * b, int trans_a, int trans_b, int M, int N, int K, float alpha,                \
        const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc),           \
@@ -87,7 +87,8 @@
     /* y (batch, cols, rows) = each x (batch, rows, cols) transposed, written; y != x. (The      \
      * flatten of channels-last images into PyTorch's channel-major order, and back.) */           \
     X(transpose, (ddp_backend * b, float *y, const float *x, int batch, int rows, int cols),       \
-      (b, y, x, batch, rows, cols), check_dims2(rows, cols), batch == 0)                          \
+      (b, y, x, batch, rows, cols), check_dims2(rows, cols),                                       \
+      batch == 0 || rows == 0 || cols == 0)                                                        \
     /* y = a + c, n elements; y may equal a or c (a residual connection, or y += c). */           \
     X(add, (ddp_backend * b, float *y, const float *a, const float *c, size_t n),                  \
       (b, y, a, c, n), DDP_OK, n == 0)                                                             \

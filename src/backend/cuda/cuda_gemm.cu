@@ -27,13 +27,14 @@ __global__ static void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size
     }
 }
 
-/* C (M, N) *= beta: the product of an empty K, computed as the CPU backend does. */
+/* C (M, N) = beta C: the product of an empty K, computed as the CPU backend does. With
+ * beta 0, C is not read (it may hold NaN, as cuBLAS allows) and becomes zeros. */
 __global__ static void scale_matrix_kernel(float *C, size_t M, size_t N, size_t ldc, float beta) {
     size_t total = M * N;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         size_t r = i / N, c = i - r * N;
-        C[r * ldc + c] *= beta;
+        C[r * ldc + c] = beta == 0.0f ? 0.0f : beta * C[r * ldc + c];
     }
 }
 

@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# One call on a GPU machine that has no package access: build what the GPU needs, run
+# every GPU test (a skip counts as a failure), smoke-train the GPT and the CNN in bf16
+# over NCCL, benchmark the MLP 784-4096x3-10 against PyTorch in tf32 and bf16 in the same
+# call, and print a summary table last. Sized for one device call of at most 9 minutes.
+#
+#   # here, once: the Debian packages the GPU machine lacks, and the text for the GPT
+#   sh ../shared/device/fetch-debs.sh && bash bench/gpu/first-run.sh --prepare
+#   # there, from the project root, with .deps carried:
+#   OUT=/some/dir bash bench/gpu/first-run.sh
+#
+# Everything goes under $OUT (default bench/gpu/out): summary.md, ctest-cuda.log and
+# logs.tar.gz (every other log and JSON), at most 8 files. Each stage has a time limit of
+# its own, so a hang costs that stage, not the call.
+#
+# DDP_FIRST_RUN_STUB=1 rehearses the script on a machine without a GPU: the GPU steps
+# run on the CPU (--device cpu --comm mpi, small sizes), PyTorch's side is replaced by a
+# stub, and the GPU tests are expected to skip; everything else (unpacking, configure
+# with CUDA and NCCL required, the build, parsing, the table) runs for real.
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT" || exit 1
+STUB=${DDP_FIRST_RUN_STUB:-0}
+OUT=${OUT:-$ROOT/bench/gpu/out}
+LOGS=$OUT/logs
+BUILD=${BUILD_DIR:-$ROOT/build-gpu}
+TEXT=$ROOT/.deps/kjv.txt.gz
+mkdir -p "$LOGS"
+T0=$(date +%s)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONUNBUFFERED=1
+
+# --prepare (here, where packages can be fetched): the GPT's text, compressed, beside
+# the carried packages.
+if [ "${1:-}" = "--prepare" ]; then
+    [ -d .deps/debs ] || { echo "run sh ../shared/device/fetch-debs.sh first" >&2; exit 1; }
+    command -v bible >/dev/null || { echo "bible (Debian's bible-kjv) is missing" >&2; exit 1; }
+    # As src/data/text_corpus.c runs it: in "/", so that no stray bible.data is read.
+    (cd / && bible -l 79 gen1:1-rev22:21) | gzip -9 >"$TEXT"
+    ls -l "$TEXT"
+    du -sh .deps
+    exit 0
+fi
+
+declare -A RESULT # stage -> ok | FAIL (reason)
+ORDER=()
+stage() { ORDER+=("$1"); RESULT[$1]=$2; echo "[$(( $(date +%s) - T0 )) s] $1: $2"; }
+elapsed() { echo $(( $(date +%s) - T0 )); }
+
+# ---- 1. preflight (about 10 s) --------------------------------------------------------
+{
+    echo "date: $(date -u +%FT%TZ)  stub: $STUB"
+    echo "host: $(uname -srm), $(nproc) CPUs, $(free -g | awk '/Mem:/ {print $2}') GiB"
+    grep -m1 'model name' /proc/cpuinfo
+    if [ "$STUB" = 1 ]; then echo "gpu: stub (no GPU used)"; else
+        timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm \
+            --format=csv,noheader || echo "nvidia-smi failed"; fi
+    echo "nvcc: $(nvcc --version 2>/dev/null | tail -n1)"
+    echo "cc: $(cc --version 2>/dev/null | head -n1)"
+    echo "cmake: $(cmake --version 2>/dev/null | head -n1)  ninja: $(ninja --version 2>/dev/null)"
+    echo "python: $(timeout 20 python3 -c 'import torch; print(torch.__version__, "cuda", torch.cuda.is_available())' 2>&1 | tail -n1)"
+    echo "carried packages: $(ls .deps/debs 2>/dev/null | wc -l), text: $([ -f "$TEXT" ] && echo yes || echo no)"
+} 2>&1 | tee "$LOGS/preflight.txt"
+GPU_NAME=$(grep '^gpu\|NVIDIA' "$LOGS/preflight.txt" | head -n1 | cut -d, -f1)
+
+# ---- 2. the carried packages ------------------------------------------------------------
+if [ -f .deps/unpack.sh ]; then
+    # shellcheck source=/dev/null
+    . .deps/unpack.sh >"$LOGS/unpack.log" 2>&1 && stage unpack ok || stage unpack "FAIL (see unpack.log)"
+else
+    stage unpack "skipped (no .deps/unpack.sh: using the system's packages)"
+fi
+
+# ---- 3. configure: CUDA and NCCL required, warnings not fatal ---------------------------
+GEN=()
+command -v ninja >/dev/null && GEN=(-G Ninja)
+if timeout 120 cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
+    -DDDP_CUDA=ON -DDDP_NCCL=ON -DDDP_REQUIRE_GPU="$([ "$STUB" = 1 ] && echo OFF || echo ON)" \
+    -DDDP_WERROR=OFF -DCMAKE_CUDA_ARCHITECTURES=90 >"$LOGS/configure.log" 2>&1; then
+    stage configure "ok ($(grep -o 'CUDA backend [A-Z]*, NCCL comm [A-Z]*' "$LOGS/configure.log"))"
+else
+    stage configure "FAIL: $(grep -m1 -A2 'CMake Error' "$LOGS/configure.log" | tr '\n' ' ' | cut -c1-200)"
+fi
+
+# ---- 4. build only what the GPU run needs -----------------------------------------------
+B0=$(date +%s)
+if [ "${RESULT[configure]:0:2}" = ok ] &&
+    timeout 300 cmake --build "$BUILD" -j "$(nproc)" --target gpu-tests ddp-bench \
+        >"$LOGS/build.log" 2>&1; then
+    stage build "ok ($(( $(date +%s) - B0 )) s, $(grep -c 'warning:' "$LOGS/build.log") warnings)"
+else
+    stage build "FAIL: $(grep -m1 -E 'error|Error' "$LOGS/build.log" | cut -c1-200)"
+fi
+BUILT=0
+[ "${RESULT[build]:0:2}" = ok ] && BUILT=1
+
+# ---- 5. every GPU test: a skip is a failure ---------------------------------------------
+if [ "$BUILT" = 1 ]; then
+    timeout 240 ctest --test-dir "$BUILD" -L cuda --output-on-failure --timeout 180 \
+        >"$OUT/ctest-cuda.log" 2>&1
+    summary=$(grep -E 'tests passed|tests failed' "$OUT/ctest-cuda.log" | tail -n1)
+    failed=$(grep -E '\*\*\*Failed|\*\*\*Timeout|\*\*\*Exception|Not Run|\*\*\*Skipped' \
+        "$OUT/ctest-cuda.log" | sed -E 's/^ *[0-9]+\/[0-9]+ Test +#[0-9]+: //' | awk '{print $1}' | tr '\n' ' ')
+    # cmocka's own skips inside a passing program count too.
+    skips=$(grep -c '^\[  SKIPPED \]' "$OUT/ctest-cuda.log")
+    if [ -n "$summary" ] && [ -z "$failed" ] && [ "$skips" = 0 ]; then
+        stage gpu-tests "ok ($summary)"
+    else
+        stage gpu-tests "FAIL (${summary:-no summary}; failed: ${failed:-none}; cmocka skips: $skips)"
+    fi
+else
+    stage gpu-tests "not run (no build)"
+fi
+
+# ---- 6. smoke runs: GPT and CNN in bf16 over NCCL ---------------------------------------
+# prec P: the precision flag of a GPU run; the CPU of a stub computes in fp32 only.
+DEV=(--device cuda --comm nccl)
+prec() { if [ "$STUB" = 1 ]; then echo "--precision fp32"; else echo "--precision $1"; fi; }
+[ "$STUB" = 1 ] && DEV=(--device cpu --comm mpi)
+json_get() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(" ".join(str(d.get(k,"?")) for k in sys.argv[2:]))' "$@" 2>/dev/null; }
+if [ "$BUILT" = 1 ]; then
+    if [ -f "$TEXT" ]; then gunzip -c "$TEXT" >"$LOGS/kjv.txt"; else
+        cat README.md docs/*.md >"$LOGS/kjv.txt"; fi
+    GPT=(--model gpt --text "$LOGS/kjv.txt" $(prec bf16) --optim adamw --lr 1e-3 --warmup 20)
+    [ "$STUB" = 1 ] && GPT+=(--layers 2 --dim 64 --heads 2 --ctx 64 --batch 16)
+    steps=300; [ "$STUB" = 1 ] && steps=30
+    if timeout 120 mpirun -np 1 "$BUILD/ddp-train" "${GPT[@]}" "${DEV[@]}" --steps "$steps" \
+        --log-every 50 --eval-every "$steps" --eval-tokens 65536 --timeout 60 \
+        --metrics "$LOGS/gpt-train.jsonl" >"$LOGS/gpt-train.log" 2>&1; then
+        first=$(head -n1 "$LOGS/gpt-train.jsonl" | python3 -c 'import json,sys; print("%.3f" % json.loads(sys.stdin.read())["loss"])' 2>/dev/null)
+        last=$(tail -n1 "$LOGS/gpt-train.jsonl" | python3 -c 'import json,sys; print("%.3f" % json.loads(sys.stdin.read())["loss"])' 2>/dev/null)
+        stage gpt-train "ok (loss ${first:-?} -> ${last:-?} in $steps steps; $(grep -o 'val[^,]*loss[^,]*' "$LOGS/gpt-train.log" | tail -n1))"
+    else
+        stage gpt-train "FAIL: $(grep -m1 -iE 'error|failed' "$LOGS/gpt-train.log" | cut -c1-200)"
+    fi
+    BENCH=(--warmup-steps 5 --bench-steps 20)
+    [ "$STUB" = 1 ] && BENCH=(--warmup-steps 1 --bench-steps 3)
+    if timeout 90 mpirun -np 1 "$BUILD/ddp-bench" train "${GPT[@]}" "${DEV[@]}" "${BENCH[@]}" \
+        --json "$LOGS/gpt-bench.json" >"$LOGS/gpt-bench.log" 2>&1; then
+        stage gpt-bench "ok ($(json_get "$LOGS/gpt-bench.json" tokens_per_s) tokens/s)"
+    else
+        stage gpt-bench "FAIL: $(grep -m1 -iE 'error|failed' "$LOGS/gpt-bench.log" | cut -c1-200)"
+    fi
+    CNN=(--model cnn $(prec bf16) --sync-bn --batch 256)
+    [ "$STUB" = 1 ] && CNN+=(--channels 4,8 --hidden 16 --batch 32)
+    if timeout 90 mpirun -np 1 "$BUILD/ddp-bench" train "${CNN[@]}" "${DEV[@]}" "${BENCH[@]}" \
+        --json "$LOGS/cnn-bench.json" >"$LOGS/cnn-bench.log" 2>&1; then
+        stage cnn-bench "ok ($(json_get "$LOGS/cnn-bench.json" samples_per_s) samples/s)"
+    else
+        stage cnn-bench "FAIL: $(grep -m1 -iE 'error|failed' "$LOGS/cnn-bench.log" | cut -c1-200)"
+    fi
+fi
+
+# ---- 7. the MLP 784-4096x3-10 against PyTorch, tf32 and bf16 ----------------------------
+HIDDEN=4096,4096,4096 BATCH=4096
+[ "$STUB" = 1 ] && HIDDEN=128,128 BATCH=256
+if [ "$BUILT" = 1 ]; then
+    for prec in tf32 bf16; do
+        timeout 90 mpirun -np 1 "$BUILD/ddp-bench" train --hidden "$HIDDEN" --batch "$BATCH" \
+            "${DEV[@]}" $(prec "$prec") "${BENCH[@]}" --json "$LOGS/ddp-mlp-$prec.json" \
+            >"$LOGS/ddp-mlp-$prec.log" 2>&1 || echo "ddp $prec failed" >>"$LOGS/ddp-mlp-$prec.log"
+        if [ "$STUB" = 1 ]; then
+            echo '{"samples_per_s": 1.0, "peak_tflops_measured": 1.0, "mfu": 0.0, "stub": true}' \
+                >"$LOGS/torch-mlp-$prec.json"
+        else
+            timeout 120 python3 bench/gpu/torch_mlp.py --hidden "$HIDDEN" --batch "$BATCH" \
+                --precision "$prec" >"$LOGS/torch-mlp-$prec.json" 2>"$LOGS/torch-mlp-$prec.log"
+        fi
+    done
+fi
+MLP_TABLE=$(python3 - "$LOGS" <<'PY'
+import json, os, sys
+logs = sys.argv[1]
+print("| precision | ddp samples/s | PyTorch samples/s | ddp / PyTorch | ddp TFLOP/s | measured peak TFLOP/s | ddp % of peak |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for p in ("tf32", "bf16"):
+    try:
+        d = json.load(open(os.path.join(logs, "ddp-mlp-%s.json" % p)))
+        t = json.load(open(os.path.join(logs, "torch-mlp-%s.json" % p)))
+    except Exception as e:
+        print("| %s | missing (%s) | | | | | |" % (p, type(e).__name__))
+        continue
+    tf = d["model_flops_per_s"] / 1e12
+    peak = t["peak_tflops_measured"]
+    print("| %s | %.0f | %.0f | %.2f | %.1f | %.0f | %.0f%% |" % (
+        p, d["samples_per_s"], t["samples_per_s"], d["samples_per_s"] / t["samples_per_s"],
+        tf, peak, 100 * tf / peak))
+PY
+)
+
+# ---- 8. the summary, last ---------------------------------------------------------------
+tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs 2>/dev/null && rm -rf "$LOGS"
+{
+    echo "## bench/gpu/first-run.sh: ${GPU_NAME:-?}, $(elapsed) s"
+    echo
+    echo "| stage | result |"
+    echo "|---|---|"
+    for s in "${ORDER[@]}"; do echo "| $s | ${RESULT[$s]} |"; done
+    echo
+    echo "$MLP_TABLE"
+} | tee "$OUT/summary.md"
+for s in "${ORDER[@]}"; do
+    case "${RESULT[$s]}" in FAIL*) exit 1 ;; esac
+done
+exit 0
