@@ -45,6 +45,14 @@ declare -A RESULT # stage -> ok | FAIL (reason)
 ORDER=()
 stage() { ORDER+=("$1"); RESULT[$1]=$2; echo "[$(( $(date +%s) - T0 )) s] $1: $2"; }
 elapsed() { echo $(( $(date +%s) - T0 )); }
+# A stage's time limit: what it asks for, cut to what is left of DDP_FIRST_RUN_SECONDS
+# (default 500), keeping 15 s for the summary.
+DEADLINE=${DDP_FIRST_RUN_SECONDS:-500}
+budget() {
+    local left=$(( DEADLINE - $(elapsed) - 15 ))
+    if [ "$left" -lt 5 ]; then left=5; fi
+    if [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
+}
 
 # ---- 1. preflight (about 10 s) --------------------------------------------------------
 {
@@ -73,7 +81,7 @@ fi
 # ---- 3. configure: CUDA and NCCL required, warnings not fatal ---------------------------
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
-if timeout 120 cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
+if timeout "$(budget 120)" cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
     -DDDP_CUDA=ON -DDDP_NCCL=ON -DDDP_REQUIRE_GPU="$([ "$STUB" = 1 ] && echo OFF || echo ON)" \
     -DDDP_WERROR=OFF -DCMAKE_CUDA_ARCHITECTURES=90 >"$LOGS/configure.log" 2>&1; then
     stage configure "ok ($(grep -o 'CUDA backend [A-Z]*, NCCL comm [A-Z]*' "$LOGS/configure.log"))"
@@ -84,7 +92,7 @@ fi
 # ---- 4. build only what the GPU run needs -----------------------------------------------
 B0=$(date +%s)
 if [ "${RESULT[configure]:0:2}" = ok ] &&
-    timeout 300 cmake --build "$BUILD" -j "$(nproc)" --target gpu-tests ddp-bench \
+    timeout "$(budget 300)" cmake --build "$BUILD" -j "$(nproc)" --target gpu-tests ddp-bench \
         >"$LOGS/build.log" 2>&1; then
     stage build "ok ($(( $(date +%s) - B0 )) s, $(grep -c 'warning:' "$LOGS/build.log") warnings)"
 else
@@ -95,7 +103,7 @@ BUILT=0
 
 # ---- 5. every GPU test: a skip is a failure ---------------------------------------------
 if [ "$BUILT" = 1 ]; then
-    timeout 240 ctest --test-dir "$BUILD" -L cuda --output-on-failure --timeout 180 \
+    timeout "$(budget 240)" ctest --test-dir "$BUILD" -L cuda --output-on-failure --timeout "$(budget 180)" \
         >"$OUT/ctest-cuda.log" 2>&1
     summary=$(grep -E 'tests passed|tests failed' "$OUT/ctest-cuda.log" | tail -n1)
     failed=$(grep -E '\*\*\*Failed|\*\*\*Timeout|\*\*\*Exception|Not Run|\*\*\*Skipped' \
@@ -123,7 +131,7 @@ if [ "$BUILT" = 1 ]; then
     GPT=(--model gpt --text "$LOGS/kjv.txt" $(prec bf16) --optim adamw --lr 1e-3 --warmup 20)
     [ "$STUB" = 1 ] && GPT+=(--layers 2 --dim 64 --heads 2 --ctx 64 --batch 16)
     steps=300; [ "$STUB" = 1 ] && steps=30
-    if timeout 120 mpirun -np 1 "$BUILD/ddp-train" "${GPT[@]}" "${DEV[@]}" --steps "$steps" \
+    if timeout "$(budget 120)" mpirun -np 1 "$BUILD/ddp-train" "${GPT[@]}" "${DEV[@]}" --steps "$steps" \
         --log-every 50 --eval-every "$steps" --eval-tokens 65536 --timeout 60 \
         --metrics "$LOGS/gpt-train.jsonl" >"$LOGS/gpt-train.log" 2>&1; then
         first=$(head -n1 "$LOGS/gpt-train.jsonl" | python3 -c 'import json,sys; print("%.3f" % json.loads(sys.stdin.read())["loss"])' 2>/dev/null)
@@ -134,7 +142,7 @@ if [ "$BUILT" = 1 ]; then
     fi
     BENCH=(--warmup-steps 5 --bench-steps 20)
     [ "$STUB" = 1 ] && BENCH=(--warmup-steps 1 --bench-steps 3)
-    if timeout 90 mpirun -np 1 "$BUILD/ddp-bench" train "${GPT[@]}" "${DEV[@]}" "${BENCH[@]}" \
+    if timeout "$(budget 90)" mpirun -np 1 "$BUILD/ddp-bench" train "${GPT[@]}" "${DEV[@]}" "${BENCH[@]}" \
         --json "$LOGS/gpt-bench.json" >"$LOGS/gpt-bench.log" 2>&1; then
         stage gpt-bench "ok ($(json_get "$LOGS/gpt-bench.json" tokens_per_s) tokens/s)"
     else
@@ -142,7 +150,7 @@ if [ "$BUILT" = 1 ]; then
     fi
     CNN=(--model cnn $(prec bf16) --sync-bn --batch 256)
     [ "$STUB" = 1 ] && CNN+=(--channels 4,8 --hidden 16 --batch 32)
-    if timeout 90 mpirun -np 1 "$BUILD/ddp-bench" train "${CNN[@]}" "${DEV[@]}" "${BENCH[@]}" \
+    if timeout "$(budget 90)" mpirun -np 1 "$BUILD/ddp-bench" train "${CNN[@]}" "${DEV[@]}" "${BENCH[@]}" \
         --json "$LOGS/cnn-bench.json" >"$LOGS/cnn-bench.log" 2>&1; then
         stage cnn-bench "ok ($(json_get "$LOGS/cnn-bench.json" samples_per_s) samples/s)"
     else
@@ -155,14 +163,14 @@ HIDDEN=4096,4096,4096 BATCH=4096
 [ "$STUB" = 1 ] && HIDDEN=128,128 BATCH=256
 if [ "$BUILT" = 1 ]; then
     for prec in tf32 bf16; do
-        timeout 90 mpirun -np 1 "$BUILD/ddp-bench" train --hidden "$HIDDEN" --batch "$BATCH" \
+        timeout "$(budget 90)" mpirun -np 1 "$BUILD/ddp-bench" train --hidden "$HIDDEN" --batch "$BATCH" \
             "${DEV[@]}" $(prec "$prec") "${BENCH[@]}" --json "$LOGS/ddp-mlp-$prec.json" \
             >"$LOGS/ddp-mlp-$prec.log" 2>&1 || echo "ddp $prec failed" >>"$LOGS/ddp-mlp-$prec.log"
         if [ "$STUB" = 1 ]; then
             echo '{"samples_per_s": 1.0, "peak_tflops_measured": 1.0, "mfu": 0.0, "stub": true}' \
                 >"$LOGS/torch-mlp-$prec.json"
         else
-            timeout 120 python3 bench/gpu/torch_mlp.py --hidden "$HIDDEN" --batch "$BATCH" \
+            timeout "$(budget 120)" python3 bench/gpu/torch_mlp.py --hidden "$HIDDEN" --batch "$BATCH" \
                 --precision "$prec" >"$LOGS/torch-mlp-$prec.json" 2>"$LOGS/torch-mlp-$prec.log"
         fi
     done
