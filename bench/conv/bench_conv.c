@@ -4,7 +4,7 @@
  * 32 -> 64) forward and backward, against im2col + OpenBLAS (im2col_conv.c), the
  * alternative to oneDNN measured and not taken, on the same buffers; and the batch norms
  * and 2x2 max poolings that follow them. bench/conv/torch_conv.py times PyTorch's, and
- * bench/conv/run.sh runs both programs and prints the tables of bench/RESULTS.md.
+ * bench/conv/run.sh runs both programs and prints the tables of bench/results/convolutions.md.
  *
  *   bench_conv [reps [batch ...]]      (default 30 repetitions, batches 16 64 128)
  *

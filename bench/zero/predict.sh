@@ -2,8 +2,8 @@
 # Predicted (not measured) step time, efficiency and memory per rank of DDP, ZeRO-1 and
 # ZeRO-2 on 64 .. 1024 nodes, from cluster/perfmodel zero, for two models. Every input is
 # stated below; the ones for the 1.5B-parameter model are assumptions about a GPU node,
-# not measurements of ours. Prints Markdown (bench/RESULTS.md, "ZeRO-1 and ZeRO-2:
-# predicted").
+# not measurements of ours. Prints Markdown (bench/results/zero.md, "Predicted step time
+# and memory").
 #
 #   bench/zero/predict.sh
 set -eu
@@ -11,7 +11,7 @@ PM="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/cluster/perfmodel"
 
 # The GPT of --model gpt (3,257,856 parameters), one rank of one core per node, 16 windows
 # per rank: forward 126 ms, backward 218 ms and AdamW 11 ms per step, as measured at
-# 2 ranks x 1 thread (bench/RESULTS.md, "GPT language model on the CPU"). 13 MB of fp32
+# 2 ranks x 1 thread (bench/results/gpt.md). 13 MB of fp32
 # gradients. Assumed: 2 buckets (a first of 1 MB, then the rest), link 10 Gbit/s, alpha
 # 50 us, overlap 0.5 of backward (generic), no last-bucket limit.
 GPT=(--params 3257856 --sample-time 21.5ms --backward-share 0.634 --batch 16
