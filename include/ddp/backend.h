@@ -59,12 +59,32 @@ void ddp_backend_dealloc(ddp_backend *b, void *ptr);
 /* Page-locked host memory for staging (plain malloc on the CPU backend). */
 ddp_status ddp_backend_host_alloc(ddp_backend *b, size_t bytes, void **ptr);
 void ddp_backend_host_dealloc(ddp_backend *b, void *ptr);
-/* Ordered on the compute stream; D2H copies are complete when the call returns. */
+/* Ordered on the compute stream; D2H copies are complete when the call returns. D2D also
+ * copies between host buffers (and host and device ones), for callers that cannot tell
+ * where a buffer lives. */
 ddp_status ddp_backend_copy(ddp_backend *b, void *dst, const void *src, size_t bytes,
                             ddp_copy_kind kind);
 ddp_status ddp_backend_zero(ddp_backend *b, void *ptr, size_t bytes);
 /* Waits for all work queued on the backend. */
 ddp_status ddp_backend_sync(ddp_backend *b);
+
+/* Checks run while the host waits for the backend's work (D2H copies, sumsq, sync) where
+ * that work may be held up by a collective: the NCCL comm adds one that reports its
+ * asynchronous errors (a failed peer) and aborts after a watchdog timeout. With any check
+ * added, a CUDA backend's host waits poll an event instead of blocking in the driver, and
+ * are under the watchdog. The first check to fail ends the wait with its error. At most
+ * DDP_BACKEND_MAX_WAIT_CHECKS at once; the CPU backend, whose work never waits for a
+ * collective, keeps them and never runs them. Not thread-safe against waits: add and
+ * remove while no other thread uses the backend. */
+#define DDP_BACKEND_MAX_WAIT_CHECKS 4
+typedef ddp_status (*ddp_backend_wait_check_fn)(void *ctx);
+ddp_status ddp_backend_add_wait_check(ddp_backend *b, ddp_backend_wait_check_fn fn, void *ctx);
+/* Removes every check added with ctx. */
+void ddp_backend_remove_wait_check(ddp_backend *b, void *ctx);
+/* Runs the checks once, in the order they were added (for backends' waits). */
+ddp_status ddp_backend_run_wait_checks(ddp_backend *b);
+/* Nonzero when checks are added. */
+int ddp_backend_has_wait_checks(const ddp_backend *b);
 
 /* OpenBLAS kernels. A program calls ddp_blas_choose_kernels(argv) before anything else:
  * when OpenBLAS took generic kernels for a CPU it does not know although the CPU runs

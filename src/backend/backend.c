@@ -49,6 +49,33 @@ ddp_status ddp_backend_zero(ddp_backend *b, void *ptr, size_t bytes) {
 
 ddp_status ddp_backend_sync(ddp_backend *b) { return b->ops->sync(b); }
 
+ddp_status ddp_backend_add_wait_check(ddp_backend *b, ddp_backend_wait_check_fn fn, void *ctx) {
+    if (b->n_wait_checks == DDP_BACKEND_MAX_WAIT_CHECKS)
+        return DDP_FAIL(DDP_ERR_INTERNAL,
+                        "backend: more than %d wait checks (communicators on one backend); "
+                        "this is a bug in ddp",
+                        DDP_BACKEND_MAX_WAIT_CHECKS);
+    b->wait_checks[b->n_wait_checks].fn = fn;
+    b->wait_checks[b->n_wait_checks].ctx = ctx;
+    b->n_wait_checks++;
+    return DDP_OK;
+}
+
+void ddp_backend_remove_wait_check(ddp_backend *b, void *ctx) {
+    int kept = 0;
+    for (int i = 0; i < b->n_wait_checks; i++)
+        if (b->wait_checks[i].ctx != ctx) b->wait_checks[kept++] = b->wait_checks[i];
+    b->n_wait_checks = kept;
+}
+
+ddp_status ddp_backend_run_wait_checks(ddp_backend *b) {
+    for (int i = 0; i < b->n_wait_checks; i++)
+        DDP_CHECK(b->wait_checks[i].fn(b->wait_checks[i].ctx));
+    return DDP_OK;
+}
+
+int ddp_backend_has_wait_checks(const ddp_backend *b) { return b->n_wait_checks > 0; }
+
 ddp_status ddp_backend_gemm_peak(ddp_backend *b, double seconds, double *flops) {
     /* A square product large enough to run at the kernels' full rate and small enough to
      * repeat many times in the time given. One thread: the rate of one core. */

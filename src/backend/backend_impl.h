@@ -34,6 +34,11 @@ typedef struct {
 struct ddp_backend {
     const ddp_backend_ops *ops;
     ddp_backend_options opt;
+    struct {
+        ddp_backend_wait_check_fn fn;
+        void *ctx;
+    } wait_checks[DDP_BACKEND_MAX_WAIT_CHECKS]; /* ddp_backend_add_wait_check, in order */
+    int n_wait_checks;
 };
 
 /* The CPU backend (backend_cpu.c). Its convolutions keep oneDNN's primitives per shape in

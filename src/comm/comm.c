@@ -15,7 +15,10 @@
  * of operation OP (allreduce, iallreduce, broadcast, allgather, reduce_scatter, barrier) on
  * rank RANK
  * fail with DDP_ERR_COMM, as a broken link would; OP comm_create makes the N-th
- * communicator creation fail locally, as an allocation would. A labelled communicator's
+ * communicator creation fail locally, as an allocation would; the NCCL comm stages two of
+ * its own (comm_nccl.c): nccl_hang (the N-th collective never completes, as with a
+ * stopped peer) and nccl_async (the N-th check for asynchronous errors reports one, as
+ * with a dead peer). A labelled communicator's
  * all-reduces are called TAG_allreduce (ddp_comm_set_label): "bn_allreduce" for batch
  * norm's. Read once, at the first call. */
 static struct {
@@ -49,8 +52,7 @@ static void maybe_delay(const ddp_comm *c, const char *op) {
     }
 }
 
-/* 1 when DDP_INJECT_FAULT names this call: the n-th call of op on this rank. */
-static int fault_due(int rank, int size, const char *op) {
+int ddp_comm_inject_due(int rank, const char *op) {
     if (!fault.parsed) {
         fault.parsed = 1;
         fault.rank = -1;
@@ -58,8 +60,14 @@ static int fault_due(int rank, int size, const char *op) {
         if (env && sscanf(env, "%31[a-z_]:%d:%ld", fault.op, &fault.rank, &fault.n) != 3)
             fault.rank = -1;
     }
-    if (fault.rank != rank || strcmp(op, fault.op) != 0 || size == 1) return 0;
+    if (fault.rank != rank || strcmp(op, fault.op) != 0) return 0;
     return ++fault.calls == fault.n;
+}
+
+/* 1 when DDP_INJECT_FAULT names this call: the n-th call of op on this rank (a broken
+ * link needs a second rank: never in a world of one). */
+static int fault_due(int rank, int size, const char *op) {
+    return size > 1 && ddp_comm_inject_due(rank, op);
 }
 
 static ddp_status maybe_inject(const ddp_comm *c, const char *op) {

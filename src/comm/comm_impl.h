@@ -60,6 +60,10 @@ ddp_status ddp_comm_nccl_create(ddp_backend *b, ddp_comm **out);
  * communicator creation on world rank RANK before its first collective, as a local
  * allocation failure would. DDP_OK otherwise. Not collective. */
 ddp_status ddp_comm_inject_create_fault(int rank, int size);
+/* Nonzero when DDP_INJECT_FAULT names this call: the N-th call of `op` on `rank`, also in
+ * a world of one (for faults a communicator implementation stages itself: NCCL's
+ * nccl_hang and nccl_async, see comm_nccl.c). */
+int ddp_comm_inject_due(int rank, const char *op);
 
 /* Agreement on a local outcome before a collective that a rank which failed would skip:
  * every rank of `comm` passes its own status. Returns DDP_OK when all succeeded; on a

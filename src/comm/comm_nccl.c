@@ -23,6 +23,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "comm/comm_impl.h"
+#include "ddp/watchdog.h"
 
 typedef struct {
     struct ddp_comm base;
@@ -34,6 +35,7 @@ typedef struct {
     cudaEvent_t ready;    /* recorded on compute: the comm stream waits for it */
     cudaEvent_t done;     /* recorded on the comm stream: compute waits for it */
     int32_t *barrier_buf; /* (1) device int reduced by the barrier */
+    volatile int *hang_release; /* DDP_INJECT_FAULT=nccl_hang: set to end the stand-in */
 } nccl_comm;
 
 struct ddp_comm_req {
@@ -94,12 +96,20 @@ static ddp_status check_alive(nccl_comm *c) {
     return DDP_OK;
 }
 
+/* Aborts the communicator: its kernels stop, so the streams waiting for them drain. */
+static void abort_nccl(nccl_comm *c) {
+    if (c->nccl) ncclCommAbort(c->nccl);
+    c->nccl = NULL;
+    if (c->hang_release) *c->hang_release = 1;
+}
+
 /* Turns an asynchronous NCCL error into DDP_ERR_COMM and aborts the communicator, so
  * that nothing else is queued behind a collective that will never finish. */
 static ddp_status check_async(nccl_comm *c) {
     DDP_CHECK(check_alive(c));
     ncclResult_t async = ncclSuccess;
     NCCL_TRY(c, ncclCommGetAsyncError(c->nccl, &async));
+    if (ddp_comm_inject_due(c->base.rank, "nccl_async")) async = ncclRemoteError;
     if (async == ncclSuccess || async == ncclInProgress) return DDP_OK;
     const char *detail = ncclGetLastError(c->nccl);
     ddp_status s = DDP_FAIL(DDP_ERR_COMM,
@@ -108,9 +118,30 @@ static ddp_status check_async(nccl_comm *c) {
                             "the network went down; rerun with NCCL_DEBUG=WARN for details",
                             c->base.rank, ncclGetErrorString(async),
                             detail && detail[0] ? detail : "no detail");
-    ncclCommAbort(c->nccl);
-    c->nccl = NULL;
+    abort_nccl(c);
     return s;
+}
+
+/* After the watchdog fired (the wait it armed outlived --timeout): abort, so that this
+ * rank's GPU is freed and the wait ends with the reason. */
+static ddp_status check_timeout(nccl_comm *c) {
+    if (!ddp_watchdog_fired()) return DDP_OK;
+    abort_nccl(c);
+    return DDP_FAIL(DDP_ERR_TIMEOUT,
+                    "rank %d: NCCL collectives did not complete within the watchdog's timeout "
+                    "(another rank died or stopped responding); the NCCL communicator was "
+                    "aborted",
+                    c->base.rank);
+}
+
+/* The backend's wait check (ddp_backend_add_wait_check): while the host waits for compute
+ * work that may be queued behind this communicator's collectives. */
+static ddp_status wait_check(void *ctx) {
+    nccl_comm *c = ctx;
+    if (!c->nccl) return DDP_OK; /* aborted: nothing of it is left to wait for */
+    DDP_CHECK(check_async(c));
+    DDP_CHECK(check_timeout(c));
+    return DDP_OK;
 }
 
 /* Waits on the host until ev has completed, watching for asynchronous NCCL errors. */
@@ -122,6 +153,7 @@ static ddp_status host_wait(nccl_comm *c, cudaEvent_t ev) {
         if (e != cudaErrorNotReady) return ddp_cuda_error(e, "cudaEventQuery", __FILE__, __LINE__);
         (void)cudaGetLastError(); /* "not ready" is an answer, not an error to keep */
         DDP_CHECK(check_async(c));
+        DDP_CHECK(check_timeout(c));
         nanosleep(&pause, NULL);
     }
 }
@@ -234,6 +266,9 @@ static ddp_status begin(nccl_comm *c) {
     DDP_CUDA_CHECK(cudaSetDevice(c->device));
     DDP_CUDA_CHECK(cudaEventRecord(c->ready, c->compute));
     DDP_CUDA_CHECK(cudaStreamWaitEvent(c->stream, c->ready, 0));
+    /* Fault injection: this collective never completes, as if a peer had stopped. */
+    if (ddp_comm_inject_due(c->base.rank, "nccl_hang"))
+        DDP_CHECK(ddp_cuda_inject_hang(c->stream, &c->hang_release));
     return DDP_OK;
 }
 
@@ -449,10 +484,7 @@ static void nccl_abort(ddp_comm *base, int code) {
     nccl_comm *c = (nccl_comm *)base;
     /* Aborting NCCL first frees this rank's GPU from collectives that will never finish;
      * MPI_Abort then ends every rank of the job. */
-    if (c->nccl) {
-        ncclCommAbort(c->nccl);
-        c->nccl = NULL;
-    }
+    abort_nccl(c);
     MPI_Abort(MPI_COMM_WORLD, code);
 }
 
@@ -461,6 +493,7 @@ static void nccl_abort(ddp_comm *base, int code) {
 static void nccl_destroy(ddp_comm *base) {
     nccl_comm *c = (nccl_comm *)base;
     if (!c) return;
+    if (c->base.backend) ddp_backend_remove_wait_check(c->base.backend, c);
     if (cudaSetDevice(c->device) != cudaSuccess) (void)cudaGetLastError();
     if (c->nccl) {
         /* Let queued collectives finish, watching for a failed peer rather than hanging. */
@@ -477,6 +510,7 @@ static void nccl_destroy(ddp_comm *base) {
         }
     }
     if (c->barrier_buf) cudaFree(c->barrier_buf);
+    if (c->hang_release) cudaFreeHost((void *)c->hang_release);
     if (c->ready) cudaEventDestroy(c->ready);
     if (c->done) cudaEventDestroy(c->done);
     if (c->stream) cudaStreamDestroy(c->stream);
@@ -637,6 +671,8 @@ ddp_status ddp_comm_nccl_create(ddp_backend *b, ddp_comm **out) {
     c->compute = ddp_cuda_stream(b);
     s = bootstrap(c, all);
     free(all);
+    /* From here on, host waits for the backend's work watch this communicator. */
+    if (s == DDP_OK) s = ddp_backend_add_wait_check(b, wait_check, c);
     if (s != DDP_OK) {
         ddp_error_trace(__FILE__, __LINE__);
         nccl_destroy(&c->base);

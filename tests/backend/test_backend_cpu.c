@@ -546,8 +546,51 @@ static void test_bn_sums_added_over_two_halves_give_the_whole_batch(void **state
     }
 }
 
+/* ---- wait checks ---------------------------------------------------------------- */
+
+static int check_calls[3];
+static ddp_status check_ok(void *ctx) {
+    check_calls[*(int *)ctx]++;
+    return DDP_OK;
+}
+static ddp_status check_fails(void *ctx) {
+    check_calls[*(int *)ctx]++;
+    return DDP_FAIL(DDP_ERR_COMM, "check %d failed", *(int *)ctx);
+}
+
+static void test_wait_checks_run_in_order_until_one_fails(void **state) {
+    ddp_backend *b = *state;
+    int ids[3] = {0, 1, 2};
+    memset(check_calls, 0, sizeof check_calls);
+    assert_false(ddp_backend_has_wait_checks(b));
+    OK(ddp_backend_run_wait_checks(b)); /* none: nothing to run */
+    OK(ddp_backend_add_wait_check(b, check_ok, &ids[0]));
+    OK(ddp_backend_add_wait_check(b, check_fails, &ids[1]));
+    OK(ddp_backend_add_wait_check(b, check_ok, &ids[2]));
+    assert_true(ddp_backend_has_wait_checks(b));
+    assert_int_equal(ddp_backend_run_wait_checks(b), DDP_ERR_COMM);
+    assert_msg_has("check 1 failed");
+    ddp_error_clear();
+    assert_int_equal(check_calls[0], 1);
+    assert_int_equal(check_calls[1], 1);
+    assert_int_equal(check_calls[2], 0); /* after the failing one: not run */
+    ddp_backend_remove_wait_check(b, &ids[1]);
+    OK(ddp_backend_run_wait_checks(b));
+    assert_int_equal(check_calls[0], 2);
+    assert_int_equal(check_calls[2], 1);
+    /* The table is bounded: one more than it holds is refused, not written past. */
+    OK(ddp_backend_add_wait_check(b, check_ok, &ids[1]));
+    OK(ddp_backend_add_wait_check(b, check_ok, &ids[1]));
+    assert_int_equal(ddp_backend_add_wait_check(b, check_ok, &ids[1]), DDP_ERR_INTERNAL);
+    ddp_error_clear();
+    for (int i = 0; i < 3; i++)
+        ddp_backend_remove_wait_check(b, &ids[i]);
+    assert_false(ddp_backend_has_wait_checks(b));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_wait_checks_run_in_order_until_one_fails),
         cmocka_unit_test(test_cpu_backend_reports_its_kind),
         cmocka_unit_test(test_cpu_backend_refuses_reduced_precision),
         cmocka_unit_test(test_cuda_request_without_a_gpu_is_unsupported),

@@ -6,12 +6,18 @@
  * (device-to-host copies, sumsq, sync).
  */
 #include <stdlib.h>
+#include <time.h>
 
 #include "backend/cuda/cuda_internal.h"
+#include "ddp/watchdog.h"
 
 /* ---- errors ------------------------------------------------------------------------- */
 
 ddp_status ddp_cuda_error(cudaError_t e, const char *call, const char *file, int line) {
+    /* The error is reported here, as a status: take it out of the runtime's "last error",
+     * or the next kernel launch check would report it again under that kernel's name. (A
+     * sticky error, a fault inside a kernel, stays: every later call returns it.) */
+    (void)cudaGetLastError();
     const char *hint;
     ddp_status s = DDP_ERR_BACKEND;
     switch (e) {
@@ -60,6 +66,38 @@ unsigned int ddp_cuda_blocks(size_t n, unsigned int threads) {
 
 ddp_status ddp_cuda_use(ddp_cuda_backend *cb) {
     DDP_CUDA_CHECK(cudaSetDevice(cb->device));
+    return DDP_OK;
+}
+
+/* Polls cb->waited until it completes, a wait check fails, or the watchdog fires. */
+static ddp_status poll_waited(ddp_cuda_backend *cb) {
+    const struct timespec pause = {0, 20 * 1000}; /* 20 us: cheap, and quick to notice */
+    for (int polls = 0;; polls++) {
+        cudaError_t e = cudaEventQuery(cb->waited);
+        if (e == cudaSuccess) return DDP_OK;
+        if (e != cudaErrorNotReady) return ddp_cuda_error(e, "cudaEventQuery", __FILE__, __LINE__);
+        (void)cudaGetLastError(); /* "not ready" is an answer, not an error to keep */
+        DDP_CHECK(ddp_backend_run_wait_checks(&cb->base));
+        if (ddp_watchdog_fired())
+            return DDP_FAIL(DDP_ERR_TIMEOUT,
+                            "waiting for GPU %d: work queued behind a collective did not "
+                            "complete within the watchdog's timeout (a rank died or stopped)",
+                            cb->device);
+        /* Spin briefly first: most waits end within microseconds. */
+        if (polls >= 64) nanosleep(&pause, NULL);
+    }
+}
+
+ddp_status ddp_cuda_host_wait(ddp_cuda_backend *cb) {
+    if (!ddp_backend_has_wait_checks(&cb->base)) {
+        DDP_CUDA_CHECK(cudaStreamSynchronize(cb->stream));
+        return DDP_OK;
+    }
+    DDP_CUDA_CHECK(cudaEventRecord(cb->waited, cb->stream));
+    int wd = ddp_watchdog_arm("waiting for the GPU (work queued behind a collective)");
+    ddp_status s = poll_waited(cb);
+    ddp_watchdog_disarm(wd);
+    DDP_CHECK(s);
     return DDP_OK;
 }
 
@@ -139,12 +177,15 @@ static ddp_status cuda_copy(ddp_backend *b, void *dst, const void *src, size_t b
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
     DDP_CHECK(ddp_cuda_use(cb));
     if (bytes == 0) return DDP_OK;
+    /* D2D between any two buffers the process can address: device memory, or host memory
+     * where a caller that cannot tell (the local comm used as a control comm) passes it;
+     * unified addressing lets the driver tell. */
     enum cudaMemcpyKind k = kind == DDP_COPY_H2D   ? cudaMemcpyHostToDevice
                             : kind == DDP_COPY_D2H ? cudaMemcpyDeviceToHost
-                                                   : cudaMemcpyDeviceToDevice;
+                                                   : cudaMemcpyDefault;
     DDP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, k, cb->stream));
     /* The API promises that device-to-host data is there when the call returns. */
-    if (kind == DDP_COPY_D2H) DDP_CUDA_CHECK(cudaStreamSynchronize(cb->stream));
+    if (kind == DDP_COPY_D2H) DDP_CHECK(ddp_cuda_host_wait(cb));
     return DDP_OK;
 }
 
@@ -159,7 +200,7 @@ static ddp_status cuda_zero(ddp_backend *b, void *ptr, size_t bytes) {
 static ddp_status cuda_sync(ddp_backend *b) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
     DDP_CHECK(ddp_cuda_use(cb));
-    DDP_CUDA_CHECK(cudaStreamSynchronize(cb->stream));
+    DDP_CHECK(ddp_cuda_host_wait(cb));
     return DDP_OK;
 }
 
@@ -180,6 +221,7 @@ static void cuda_destroy(ddp_backend *b) {
     if (cb->cublas) cublasDestroy(cb->cublas);
     if (cb->partials) cudaFree(cb->partials);
     if (cb->host_result) cudaFreeHost(cb->host_result);
+    if (cb->waited) cudaEventDestroy(cb->waited);
     if (cb->stream) cudaStreamDestroy(cb->stream);
     (void)cudaGetLastError();
     free(cb);
@@ -195,6 +237,7 @@ static ddp_status cuda_init(ddp_cuda_backend *cb) {
     DDP_CUDA_CHECK(
         cudaMalloc((void **)&cb->partials, (DDP_CUDA_REDUCE_BLOCKS + 1) * sizeof(double)));
     DDP_CUDA_CHECK(cudaMallocHost((void **)&cb->host_result, sizeof(double)));
+    DDP_CUDA_CHECK(cudaEventCreateWithFlags(&cb->waited, cudaEventDisableTiming));
     int pools = 0;
     DDP_CUDA_CHECK(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, cb->device));
     cb->mem_pools = pools;

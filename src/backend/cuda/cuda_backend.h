@@ -20,6 +20,12 @@ cudaStream_t ddp_cuda_stream(ddp_backend *b);
 /* The CUDA device ordinal the backend runs on. */
 int ddp_cuda_device(ddp_backend *b);
 
+/* Fault injection (cuda_fault.cu): queues on `stream` a kernel that spins until the
+ * flag *release (page-locked host memory, allocated on the first call and kept for the
+ * next ones) is set nonzero: work that never completes, as a collective with a stopped
+ * peer. Free the flag with cudaFreeHost once the stream has drained. */
+ddp_status ddp_cuda_inject_hang(cudaStream_t stream, volatile int **release);
+
 /* Records a failed CUDA runtime call (its text in `call`) as the current error, keeping
  * CUDA's own name and message, and returns DDP_ERR_NOMEM for allocation failures and
  * DDP_ERR_BACKEND otherwise. Use through DDP_CUDA_CHECK. */

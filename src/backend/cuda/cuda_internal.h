@@ -36,11 +36,18 @@ typedef struct {
     double *host_result;           /* one pinned double: the sumsq result copied back */
     void *ws[DDP_CUDA_WORKSPACES]; /* device scratch by slot, grown on demand */
     size_t ws_bytes[DDP_CUDA_WORKSPACES];
+    cudaEvent_t waited; /* recorded for host waits that poll (ddp_cuda_host_wait) */
 } ddp_cuda_backend;
 
 /* Makes the backend's GPU current in the calling thread. Every op calls it first, so
  * that any thread (a communication thread, say) may use the backend on any GPU. */
 ddp_status ddp_cuda_use(ddp_cuda_backend *cb);
+
+/* Waits on the host until everything queued on the backend's stream so far has run. With
+ * wait checks added (a collective may hold the stream up: NCCL) it polls an event, runs
+ * the checks and stays under the watchdog, so that a failed or stopped peer ends the wait
+ * with an error instead of blocking in the driver forever; else cudaStreamSynchronize. */
+ddp_status ddp_cuda_host_wait(ddp_cuda_backend *cb);
 
 /* Records a failed cuBLAS call as the current error (DDP_ERR_BACKEND, or DDP_ERR_NOMEM
  * when cuBLAS could not allocate) with cuBLAS's own status string. */

@@ -50,7 +50,7 @@ extern "C" ddp_status ddp_cuda_sumsq(ddp_backend *b, const float *x, size_t n, d
     DDP_CUDA_CHECK(cudaMemcpyAsync(cb->host_result, cb->partials + blocks, sizeof(double),
                                    cudaMemcpyDeviceToHost, cb->stream));
     /* The API returns the value on the host, so this call waits for the stream. */
-    DDP_CUDA_CHECK(cudaStreamSynchronize(cb->stream));
+    DDP_CHECK(ddp_cuda_host_wait(cb));
     *out = *cb->host_result;
     return DDP_OK;
 }

@@ -190,8 +190,11 @@ __global__ static void layernorm_dinp_kernel(float *dinp, const float *dout, con
         const float *dy = dout + r * C, *x = inp + r * C;
         const float m = mean[r], rs = rstd[r];
         float g_sum = 0.0f, gn_sum = 0.0f;
+        /* g rounded on its own (no multiply-add contraction) in both loops, so that g -
+         * avg(g) is exactly 0 where the row's g are equal: rstd may be 1/sqrt(eps), ~316,
+         * and would blow a contracted product's rounding residue up to a visible error. */
         for (int c = lane; c < C; c += 32) {
-            float g = dy[c] * weight[c];
+            float g = __fmul_rn(dy[c], weight[c]);
             g_sum += g;
             gn_sum += g * ((x[c] - m) * rs);
         }
@@ -199,7 +202,7 @@ __global__ static void layernorm_dinp_kernel(float *dinp, const float *dout, con
         const float gn_avg = warp_sum(gn_sum) / (float)C;
         float *dx = dinp + r * C;
         for (int c = lane; c < C; c += 32) {
-            float g = dy[c] * weight[c];
+            float g = __fmul_rn(dy[c], weight[c]);
             float n = (x[c] - m) * rs;
             dx[c] += rs * (g - g_avg - n * gn_avg);
         }
