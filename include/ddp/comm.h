@@ -63,6 +63,10 @@ enum {
     /* Collectives may be called from a second thread while another thread uses the
      * library (MPI_THREAD_MULTIPLE). */
     DDP_COMM_CAP_THREADS = 1u << 1,
+    /* Its collectives are queued on the device and complete in stream order (NCCL): a
+     * non-blocking call returns at once, whatever thread makes it, and the backend's
+     * later work waits for it only where ddp_comm_wait says so. */
+    DDP_COMM_CAP_DEVICE_QUEUE = 1u << 2,
 };
 unsigned ddp_comm_caps(const ddp_comm *c);
 /* The kind that made it (MPI, NCCL, local), to make another of the same kind. */
@@ -102,7 +106,8 @@ ddp_status ddp_comm_iallreduce(ddp_comm *c, void *buf, size_t count, ddp_dtype t
 /* Lets outstanding operations progress; *done = 1 when req is complete (req stays
  * valid until ddp_comm_wait). Not collective. */
 ddp_status ddp_comm_test(ddp_comm *c, ddp_comm_req *req, int *done);
-/* Waits for req and frees it. Not collective, but blocks until all ranks started it. */
+/* Waits for req and frees it. Not collective, but blocks until all ranks started it (on a
+ * device-queued communicator, the backend's later work waits instead of the host). */
 ddp_status ddp_comm_wait(ddp_comm *c, ddp_comm_req *req);
 /* root's buf is copied to every rank. COLLECTIVE. */
 ddp_status ddp_comm_broadcast(ddp_comm *c, void *buf, size_t count, ddp_dtype t, int root);
@@ -121,6 +126,16 @@ ddp_status ddp_comm_reduce_scatterv(ddp_comm *c, const void *send, void *recv, c
 /* In place: buf holds the blocks of all ranks in rank order (counts as above); each rank's
  * own block is copied into every other rank's buf. COLLECTIVE. */
 ddp_status ddp_comm_allgatherv(ddp_comm *c, void *buf, const size_t *counts, ddp_dtype t);
+/* The same two, non-blocking where the communicator queues on the device
+ * (DDP_COMM_CAP_DEVICE_QUEUE): they return once queued and complete with ddp_comm_wait,
+ * which makes the backend's later work wait for them; until then neither buffer may be
+ * touched. Elsewhere they are the blocking calls and *req is NULL (complete). COLLECTIVE:
+ * every rank starts the same operations in the same order. */
+ddp_status ddp_comm_ireduce_scatterv(ddp_comm *c, const void *send, void *recv,
+                                     const size_t *counts, ddp_dtype t, ddp_redop op,
+                                     ddp_comm_req **req);
+ddp_status ddp_comm_iallgatherv(ddp_comm *c, void *buf, const size_t *counts, ddp_dtype t,
+                                ddp_comm_req **req);
 /* COLLECTIVE. */
 ddp_status ddp_comm_barrier(ddp_comm *c);
 /* Ends every rank of the job with exit status `code`. Not collective: any rank may call

@@ -157,7 +157,7 @@ ddp_status ddp_comm_test(ddp_comm *c, ddp_comm_req *req, int *done) {
 
 ddp_status ddp_comm_wait(ddp_comm *c, ddp_comm_req *req) {
     if (!req) return DDP_OK;
-    int wd = ddp_watchdog_arm("wait (non-blocking all-reduce)");
+    int wd = ddp_watchdog_arm("wait (non-blocking collective)");
     ddp_status s = c->ops->wait(c, req);
     ddp_watchdog_disarm(wd);
     DDP_CHECK(s);
@@ -236,6 +236,33 @@ ddp_status ddp_comm_allgatherv(ddp_comm *c, void *buf, const size_t *counts, ddp
     ddp_status s = c->ops->allgatherv(c, buf, counts, t);
     ddp_watchdog_disarm(wd);
     DDP_CHECK(s);
+    return DDP_OK;
+}
+
+ddp_status ddp_comm_ireduce_scatterv(ddp_comm *c, const void *send, void *recv,
+                                     const size_t *counts, ddp_dtype t, ddp_redop op,
+                                     ddp_comm_req **req) {
+    *req = NULL;
+    if (!c->ops->ireduce_scatterv) return ddp_comm_reduce_scatterv(c, send, recv, counts, t, op);
+    DDP_CHECK(check_type(t));
+    DDP_CHECK(maybe_inject(c, "reduce_scatter"));
+    size_t total;
+    DDP_CHECK(total_count(c, counts, "reduce-scatter", &total));
+    if (total == 0) return DDP_OK;
+    DDP_CHECK(c->ops->ireduce_scatterv(c, send, recv, counts, t, op, req));
+    return DDP_OK;
+}
+
+ddp_status ddp_comm_iallgatherv(ddp_comm *c, void *buf, const size_t *counts, ddp_dtype t,
+                                ddp_comm_req **req) {
+    *req = NULL;
+    if (!c->ops->iallgatherv) return ddp_comm_allgatherv(c, buf, counts, t);
+    DDP_CHECK(check_type(t));
+    DDP_CHECK(maybe_inject(c, "allgather"));
+    size_t total;
+    DDP_CHECK(total_count(c, counts, "all-gather", &total));
+    if (total == 0) return DDP_OK;
+    DDP_CHECK(c->ops->iallgatherv(c, buf, counts, t, req));
     return DDP_OK;
 }
 

@@ -32,6 +32,12 @@ typedef struct {
     ddp_status (*reduce_scatterv)(ddp_comm *c, const void *send, void *recv, const size_t *counts,
                                   ddp_dtype t, ddp_redop op);
     ddp_status (*allgatherv)(ddp_comm *c, void *buf, const size_t *counts, ddp_dtype t);
+    /* Optional (NULL: the wrappers call the blocking ones): queued, completed by wait. */
+    ddp_status (*ireduce_scatterv)(ddp_comm *c, const void *send, void *recv,
+                                   const size_t *counts, ddp_dtype t, ddp_redop op,
+                                   ddp_comm_req **req);
+    ddp_status (*iallgatherv)(ddp_comm *c, void *buf, const size_t *counts, ddp_dtype t,
+                              ddp_comm_req **req);
     ddp_status (*barrier)(ddp_comm *c);
     /* Optional (NULL: no shared memory): see ddp_comm_alloc_shared. */
     ddp_status (*alloc_shared)(ddp_comm *c, size_t bytes, void **ptr);

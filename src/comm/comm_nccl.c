@@ -300,6 +300,21 @@ static ddp_status nccl_allreduce(ddp_comm *base, void *buf, size_t count, ddp_dt
     return DDP_OK;
 }
 
+/* A request that completes when everything queued on the comm stream so far has. */
+static ddp_status make_request(nccl_comm *c, ddp_comm_req **out) {
+    ddp_comm_req *r = calloc(1, sizeof *r);
+    if (!r) return DDP_FAIL(DDP_ERR_NOMEM, "NCCL comm: out of host memory for a request");
+    cudaError_t e = cudaEventCreateWithFlags(&r->event, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventRecord(r->event, c->stream);
+    if (e != cudaSuccess) {
+        if (r->event) cudaEventDestroy(r->event);
+        free(r);
+        return ddp_cuda_error(e, "creating a request's event", __FILE__, __LINE__);
+    }
+    *out = r;
+    return DDP_OK;
+}
+
 static ddp_status nccl_iallreduce(ddp_comm *base, void *buf, size_t count, ddp_dtype t,
                                   ddp_redop op, ddp_comm_req **out) {
     nccl_comm *c = (nccl_comm *)base;
@@ -310,33 +325,12 @@ static ddp_status nccl_iallreduce(ddp_comm *base, void *buf, size_t count, ddp_d
     DDP_CHECK(need_device(buf, "a non-blocking all-reduce"));
     DDP_CHECK(nccl_type(t, &nt));
     DDP_CHECK(nccl_op(op, &no));
-    DDP_CHECK(begin(c)); /* first: it also makes the GPU current for the event below */
-    ddp_comm_req *r = calloc(1, sizeof *r);
-    if (!r) return DDP_FAIL(DDP_ERR_NOMEM, "NCCL comm: out of host memory for a request");
-    ddp_status s = DDP_OK;
-    cudaError_t e = cudaEventCreateWithFlags(&r->event, cudaEventDisableTiming);
-    if (e != cudaSuccess) {
-        free(r);
-        return ddp_cuda_error(e, "cudaEventCreateWithFlags", __FILE__, __LINE__);
-    }
+    DDP_CHECK(begin(c));
     /* COLLECTIVE: every rank queues the same all-reduce in the same order. */
-    ncclResult_t nr = ncclAllReduce(buf, buf, count, nt, no, c->nccl, c->stream);
-    if (nr != ncclSuccess) {
-        s = nccl_fail(c, nr, "ncclAllReduce", __FILE__, __LINE__);
-        goto fail;
-    }
-    e = cudaEventRecord(r->event, c->stream);
-    if (e != cudaSuccess) {
-        s = ddp_cuda_error(e, "cudaEventRecord", __FILE__, __LINE__);
-        goto fail;
-    }
-    DDP_CHECK_GOTO(check_async(c), s, fail);
-    *out = r;
+    NCCL_TRY(c, ncclAllReduce(buf, buf, count, nt, no, c->nccl, c->stream));
+    DDP_CHECK(make_request(c, out));
+    DDP_CHECK(check_async(c));
     return DDP_OK;
-fail:
-    cudaEventDestroy(r->event);
-    free(r);
-    return s;
 }
 
 static ddp_status nccl_test(ddp_comm *base, ddp_comm_req *r, int *done) {
@@ -411,22 +405,33 @@ static ddp_status nccl_reduce_scatter(ddp_comm *base, const void *send, void *re
     return DDP_OK;
 }
 
-/* Blocks of any size: NCCL's reduce-scatter and all-gather take equal blocks, so each
- * block is its own reduce (to the block's rank) or broadcast (from it), grouped so that
- * NCCL runs them as one operation. */
-static ddp_status nccl_reduce_scatterv(ddp_comm *base, const void *send, void *recv,
-                                       const size_t *counts, ddp_dtype t, ddp_redop op) {
-    nccl_comm *c = (nccl_comm *)base;
+/* The common size of all blocks, or 0 when they differ (or are all empty). */
+static size_t equal_blocks(const nccl_comm *c, const size_t *counts) {
+    for (int r = 1; r < c->base.size; r++)
+        if (counts[r] != counts[0]) return 0;
+    return counts[0];
+}
+
+/* Queues the reduce-scatter of blocks of any size on the comm stream. Equal blocks are one
+ * ncclReduceScatter; NCCL takes only equal ones, so otherwise each block is its own
+ * reduce to the block's rank, grouped so that NCCL runs them as one operation. */
+static ddp_status queue_reduce_scatterv(nccl_comm *c, const void *send, void *recv,
+                                        const size_t *counts, ddp_dtype t, ddp_redop op) {
     ncclDataType_t nt = ncclFloat32;
     ncclRedOp_t no = ncclSum;
     DDP_CHECK(need_device(send, "reduce-scatter"));
     DDP_CHECK(nccl_type(t, &nt));
     DDP_CHECK(nccl_op(op, &no));
     DDP_CHECK(begin(c));
-    size_t esize = ddp_dtype_size(t), at = 0;
+    size_t esize = ddp_dtype_size(t), at = 0, each = equal_blocks(c, counts);
+    if (each > 0) {
+        /* COLLECTIVE: every rank queues the same reduce-scatter in the same order. */
+        NCCL_TRY(c, ncclReduceScatter(send, recv, each, nt, no, c->nccl, c->stream));
+        return DDP_OK;
+    }
     /* COLLECTIVE: every rank queues the same reduces in the same order. */
     NCCL_TRY(c, ncclGroupStart());
-    for (int r = 0; r < base->size; r++) {
+    for (int r = 0; r < c->base.size; r++) {
         if (counts[r] > 0) {
             ncclResult_t nr = ncclReduce((const char *)send + at * esize, recv, counts[r], nt, no,
                                          r, c->nccl, c->stream);
@@ -438,20 +443,26 @@ static ddp_status nccl_reduce_scatterv(ddp_comm *base, const void *send, void *r
         at += counts[r];
     }
     NCCL_TRY(c, ncclGroupEnd());
-    DDP_CHECK(finish(c));
     return DDP_OK;
 }
 
-static ddp_status nccl_allgatherv(ddp_comm *base, void *buf, const size_t *counts, ddp_dtype t) {
-    nccl_comm *c = (nccl_comm *)base;
+/* Queues the in-place all-gather of blocks of any size: one ncclAllGather for equal
+ * blocks, else a grouped broadcast from each block's rank. */
+static ddp_status queue_allgatherv(nccl_comm *c, void *buf, const size_t *counts, ddp_dtype t) {
     ncclDataType_t nt = ncclFloat32;
     DDP_CHECK(need_device(buf, "all-gather"));
     DDP_CHECK(nccl_type(t, &nt));
     DDP_CHECK(begin(c));
-    size_t esize = ddp_dtype_size(t), at = 0;
+    size_t esize = ddp_dtype_size(t), at = 0, each = equal_blocks(c, counts);
+    if (each > 0) {
+        const char *mine = (const char *)buf + (size_t)c->base.rank * each * esize;
+        /* COLLECTIVE: every rank queues the same all-gather in the same order. */
+        NCCL_TRY(c, ncclAllGather(mine, buf, each, nt, c->nccl, c->stream));
+        return DDP_OK;
+    }
     /* COLLECTIVE: every rank queues the same broadcasts in the same order. */
     NCCL_TRY(c, ncclGroupStart());
-    for (int r = 0; r < base->size; r++) {
+    for (int r = 0; r < c->base.size; r++) {
         if (counts[r] > 0) {
             char *p = (char *)buf + at * esize;
             ncclResult_t nr = ncclBroadcast(p, p, counts[r], nt, r, c->nccl, c->stream);
@@ -463,7 +474,42 @@ static ddp_status nccl_allgatherv(ddp_comm *base, void *buf, const size_t *count
         at += counts[r];
     }
     NCCL_TRY(c, ncclGroupEnd());
+    return DDP_OK;
+}
+
+static ddp_status nccl_reduce_scatterv(ddp_comm *base, const void *send, void *recv,
+                                       const size_t *counts, ddp_dtype t, ddp_redop op) {
+    nccl_comm *c = (nccl_comm *)base;
+    DDP_CHECK(queue_reduce_scatterv(c, send, recv, counts, t, op));
     DDP_CHECK(finish(c));
+    return DDP_OK;
+}
+
+static ddp_status nccl_allgatherv(ddp_comm *base, void *buf, const size_t *counts, ddp_dtype t) {
+    nccl_comm *c = (nccl_comm *)base;
+    DDP_CHECK(queue_allgatherv(c, buf, counts, t));
+    DDP_CHECK(finish(c));
+    return DDP_OK;
+}
+
+static ddp_status nccl_ireduce_scatterv(ddp_comm *base, const void *send, void *recv,
+                                        const size_t *counts, ddp_dtype t, ddp_redop op,
+                                        ddp_comm_req **out) {
+    nccl_comm *c = (nccl_comm *)base;
+    *out = NULL;
+    DDP_CHECK(queue_reduce_scatterv(c, send, recv, counts, t, op));
+    DDP_CHECK(make_request(c, out));
+    DDP_CHECK(check_async(c));
+    return DDP_OK;
+}
+
+static ddp_status nccl_iallgatherv(ddp_comm *base, void *buf, const size_t *counts, ddp_dtype t,
+                                   ddp_comm_req **out) {
+    nccl_comm *c = (nccl_comm *)base;
+    *out = NULL;
+    DDP_CHECK(queue_allgatherv(c, buf, counts, t));
+    DDP_CHECK(make_request(c, out));
+    DDP_CHECK(check_async(c));
     return DDP_OK;
 }
 
@@ -623,8 +669,10 @@ static ddp_status bootstrap(nccl_comm *c, cudaUUID_t *all) {
 static const ddp_comm_ops nccl_ops = {
     .name = "nccl",
     .kind = DDP_COMM_NCCL,
-    /* Its work progresses on the GPU; a communication thread may enqueue it. */
-    .caps = DDP_COMM_CAP_THREADS,
+    /* Its work progresses on the GPU, queued in stream order: no thread is needed to move
+     * it (and none drives it: the reducer keeps one thread for every call, so that the
+     * events ordering compute and the comm stream are recorded where the work is made). */
+    .caps = DDP_COMM_CAP_DEVICE_QUEUE,
     .destroy = nccl_destroy,
     .allreduce = nccl_allreduce,
     .iallreduce = nccl_iallreduce,
@@ -635,6 +683,8 @@ static const ddp_comm_ops nccl_ops = {
     .reduce_scatter = nccl_reduce_scatter,
     .reduce_scatterv = nccl_reduce_scatterv,
     .allgatherv = nccl_allgatherv,
+    .ireduce_scatterv = nccl_ireduce_scatterv,
+    .iallgatherv = nccl_iallgatherv,
     .barrier = nccl_barrier,
     .abort = nccl_abort,
 };

@@ -50,7 +50,9 @@ struct ddp_reducer {
      * rank q; this rank's land at shard + dst[i] */
     int world, rank;
     float *shard;   /* (shard_size) device */
-    float *scratch; /* (scratch_size) device: a bucket's sums before they are added */
+    float *scratch; /* device: a bucket's sums before they are added; per bucket (at dst[i],
+                     * shard_size in all) where the comm queues them on the device */
+    int queued_comm; /* the comm queues on the device (NCCL): sends complete in wait() */
     size_t *counts; /* (n_buckets, world) */
     size_t *dst;    /* (n_buckets) */
     size_t shard_begin, shard_size;
@@ -80,19 +82,31 @@ struct ddp_reducer {
 
 /* ---- one bucket's all-reduce ------------------------------------------------------- */
 
-/* Blocking all-reduce of gradients [begin, end), converting to and from bf16 when
- * asked. Called by the communication thread, or by finish() without overlap. */
-/* Sharded: reduce-scatter of bucket i into the shard (see ddp_reducer_set_shard). */
-static ddp_status scatter_bucket(ddp_reducer *r, int i) {
+/* Sharded: where bucket i's sums land before they are added to the shard. */
+static float *scratch_of(const ddp_reducer *r, int i) {
+    return r->queued_comm ? r->scratch + r->dst[i] : r->scratch;
+}
+
+/* Sharded: starts the reduce-scatter of bucket i into the shard (see
+ * ddp_reducer_set_shard); queued on the device with a request where the comm can, else
+ * complete on return (*req NULL). */
+static ddp_status scatter_start(ddp_reducer *r, int i, ddp_comm_req **req) {
     bucket *bk = &r->buckets[i];
     const size_t *counts = r->counts + (size_t)i * (size_t)r->world;
-    size_t mine = counts[r->rank];
-    float *recv = r->add ? r->scratch : r->shard + r->dst[i];
-    DDP_CHECK(
-        ddp_comm_reduce_scatterv(r->comm, r->grads + bk->begin, recv, counts, DDP_F32, DDP_SUM));
+    float *recv = r->add ? scratch_of(r, i) : r->shard + r->dst[i];
+    DDP_CHECK(ddp_comm_ireduce_scatterv(r->comm, r->grads + bk->begin, recv, counts, DDP_F32,
+                                        DDP_SUM, req));
+    return DDP_OK;
+}
+
+/* Sharded, once bucket i's reduce-scatter is complete (or ordered before the backend's
+ * later work): adds what it received to the shard, and gives the bucket's pages back. */
+static ddp_status scatter_finish(ddp_reducer *r, int i) {
+    bucket *bk = &r->buckets[i];
+    size_t mine = r->counts[(size_t)i * (size_t)r->world + (size_t)r->rank];
     if (r->add && mine > 0)
         DDP_CHECK(ddp_backend_add(r->backend, r->shard + r->dst[i], r->shard + r->dst[i],
-                                  r->scratch, mine));
+                                  scratch_of(r, i), mine));
     if (r->release) {
         /* Whole pages only: the partial ones at the ends hold neighbouring buckets. The
          * next backward finds them zero-filled, and overwrites them anyway. */
@@ -105,14 +119,33 @@ static ddp_status scatter_bucket(ddp_reducer *r, int i) {
     return DDP_OK;
 }
 
-/* Sharded: all-gather of bucket i of the parameters, in place. The bucket's blocks in
- * rank order are contiguous: rank q's is its part of shard q. */
-static ddp_status gather_bucket(ddp_reducer *r, int i) {
-    DDP_CHECK(ddp_comm_allgatherv(r->comm, r->params + r->buckets[i].begin,
-                                  r->counts + (size_t)i * (size_t)r->world, DDP_F32));
+/* Sharded, blocking: the reduce-scatter of bucket i, complete on return. */
+static ddp_status scatter_bucket(ddp_reducer *r, int i) {
+    ddp_comm_req *req = NULL;
+    DDP_CHECK(scatter_start(r, i, &req));
+    DDP_CHECK(ddp_comm_wait(r->comm, req));
+    DDP_CHECK(scatter_finish(r, i));
     return DDP_OK;
 }
 
+/* Sharded: all-gather of bucket i of the parameters, in place. The bucket's blocks in
+ * rank order are contiguous: rank q's is its part of shard q. Queued with a request where
+ * the comm can (req non-NULL), else complete on return. */
+static ddp_status gather_start(ddp_reducer *r, int i, ddp_comm_req **req) {
+    DDP_CHECK(ddp_comm_iallgatherv(r->comm, r->params + r->buckets[i].begin,
+                                   r->counts + (size_t)i * (size_t)r->world, DDP_F32, req));
+    return DDP_OK;
+}
+
+static ddp_status gather_bucket(ddp_reducer *r, int i) {
+    ddp_comm_req *req = NULL;
+    DDP_CHECK(gather_start(r, i, &req));
+    DDP_CHECK(ddp_comm_wait(r->comm, req));
+    return DDP_OK;
+}
+
+/* Blocking all-reduce of gradients [begin, end), converting to and from bf16 when
+ * asked. Called by the communication thread, or by finish() without overlap. */
 static ddp_status reduce_blocking(ddp_reducer *r, size_t begin, size_t end) {
     size_t count = end - begin;
     float *g = r->grads + begin;
@@ -133,12 +166,15 @@ static ddp_status start_bucket_nonblocking(ddp_reducer *r, int i) {
     bk->t_start = ddp_time_now();
     bk->t_end = bk->t_start - 1.0; /* not yet seen complete */
     if (r->shard) {
-        /* No non-blocking reduce-scatter of uneven blocks: on the GPU the blocking one is
-         * only queued on the comm stream, on the host it runs here, without overlap. */
-        DDP_CHECK(scatter_bucket(r, i));
-        bk->req = NULL;
-        bk->in_flight = 1; /* completed by finish(), which waits on a NULL request at once */
-        bk->t_end = ddp_time_now();
+        /* Queued on the device where the comm can (NCCL): backward goes on while it runs,
+         * and finish() orders the addition into the shard after it. On the host there is
+         * no non-blocking reduce-scatter of uneven blocks: it runs here, without overlap. */
+        DDP_CHECK(scatter_start(r, i, &bk->req));
+        bk->in_flight = 1;
+        if (!r->queued_comm) {
+            DDP_CHECK(scatter_finish(r, i)); /* before the next bucket reuses the scratch */
+            bk->t_end = ddp_time_now();
+        }
         return DDP_OK;
     }
     if (r->opt.grad_dtype == DDP_BF16) {
@@ -159,6 +195,7 @@ static ddp_status complete_bucket_nonblocking(ddp_reducer *r, int i) {
     bk->req = NULL;
     bk->in_flight = 0;
     DDP_CHECK(ddp_comm_wait(r->comm, req));
+    if (r->shard && r->queued_comm && !r->params) DDP_CHECK(scatter_finish(r, i));
     if (r->opt.grad_dtype == DDP_BF16)
         DDP_CHECK(ddp_backend_bf16_to_f32(r->backend, r->wire + bk->begin, r->grads + bk->begin,
                                           bk->end - bk->begin));
@@ -248,6 +285,7 @@ ddp_status ddp_reducer_create(ddp_comm *comm, ddp_backend *b, float *grads, size
     r->grads = grads;
     r->n = n;
     r->opt = *opt;
+    r->queued_comm = (ddp_comm_caps(comm) & DDP_COMM_CAP_DEVICE_QUEUE) != 0;
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     ddp_status s = make_buckets(r, boundaries, n_boundaries);
@@ -264,9 +302,13 @@ ddp_status ddp_reducer_create(ddp_comm *comm, ddp_backend *b, float *grads, size
     if (s == DDP_OK && r->opt.progress == DDP_PROGRESS_THREAD &&
         !(ddp_comm_caps(comm) & DDP_COMM_CAP_THREADS))
         s = DDP_FAIL(DDP_ERR_UNSUPPORTED,
-                     "--progress thread needs a communicator that a second thread may call "
-                     "(for MPI: MPI_THREAD_MULTIPLE, which this MPI library did not provide); "
-                     "use --progress test");
+                     r->queued_comm
+                         ? "--progress thread is for MPI, whose transfers move only while a "
+                           "thread is inside the library; NCCL runs on the GPU and needs no "
+                           "thread: use --progress auto"
+                         : "--progress thread needs a communicator that a second thread may "
+                           "call (for MPI: MPI_THREAD_MULTIPLE, which this MPI library did not "
+                           "provide); use --progress test");
     if (s == DDP_OK && r->opt.overlap && r->opt.progress == DDP_PROGRESS_THREAD) {
         if (pthread_create(&r->thread, NULL, comm_thread, r) != 0)
             s = DDP_FAIL(DDP_ERR_INTERNAL, "reducer: could not start the communication thread");
@@ -339,6 +381,8 @@ ddp_status ddp_reducer_set_shard(ddp_reducer *r, float *shard, size_t shard_size
         size_t mine = r->counts[(size_t)i * (size_t)world + (size_t)rank];
         if (mine > scratch) scratch = mine;
     }
+    /* Queued sends are in flight together: each needs its own place (at dst[i]). */
+    if (r->queued_comm) scratch = shard_size;
     if (scratch > 0)
         DDP_CHECK(ddp_backend_alloc(r->backend, scratch * sizeof(float), (void **)&r->scratch));
     r->world = world;
@@ -533,6 +577,26 @@ ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats) {
 
 /* ---- the parameters' all-gather ------------------------------------------------------ */
 
+/* Completes the queued gathers of the first `need` buckets of the gather order: the
+ * backend's later work waits for them (the host does not). */
+static ddp_status gather_wait_first(ddp_reducer *r, int need) {
+    ddp_status s = DDP_OK;
+    for (int k = 0; k < need; k++) {
+        bucket *bk = &r->buckets[r->order[k]];
+        if (!bk->in_flight) continue;
+        ddp_comm_req *req = bk->req;
+        bk->req = NULL;
+        bk->in_flight = 0;
+        ddp_status w = ddp_comm_wait(r->comm, req);
+        if (s == DDP_OK) s = w;
+    }
+    return s;
+}
+
+static ddp_status gather_wait_all(ddp_reducer *r) {
+    return gather_wait_first(r, r->n_buckets);
+}
+
 ddp_status ddp_reducer_start_gather(ddp_reducer *r, float *params) {
     if (!r->shard) return DDP_FAIL(DDP_ERR_INTERNAL, "reducer: a gather needs shards");
     DDP_CHECK(ddp_reducer_finish_gather(r, NULL));
@@ -554,13 +618,20 @@ ddp_status ddp_reducer_start_gather(ddp_reducer *r, float *params) {
     }
     r->params = params;
     ddp_status s = DDP_OK;
+    /* Queued on the device where the comm can (NCCL): each layer of the next forward waits
+     * for its own buckets only (ddp_reducer_wait_params). On the host they run here. */
     for (int k = 0; k < r->n_buckets; k++) {
         bucket *bk = &r->buckets[r->order[k]];
         bk->t_start = ddp_time_now();
-        if (s == DDP_OK) s = gather_bucket(r, r->order[k]);
+        if (s == DDP_OK) s = gather_start(r, r->order[k], &bk->req);
+        bk->in_flight = s == DDP_OK && bk->req != NULL;
         bk->t_end = ddp_time_now();
     }
-    if (s != DDP_OK) r->params = NULL;
+    if (s != DDP_OK) {
+        ddp_status w = gather_wait_all(r);
+        r->params = NULL;
+        (void)w; /* the first error is the one to report */
+    }
     DDP_CHECK(s);
     return DDP_OK;
 }
@@ -575,8 +646,13 @@ static int gather_needed(const ddp_reducer *r, size_t end) {
 
 ddp_status ddp_reducer_wait_params(void *reducer, size_t end) {
     ddp_reducer *r = reducer;
-    if (!r->params || !r->thread_running) return DDP_OK;
+    if (!r->params) return DDP_OK;
     int need = gather_needed(r, end);
+    if (!r->thread_running) {
+        /* Queued gathers: order this layer's work after its buckets' (no host wait). */
+        DDP_CHECK(gather_wait_first(r, need));
+        return DDP_OK;
+    }
     double t0 = ddp_time_now();
     pthread_mutex_lock(&r->mu);
     /* A failed bucket stops the wait; finish_gather, which every path reaches before the
@@ -600,6 +676,8 @@ ddp_status ddp_reducer_finish_gather(ddp_reducer *r, ddp_reducer_stats *stats) {
         if (r->thread_status != DDP_OK) s = ddp_error_restore(&r->thread_error, __FILE__, __LINE__);
         if (stats) stats->t_comm_cpu = r->thread_cpu;
         pthread_mutex_unlock(&r->mu);
+    } else {
+        s = gather_wait_all(r);
     }
     r->params = NULL;
     DDP_CHECK(s);

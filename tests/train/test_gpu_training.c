@@ -200,6 +200,22 @@ static void zero_on_nccl_matches_zero_0(void **state) {
     ddp_comm_free(nccl);
 }
 
+/* NCCL runs on the GPU: a communication thread would only race with the main thread on
+ * the events that order the streams, so asking for one is refused with the way out. */
+static void progress_thread_on_nccl_is_refused(void **state) {
+    ddp_comm *nccl = nccl_or_fail();
+    ddp_train_config c = mlp_config();
+    c.comm = DDP_COMM_NCCL;
+    c.reducer.progress = DDP_PROGRESS_THREAD;
+    ddp_trainer *t = NULL;
+    assert_int_equal(ddp_trainer_create(&c, gpu[DDP_MATH_FP32], nccl, ctrl, &train_set, &test_set,
+                                        &t),
+                     DDP_ERR_UNSUPPORTED);
+    assert_msg_has("--progress auto");
+    ddp_error_clear();
+    ddp_comm_free(nccl);
+}
+
 /* tf32 and bf16 products track the fp32 run (see the opening comment), and differ from
  * it: the mode is in effect. */
 static void reduced_precision_tracks_fp32(const char *what, ddp_train_config cfg) {
@@ -312,6 +328,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(cnn_sync_bn_on_nccl_matches_cpu),
         cmocka_unit_test(bf16_gradients_on_nccl_match_cpu),
         cmocka_unit_test(zero_on_nccl_matches_zero_0),
+        cmocka_unit_test(progress_thread_on_nccl_is_refused),
         cmocka_unit_test(mlp_tf32_and_bf16_track_fp32),
         cmocka_unit_test(gpt_tf32_and_bf16_track_fp32),
         cmocka_unit_test(cnn_tf32_and_bf16_track_fp32),
