@@ -103,6 +103,11 @@
      */                                                                                         \
     X(sumsq, (ddp_backend * b, const float *x, size_t n, double *out), (b, x, n, out),            \
       zero_double(out), n == 0)                                                                    \
+    /* *acc (one device double) += the sum of squares of x (n), the same bits as sumsq's,         \
+     * queued like any op: no host wait (sums over ranges of a buffer as they become final,       \
+     * read once at the end). */                                                                  \
+    X(sumsq_add, (ddp_backend * b, const float *x, size_t n, double *acc), (b, x, n, acc),        \
+      DDP_OK, n == 0)                                                                              \
     /* SGD with momentum over n elements (PyTorch semantics), the gradient first multiplied       \
      * by gscale (the clipping coefficient; 1 when not clipping, and then exact):                 \
      *   g = gscale * grad + wd * p;  buf = momentum * buf + g (buf = g on the first step);        \

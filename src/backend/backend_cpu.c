@@ -240,6 +240,13 @@ DDP_CPU_CLONES ddp_status ddp_cpu_sumsq(ddp_backend *b, const float *x, size_t n
     return DDP_OK;
 }
 
+ddp_status ddp_cpu_sumsq_add(ddp_backend *b, const float *x, size_t n, double *acc) {
+    double sq;
+    DDP_CHECK(ddp_cpu_sumsq(b, x, n, &sq));
+    *acc += sq;
+    return DDP_OK;
+}
+
 ddp_status ddp_cpu_sgd_step(ddp_backend *b, float *p, const float *g, float *buf, size_t n,
                             float lr, float momentum, float wd, int nesterov, int first,
                             float gscale) {

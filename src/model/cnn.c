@@ -8,8 +8,11 @@
  * Batch norm normalizes each batch with its own statistics in training (per micro-batch
  * under accumulation) and with the running statistics in evaluation. With a communicator
  * (ddp_model_set_comm: --sync-bn) the statistics are those of the global batch: forward
- * all-reduces per channel (sum, sum of squares, count) in one call, backward the two sums
- * it needs, as PyTorch's SyncBatchNorm does; ranks may hold different numbers of rows.
+ * all-reduces per channel (sum, sum of squares) in one call, backward the two sums it
+ * needs, as PyTorch's SyncBatchNorm does. Every rank trains on micro-batches of the same
+ * size (the global batch is micro-batch x accumulation x ranks), so the global count is
+ * this rank's rows times the ranks, known without asking: nothing is read back from the
+ * device in the middle of a pass.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,7 +70,7 @@ typedef struct {
     int running;        /* buffer "running_mean" (C), followed by "running_var" (C) */
     int C, hw;          /* channels, positions per image */
     float *mean, *rstd; /* (C) device: this batch's statistics, kept for the backward */
-    double *sums;       /* (2C + 1) device: sums over rows, and the count of rows */
+    double *sums;       /* (2C) device: sums over rows */
     double count;       /* rows behind the statistics of the last training forward */
 } batchnorm;
 
@@ -96,11 +99,8 @@ static ddp_status bn_forward(ddp_layer *l, ddp_model *m, const ddp_pass *p, cons
         DDP_CHECK(ddp_backend_bn_sums(b, N->sums, x, rows, C));
         double count = (double)rows;
         if (ddp_model_comm(m)) {
-            /* One call for the sums and the count, so that ranks with other numbers of
-             * rows weigh in by their rows. */
-            DDP_CHECK(ddp_backend_copy(b, N->sums + 2 * C, &count, sizeof count, DDP_COPY_H2D));
-            DDP_CHECK(sum_over_ranks(m, N->sums, 2 * (size_t)C + 1));
-            DDP_CHECK(ddp_backend_copy(b, &count, N->sums + 2 * C, sizeof count, DDP_COPY_D2H));
+            DDP_CHECK(sum_over_ranks(m, N->sums, 2 * (size_t)C));
+            count *= (double)ddp_comm_size(ddp_model_comm(m));
         }
         N->count = count;
         DDP_CHECK(ddp_backend_bn_stats(b, N->mean, N->rstd, running, N->sums, count, BN_EPS,
@@ -254,7 +254,7 @@ static ddp_status add_stage(ddp_model *m, int i, int *H, int *W, int Cin, int Co
     if (s == DDP_OK)
         s = ddp_backend_alloc(N->backend, (size_t)Cout * sizeof(float), (void **)&N->rstd);
     if (s == DDP_OK)
-        s = ddp_backend_alloc(N->backend, (2 * (size_t)Cout + 1) * sizeof(double),
+        s = ddp_backend_alloc(N->backend, 2 * (size_t)Cout * sizeof(double),
                               (void **)&N->sums);
     if (s != DDP_OK) {
         bn_destroy(&N->base);

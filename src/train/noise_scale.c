@@ -69,15 +69,21 @@ static int measured_now(const ddp_trainer *t) {
     return ddp_trainer_gns_source(t);
 }
 
+/* Adds the squares of n gradients at x to the step's sum on the device: queued, no host
+ * wait (ddp_trainer_gns_observe reads the sum once, after the step's norm). */
+static ddp_status measure(ddp_trainer *t, const float *x, size_t n) {
+    double t0 = ddp_time_now();
+    DDP_CHECK(ddp_backend_sumsq_add(t->backend, x, n, t->d_gns_sq));
+    t->gns_time += ddp_time_now() - t0;
+    t->gns_covered += n;
+    return DDP_OK;
+}
+
 /* A ddp_grad_ready_fn (ctx = the trainer): adds the squares of the range, then hands it
- * to the reducer, which may start all-reducing it at once. */
+ * to the reducer, which may start all-reducing it at once (queued after the sum). */
 static ddp_status gns_ready(void *ctx, size_t offset, size_t count) {
     ddp_trainer *t = ctx;
-    double sq, t0 = ddp_time_now();
-    DDP_CHECK(ddp_backend_sumsq(t->backend, ddp_model_grads(t->model) + offset, count, &sq));
-    t->gns_time += ddp_time_now() - t0;
-    t->gns_local_sq += sq;
-    t->gns_covered += count;
+    DDP_CHECK(measure(t, ddp_model_grads(t->model) + offset, count));
     DDP_CHECK(ddp_reducer_ready(t->reducer, offset, count));
     return DDP_OK;
 }
@@ -111,20 +117,14 @@ ddp_status ddp_trainer_gns_after_backward(ddp_trainer *t, int k) {
     if (src == DDP_GNS_NONE) return DDP_OK;
     const float *grads = ddp_model_grads(t->model);
     if (!measured_in_flight(t, src)) {
-        if (k == 0) {
-            double t0 = ddp_time_now();
-            DDP_CHECK(ddp_backend_sumsq(t->backend, grads, t->num_params, &t->gns_local_sq));
-            t->gns_time += ddp_time_now() - t0;
-            t->gns_covered = t->num_params;
-        }
+        if (k == 0) DDP_CHECK(measure(t, grads, t->num_params));
         return DDP_OK;
     }
     if (k != measured_micro_batch(t, src) || t->gns_covered == t->num_params) return DDP_OK;
     /* Every range the model did not report is sent by the reducer's finish(); without
      * overlap nothing has been sent yet and the buffer is still this rank's own. */
     if (ddp_reducer_num_launched(t->reducer) == 0) {
-        DDP_CHECK(ddp_backend_sumsq(t->backend, grads, t->num_params, &t->gns_local_sq));
-        t->gns_covered = t->num_params;
+        DDP_CHECK(measure(t, grads, t->num_params));
         return DDP_OK;
     }
     return DDP_FAIL(DDP_ERR_INTERNAL,
@@ -133,26 +133,30 @@ ddp_status ddp_trainer_gns_after_backward(ddp_trainer *t, int k) {
                     t->gns_covered, t->num_params);
 }
 
-void ddp_trainer_gns_observe(ddp_trainer *t, ddp_step_stats *st) {
+ddp_status ddp_trainer_gns_observe(ddp_trainer *t, ddp_step_stats *st) {
     int src = measured_now(t);
-    double local = t->gns_local_sq;
     st->t_gns = t->gns_time;
-    t->gns_local_sq = 0.0;
     t->gns_covered = 0;
     t->gns_time = 0.0;
-    if (src == DDP_GNS_NONE || st->skipped) return;
+    if (src == DDP_GNS_NONE) return DDP_OK;
+    /* One read per measured step, after the step's norm has waited for the device. */
+    double local = 0.0;
+    DDP_CHECK(ddp_backend_copy(t->backend, &local, t->d_gns_sq, sizeof local, DDP_COPY_D2H));
+    DDP_CHECK(ddp_backend_zero(t->backend, t->d_gns_sq, sizeof(double)));
+    if (st->skipped) return DDP_OK;
     /* The buffer holds gradients summed over samples and scaled by 1 / B: the micro-batch's
      * mean gradient is the buffer times B / b. */
     double B = (double)t->cfg.global_batch, b = (double)t->cfg.micro_batch;
     double small_sq = local * (B / b) * (B / b), big_sq = st->grad_norm * st->grad_norm;
     double g2, tr;
     ddp_gns_estimate(b, small_sq, B, big_sq, &g2, &tr);
-    if (!isfinite(g2) || !isfinite(tr)) return;
+    if (!isfinite(g2) || !isfinite(tr)) return DDP_OK;
     ddp_gns_ema_add(&t->gns, g2, tr);
     st->gns_b_small = b;
     st->gns_b_big = B;
     st->gns_small_sq = small_sq;
     st->gns_big_sq = big_sq;
+    return DDP_OK;
 }
 
 void ddp_trainer_gns_pack(const ddp_trainer *t, double out[2]) {

@@ -97,6 +97,8 @@ static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
     t->h_params = malloc(t->num_params * sizeof(float));
     if (!t->h_params) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
     DDP_CHECK(ddp_backend_alloc(b, 2 * sizeof(float), (void **)&t->d_stats));
+    DDP_CHECK(ddp_backend_alloc(b, sizeof(double), (void **)&t->d_gns_sq));
+    DDP_CHECK(ddp_backend_zero(b, t->d_gns_sq, sizeof(double)));
     return DDP_OK;
 }
 
@@ -230,6 +232,7 @@ void ddp_trainer_free(ddp_trainer *t) {
     if (ddp_trainer_settle(t) != DDP_OK) ddp_log_current_error("freeing the trainer");
     if (t->src && b) t->src->release(t);
     ddp_backend_dealloc(b, t->d_stats);
+    ddp_backend_dealloc(b, t->d_gns_sq);
     ddp_backend_dealloc(b, t->shard_grads);
     free(t->h_params);
     ddp_reducer_free(t->reducer);
@@ -407,7 +410,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
                                  c->zero > 0 ? t->shard_grads : grads, st->lr,
                                  ddp_clip_coef(st->grad_norm, c->clip_norm)));
     }
-    ddp_trainer_gns_observe(t, st);
+    DDP_CHECK(ddp_trainer_gns_observe(t, st));
     /* Running statistics of batch norm on a rank's own shard differ between ranks; their
      * average keeps every rank's model, evaluation and checkpoint the same. (With
      * --sync-bn they come from the global batch and are the same already.) All ranks

@@ -77,8 +77,9 @@ struct ddp_trainer {
     FILE *metrics;
     /* gradient noise scale (noise_scale.c) */
     ddp_gns_ema gns;
-    double gns_local_sq; /* this step: squares of this rank's micro-batch gradient, summed */
-    size_t gns_covered;  /* elements summed into gns_local_sq so far */
+    double *d_gns_sq;   /* (1) device: this step's squares of this rank's micro-batch
+                         * gradient, summed as backward reports them; read once per step */
+    size_t gns_covered; /* elements summed into d_gns_sq so far */
     double gns_time;     /* seconds this step spent measuring it */
     /* the batch schedule (batch_schedule.c); cfg.global_batch and cfg.accum are the
      * current ones */
@@ -112,7 +113,7 @@ void ddp_trainer_gns_ready_fn(ddp_trainer *t, int k, ddp_grad_ready_fn *fn, void
 /* After micro-batch k's backward, before the reducer's finish(). */
 ddp_status ddp_trainer_gns_after_backward(ddp_trainer *t, int k);
 /* After the averaged gradient's norm (st->grad_norm): one more estimate. Not collective. */
-void ddp_trainer_gns_observe(ddp_trainer *t, ddp_step_stats *st);
+ddp_status ddp_trainer_gns_observe(ddp_trainer *t, ddp_step_stats *st);
 /* This rank's averages, for the logging step's all-reduce, and their sums over ranks
  * back (every rank then holds the mean; st gets the noise scale). */
 void ddp_trainer_gns_pack(const ddp_trainer *t, double out[2]);

@@ -314,6 +314,11 @@ static ddp_status sumsq_op(ddp_backend *b, void *const *t, const op_shape *s) {
     return ddp_backend_copy(b, t[1], &out, sizeof out, DDP_COPY_H2D);
 }
 
+/* The same sums, added on the device to the sum's starting value. */
+static ddp_status sumsq_add_op(ddp_backend *b, void *const *t, const op_shape *s) {
+    return ddp_backend_sumsq_add(b, t[0], count_d0(s), t[1]);
+}
+
 /* ---- optimizer steps --------------------------------------------------------------------- */
 
 /* dims "n nesterov first clip": clip scales the gradient by 0.25 */
@@ -788,6 +793,17 @@ const op_case op_cases[] = {
      .prepare = sumsq_prepare,
      /* Exact products, double sums: far below float (dsdot's kernels that round each
       * product to float miss this by up to 2^-24). */
+     .fwd_tol = 1e-12,
+     .gpu_tol = 1e-7},
+    {.name = "sumsq_add",
+     .dims = "n planted",
+     SHAPES(sumsq_shapes),
+     .t = {IN("x", OP_NORMAL, 1.5f, count_d0),
+           {"sum", OP_F64, OP_INOUT, OP_NORMAL, 10.0f, 0, count_one, OP_NO_GRAD, 0, 0}},
+     .n_tensors = 2,
+     .forward = sumsq_add_op,
+     .reference = ref_sumsq_add,
+     .prepare = sumsq_prepare,
      .fwd_tol = 1e-12,
      .gpu_tol = 1e-7},
     {.name = "sgd_step",

@@ -156,6 +156,7 @@ void ref_scale(const op_shape *s, double *const *x);
 void ref_f32_to_bf16(const op_shape *s, double *const *x);
 void ref_bf16_to_f32(const op_shape *s, double *const *x);
 void ref_sumsq(const op_shape *s, double *const *x);
+void ref_sumsq_add(const op_shape *s, double *const *x);
 void ref_sgd_step(const op_shape *s, double *const *x);
 void ref_adamw_step(const op_shape *s, double *const *x);
 void ref_encoder(const op_shape *s, double *const *x);

@@ -175,6 +175,13 @@ void ref_sumsq(const op_shape *s, double *const *x) {
     x[1][0] = sum;
 }
 
+void ref_sumsq_add(const op_shape *s, double *const *x) {
+    double sum = 0.0;
+    for (int i = 0; i < s->d[0]; i++)
+        sum += x[0][i] * x[0][i];
+    x[1][0] += sum;
+}
+
 /* p, grad, buf: SGD with momentum (PyTorch's), the gradient scaled by the clip factor. */
 void ref_sgd_step(const op_shape *s, double *const *x) {
     double lr = OP_SGD_LR, mom = OP_SGD_MOMENTUM, wd = OP_SGD_WD;

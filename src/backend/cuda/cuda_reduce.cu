@@ -34,6 +34,37 @@ __global__ static void sumsq_final_kernel(double *partials, unsigned int count) 
     if (threadIdx.x == 0) partials[count] = acc;
 }
 
+/* *acc += partials[0] + ... + partials[count - 1], added in the order of
+ * sumsq_final_kernel. */
+__global__ static void sumsq_add_kernel(const double *partials, unsigned int count, double *acc) {
+    __shared__ double s[32];
+    double v = 0.0;
+    for (unsigned int i = threadIdx.x; i < count; i += blockDim.x)
+        v += partials[i];
+    v = block_sum(v, s);
+    if (threadIdx.x == 0) *acc += v;
+}
+
+/* The first pass over x into cb->partials: returns the number of partial sums. */
+static ddp_status sumsq_partials(ddp_cuda_backend *cb, const float *x, size_t n,
+                                 unsigned int *blocks) {
+    *blocks = ddp_cuda_blocks(n, SUMSQ_THREADS);
+    if (*blocks > DDP_CUDA_REDUCE_BLOCKS) *blocks = DDP_CUDA_REDUCE_BLOCKS;
+    sumsq_partial_kernel<<<*blocks, SUMSQ_THREADS, 0, cb->stream>>>(x, n, cb->partials);
+    DDP_CUDA_CHECK_LAUNCH("sumsq_partial_kernel");
+    return DDP_OK;
+}
+
+extern "C" ddp_status ddp_cuda_sumsq_add(ddp_backend *b, const float *x, size_t n, double *acc) {
+    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
+    unsigned int blocks = 0;
+    DDP_CHECK(sumsq_partials(cb, x, n, &blocks));
+    sumsq_add_kernel<<<1, SUMSQ_THREADS, 0, cb->stream>>>(cb->partials, blocks, acc);
+    DDP_CUDA_CHECK_LAUNCH("sumsq_add_kernel");
+    return DDP_OK;
+}
+
 extern "C" ddp_status ddp_cuda_sumsq(ddp_backend *b, const float *x, size_t n, double *out) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
     DDP_CHECK(ddp_cuda_use(cb));
@@ -41,10 +72,8 @@ extern "C" ddp_status ddp_cuda_sumsq(ddp_backend *b, const float *x, size_t n, d
         *out = 0.0;
         return DDP_OK;
     }
-    unsigned int blocks = ddp_cuda_blocks(n, SUMSQ_THREADS);
-    if (blocks > DDP_CUDA_REDUCE_BLOCKS) blocks = DDP_CUDA_REDUCE_BLOCKS;
-    sumsq_partial_kernel<<<blocks, SUMSQ_THREADS, 0, cb->stream>>>(x, n, cb->partials);
-    DDP_CUDA_CHECK_LAUNCH("sumsq_partial_kernel");
+    unsigned int blocks = 0;
+    DDP_CHECK(sumsq_partials(cb, x, n, &blocks));
     sumsq_final_kernel<<<1, SUMSQ_THREADS, 0, cb->stream>>>(cb->partials, blocks);
     DDP_CUDA_CHECK_LAUNCH("sumsq_final_kernel");
     DDP_CUDA_CHECK(cudaMemcpyAsync(cb->host_result, cb->partials + blocks, sizeof(double),
