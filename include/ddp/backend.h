@@ -86,6 +86,18 @@ ddp_status ddp_backend_run_wait_checks(ddp_backend *b);
 /* Nonzero when checks are added. */
 int ddp_backend_has_wait_checks(const ddp_backend *b);
 
+/* Mixed precision, the bf16 copy of the weights. On a backend whose matrix products run in
+ * bf16 (CUDA, math BF16), ddp_backend_set_bf16_weights(b, params, n) keeps a bf16 copy of
+ * the fp32 array params (n elements: the model's flat parameter buffer); a product whose
+ * operand lies inside the array reads the copy instead of converting the operand on every
+ * call. The optimizer ops write the copy in the same pass as the fp32 values they update.
+ * Anything else that writes the array must say so with ddp_backend_weights_changed (the
+ * backend's own copies and zeroing into it count themselves): the next product that reads
+ * it first rewrites the whole copy (one conversion pass). set(b, NULL, 0) drops the copy
+ * (before the array is freed). No-ops elsewhere. Not collective. */
+ddp_status ddp_backend_set_bf16_weights(ddp_backend *b, const float *params, size_t n);
+void ddp_backend_weights_changed(ddp_backend *b);
+
 /* OpenBLAS kernels. A program calls ddp_blas_choose_kernels(argv) before anything else:
  * when OpenBLAS took generic kernels for a CPU it does not know although the CPU runs
  * AVX2 or AVX-512, and OPENBLAS_CORETYPE is not set, the program replaces itself (exec)

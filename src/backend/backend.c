@@ -49,6 +49,15 @@ ddp_status ddp_backend_zero(ddp_backend *b, void *ptr, size_t bytes) {
 
 ddp_status ddp_backend_sync(ddp_backend *b) { return b->ops->sync(b); }
 
+ddp_status ddp_backend_set_bf16_weights(ddp_backend *b, const float *params, size_t n) {
+    if (!b->ops->set_bf16_weights) return DDP_OK;
+    return b->ops->set_bf16_weights(b, params, n);
+}
+
+void ddp_backend_weights_changed(ddp_backend *b) {
+    if (b->ops->weights_changed) b->ops->weights_changed(b);
+}
+
 ddp_status ddp_backend_add_wait_check(ddp_backend *b, ddp_backend_wait_check_fn fn, void *ctx) {
     if (b->n_wait_checks == DDP_BACKEND_MAX_WAIT_CHECKS)
         return DDP_FAIL(DDP_ERR_INTERNAL,

@@ -21,6 +21,9 @@ typedef struct {
                        ddp_copy_kind kind);
     ddp_status (*zero)(ddp_backend *b, void *ptr, size_t bytes);
     ddp_status (*sync)(ddp_backend *b);
+    /* The bf16 copy of the weights (NULL: products in fp32 or tf32 only); see backend.h. */
+    ddp_status (*set_bf16_weights)(ddp_backend *b, const float *params, size_t n);
+    void (*weights_changed)(ddp_backend *b);
     /* Threads of the matrix products (NULL: not a threaded host library). */
     int (*get_threads)(ddp_backend *b);
     void (*set_threads)(ddp_backend *b, int threads);

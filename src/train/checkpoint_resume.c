@@ -403,6 +403,9 @@ static ddp_status load(ddp_trainer *t, const char *dir, const char *file, int64_
     if (s == DDP_OK) report(t, &h, path);
     free(buf);
     DDP_CHECK(ddp_ckpt_agree(t, s, "load the checkpoint"));
+    /* The parameters came from the file (and from other ranks): their bf16 copy, where
+     * products keep one, is rewritten before it is read. */
+    ddp_backend_weights_changed(t->backend);
     if (resumed) *resumed = h.step;
     return DDP_OK;
 }

@@ -94,6 +94,13 @@ static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
     shard_layout(t);
     DDP_CHECK(ddp_optim_create(b, &t->cfg.optim, t->shard_len, &t->optim));
     DDP_CHECK(set_decay(t));
+    /* Mixed precision: products read the weights from a bf16 copy that the optimizer
+     * writes in its own pass (a no-op unless the backend computes in bf16). Under --zero
+     * the all-gather writes the parameters while the next forward already reads them, so
+     * there the products convert the weights themselves. The backend drops the copy when
+     * the model frees the array. */
+    if (t->cfg.zero == 0)
+        DDP_CHECK(ddp_backend_set_bf16_weights(b, ddp_model_params(t->model), t->num_params));
     t->h_params = malloc(t->num_params * sizeof(float));
     if (!t->h_params) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
     DDP_CHECK(ddp_backend_alloc(b, 2 * sizeof(float), (void **)&t->d_stats));

@@ -65,11 +65,72 @@ static void test_cuda_zero_and_copies_round_trip(void **state) {
     free(hx);
 }
 
+/* ---- the bf16 copy of the weights -------------------------------------------------- */
+
+/* y = x W^T in bf16 with W at w (inside the registered weights or not); downloaded. */
+static float *product(bt_fixture *f, const float *x, const float *w, int M, int N, int K) {
+    ddp_backend *g = f->gpu[DDP_MATH_BF16];
+    float *y = bt_upload_nan(g, (size_t)M * N);
+    OK(ddp_backend_gemm(g, 0, 1, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N));
+    float *h = bt_download(g, y, (size_t)M * N);
+    ddp_backend_dealloc(g, y);
+    return h;
+}
+
+/* The product reading W from the bf16 copy has the bits of the one converting W itself
+ * (the same rounding), right after registration, after optimizer steps (which write the
+ * copy in their own pass), after a copy into the weights (which makes it stale), and
+ * after the copy is dropped. */
+static void test_bf16_weight_copy_gives_the_bits_of_conversion(void **state) {
+    bt_fixture *f = bt_need_gpu(state);
+    ddp_backend *g = f->gpu[DDP_MATH_BF16];
+    const int M = 33, N = 40, K = 72, off = 37;
+    const size_t total = (size_t)off + (size_t)N * K + 11;
+    float *hw = bt_randn(f, total, 0.5f), *hx = bt_randn(f, (size_t)M * K, 1.0f);
+    float *hg = bt_randn(f, total, 0.1f);
+    float *weights = bt_upload(g, hw, total * 4), *x = bt_upload(g, hx, (size_t)M * K * 4);
+    float *grad = bt_upload(g, hg, total * 4), *plain = bt_upload_nan(g, (size_t)N * K);
+    float *buf = bt_upload_nan(g, total), *m = bt_upload(g, hg, total * 4);
+    float *v = bt_upload(g, hg, total * 4);
+    OK(ddp_backend_zero(g, v, total * 4));
+    OK(ddp_backend_set_bf16_weights(g, weights, total));
+    for (int round = 0; round < 4; round++) {
+        if (round == 1)
+            OK(ddp_backend_sgd_step(g, weights, grad, buf, total, 0.1f, 0.9f, 1e-4f, 0, 1, 1.0f));
+        if (round == 2)
+            OK(ddp_backend_adamw_step(g, weights, grad, m, v, total, 1e-2f, 0.9f, 0.99f, 1e-8f,
+                                      0.01f, 1, 1.0f));
+        if (round == 3) {
+            for (size_t i = 0; i < total; i++)
+                hw[i] = -hw[i] * 0.75f;
+            OK(ddp_backend_copy(g, weights, hw, total * 4, DDP_COPY_H2D));
+        }
+        /* The same W outside the registered array: converted per call. */
+        OK(ddp_backend_copy(g, plain, weights + off, (size_t)N * K * 4, DDP_COPY_D2D));
+        float *a = product(f, x, weights + off, M, N, K), *b = product(f, x, plain, M, N, K);
+        if (memcmp(a, b, (size_t)M * N * 4) != 0) fail_msg("round %d: the copy is not W's", round);
+        free(a);
+        free(b);
+    }
+    OK(ddp_backend_set_bf16_weights(g, NULL, 0));
+    float *a = product(f, x, weights + off, M, N, K), *b = product(f, x, plain, M, N, K);
+    assert_memory_equal(a, b, (size_t)M * N * 4);
+    free(a);
+    free(b);
+    void *bufs[] = {weights, x, grad, plain, buf, m, v};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        ddp_backend_dealloc(g, bufs[i]);
+    free(hw);
+    free(hx);
+    free(hg);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cuda_create_without_gpu_is_unsupported),
         cmocka_unit_test(test_cuda_create_reports_device),
         cmocka_unit_test(test_cuda_zero_and_copies_round_trip),
+        cmocka_unit_test(test_bf16_weight_copy_gives_the_bits_of_conversion),
     };
     int failed = cmocka_run_group_tests(tests, bt_setup, bt_teardown);
     if (failed == 0 && ddp_backend_cuda_device_count() == 0) return 77; /* all skipped */

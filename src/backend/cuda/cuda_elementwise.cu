@@ -25,23 +25,50 @@ __global__ static void bias_add_kernel(float *y, const float *bias, size_t total
 #define BG_COLS 32 /* columns per block: one warp reads 32 neighbours of a row, coalesced */
 #define BG_ROWS 16 /* rows read at once per block */
 
-/* dbias (C) += column sums of dy (N, C). Each block owns BG_COLS columns and sums them
- * in a fixed order (no atomics), so the result is the same on every run. */
-__global__ static void bias_grad_kernel(float *dbias, const float *dy, int N, int C) {
-    __shared__ float part[BG_ROWS][BG_COLS + 1];
+int ddp_cuda_col_chunks(int N, int C) {
+    int col_blocks = (C + BG_COLS - 1) / BG_COLS;
+    int by_rows = (N + 255) / 256, by_blocks = (256 + col_blocks - 1) / col_blocks;
+    int chunks = by_rows < by_blocks ? by_rows : by_blocks;
+    return chunks > 0 ? chunks : 1;
+}
+
+/* part[chunk C + c] = the sum of dy (N, C) over the rows of chunk blockIdx.y for column c.
+ * Each block owns BG_COLS columns of one chunk and sums them in a fixed order (no
+ * atomics), so the result is the same on every run. */
+__global__ static void bias_grad_partial_kernel(float *part, const float *dy, int N, int C,
+                                                int rows_per_chunk) {
+    __shared__ float sh[BG_ROWS][BG_COLS + 1];
     int c = blockIdx.x * BG_COLS + threadIdx.x;
+    int r0 = blockIdx.y * rows_per_chunk, r1 = min(N, r0 + rows_per_chunk);
     float s = 0.0f;
     if (c < C)
-        for (int r = threadIdx.y; r < N; r += BG_ROWS)
+        for (int r = r0 + threadIdx.y; r < r1; r += BG_ROWS)
             s += dy[(size_t)r * C + c];
-    part[threadIdx.y][threadIdx.x] = s;
+    sh[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y == 0 && c < C) {
         float t = 0.0f;
         for (int k = 0; k < BG_ROWS; k++)
-            t += part[k][threadIdx.x];
-        dbias[c] += t;
+            t += sh[k][threadIdx.x];
+        part[(size_t)blockIdx.y * C + c] = t;
     }
+}
+
+__global__ static void col_chunks_add_kernel(float *dst, const float *part, int chunks, int C) {
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += gridDim.x * blockDim.x) {
+        float t = 0.0f;
+        for (int k = 0; k < chunks; k++)
+            t += part[(size_t)k * C + c];
+        dst[c] += t;
+    }
+}
+
+extern "C" ddp_status ddp_cuda_col_chunks_add(ddp_cuda_backend *cb, float *dst, const float *part,
+                                              int chunks, int C) {
+    col_chunks_add_kernel<<<ddp_cuda_blocks((size_t)C, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0,
+                            cb->stream>>>(dst, part, chunks, C);
+    DDP_CUDA_CHECK_LAUNCH("col_chunks_add_kernel");
+    return DDP_OK;
 }
 
 extern "C" ddp_status ddp_cuda_bias_add(ddp_backend *b, float *y, const float *bias, int N, int C) {
@@ -61,10 +88,14 @@ extern "C" ddp_status ddp_cuda_bias_grad(ddp_backend *b, float *dbias, const flo
     DDP_CHECK(ddp_cuda_use(cb));
     /* N == 0 adds nothing; C == 0 has nothing to add to. */
     if (N <= 0 || C <= 0) return DDP_OK;
+    int chunks = ddp_cuda_col_chunks(N, C), rows = (N + chunks - 1) / chunks;
+    void *part = NULL;
+    DDP_CHECK(ddp_cuda_workspace(cb, DDP_CUDA_WS_SUMS, (size_t)chunks * C * sizeof(float), &part));
     dim3 block(BG_COLS, BG_ROWS);
-    dim3 grid((unsigned int)((C + BG_COLS - 1) / BG_COLS));
-    bias_grad_kernel<<<grid, block, 0, cb->stream>>>(dbias, dy, N, C);
-    DDP_CUDA_CHECK_LAUNCH("bias_grad_kernel");
+    dim3 grid((unsigned int)((C + BG_COLS - 1) / BG_COLS), (unsigned int)chunks);
+    bias_grad_partial_kernel<<<grid, block, 0, cb->stream>>>((float *)part, dy, N, C, rows);
+    DDP_CUDA_CHECK_LAUNCH("bias_grad_partial_kernel");
+    DDP_CHECK(ddp_cuda_col_chunks_add(cb, dbias, (const float *)part, chunks, C));
     return DDP_OK;
 }
 

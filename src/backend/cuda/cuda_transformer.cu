@@ -212,35 +212,38 @@ __global__ static void layernorm_dinp_kernel(float *dinp, const float *dout, con
 #define LN_COLS 32 /* columns per block: a warp reads 32 neighbours of a row, coalesced */
 #define LN_ROWS 32 /* rows read at once per block */
 
-/* dweight (C) += sum over rows of dout n, dbias (C) += sum over rows of dout. Each block
- * owns LN_COLS columns: thread (x, y) sums rows y, y + LN_ROWS, ... of column x, then
- * one thread per column adds the LN_ROWS partial sums in order of y. The partition
- * depends only on N and C, so the sums are the same on every call. */
-__global__ static void layernorm_param_grad_kernel(float *dweight, float *dbias, const float *dout,
+/* part_w[chunk C + c], part_b[chunk C + c] = the sums of dout n and of dout over the rows
+ * of chunk blockIdx.y, column c (ddp_cuda_col_chunks): thread (x, y) sums rows y,
+ * y + LN_ROWS, ... of its chunk, then one thread per column adds the LN_ROWS partial sums
+ * in order of y. The partition depends only on N and C, so the sums are the same on every
+ * call. */
+__global__ static void layernorm_param_grad_kernel(float *part_w, float *part_b, const float *dout,
                                                    const float *inp, const float *mean,
-                                                   const float *rstd, int N, int C) {
-    __shared__ float part_w[LN_ROWS][LN_COLS + 1];
-    __shared__ float part_b[LN_ROWS][LN_COLS + 1];
+                                                   const float *rstd, int N, int C,
+                                                   int rows_per_chunk) {
+    __shared__ float sh_w[LN_ROWS][LN_COLS + 1];
+    __shared__ float sh_b[LN_ROWS][LN_COLS + 1];
     const int c = blockIdx.x * LN_COLS + threadIdx.x;
+    const int r0 = blockIdx.y * rows_per_chunk, r1 = min(N, r0 + rows_per_chunk);
     float dw = 0.0f, db = 0.0f;
     if (c < C)
-        for (int r = threadIdx.y; r < N; r += LN_ROWS) {
+        for (int r = r0 + threadIdx.y; r < r1; r += LN_ROWS) {
             size_t i = (size_t)r * C + c;
             float g = dout[i];
             dw += g * ((inp[i] - mean[r]) * rstd[r]);
             db += g;
         }
-    part_w[threadIdx.y][threadIdx.x] = dw;
-    part_b[threadIdx.y][threadIdx.x] = db;
+    sh_w[threadIdx.y][threadIdx.x] = dw;
+    sh_b[threadIdx.y][threadIdx.x] = db;
     __syncthreads();
     if (threadIdx.y == 0 && c < C) {
         float sw = 0.0f, sb = 0.0f;
         for (int k = 0; k < LN_ROWS; k++) {
-            sw += part_w[k][threadIdx.x];
-            sb += part_b[k][threadIdx.x];
+            sw += sh_w[k][threadIdx.x];
+            sb += sh_b[k][threadIdx.x];
         }
-        dweight[c] += sw;
-        dbias[c] += sb;
+        part_w[(size_t)blockIdx.y * C + c] = sw;
+        part_b[(size_t)blockIdx.y * C + c] = sb;
     }
 }
 
@@ -266,11 +269,18 @@ extern "C" ddp_status ddp_cuda_layernorm_backward(ddp_backend *b, float *dinp, f
     layernorm_dinp_kernel<<<row_blocks((size_t)N), ROW_THREADS, 0, cb->stream>>>(
         dinp, dout, inp, weight, mean, rstd, (size_t)N, C);
     DDP_CUDA_CHECK_LAUNCH("layernorm_dinp_kernel");
+    int chunks = ddp_cuda_col_chunks(N, C), rows = (N + chunks - 1) / chunks;
+    void *ws = NULL;
+    DDP_CHECK(
+        ddp_cuda_workspace(cb, DDP_CUDA_WS_SUMS, 2 * (size_t)chunks * C * sizeof(float), &ws));
+    float *part_w = (float *)ws, *part_b = part_w + (size_t)chunks * C;
     dim3 block(LN_COLS, LN_ROWS);
-    dim3 grid((unsigned int)((C + LN_COLS - 1) / LN_COLS));
-    layernorm_param_grad_kernel<<<grid, block, 0, cb->stream>>>(dweight, dbias, dout, inp, mean,
-                                                                rstd, N, C);
+    dim3 grid((unsigned int)((C + LN_COLS - 1) / LN_COLS), (unsigned int)chunks);
+    layernorm_param_grad_kernel<<<grid, block, 0, cb->stream>>>(part_w, part_b, dout, inp, mean,
+                                                                rstd, N, C, rows);
     DDP_CUDA_CHECK_LAUNCH("layernorm_param_grad_kernel");
+    DDP_CHECK(ddp_cuda_col_chunks_add(cb, dweight, part_w, chunks, C));
+    DDP_CHECK(ddp_cuda_col_chunks_add(cb, dbias, part_b, chunks, C));
     return DDP_OK;
 }
 
