@@ -148,6 +148,13 @@ if [ "$BUILT" = 1 ]; then
     else
         stage gpt-bench "FAIL: $(grep -m1 -iE 'error|failed' "$LOGS/gpt-bench.log" | cut -c1-200)"
     fi
+    # ZeRO-1 over NCCL: the queued reduce-scatters and gathers, against the line above.
+    if timeout "$(budget 90)" mpirun -np 1 "$BUILD/ddp-bench" train "${GPT[@]}" "${DEV[@]}" "${BENCH[@]}" \
+        --zero 1 --json "$LOGS/gpt-bench-zero1.json" >"$LOGS/gpt-bench-zero1.log" 2>&1; then
+        stage gpt-bench-zero1 "ok ($(json_get "$LOGS/gpt-bench-zero1.json" tokens_per_s) tokens/s)"
+    else
+        stage gpt-bench-zero1 "FAIL: $(grep -m1 -iE 'error|failed' "$LOGS/gpt-bench-zero1.log" | cut -c1-200)"
+    fi
     CNN=(--model cnn $(prec bf16) --sync-bn --batch 256)
     [ "$STUB" = 1 ] && CNN+=(--channels 4,8 --hidden 16 --batch 32)
     if timeout "$(budget 90)" mpirun -np 1 "$BUILD/ddp-bench" train "${CNN[@]}" "${DEV[@]}" "${BENCH[@]}" \

@@ -27,14 +27,14 @@
 
 typedef struct {
     struct ddp_comm base;
-    ncclComm_t nccl;      /* NULL once aborted */
-    MPI_Comm host_comm;   /* host-memory collectives and the bootstrap */
-    int device;           /* the backend's GPU */
-    cudaStream_t compute; /* the backend's stream: producer and consumer of buffers */
-    cudaStream_t stream;  /* collectives run here */
-    cudaEvent_t ready;    /* recorded on compute: the comm stream waits for it */
-    cudaEvent_t done;     /* recorded on the comm stream: compute waits for it */
-    int32_t *barrier_buf; /* (1) device int reduced by the barrier */
+    ncclComm_t nccl;            /* NULL once aborted */
+    MPI_Comm host_comm;         /* host-memory collectives and the bootstrap */
+    int device;                 /* the backend's GPU */
+    cudaStream_t compute;       /* the backend's stream: producer and consumer of buffers */
+    cudaStream_t stream;        /* collectives run here */
+    cudaEvent_t ready;          /* recorded on compute: the comm stream waits for it */
+    cudaEvent_t done;           /* recorded on the comm stream: compute waits for it */
+    int32_t *barrier_buf;       /* (1) device int reduced by the barrier */
     volatile int *hang_release; /* DDP_INJECT_FAULT=nccl_hang: set to end the stand-in */
 } nccl_comm;
 

@@ -254,8 +254,7 @@ static ddp_status add_stage(ddp_model *m, int i, int *H, int *W, int Cin, int Co
     if (s == DDP_OK)
         s = ddp_backend_alloc(N->backend, (size_t)Cout * sizeof(float), (void **)&N->rstd);
     if (s == DDP_OK)
-        s = ddp_backend_alloc(N->backend, 2 * (size_t)Cout * sizeof(double),
-                              (void **)&N->sums);
+        s = ddp_backend_alloc(N->backend, 2 * (size_t)Cout * sizeof(double), (void **)&N->sums);
     if (s != DDP_OK) {
         bn_destroy(&N->base);
         free(N);

@@ -49,12 +49,12 @@ struct ddp_reducer {
     /* sharded (ddp_reducer_set_shard): bucket i sends counts[i * world + q] elements to
      * rank q; this rank's land at shard + dst[i] */
     int world, rank;
-    float *shard;   /* (shard_size) device */
-    float *scratch; /* device: a bucket's sums before they are added; per bucket (at dst[i],
-                     * shard_size in all) where the comm queues them on the device */
+    float *shard;    /* (shard_size) device */
+    float *scratch;  /* device: a bucket's sums before they are added; per bucket (at dst[i],
+                      * shard_size in all) where the comm queues them on the device */
     int queued_comm; /* the comm queues on the device (NCCL): sends complete in wait() */
-    size_t *counts; /* (n_buckets, world) */
-    size_t *dst;    /* (n_buckets) */
+    size_t *counts;  /* (n_buckets, world) */
+    size_t *dst;     /* (n_buckets) */
     size_t shard_begin, shard_size;
     int add; /* this pass adds to the shard */
     /* the parameters' all-gather (ddp_reducer_start_gather): a pass of its own, its
@@ -593,9 +593,7 @@ static ddp_status gather_wait_first(ddp_reducer *r, int need) {
     return s;
 }
 
-static ddp_status gather_wait_all(ddp_reducer *r) {
-    return gather_wait_first(r, r->n_buckets);
-}
+static ddp_status gather_wait_all(ddp_reducer *r) { return gather_wait_first(r, r->n_buckets); }
 
 ddp_status ddp_reducer_start_gather(ddp_reducer *r, float *params) {
     if (!r->shard) return DDP_FAIL(DDP_ERR_INTERNAL, "reducer: a gather needs shards");

@@ -208,9 +208,9 @@ static void progress_thread_on_nccl_is_refused(void **state) {
     c.comm = DDP_COMM_NCCL;
     c.reducer.progress = DDP_PROGRESS_THREAD;
     ddp_trainer *t = NULL;
-    assert_int_equal(ddp_trainer_create(&c, gpu[DDP_MATH_FP32], nccl, ctrl, &train_set, &test_set,
-                                        &t),
-                     DDP_ERR_UNSUPPORTED);
+    assert_int_equal(
+        ddp_trainer_create(&c, gpu[DDP_MATH_FP32], nccl, ctrl, &train_set, &test_set, &t),
+        DDP_ERR_UNSUPPORTED);
     assert_msg_has("--progress auto");
     ddp_error_clear();
     ddp_comm_free(nccl);

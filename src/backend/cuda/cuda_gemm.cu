@@ -104,8 +104,7 @@ extern "C" int ddp_cuda_touches_weights(const ddp_cuda_backend *cb, const void *
 }
 
 extern "C" uint16_t *ddp_cuda_w16_of(ddp_cuda_backend *cb, const float *p, size_t n) {
-    if (!cb->w32 || p < cb->w32 || n > cb->w_n || (size_t)(p - cb->w32) > cb->w_n - n)
-        return NULL;
+    if (!cb->w32 || p < cb->w32 || n > cb->w_n || (size_t)(p - cb->w32) > cb->w_n - n) return NULL;
     return cb->w16 + (p - cb->w32);
 }
 

@@ -38,10 +38,10 @@ typedef struct {
     size_t ws_bytes[DDP_CUDA_WORKSPACES];
     cudaEvent_t waited; /* recorded for host waits that poll (ddp_cuda_host_wait) */
     /* the bf16 copy of the weights (ddp_backend_set_bf16_weights; math BF16 only) */
-    const float *w32;   /* (w_n) the fp32 array, or NULL */
+    const float *w32; /* (w_n) the fp32 array, or NULL */
     size_t w_n;
-    uint16_t *w16;      /* (w_n) device: its bf16 copy */
-    int w16_stale;      /* rewrite w16 from w32 before the next product reads it */
+    uint16_t *w16; /* (w_n) device: its bf16 copy */
+    int w16_stale; /* rewrite w16 from w32 before the next product reads it */
 } ddp_cuda_backend;
 
 /* Makes the backend's GPU current in the calling thread. Every op calls it first, so
