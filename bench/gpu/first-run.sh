@@ -104,7 +104,7 @@ BUILT=0
 # ---- 5. every GPU test: a skip is a failure ---------------------------------------------
 if [ "$BUILT" = 1 ]; then
     timeout "$(budget 240)" ctest --test-dir "$BUILD" -L cuda --output-on-failure --timeout "$(budget 180)" \
-        >"$OUT/ctest-cuda.log" 2>&1
+        --output-log "$LOGS/ctest-cuda-full.log" >"$OUT/ctest-cuda.log" 2>&1
     summary=$(grep -E 'tests passed|tests failed' "$OUT/ctest-cuda.log" | tail -n1)
     failed=$(grep -E '\*\*\*Failed|\*\*\*Timeout|\*\*\*Exception|Not Run|\*\*\*Skipped' \
         "$OUT/ctest-cuda.log" | sed -E 's/^ *[0-9]+\/[0-9]+ Test +#[0-9]+: //' | awk '{print $1}' | tr '\n' ' ')

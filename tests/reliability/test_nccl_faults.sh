@@ -24,7 +24,7 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L 2>/dev/null | grep -q G
 fi
 cp "$(dirname "${BASH_SOURCE[0]}")/../../README.md" "$TMP/text.txt"
 GPT=(--model gpt --text "$TMP/text.txt" --layers 1 --dim 32 --heads 2 --ctx 16 --batch 8
-     --log-every 1 --device cuda --comm nccl --timeout 3 --checkpoint-dir "$TMP/ck")
+     --log-every 1 --device cuda --comm nccl --timeout 3)
 if ! $MPIEXEC -np 1 "$TRAIN" "${GPT[@]}" --steps 1 >"$TMP/probe.log" 2>&1; then
     if grep -q "NCCL" "$TMP/probe.log"; then
         echo "FAIL: the NCCL comm is unavailable on a machine with a GPU:"; cat "$TMP/probe.log"
@@ -35,13 +35,15 @@ fi
 
 RUN_TIMEOUT=60 run nccl_hang_ends_within_timeout 3 \
     'rank 0: waiting for the GPU .* at step [0-9]+ did not complete within 3 s' -- \
-    env DDP_INJECT_FAULT=nccl_hang:0:8 $MPIEXEC -np 1 "$TRAIN" "${GPT[@]}" --steps 200
+    env DDP_INJECT_FAULT=nccl_hang:0:8 $MPIEXEC -np 1 "$TRAIN" "${GPT[@]}" --steps 200 \
+    --checkpoint-dir "$TMP/ck" --checkpoint-every 100
 RUN_TIMEOUT=60 run nccl_async_error_aborts nonzero \
     'NCCL failed asynchronously on rank 0: .*communicator was aborted' -- \
     env DDP_INJECT_FAULT=nccl_async:0:20 $MPIEXEC -np 1 "$TRAIN" "${GPT[@]}" --steps 200
-# The fault ended the job before its checkpoint: none was left half written.
-if ls "$TMP/ck" 2>/dev/null | grep -q '\.tmp'; then
-    echo "FAIL: a partial checkpoint was left behind"; fails=$((fails + 1))
+# The hang ended the job before its first checkpoint: none was written, not even in part.
+if [ -n "$(ls -A "$TMP/ck" 2>/dev/null)" ]; then
+    echo "FAIL: the stopped job left files in its checkpoint directory:"; ls -la "$TMP/ck"
+    fails=$((fails + 1))
 fi
 
 echo "$passes passed, $fails failed"
