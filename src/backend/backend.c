@@ -12,7 +12,19 @@ int ddp_backend_is_host(const ddp_backend *b) { return b->ops->is_host; }
 int ddp_backend_threads(const ddp_backend *b) { return b->opt.threads; }
 
 void ddp_backend_free(ddp_backend *b) {
-    if (b) b->ops->destroy(b);
+    if (!b) return;
+    if (b->w16) b->ops->dealloc(b, b->w16);
+    b->w16 = NULL;
+    b->ops->destroy(b);
+}
+
+/* Nonzero when [p, p + bytes) overlaps the weights' array (a write there makes the copy
+ * stale). */
+static int touches_weights(const ddp_backend *b, const void *p, size_t bytes) {
+    if (!b->w32) return 0;
+    const char *lo = (const char *)b->w32, *hi = (const char *)(b->w32 + b->w_n);
+    const char *a = (const char *)p;
+    return a < hi && a + bytes > lo;
 }
 
 ddp_status ddp_backend_alloc(ddp_backend *b, size_t bytes, void **ptr) {
@@ -22,7 +34,12 @@ ddp_status ddp_backend_alloc(ddp_backend *b, size_t bytes, void **ptr) {
 }
 
 void ddp_backend_dealloc(ddp_backend *b, void *ptr) {
-    if (ptr) b->ops->dealloc(b, ptr);
+    if (!ptr) return;
+    /* The weights' array going away takes its bf16 copy along: a later array at the same
+     * address must not find it. */
+    if ((const void *)b->w32 == ptr && ddp_backend_set_bf16_weights(b, NULL, 0) != DDP_OK)
+        ddp_log_current_error("dropping the bf16 copy of the weights");
+    b->ops->dealloc(b, ptr);
 }
 
 ddp_status ddp_backend_host_alloc(ddp_backend *b, size_t bytes, void **ptr) {
@@ -39,23 +56,58 @@ ddp_status ddp_backend_copy(ddp_backend *b, void *dst, const void *src, size_t b
                             ddp_copy_kind kind) {
     if (bytes == 0) return DDP_OK;
     if (!dst || !src) return DDP_FAIL(DDP_ERR_INVALID_ARG, "backend copy: NULL pointer");
+    if (kind != DDP_COPY_D2H && touches_weights(b, dst, bytes)) b->w16_stale = 1;
     return b->ops->copy(b, dst, src, bytes, kind);
 }
 
 ddp_status ddp_backend_zero(ddp_backend *b, void *ptr, size_t bytes) {
     if (bytes == 0) return DDP_OK;
+    if (touches_weights(b, ptr, bytes)) b->w16_stale = 1;
     return b->ops->zero(b, ptr, bytes);
 }
 
 ddp_status ddp_backend_sync(ddp_backend *b) { return b->ops->sync(b); }
 
+/* ---- the bf16 copy of the weights ------------------------------------------------------ */
+
 ddp_status ddp_backend_set_bf16_weights(ddp_backend *b, const float *params, size_t n) {
-    if (!b->ops->set_bf16_weights) return DDP_OK;
-    return b->ops->set_bf16_weights(b, params, n);
+    if (b->w16) {
+        /* Queued products may still read the old copy. */
+        DDP_CHECK(ddp_backend_sync(b));
+        b->ops->dealloc(b, b->w16);
+    }
+    b->w16 = NULL;
+    b->w32 = NULL;
+    b->w_n = 0;
+    if (!params || n == 0 || b->opt.math != DDP_MATH_BF16) return DDP_OK;
+    DDP_CHECK(b->ops->alloc(b, n * sizeof(uint16_t), (void **)&b->w16));
+    b->w32 = params;
+    b->w_n = n;
+    b->w16_stale = 1;
+    return DDP_OK;
 }
 
-void ddp_backend_weights_changed(ddp_backend *b) {
-    if (b->ops->weights_changed) b->ops->weights_changed(b);
+void ddp_backend_weights_changed(ddp_backend *b) { b->w16_stale = 1; }
+
+uint16_t *ddp_backend_w16_of(ddp_backend *b, const float *p, size_t n) {
+    if (!b->w32 || p < b->w32 || n > b->w_n || (size_t)(p - b->w32) > b->w_n - n) return NULL;
+    return b->w16 + (p - b->w32);
+}
+
+ddp_status ddp_backend_w16_operand(ddp_backend *b, const float *p, int rows, int cols, int ld,
+                                   const uint16_t **out) {
+    *out = NULL;
+    if (!b->w32 || rows <= 0 || cols <= 0) return DDP_OK;
+    size_t extent = (size_t)(rows - 1) * (size_t)ld + (size_t)cols;
+    const uint16_t *w = ddp_backend_w16_of(b, p, extent);
+    if (!w) return DDP_OK;
+    if (b->w16_stale) {
+        /* Ordered after whatever wrote the fp32 array. */
+        DDP_CHECK(b->ops->f32_to_bf16(b, b->w32, b->w16, b->w_n));
+        b->w16_stale = 0;
+    }
+    *out = w;
+    return DDP_OK;
 }
 
 ddp_status ddp_backend_add_wait_check(ddp_backend *b, ddp_backend_wait_check_fn fn, void *ctx) {

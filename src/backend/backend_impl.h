@@ -21,9 +21,6 @@ typedef struct {
                        ddp_copy_kind kind);
     ddp_status (*zero)(ddp_backend *b, void *ptr, size_t bytes);
     ddp_status (*sync)(ddp_backend *b);
-    /* The bf16 copy of the weights (NULL: products in fp32 or tf32 only); see backend.h. */
-    ddp_status (*set_bf16_weights)(ddp_backend *b, const float *params, size_t n);
-    void (*weights_changed)(ddp_backend *b);
     /* Threads of the matrix products (NULL: not a threaded host library). */
     int (*get_threads)(ddp_backend *b);
     void (*set_threads)(ddp_backend *b, int threads);
@@ -42,7 +39,21 @@ struct ddp_backend {
         void *ctx;
     } wait_checks[DDP_BACKEND_MAX_WAIT_CHECKS]; /* ddp_backend_add_wait_check, in order */
     int n_wait_checks;
+    /* the bf16 copy of the weights (ddp_backend_set_bf16_weights; math BF16 only) */
+    const float *w32; /* (w_n) the fp32 array, or NULL */
+    size_t w_n;
+    uint16_t *w16;    /* (w_n) backend memory: its bf16 copy */
+    int w16_stale;    /* rewrite w16 from w32 before a product reads it */
 };
+
+/* The bf16 copy of the n elements at p, when they lie inside the weights' array (NULL
+ * otherwise): element p[i] is the copy's [i]. For the optimizer ops, which write it. */
+uint16_t *ddp_backend_w16_of(ddp_backend *b, const float *p, size_t n);
+/* For the products: *out = the bf16 copy of an operand stored (rows, cols) with row
+ * stride ld at p when it lies inside the weights' array, rewritten first where stale
+ * (queued on the backend's stream); NULL otherwise. */
+ddp_status ddp_backend_w16_operand(ddp_backend *b, const float *p, int rows, int cols, int ld,
+                                   const uint16_t **out);
 
 /* The CPU backend (backend_cpu.c). Its convolutions keep oneDNN's primitives per shape in
  * a cache that it owns (backend_cpu_conv.c). */

@@ -142,10 +142,6 @@ static ddp_status cuda_alloc(ddp_backend *b, size_t bytes, void **ptr) {
 
 static void cuda_dealloc(ddp_backend *b, void *ptr) {
     if (!ptr) return;
-    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
-    /* The weights' array going away takes its bf16 copy along: a later array at the same
-     * address must not find it. */
-    if (cb->w32 && (const void *)cb->w32 == ptr) ddp_cuda_set_bf16_weights(b, NULL, 0);
     cudaError_t e = cudaFree(ptr);
     if (e != cudaSuccess)
         ddp_log_warn("cudaFree on GPU %d failed: %s", ((ddp_cuda_backend *)b)->device,
@@ -184,7 +180,6 @@ static ddp_status cuda_copy(ddp_backend *b, void *dst, const void *src, size_t b
     /* D2D between any two buffers the process can address: device memory, or host memory
      * where a caller that cannot tell (the local comm used as a control comm) passes it;
      * unified addressing lets the driver tell. */
-    if (kind != DDP_COPY_D2H && ddp_cuda_touches_weights(cb, dst, bytes)) cb->w16_stale = 1;
     enum cudaMemcpyKind k = kind == DDP_COPY_H2D   ? cudaMemcpyHostToDevice
                             : kind == DDP_COPY_D2H ? cudaMemcpyDeviceToHost
                                                    : cudaMemcpyDefault;
@@ -198,7 +193,6 @@ static ddp_status cuda_zero(ddp_backend *b, void *ptr, size_t bytes) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
     DDP_CHECK(ddp_cuda_use(cb));
     if (bytes == 0) return DDP_OK;
-    if (ddp_cuda_touches_weights(cb, ptr, bytes)) cb->w16_stale = 1;
     DDP_CUDA_CHECK(cudaMemsetAsync(ptr, 0, bytes, cb->stream));
     return DDP_OK;
 }
@@ -224,7 +218,6 @@ static void cuda_destroy(ddp_backend *b) {
                          cudaGetErrorString(e));
     }
     ddp_cuda_gemm_release(cb);
-    if (cb->w16) cudaFree(cb->w16);
     if (cb->cublas) cublasDestroy(cb->cublas);
     if (cb->partials) cudaFree(cb->partials);
     if (cb->host_result) cudaFreeHost(cb->host_result);
@@ -262,8 +255,6 @@ static const ddp_backend_ops cuda_ops = {.name = "cuda",
                                          .copy = cuda_copy,
                                          .zero = cuda_zero,
                                          .sync = cuda_sync,
-                                         .set_bf16_weights = ddp_cuda_set_bf16_weights,
-                                         .weights_changed = ddp_cuda_weights_changed,
 #define DDP_CUDA_ENTRY(name, params, args, check, noop) .name = ddp_cuda_##name,
                                          DDP_BACKEND_OPS(DDP_CUDA_ENTRY)
 #undef DDP_CUDA_ENTRY

@@ -73,59 +73,6 @@ extern "C" void ddp_cuda_gemm_release(ddp_cuda_backend *cb) {
     }
 }
 
-/* ---- the bf16 copy of the weights ------------------------------------------------------ */
-
-extern "C" ddp_status ddp_cuda_set_bf16_weights(ddp_backend *b, const float *params, size_t n) {
-    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
-    DDP_CHECK(ddp_cuda_use(cb));
-    if (cb->w16) {
-        /* The old copy may still be read by queued products. */
-        DDP_CHECK(ddp_cuda_host_wait(cb));
-        cudaFree(cb->w16);
-    }
-    cb->w16 = NULL;
-    cb->w32 = NULL;
-    cb->w_n = 0;
-    if (!params || n == 0 || b->opt.math != DDP_MATH_BF16) return DDP_OK;
-    DDP_CUDA_CHECK(cudaMalloc((void **)&cb->w16, n * sizeof(uint16_t)));
-    cb->w32 = params;
-    cb->w_n = n;
-    cb->w16_stale = 1;
-    return DDP_OK;
-}
-
-extern "C" void ddp_cuda_weights_changed(ddp_backend *b) { ((ddp_cuda_backend *)b)->w16_stale = 1; }
-
-extern "C" int ddp_cuda_touches_weights(const ddp_cuda_backend *cb, const void *p, size_t bytes) {
-    if (!cb->w32) return 0;
-    const char *lo = (const char *)cb->w32, *hi = (const char *)(cb->w32 + cb->w_n);
-    const char *a = (const char *)p;
-    return a < hi && a + bytes > lo;
-}
-
-extern "C" uint16_t *ddp_cuda_w16_of(ddp_cuda_backend *cb, const float *p, size_t n) {
-    if (!cb->w32 || p < cb->w32 || n > cb->w_n || (size_t)(p - cb->w32) > cb->w_n - n) return NULL;
-    return cb->w16 + (p - cb->w32);
-}
-
-/* The bf16 copy of an operand stored (rows, cols) with row stride ld at p, when it lies
- * inside the weights' array (rewritten first if stale); NULL otherwise. */
-static ddp_status weight_operand(ddp_cuda_backend *cb, const float *p, int rows, int cols, int ld,
-                                 const __nv_bfloat16 **out) {
-    *out = NULL;
-    if (!cb->w32 || rows <= 0 || cols <= 0) return DDP_OK;
-    size_t extent = (size_t)(rows - 1) * (size_t)ld + (size_t)cols;
-    uint16_t *w = ddp_cuda_w16_of(cb, p, extent);
-    if (!w) return DDP_OK;
-    if (cb->w16_stale) {
-        /* Stream-ordered after whatever wrote the fp32 array. */
-        DDP_CHECK(ddp_cuda_f32_to_bf16(&cb->base, cb->w32, cb->w16, cb->w_n));
-        cb->w16_stale = 0;
-    }
-    *out = (const __nv_bfloat16 *)w;
-    return DDP_OK;
-}
-
 /* Converts a stored row-major (rows, cols) matrix with row stride ld to compact bf16.
  * A batch of compact matrices is one matrix of all their rows. */
 static ddp_status convert(ddp_cuda_backend *cb, int slot, const float *src, size_t rows, int cols,
@@ -176,8 +123,8 @@ extern "C" ddp_status ddp_cuda_gemm(ddp_backend *b, int ta, int tb, int M, int N
         /* Weights from their bf16 copy, with their own row strides; other operands
          * converted into compact copies, whose leading dimension is the stored column
          * count (at least 1, as cuBLAS requires even for empty operands). */
-        DDP_CHECK(weight_operand(cb, A, a_rows, a_cols, lda, &A16));
-        DDP_CHECK(weight_operand(cb, B, b_rows, b_cols, ldb, &B16));
+        DDP_CHECK(ddp_backend_w16_operand(b, A, a_rows, a_cols, lda, (const uint16_t **)&A16));
+        DDP_CHECK(ddp_backend_w16_operand(b, B, b_rows, b_cols, ldb, (const uint16_t **)&B16));
         int lda16 = A16 ? lda : (a_cols > 0 ? a_cols : 1);
         int ldb16 = B16 ? ldb : (b_cols > 0 ? b_cols : 1);
         if (!A16) DDP_CHECK(convert(cb, DDP_CUDA_WS_GEMM_A, A, a_rows, a_cols, lda, &A16));

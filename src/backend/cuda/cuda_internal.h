@@ -37,11 +37,6 @@ typedef struct {
     void *ws[DDP_CUDA_WORKSPACES]; /* device scratch by slot, grown on demand */
     size_t ws_bytes[DDP_CUDA_WORKSPACES];
     cudaEvent_t waited; /* recorded for host waits that poll (ddp_cuda_host_wait) */
-    /* the bf16 copy of the weights (ddp_backend_set_bf16_weights; math BF16 only) */
-    const float *w32; /* (w_n) the fp32 array, or NULL */
-    size_t w_n;
-    uint16_t *w16; /* (w_n) device: its bf16 copy */
-    int w16_stale; /* rewrite w16 from w32 before the next product reads it */
 } ddp_cuda_backend;
 
 /* Makes the backend's GPU current in the calling thread. Every op calls it first, so
@@ -91,16 +86,6 @@ ddp_status ddp_cuda_col_chunks_add(ddp_cuda_backend *cb, float *dst, const float
  * first. Growing is ordered on the backend's stream, so earlier ops still using the old
  * buffer finish first. The caller has made the backend's GPU current. */
 ddp_status ddp_cuda_workspace(ddp_cuda_backend *cb, int slot, size_t bytes, void **out);
-
-/* cuda_gemm.cu: the backend's ops for the bf16 copy of the weights (backend.h). */
-ddp_status ddp_cuda_set_bf16_weights(ddp_backend *b, const float *params, size_t n);
-void ddp_cuda_weights_changed(ddp_backend *b);
-/* The bf16 copy of the n elements at p when they lie inside the weights' array (NULL
- * otherwise), queued after a rewrite where it was stale; the fp32 element p[i] is the
- * copy's [i]. For the optimizer ops: the copy of what they update, never rewritten. */
-uint16_t *ddp_cuda_w16_of(ddp_cuda_backend *cb, const float *p, size_t n);
-/* Nonzero when [p, p + n) overlaps the weights' array (a write there makes it stale). */
-int ddp_cuda_touches_weights(const ddp_cuda_backend *cb, const void *p, size_t bytes);
 
 /* cuda_gemm.cu: frees the workspaces. */
 void ddp_cuda_gemm_release(ddp_cuda_backend *cb);

@@ -60,7 +60,7 @@ extern "C" ddp_status ddp_cuda_sgd_step(ddp_backend *b, float *p, const float *g
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
     DDP_CHECK(ddp_cuda_use(cb));
     if (n == 0) return DDP_OK;
-    __nv_bfloat16 *p16 = (__nv_bfloat16 *)ddp_cuda_w16_of(cb, p, n);
+    __nv_bfloat16 *p16 = (__nv_bfloat16 *)ddp_backend_w16_of(b, p, n);
     sgd_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
         p, p16, g, buf, n, lr, momentum, wd, nesterov ? 1 : 0, first ? 1 : 0, gscale);
     DDP_CUDA_CHECK_LAUNCH("sgd_kernel");
@@ -80,7 +80,7 @@ extern "C" ddp_status ddp_cuda_adamw_step(ddp_backend *b, float *p, const float 
     if (n == 0) return DDP_OK;
     float bc1 = 1.0f - powf(b1, (float)t);
     float bc2_sqrt = sqrtf(1.0f - powf(b2, (float)t));
-    __nv_bfloat16 *p16 = (__nv_bfloat16 *)ddp_cuda_w16_of(cb, p, n);
+    __nv_bfloat16 *p16 = (__nv_bfloat16 *)ddp_backend_w16_of(b, p, n);
     adamw_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
         p, p16, g, m, v, n, b1, b2, eps, lr * wd, lr / bc1, bc2_sqrt, gscale);
     DDP_CUDA_CHECK_LAUNCH("adamw_kernel");
