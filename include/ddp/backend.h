@@ -96,6 +96,10 @@ int ddp_backend_has_wait_checks(const ddp_backend *b);
  * it first rewrites the whole copy (one conversion pass). set(b, NULL, 0) drops the copy
  * (before the array is freed). No-ops elsewhere. Not collective. */
 ddp_status ddp_backend_set_bf16_weights(ddp_backend *b, const float *params, size_t n);
+/* Nonzero when b's bf16 products run on bf16 hardware (tensor cores, AVX512-BF16, AMX);
+ * zero where the CPU has none and they are emulated on fp32 kernels (the same numbers up
+ * to the order of summation, at the fp32 rate). */
+int ddp_backend_bf16_native(ddp_backend *b);
 void ddp_backend_weights_changed(ddp_backend *b);
 
 /* OpenBLAS kernels. A program calls ddp_blas_choose_kernels(argv) before anything else:

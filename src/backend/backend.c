@@ -89,6 +89,10 @@ ddp_status ddp_backend_set_bf16_weights(ddp_backend *b, const float *params, siz
 
 void ddp_backend_weights_changed(ddp_backend *b) { b->w16_stale = 1; }
 
+int ddp_backend_bf16_native(ddp_backend *b) {
+    return b->ops->bf16_native ? b->ops->bf16_native(b) : 1;
+}
+
 uint16_t *ddp_backend_w16_of(ddp_backend *b, const float *p, size_t n) {
     if (!b->w32 || p < b->w32 || n > b->w_n || (size_t)(p - b->w32) > b->w_n - n) return NULL;
     return b->w16 + (p - b->w32);

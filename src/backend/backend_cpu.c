@@ -14,6 +14,7 @@
 
 static void cpu_destroy(ddp_backend *b) {
     ddp_cpu_conv_cache_free(((ddp_cpu_backend *)b)->conv);
+    ddp_cpu_matmul_cache_free(((ddp_cpu_backend *)b)->matmul);
     free(b);
 }
 
@@ -40,6 +41,9 @@ static ddp_status cpu_zero(ddp_backend *b, void *ptr, size_t bytes) {
 
 static ddp_status cpu_sync(ddp_backend *b) { return DDP_OK; }
 static int cpu_get_threads(ddp_backend *b) { return openblas_get_num_threads(); }
+static int cpu_bf16_native(ddp_backend *b) {
+    return ddp_cpu_matmul_native_bf16(((ddp_cpu_backend *)b)->matmul);
+}
 static void cpu_set_threads(ddp_backend *b, int threads) { openblas_set_num_threads(threads); }
 
 ddp_status ddp_cpu_gemm(ddp_backend *b, int ta, int tb, int M, int N, int K, float alpha,
@@ -53,6 +57,9 @@ ddp_status ddp_cpu_gemm(ddp_backend *b, int ta, int tb, int M, int N, int K, flo
                 C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
         return DDP_OK;
     }
+    if (b->opt.math == DDP_MATH_BF16)
+        return ddp_cpu_matmul_bf16(b, ta, tb, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0,
+                                   1);
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
                 K, alpha, A, lda, B, ldb, beta, C, ldc);
     return DDP_OK;
@@ -198,15 +205,14 @@ DDP_CPU_CLONES ddp_status ddp_cpu_add(ddp_backend *b, float *y, const float *a, 
 }
 
 ddp_status ddp_cpu_f32_to_bf16(ddp_backend *b, const float *x, uint16_t *y, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &x[i], 4);
-        if ((u & 0x7fffffffu) > 0x7f800000u)
-            y[i] = (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
-        else
-            y[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    }
+    for (size_t i = 0; i < n; i++)
+        y[i] = ddp_bf16_bits(x[i]);
     return DDP_OK;
+}
+
+void ddp_cpu_round_to_bf16(const float *x, float *y, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        y[i] = ddp_bf16_round(x[i]);
 }
 
 ddp_status ddp_cpu_bf16_to_f32(ddp_backend *b, const uint16_t *x, float *y, size_t n) {
@@ -250,11 +256,14 @@ ddp_status ddp_cpu_sumsq_add(ddp_backend *b, const float *x, size_t n, double *a
 ddp_status ddp_cpu_sgd_step(ddp_backend *b, float *p, const float *g, float *buf, size_t n,
                             float lr, float momentum, float wd, int nesterov, int first,
                             float gscale) {
+    /* Mixed precision: the weights' bf16 copy, written in the same pass. */
+    uint16_t *p16 = ddp_backend_w16_of(b, p, n);
     for (size_t i = 0; i < n; i++) {
         float d = gscale * g[i] + wd * p[i];
         float m = first ? d : momentum * buf[i] + d;
         buf[i] = m;
         p[i] -= lr * (nesterov ? d + momentum * m : m);
+        if (p16) p16[i] = ddp_bf16_bits(p[i]);
     }
     return DDP_OK;
 }
@@ -266,12 +275,14 @@ ddp_status ddp_cpu_adamw_step(ddp_backend *b, float *p, const float *g, float *m
     float bc1 = 1.0f - powf(b1, (float)t);
     float bc2_sqrt = sqrtf(1.0f - powf(b2, (float)t));
     float step = lr / bc1;
+    uint16_t *p16 = ddp_backend_w16_of(b, p, n); /* as in sgd_step */
     for (size_t i = 0; i < n; i++) {
         p[i] -= lr * wd * p[i];
         float gi = gscale * g[i];
         m[i] = b1 * m[i] + (1.0f - b1) * gi;
         v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
         p[i] -= step * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
+        if (p16) p16[i] = ddp_bf16_bits(p[i]);
     }
     return DDP_OK;
 }
@@ -287,6 +298,7 @@ static const ddp_backend_ops cpu_ops = {.name = "cpu",
                                         .copy = cpu_copy,
                                         .zero = cpu_zero,
                                         .sync = cpu_sync,
+                                        .bf16_native = cpu_bf16_native,
                                         .get_threads = cpu_get_threads,
                                         .set_threads = cpu_set_threads,
 #define DDP_CPU_ENTRY(name, params, args, check, noop) .name = ddp_cpu_##name,
@@ -298,7 +310,9 @@ ddp_status ddp_backend_cpu_create(const ddp_backend_options *opt, ddp_backend **
     ddp_cpu_backend *b = calloc(1, sizeof *b);
     if (!b) return DDP_FAIL(DDP_ERR_NOMEM, "cpu backend: out of memory");
     ddp_status s = ddp_cpu_conv_cache_create(&b->conv);
+    if (s == DDP_OK) s = ddp_cpu_matmul_cache_create(&b->matmul);
     if (s != DDP_OK) {
+        ddp_cpu_conv_cache_free(b->conv);
         free(b);
         DDP_CHECK(s);
     }

@@ -21,6 +21,8 @@ typedef struct {
                        ddp_copy_kind kind);
     ddp_status (*zero)(ddp_backend *b, void *ptr, size_t bytes);
     ddp_status (*sync)(ddp_backend *b);
+    /* ddp_backend_bf16_native (NULL: always native) */
+    int (*bf16_native)(ddp_backend *b);
     /* Threads of the matrix products (NULL: not a threaded host library). */
     int (*get_threads)(ddp_backend *b);
     void (*set_threads)(ddp_backend *b, int threads);
@@ -42,8 +44,8 @@ struct ddp_backend {
     /* the bf16 copy of the weights (ddp_backend_set_bf16_weights; math BF16 only) */
     const float *w32; /* (w_n) the fp32 array, or NULL */
     size_t w_n;
-    uint16_t *w16;    /* (w_n) backend memory: its bf16 copy */
-    int w16_stale;    /* rewrite w16 from w32 before a product reads it */
+    uint16_t *w16; /* (w_n) backend memory: its bf16 copy */
+    int w16_stale; /* rewrite w16 from w32 before a product reads it */
 };
 
 /* The bf16 copy of the n elements at p, when they lie inside the weights' array (NULL
@@ -58,12 +60,30 @@ ddp_status ddp_backend_w16_operand(ddp_backend *b, const float *p, int rows, int
 /* The CPU backend (backend_cpu.c). Its convolutions keep oneDNN's primitives per shape in
  * a cache that it owns (backend_cpu_conv.c). */
 typedef struct ddp_cpu_conv_cache ddp_cpu_conv_cache;
+typedef struct ddp_cpu_matmul_cache ddp_cpu_matmul_cache;
 typedef struct {
     struct ddp_backend base;
     ddp_cpu_conv_cache *conv;
+    ddp_cpu_matmul_cache *matmul; /* bf16 products (math BF16), backend_cpu_matmul.c */
 } ddp_cpu_backend;
 ddp_status ddp_cpu_conv_cache_create(ddp_cpu_conv_cache **out);
 void ddp_cpu_conv_cache_free(ddp_cpu_conv_cache *c);
+ddp_status ddp_cpu_matmul_cache_create(ddp_cpu_matmul_cache **out);
+void ddp_cpu_matmul_cache_free(ddp_cpu_matmul_cache *c);
+
+/* C_i (M, N) = alpha op(A_i) op(B_i) + beta C_i for i < batch in bf16: operands rounded
+ * to bf16, fp32 accumulation and output (backend_cpu_matmul.c). Row-major with row
+ * strides lda, ldb, ldc, the batch's matrices sa, sb, sc elements apart (ignored for a
+ * batch of one). M, N, K positive. An operand inside the weights' array is read from
+ * their bf16 copy. */
+ddp_status ddp_cpu_matmul_bf16(ddp_backend *b, int ta, int tb, int M, int N, int K, float alpha,
+                               const float *A, int lda, size_t sa, const float *B, int ldb,
+                               size_t sb, float beta, float *C, int ldc, size_t sc, int batch);
+/* Nonzero when the bf16 products run on the CPU's own bf16 instructions (oneDNN), zero
+ * when they are emulated on fp32 kernels (DDP_BF16_KERNELS=emulate forces that). */
+int ddp_cpu_matmul_native_bf16(ddp_cpu_matmul_cache *c);
+/* y = x rounded to bf16, held in fp32 (n elements; y may equal x). */
+void ddp_cpu_round_to_bf16(const float *x, float *y, size_t n);
 
 /* The CPU backend's ops, ddp_cpu_<op>, one file per op family (backend_cpu*.c). */
 #define DDP_CPU_DECLARE(name, params, args, check, noop) ddp_status ddp_cpu_##name params;

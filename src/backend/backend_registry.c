@@ -35,10 +35,10 @@ ddp_status ddp_backend_create(const ddp_backend_options *opt, ddp_backend **out)
                         "-DDDP_CUDA=ON on a machine with the CUDA toolkit, or use --device cpu");
 #endif
     }
-    if (o.math != DDP_MATH_FP32)
+    if (o.math == DDP_MATH_TF32)
         return DDP_FAIL(DDP_ERR_UNSUPPORTED,
-                        "--precision tf32/bf16 needs the CUDA backend; the CPU backend "
-                        "computes in fp32 (use --precision fp32)");
+                        "--precision tf32 needs the CUDA backend (tensor cores); on the CPU use "
+                        "--precision bf16 or fp32");
     DDP_CHECK(ddp_backend_cpu_create(&o, out));
     return DDP_OK;
 }

@@ -23,6 +23,22 @@
 #define DDP_CPU_CLONES
 #endif
 
+/* x rounded to bf16 (to nearest, ties to even; a NaN stays a quiet NaN), as its 16 bits. */
+static inline uint16_t ddp_bf16_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* The same value held in a float. */
+static inline float ddp_bf16_round(float x) {
+    uint32_t u = (uint32_t)ddp_bf16_bits(x) << 16;
+    float y;
+    memcpy(&y, &u, 4);
+    return y;
+}
+
 /* e^y for y in [-87, 88]: y = k ln 2 + r with |r| <= ln2 / 2 (k rounded by the 1.5 * 2^23
  * trick, which needs no rounding instruction), e^r by its Taylor polynomial of degree 7
  * (truncation below 1e-8 relative), 2^k put into the exponent bits. */
