@@ -57,9 +57,24 @@ ddp_status ddp_cpu_gemm(ddp_backend *b, int ta, int tb, int M, int N, int K, flo
                 C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
         return DDP_OK;
     }
-    if (b->opt.math == DDP_MATH_BF16)
-        return ddp_cpu_matmul_bf16(b, ta, tb, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0,
-                                   1);
+    if (b->opt.math == DDP_MATH_BF16) {
+        ddp_cpu_mm mm = {.b0 = 1,
+                         .b1 = 1,
+                         .M = M,
+                         .N = N,
+                         .K = K,
+                         .ta = ta,
+                         .tb = tb,
+                         .alpha = alpha,
+                         .beta = beta,
+                         .A = A,
+                         .lda = lda,
+                         .B = B,
+                         .ldb = ldb,
+                         .C = C,
+                         .ldc = ldc};
+        return ddp_cpu_matmul_bf16(b, &mm);
+    }
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
                 K, alpha, A, lda, B, ldb, beta, C, ldc);
     return DDP_OK;

@@ -26,11 +26,11 @@
 
 enum { CACHE_MAX = 64 };
 
-/* What a product's primitive depends on. Strides are in elements. */
+/* What a product's primitive depends on: the product with its operands as the
+ * primitive reads them (strides in elements; pointers NULL), and the threads. */
 typedef struct {
-    int ta, tb, M, N, K, batch, lda, ldb, ldc, threads;
-    size_t sa, sb, sc;
-    float alpha, beta;
+    ddp_cpu_mm mm;
+    int threads;
 } mm_key;
 
 typedef struct mm_entry {
@@ -105,33 +105,34 @@ void ddp_cpu_matmul_cache_free(ddp_cpu_matmul_cache *c) {
 
 /* ---- primitives --------------------------------------------------------------------- */
 
-/* The (batch, rows, cols) descriptor of an operand stored row-major with row stride ld
- * and batch stride s, read transposed when t. */
-static ddp_status operand_md(dnnl_memory_desc_t *md, int batch, int rows, int cols, int t, int ld,
-                             size_t s, dnnl_data_type_t dt) {
-    dnnl_dims_t dims = {batch, rows, cols};
-    dnnl_dims_t strides = {(dnnl_dim_t)s, t ? 1 : ld, t ? ld : 1};
-    DNNL_CHECK(dnnl_memory_desc_init_by_strides(md, 3, dims, dt, strides));
+/* The (b0, b1, rows, cols) descriptor of an operand stored row-major with row stride ld
+ * and batch strides s0, s1, read transposed when t. */
+static ddp_status operand_md(dnnl_memory_desc_t *md, const ddp_cpu_mm *m, int rows, int cols, int t,
+                             int ld, size_t s0, size_t s1, dnnl_data_type_t dt) {
+    dnnl_dims_t dims = {m->b0, m->b1, rows, cols};
+    dnnl_dims_t strides = {(dnnl_dim_t)s0, (dnnl_dim_t)s1, t ? 1 : ld, t ? ld : 1};
+    DNNL_CHECK(dnnl_memory_desc_init_by_strides(md, 4, dims, dt, strides));
     return DDP_OK;
 }
 
 /* The primitive descriptor of key k: alpha as the output scale, beta as a sum post-op. */
 static ddp_status describe(ddp_cpu_matmul_cache *c, const mm_key *k, dnnl_primitive_desc_t *pd) {
+    const ddp_cpu_mm *m = &k->mm;
     dnnl_memory_desc_t a, b, d;
-    DDP_CHECK(operand_md(&a, k->batch, k->M, k->K, k->ta, k->lda, k->sa, dnnl_bf16));
-    DDP_CHECK(operand_md(&b, k->batch, k->K, k->N, k->tb, k->ldb, k->sb, dnnl_bf16));
-    DDP_CHECK(operand_md(&d, k->batch, k->M, k->N, 0, k->ldc, k->sc, dnnl_f32));
+    DDP_CHECK(operand_md(&a, m, m->M, m->K, m->ta, m->lda, m->sa0, m->sa1, dnnl_bf16));
+    DDP_CHECK(operand_md(&b, m, m->K, m->N, m->tb, m->ldb, m->sb0, m->sb1, dnnl_bf16));
+    DDP_CHECK(operand_md(&d, m, m->M, m->N, 0, m->ldc, m->sc0, m->sc1, dnnl_f32));
     dnnl_matmul_desc_t md;
     DNNL_CHECK(dnnl_matmul_desc_init(&md, &a, &b, NULL, &d));
     dnnl_primitive_attr_t attr;
     DNNL_CHECK(dnnl_primitive_attr_create(&attr));
     dnnl_post_ops_t po = NULL;
     dnnl_status_t st = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
-    if (st == dnnl_success && k->alpha != 1.0f)
-        st = dnnl_primitive_attr_set_output_scales(attr, 1, 0, &k->alpha);
-    if (st == dnnl_success && k->beta != 0.0f) {
+    if (st == dnnl_success && m->alpha != 1.0f)
+        st = dnnl_primitive_attr_set_output_scales(attr, 1, 0, &m->alpha);
+    if (st == dnnl_success && m->beta != 0.0f) {
         st = dnnl_post_ops_create(&po);
-        if (st == dnnl_success) st = dnnl_post_ops_append_sum(po, k->beta);
+        if (st == dnnl_success) st = dnnl_post_ops_append_sum(po, m->beta);
         if (st == dnnl_success) st = dnnl_primitive_attr_set_post_ops(attr, po);
     }
     if (st == dnnl_success) st = dnnl_primitive_desc_create(pd, &md, attr, c->engine, NULL);
@@ -220,18 +221,24 @@ static int native_bf16(ddp_cpu_matmul_cache *c) {
         if (dnnl_stream_create(&c->stream, c->engine, dnnl_stream_default_flags) != dnnl_success)
             return 0;
     }
-    mm_key k = {.M = 64,
-                .N = 64,
-                .K = 64,
-                .batch = 1,
-                .lda = 64,
-                .ldb = 64,
-                .ldc = 64,
-                .sa = 4096,
-                .sb = 4096,
-                .sc = 4096,
-                .alpha = 1.0f,
-                .threads = 1};
+    mm_key k;
+    memset(&k, 0, sizeof k);
+    k.mm = (ddp_cpu_mm){.b0 = 1,
+                        .b1 = 1,
+                        .M = 64,
+                        .N = 64,
+                        .K = 64,
+                        .alpha = 1.0f,
+                        .lda = 64,
+                        .sa0 = 4096,
+                        .sa1 = 4096,
+                        .ldb = 64,
+                        .sb0 = 4096,
+                        .sb1 = 4096,
+                        .ldc = 64,
+                        .sc0 = 4096,
+                        .sc1 = 4096};
+    k.threads = 1;
     dnnl_primitive_desc_t pd = NULL;
     if (describe(c, &k, &pd) != DDP_OK) {
         ddp_error_clear();
@@ -268,84 +275,84 @@ static ddp_status workspace(ddp_cpu_matmul_cache *c, int slot, size_t bytes, voi
     return DDP_OK;
 }
 
-/* An operand stored (rows, cols) with row stride ld, `count` of them `stride` apart, as
- * the product reads it: the weights' bf16 copy when it lies inside the weights (native),
- * else a compact copy in workspace `slot`, rounded to bf16 and kept as bf16 (native) or
- * as fp32 (emulated). *ld_out and *stride_out describe what *out points at. */
+/* An operand stored (rows, cols) with row stride ld, a b0 x b1 batch of them s0 and s1
+ * apart, as the product reads it: the weights' bf16 copy when it lies inside the weights
+ * (native), else a compact copy in workspace `slot`, rounded to bf16 and kept as bf16
+ * (native) or as fp32 (emulated). *o describes what it points at. */
+typedef struct {
+    const void *p;
+    int ld;
+    size_t s0, s1;
+} view;
+
 static ddp_status operand(ddp_backend *b, ddp_cpu_matmul_cache *c, int native, int slot,
-                          const float *x, int rows, int cols, int ld, size_t stride, int count,
-                          const void **out, int *ld_out, size_t *stride_out) {
-    if (native && count == 1) {
+                          const ddp_cpu_mm *m, const float *x, int rows, int cols, int ld,
+                          size_t s0, size_t s1, view *o) {
+    if (native && m->b0 == 1 && m->b1 == 1) {
         const uint16_t *w16 = NULL;
         DDP_CHECK(ddp_backend_w16_operand(b, x, rows, cols, ld, &w16));
         if (w16) {
-            *out = w16;
-            *ld_out = ld;
-            *stride_out = (size_t)rows * (size_t)ld;
+            *o = (view){w16, ld, (size_t)rows * (size_t)ld, (size_t)rows * (size_t)ld};
             return DDP_OK;
         }
     }
-    size_t one = (size_t)rows * (size_t)cols, n = one * (size_t)count;
+    size_t one = (size_t)rows * (size_t)cols, n = one * (size_t)m->b0 * (size_t)m->b1;
     void *ws = NULL;
     DDP_CHECK(workspace(c, slot, (n > 0 ? n : 1) * (native ? 2 : 4), &ws));
-    for (int i = 0; i < count; i++)
-        for (int r = 0; r < rows; r++) {
-            const float *src = x + (size_t)i * stride + (size_t)r * (size_t)ld;
-            size_t at = (size_t)i * one + (size_t)r * (size_t)cols;
-            if (native)
-                DDP_CHECK(ddp_cpu_f32_to_bf16(b, src, (uint16_t *)ws + at, (size_t)cols));
-            else
-                ddp_cpu_round_to_bf16(src, (float *)ws + at, (size_t)cols);
-        }
-    *out = ws;
-    *ld_out = cols > 0 ? cols : 1;
-    *stride_out = one;
+    size_t at = 0;
+    for (int i = 0; i < m->b0; i++)
+        for (int j = 0; j < m->b1; j++)
+            for (int r = 0; r < rows; r++, at += (size_t)cols) {
+                const float *src = x + i * s0 + j * s1 + (size_t)r * (size_t)ld;
+                if (native)
+                    DDP_CHECK(ddp_cpu_f32_to_bf16(b, src, (uint16_t *)ws + at, (size_t)cols));
+                else
+                    ddp_cpu_round_to_bf16(src, (float *)ws + at, (size_t)cols);
+            }
+    *o = (view){ws, cols, one * (size_t)m->b1, one};
     return DDP_OK;
 }
 
-static ddp_status product_locked(ddp_backend *b, ddp_cpu_matmul_cache *c, int ta, int tb, int M,
-                                 int N, int K, float alpha, const float *A, int lda, size_t sa,
-                                 const float *B, int ldb, size_t sb, float beta, float *C, int ldc,
-                                 size_t sc, int batch) {
+static ddp_status product_locked(ddp_backend *b, ddp_cpu_matmul_cache *c, const ddp_cpu_mm *m) {
     int native = native_bf16(c);
-    if (batch == 1) sc = (size_t)M * (size_t)ldc; /* any value does; oneDNN wants a real one */
-    int a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tb ? N : K, b_cols = tb ? K : N;
-    const void *a16 = NULL, *b16 = NULL;
-    int lda16 = 0, ldb16 = 0;
-    size_t sa16 = 0, sb16 = 0;
-    DDP_CHECK(operand(b, c, native, 0, A, a_rows, a_cols, lda, sa, batch, &a16, &lda16, &sa16));
-    DDP_CHECK(operand(b, c, native, 1, B, b_rows, b_cols, ldb, sb, batch, &b16, &ldb16, &sb16));
+    int a_rows = m->ta ? m->K : m->M, a_cols = m->ta ? m->M : m->K;
+    int b_rows = m->tb ? m->N : m->K, b_cols = m->tb ? m->K : m->N;
+    view a, bv;
+    DDP_CHECK(operand(b, c, native, 0, m, m->A, a_rows, a_cols, m->lda, m->sa0, m->sa1, &a));
+    DDP_CHECK(operand(b, c, native, 1, m, m->B, b_rows, b_cols, m->ldb, m->sb0, m->sb1, &bv));
     if (!native) {
-        for (int i = 0; i < batch; i++)
-            cblas_sgemm(
-                CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
-                K, alpha, (const float *)a16 + (size_t)i * sa16, lda16,
-                (const float *)b16 + (size_t)i * sb16, ldb16, beta, C + (size_t)i * sc, ldc);
+        for (int i = 0; i < m->b0; i++)
+            for (int j = 0; j < m->b1; j++)
+                cblas_sgemm(CblasRowMajor, m->ta ? CblasTrans : CblasNoTrans,
+                            m->tb ? CblasTrans : CblasNoTrans, m->M, m->N, m->K, m->alpha,
+                            (const float *)a.p + i * a.s0 + j * a.s1, a.ld,
+                            (const float *)bv.p + i * bv.s0 + j * bv.s1, bv.ld, m->beta,
+                            m->C + i * m->sc0 + j * m->sc1, m->ldc);
         return DDP_OK;
     }
     int threads = openblas_get_num_threads();
     if (threads < 1) threads = 1;
     if (c->set_threads) c->set_threads(threads);
-    mm_key k = {.ta = ta,
-                .tb = tb,
-                .M = M,
-                .N = N,
-                .K = K,
-                .batch = batch,
-                .lda = lda16,
-                .ldb = ldb16,
-                .ldc = ldc,
-                .threads = threads,
-                .sa = sa16,
-                .sb = sb16,
-                .sc = sc,
-                .alpha = alpha,
-                .beta = beta};
+    mm_key k;
+    memset(&k, 0, sizeof k); /* the padding too: keys are compared as bytes */
+    k.mm = *m;
+    k.mm.A = k.mm.B = NULL;
+    k.mm.C = NULL;
+    k.mm.lda = a.ld;
+    k.mm.sa0 = a.s0;
+    k.mm.sa1 = a.s1;
+    k.mm.ldb = bv.ld;
+    k.mm.sb0 = bv.s0;
+    k.mm.sb1 = bv.s1;
+    /* oneDNN wants real strides also for batch dimensions of one */
+    if (m->b1 == 1) k.mm.sc1 = (size_t)m->M * (size_t)m->ldc;
+    if (m->b0 == 1) k.mm.sc0 = k.mm.sc1 * (size_t)m->b1;
+    k.threads = threads;
     mm_entry *e = NULL;
     DDP_CHECK(lookup(c, &k, &e));
-    DNNL_CHECK(dnnl_memory_set_data_handle(e->a, (void *)(uintptr_t)a16));
-    DNNL_CHECK(dnnl_memory_set_data_handle(e->b, (void *)(uintptr_t)b16));
-    DNNL_CHECK(dnnl_memory_set_data_handle(e->c, C));
+    DNNL_CHECK(dnnl_memory_set_data_handle(e->a, (void *)(uintptr_t)a.p));
+    DNNL_CHECK(dnnl_memory_set_data_handle(e->b, (void *)(uintptr_t)bv.p));
+    DNNL_CHECK(dnnl_memory_set_data_handle(e->c, m->C));
     dnnl_exec_arg_t args[4] = {
         {DNNL_ARG_SRC, e->a}, {DNNL_ARG_WEIGHTS, e->b}, {DNNL_ARG_DST, e->c}};
     int n = 3;
@@ -358,13 +365,10 @@ static ddp_status product_locked(ddp_backend *b, ddp_cpu_matmul_cache *c, int ta
     return DDP_OK;
 }
 
-ddp_status ddp_cpu_matmul_bf16(ddp_backend *b, int ta, int tb, int M, int N, int K, float alpha,
-                               const float *A, int lda, size_t sa, const float *B, int ldb,
-                               size_t sb, float beta, float *C, int ldc, size_t sc, int batch) {
+ddp_status ddp_cpu_matmul_bf16(ddp_backend *b, const ddp_cpu_mm *mm) {
     ddp_cpu_matmul_cache *c = ((ddp_cpu_backend *)b)->matmul;
     pthread_mutex_lock(&c->lock);
-    ddp_status s = product_locked(b, c, ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C,
-                                  ldc, sc, batch);
+    ddp_status s = product_locked(b, c, mm);
     pthread_mutex_unlock(&c->lock);
     DDP_CHECK(s);
     return DDP_OK;

@@ -309,9 +309,100 @@ INLINE void softmax_causal_row(float *restrict p, int n, int T) {
         p[i] = 0.0f;
 }
 
+/* ---- in bf16 (math BF16): the products of all heads at once --------------------------- */
+
+/* A product over every (sequence, head): rows of T positions, head h's hs channels at
+ * offset h hs of a row of `stride` floats, sequences T stride apart; or (T, T) matrices
+ * (att, dP) packed per head. ta/tb as for gemm. */
+typedef struct {
+    const float *p;
+    int ld;
+    size_t s0, s1;
+} att_operand;
+
+static att_operand heads_of(const float *x, int T, int hs, int stride) {
+    return (att_operand){x, stride, (size_t)T * stride, (size_t)hs};
+}
+
+static att_operand squares_of(const float *x, int T, int NH) {
+    return (att_operand){x, T, (size_t)NH * T * T, (size_t)T * T};
+}
+
+static ddp_status att_product(ddp_backend *b, int B, int NH, int M, int N, int K, float alpha,
+                              int ta, att_operand A, int tb, att_operand Bo, float *C,
+                              att_operand Cv) {
+    ddp_cpu_mm mm = {.b0 = B,
+                     .b1 = NH,
+                     .M = M,
+                     .N = N,
+                     .K = K,
+                     .ta = ta,
+                     .tb = tb,
+                     .alpha = alpha,
+                     .beta = 0.0f,
+                     .A = A.p,
+                     .lda = A.ld,
+                     .sa0 = A.s0,
+                     .sa1 = A.s1,
+                     .B = Bo.p,
+                     .ldb = Bo.ld,
+                     .sb0 = Bo.s0,
+                     .sb1 = Bo.s1,
+                     .C = C,
+                     .ldc = Cv.ld,
+                     .sc0 = Cv.s0,
+                     .sc1 = Cv.s1};
+    DDP_CHECK(ddp_cpu_matmul_bf16(b, &mm));
+    return DDP_OK;
+}
+
+/* The bf16 forward: S = scale Q K^T over all T x T, the causal softmax by rows, out = P V.
+ * The full squares cost 1.6 times the causal blocks' products of the fp32 path, in one
+ * call per product instead of one per head and block. */
+static ddp_status attention_forward_bf16(ddp_backend *b, float *out, float *att, const float *qkv,
+                                         int B, int T, int C, int NH) {
+    const int hs = C / NH, C3 = 3 * C;
+    const att_operand q = heads_of(qkv, T, hs, C3), k = heads_of(qkv + C, T, hs, C3);
+    const att_operand v = heads_of(qkv + 2 * C, T, hs, C3), p = squares_of(att, T, NH);
+    DDP_CHECK(att_product(b, B, NH, T, T, hs, 1.0f / sqrtf((float)hs), 0, q, 1, k, att, p));
+    for (size_t r = 0; r < (size_t)B * NH * T; r++)
+        softmax_causal_row(att + r * T, (int)(r % (size_t)T) + 1, T);
+    DDP_CHECK(att_product(b, B, NH, T, hs, T, 1.0f, 0, p, 0, v, out, heads_of(out, T, hs, C)));
+    return DDP_OK;
+}
+
+/* The bf16 backward, as the fp32 one computes it but over all T x T at once, with dP and
+ * then dS in work. */
+static ddp_status attention_backward_bf16(ddp_backend *b, float *dqkv, const float *dout,
+                                          const float *qkv, const float *att, float *work, int B,
+                                          int T, int C, int NH) {
+    const int hs = C / NH, C3 = 3 * C;
+    const float scale = 1.0f / sqrtf((float)hs);
+    const att_operand q = heads_of(qkv, T, hs, C3), k = heads_of(qkv + C, T, hs, C3);
+    const att_operand v = heads_of(qkv + 2 * C, T, hs, C3), p = squares_of(att, T, NH);
+    const att_operand dy = heads_of(dout, T, hs, C), d = squares_of(work, T, NH);
+    DDP_CHECK(att_product(b, B, NH, T, T, hs, 1.0f, 0, dy, 1, v, work, d)); /* dP = dout V^T */
+    for (size_t r = 0; r < (size_t)B * NH * T; r++) {
+        int t = (int)(r % (size_t)T);
+        const float *restrict pr = att + r * T;
+        float *restrict ds = work + r * T;
+        float s = dot_of(pr, ds, t + 1);
+        for (int i = 0; i <= t; i++)
+            ds[i] = pr[i] * (ds[i] - s) * scale;
+        for (int i = t + 1; i < T; i++)
+            ds[i] = 0.0f;
+    }
+    float *dq = dqkv, *dk = dqkv + C, *dv = dqkv + 2 * C;
+    DDP_CHECK(att_product(b, B, NH, T, hs, T, 1.0f, 0, d, 0, k, dq, heads_of(dq, T, hs, C3)));
+    DDP_CHECK(att_product(b, B, NH, T, hs, T, 1.0f, 1, d, 0, q, dk, heads_of(dk, T, hs, C3)));
+    DDP_CHECK(att_product(b, B, NH, T, hs, T, 1.0f, 1, p, 0, dy, dv, heads_of(dv, T, hs, C3)));
+    return DDP_OK;
+}
+
 WIDE_LOOPS ddp_status ddp_cpu_attention_forward(ddp_backend *b, float *out, float *att,
                                                 const float *qkv, float *work, int B, int T, int C,
                                                 int NH) {
+    if (b->opt.math == DDP_MATH_BF16) return attention_forward_bf16(b, out, att, qkv, B, T, C, NH);
     const int hs = C / NH, C3 = 3 * C;
     const float scale = 1.0f / sqrtf((float)hs);
     for (int bb = 0; bb < B; bb++)
@@ -339,6 +430,8 @@ WIDE_LOOPS ddp_status ddp_cpu_attention_forward(ddp_backend *b, float *out, floa
 WIDE_LOOPS ddp_status ddp_cpu_attention_backward(ddp_backend *b, float *dqkv, const float *dout,
                                                  const float *qkv, const float *att, float *work,
                                                  int B, int T, int C, int NH) {
+    if (b->opt.math == DDP_MATH_BF16)
+        return attention_backward_bf16(b, dqkv, dout, qkv, att, work, B, T, C, NH);
     const int hs = C / NH, C3 = 3 * C;
     const float scale = 1.0f / sqrtf((float)hs);
     float *d = work; /* (T, T): dP, then in place the scores' gradient dS, one head at a time */

@@ -71,14 +71,25 @@ void ddp_cpu_conv_cache_free(ddp_cpu_conv_cache *c);
 ddp_status ddp_cpu_matmul_cache_create(ddp_cpu_matmul_cache **out);
 void ddp_cpu_matmul_cache_free(ddp_cpu_matmul_cache *c);
 
-/* C_i (M, N) = alpha op(A_i) op(B_i) + beta C_i for i < batch in bf16: operands rounded
- * to bf16, fp32 accumulation and output (backend_cpu_matmul.c). Row-major with row
- * strides lda, ldb, ldc, the batch's matrices sa, sb, sc elements apart (ignored for a
- * batch of one). M, N, K positive. An operand inside the weights' array is read from
- * their bf16 copy. */
-ddp_status ddp_cpu_matmul_bf16(ddp_backend *b, int ta, int tb, int M, int N, int K, float alpha,
-                               const float *A, int lda, size_t sa, const float *B, int ldb,
-                               size_t sb, float beta, float *C, int ldc, size_t sc, int batch);
+/* A product in bf16 on the CPU (backend_cpu_matmul.c): for every (i, j) of a batch of
+ * b0 x b1, C_ij (M, N) = alpha op(A_ij) op(B_ij) + beta C_ij, operands rounded to bf16,
+ * fp32 accumulation and output. Matrices are row-major with row strides lda, ldb, ldc;
+ * A_ij starts at A + i sa0 + j sa1 (likewise B and C). M, N, K positive; with beta 0, C
+ * is not read. An operand inside the weights' array is read from their bf16 copy. */
+typedef struct {
+    int b0, b1, M, N, K, ta, tb;
+    float alpha, beta;
+    const float *A;
+    int lda;
+    size_t sa0, sa1;
+    const float *B;
+    int ldb;
+    size_t sb0, sb1;
+    float *C;
+    int ldc;
+    size_t sc0, sc1;
+} ddp_cpu_mm;
+ddp_status ddp_cpu_matmul_bf16(ddp_backend *b, const ddp_cpu_mm *mm);
 /* Nonzero when the bf16 products run on the CPU's own bf16 instructions (oneDNN), zero
  * when they are emulated on fp32 kernels (DDP_BF16_KERNELS=emulate forces that). */
 int ddp_cpu_matmul_native_bf16(ddp_cpu_matmul_cache *c);

@@ -72,9 +72,31 @@ static void check_product(ddp_backend *b, const char *which, const mm_shape *s) 
     if (s->batch == 1)
         OK(ddp_backend_gemm(b, s->ta, s->tb, s->M, s->N, s->K, s->alpha, A, lda, B, ldb, s->beta, C,
                             ldc));
-    else
-        OK(ddp_cpu_matmul_bf16(b, s->ta, s->tb, s->M, s->N, s->K, s->alpha, A, lda, sa, B, ldb, sb,
-                               s->beta, C, ldc, sc, s->batch));
+    else {
+        /* A batch of two dimensions (batch / 2, 2), as attention's (sequences, heads). */
+        ddp_cpu_mm mm = {.b0 = s->batch / 2,
+                         .b1 = 2,
+                         .M = s->M,
+                         .N = s->N,
+                         .K = s->K,
+                         .ta = s->ta,
+                         .tb = s->tb,
+                         .alpha = s->alpha,
+                         .beta = s->beta,
+                         .A = A,
+                         .lda = lda,
+                         .sa0 = 2 * sa,
+                         .sa1 = sa,
+                         .B = B,
+                         .ldb = ldb,
+                         .sb0 = 2 * sb,
+                         .sb1 = sb,
+                         .C = C,
+                         .ldc = ldc,
+                         .sc0 = 2 * sc,
+                         .sc1 = sc};
+        OK(ddp_cpu_matmul_bf16(b, &mm));
+    }
     double worst = 0.0, trunc_worst = 0.0;
     for (int i = 0; i < s->batch; i++)
         for (int r = 0; r < s->M; r++)
@@ -178,6 +200,53 @@ static void weight_copy_gives_the_bits_of_conversion(void **state) {
     }
 }
 
+/* Attention in bf16 tracks attention in fp32 (the same qkv and output gradient). Every
+ * output is at most two products deep in bf16 (forward: the scores, then P V; backward: dP
+ * = dout V^T, then dS K, dS^T q or P^T dout), each rounding its operands by at most u =
+ * 2^-8, and the softmax between them does not amplify relative error: so norm-wise the
+ * outputs are within 2 x 2u of fp32's, the gradients within 2 x 2 x 2u (TOL_ATT_*). */
+#define U_BF16      0x1p-8
+#define TOL_ATT_FWD (4 * U_BF16)
+#define TOL_ATT_BWD (8 * U_BF16)
+static void attention_tracks_fp32(void **state) {
+    ddp_backend *fp32 = NULL;
+    ddp_backend_options o = {.device = DDP_DEVICE_CPU, .threads = 1};
+    assert_int_equal(ddp_backend_create(&o, &fp32), DDP_OK);
+    const int B = 2, T = 48, C = 32, NH = 4;
+    size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C, natt = (size_t)B * NH * T * T;
+    size_t nwork = DDP_ATTENTION_WORK(B, T, C, NH);
+    float *qkv = malloc(nqkv * 4), *dout = malloc(nout * 4), *work = malloc(nwork * 4);
+    float *out[3], *att[3], *dqkv[3];
+    for (size_t i = 0; i < nqkv; i++)
+        qkv[i] = ddp_rng_normal(&rng);
+    for (size_t i = 0; i < nout; i++)
+        dout[i] = ddp_rng_normal(&rng);
+    ddp_backend *bs[3] = {fp32, native, emulated};
+    for (int w = 0; w < 3; w++) {
+        out[w] = malloc(nout * 4);
+        att[w] = malloc(natt * 4);
+        dqkv[w] = malloc(nqkv * 4);
+        OK(ddp_backend_attention_forward(bs[w], out[w], att[w], qkv, work, B, T, C, NH));
+        OK(ddp_backend_attention_backward(bs[w], dqkv[w], dout, qkv, att[w], work, B, T, C, NH));
+    }
+    for (int w = 1; w < 3; w++) {
+        double ef = rel_error(out[w], out[0], nout), eb = rel_error(dqkv[w], dqkv[0], nqkv);
+        print_message("attention %s: forward %.2g, backward %.2g of fp32 (bounds %.2g, %.2g)\n",
+                      w == 1 ? "native" : "emulated", ef, eb, TOL_ATT_FWD, TOL_ATT_BWD);
+        assert_true(ef <= TOL_ATT_FWD && ef > 0.0);
+        assert_true(eb <= TOL_ATT_BWD && eb > 0.0);
+    }
+    for (int w = 0; w < 3; w++) {
+        free(out[w]);
+        free(att[w]);
+        free(dqkv[w]);
+    }
+    free(qkv);
+    free(dout);
+    free(work);
+    ddp_backend_free(fp32);
+}
+
 int main(void) {
     ddp_rng_seed(&rng, 20261204, 0);
     ddp_backend_options o = {.device = DDP_DEVICE_CPU, .threads = 1, .math = DDP_MATH_BF16};
@@ -193,6 +262,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(products_match_rounded_operands),
         cmocka_unit_test(weight_copy_gives_the_bits_of_conversion),
+        cmocka_unit_test(attention_tracks_fp32),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     ddp_backend_free(native);
