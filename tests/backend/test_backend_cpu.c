@@ -30,12 +30,17 @@ static void test_cpu_backend_reports_its_kind(void **state) {
     assert_true(ddp_backend_is_host(b));
 }
 
-static void test_cpu_backend_refuses_reduced_precision(void **state) {
-    ddp_backend_options opt = {.device = DDP_DEVICE_CPU, .math = DDP_MATH_BF16};
+/* bf16 runs on the CPU (test_bf16_cpu); tf32 is a tensor-core format the CPU lacks. */
+static void test_cpu_backend_refuses_tf32(void **state) {
+    ddp_backend_options opt = {.device = DDP_DEVICE_CPU, .math = DDP_MATH_TF32};
     ddp_backend *b = (ddp_backend *)0x1;
     assert_int_equal(ddp_backend_create(&opt, &b), DDP_ERR_UNSUPPORTED);
     assert_null(b);
-    assert_msg_has("fp32");
+    assert_msg_has("--precision bf16 or fp32");
+    ddp_error_clear();
+    opt.math = DDP_MATH_BF16;
+    assert_int_equal(ddp_backend_create(&opt, &b), DDP_OK);
+    ddp_backend_free(b);
 }
 
 static void test_cuda_request_without_a_gpu_is_unsupported(void **state) {
@@ -592,7 +597,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_wait_checks_run_in_order_until_one_fails),
         cmocka_unit_test(test_cpu_backend_reports_its_kind),
-        cmocka_unit_test(test_cpu_backend_refuses_reduced_precision),
+        cmocka_unit_test(test_cpu_backend_refuses_tf32),
         cmocka_unit_test(test_cuda_request_without_a_gpu_is_unsupported),
         cmocka_unit_test(test_alloc_copy_and_zero_round_trip),
         cmocka_unit_test(test_gemm_rejects_bad_sizes_and_leading_dimensions),

@@ -64,6 +64,24 @@ static void stop_half_way_and_resume(ddp_train_config c) {
     fx_rmdir(dir);
 }
 
+/* Mixed precision: the weights' bf16 copy is derived, not saved; the resumed run rebuilds
+ * it from the fp32 masters and goes on to the same bits (the products on the CPU's bf16
+ * kernels where it has them, else emulated: the same either way for this test). */
+static void bf16_resume_half_way_is_bitwise_equal_to_uninterrupted(void **state) {
+    ddp_backend *fp32 = fx_backend, *bf16 = NULL;
+    ddp_backend_options o = {.device = DDP_DEVICE_CPU, .threads = 1, .math = DDP_MATH_BF16};
+    assert_int_equal(ddp_backend_create(&o, &bf16), DDP_OK);
+    fx_backend = bf16;
+    ddp_train_config c = fx_gpt_config(T);
+    c.math = DDP_MATH_BF16;
+    stop_half_way_and_resume(c);
+    c = fx_config(DDP_OPTIM_ADAMW, T);
+    c.math = DDP_MATH_BF16;
+    stop_half_way_and_resume(c);
+    fx_backend = fp32;
+    ddp_backend_free(bf16);
+}
+
 static void resume_half_way_is_bitwise_equal_to_uninterrupted_sgd(void **state) {
     stop_half_way_and_resume(fx_config(DDP_OPTIM_SGD, T));
 }
@@ -326,6 +344,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(one_rank_checkpoint_resumes_on_all_ranks),
         cmocka_unit_test(gpt_resume_half_way_is_bitwise_equal_to_uninterrupted),
         cmocka_unit_test(cnn_resume_half_way_is_bitwise_equal_to_uninterrupted),
+        cmocka_unit_test(bf16_resume_half_way_is_bitwise_equal_to_uninterrupted),
         cmocka_unit_test(gpt_one_rank_checkpoint_resumes_on_all_ranks),
         cmocka_unit_test(failed_write_stops_every_rank_with_a_message),
         cmocka_unit_test(resume_without_checkpoints_starts_fresh),
