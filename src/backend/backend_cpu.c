@@ -219,9 +219,13 @@ DDP_CPU_CLONES ddp_status ddp_cpu_add(ddp_backend *b, float *y, const float *a, 
     return DDP_OK;
 }
 
-ddp_status ddp_cpu_f32_to_bf16(ddp_backend *b, const float *x, uint16_t *y, size_t n) {
+void ddp_cpu_convert_bf16(const float *x, uint16_t *y, size_t n) {
     for (size_t i = 0; i < n; i++)
         y[i] = ddp_bf16_bits(x[i]);
+}
+
+ddp_status ddp_cpu_f32_to_bf16(ddp_backend *b, const float *x, uint16_t *y, size_t n) {
+    ddp_cpu_convert_bf16(x, y, n);
     return DDP_OK;
 }
 

@@ -16,6 +16,13 @@
  * primitive to the thread that made it). A lock makes the cache safe to use from any
  * thread, one call at a time.
  *
+ * In bf16 (math BF16) the primitives take bf16 images, output gradients and weights and
+ * give fp32 outputs and gradients: each call converts x and dy into bf16 buffers of the
+ * entry, and the weights' reorder into the primitive's layout converts them too. Where
+ * the CPU has no bf16 kernels (the matmul cache's verdict, backend_cpu_matmul.c), the fp32
+ * primitives run on copies of x, w and dy rounded to bf16: the same numbers, products of
+ * bf16 values being exact in fp32.
+ *
  * Threads: oneDNN runs on the backend's BLAS thread count (openblas_get_num_threads),
  * so that one setting sizes both. Debian's oneDNN is built on OpenMP, whose thread count
  * belongs to the calling thread: each call sets it first, through the runtime that
@@ -68,13 +75,15 @@ typedef struct {
 typedef struct {
     prim conv; /* conv.p NULL: same layout */
     dnnl_memory_t user, side;
-    float *buf;
+    void *buf;
 } layout;
 
 /* One shape's primitives and the buffers its calls need. */
 typedef struct conv_prims {
     ddp_conv_shape s;
     int threads;
+    int bf16;               /* 1: native bf16 primitives; 2: fp32 on rounded copies */
+    void *x16, *dy16, *w16; /* bf16 mode: x, dy (and w when emulated) as computed on */
     prim fwd, bwd_data, bwd_weights;
     layout w_fwd, w_bwd, dw;         /* oihw -> fwd, oihw -> bwd data, bwd weights -> oihw */
     dnnl_memory_t src, dst, bias;    /* x, y (nhwc), bias */
@@ -133,6 +142,9 @@ static void prims_free(conv_prims *e) {
         if (m[i]) dnnl_memory_destroy(m[i]);
     free(e->dw_oihw);
     free(e->dbias_call);
+    free(e->x16);
+    free(e->dy16);
+    free(e->w16);
     free(e);
 }
 
@@ -232,21 +244,26 @@ static ddp_status prims_build(ddp_cpu_conv_cache *c, conv_prims *e, dnnl_primiti
     dnnl_dims_t src_dims = {s->N, s->Cin, s->H, s->W}, dst_dims = {s->N, s->Cout, Ho, Wo};
     dnnl_dims_t w_dims = {s->Cout, s->Cin, s->KH, s->KW}, b_dims = {s->Cout};
     dnnl_dims_t strides = {s->stride, s->stride}, pad = {s->pad, s->pad};
-    dnnl_memory_desc_t src_md, dst_md, w_any, w_user, b_md;
+    /* Native bf16: bf16 x, dy and weights in, fp32 y, dx and weight gradients out. */
+    dnnl_data_type_t in = e->bf16 == 1 ? dnnl_bf16 : dnnl_f32;
+    dnnl_memory_desc_t src_md, dst_md, src_in, dst_in, w_any, w_user, dw_any, b_md;
     DNNL_CHECK(dnnl_memory_desc_init_by_tag(&src_md, 4, src_dims, dnnl_f32, dnnl_nhwc));
     DNNL_CHECK(dnnl_memory_desc_init_by_tag(&dst_md, 4, dst_dims, dnnl_f32, dnnl_nhwc));
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&w_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&src_in, 4, src_dims, in, dnnl_nhwc));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&dst_in, 4, dst_dims, in, dnnl_nhwc));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&w_any, 4, w_dims, in, dnnl_format_tag_any));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&dw_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any));
     DNNL_CHECK(dnnl_memory_desc_init_by_tag(&w_user, 4, w_dims, dnnl_f32, dnnl_oihw));
     DNNL_CHECK(dnnl_memory_desc_init_by_tag(&b_md, 1, b_dims, dnnl_f32, dnnl_x));
 
     dnnl_convolution_desc_t fd, bdd, bwd;
     DNNL_CHECK(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training,
-                                                  dnnl_convolution_direct, &src_md, &w_any, &b_md,
+                                                  dnnl_convolution_direct, &src_in, &w_any, &b_md,
                                                   &dst_md, strides, pad, pad));
     DNNL_CHECK(dnnl_convolution_backward_data_desc_init(&bdd, dnnl_convolution_direct, &src_md,
-                                                        &w_any, &dst_md, strides, pad, pad));
+                                                        &w_any, &dst_in, strides, pad, pad));
     DNNL_CHECK(dnnl_convolution_backward_weights_desc_init(
-        &bwd, dnnl_convolution_direct, &src_md, &w_any, &b_md, &dst_md, strides, pad, pad));
+        &bwd, dnnl_convolution_direct, &src_in, &dw_any, &b_md, &dst_in, strides, pad, pad));
     DDP_CHECK(conv_prim(c, &e->fwd, &fd, NULL, &pds[0]));
     DDP_CHECK(conv_prim(c, &e->bwd_data, &bdd, pds[0], &pds[1]));
     DDP_CHECK(conv_prim(c, &e->bwd_weights, &bwd, pds[0], &pds[2]));
@@ -257,10 +274,20 @@ static ddp_status prims_build(ddp_cpu_conv_cache *c, conv_prims *e, dnnl_primiti
     DDP_CHECK(layout_create(c, &e->dw, &w_user,
                             dnnl_primitive_desc_query_md(pds[2], dnnl_query_diff_weights_md, 0),
                             0));
-    dnnl_memory_t *nhwc_src[2] = {&e->src, &e->dsrc}, *nhwc_dst[2] = {&e->dst, &e->ddst};
-    for (int i = 0; i < 2; i++) {
-        DNNL_CHECK(dnnl_memory_create(nhwc_src[i], &src_md, c->engine, DNNL_MEMORY_NONE));
-        DNNL_CHECK(dnnl_memory_create(nhwc_dst[i], &dst_md, c->engine, DNNL_MEMORY_NONE));
+    /* x and dy as the primitives read them, y and dx as they write them */
+    DNNL_CHECK(dnnl_memory_create(&e->src, &src_in, c->engine, DNNL_MEMORY_NONE));
+    DNNL_CHECK(dnnl_memory_create(&e->ddst, &dst_in, c->engine, DNNL_MEMORY_NONE));
+    DNNL_CHECK(dnnl_memory_create(&e->dsrc, &src_md, c->engine, DNNL_MEMORY_NONE));
+    DNNL_CHECK(dnnl_memory_create(&e->dst, &dst_md, c->engine, DNNL_MEMORY_NONE));
+    if (e->bf16) {
+        /* Per call: x and dy converted (or rounded), and w too when emulated. */
+        size_t esize = e->bf16 == 1 ? 2 : 4;
+        size_t nx = (size_t)s->N * s->H * s->W * s->Cin, ny = (size_t)s->N * Ho * Wo * s->Cout;
+        e->x16 = malloc(nx * esize);
+        e->dy16 = malloc(ny * esize);
+        if (e->bf16 == 2) e->w16 = malloc((size_t)s->Cout * s->Cin * s->KH * s->KW * 4);
+        if (!e->x16 || !e->dy16 || (e->bf16 == 2 && !e->w16))
+            return DDP_FAIL(DDP_ERR_NOMEM, "conv2d: no memory for the bf16 copies of a batch");
     }
     DNNL_CHECK(dnnl_memory_create(&e->bias, &b_md, c->engine, DNNL_MEMORY_NONE));
     DNNL_CHECK(dnnl_memory_create(&e->dbias, &b_md, c->engine, DNNL_MEMORY_NONE));
@@ -272,18 +299,18 @@ static ddp_status prims_build(ddp_cpu_conv_cache *c, conv_prims *e, dnnl_primiti
     return DDP_OK;
 }
 
-static int same_key(const conv_prims *e, const ddp_conv_shape *s, int threads) {
+static int same_key(const conv_prims *e, const ddp_conv_shape *s, int threads, int bf16) {
     const ddp_conv_shape *k = &e->s;
-    return e->threads == threads && k->N == s->N && k->H == s->H && k->W == s->W &&
-           k->Cin == s->Cin && k->Cout == s->Cout && k->KH == s->KH && k->KW == s->KW &&
-           k->stride == s->stride && k->pad == s->pad;
+    return e->threads == threads && e->bf16 == bf16 && k->N == s->N && k->H == s->H &&
+           k->W == s->W && k->Cin == s->Cin && k->Cout == s->Cout && k->KH == s->KH &&
+           k->KW == s->KW && k->stride == s->stride && k->pad == s->pad;
 }
 
 /* The primitives of shape s at `threads`, from the cache or made now, moved to the front. */
-static ddp_status lookup(ddp_cpu_conv_cache *c, const ddp_conv_shape *s, int threads,
+static ddp_status lookup(ddp_cpu_conv_cache *c, const ddp_conv_shape *s, int threads, int bf16,
                          conv_prims **out) {
     for (conv_prims **pp = &c->head; *pp; pp = &(*pp)->next)
-        if (same_key(*pp, s, threads)) {
+        if (same_key(*pp, s, threads, bf16)) {
             conv_prims *e = *pp;
             *pp = e->next;
             e->next = c->head;
@@ -299,6 +326,7 @@ static ddp_status lookup(ddp_cpu_conv_cache *c, const ddp_conv_shape *s, int thr
     if (!e) return DDP_FAIL(DDP_ERR_NOMEM, "conv2d: no memory for a cache entry");
     e->s = *s;
     e->threads = threads;
+    e->bf16 = bf16;
     dnnl_primitive_desc_t pds[3] = {NULL, NULL, NULL};
     ddp_status st = prims_build(c, e, pds);
     for (int i = 0; i < 3; i++)
@@ -350,12 +378,31 @@ static ddp_status weights_in(ddp_cpu_conv_cache *c, layout *l, const float *w) {
     return run(c, &l->conv, args, 2);
 }
 
+/* x, w (oihw) or dy as the entry's primitives read them: the caller's fp32 arrays, or in
+ * bf16 mode copies in the entry (w's conversion to bf16 is the layout's reorder). */
+static const void *as_computed(const conv_prims *e, const float *src, void *copy, size_t n) {
+    if (!e->bf16 || !copy) return src;
+    if (e->bf16 == 1)
+        ddp_cpu_convert_bf16(src, copy, n);
+    else
+        ddp_cpu_round_to_bf16(src, copy, n);
+    return copy;
+}
+
+static size_t x_count(const ddp_conv_shape *s) { return (size_t)s->N * s->H * s->W * s->Cin; }
+static size_t w_count(const ddp_conv_shape *s) { return (size_t)s->Cout * s->Cin * s->KH * s->KW; }
+static size_t y_count(const ddp_conv_shape *s) {
+    return (size_t)s->N * ddp_conv_out(s->H, s->KH, s->stride, s->pad) *
+           ddp_conv_out(s->W, s->KW, s->stride, s->pad) * s->Cout;
+}
+
 static ddp_status forward_locked(ddp_cpu_conv_cache *c, float *y, const float *x, const float *w,
-                                 const float *bias, const ddp_conv_shape *s, int threads) {
+                                 const float *bias, const ddp_conv_shape *s, int threads,
+                                 int bf16) {
     conv_prims *e;
-    DDP_CHECK(lookup(c, s, threads, &e));
-    DDP_CHECK(weights_in(c, &e->w_fwd, w));
-    DDP_CHECK(bind(e->src, x));
+    DDP_CHECK(lookup(c, s, threads, bf16, &e));
+    DDP_CHECK(weights_in(c, &e->w_fwd, as_computed(e, w, e->w16, w_count(s))));
+    DDP_CHECK(bind(e->src, as_computed(e, x, e->x16, x_count(s))));
     DDP_CHECK(bind(e->bias, bias));
     DDP_CHECK(bind(e->dst, y));
     dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, e->src},
@@ -369,13 +416,14 @@ static ddp_status forward_locked(ddp_cpu_conv_cache *c, float *y, const float *x
 
 static ddp_status backward_locked(ddp_cpu_conv_cache *c, float *dx, float *dw, float *dbias,
                                   const float *dy, const float *x, const float *w,
-                                  const ddp_conv_shape *s, int threads) {
+                                  const ddp_conv_shape *s, int threads, int bf16) {
     conv_prims *e;
-    DDP_CHECK(lookup(c, s, threads, &e));
+    DDP_CHECK(lookup(c, s, threads, bf16, &e));
     /* This call's weight and bias gradients into the entry's buffers (the weights' in the
-     * primitive's layout first when it has its own), then added to the caller's. */
-    DDP_CHECK(bind(e->src, x));
-    DDP_CHECK(bind(e->ddst, dy));
+     * primitive's layout first when it has its own), then added to the caller's. x is
+     * converted again: another layer of this shape may have used the entry since. */
+    DDP_CHECK(bind(e->src, as_computed(e, x, e->x16, x_count(s))));
+    DDP_CHECK(bind(e->ddst, as_computed(e, dy, e->dy16, y_count(s))));
     DDP_CHECK(bind(e->dbias, e->dbias_call));
     DDP_CHECK(bind(e->dw.side, e->dw.conv.p ? e->dw.buf : e->dw_oihw));
     dnnl_exec_arg_t wargs[5] = {{DNNL_ARG_SRC, e->src},
@@ -389,7 +437,7 @@ static ddp_status backward_locked(ddp_cpu_conv_cache *c, float *dx, float *dw, f
         DDP_CHECK(run(c, &e->dw.conv, rargs, 2));
     }
     if (dx) {
-        DDP_CHECK(weights_in(c, &e->w_bwd, w));
+        DDP_CHECK(weights_in(c, &e->w_bwd, as_computed(e, w, e->w16, w_count(s))));
         DDP_CHECK(bind(e->dsrc, dx));
         dnnl_exec_arg_t dargs[4] = {{DNNL_ARG_DIFF_DST, e->ddst},
                                     {DNNL_ARG_WEIGHTS, e->w_bwd.side},
@@ -397,12 +445,18 @@ static ddp_status backward_locked(ddp_cpu_conv_cache *c, float *dx, float *dw, f
         DDP_CHECK(run(c, &e->bwd_data, dargs, 3));
     }
     DNNL_CHECK(dnnl_stream_wait(c->stream));
-    size_t nw = (size_t)s->Cout * s->Cin * s->KH * s->KW;
+    size_t nw = w_count(s);
     for (size_t i = 0; i < nw; i++)
         dw[i] += e->dw_oihw[i];
     for (int i = 0; i < s->Cout; i++)
         dbias[i] += e->dbias_call[i];
     return DDP_OK;
+}
+
+/* How this backend's convolutions compute: 0 fp32, 1 native bf16, 2 bf16 emulated. */
+static int bf16_mode(ddp_backend *b) {
+    if (b->opt.math != DDP_MATH_BF16) return 0;
+    return ddp_cpu_matmul_native_bf16(((ddp_cpu_backend *)b)->matmul) ? 1 : 2;
 }
 
 /* The thread count of this call: the BLAS's, handed to oneDNN's OpenMP runtime. */
@@ -416,8 +470,9 @@ static int call_threads(ddp_cpu_conv_cache *c) {
 ddp_status ddp_cpu_conv2d_forward(ddp_backend *b, float *y, const float *x, const float *w,
                                   const float *bias, float *work, const ddp_conv_shape *s) {
     ddp_cpu_conv_cache *c = ((ddp_cpu_backend *)b)->conv;
+    int bf16 = bf16_mode(b);
     pthread_mutex_lock(&c->lock);
-    ddp_status st = forward_locked(c, y, x, w, bias, s, call_threads(c));
+    ddp_status st = forward_locked(c, y, x, w, bias, s, call_threads(c), bf16);
     pthread_mutex_unlock(&c->lock);
     DDP_CHECK(st);
     return DDP_OK;
@@ -427,8 +482,9 @@ ddp_status ddp_cpu_conv2d_backward(ddp_backend *b, float *dx, float *dw, float *
                                    const float *dy, const float *x, const float *w, float *work,
                                    const ddp_conv_shape *s) {
     ddp_cpu_conv_cache *c = ((ddp_cpu_backend *)b)->conv;
+    int bf16 = bf16_mode(b);
     pthread_mutex_lock(&c->lock);
-    ddp_status st = backward_locked(c, dx, dw, dbias, dy, x, w, s, call_threads(c));
+    ddp_status st = backward_locked(c, dx, dw, dbias, dy, x, w, s, call_threads(c), bf16);
     pthread_mutex_unlock(&c->lock);
     DDP_CHECK(st);
     return DDP_OK;

@@ -305,7 +305,7 @@ static ddp_status operand(ddp_backend *b, ddp_cpu_matmul_cache *c, int native, i
             for (int r = 0; r < rows; r++, at += (size_t)cols) {
                 const float *src = x + i * s0 + j * s1 + (size_t)r * (size_t)ld;
                 if (native)
-                    DDP_CHECK(ddp_cpu_f32_to_bf16(b, src, (uint16_t *)ws + at, (size_t)cols));
+                    ddp_cpu_convert_bf16(src, (uint16_t *)ws + at, (size_t)cols);
                 else
                     ddp_cpu_round_to_bf16(src, (float *)ws + at, (size_t)cols);
             }

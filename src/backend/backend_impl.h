@@ -95,6 +95,8 @@ ddp_status ddp_cpu_matmul_bf16(ddp_backend *b, const ddp_cpu_mm *mm);
 int ddp_cpu_matmul_native_bf16(ddp_cpu_matmul_cache *c);
 /* y = x rounded to bf16, held in fp32 (n elements; y may equal x). */
 void ddp_cpu_round_to_bf16(const float *x, float *y, size_t n);
+/* y = the bf16 bits of x rounded (n elements). */
+void ddp_cpu_convert_bf16(const float *x, uint16_t *y, size_t n);
 
 /* The CPU backend's ops, ddp_cpu_<op>, one file per op family (backend_cpu*.c). */
 #define DDP_CPU_DECLARE(name, params, args, check, noop) ddp_status ddp_cpu_##name params;

@@ -247,6 +247,61 @@ static void attention_tracks_fp32(void **state) {
     ddp_backend_free(fp32);
 }
 
+/* Convolutions in bf16 track fp32: every output and gradient is one product of rounded
+ * operands deep (y = x * w, dx = dy * w, dw = x * dy; dbias the sum of the rounded dy), so
+ * norm-wise within 2u of fp32 (TOL_CONV: twice that). */
+#define TOL_CONV (4 * U_BF16)
+static void convolution_tracks_fp32(void **state) {
+    ddp_backend *fp32 = NULL;
+    ddp_backend_options o = {.device = DDP_DEVICE_CPU, .threads = 1};
+    assert_int_equal(ddp_backend_create(&o, &fp32), DDP_OK);
+    ddp_conv_shape s = {
+        .N = 4, .H = 9, .W = 7, .Cin = 3, .Cout = 8, .KH = 3, .KW = 3, .stride = 1, .pad = 1};
+    size_t nx = (size_t)s.N * s.H * s.W * s.Cin, nw = (size_t)s.Cout * s.Cin * 9;
+    size_t ny = (size_t)s.N * s.H * s.W * s.Cout;
+    float *x = malloc(nx * 4), *w = malloc(nw * 4), *bias = malloc(s.Cout * 4);
+    float *dy = malloc(ny * 4), *work = malloc(DDP_CONV_WORK(&s) * 4);
+    for (size_t i = 0; i < nx; i++)
+        x[i] = ddp_rng_normal(&rng);
+    for (size_t i = 0; i < nw; i++)
+        w[i] = 0.3f * ddp_rng_normal(&rng);
+    for (int i = 0; i < s.Cout; i++)
+        bias[i] = ddp_rng_normal(&rng);
+    for (size_t i = 0; i < ny; i++)
+        dy[i] = ddp_rng_normal(&rng);
+    ddp_backend *bs[3] = {fp32, native, emulated};
+    float *y[3], *dx[3], *dw[3], *db[3];
+    for (int k = 0; k < 3; k++) {
+        y[k] = malloc(ny * 4);
+        dx[k] = malloc(nx * 4);
+        dw[k] = calloc(nw, 4);
+        db[k] = calloc(s.Cout, 4);
+        OK(ddp_backend_conv2d_forward(bs[k], y[k], x, w, bias, work, &s));
+        OK(ddp_backend_conv2d_backward(bs[k], dx[k], dw[k], db[k], dy, x, w, work, &s));
+    }
+    for (int k = 1; k < 3; k++) {
+        /* The bias gradient sums the output gradient as the weights' does: rounded too. */
+        double e[4] = {rel_error(y[k], y[0], ny), rel_error(dx[k], dx[0], nx),
+                       rel_error(dw[k], dw[0], nw), rel_error(db[k], db[0], s.Cout)};
+        print_message("conv2d %s: y %.2g, dx %.2g, dw %.2g, dbias %.2g of fp32 (bound %.2g)\n",
+                      k == 1 ? "native" : "emulated", e[0], e[1], e[2], e[3], TOL_CONV);
+        for (int i = 0; i < 4; i++)
+            assert_true(e[i] <= TOL_CONV && e[i] > 0.0);
+    }
+    for (int k = 0; k < 3; k++) {
+        free(y[k]);
+        free(dx[k]);
+        free(dw[k]);
+        free(db[k]);
+    }
+    free(x);
+    free(w);
+    free(bias);
+    free(dy);
+    free(work);
+    ddp_backend_free(fp32);
+}
+
 int main(void) {
     ddp_rng_seed(&rng, 20261204, 0);
     ddp_backend_options o = {.device = DDP_DEVICE_CPU, .threads = 1, .math = DDP_MATH_BF16};
@@ -263,6 +318,7 @@ int main(void) {
         cmocka_unit_test(products_match_rounded_operands),
         cmocka_unit_test(weight_copy_gives_the_bits_of_conversion),
         cmocka_unit_test(attention_tracks_fp32),
+        cmocka_unit_test(convolution_tracks_fp32),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     ddp_backend_free(native);
