@@ -13,6 +13,9 @@ do not); no gradient clipping. The file holds:
 
   batch.tokens, batch.targets  (steps, B, T) F32 (bytes, exact in F32)
   loss                         (steps) F32: each step's loss, before its update
+  loss_bf16                    (steps) F32: the same run under torch.autocast("cpu",
+                               dtype=torch.bfloat16) around the forward (mixed precision:
+                               fp32 weights and AdamW, the products in bf16)
   grad.<tensor name>           the gradient of step 1 of every tensor
   __metadata__                 model, seed, optimizer settings, and the CRC-32 of the
                                initial weights (ddp's flat buffer, as in the export)
@@ -61,13 +64,15 @@ def batches(T):
     return tok, tgt
 
 
-def train(model, tok, tgt):
-    """STEPS steps of AdamW; the losses and step 1's gradients."""
+def train(model, tok, tgt, autocast=False):
+    """STEPS steps of AdamW; the losses and step 1's gradients. With autocast, the forward
+    runs under CPU autocast to bf16, as a user of mixed precision in PyTorch writes it."""
     opt = torch.optim.AdamW(model.param_groups(WD), lr=LR, betas=BETAS, eps=EPS, foreach=False)
     losses, grads = [], None
     for s in range(STEPS):
         opt.zero_grad(set_to_none=True)
-        loss = model.loss(torch.from_numpy(tok[s]), torch.from_numpy(tgt[s]))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model.loss(torch.from_numpy(tok[s]), torch.from_numpy(tgt[s]))
         loss.backward()
         losses.append(loss.item())
         if s == 0:
@@ -91,10 +96,10 @@ def main():
         if meta.get("model") != MODEL:
             sys.exit("gpt_init_export wrote model %r, asked for %r" % (meta.get("model"), MODEL))
         models = {}
-        for dtype in (torch.float32, torch.float64):
+        for dtype in (torch.float32, torch.float64, "bf16"):
             m = torch_gpt.GPT(**spec)
             torch_gpt.load_ddp_export(m, init)
-            models[dtype] = m.to(dtype)
+            models[dtype] = m.to(torch.float32 if dtype == "bf16" else dtype)
     # The export's data are ddp's flat buffer in order: its CRC is the one the C test
     # computes over ddp_model_params after ddp_model_init_params.
     order = [n for n, _ in models[torch.float32].named_parameters()]
@@ -104,6 +109,8 @@ def main():
     tok, tgt = batches(spec["ctx"])
     losses, grads = train(models[torch.float32], tok, tgt)
     losses64, grads64 = train(models[torch.float64], tok, tgt)
+    losses_bf16, _ = train(models["bf16"], tok, tgt, autocast=True)
+    bf16_rel = np.max(np.abs(losses_bf16 - losses) / losses)
     loss_rel = np.max(np.abs(losses - losses64) / losses64)
     grad_rel = max(
         (torch.linalg.norm(grads[n].double() - grads64[n]) / torch.linalg.norm(grads64[n])).item()
@@ -111,11 +118,14 @@ def main():
     )
     print("losses (float32):", " ".join("%.6f" % x for x in losses))
     print("float32 vs float64: largest loss error %.2e, largest step-1 gradient error %.2e" % (loss_rel, grad_rel))
+    print("losses (autocast bf16):", " ".join("%.6f" % x for x in losses_bf16))
+    print("autocast bf16 vs float32: largest loss difference %.2e" % bf16_rel)
 
     tensors = {
         "batch.tokens": tok.astype(np.float32),
         "batch.targets": tgt.astype(np.float32),
         "loss": losses.astype(np.float32),
+        "loss_bf16": losses_bf16.astype(np.float32),
     }
     for n in order:
         tensors["grad." + n] = grads[n].numpy()
@@ -139,6 +149,7 @@ def main():
         "torch": torch.__version__,
         "f32_vs_f64_loss_rel": "%.3e" % loss_rel,
         "f32_vs_f64_grad_rel": "%.3e" % grad_rel,
+        "bf16_vs_f32_loss_rel": "%.3e" % bf16_rel,
     }
     torch_gpt.write_safetensors(a.out, tensors, meta)
     print("wrote %s (%d bytes), initial weights CRC-32 %08x" % (a.out, os.path.getsize(a.out), crc))
