@@ -45,6 +45,8 @@ void ddp_backend_free(ddp_backend *b);
 /* "cpu" or "cuda". */
 const char *ddp_backend_name(const ddp_backend *b);
 ddp_device_kind ddp_backend_device(const ddp_backend *b);
+/* The precision of its matrix products. */
+ddp_math ddp_backend_math(const ddp_backend *b);
 /* Nonzero when device pointers are ordinary host memory (the CPU backend). */
 int ddp_backend_is_host(const ddp_backend *b);
 /* BLAS threads the CPU backend computes with (the options' threads, or the library's own

@@ -89,6 +89,8 @@ ddp_status ddp_backend_set_bf16_weights(ddp_backend *b, const float *params, siz
 
 void ddp_backend_weights_changed(ddp_backend *b) { b->w16_stale = 1; }
 
+ddp_math ddp_backend_math(const ddp_backend *b) { return b->opt.math; }
+
 int ddp_backend_bf16_native(ddp_backend *b) {
     return b->ops->bf16_native ? b->ops->bf16_native(b) : 1;
 }

@@ -35,10 +35,12 @@ static ddp_status dump_params(ddp_trainer *t, const char *path) {
 static void print_memory_plan(ddp_trainer *t, int ranks) {
     ddp_memory_use m;
     ddp_trainer_memory(t, ranks, &m);
-    printf("{\"ranks\": %d, \"num_params\": %zu, \"params\": %zu, \"grads\": %zu, "
-           "\"grad_shard\": %zu, \"optim\": %zu, \"activations\": %zu, \"total\": %zu}\n",
-           ranks, ddp_model_num_params(ddp_trainer_model(t)), m.params, m.grads, m.grad_shard,
-           m.optim, m.activations, m.params + m.grads + m.grad_shard + m.optim + m.activations);
+    printf("{\"ranks\": %d, \"num_params\": %zu, \"params\": %zu, \"params_bf16\": %zu, "
+           "\"grads\": %zu, \"grad_shard\": %zu, \"optim\": %zu, \"activations\": %zu, "
+           "\"total\": %zu}\n",
+           ranks, ddp_model_num_params(ddp_trainer_model(t)), m.params, m.params_bf16, m.grads,
+           m.grad_shard, m.optim, m.activations,
+           m.params + m.params_bf16 + m.grads + m.grad_shard + m.optim + m.activations);
     fflush(stdout);
 }
 

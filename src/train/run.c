@@ -158,9 +158,12 @@ static void log_memory(const ddp_trainer *t) {
                  (double)m.grad_shard / 1e6);
     snprintf(optim, sizeof optim, zero > 0 ? "%.1f MB (1/%d shard of %.1f MB)" : "%.1f MB",
              (double)m.optim / 1e6, t->world, (double)m.optim_full / 1e6);
-    ddp_log_info("memory per rank (--zero %d): parameters %.1f MB, gradients %s, optimizer state "
-                 "%s, activations %.1f MB",
-                 zero, (double)m.params / 1e6, grads, optim, (double)m.activations / 1e6);
+    char copy[48] = "";
+    if (m.params_bf16)
+        snprintf(copy, sizeof copy, " + %.1f MB bf16 copy", (double)m.params_bf16 / 1e6);
+    ddp_log_info("memory per rank (--zero %d): parameters %.1f MB%s, gradients %s, optimizer "
+                 "state %s, activations %.1f MB",
+                 zero, (double)m.params / 1e6, copy, grads, optim, (double)m.activations / 1e6);
 }
 
 /* Gathers every rank's peak resident memory and reports the step. COLLECTIVE on the

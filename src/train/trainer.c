@@ -262,6 +262,8 @@ void ddp_trainer_memory(const ddp_trainer *t, int ranks, ddp_memory_use *m) {
     }
     memset(m, 0, sizeof *m);
     m->params = t->num_params * f;
+    if (t->cfg.zero == 0 && ddp_backend_math(t->backend) == DDP_MATH_BF16)
+        m->params_bf16 = t->num_params * sizeof(uint16_t);
     m->grads = t->num_params * f;
     if (t->cfg.zero == 2 && ddp_backend_is_host(t->backend)) {
         size_t big[2] = {0, 0};
