@@ -48,6 +48,11 @@ def report(by, variants, rounds, title):
     for v in variants:
         if v.startswith("ddp-") and "torch" + v[3:] in variants:
             print("  %-11s %6.3f   (%s)" % ((v[4:],) + ratio(v, "torch" + v[3:])))
+    if any(v.startswith("ddpbase-") for v in variants):
+        print("ddp / ddp baseline (vs-torch.sh -b), median of per-round ratios")
+        for v in variants:
+            if v.startswith("ddp-") and "ddpbase" + v[3:] in variants:
+                print("  %-11s %6.3f   (%s)" % ((v[4:],) + ratio(v, "ddpbase" + v[3:])))
     print("speed-up over 1 rank, median of per-round ratios")
     for v in variants:
         fw = v.split("-")[0]
@@ -82,6 +87,8 @@ def summary(path):
         fw, rest = v.split("-", 1)
         if fw == "ddp" and v in med and "torch-" + rest in med:
             print("  ddp / PyTorch %-8s %6.3f" % (rest, med[v] / med["torch-" + rest]))
+        if fw == "ddp" and v in med and "ddpbase-" + rest in med:
+            print("  ddp / baseline %-7s %6.3f" % (rest, med[v] / med["ddpbase-" + rest]))
     for v in variants:
         fw = v.split("-")[0]
         if v != fw + "-1" and v in med and fw + "-1" in med:

@@ -2,7 +2,8 @@
 # ddp against PyTorch DistributedDataParallel on the CPU, training the same model (the
 # defaults of --model gpt, or of --model cnn with -m cnn) side by side, in interleaved rounds.
 #
-#   bench/vs-torch.sh [-m gpt|cnn] [-t "PYTORCH OPTIONS"] [-r ROUNDS] [-n "1 2"] [-c] [-d] [-q SECONDS] [-o CSV] [-- OPTIONS]
+#   bench/vs-torch.sh [-m gpt|cnn|mlp] [-p "DDP OPTIONS"] [-b "DDP OPTIONS"] [-t "PYTORCH OPTIONS"]
+#                     [-r ROUNDS] [-n "1 2"] [-c] [-d] [-q SECONDS] [-o CSV] [-- OPTIONS]
 #
 # Every round runs, for each number of ranks N, ddp (mpirun -np N ddp-bench train --model
 # MODEL) and PyTorch (bench/MODEL/torch_ddp_MODEL.py: under torch.distributed.run with gloo
@@ -15,7 +16,11 @@
 # --bench-steps --lr --clip --text ... for the GPT; --batch --channels --hidden --kernel
 # --warmup-steps --bench-steps --lr for the CNN). Rates are tokens/s for the GPT, images/s
 # for the CNN. -t gives options to PyTorch's script only (-t --channels-last: the CNN in
-# PyTorch's channels-last memory format, ddp's layout).
+# PyTorch's channels-last memory format, ddp's layout; -t --autocast: the forward under
+# CPU autocast to bf16), -p to ddp only (-p "--precision bf16"); -b "DDP OPTIONS" adds a
+# second ddp in every round, "ddpbase" (-b "--precision fp32": ddp's own baseline), and
+# the summary its ratios too. -m mlp is the MLP (ddp's --model mlp; PyTorch's script of
+# the CNN without convolution stages: the same Linear and ReLU layers; give --hidden).
 #
 # OPENBLAS_CORETYPE=SkylakeX is set for both (change with BENCH_CORETYPE): Debian's
 # OpenBLAS 0.3.21 does not recognise newer CPUs and falls back to slow generic kernels;
@@ -49,9 +54,14 @@ default_env=0
 quiet_max=600
 csv=""
 torch_only=()
-while getopts "m:t:r:n:cdq:o:" opt; do
+ddp_only=()
+base_only=()
+base=0
+while getopts "m:p:b:t:r:n:cdq:o:" opt; do
     case $opt in
     m) model=$OPTARG ;;
+    p) read -r -a ddp_only <<<"$OPTARG" ;;
+    b) read -r -a base_only <<<"$OPTARG"; base=1 ;;
     t) read -r -a torch_only <<<"$OPTARG" ;;
     r) rounds=$OPTARG ;;
     n) ranks=$OPTARG ;;
@@ -63,12 +73,13 @@ while getopts "m:t:r:n:cdq:o:" opt; do
     esac
 done
 shift $((OPTIND - 1))
+torch_model=()
 case $model in
-gpt) unit=tokens/s ;;
-cnn) unit=images/s ;;
-*) echo "$0: -m $model: the models compared are gpt and cnn" >&2; exit 2 ;;
+gpt) unit=tokens/s; script=$HERE/gpt/torch_ddp_gpt.py ;;
+cnn) unit=images/s; script=$HERE/cnn/torch_ddp_cnn.py ;;
+mlp) unit=images/s; script=$HERE/cnn/torch_ddp_cnn.py; torch_model=(--channels none) ;;
+*) echo "$0: -m $model: the models compared are gpt, cnn and mlp" >&2; exit 2 ;;
 esac
-script=$HERE/$model/torch_ddp_$model.py
 [ "${1:-}" = "--" ] && shift
 common=("$@")
 
@@ -114,15 +125,17 @@ run() {
     [ "$ar" = 0 ] && { name="$name-noar"; extra=(--no-allreduce); }
     local json="$tmp/r$r-$name.json" log="$tmp/r$r-$name.log"
     local cmd
-    if [ "$fw" = ddp ]; then
+    if [ "$fw" = ddp ] || [ "$fw" = ddpbase ]; then
+        local own=("${ddp_only[@]}")
+        [ "$fw" = ddpbase ] && own=("${base_only[@]}")
         # No binding: PyTorch's launcher binds nothing either, and one rank of 2 threads
         # needs both cores (mpirun binds a rank to one core by default).
         cmd=(mpirun -np "$n" --oversubscribe --bind-to none -x OPENBLAS_NUM_THREADS="$threads"
              "$BUILD_DIR/ddp-bench" train --model "$model" --threads "$threads" "${extra[@]}"
-             "${common[@]}" --json "$json")
+             "${common[@]}" "${own[@]}" --json "$json")
     elif [ "$n" = 1 ]; then
         cmd=("$PYTHON" "$script" --threads "$threads" "${extra[@]}"
-             "${common[@]}" "${torch_only[@]}" --json "$json")
+             "${common[@]}" "${torch_model[@]}" "${torch_only[@]}" --json "$json")
     else
         # --redirects/--tee 2 (stderr to a log file and the console): their default, 0,
         # fails in Debian's torch 1.13 under Python 3.11, whose IntFlag no longer lists the
@@ -130,7 +143,7 @@ run() {
         # attribute 'get').
         cmd=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$n"
              --redirects 2 --tee 2 "$script" --threads "$threads" "${extra[@]}"
-             "${common[@]}" "${torch_only[@]}" --json "$json")
+             "${common[@]}" "${torch_model[@]}" "${torch_only[@]}" --json "$json")
     fi
     wait_quiet
     local b0 t0 b1 t1 w0 w1 others
@@ -154,9 +167,10 @@ run() {
     tail -1 "$rows" | awk -F, -v unit="$unit" '{printf "round %s %-12s %s x %s threads %8s %s  fwd %6s bwd %6s optim %5s step %6s exposed %5s ms  others %s\n", $1, $2, $4, $5, $8, unit, $9, $10, $11, $12, ($13 == "" ? "-" : $13), $7}'
 }
 
-echo "$(lscpu | sed -n 's/^Model name: *//p'), $cpus CPUs; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}; options: ${common[*]:-(defaults)}; PyTorch only: ${torch_only[*]:-(none)}"
+echo "$(lscpu | sed -n 's/^Model name: *//p'), $cpus CPUs; OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}; options: ${common[*]:-(defaults)}; ddp only: ${ddp_only[*]:-(none)}; ddp baseline: ${base_only[*]:-(none)}; PyTorch only: ${torch_only[*]:-(none)}"
 for r in $(seq 1 "$rounds"); do
     if [ $((r % 2)) = 1 ]; then order="ddp torch"; else order="torch ddp"; fi
+    [ "$base" = 1 ] && order="$order ddpbase"
     for n in $ranks; do
         for fw in $order; do
             run "$r" "$fw" "$n" 1

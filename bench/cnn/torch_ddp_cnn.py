@@ -82,6 +82,9 @@ def main():
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--no-allreduce", action="store_true",
                     help="skip gradient averaging (DDP's no_sync): the ceiling of N ranks")
+    ap.add_argument("--autocast", action="store_true",
+                    help="the forward and the loss under torch.autocast('cpu', bfloat16): "
+                         "mixed precision as PyTorch users write it")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
 
@@ -92,7 +95,7 @@ def main():
     labels = torch.from_numpy(load_labels(os.path.join(a.data, "train-labels-idx1-ubyte.gz"))
                               .astype(np.int64))
     torch.manual_seed(a.seed)
-    model = make_cnn([int(c) for c in a.channels.split(",")],
+    model = make_cnn([int(c) for c in a.channels.split(",") if c not in ("", "none")],
                      [int(h) for h in a.hidden.split(",") if h], a.kernel, images.shape[2])
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -109,8 +112,10 @@ def main():
         y = labels[idx]
         opt.zero_grad(set_to_none=True)
         sync = net.no_sync() if distributed and a.no_allreduce else contextlib.nullcontext()
+        cast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast)
         with sync:
-            loss = nn.functional.cross_entropy(net(x), y)
+            with cast:
+                loss = nn.functional.cross_entropy(net(x), y)
             t1 = time.perf_counter()
             loss.backward()
         t2 = time.perf_counter()
@@ -124,6 +129,7 @@ def main():
         out = {
             "bench": "torch_ddp_cnn",
             "framework": "pytorch " + torch.__version__,
+            "autocast": "bf16" if a.autocast else "none",
             "params": nparams,
             "ranks": world,
             "threads": torch.get_num_threads(),

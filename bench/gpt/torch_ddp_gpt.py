@@ -81,6 +81,9 @@ def add_gpt_args(ap):
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--autocast", action="store_true",
+                    help="the forward and the loss under torch.autocast('cpu', bfloat16): "
+                         "mixed precision as PyTorch users write it")
     ap.add_argument("--json", default=None)
 
 
@@ -128,9 +131,11 @@ def main():
             g["lr"] = cosine_lr(a, i, total)
         opt.zero_grad(set_to_none=True)
         sync = net.no_sync() if distributed and a.no_allreduce else contextlib.nullcontext()
+        cast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast)
         with sync:
-            logits = net(x)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
+            with cast:
+                logits = net(x)
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
             t1 = time.perf_counter()
             loss.backward()  # DDP's all-reduce of each bucket overlaps the rest of backward
         t2 = time.perf_counter()
@@ -163,6 +168,7 @@ def main():
         out = {
             "bench": "torch_ddp_gpt",
             "framework": "pytorch " + torch.__version__,
+            "autocast": "bf16" if a.autocast else "none",
             "model": torch_gpt.describe(model.spec),
             "params": nparams,
             "data": path,

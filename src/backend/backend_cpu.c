@@ -219,7 +219,7 @@ DDP_CPU_CLONES ddp_status ddp_cpu_add(ddp_backend *b, float *y, const float *a, 
     return DDP_OK;
 }
 
-void ddp_cpu_convert_bf16(const float *x, uint16_t *y, size_t n) {
+DDP_CPU_CLONES void ddp_cpu_convert_bf16(const float *x, uint16_t *y, size_t n) {
     for (size_t i = 0; i < n; i++)
         y[i] = ddp_bf16_bits(x[i]);
 }
@@ -229,7 +229,7 @@ ddp_status ddp_cpu_f32_to_bf16(ddp_backend *b, const float *x, uint16_t *y, size
     return DDP_OK;
 }
 
-void ddp_cpu_round_to_bf16(const float *x, float *y, size_t n) {
+DDP_CPU_CLONES void ddp_cpu_round_to_bf16(const float *x, float *y, size_t n) {
     for (size_t i = 0; i < n; i++)
         y[i] = ddp_bf16_round(x[i]);
 }
