@@ -83,13 +83,17 @@ typedef enum {
     DDP_INIT_ZERO = 0,
     DDP_INIT_ONE,
     DDP_INIT_NORMAL,    /* normal(0, std) */
-    DDP_INIT_HE_NORMAL, /* normal(0, sqrt(2 / fan_in)), fan_in = the last dimension */
+    DDP_INIT_HE_NORMAL, /* normal(0, sqrt(2 / fan_in)), fan_in as ddp_init_fan_in */
 } ddp_init_kind;
 
 typedef struct {
     ddp_init_kind kind;
     float std; /* DDP_INIT_NORMAL */
 } ddp_init;
+
+/* The inputs that each output of a weight tensor sums over: all dimensions but the first
+ * (in of a linear map (out, in); in * kh * kw of a convolution (out, in, kh, kw)). */
+size_t ddp_init_fan_in(const ddp_param_view *v);
 
 /* Appends a layer (allocated by the caller with calloc; the model frees it). */
 ddp_status ddp_model_add_layer(ddp_model *m, ddp_layer *l);

@@ -464,6 +464,12 @@ const float *ddp_model_logits(const ddp_model *m) { return m->outs[m->n_layers -
 
 /* ---- initialization ------------------------------------------------------------------ */
 
+size_t ddp_init_fan_in(const ddp_param_view *v) {
+    /* Every dimension after the first feeds one output: (out, in) of a linear map, (out,
+     * in, kh, kw) of a convolution, whose output sums in * kh * kw products. */
+    return v->ndim > 1 ? v->count / v->shape[0] : v->count;
+}
+
 /* Writes the initial values of tensors ts[0..n) into host (laid out as their views say),
  * with RNG stream first_stream + i for tensor i. */
 static void init_tensors(const tensor *ts, int n, uint64_t seed, uint64_t first_stream,
@@ -476,7 +482,7 @@ static void init_tensors(const tensor *ts, int n, uint64_t seed, uint64_t first_
         ddp_rng_seed(&rng, seed, first_stream + (uint64_t)i);
         float std = t->init.std;
         if (t->init.kind == DDP_INIT_HE_NORMAL)
-            std = sqrtf(2.0f / (float)t->view.shape[t->view.ndim - 1]);
+            std = sqrtf(2.0f / (float)ddp_init_fan_in(&t->view));
         for (size_t k = 0; k < t->view.count; k++) {
             switch (t->init.kind) {
             case DDP_INIT_ZERO: w[k] = 0.0f; break;
