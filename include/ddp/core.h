@@ -84,6 +84,21 @@ ddp_status ddp_error_restore(const ddp_error_saved *e, const char *file, int lin
         }                                                                                          \
     } while (0)
 
+/* ---- enums ------------------------------------------------------------------------ */
+
+/* An enum with names is a list L(X) that calls X(CONSTANT, "name") once per value, in
+ * order from 0: `typedef enum { L(DDP_X_VALUE) COUNT } type;` declares it, and
+ * `const char *const names[] = {L(DDP_X_NAME) NULL};` its table of names (the choices of
+ * an option), so that a value added to the list has its name wherever names are used. A
+ * switch over such an enum lists every value and no default (-Wswitch then fails the
+ * build for a value without a case) and fails at run time on a value outside the list. */
+#define DDP_X_VALUE(v, s) v,
+#define DDP_X_NAME(v, s)  s,
+/* names[v] when 0 <= v < the number of names (a NULL-terminated table), else "?". */
+const char *ddp_enum_name(const char *const *names, int v);
+/* The value whose name is s, or -1. */
+int ddp_enum_find(const char *const *names, const char *s);
+
 /* ---- logging ---------------------------------------------------------------------- */
 
 typedef enum { DDP_LOG_ERROR = 0, DDP_LOG_WARN, DDP_LOG_INFO, DDP_LOG_DEBUG } ddp_log_level;

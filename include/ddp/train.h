@@ -22,9 +22,16 @@ extern "C" {
 
 /* What a step does when the loss or the averaged gradients are NaN or infinite. Every
  * rank sees the same averaged gradients, so all ranks decide alike. */
-enum { DDP_NONFINITE_ABORT = 0, DDP_NONFINITE_SKIP = 1 };
-enum { DDP_BATCH_FIXED = 0, DDP_BATCH_ADAPTIVE = 1 };
-enum { DDP_LR_SCALING_LINEAR = 0, DDP_LR_SCALING_SQRT = 1 };
+#define DDP_NONFINITE_POLICIES(X) X(DDP_NONFINITE_ABORT, "abort") X(DDP_NONFINITE_SKIP, "skip")
+enum { DDP_NONFINITE_POLICIES(DDP_X_VALUE) DDP_NONFINITE_COUNT };
+/* The batch schedule (batch_schedule.c) and how the learning rate follows the batch. */
+#define DDP_BATCH_SCHEDULES(X) X(DDP_BATCH_FIXED, "fixed") X(DDP_BATCH_ADAPTIVE, "adaptive")
+enum { DDP_BATCH_SCHEDULES(DDP_X_VALUE) DDP_BATCH_SCHEDULE_COUNT };
+#define DDP_LR_SCALINGS(X) X(DDP_LR_SCALING_LINEAR, "linear") X(DDP_LR_SCALING_SQRT, "sqrt")
+enum { DDP_LR_SCALINGS(DDP_X_VALUE) DDP_LR_SCALING_COUNT };
+extern const char *const ddp_nonfinite_names[];
+extern const char *const ddp_batch_schedule_names[];
+extern const char *const ddp_lr_scaling_names[];
 
 typedef struct {
     /* model */

@@ -133,7 +133,6 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
     double sps = (double)a.bench_steps * (double)cfg->global_batch / wall;
     ddp_model *m = ddp_trainer_model(trainer);
     double flops = ddp_model_flops_per_sample(m) * 3.0 * sps;
-    static const char *const progress_names[] = {"auto", "thread", "test"};
     if (rank == 0) {
         o = json_object();
         json_object_set_new(o, "bench", json_string("train"));
@@ -159,7 +158,9 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         json_object_set_new(o, "zero", json_integer(cfg->zero));
         json_object_set_new(o, "overlap", json_boolean(cfg->reducer.overlap));
         json_object_set_new(o, "allreduce", json_boolean(!cfg->reducer.skip));
-        json_object_set_new(o, "progress", json_string(progress_names[cfg->reducer.progress % 3]));
+        json_object_set_new(
+            o, "progress",
+            json_string(ddp_enum_name(ddp_progress_names, (int)cfg->reducer.progress)));
         json_object_set_new(o, "bucket_mb",
                             json_real((double)cfg->reducer.bucket_bytes / (1024.0 * 1024.0)));
         json_object_set_new(o, "warmup_steps", json_integer(a.warmup_steps));

@@ -22,10 +22,6 @@
         __VA_ARGS__                                                                                \
     }
 
-/* The choices shared by several programs' tables. */
-extern const char *const ddp_cli_progress_names[];
-extern const int ddp_cli_progress_values[];
-
 /* Shared entries: the same option, spelled and documented once, in every table that has
  * it (OPT_BASE decides where it is stored). */
 #define OPT_HELP_ENTRY(m) OPT(FLAG, "help", m, NULL, "this text", .lo = 1, .per_rank = 1)
@@ -39,7 +35,7 @@ extern const int ddp_cli_progress_values[];
         .min = 0.0, .max = 1e6, .per_rank = 1)
 #define OPT_PROGRESS_ENTRY(m)                                                                      \
     OPT(CHOICE, "progress", m, NULL, "how MPI buckets progress during backward (default auto)",    \
-        .choices = ddp_cli_progress_names, .values = ddp_cli_progress_values)
+        .choices = ddp_progress_names)
 #define OPT_BUCKET_ENTRIES(bucket, first)                                                          \
     OPT(MB, "bucket-mb", bucket, "MB", "gradient bucket size (default 25)", .min = 1e-6,           \
         .max = 1e5),                                                                               \

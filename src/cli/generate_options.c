@@ -5,9 +5,6 @@
 
 #include "cli/cli_impl.h"
 
-static const char *const gen_devices[] = {"auto", "cpu", "cuda", NULL};
-static const int gen_device_values[] = {DDP_DEVICE_AUTO, DDP_DEVICE_CPU, DDP_DEVICE_CUDA};
-
 #define OPT_BASE ddp_cli_generate_options
 static const ddp_cli_opt generate_opts[] = {
     OPT_HEADING("The model (one of)"),
@@ -27,7 +24,7 @@ static const ddp_cli_opt generate_opts[] = {
     OPT(U64, "seed", seed, "S", "seed of the draws (default 42)", .lo = 0, .hi = UINT64_MAX),
     OPT_HEADING("Device"),
     OPT(CHOICE, "device", device, NULL, "(default auto: CUDA when a GPU is present)",
-        .choices = gen_devices, .values = gen_device_values),
+        .choices = ddp_device_names),
     OPT(INT, "threads", threads, "N", "BLAS threads (default: as for ddp-train)", .lo = 1,
         .hi = 1024, .per_rank = 1),
     OPT_VERBOSE_ENTRY(verbose),

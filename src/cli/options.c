@@ -8,9 +8,6 @@
 
 #include "cli/cli_impl.h"
 
-const char *const ddp_cli_progress_names[] = {"auto", "thread", "test", NULL};
-const int ddp_cli_progress_values[] = {DDP_PROGRESS_AUTO, DDP_PROGRESS_THREAD, DDP_PROGRESS_TEST};
-
 /* --hidden 256,128: up to DDP_MAX_HIDDEN sizes, or "none". */
 static ddp_status parse_hidden(const char *name, const char *arg, void *field) {
     ddp_model_spec *m = field;
@@ -81,26 +78,12 @@ static ddp_status parse_channels(const char *name, const char *arg, void *field)
     m->n_conv = n;
     return DDP_OK;
 }
-static const char *const acts[] = {"relu", "gelu", NULL};
-static const int act_values[] = {DDP_ACT_RELU, DDP_ACT_GELU};
-static const char *const optims[] = {"sgd", "adamw", NULL};
-static const int optim_values[] = {DDP_OPTIM_SGD, DDP_OPTIM_ADAMW};
-static const char *const schedules[] = {"constant", "cosine", NULL};
-static const int schedule_values[] = {DDP_SCHED_CONSTANT, DDP_SCHED_COSINE};
-static const char *const batch_schedules[] = {"fixed", "adaptive", NULL};
-static const int batch_schedule_values[] = {DDP_BATCH_FIXED, DDP_BATCH_ADAPTIVE};
-static const char *const lr_scalings[] = {"linear", "sqrt", NULL};
-static const int lr_scaling_values[] = {DDP_LR_SCALING_LINEAR, DDP_LR_SCALING_SQRT};
-static const char *const devices[] = {"auto", "cpu", "cuda", NULL};
-static const int device_values[] = {DDP_DEVICE_AUTO, DDP_DEVICE_CPU, DDP_DEVICE_CUDA};
+/* The communicators a user chooses (the local one is for a world of one, in tests) and the
+ * gradient types on the wire: subsets of their enums. */
 static const char *const comms[] = {"auto", "mpi", "nccl", NULL};
 static const int comm_values[] = {DDP_COMM_AUTO, DDP_COMM_MPI, DDP_COMM_NCCL};
-static const char *const precisions[] = {"fp32", "tf32", "bf16", NULL};
-static const int precision_values[] = {DDP_MATH_FP32, DDP_MATH_TF32, DDP_MATH_BF16};
 static const char *const dtypes[] = {"fp32", "bf16", NULL};
 static const int dtype_values[] = {DDP_F32, DDP_BF16};
-static const char *const policies[] = {"abort", "skip", NULL};
-static const int policy_values[] = {DDP_NONFINITE_ABORT, DDP_NONFINITE_SKIP};
 
 #define OPT_BASE ddp_cli_options
 static const ddp_cli_opt train_opts[] = {
@@ -128,8 +111,8 @@ static const ddp_cli_opt train_opts[] = {
         "cnn: batch-norm statistics over the global batch (all\n"
         "ranks), not each rank's share",
         .lo = 1),
-    OPT(CHOICE, "act", train.model.act, NULL, "mlp: activation (default relu)", .choices = acts,
-        .values = act_values),
+    OPT(CHOICE, "act", train.model.act, NULL, "mlp: activation (default relu)",
+        .choices = ddp_act_names),
     OPT(PATH, "text", train.text_path, "FILE",
         "gpt: a text file, every byte a token; the last 10% is\n"
         "validation (default: the King James Bible of Debian's\n"
@@ -166,22 +149,22 @@ static const ddp_cli_opt train_opts[] = {
     OPT(CHOICE, "batch-schedule", train.batch_schedule, NULL,
         "(default fixed) adaptive: double --accum, so the batch,\n"
         "when the measured noise scale B_simple exceeds it",
-        .choices = batch_schedules, .values = batch_schedule_values),
+        .choices = ddp_batch_schedule_names),
     OPT(U64, "max-batch", train.max_global_batch, "B",
         "adaptive: the largest global batch (default: --batch)", .lo = 1, .hi = 1u << 30),
     OPT(CHOICE, "lr-scaling", train.lr_scaling, NULL,
         "adaptive: the rate at batch B is --lr x B/B0 (linear,\n"
         "default) or x sqrt(B/B0), B0 the starting batch",
-        .choices = lr_scalings, .values = lr_scaling_values),
+        .choices = ddp_lr_scaling_names),
     OPT_HEADING("Optimizer"),
-    OPT(CHOICE, "optim", train.optim.kind, NULL, "(default sgd, momentum 0.9)", .choices = optims,
-        .values = optim_values),
+    OPT(CHOICE, "optim", train.optim.kind, NULL, "(default sgd, momentum 0.9)",
+        .choices = ddp_optim_names),
     OPT(FLOAT, "lr", train.sched.base_lr, "LR", "peak learning rate (default 0.05)", .min = 1e-12,
         .max = 1e3),
     OPT(FLOAT, "min-lr", train.sched.min_lr, "LR", "floor of the cosine schedule (default 0)",
         .min = 0.0, .max = 1e3),
     OPT(CHOICE, "schedule", train.sched.kind, NULL, "(default cosine, after linear warm-up)",
-        .choices = schedules, .values = schedule_values),
+        .choices = ddp_sched_names),
     OPT(U64, "warmup", train.sched.warmup_steps, "S", "learning-rate warm-up steps (default 200)",
         .lo = 0, .hi = (uint64_t)1 << 40),
     OPT(FLOAT, "momentum", train.optim.momentum, "M", "SGD momentum (default 0.9)", .min = 0.0,
@@ -202,11 +185,11 @@ static const ddp_cli_opt train_opts[] = {
     OPT(FLAG, "no-shuffle", train.shuffle, NULL, "keep the dataset order", .lo = 0),
     OPT_HEADING("Devices"),
     OPT(CHOICE, "device", train.device, NULL, "(default auto: CUDA when a GPU is present)",
-        .choices = devices, .values = device_values),
+        .choices = ddp_device_names),
     OPT(CHOICE, "comm", train.comm, NULL, "gradient all-reduce (default auto: NCCL on GPUs)",
         .choices = comms, .values = comm_values),
     OPT(CHOICE, "precision", train.math, NULL, "matrix-product precision (default fp32)",
-        .choices = precisions, .values = precision_values),
+        .choices = ddp_math_names),
     OPT(INT, "threads", train.threads, "N",
         "BLAS threads per rank. Default: as OPENBLAS_NUM_THREADS\n"
         "or OMP_NUM_THREADS say where set; else the node's CPUs\n"
@@ -235,8 +218,7 @@ static const ddp_cli_opt train_opts[] = {
         "estimate the noise scale on every N-th step only\n(default 1; the cost per step / N)",
         .lo = 1, .hi = 1 << 30),
     OPT(CHOICE, "on-nonfinite", train.on_nonfinite, NULL,
-        "NaN/inf gradients: stop (default) or skip the step", .choices = policies,
-        .values = policy_values),
+        "NaN/inf gradients: stop (default) or skip the step", .choices = ddp_nonfinite_names),
     OPT_HEADING("Output"),
     OPT(INT, "log-every", train.log_every, "N", "steps between progress lines (default 50)",
         .lo = 1, .hi = 1 << 30),

@@ -25,7 +25,9 @@ ddp_status ddp_model_add_mlp_head(ddp_model *m, const ddp_model_spec *spec, size
     for (int i = 0; i < spec->n_hidden; i++)
         dims[nd++] = spec->hidden[i];
     dims[nd++] = (size_t)spec->num_classes;
-    const char *act = spec->act == DDP_ACT_GELU ? "gelu" : "relu";
+    if ((int)spec->act < 0 || spec->act >= DDP_ACT_COUNT)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "model: unknown activation %d", (int)spec->act);
+    const char *act = ddp_act_names[spec->act];
     size_t off = 0;
     for (int i = 0; i + 1 < nd; i++) {
         char name[32];

@@ -151,13 +151,13 @@ ddp_status ddp_model_spec_parse(const char *text, ddp_model_spec *spec) {
             p++;
         }
         if (nd >= 2 && sscanf(p, " %15s%n", act, &used) == 1 && p[used] == '\0' &&
-            (strcmp(act, "relu") == 0 || strcmp(act, "gelu") == 0)) {
+            ddp_enum_find(ddp_act_names, act) >= 0) {
             spec->input_dim = dims[0];
             spec->num_classes = (int)dims[nd - 1];
             spec->n_hidden = nd - 2;
             for (int i = 0; i < nd - 2; i++)
                 spec->hidden[i] = dims[i + 1];
-            spec->act = strcmp(act, "gelu") == 0 ? DDP_ACT_GELU : DDP_ACT_RELU;
+            spec->act = (ddp_act)ddp_enum_find(ddp_act_names, act);
             return DDP_OK;
         }
     }

@@ -7,6 +7,10 @@
 
 #include "ddp/train.h"
 
+const char *const ddp_nonfinite_names[] = {DDP_NONFINITE_POLICIES(DDP_X_NAME) NULL};
+const char *const ddp_batch_schedule_names[] = {DDP_BATCH_SCHEDULES(DDP_X_NAME) NULL};
+const char *const ddp_lr_scaling_names[] = {DDP_LR_SCALINGS(DDP_X_NAME) NULL};
+
 void ddp_train_config_defaults(ddp_train_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
     ddp_model_spec_defaults(&cfg->model, DDP_MODEL_MLP);

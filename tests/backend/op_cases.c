@@ -31,11 +31,9 @@ static size_t count_two(const op_shape *s) { return 2; }
 
 /* ---- activations ----------------------------------------------------------------------- */
 
-/* dims "n act": act is a ddp_act */
-static const op_shape act_shapes[] = {
-    {{1, DDP_ACT_RELU}}, {{7, DDP_ACT_RELU}},  {{10007, DDP_ACT_RELU}}, {{1, DDP_ACT_GELU}},
-    {{7, DDP_ACT_GELU}}, {{33, DDP_ACT_GELU}}, {{10007, DDP_ACT_GELU}},
-};
+/* dims "n act": act is a ddp_act, every one of DDP_ACTS */
+#define ACT_SHAPES(act, name) {{1, act}}, {{7, act}}, {{33, act}}, {{10007, act}},
+static const op_shape act_shapes[] = {DDP_ACTS(ACT_SHAPES)};
 
 static ddp_status act_fwd(ddp_backend *b, void *const *t, const op_shape *s) {
     return ddp_backend_act_forward(b, s->d[1], t[0], t[1], count_d0(s));
@@ -59,10 +57,8 @@ static ddp_status act_fwd_in_place(ddp_backend *b, void *const *t, const op_shap
 }
 
 /* the backward as an op of its own, at the planted values: dims "n act in_place" */
-static const op_shape act_bwd_shapes[] = {
-    {{5, DDP_ACT_RELU, 0}}, {{10007, DDP_ACT_RELU, 0}}, {{10007, DDP_ACT_RELU, 1}},
-    {{5, DDP_ACT_GELU, 0}}, {{10007, DDP_ACT_GELU, 0}}, {{10007, DDP_ACT_GELU, 1}},
-};
+#define ACT_BWD_SHAPES(act, name) {{5, act, 0}}, {{10007, act, 0}}, {{10007, act, 1}},
+static const op_shape act_bwd_shapes[] = {DDP_ACTS(ACT_BWD_SHAPES)};
 
 static size_t count_dx(const op_shape *s) { return s->d[2] ? 0 : count_d0(s); }
 

@@ -19,12 +19,23 @@ double ref_gelu_grad(double x) {
     return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x);
 }
 
-/* ReLU'(0) is taken as 0, as PyTorch does. */
+/* Every activation of DDP_ACTS (a value without a case here is a -Wswitch error, and NaN at
+ * run time). ReLU'(0) is taken as 0, as PyTorch does. */
 static double act_of(int act, double x) {
-    return act == DDP_ACT_RELU ? (x > 0 ? x : 0) : ref_gelu(x);
+    switch ((ddp_act)act) {
+    case DDP_ACT_RELU: return x > 0 ? x : 0;
+    case DDP_ACT_GELU: return ref_gelu(x);
+    case DDP_ACT_COUNT: break;
+    }
+    return NAN;
 }
 static double act_grad(int act, double x) {
-    return act == DDP_ACT_RELU ? (x > 0) : ref_gelu_grad(x);
+    switch ((ddp_act)act) {
+    case DDP_ACT_RELU: return x > 0;
+    case DDP_ACT_GELU: return ref_gelu_grad(x);
+    case DDP_ACT_COUNT: break;
+    }
+    return NAN;
 }
 
 /* act: x (n) -> y (n) */
