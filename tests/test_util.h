@@ -42,11 +42,16 @@ static inline double rel_error(const float *a, const float *b, size_t n) {
     return sqrt(num / den);
 }
 
+/* The data of a trainer (ddp_trainer_create): labelled samples or a text, as compound
+ * literals that live to the end of the enclosing block (the trainer copies the struct). */
+#define SAMPLES_DATA(tr, te) (&(ddp_train_data){.train = *(tr), .test = *(te)})
+#define TEXT_DATA(x)         (&(ddp_train_data){.text = *(x)})
+
 /* Everything a training run in a test can report besides its parameters. */
 typedef struct {
     uint64_t perturb_seed; /* nonzero: move every initial parameter by one ulp, up or down
                             * at random from this seed (rounding_spread) */
-    const ddp_text *text;  /* the text of a GPT (cfg.model.kind DDP_MODEL_GPT) */
+    const ddp_text *text;  /* the text of a language model (a GPT) */
     int grads_shared;      /* out: ddp_trainer_grads_shared */
 } train_extra;
 
@@ -56,9 +61,11 @@ static inline float *train_params_ex(ddp_train_config cfg, ddp_backend *b, ddp_c
                                      ddp_comm *control, const ddp_dataset *train,
                                      const ddp_dataset *test, train_extra *extra, size_t *n) {
     ddp_trainer *t = NULL;
-    ddp_status s = cfg.model.kind == DDP_MODEL_GPT
-                       ? ddp_trainer_create_text(&cfg, b, comm, control, extra->text, &t)
-                       : ddp_trainer_create(&cfg, b, comm, control, train, test, &t);
+    ddp_train_data data = {0};
+    if (train) data.train = *train;
+    if (test) data.test = *test;
+    if (extra && extra->text) data.text = *extra->text;
+    ddp_status s = ddp_trainer_create(&cfg, b, comm, control, &data, &t);
     if (s != DDP_OK) fail_msg("trainer_create: %s", ddp_error_trace_str());
     *n = ddp_model_num_params(ddp_trainer_model(t));
     float *p = malloc(*n * sizeof(float));
@@ -120,9 +127,9 @@ static inline double rounding_spread(ddp_train_config cfg, ddp_backend *b, ddp_c
 static inline ddp_train_config small_mlp_config(int64_t steps, int every) {
     ddp_train_config c;
     ddp_train_config_defaults(&c);
-    c.model.n_hidden = 2;
-    c.model.hidden[0] = 24;
-    c.model.hidden[1] = 12;
+    c.model.hidden.n = 2;
+    c.model.hidden.v[0] = 24;
+    c.model.hidden.v[1] = 12;
     c.global_batch = 32;
     c.max_steps = steps;
     c.sched.warmup_steps = 5;

@@ -6,7 +6,9 @@
  * PyTorch GPT-2 state dict (nn.Linear weights (out, in)), so an export loads there.
  *
  * Initialization as GPT-2: weights normal(0, 0.02), the two projections that write into
- * the residual stream scaled by 1/sqrt(2 L), biases 0, LayerNorm weights 1.
+ * the residual stream scaled by 1/sqrt(2 L), biases 0, LayerNorm weights 1. Its registry
+ * entry: --layers, --dim, --heads, --ctx, the description "gpt L4 C256 H4 T128 V256", a
+ * text (the vocabulary is the data's: 256 bytes).
  */
 #include <math.h>
 #include <stdio.h>
@@ -253,7 +255,7 @@ static ddp_status add_block(ddp_model *m, const ddp_model_spec *spec, int i) {
     K->base.out_per_pos = C;
     /* With recomputation each block is a block of its own: its output (the next one's
      * input) is kept, its saved tensors are recomputed. */
-    K->base.checkpoint = 1;
+    K->base.segment_end = 1;
     /* ln1, mean, rstd, qkv, att, atty, res2, ln2, mean, rstd, fch, fch_gelu (carve()) */
     K->base.saved_per_pos = 15 * C + 4 + (size_t)spec->heads * (size_t)spec->ctx;
     /* backward: d_fch, d_c, d_qkv and attention's work (per position of a full context) */
@@ -288,19 +290,35 @@ static ddp_status add_block(ddp_model *m, const ddp_model_spec *spec, int i) {
     return DDP_OK;
 }
 
-ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *describe,
-                               size_t cap) {
+/* Every head takes dim / heads channels. */
+static ddp_status check(const ddp_model_spec *spec) {
+    if (spec->heads < 1 || spec->dim % spec->heads != 0)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "--heads %d does not divide --dim %d: each head takes dim / heads "
+                        "channels",
+                        spec->heads, spec->dim);
+    return DDP_OK;
+}
+
+static size_t positions(const ddp_model_spec *spec) {
+    return spec->ctx > 0 ? (size_t)spec->ctx : 1;
+}
+
+/* The vocabulary is the data's classes (256 for bytes). */
+static ddp_status build(ddp_model *m, const ddp_model_spec *spec, char *describe, size_t cap) {
+    int vocab = spec->num_classes;
     if (spec->layers < 1 || spec->layers > 1024 || spec->dim < 1 || spec->dim > 65536 ||
         spec->heads < 1 || spec->dim % spec->heads != 0 || spec->ctx < 1 || spec->ctx > 65536 ||
-        spec->vocab < 2 || spec->vocab > (1 << 24))
+        vocab < 2 || vocab > (1 << 24))
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "gpt: %d layers, width %d, %d heads, context %d, vocabulary %d: need "
                         "1..1024 layers, a width that the heads divide, a context of 1..65536 "
                         "and a vocabulary of 2 or more",
-                        spec->layers, spec->dim, spec->heads, spec->ctx, spec->vocab);
+                        spec->layers, spec->dim, spec->heads, spec->ctx, vocab);
     snprintf(describe, cap, "gpt L%d C%d H%d T%d V%d", spec->layers, spec->dim, spec->heads,
-             spec->ctx, spec->vocab);
-    size_t C = (size_t)spec->dim, V = (size_t)spec->vocab;
+             spec->ctx, vocab);
+    ddp_model_set_positions(m, (size_t)spec->ctx);
+    size_t C = (size_t)spec->dim, V = (size_t)vocab;
     ddp_init w = {DDP_INIT_NORMAL, INIT_STD};
 
     embed *E = calloc(1, sizeof *E);
@@ -309,7 +327,7 @@ ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *d
     snprintf(E->base.name, sizeof E->base.name, "embedding");
     E->base.in_per_pos = 0; /* tokens */
     E->base.out_per_pos = C;
-    E->base.checkpoint = 1; /* the first block's input */
+    E->base.segment_end = 1; /* the first block's input */
     E->C = spec->dim;
     ddp_status s = param(m, "transformer.", "wte.weight", V, C, w, 1, &E->wte);
     if (s == DDP_OK)
@@ -330,7 +348,7 @@ ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *d
     N->base.in_per_pos = C;
     N->base.out_per_pos = C;
     N->base.saved_per_pos = 2; /* mean, rstd */
-    N->base.checkpoint = 1;
+    N->base.segment_end = 1;
     N->C = spec->dim;
     s = param(m, "transformer.", "ln_f.weight", C, 0, init_one, 0, &N->w);
     if (s == DDP_OK) s = param(m, "transformer.", "ln_f.bias", C, 0, init_zero, 0, &N->b);
@@ -348,9 +366,66 @@ ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *d
     H->base.out_per_pos = V;
     H->wte = E->wte;
     H->C = spec->dim;
-    H->V = spec->vocab;
+    H->V = vocab;
     ddp_model_share_param(m, E->wte);
     ddp_model_add_flops(m, (double)spec->ctx * 2.0 * (double)V * (double)C);
     DDP_CHECK(ddp_model_add_layer(m, &H->base));
     return DDP_OK;
 }
+
+static ddp_status parse(const char *rest, ddp_model_spec *spec) {
+    int used = 0;
+    if (sscanf(rest, "L%d C%d H%d T%d V%d%n", &spec->layers, &spec->dim, &spec->heads, &spec->ctx,
+               &spec->num_classes, &used) != 5 ||
+        rest[used] != '\0' || spec->layers < 1 || spec->dim < 1 || spec->heads < 1 ||
+        spec->ctx < 1 || spec->num_classes < 2)
+        return DDP_FAIL(DDP_ERR_FORMAT, "a GPT is described as \"gpt L4 C256 H4 T128 V256\"");
+    return DDP_OK;
+}
+
+static const ddp_opt options[] = {
+    {.kind = DDP_OPT_HEADING, .help = "The GPT (--model gpt)"},
+    {.name = "layers",
+     .kind = DDP_OPT_INT,
+     DDP_OPT_FIELD(ddp_model_spec, layers),
+     .arg = "L",
+     .help = "transformer blocks",
+     .lo = 1,
+     .hi = 1024,
+     .def = "4"},
+    {.name = "dim",
+     .kind = DDP_OPT_INT,
+     DDP_OPT_FIELD(ddp_model_spec, dim),
+     .arg = "C",
+     .help = "width",
+     .lo = 1,
+     .hi = 65536,
+     .def = "256"},
+    {.name = "heads",
+     .kind = DDP_OPT_INT,
+     DDP_OPT_FIELD(ddp_model_spec, heads),
+     .arg = "H",
+     .help = "attention heads, dividing the width",
+     .lo = 1,
+     .hi = 65536,
+     .def = "4"},
+    {.name = "ctx",
+     .kind = DDP_OPT_INT,
+     DDP_OPT_FIELD(ddp_model_spec, ctx),
+     .arg = "T",
+     .help = "context length in bytes",
+     .lo = 2,
+     .hi = 65536,
+     .def = "128"},
+};
+
+const ddp_model_type ddp_model_type_gpt = {
+    .summary = "a GPT language model on a text (--text)",
+    .options = options,
+    .n_options = sizeof options / sizeof *options,
+    .data = DDP_DATA_TEXT,
+    .check = check,
+    .positions = positions,
+    .build = build,
+    .parse = parse,
+};

@@ -58,9 +58,9 @@ int fx_finish(int failed) {
 ddp_train_config fx_config(ddp_optim_kind kind, int64_t steps) {
     ddp_train_config c;
     ddp_train_config_defaults(&c);
-    c.model.n_hidden = 2;
-    c.model.hidden[0] = 24;
-    c.model.hidden[1] = 12;
+    c.model.hidden.n = 2;
+    c.model.hidden.v[0] = 24;
+    c.model.hidden.v[1] = 12;
     c.global_batch = 32;
     c.max_steps = steps;
     c.sched.kind = DDP_SCHED_COSINE;
@@ -120,9 +120,8 @@ void fx_copy(const char *from, const char *to) {
 
 ddp_trainer *fx_create(const ddp_train_config *cfg, ddp_comm *comm) {
     ddp_trainer *t = NULL;
-    ddp_status s = cfg->model.kind == DDP_MODEL_GPT
-                       ? ddp_trainer_create_text(cfg, fx_backend, comm, comm, &fx_text, &t)
-                       : ddp_trainer_create(cfg, fx_backend, comm, comm, &fx_train, &fx_test, &t);
+    ddp_train_data data = {.train = fx_train, .test = fx_test, .text = fx_text};
+    ddp_status s = ddp_trainer_create(cfg, fx_backend, comm, comm, &data, &t);
     if (s != DDP_OK) fail_msg("trainer_create: %s", ddp_error_trace_str());
     return t;
 }

@@ -81,9 +81,9 @@ static void cnn_resume_half_way_is_bitwise_equal_to_uninterrupted(void **state) 
      * without them would normalize differently in evaluation and drift in training. */
     ddp_train_config c = fx_config(DDP_OPTIM_SGD, T);
     ddp_train_config_defaults_for(&c, DDP_MODEL_CNN);
-    c.model.conv[0] = 3;
-    c.model.conv[1] = 4;
-    c.model.hidden[0] = 6;
+    c.model.conv.v[0] = 3;
+    c.model.conv.v[1] = 4;
+    c.model.hidden.v[0] = 6;
     c.global_batch = 32;
     c.max_steps = T;
     c.sched.warmup_steps = 5;

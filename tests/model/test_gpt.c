@@ -39,7 +39,7 @@ static ddp_model_spec tiny_spec(void) {
     s.dim = C;
     s.heads = NH;
     s.ctx = T;
-    s.vocab = V;
+    s.num_classes = V;
     return s;
 }
 
@@ -294,7 +294,7 @@ static void test_tensors_are_named_shaped_and_flagged_for_decay(void **state) {
     assert_int_equal(back.dim, C);
     assert_int_equal(back.heads, NH);
     assert_int_equal(back.ctx, T);
-    assert_int_equal(back.vocab, V);
+    assert_int_equal(back.num_classes, V);
     ddp_model_free(f.m);
 }
 
@@ -341,7 +341,7 @@ static void test_bad_specs_and_batches_are_refused(void **state) {
     spec.layers = 0;
     assert_int_equal(ddp_model_create(*state, &spec, 1, &m), DDP_ERR_INVALID_ARG);
     spec = tiny_spec();
-    spec.vocab = 1;
+    spec.num_classes = 1;
     assert_int_equal(ddp_model_create(*state, &spec, 1, &m), DDP_ERR_INVALID_ARG);
 
     fixture f;

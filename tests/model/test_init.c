@@ -114,6 +114,7 @@ static void gpt_weights_follow_gpt2(void **state) {
     s.dim = 64;
     s.heads = 2;
     s.ctx = 32;
+    s.num_classes = 256; /* the vocabulary, which a text gives */
     ddp_model *m = build(*state, &s);
     double resid = 0.02 / sqrt(2.0 * 3.0);
     const rule rules[] = {

@@ -34,9 +34,9 @@ typedef struct {
 } fixture;
 
 static ddp_model_spec small_spec(ddp_act act) {
-    ddp_model_spec spec = {.input_dim = IN, .num_classes = CLASSES, .n_hidden = 2, .act = act};
-    spec.hidden[0] = H0;
-    spec.hidden[1] = H1;
+    ddp_model_spec spec = {.input_dim = IN, .num_classes = CLASSES, .hidden.n = 2, .act = act};
+    spec.hidden.v[0] = H0;
+    spec.hidden.v[1] = H1;
     return spec;
 }
 
@@ -452,7 +452,7 @@ static void test_views_are_named_and_tile_the_flat_buffer(void **state) {
 }
 
 static void test_model_without_hidden_layers_is_one_linear_layer(void **state) {
-    ddp_model_spec spec = {.input_dim = 3, .num_classes = 2, .n_hidden = 0};
+    ddp_model_spec spec = {.input_dim = 3, .num_classes = 2, .hidden.n = 0};
     ddp_model *m = NULL;
     assert_int_equal(ddp_model_create(*state, &spec, 2, &m), DDP_OK);
     assert_int_equal(ddp_model_num_params(m), 3 * 2 + 2);
@@ -501,8 +501,8 @@ static void test_init_is_reproducible_from_the_seed(void **state) {
 }
 
 static void test_init_is_kaiming_normal_with_zero_biases(void **state) {
-    ddp_model_spec spec = {.input_dim = 784, .num_classes = 10, .n_hidden = 1};
-    spec.hidden[0] = 256;
+    ddp_model_spec spec = {.input_dim = 784, .num_classes = 10, .hidden.n = 1};
+    spec.hidden.v[0] = 256;
     ddp_model *m = NULL;
     assert_int_equal(ddp_model_create(*state, &spec, 1, &m), DDP_OK);
     /* Poison the buffer: init must write every element. */
@@ -541,16 +541,16 @@ static void test_create_rejects_bad_specs(void **state) {
     ddp_backend *b = *state;
     ddp_model *m = (ddp_model *)0x1;
     ddp_model_spec spec = small_spec(DDP_ACT_RELU);
-    spec.hidden[1] = 0;
+    spec.hidden.v[1] = 0;
     assert_int_equal(ddp_model_create(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
     assert_null(m);
     assert_msg_has("hidden layer 1");
 
     spec = small_spec(DDP_ACT_RELU);
-    spec.n_hidden = DDP_MAX_HIDDEN + 1;
+    spec.hidden.n = DDP_MAX_HIDDEN + 1;
     assert_int_equal(ddp_model_create(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
     spec = small_spec(DDP_ACT_RELU);
-    spec.n_hidden = -1;
+    spec.hidden.n = -1;
     assert_int_equal(ddp_model_create(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
     spec = small_spec(DDP_ACT_RELU);
     spec.input_dim = 0;

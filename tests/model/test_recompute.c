@@ -71,7 +71,7 @@ static ddp_model_spec gpt_spec(void) {
     s.dim = 8;
     s.heads = 2;
     s.ctx = 5;
-    s.vocab = 11;
+    s.num_classes = 11;
     s.num_classes = 11;
     return s;
 }
@@ -80,9 +80,9 @@ static ddp_model_spec mlp_spec(ddp_act act) {
     ddp_model_spec s;
     ddp_model_spec_defaults(&s, DDP_MODEL_MLP);
     s.input_dim = 12;
-    s.n_hidden = 2;
-    s.hidden[0] = 9;
-    s.hidden[1] = 7;
+    s.hidden.n = 2;
+    s.hidden.v[0] = 9;
+    s.hidden.v[1] = 7;
     s.act = act;
     s.num_classes = 4;
     return s;
@@ -94,12 +94,12 @@ static ddp_model_spec cnn_spec(void) {
     s.height = 6;
     s.width = 8;
     s.channels = 2;
-    s.n_conv = 2;
-    s.conv[0] = 3;
-    s.conv[1] = 4;
+    s.conv.n = 2;
+    s.conv.v[0] = 3;
+    s.conv.v[1] = 4;
     s.kernel = 3;
-    s.n_hidden = 1;
-    s.hidden[0] = 5;
+    s.hidden.n = 1;
+    s.hidden.v[0] = 5;
     s.num_classes = 3;
     return s;
 }

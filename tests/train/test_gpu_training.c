@@ -28,9 +28,9 @@ static int rank, world;
 static ddp_train_config config(void) {
     ddp_train_config c;
     ddp_train_config_defaults(&c);
-    c.model.n_hidden = 2;
-    c.model.hidden[0] = 64;
-    c.model.hidden[1] = 32;
+    c.model.hidden.n = 2;
+    c.model.hidden.v[0] = 64;
+    c.model.hidden.v[1] = 32;
     c.global_batch = 64;
     c.max_steps = 20;
     c.sched.warmup_steps = 5;

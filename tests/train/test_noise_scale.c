@@ -161,7 +161,8 @@ static ddp_train_config base_config(void) {
 /* Runs STEPS steps of cfg over comm and keeps each step's stats. */
 static void run_steps(ddp_train_config cfg, ddp_comm *comm, ddp_step_stats st[STEPS]) {
     ddp_trainer *t = NULL;
-    if (ddp_trainer_create(&cfg, backend, comm, comm, &train_set, &test_set, &t) != DDP_OK)
+    if (ddp_trainer_create(&cfg, backend, comm, comm, SAMPLES_DATA(&train_set, &test_set), &t) !=
+        DDP_OK)
         fail_msg("trainer_create: %s", ddp_error_trace_str());
     for (int i = 0; i < STEPS; i++)
         if (ddp_trainer_step(t, &st[i]) != DDP_OK) fail_msg("step: %s", ddp_error_trace_str());
@@ -211,7 +212,7 @@ static void sharded_stages_measure_the_same_norms(void **state) {
     for (int accum = 1; accum <= 2; accum++) {
         ddp_train_config c = base_config();
         c.accum = accum;
-        c.model.hidden[0] = c.model.hidden[1] = 256;
+        c.model.hidden.v[0] = c.model.hidden.v[1] = 256;
         c.reducer.bucket_bytes = 32 << 10;
         c.reducer.first_bucket_bytes = 8 << 10;
         ddp_step_stats ref[STEPS], z[STEPS];

@@ -81,9 +81,8 @@ static size_t resident_bytes(const void *p, size_t bytes) {
 /* Trains cfg over comm to the end; returns the parameters (malloc'd) and what *info asks. */
 static float *train_info(ddp_train_config cfg, ddp_comm *comm, size_t *n, run_info *info) {
     ddp_trainer *t = NULL;
-    ddp_status s = cfg.model.kind == DDP_MODEL_GPT
-                       ? ddp_trainer_create_text(&cfg, backend, comm, comm, &text, &t)
-                       : ddp_trainer_create(&cfg, backend, comm, comm, &train_set, &test_set, &t);
+    ddp_train_data data = {.train = train_set, .test = test_set, .text = text};
+    ddp_status s = ddp_trainer_create(&cfg, backend, comm, comm, &data, &t);
     if (s != DDP_OK) fail_msg("trainer_create: %s", ddp_error_trace_str());
     ddp_model *m = ddp_trainer_model(t);
     *n = ddp_model_num_params(m);
@@ -192,8 +191,8 @@ static void optimizer_state_is_one_shard_per_rank(void **state) {
 static void stage2_gives_sent_gradient_pages_back(void **state) {
     /* 72k parameters (282 KB) in buckets of 32 KB: many buckets, many pages each. */
     ddp_train_config c = mlp_config();
-    c.model.hidden[0] = 256;
-    c.model.hidden[1] = 256;
+    c.model.hidden.v[0] = 256;
+    c.model.hidden.v[1] = 256;
     c.max_steps = 3;
     c.reducer.bucket_bytes = 32 << 10;
     c.reducer.first_bucket_bytes = 8 << 10;
