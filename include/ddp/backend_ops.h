@@ -85,9 +85,11 @@
     X(scale, (ddp_backend * b, float *x, size_t n, float alpha), (b, x, n, alpha), DDP_OK,         \
       n == 0)                                                                                      \
     /* y (batch, cols, rows) = each x (batch, rows, cols) transposed, written; y != x. (The      \
-     * flatten of channels-last images into PyTorch's channel-major order, and back.) */           \
+     * flatten of channels-last images into PyTorch's channel-major order, and back.) Empty     \
+     * matrices (rows or cols 0) are nothing to do. */                                             \
     X(transpose, (ddp_backend * b, float *y, const float *x, int batch, int rows, int cols),       \
-      (b, y, x, batch, rows, cols), check_dims2(rows, cols), batch == 0)                          \
+      (b, y, x, batch, rows, cols), check_counts3(batch, rows, cols),                              \
+      batch == 0 || rows == 0 || cols == 0)                                                        \
     /* y = a + c, n elements; y may equal a or c (a residual connection, or y += c). */           \
     X(add, (ddp_backend * b, float *y, const float *a, const float *c, size_t n),                  \
       (b, y, a, c, n), DDP_OK, n == 0)                                                             \

@@ -132,6 +132,13 @@ static ddp_status check_dims2(int N, int C) {
     return DDP_OK;
 }
 
+static ddp_status check_counts3(int n0, int n1, int n2) {
+    if (n0 < 0 || n1 < 0 || n2 < 0)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "shape (%d, %d, %d): sizes must not be negative", n0,
+                        n1, n2);
+    return DDP_OK;
+}
+
 static ddp_status check_dims3(int B, int T, int C) {
     if (B < 0 || T <= 0 || C <= 0)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,

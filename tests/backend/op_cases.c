@@ -393,6 +393,25 @@ static ddp_status ln_bwd(ddp_backend *b, void *const *t, void *const *g, const o
                                           s->d[0], s->d[1]);
 }
 
+/* ---- transpose --------------------------------------------------------------------------- */
+
+/* dims "batch rows cols": tiles of 16 (CPU) and 32 (CUDA) with their tails, a row or a
+ * column alone, the CNN's flatten (7 x 7 positions of 64 channels), and empty matrices,
+ * which are nothing to do. */
+static const op_shape transpose_shapes[] = {{{1, 1, 1}},   {{2, 3, 5}},   {{3, 7, 1}}, {{1, 1, 9}},
+                                            {{1, 33, 17}}, {{4, 49, 64}}, {{2, 0, 4}}, {{2, 4, 0}}};
+
+static size_t transpose_count(const op_shape *s) { return (size_t)s->d[0] * s->d[1] * s->d[2]; }
+
+static ddp_status transpose_fwd(ddp_backend *b, void *const *t, const op_shape *s) {
+    return ddp_backend_transpose(b, t[1], t[0], s->d[0], s->d[1], s->d[2]);
+}
+
+/* The gradient of a transpose is the transpose back. */
+static ddp_status transpose_bwd(ddp_backend *b, void *const *t, void *const *g, const op_shape *s) {
+    return ddp_backend_transpose(b, g[0], g[1], s->d[0], s->d[2], s->d[1]);
+}
+
 /* ---- causal self-attention --------------------------------------------------------------- */
 
 /* dims "B T C NH": every T from 1 to 7 with 1 to 3 heads of 1 to 3 channels, then
@@ -839,6 +858,19 @@ const op_case op_cases[] = {
      .fd_step = STEP_SMOOTH,
      .fd_units = 4,
      .gpu_tol = GPU_FP32},
+    {.name = "transpose",
+     .dims = "batch rows cols",
+     SHAPES(transpose_shapes),
+     .t = {IN_GRAD("x", OP_NORMAL, 1.0f, transpose_count, OP_GRAD_SET),
+           OUT_LOSS("y", transpose_count)},
+     .n_tensors = 2,
+     .forward = transpose_fwd,
+     .backward = transpose_bwd,
+     .reference = ref_transpose,
+     .fwd_tol = 0,
+     .fd_step = STEP_LINEAR,
+     .fd_units = 2,
+     .gpu_tol = 0},
     {.name = "attention",
      .dims = "B T C NH",
      SHAPES(att_shapes),

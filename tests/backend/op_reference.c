@@ -246,6 +246,15 @@ void ref_layernorm(const op_shape *s, double *const *x) {
     }
 }
 
+/* x (batch, rows, cols) -> y (batch, cols, rows) */
+void ref_transpose(const op_shape *s, double *const *x) {
+    int batch = s->d[0], rows = s->d[1], cols = s->d[2];
+    for (int n = 0; n < batch; n++)
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                x[1][((size_t)n * cols + c) * rows + r] = x[0][((size_t)n * rows + r) * cols + c];
+}
+
 /* qkv (B, T, 3C) -> out (B, T, C), att (B, NH, T, T): causal softmax attention per head. */
 void ref_attention(const op_shape *s, double *const *x) {
     int B = s->d[0], T = s->d[1], C = s->d[2], NH = s->d[3], hs = C / NH;

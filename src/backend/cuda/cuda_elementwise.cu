@@ -214,6 +214,7 @@ extern "C" ddp_status ddp_cuda_transpose(ddp_backend *b, float *y, const float *
                                          int rows, int cols) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
     DDP_CHECK(ddp_cuda_use(cb));
+    if (batch <= 0 || rows <= 0 || cols <= 0) return DDP_OK; /* empty: a grid of 0 is invalid */
     if (batch > 65535)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "transpose: %d matrices (at most 65535 per call)",
                         batch);
