@@ -146,6 +146,19 @@
        const float *inp, const float *weight, const float *mean, const float *rstd, int N,         \
        int C),                                                                                     \
       (b, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C), check_dims2(N, C), N == 0)   \
+    /* RMS normalization over the last dimension: for each row of inp (N, C), rstd = 1 /           \
+     * sqrt(mean(x^2) + 1e-5), out = x rstd weight: no mean removed, no bias (Zhang and            \
+     * Sennrich 2019; PyTorch's RMSNorm with eps 1e-5). rstd (N) is written for the backward. */   \
+    X(rmsnorm_forward,                                                                             \
+      (ddp_backend * b, float *out, float *rstd, const float *inp, const float *weight, int N,     \
+       int C),                                                                                     \
+      (b, out, rstd, inp, weight, N, C), check_dims2(N, C), N == 0)                                \
+    /* Its backward: dinp (N, C) += and dweight (C) += the gradients of the loss given dout        \
+     * (N, C), from the forward's inp, weight and rstd. dinp adds, as layernorm_backward's. */     \
+    X(rmsnorm_backward,                                                                            \
+      (ddp_backend * b, float *dinp, float *dweight, const float *dout, const float *inp,          \
+       const float *weight, const float *rstd, int N, int C),                                      \
+      (b, dinp, dweight, dout, inp, weight, rstd, N, C), check_dims2(N, C), N == 0)                \
     /* Causal multi-head self-attention: qkv (B, T, 3C) holds per position the query, key         \
      * and value vectors [q | k | v], each C = NH heads x hs channels (head h at channels          \
      * [h hs, (h+1) hs)). att (B, NH, T, T) = softmax over t2 <= t of q_t . k_t2 / sqrt(hs),       \

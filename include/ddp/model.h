@@ -56,6 +56,12 @@ extern const char *const ddp_model_kind_names[]; /* "mlp", "gpt", "cnn", NULL */
 #define DDP_DATA_KINDS(X) X(DDP_DATA_SAMPLES, "labelled samples") X(DDP_DATA_TEXT, "text")
 typedef enum { DDP_DATA_KINDS(DDP_X_VALUE) DDP_DATA_KIND_COUNT } ddp_data_kind;
 
+/* The normalization of a transformer (the GPT's --norm): LayerNorm (mean and variance
+ * removed, weight and bias) or RMSNorm (divided by the root mean square, weight only). */
+#define DDP_NORMS(X) X(DDP_NORM_LAYERNORM, "layernorm") X(DDP_NORM_RMSNORM, "rmsnorm")
+typedef enum { DDP_NORMS(DDP_X_VALUE) DDP_NORM_COUNT } ddp_norm;
+extern const char *const ddp_norm_names[];
+
 /* Up to DDP_MAX_HIDDEN sizes ("256,128"). */
 typedef struct {
     int n;
@@ -74,8 +80,9 @@ typedef struct {
     /* mlp, and the cnn's dense head: hidden layer sizes and activation */
     ddp_size_list hidden;
     ddp_act act;
-    /* gpt: blocks, width, attention heads, context length (positions) */
+    /* gpt: blocks, width, attention heads, context length (positions), normalization */
     int layers, dim, heads, ctx;
+    ddp_norm norm;
     /* cnn: convolution stages (each conv kernel x kernel, padding kernel / 2, then batch
      * norm, ReLU and 2 x 2 max pooling) of conv.v[i] channels, then the dense head;
      * sync_bn: batch-norm statistics over all ranks (the model's communicator) */

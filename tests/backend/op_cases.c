@@ -393,6 +393,18 @@ static ddp_status ln_bwd(ddp_backend *b, void *const *t, void *const *g, const o
                                           s->d[0], s->d[1]);
 }
 
+/* ---- RMS normalization ------------------------------------------------------------------- */
+
+/* dims "N C", as layer norm's (the same blocks of 64 rows for the weight gradient); rows of
+ * different spreads and means, which RMS normalization keeps. */
+static ddp_status rms_fwd(ddp_backend *b, void *const *t, const op_shape *s) {
+    return ddp_backend_rmsnorm_forward(b, t[2], t[3], t[0], t[1], s->d[0], s->d[1]);
+}
+
+static ddp_status rms_bwd(ddp_backend *b, void *const *t, void *const *g, const op_shape *s) {
+    return ddp_backend_rmsnorm_backward(b, g[0], g[1], g[2], t[0], t[1], t[3], s->d[0], s->d[1]);
+}
+
 /* ---- transpose --------------------------------------------------------------------------- */
 
 /* dims "batch rows cols": tiles of 16 (CPU) and 32 (CUDA) with their tails, a row or a
@@ -853,6 +865,21 @@ const op_case op_cases[] = {
      .forward = ln_fwd,
      .backward = ln_bwd,
      .reference = ref_layernorm,
+     .prepare = ln_prepare,
+     .fwd_tol = 1e-5,
+     .fd_step = STEP_SMOOTH,
+     .fd_units = 4,
+     .gpu_tol = GPU_FP32},
+    {.name = "rmsnorm",
+     .dims = "N C",
+     SHAPES(ln_shapes),
+     .t = {IN_GRAD("inp", OP_NORMAL, 1.0f, count_d0d1, OP_GRAD_ADD),
+           IN_GRAD("weight", OP_NORMAL, 1.0f, count_d1, OP_GRAD_ADD), OUT_LOSS("out", count_d0d1),
+           OUT("rstd", count_d0)},
+     .n_tensors = 4,
+     .forward = rms_fwd,
+     .backward = rms_bwd,
+     .reference = ref_rmsnorm,
      .prepare = ln_prepare,
      .fwd_tol = 1e-5,
      .fd_step = STEP_SMOOTH,

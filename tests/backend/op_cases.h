@@ -162,6 +162,7 @@ void ref_sgd_step(const op_shape *s, double *const *x);
 void ref_adamw_step(const op_shape *s, double *const *x);
 void ref_encoder(const op_shape *s, double *const *x);
 void ref_layernorm(const op_shape *s, double *const *x);
+void ref_rmsnorm(const op_shape *s, double *const *x);
 void ref_transpose(const op_shape *s, double *const *x);
 void ref_attention(const op_shape *s, double *const *x);
 void ref_conv2d(const op_shape *s, double *const *x);

@@ -246,6 +246,21 @@ void ref_layernorm(const op_shape *s, double *const *x) {
     }
 }
 
+/* inp (N, C), weight (C) -> out (N, C), rstd (N): x / sqrt(mean(x^2) + 1e-5) weight. */
+void ref_rmsnorm(const op_shape *s, double *const *x) {
+    int N = s->d[0], C = s->d[1];
+    for (int r = 0; r < N; r++) {
+        const double *in = x[0] + (size_t)r * C;
+        double ms = 0.0;
+        for (int i = 0; i < C; i++)
+            ms += in[i] * in[i];
+        double rstd = 1.0 / sqrt(ms / C + 1e-5);
+        for (int i = 0; i < C; i++)
+            x[2][(size_t)r * C + i] = in[i] * rstd * x[1][i];
+        x[3][r] = rstd;
+    }
+}
+
 /* x (batch, rows, cols) -> y (batch, cols, rows) */
 void ref_transpose(const op_shape *s, double *const *x) {
     int batch = s->d[0], rows = s->d[1], cols = s->d[2];

@@ -43,6 +43,7 @@ static const opt_case train_cases[] = {
     {"dim", "384", "-8", NULL},
     {"heads", "6", "1e2", NULL},
     {"ctx", "256", "1", NULL},
+    {"norm", "rmsnorm", "rms", NULL},
     {"decay-all", NULL, "1", NULL},
     {"recompute", NULL, "1", NULL},
     {"batch", "256", "0", NULL},
