@@ -101,7 +101,7 @@ int ddp_enum_find(const char *const *names, const char *s);
 
 /* ---- logging ---------------------------------------------------------------------- */
 
-typedef enum { DDP_LOG_ERROR = 0, DDP_LOG_WARN, DDP_LOG_INFO, DDP_LOG_DEBUG } ddp_log_level;
+typedef enum { DDP_LOG_ERROR = 0, DDP_LOG_WARN, DDP_LOG_INFO } ddp_log_level;
 
 /* Sets the rank printed in every line's prefix and whether this rank prints info lines
  * (by default only rank 0 does; errors and warnings print on every rank). */
@@ -110,7 +110,6 @@ void ddp_log(ddp_log_level level, const char *fmt, ...) __attribute__((format(pr
 #define ddp_log_error(...) ddp_log(DDP_LOG_ERROR, __VA_ARGS__)
 #define ddp_log_warn(...)  ddp_log(DDP_LOG_WARN, __VA_ARGS__)
 #define ddp_log_info(...)  ddp_log(DDP_LOG_INFO, __VA_ARGS__)
-#define ddp_log_debug(...) ddp_log(DDP_LOG_DEBUG, __VA_ARGS__)
 /* Prints the current error as one error line on this rank: what was being done, the
  * message, the status, host and pid. The trace ("at file:line" frames, one per line)
  * follows only when traces are on: DDP_DEBUG=1 in the environment, or
@@ -155,7 +154,6 @@ double ddp_peak_rss_mb(void);
  * queued unless the caller synchronizes. */
 ddp_status ddp_trace_open(const char *path, int rank);
 ddp_status ddp_trace_close(void);
-int ddp_trace_enabled(void);
 /* Names this thread's track (tid 0 is the main thread). */
 void ddp_trace_thread(int tid, const char *name);
 /* Nested spans on this thread; name and cat must outlive the span (string literals or
