@@ -243,8 +243,8 @@ static void sync_bn_recompute_on_one_rank_pairs_with_the_others(void **state) {
 }
 
 /* The arena's size from its layout, per position of NB samples' rows, in floats: every
- * layer's output and saved floats (without recomputation), or the checkpoints' outputs
- * and the largest block's other outputs and saved floats (with), plus the scratch, the
+ * layer's output and saved floats (without recomputation), or the outputs that end
+ * recompute segments and the largest segment's other outputs and saved floats (with), plus the scratch, the
  * backward's two buffers of the widest boundary and the gradient of the logits. */
 static size_t arena(size_t rows, size_t outs, size_t saved, size_t scratch, size_t widest,
                     size_t classes) {
@@ -256,8 +256,8 @@ static void activation_bytes_are_those_of_the_layout(void **state) {
     outcome plain, rc;
 
     /* GPT, L3 C8 H2 T5 V11: outputs embedding C, blocks C each, ln_f C, logits V;
-     * saved per block 15 C + 4 + H T, ln_f 2 (mean, rstd); every layer is a checkpoint, so
-     * with recomputation one block's saved floats remain. */
+     * saved per block 15 C + 4 + H T, ln_f 2 (mean, rstd); every layer ends a recompute
+     * segment, so with recomputation one block's saved floats remain. */
     ddp_model_spec g = gpt_spec();
     size_t C = 8, L = 3, T = 5, V = 11, H = 2, rows = NB * T;
     size_t blk = 15 * C + 4 + H * T;
