@@ -122,6 +122,49 @@ static inline double rounding_spread(ddp_train_config cfg, ddp_backend *b, ddp_c
  * over the measured spread (see rounding_spread). */
 #define SPREAD_MARGIN 8.0
 
+/* Fails the test on every rank unless p (n floats) holds the same bits on every rank of
+ * comm (their CRCs compared). COLLECTIVE over comm. */
+static inline void assert_same_on_all_ranks(ddp_comm *comm, const float *p, size_t n) {
+    int world = ddp_comm_size(comm);
+    uint32_t crc = ddp_crc32(0, p, n * sizeof(float));
+    uint32_t *all = calloc((size_t)world, sizeof *all);
+    assert_non_null(all);
+    assert_int_equal(ddp_comm_allgather(comm, &crc, all, 1, DDP_U32), DDP_OK);
+    for (int r = 1; r < world; r++)
+        if (all[r] != all[0]) fail_msg("rank %d holds other bits than rank 0", r);
+    free(all);
+}
+
+/* A log of a backward's ready reports (a ddp_grad_ready_fn: ready_log_record with the log
+ * as ctx): the ranges in order; with grads, each reported range as it was at its report
+ * (snapshot) and how often each element was reported (seen); fail_at makes that call
+ * (1-based) fail. */
+enum { READY_LOG_MAX = 512 };
+typedef struct {
+    int calls;
+    size_t offset[READY_LOG_MAX], count[READY_LOG_MAX];
+    const float *grads;  /* the model's gradients; NULL: ranges only */
+    size_t np;           /* floats of grads, snapshot and seen */
+    float *snapshot;     /* (np) or NULL */
+    unsigned char *seen; /* (np) or NULL */
+    int fail_at;         /* 0: never */
+} ready_log;
+
+static inline ddp_status ready_log_record(void *ctx, size_t offset, size_t count) {
+    ready_log *r = ctx;
+    if (r->calls < READY_LOG_MAX) {
+        r->offset[r->calls] = offset;
+        r->count[r->calls] = count;
+    }
+    r->calls++;
+    for (size_t i = offset; r->grads && i < offset + count && i < r->np; i++) {
+        if (r->seen) r->seen[i]++;
+        if (r->snapshot) r->snapshot[i] = r->grads[i];
+    }
+    if (r->calls == r->fail_at) return DDP_FAIL(DDP_ERR_COMM, "injected failure");
+    return DDP_OK;
+}
+
 /* The small MLP of the training tests (hidden 24, 12; batch 32; SGD at 0.1 after 5 warm-up
  * steps), `steps` steps, logging every `every`. */
 static inline ddp_train_config small_mlp_config(int64_t steps, int every) {

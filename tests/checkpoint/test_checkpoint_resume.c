@@ -58,7 +58,7 @@ static void stop_half_way_and_resume(ddp_train_config c) {
     ddp_trainer_free(t);
     assert_int_equal(n, n2);
     assert_memory_equal(whole, resumed_p, n * sizeof(float));
-    fx_assert_same_on_all_ranks(resumed_p, n);
+    assert_same_on_all_ranks(fx_world, resumed_p, n);
     free(whole);
     free(resumed_p);
     fx_rmdir(dir);
@@ -176,7 +176,7 @@ static void one_rank_checkpoint_resumes_on_all_ranks_with(ddp_train_config c) {
                       "%.3g)\n",
                       ddp_model_kind_name(c.model.kind), fx_size, err, tol);
     assert_true(err <= tol);
-    fx_assert_same_on_all_ranks(p, n);
+    assert_same_on_all_ranks(fx_world, p, n);
     free(single);
     free(p);
     fx_rmdir(dir);

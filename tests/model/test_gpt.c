@@ -171,29 +171,6 @@ static void test_rmsnorm_tensors_and_description(void **state) {
 
 /* ---- ready reports -------------------------------------------------------------------- */
 
-typedef struct {
-    int calls;
-    size_t np;
-    size_t offset[64], count[64];
-    const float *grads;
-    float *snapshot; /* the gradient as it was when reported */
-    unsigned char *seen;
-} ready_log;
-
-static ddp_status record(void *ctx, size_t offset, size_t count) {
-    ready_log *r = ctx;
-    if (r->calls < 64) {
-        r->offset[r->calls] = offset;
-        r->count[r->calls] = count;
-    }
-    r->calls++;
-    for (size_t i = offset; i < offset + count && i < r->np; i++) {
-        r->seen[i]++;
-        r->snapshot[i] = r->grads[i];
-    }
-    return DDP_OK;
-}
-
 static void test_every_tensor_is_reported_once_and_final(void **state) {
     fixture f;
     fixture_init(&f, *state, 3);
@@ -202,7 +179,7 @@ static void test_every_tensor_is_reported_once_and_final(void **state) {
         ready_log r = {.np = f.np, .grads = ddp_model_grads(f.m)};
         r.snapshot = calloc(f.np, sizeof(float));
         r.seen = calloc(f.np, 1);
-        assert_int_equal(ddp_model_backward(f.m, first, record, &r), DDP_OK);
+        assert_int_equal(ddp_model_backward(f.m, first, ready_log_record, &r), DDP_OK);
         assert_int_equal(r.calls, ddp_model_num_views(f.m));
         for (size_t i = 0; i < f.np; i++)
             assert_int_equal(r.seen[i], 1);

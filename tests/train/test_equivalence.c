@@ -48,16 +48,6 @@ static float *train(ddp_train_config cfg, ddp_comm *comm, size_t *n) {
     return train_params_ex(cfg, backend, comm, comm, &train_set, &test_set, &x, n);
 }
 
-/* The parameters of every rank hash to the same CRC. */
-static void assert_identical_on_all_ranks(const float *p, size_t n) {
-    uint32_t crc = ddp_crc32(0, p, n * sizeof(float));
-    uint32_t *all = calloc((size_t)world, sizeof *all);
-    assert_int_equal(ddp_comm_allgather(world_comm, &crc, all, 1, DDP_U32), DDP_OK);
-    for (int r = 1; r < world; r++)
-        assert_int_equal(all[r], all[0]);
-    free(all);
-}
-
 /* The tolerance for comparing a run of `reference`'s configuration with that one-process
  * run's parameters `single`: SPREAD_MARGIN times the measured rounding spread. The spread
  * itself must be small, or the reference run is too unstable for a comparison to mean
@@ -90,7 +80,7 @@ static void compare_distributed_with_single(ddp_train_config cfg, ddp_train_conf
     size_t n3;
     float *start = train(init, local_comm, &n3);
     assert_true(rel_error(start, single, n1) > 100.0 * tol);
-    assert_identical_on_all_ranks(dist, n1);
+    assert_same_on_all_ranks(world_comm, dist, n1);
     free(dist);
     free(single);
     free(start);
@@ -171,7 +161,7 @@ static void overlapped_buckets_equal_unbucketed(void **state) {
             print_message("progress %s: relative error %.3g vs unbucketed (tolerance %.3g)\n",
                           m == 0 ? "thread" : "test", err, tol);
         assert_true(err <= tol);
-        assert_identical_on_all_ranks(p, n2);
+        assert_same_on_all_ranks(world_comm, p, n2);
         free(p);
     }
     free(ref);
@@ -211,7 +201,7 @@ static void shared_memory_gradients_equal_one_process(void **state) {
      * on 2 ranks, rounding apart on more. */
     assert_true(err <= tol);
     if (world == 2) assert_true(err == 0.0);
-    assert_identical_on_all_ranks(shared, n1);
+    assert_same_on_all_ranks(world_comm, shared, n1);
     free(shared);
     free(mpi);
     ddp_comm_free(plain);
@@ -240,7 +230,7 @@ static void bf16_gradients_stay_close_and_identical(void **state) {
         print_message("bf16 gradients: relative error %.3g vs fp32 (tolerance %.3g)\n", err, tol);
     assert_true(err <= tol);
     if (world > 1) assert_true(err > 0.0); /* really rounded to bf16 */
-    assert_identical_on_all_ranks(p, n);
+    assert_same_on_all_ranks(world_comm, p, n);
     free(p);
     free(ref);
     free(start);
@@ -369,8 +359,8 @@ static void cnn_sync_bn_on_n_ranks_equals_one_rank(void **state) {
                       world, err, tol, err_local);
     assert_true(err <= tol);
     if (world > 1) assert_true(err_local > 10.0 * tol);
-    assert_identical_on_all_ranks(synced, n2);
-    assert_identical_on_all_ranks(local, n3); /* running statistics averaged over ranks */
+    assert_same_on_all_ranks(world_comm, synced, n2);
+    assert_same_on_all_ranks(world_comm, local, n3); /* running statistics averaged over ranks */
     free(single);
     free(synced);
     free(local);

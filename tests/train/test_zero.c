@@ -105,15 +105,6 @@ static float *train_info(ddp_train_config cfg, ddp_comm *comm, size_t *n, run_in
     return p;
 }
 
-static void assert_identical_on_all_ranks(const float *p, size_t n) {
-    uint32_t crc = ddp_crc32(0, p, n * sizeof(float));
-    uint32_t *all = calloc((size_t)world, sizeof *all);
-    assert_int_equal(ddp_comm_allgather(world_comm, &crc, all, 1, DDP_U32), DDP_OK);
-    for (int r = 1; r < world; r++)
-        assert_int_equal(all[r], all[0]);
-    free(all);
-}
-
 /* --zero 1 and 2 on all ranks against --zero 0 on all ranks and one process. */
 static void stages_reach_the_replicated_parameters(ddp_train_config c, const char *what) {
     size_t n, n1;
@@ -135,7 +126,7 @@ static void stages_reach_the_replicated_parameters(ddp_train_config c, const cha
                           what, zero, world, err, err0, tol);
         assert_true(err <= tol);
         assert_true(err0 <= tol);
-        assert_identical_on_all_ranks(p, n);
+        assert_same_on_all_ranks(world_comm, p, n);
         free(p);
     }
     /* The runs moved the parameters far beyond the tolerance. */
@@ -232,7 +223,7 @@ static void nonfinite_gradients_are_skipped_on_every_rank(void **state) {
         int64_t all = info.skipped;
         assert_int_equal(ddp_comm_allreduce(world_comm, &all, 1, DDP_I64, DDP_MAX), DDP_OK);
         assert_int_equal(all, info.skipped);
-        assert_identical_on_all_ranks(p, n);
+        assert_same_on_all_ranks(world_comm, p, n);
         free(p);
     }
 }
