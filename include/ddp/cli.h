@@ -151,6 +151,15 @@ void ddp_cli_cgroup_limits(const char *proc_cgroup, const char *root, ddp_cli_cp
  * (a rank bound by the launcher gets the CPUs of its mask, up to its share); at least 1.
  * Pure: ddp_cli_default_threads feeds it the system's numbers. */
 int ddp_cli_threads_for(int requested, int local_size, const ddp_cli_cpu_info *info);
+/* Where `requested` threads (--threads) are more than the CPUs of this rank's affinity
+ * mask (a launcher's binding: Open MPI binds each rank to one core when it starts few of
+ * them; or taskset), they share those CPUs and run slower than fewer would: writes a
+ * warning that says so and how to unbind (mpirun --bind-to none, launch/ddp-run) into
+ * buf and returns 1. Returns 0 (buf untouched) when they fit, when no number was
+ * requested, or when the mask is unknown. Pure. */
+int ddp_cli_threads_warning(int requested, const ddp_cli_cpu_info *info, char *buf, size_t cap);
+/* ddp_cli_threads_for with the system's numbers; logs ddp_cli_threads_warning's warning
+ * where there is one. */
 int ddp_cli_default_threads(int requested, int local_size);
 
 /* ---- set-up phases ------------------------------------------------------------------ */
