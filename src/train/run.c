@@ -125,13 +125,8 @@ static ddp_status report(ddp_trainer *t, const ddp_step_stats *st, const step_re
     else
         snprintf(rate, sizeof rate, "%.0f samples/s", r->samples_per_s);
     if (r->mfu >= 0.0) snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * r->mfu);
-    char gns[48] = "";
-    /* Near convergence the estimate of |G|^2 can fall to zero or below: the noise then
-     * swamps the signal that the batches can resolve, and B_simple is beyond measurement.
-     * The line shows it only when resolved; the metrics keep the raw estimates (and null
-     * for B_simple). */
-    if (st->gns_valid && isfinite(st->gns_b_simple))
-        snprintf(gns, sizeof gns, " | B_simple %.4g", st->gns_b_simple);
+    char gns[48];
+    ddp_trainer_gns_text(st, gns, sizeof gns);
     if (!c->quiet)
         ddp_log_info("step %lld/%lld | epoch %.2f | loss %.4f | lr %.5f%s | %s%s | left %s",
                      (long long)t->step, (long long)t->total_steps, ddp_trainer_epoch_progress(t),

@@ -137,6 +137,10 @@ void ddp_trainer_gns_observe(ddp_trainer *t, ddp_step_stats *st);
 void ddp_trainer_gns_pack(const ddp_trainer *t, double out[2]);
 void ddp_trainer_gns_unpack(ddp_trainer *t, const double sums[2], ddp_step_stats *st);
 
+/* The progress line's part for the noise scale: " | B_simple 183.2" where it is resolved,
+ * else "" (the metrics keep the raw estimates). */
+void ddp_trainer_gns_text(const ddp_step_stats *st, char *buf, size_t cap);
+
 /* Makes every rank's share of the noise scale's averages their mean (before a
  * checkpoint saves them). COLLECTIVE over ctrl when the noise scale is estimated. */
 ddp_status ddp_trainer_gns_sync(ddp_trainer *t);
