@@ -1,6 +1,53 @@
-# Shared by the shell tests that drive the real binaries under mpirun; source it after
-# setting TMP (a fresh temporary directory that every process of the test names on its
-# command line) and passes=0 fails=0.
+# Shared by the shell tests that drive the real binaries under mpirun. Source it, then
+# call script_setup; end with script_finish.
+#
+# script_setup NAME [generate] [data]: the preamble every such test shares. TRAIN from
+# DDP_TRAIN (and GENERATE from DDP_GENERATE with "generate"), MPIEXEC (default mpirun) and
+# MPI, Open MPI's consent to run as root, one BLAS thread per rank, a fresh TMP named after
+# NAME (that every process of the test names on its command line, removed on exit), the
+# counters passes and fails; with "data", Fashion-MNIST in DATA (DDP_FASHION_MNIST), or the
+# test exits naming the package.
+script_setup() {
+    local name=$1 need
+    shift
+    TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
+    MPIEXEC=${MPIEXEC:-mpirun}
+    MPI="$MPIEXEC --oversubscribe"
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+    TMP=$(mktemp -d "/tmp/$name.XXXXXX")
+    trap 'rm -rf "$TMP"' EXIT
+    passes=0 fails=0
+    for need in "$@"; do
+        case $need in
+        generate) GENERATE=${DDP_GENERATE:?DDP_GENERATE must point at ddp-generate} ;;
+        data)
+            DATA=${DDP_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
+            if [ ! -d "$DATA" ]; then
+                echo "Fashion-MNIST not found in $DATA (apt-get install dataset-fashion-mnist)"
+                exit 1
+            fi ;;
+        *) echo "script_setup: unknown need '$need'" >&2; exit 1 ;;
+        esac
+    done
+}
+
+# check NAME command...: passes when the command succeeds.
+check() {
+    local name=$1
+    shift
+    if "$@"; then
+        echo "ok   $name"; passes=$((passes + 1))
+    else
+        echo "FAIL $name"; fails=$((fails + 1))
+    fi
+}
+
+# The counts; the test's exit status: nonzero when a check failed.
+script_finish() {
+    echo "$passes passed, $fails failed"
+    [ "$fails" -eq 0 ]
+}
+
 #
 # run NAME EXPECTED_EXIT(nonzero|0|N) PATTERN -- command...: runs the command with a time
 # limit (RUN_TIMEOUT seconds, default 90) and checks its exit status, that its output

@@ -42,11 +42,16 @@ static inline double rel_error(const float *a, const float *b, size_t n) {
     return sqrt(num / den);
 }
 
+/* The data of a trainer (ddp_trainer_create): labelled samples or a text, as compound
+ * literals that live to the end of the enclosing block (the trainer copies the struct). */
+#define SAMPLES_DATA(tr, te) (&(ddp_train_data){.train = *(tr), .test = *(te)})
+#define TEXT_DATA(x)         (&(ddp_train_data){.text = *(x)})
+
 /* Everything a training run in a test can report besides its parameters. */
 typedef struct {
     uint64_t perturb_seed; /* nonzero: move every initial parameter by one ulp, up or down
                             * at random from this seed (rounding_spread) */
-    const ddp_text *text;  /* the text of a GPT (cfg.model.kind DDP_MODEL_GPT) */
+    const ddp_text *text;  /* the text of a language model (a GPT) */
     int grads_shared;      /* out: ddp_trainer_grads_shared */
 } train_extra;
 
@@ -56,9 +61,11 @@ static inline float *train_params_ex(ddp_train_config cfg, ddp_backend *b, ddp_c
                                      ddp_comm *control, const ddp_dataset *train,
                                      const ddp_dataset *test, train_extra *extra, size_t *n) {
     ddp_trainer *t = NULL;
-    ddp_status s = cfg.model.kind == DDP_MODEL_GPT
-                       ? ddp_trainer_create_text(&cfg, b, comm, control, extra->text, &t)
-                       : ddp_trainer_create(&cfg, b, comm, control, train, test, &t);
+    ddp_train_data data = {0};
+    if (train) data.train = *train;
+    if (test) data.test = *test;
+    if (extra && extra->text) data.text = *extra->text;
+    ddp_status s = ddp_trainer_create(&cfg, b, comm, control, &data, &t);
     if (s != DDP_OK) fail_msg("trainer_create: %s", ddp_error_trace_str());
     *n = ddp_model_num_params(ddp_trainer_model(t));
     float *p = malloc(*n * sizeof(float));
@@ -115,14 +122,57 @@ static inline double rounding_spread(ddp_train_config cfg, ddp_backend *b, ddp_c
  * over the measured spread (see rounding_spread). */
 #define SPREAD_MARGIN 8.0
 
+/* Fails the test on every rank unless p (n floats) holds the same bits on every rank of
+ * comm (their CRCs compared). COLLECTIVE over comm. */
+static inline void assert_same_on_all_ranks(ddp_comm *comm, const float *p, size_t n) {
+    int world = ddp_comm_size(comm);
+    uint32_t crc = ddp_crc32(0, p, n * sizeof(float));
+    uint32_t *all = calloc((size_t)world, sizeof *all);
+    assert_non_null(all);
+    assert_int_equal(ddp_comm_allgather(comm, &crc, all, 1, DDP_U32), DDP_OK);
+    for (int r = 1; r < world; r++)
+        if (all[r] != all[0]) fail_msg("rank %d holds other bits than rank 0", r);
+    free(all);
+}
+
+/* A log of a backward's ready reports (a ddp_grad_ready_fn: ready_log_record with the log
+ * as ctx): the ranges in order; with grads, each reported range as it was at its report
+ * (snapshot) and how often each element was reported (seen); fail_at makes that call
+ * (1-based) fail. */
+enum { READY_LOG_MAX = 512 };
+typedef struct {
+    int calls;
+    size_t offset[READY_LOG_MAX], count[READY_LOG_MAX];
+    const float *grads;  /* the model's gradients; NULL: ranges only */
+    size_t np;           /* floats of grads, snapshot and seen */
+    float *snapshot;     /* (np) or NULL */
+    unsigned char *seen; /* (np) or NULL */
+    int fail_at;         /* 0: never */
+} ready_log;
+
+static inline ddp_status ready_log_record(void *ctx, size_t offset, size_t count) {
+    ready_log *r = ctx;
+    if (r->calls < READY_LOG_MAX) {
+        r->offset[r->calls] = offset;
+        r->count[r->calls] = count;
+    }
+    r->calls++;
+    for (size_t i = offset; r->grads && i < offset + count && i < r->np; i++) {
+        if (r->seen) r->seen[i]++;
+        if (r->snapshot) r->snapshot[i] = r->grads[i];
+    }
+    if (r->calls == r->fail_at) return DDP_FAIL(DDP_ERR_COMM, "injected failure");
+    return DDP_OK;
+}
+
 /* The small MLP of the training tests (hidden 24, 12; batch 32; SGD at 0.1 after 5 warm-up
  * steps), `steps` steps, logging every `every`. */
 static inline ddp_train_config small_mlp_config(int64_t steps, int every) {
     ddp_train_config c;
     ddp_train_config_defaults(&c);
-    c.model.n_hidden = 2;
-    c.model.hidden[0] = 24;
-    c.model.hidden[1] = 12;
+    c.model.hidden.n = 2;
+    c.model.hidden.v[0] = 24;
+    c.model.hidden.v[1] = 12;
     c.global_batch = 32;
     c.max_steps = steps;
     c.sched.warmup_steps = 5;

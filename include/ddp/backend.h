@@ -17,13 +17,25 @@
 extern "C" {
 #endif
 
-typedef enum { DDP_DEVICE_AUTO = 0, DDP_DEVICE_CPU, DDP_DEVICE_CUDA } ddp_device_kind;
+/* Where to compute. AUTO: CUDA when built and a GPU is present, else the CPU. */
+#define DDP_DEVICE_KINDS(X)                                                                        \
+    X(DDP_DEVICE_AUTO, "auto") X(DDP_DEVICE_CPU, "cpu") X(DDP_DEVICE_CUDA, "cuda")
+typedef enum { DDP_DEVICE_KINDS(DDP_X_VALUE) DDP_DEVICE_COUNT } ddp_device_kind;
+extern const char *const ddp_device_names[]; /* "auto", "cpu", "cuda", NULL */
 
 /* Matrix-product precision. FP32 everywhere; TF32 and BF16 only on CUDA (BF16 keeps
  * fp32 master weights, optimizer state and gradient reduction). */
-typedef enum { DDP_MATH_FP32 = 0, DDP_MATH_TF32, DDP_MATH_BF16 } ddp_math;
+#define DDP_MATHS(X) X(DDP_MATH_FP32, "fp32") X(DDP_MATH_TF32, "tf32") X(DDP_MATH_BF16, "bf16")
+typedef enum { DDP_MATHS(DDP_X_VALUE) DDP_MATH_COUNT } ddp_math;
+extern const char *const ddp_math_names[];
 
-typedef enum { DDP_ACT_RELU = 0, DDP_ACT_GELU } ddp_act;
+/* Elementwise activations (act_forward, act_backward). Adding one: its line here, its case
+ * in the CPU backend (backend_cpu.c) and in the CUDA backend (cuda/cuda_elementwise.cu),
+ * and its double-precision reference (tests/backend/op_reference.c); the op tests, the
+ * MLP's --act and its description take every value of the list. */
+#define DDP_ACTS(X) X(DDP_ACT_RELU, "relu") X(DDP_ACT_GELU, "gelu")
+typedef enum { DDP_ACTS(DDP_X_VALUE) DDP_ACT_COUNT } ddp_act;
+extern const char *const ddp_act_names[];
 
 typedef enum { DDP_COPY_H2D, DDP_COPY_D2H, DDP_COPY_D2D } ddp_copy_kind;
 

@@ -85,9 +85,10 @@
     X(scale, (ddp_backend * b, float *x, size_t n, float alpha), (b, x, n, alpha), DDP_OK,         \
       n == 0)                                                                                      \
     /* y (batch, cols, rows) = each x (batch, rows, cols) transposed, written; y != x. (The      \
-     * flatten of channels-last images into PyTorch's channel-major order, and back.) */           \
+     * flatten of channels-last images into PyTorch's channel-major order, and back.) Empty     \
+     * matrices (rows or cols 0) are nothing to do. */                                             \
     X(transpose, (ddp_backend * b, float *y, const float *x, int batch, int rows, int cols),       \
-      (b, y, x, batch, rows, cols), check_dims2(rows, cols),                                       \
+      (b, y, x, batch, rows, cols), check_counts3(batch, rows, cols),                              \
       batch == 0 || rows == 0 || cols == 0)                                                        \
     /* y = a + c, n elements; y may equal a or c (a residual connection, or y += c). */           \
     X(add, (ddp_backend * b, float *y, const float *a, const float *c, size_t n),                  \
@@ -150,6 +151,19 @@
        const float *inp, const float *weight, const float *mean, const float *rstd, int N,         \
        int C),                                                                                     \
       (b, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C), check_dims2(N, C), N == 0)   \
+    /* RMS normalization over the last dimension: for each row of inp (N, C), rstd = 1 /           \
+     * sqrt(mean(x^2) + 1e-5), out = x rstd weight: no mean removed, no bias (Zhang and            \
+     * Sennrich 2019; PyTorch's RMSNorm with eps 1e-5). rstd (N) is written for the backward. */   \
+    X(rmsnorm_forward,                                                                             \
+      (ddp_backend * b, float *out, float *rstd, const float *inp, const float *weight, int N,     \
+       int C),                                                                                     \
+      (b, out, rstd, inp, weight, N, C), check_dims2(N, C), N == 0)                                \
+    /* Its backward: dinp (N, C) += and dweight (C) += the gradients of the loss given dout        \
+     * (N, C), from the forward's inp, weight and rstd. dinp adds, as layernorm_backward's. */     \
+    X(rmsnorm_backward,                                                                            \
+      (ddp_backend * b, float *dinp, float *dweight, const float *dout, const float *inp,          \
+       const float *weight, const float *rstd, int N, int C),                                      \
+      (b, dinp, dweight, dout, inp, weight, rstd, N, C), check_dims2(N, C), N == 0)                \
     /* Causal multi-head self-attention: qkv (B, T, 3C) holds per position the query, key         \
      * and value vectors [q | k | v], each C = NH heads x hs channels (head h at channels          \
      * [h hs, (h+1) hs)). att (B, NH, T, T) = softmax over t2 <= t of q_t . k_t2 / sqrt(hs),       \

@@ -1,14 +1,11 @@
 /*
- * cli: the command-line programs' options and set-up. Every program (ddp-train, and
- * ddp-bench's allreduce and train) declares its options in a table: name, kind of value,
- * accepted range, the field it sets and its help line. One strict parser reads argv
- * against one or more tables and one printer writes --help from them, so all programs
- * spell, check and document their options alike. Separate from main() so that tests and
- * the fuzzer can drive the parsers directly.
- *
- * Syntax: options are spelled in full, `--name value` or `--name=value`; a flag takes no
- * value. A number is the whole text or it is refused; every refusal names the option and
- * says what it expects. There are no positional arguments; `--` ends the options.
+ * cli: the command-line programs' options and set-up. Every program (ddp-train,
+ * ddp-generate, and ddp-bench's allreduce and train) declares its options in tables
+ * (ddp/opt.h): name, kind of value, accepted range, the field it sets, its help line and
+ * its default; a training program's are mostly the training configuration's own
+ * (ddp_train_config_tables). One strict parser reads argv against the tables and one
+ * printer writes --help from them, so all programs spell, check and document their options
+ * alike. Separate from main() so that tests and the fuzzer can drive the parsers directly.
  */
 #ifndef DDP_CLI_H
 #define DDP_CLI_H
@@ -17,6 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "ddp/opt.h"
 #include "ddp/train.h"
 
 #ifdef __cplusplus
@@ -26,67 +24,6 @@ extern "C" {
 /* Exit statuses of the programs besides 0 and 1 (any other failure). */
 #define DDP_CLI_EXIT_USAGE   2 /* bad options, or options the ranks disagree on */
 #define DDP_CLI_EXIT_TIMEOUT 3 /* the watchdog ended the job: a rank died or hangs */
-
-/* ---- option tables ------------------------------------------------------------------ */
-
-typedef enum {
-    DDP_CLI_HEADING = 0, /* not an option: a heading line in --help (text in .help) */
-    DDP_CLI_FLAG,        /* no value; stores .lo into an int */
-    DDP_CLI_INT,         /* a whole number in [.lo, .hi] into an int */
-    DDP_CLI_U64,         /* a whole number in [.lo, .hi] into a 64-bit field */
-    DDP_CLI_FLOAT,       /* a finite number in [.min, .max] into a float */
-    DDP_CLI_MB,          /* mebibytes, fractions allowed, in [.min, .max], into a size_t
-                          * as bytes (at least 4, one float) */
-    DDP_CLI_BYTES,       /* bytes, with an optional K, M or G suffix (powers of 2),
-                          * in [.lo, .hi], into a size_t */
-    DDP_CLI_CHOICE,      /* one of .choices, into an int: .values[i] (or i) */
-    DDP_CLI_PATH,        /* a non-empty text shorter than the char array it fills */
-    DDP_CLI_CUSTOM,      /* .parse reads the value into the field */
-} ddp_cli_kind;
-
-typedef struct {
-    const char *name; /* without the leading "--"; NULL for a heading */
-    ddp_cli_kind kind;
-    size_t offset, size;        /* the field it sets: offset from its table's base, and size */
-    const char *arg;            /* the value's name in --help ("N", "FILE"); choices: a|b */
-    const char *help;           /* the help text; '\n' starts an indented continuation line */
-    uint64_t lo, hi;            /* INT, U64, BYTES: the range; FLAG: the value stored */
-    double min, max;            /* FLOAT, MB: the range */
-    const char *const *choices; /* CHOICE: the names, NULL-terminated */
-    const int *values;          /* CHOICE: what each name stores; NULL: its index */
-    ddp_status (*parse)(const char *name, const char *arg, void *field); /* CUSTOM */
-    int per_rank; /* left out of ddp_cli_canonical: may differ between ranks (paths) */
-} ddp_cli_opt;
-
-/* One table of options and the struct its offsets are relative to. */
-typedef struct {
-    const ddp_cli_opt *opts;
-    size_t n;
-    void *base;
-} ddp_cli_table;
-
-/* The offset and size of `member` in `type`, for a table entry. */
-#define DDP_CLI_FIELD(type, member)                                                                \
-    .offset = offsetof(type, member), .size = sizeof(((type *)0)->member)
-
-/* Parses argv[1..argc-1] against the tables, storing each value into its table's base
- * (which holds the defaults beforehand: fields of options not given are left alone).
- * Unknown options, missing or unexpected values, malformed numbers and values out of
- * range fail with DDP_ERR_INVALID_ARG and a message naming the option; a table that
- * contradicts itself (a name twice, a field of the wrong size) with DDP_ERR_INTERNAL.
- * Reentrant; argv is not modified. */
-ddp_status ddp_cli_parse_tables(int argc, char **argv, const ddp_cli_table *tables, int n_tables);
-/* Writes --help: `intro` (the usage lines), then one line (or more, as the help text
- * says) per option under its heading, then how to get error traces. */
-void ddp_cli_print_help(FILE *f, const char *intro, const ddp_cli_table *tables, int n_tables);
-/* The parsed values of every option not marked per_rank, as one canonical line
- * ("name=value ..."), for ranks to compare. Returns the length written, at most cap - 1
- * (cut to fit); 0 when cap is 0. */
-size_t ddp_cli_canonical(const ddp_cli_table *tables, int n_tables, char *buf, size_t cap);
-/* "1G", "256M", "64K" where that is exact, else the number of bytes. */
-void ddp_cli_format_bytes(uint64_t bytes, char *buf, size_t cap);
-/* A table entry by name (without "--"), or NULL. */
-const ddp_cli_opt *ddp_cli_find(const ddp_cli_opt *opts, size_t n, const char *name);
 
 /* ---- ddp-train ---------------------------------------------------------------------- */
 
@@ -100,17 +37,30 @@ typedef struct {
     int version;
 } ddp_cli_options;
 
-/* ddp-train's option table (offsets into ddp_cli_options); *n gets its length. */
-const ddp_cli_opt *ddp_cli_train_table(size_t *n);
-/* Parses argv into opt (starting from defaults) with ddp-train's table. */
+/* ddp-train's own options, besides the training configuration's (offsets into
+ * ddp_cli_options); *n gets their number. */
+const ddp_opt *ddp_cli_train_table(size_t *n);
+/* Every option table of ddp-train for model kind `kind`, bases in opt (NULL for --help):
+ * the configuration's active tables, ddp-train's own, then the inactive ones (other
+ * kinds'); tt keeps the notes of the inactive ones and must outlive out. Returns the
+ * number of tables written to out. */
+#define DDP_CLI_MAX_TABLES (DDP_TRAIN_MAX_TABLES + 2)
+int ddp_cli_train_tables(ddp_cli_options *opt, ddp_model_kind kind, ddp_train_tables *tt,
+                         ddp_opt_table *out);
+/* Parses argv into opt (starting from the defaults of the model kind that argv asks for)
+ * with ddp-train's tables. */
 ddp_status ddp_cli_parse(int argc, char **argv, ddp_cli_options *opt);
 /* The model kind argv asks for with --model (the MLP when it does not): the defaults
- * that the other options start from. */
+ * that the other options start from, and the model options that apply. */
 ddp_model_kind ddp_cli_model_kind(int argc, char **argv);
+/* The start of a training program's --help: the models with their summaries, `kind`
+ * marked as the one whose options and defaults follow. */
+void ddp_cli_models_intro(char *buf, size_t cap, ddp_model_kind kind);
 /* Logs (rank 0) that the program chose other OpenBLAS kernels (ddp_blas_choose_kernels),
  * when it did. */
 void ddp_cli_log_blas_note(void);
-void ddp_cli_usage(FILE *f, const char *prog);
+/* --help of ddp-train for model kind `kind`. */
+void ddp_cli_usage(FILE *f, const char *prog, ddp_model_kind kind);
 
 /* ---- ddp-bench ---------------------------------------------------------------------- */
 
@@ -129,7 +79,7 @@ typedef struct {
     int help;
 } ddp_cli_allreduce_options;
 
-const ddp_cli_opt *ddp_cli_allreduce_table(size_t *n);
+const ddp_opt *ddp_cli_allreduce_table(size_t *n);
 /* Parses argv (argv[0] is the subcommand) from the defaults. Also checks that
  * --max-bytes is not below --min-bytes. */
 ddp_status ddp_cli_parse_allreduce(int argc, char **argv, ddp_cli_allreduce_options *opt);
@@ -145,9 +95,9 @@ typedef struct {
 } ddp_cli_bench_train_options;
 
 /* The bench's own options (offsets into ddp_cli_bench_train_options). */
-const ddp_cli_opt *ddp_cli_bench_train_table(size_t *n);
+const ddp_opt *ddp_cli_bench_train_table(size_t *n);
 ddp_status ddp_cli_parse_bench_train(int argc, char **argv, ddp_cli_bench_train_options *opt);
-void ddp_cli_bench_train_usage(FILE *f);
+void ddp_cli_bench_train_usage(FILE *f, ddp_model_kind kind);
 
 /* ---- ddp-generate --------------------------------------------------------------------- */
 
@@ -166,7 +116,7 @@ typedef struct {
     int help;
 } ddp_cli_generate_options;
 
-const ddp_cli_opt *ddp_cli_generate_table(size_t *n);
+const ddp_opt *ddp_cli_generate_table(size_t *n);
 /* Parses ddp-generate's options. */
 ddp_status ddp_cli_parse_generate(int argc, char **argv, ddp_cli_generate_options *o);
 /* Exactly one of --checkpoint, --checkpoint-dir and --safetensors must be given. */
@@ -201,6 +151,15 @@ void ddp_cli_cgroup_limits(const char *proc_cgroup, const char *root, ddp_cli_cp
  * (a rank bound by the launcher gets the CPUs of its mask, up to its share); at least 1.
  * Pure: ddp_cli_default_threads feeds it the system's numbers. */
 int ddp_cli_threads_for(int requested, int local_size, const ddp_cli_cpu_info *info);
+/* Where `requested` threads (--threads) are more than the CPUs of this rank's affinity
+ * mask (a launcher's binding: Open MPI binds each rank to one core when it starts few of
+ * them; or taskset), they share those CPUs and run slower than fewer would: writes a
+ * warning that says so and how to unbind (mpirun --bind-to none, launch/ddp-run) into
+ * buf and returns 1. Returns 0 (buf untouched) when they fit, when no number was
+ * requested, or when the mask is unknown. Pure. */
+int ddp_cli_threads_warning(int requested, const ddp_cli_cpu_info *info, char *buf, size_t cap);
+/* ddp_cli_threads_for with the system's numbers; logs ddp_cli_threads_warning's warning
+ * where there is one. */
 int ddp_cli_default_threads(int requested, int local_size);
 
 /* ---- set-up phases ------------------------------------------------------------------ */
@@ -228,26 +187,19 @@ void ddp_cli_watchdog_expired(void *ctx, const char *message);
  * local rank (modulo the visible GPUs), BLAS threads by ddp_cli_default_threads. Returns
  * 1 when it was made on every rank. COLLECTIVE over ctrl (agreement). */
 int ddp_cli_create_backend(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_backend **out);
-/* What a training program trains on: labelled images (the MLP) or a text (the GPT). */
-typedef struct {
-    ddp_dataset train, test;
-    ddp_text text;
-} ddp_cli_data;
-
-/* Loads cfg's data into *d: the IDX files of --data, or the text of --text, or, without
- * --text, the default corpus, which one rank per node creates first if it is missing
- * (ddp_text_default_corpus) before every rank reads it. Returns 1 when every rank has it.
- * COLLECTIVE over ctrl (agreement). */
-int ddp_cli_load_data(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_cli_data *d);
-void ddp_cli_data_free(ddp_cli_data *d);
+/* Loads the data of cfg's model kind into *d (ddp_train_data_load; free it with
+ * ddp_train_data_free), the first rank of each node preparing what the data needs on the
+ * node first (the default corpus, ddp_train_data_prepare) while the others wait. Returns 1
+ * when every rank has it. COLLECTIVE over ctrl (agreement). */
+int ddp_cli_load_data(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_train_data *d);
 /* The gradient communicator and the trainer over the data, each agreed on; the rank that
  * failed says why. Returns 1 when both were made on every rank. COLLECTIVE. */
 int ddp_cli_create_trainer(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_backend *b,
-                           const ddp_cli_data *data, ddp_comm **comm, ddp_trainer **trainer);
-/* Compares the canonical text of the parsed options (ddp_cli_canonical) over all ranks;
+                           const ddp_train_data *data, ddp_comm **comm, ddp_trainer **trainer);
+/* Compares the canonical text of the parsed options (ddp_opt_canonical) over all ranks;
  * a rank whose text differs from rank 0's prints it, and every rank fails with a
  * message naming the first such rank (DDP_ERR_MISMATCH). COLLECTIVE over ctrl. */
-ddp_status ddp_cli_check_same_options(ddp_comm *ctrl, const ddp_cli_table *tables, int n_tables);
+ddp_status ddp_cli_check_same_options(ddp_comm *ctrl, const ddp_opt_table *tables, int n_tables);
 
 #ifdef __cplusplus
 }

@@ -84,9 +84,24 @@ ddp_status ddp_error_restore(const ddp_error_saved *e, const char *file, int lin
         }                                                                                          \
     } while (0)
 
+/* ---- enums ------------------------------------------------------------------------ */
+
+/* An enum with names is a list L(X) that calls X(CONSTANT, "name") once per value, in
+ * order from 0: `typedef enum { L(DDP_X_VALUE) COUNT } type;` declares it, and
+ * `const char *const names[] = {L(DDP_X_NAME) NULL};` its table of names (the choices of
+ * an option), so that a value added to the list has its name wherever names are used. A
+ * switch over such an enum lists every value and no default (-Wswitch then fails the
+ * build for a value without a case) and fails at run time on a value outside the list. */
+#define DDP_X_VALUE(v, s) v,
+#define DDP_X_NAME(v, s)  s,
+/* names[v] when 0 <= v < the number of names (a NULL-terminated table), else "?". */
+const char *ddp_enum_name(const char *const *names, int v);
+/* The value whose name is s, or -1. */
+int ddp_enum_find(const char *const *names, const char *s);
+
 /* ---- logging ---------------------------------------------------------------------- */
 
-typedef enum { DDP_LOG_ERROR = 0, DDP_LOG_WARN, DDP_LOG_INFO, DDP_LOG_DEBUG } ddp_log_level;
+typedef enum { DDP_LOG_ERROR = 0, DDP_LOG_WARN, DDP_LOG_INFO } ddp_log_level;
 
 /* Sets the rank printed in every line's prefix and whether this rank prints info lines
  * (by default only rank 0 does; errors and warnings print on every rank). */
@@ -95,7 +110,6 @@ void ddp_log(ddp_log_level level, const char *fmt, ...) __attribute__((format(pr
 #define ddp_log_error(...) ddp_log(DDP_LOG_ERROR, __VA_ARGS__)
 #define ddp_log_warn(...)  ddp_log(DDP_LOG_WARN, __VA_ARGS__)
 #define ddp_log_info(...)  ddp_log(DDP_LOG_INFO, __VA_ARGS__)
-#define ddp_log_debug(...) ddp_log(DDP_LOG_DEBUG, __VA_ARGS__)
 /* Prints the current error as one error line on this rank: what was being done, the
  * message, the status, host and pid. The trace ("at file:line" frames, one per line)
  * follows only when traces are on: DDP_DEBUG=1 in the environment, or
@@ -140,7 +154,6 @@ double ddp_peak_rss_mb(void);
  * queued unless the caller synchronizes. */
 ddp_status ddp_trace_open(const char *path, int rank);
 ddp_status ddp_trace_close(void);
-int ddp_trace_enabled(void);
 /* Names this thread's track (tid 0 is the main thread). */
 void ddp_trace_thread(int tid, const char *name);
 /* Nested spans on this thread; name and cat must outlive the span (string literals or

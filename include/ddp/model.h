@@ -12,15 +12,19 @@
  * buffer of "buffers", saved in checkpoints and exports but never all-reduced.
  *
  * Everything below the model (trainer, reducer, optimizer, checkpoints) sees only the
- * flat buffers, the named views, the loss statistics and the ready callbacks; which
- * network it is shows only in ddp_model_describe, the text every rank compares.
+ * flat buffers, the named views, the loss statistics and the ready callbacks. Which
+ * network it is, is the business of the model kind's registry entry (src/model/
+ * registry.c, the one place that maps a kind to its entry): its name, its options and
+ * their defaults, how it is built, described and read back, and the data it trains on.
+ * Callers ask the entry (ddp_model_kind_*), never branch on the kind.
  *
- * Kinds: "mlp" (features (N, D) -> [Linear -> act] x hidden -> Linear -> classes),
- * "gpt" (tokens (B, T) -> token + position embedding -> pre-LayerNorm transformer blocks
- * with causal self-attention and a GELU MLP -> LayerNorm -> logits through the tied
- * embedding; one prediction per position) and "cnn" (images (N, H, W, C), channels last
- * -> [conv -> batch norm -> ReLU -> 2x2 max pool] x stages -> flatten (in PyTorch's
- * channel-major order) -> [Linear -> act] x hidden -> Linear -> classes).
+ * The kinds are listed in DDP_MODEL_KINDS; each has one file with its layers and its
+ * entry: mlp.c (features (N, D) -> [Linear -> act] x hidden -> Linear -> classes), gpt.c
+ * (tokens (B, T) -> token + position embedding -> pre-norm transformer blocks with causal
+ * self-attention and a GELU MLP -> norm -> logits through the tied embedding; one
+ * prediction per position) and cnn.c (images (N, H, W, C), channels last -> [conv ->
+ * batch norm -> ReLU -> 2x2 max pool] x stages -> flatten (in PyTorch's channel-major
+ * order) -> the MLP's layers).
  */
 #ifndef DDP_MODEL_H
 #define DDP_MODEL_H
@@ -28,6 +32,7 @@
 #include "ddp/backend.h"
 #include "ddp/comm.h"
 #include "ddp/core.h"
+#include "ddp/opt.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,26 +43,52 @@ extern "C" {
 
 #define DDP_MAX_CONV 8
 
-typedef enum { DDP_MODEL_MLP = 0, DDP_MODEL_GPT, DDP_MODEL_CNN } ddp_model_kind;
+/* The model kinds, X(NAME, name) each: the constant DDP_MODEL_<NAME>, the name given to
+ * --model and written in descriptions, and the registry entry ddp_model_type_<name>
+ * defined in the kind's file. Adding a kind is its line here and its file. */
+#define DDP_MODEL_KINDS(X)                X(MLP, mlp) X(GPT, gpt) X(CNN, cnn)
+#define DDP_MODEL_KIND_VALUE_(NAME, name) DDP_MODEL_##NAME,
+typedef enum { DDP_MODEL_KINDS(DDP_MODEL_KIND_VALUE_) DDP_MODEL_KIND_COUNT } ddp_model_kind;
+extern const char *const ddp_model_kind_names[]; /* "mlp", "gpt", "cnn", NULL */
 
-/* The shape of a model: the fields of its kind are used, the others ignored. */
+/* What a kind trains on: labelled samples (feature vectors or images, with their class) or
+ * a text (every byte a token). The trainer has one data source per value. */
+#define DDP_DATA_KINDS(X) X(DDP_DATA_SAMPLES, "labelled samples") X(DDP_DATA_TEXT, "text")
+typedef enum { DDP_DATA_KINDS(DDP_X_VALUE) DDP_DATA_KIND_COUNT } ddp_data_kind;
+
+/* The normalization of a transformer (the GPT's --norm): LayerNorm (mean and variance
+ * removed, weight and bias) or RMSNorm (divided by the root mean square, weight only). */
+#define DDP_NORMS(X) X(DDP_NORM_LAYERNORM, "layernorm") X(DDP_NORM_RMSNORM, "rmsnorm")
+typedef enum { DDP_NORMS(DDP_X_VALUE) DDP_NORM_COUNT } ddp_norm;
+extern const char *const ddp_norm_names[];
+
+/* Up to DDP_MAX_HIDDEN sizes ("256,128"). */
+typedef struct {
+    int n;
+    size_t v[DDP_MAX_HIDDEN];
+} ddp_size_list;
+
+/* The shape of a model. The data decides the first fields (the source fills them in);
+ * the options of every kind follow, and a kind reads those of its option table (its
+ * registry entry), leaving the others alone. */
 typedef struct {
     ddp_model_kind kind;
-    /* mlp: hidden layer sizes and activation; input_dim and num_classes from the data */
-    int n_hidden;
-    size_t hidden[DDP_MAX_HIDDEN];
-    ddp_act act;
+    /* from the data: features per sample; classes (a text's vocabulary); images' geometry */
     size_t input_dim;
     int num_classes;
-    /* gpt: blocks, width, attention heads, context length (positions), vocabulary */
-    int layers, dim, heads, ctx, vocab;
-    /* cnn: convolution stages (each conv kernel x kernel, padding kernel / 2, then batch
-     * norm, ReLU and 2 x 2 max pooling) of conv[i] channels, then the MLP part (hidden,
-     * act) on the flattened features; the image geometry comes from the data */
-    int n_conv;
-    int conv[DDP_MAX_CONV];
-    int kernel;
     int height, width, channels;
+    /* mlp, and the cnn's dense head: hidden layer sizes and activation */
+    ddp_size_list hidden;
+    ddp_act act;
+    /* gpt: blocks, width, attention heads, context length (positions), normalization */
+    int layers, dim, heads, ctx;
+    ddp_norm norm;
+    /* cnn: convolution stages (each conv kernel x kernel, padding kernel / 2, then batch
+     * norm, ReLU and 2 x 2 max pooling) of conv.v[i] channels, then the dense head;
+     * sync_bn: batch-norm statistics over all ranks (the model's communicator) */
+    ddp_size_list conv;
+    int kernel;
+    int sync_bn;
     /* weight decay on every tensor; by default only on matrices and the token embedding,
      * not on biases, normalization parameters and position embeddings */
     int decay_all;
@@ -69,10 +100,29 @@ typedef struct {
     int recompute;
 } ddp_model_spec;
 
-/* Fills the defaults of `kind` (the sizes ddp-train uses when none are given). */
-void ddp_model_spec_defaults(ddp_model_spec *spec, ddp_model_kind kind);
-/* "mlp" or "gpt". */
+/* ---- the registry: what each kind is -------------------------------------------------- */
+
+/* The kind's name ("mlp"), or "?" for a value that is not a kind. */
 const char *ddp_model_kind_name(ddp_model_kind kind);
+/* One line on what the kind is, for --help. */
+const char *ddp_model_kind_summary(ddp_model_kind kind);
+/* The kind's own options (offsets into ddp_model_spec, with their defaults); *n gets
+ * their number. */
+const ddp_opt *ddp_model_kind_options(ddp_model_kind kind, size_t *n);
+/* What the kind trains on. */
+ddp_data_kind ddp_model_kind_data(ddp_model_kind kind);
+/* Samples per forward pass of an evaluation, for the memory of the activations (a conv
+ * net's are hundreds of times larger per sample than an MLP's); 0: the micro-batch. */
+size_t ddp_model_kind_eval_batch(ddp_model_kind kind);
+
+/* Fills the defaults of `kind` from its option table (the sizes ddp-train uses when none
+ * are given); the fields the data decides stay 0. */
+void ddp_model_spec_defaults(ddp_model_spec *spec, ddp_model_kind kind);
+/* Checks the kind's options against each other (before any data is read), with a message
+ * naming the options. */
+ddp_status ddp_model_spec_check(const ddp_model_spec *spec);
+/* Positions per sample that the kind predicts: 1, or a language model's context. */
+size_t ddp_model_spec_positions(const ddp_model_spec *spec);
 /* Reads a description written by ddp_model_describe back into a spec (for tools that
  * load a checkpoint or export, such as ddp-generate). */
 ddp_status ddp_model_spec_parse(const char *describe, ddp_model_spec *spec);
@@ -119,7 +169,12 @@ size_t ddp_model_num_params(const ddp_model *m);
 int ddp_model_num_classes(const ddp_model *m);
 /* Positions per sample: 1, or the GPT's context length. */
 size_t ddp_model_max_positions(const ddp_model *m);
-size_t ddp_model_max_batch(const ddp_model *m);
+/* Nonzero when the model takes tokens (a language model, which ddp_model_generate can
+ * sample from) rather than features. */
+int ddp_model_takes_tokens(const ddp_model *m);
+/* Nonzero when layers of the model communicate in forward and backward (synchronized
+ * batch norm) and need ddp_model_set_comm before training. */
+int ddp_model_needs_comm(const ddp_model *m);
 float *ddp_model_params(ddp_model *m); /* device, (num_params) */
 float *ddp_model_grads(ddp_model *m);  /* device, (num_params) */
 int ddp_model_num_views(const ddp_model *m);
@@ -148,7 +203,7 @@ void ddp_model_set_comm(ddp_model *m, ddp_comm *comm);
 typedef ddp_status (*ddp_param_wait_fn)(void *ctx, size_t end);
 void ddp_model_set_param_wait(ddp_model *m, ddp_param_wait_fn fn, void *ctx);
 /* A text that identifies the kind and every shape option ("mlp 784-256-128-10 relu",
- * "gpt L4 C256 H4 T128 V256"); ddp_model_spec_parse reads it back. */
+ * "gpt L4 C256 H4 T128 V256"), written by the kind; ddp_model_spec_parse reads it back. */
 const char *ddp_model_describe(const ddp_model *m);
 /* Floating-point operations of one forward pass per sample (per sequence of ctx
  * positions), counting 2 per multiply-add of the matrix products and the attention;
@@ -156,9 +211,10 @@ const char *ddp_model_describe(const ddp_model *m);
 double ddp_model_flops_per_sample(const ddp_model *m);
 
 /* Initializes parameters and buffers from `seed` alone (one RNG stream per tensor), the
- * same on every rank that passes the same seed: MLP weights He-normal, GPT weights
- * normal(0, 0.02) with the residual projections scaled by 1/sqrt(2 layers) as in GPT-2,
- * biases 0, normalization weights 1. */
+ * same on every rank that passes the same seed, each tensor as its kind declared it: MLP
+ * and CNN weights He-normal over their fan-in, GPT weights normal(0, 0.02) with the
+ * residual projections scaled by 1/sqrt(2 layers) as in GPT-2, biases 0, normalization
+ * weights 1. */
 ddp_status ddp_model_init_params(ddp_model *m, uint64_t seed);
 
 /* Forward pass over one batch (n <= max_batch samples, t <= max positions), whose arrays
@@ -200,8 +256,6 @@ typedef ddp_status (*ddp_emit_fn)(void *ctx, int32_t token);
  * prompt and the tokens drawn so far (the last ctx of them), and hands each to emit. */
 ddp_status ddp_model_generate(ddp_model *m, const int32_t *prompt, size_t n_prompt,
                               const ddp_generate_options *o, ddp_emit_fn emit, void *ctx);
-/* The backend the model computes on. */
-ddp_backend *ddp_model_backend_of(ddp_model *m);
 
 /* Makes backward compute and report the first layer's weight gradient in row slices of
  * about max_elems elements (the lowest rows, sent last, in a shorter one) (0: in one

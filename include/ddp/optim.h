@@ -14,7 +14,9 @@
 extern "C" {
 #endif
 
-typedef enum { DDP_OPTIM_SGD = 0, DDP_OPTIM_ADAMW } ddp_optim_kind;
+#define DDP_OPTIM_KINDS(X) X(DDP_OPTIM_SGD, "sgd") X(DDP_OPTIM_ADAMW, "adamw")
+typedef enum { DDP_OPTIM_KINDS(DDP_X_VALUE) DDP_OPTIM_KIND_COUNT } ddp_optim_kind;
+extern const char *const ddp_optim_names[];
 
 typedef struct {
     ddp_optim_kind kind;
@@ -46,7 +48,9 @@ float *ddp_optim_state(ddp_optim *o, int i);
 size_t ddp_optim_size(const ddp_optim *o);
 void ddp_optim_set_steps(ddp_optim *o, int64_t steps);
 
-typedef enum { DDP_SCHED_CONSTANT = 0, DDP_SCHED_COSINE } ddp_sched_kind;
+#define DDP_SCHED_KINDS(X) X(DDP_SCHED_CONSTANT, "constant") X(DDP_SCHED_COSINE, "cosine")
+typedef enum { DDP_SCHED_KINDS(DDP_X_VALUE) DDP_SCHED_KIND_COUNT } ddp_sched_kind;
+extern const char *const ddp_sched_names[];
 
 typedef struct {
     ddp_sched_kind kind;

@@ -25,7 +25,10 @@
 extern "C" {
 #endif
 
-typedef enum { DDP_PROGRESS_AUTO = 0, DDP_PROGRESS_THREAD, DDP_PROGRESS_TEST } ddp_progress;
+#define DDP_PROGRESS_MODES(X)                                                                      \
+    X(DDP_PROGRESS_AUTO, "auto") X(DDP_PROGRESS_THREAD, "thread") X(DDP_PROGRESS_TEST, "test")
+typedef enum { DDP_PROGRESS_MODES(DDP_X_VALUE) DDP_PROGRESS_COUNT } ddp_progress;
+extern const char *const ddp_progress_names[];
 
 typedef struct {
     size_t bucket_bytes;       /* of fp32 gradients per bucket (default 25 MB) */

@@ -1,8 +1,11 @@
 /*
  * train: the step loop. Each step every rank takes its share of the global batch,
  * splits it into `accum` micro-batches, runs forward and backward on each (gradients
- * accumulate in the flat buffer, scaled by 1/global_batch), all-reduces the gradients
- * once after the last micro-batch, and applies the same optimizer update.
+ * accumulate in the flat buffer, scaled by 1/global_batch), reduces the gradients over
+ * the ranks as backward makes them final (on the last micro-batch: bucket by bucket,
+ * all-reduced; with --zero, reduce-scattered into shards, on every micro-batch at stage
+ * 2), and applies the same optimizer update (with --zero, each rank its shard, then the
+ * parameters all-gathered).
  */
 #ifndef DDP_TRAIN_H
 #define DDP_TRAIN_H
@@ -11,6 +14,7 @@
 #include "ddp/comm.h"
 #include "ddp/data.h"
 #include "ddp/model.h"
+#include "ddp/opt.h"
 #include "ddp/optim.h"
 #include "ddp/reducer.h"
 
@@ -22,14 +26,26 @@ extern "C" {
 
 /* What a step does when the loss or the averaged gradients are NaN or infinite. Every
  * rank sees the same averaged gradients, so all ranks decide alike. */
-enum { DDP_NONFINITE_ABORT = 0, DDP_NONFINITE_SKIP = 1 };
-enum { DDP_BATCH_FIXED = 0, DDP_BATCH_ADAPTIVE = 1 };
-enum { DDP_LR_SCALING_LINEAR = 0, DDP_LR_SCALING_SQRT = 1 };
+#define DDP_NONFINITE_POLICIES(X) X(DDP_NONFINITE_ABORT, "abort") X(DDP_NONFINITE_SKIP, "skip")
+enum { DDP_NONFINITE_POLICIES(DDP_X_VALUE) DDP_NONFINITE_COUNT };
+/* The batch schedule (batch_schedule.c) and how the learning rate follows the batch. */
+#define DDP_BATCH_SCHEDULES(X) X(DDP_BATCH_FIXED, "fixed") X(DDP_BATCH_ADAPTIVE, "adaptive")
+enum { DDP_BATCH_SCHEDULES(DDP_X_VALUE) DDP_BATCH_SCHEDULE_COUNT };
+#define DDP_LR_SCALINGS(X) X(DDP_LR_SCALING_LINEAR, "linear") X(DDP_LR_SCALING_SQRT, "sqrt")
+enum { DDP_LR_SCALINGS(DDP_X_VALUE) DDP_LR_SCALING_COUNT };
+extern const char *const ddp_nonfinite_names[];
+extern const char *const ddp_batch_schedule_names[];
+extern const char *const ddp_lr_scaling_names[];
 
+/* A training configuration. Each field that an option sets has its default, help, and
+ * whether it is in the fingerprint and may change on resume in that option's entry
+ * (src/train/config_options.c; the model kind's own in its file, the data source's in
+ * source_*.c): ddp_train_config_tables. */
 typedef struct {
     /* model */
-    ddp_model_spec model; /* mlp: input_dim and num_classes are taken from the data */
-    /* data: IDX images in data_dir (mlp), or a text file (gpt; "" = the default corpus) */
+    ddp_model_spec model; /* the sizes the data decides are filled in by the data source */
+    /* data: IDX images in data_dir (labelled samples), or a text file ("" = the default
+     * corpus) */
     char data_dir[DDP_PATH_MAX];
     char text_path[DDP_PATH_MAX];
     /* batch: global = micro_batch * accum * world; set global_batch and one of
@@ -51,9 +67,6 @@ typedef struct {
     ddp_comm_kind comm;
     ddp_math math;
     int threads; /* BLAS threads per rank; 0 = cores / local ranks */
-    /* batch norm over the global batch: its statistics all-reduced in forward and
-     * backward on a communicator of its own (the CNN) */
-    int sync_bn;
     /* gradient communication */
     ddp_reducer_options reducer;
     /* ZeRO stage: 0 every rank holds and updates everything; 1 each rank keeps the
@@ -99,19 +112,90 @@ typedef struct {
     float timeout_s; /* a collective blocked this long ends the job (--timeout); 0 = never */
 } ddp_train_config;
 
-void ddp_train_config_defaults(ddp_train_config *cfg);
-/* The defaults for training a model of `kind`: the MLP's are those above; a GPT gets its
- * model sizes, AdamW with a cosine schedule, clipping and a run length in steps. */
+/* The option tables of a training configuration for model kind `kind`, with their bases in
+ * cfg (NULL for --help): the model options every kind has, the kind's own, its data
+ * source's, then the training options; after them, inactive (see ddp_opt_table), the other
+ * kinds' and sources' options, which are refused with a note naming the models they
+ * belong to. */
+#define DDP_TRAIN_MAX_TABLES (2 * DDP_MODEL_KIND_COUNT + 4)
+typedef struct {
+    ddp_opt_table t[DDP_TRAIN_MAX_TABLES];
+    int n;        /* all of them */
+    int n_active; /* the first n_active are active */
+    char notes[DDP_TRAIN_MAX_TABLES][128];
+} ddp_train_tables;
+void ddp_train_config_tables(ddp_train_config *cfg, ddp_model_kind kind, ddp_train_tables *out);
+
+/* The defaults for training a model of `kind` (each option's, ddp_opt_set_defaults). */
 void ddp_train_config_defaults_for(ddp_train_config *cfg, ddp_model_kind kind);
+/* The MLP's. */
+void ddp_train_config_defaults(ddp_train_config *cfg);
 
 /* Checks the batch arithmetic for `world` ranks and fills in the derived numbers
  * (accum or micro_batch). A message says which numbers would work. Not collective. */
 ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world);
 
-/* Writes the options that must agree on every rank as one canonical line (everything
- * but output paths and per-rank settings); the fingerprint is its CRC-32. Returns the
- * length written, at most cap - 1 (the line is cut to fit); 0 when cap is 0. */
+/* Writes the options that must agree on every rank as one canonical line (every option not
+ * marked per_rank); the fingerprint is its CRC-32. Returns the length written, at most
+ * cap - 1 (the line is cut to fit); 0 when cap is 0. */
 size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t cap);
+/* The part of it that must also match when a run resumes from a checkpoint (the options
+ * not marked resumable): a checkpoint's settings. */
+size_t ddp_train_config_resume_text(const ddp_train_config *cfg, char *buf, size_t cap);
+
+/* Option entries that ddp-bench allreduce shares with the training configuration, `type`
+ * being the struct of the table they are in. */
+#define DDP_TRAIN_OPT_BUCKETS(type, bucket, first)                                                 \
+    {.name = "bucket-mb",                                                                          \
+     .kind = DDP_OPT_MB,                                                                           \
+     DDP_OPT_FIELD(type, bucket),                                                                  \
+     .arg = "MB",                                                                                  \
+     .help = "gradient bucket size",                                                               \
+     .min = 1e-6,                                                                                  \
+     .max = 1e5,                                                                                   \
+     .def = "25",                                                                                  \
+     .resumable = 1},                                                                              \
+    {                                                                                              \
+        .name = "first-bucket-mb", .kind = DDP_OPT_MB, DDP_OPT_FIELD(type, first), .arg = "MB",    \
+        .help = "the first, last-layer bucket: starts comm early", .min = 1e-6, .max = 1e5,        \
+        .def = "1", .resumable = 1                                                                 \
+    }
+#define DDP_TRAIN_OPT_PROGRESS(type, m)                                                            \
+    {                                                                                              \
+        .name = "progress", .kind = DDP_OPT_CHOICE, DDP_OPT_FIELD(type, m),                        \
+        .help = "how MPI buckets progress during backward", .choices = ddp_progress_names,         \
+        .def = "auto", .resumable = 1                                                              \
+    }
+#define DDP_TRAIN_OPT_TIMEOUT(type, m)                                                             \
+    {                                                                                              \
+        .name = "timeout", .kind = DDP_OPT_FLOAT, DDP_OPT_FIELD(type, m), .arg = "SECONDS",        \
+        .help = "end the whole job when a collective waits this long for\n"                        \
+                "a rank that died or hangs (0 = never)",                                           \
+        .min = 0.0, .max = 1e6, .def = "300", .per_rank = 1                                        \
+    }
+
+/* ---- data ------------------------------------------------------------------------------ */
+
+/* What a trainer trains on: labelled samples (a training and a test set) or a text. The
+ * model kind's data source (ddp_model_kind_data) reads its part; the rest may be empty. */
+typedef struct {
+    ddp_dataset train, test;
+    ddp_text text;
+} ddp_train_data;
+
+/* Before ddp_train_data_load, on one rank per node (the others wait): creates what the
+ * data needs on the node (the default corpus, ddp_text_default_corpus). Not collective. */
+ddp_status ddp_train_data_prepare(const ddp_train_config *cfg);
+/* Loads the data of cfg's model kind from cfg's paths into *d (zeroed first). Not
+ * collective. */
+ddp_status ddp_train_data_load(const ddp_train_config *cfg, ddp_train_data *d);
+/* Data of the right shape with random contents, the same on every rank, for measuring
+ * speed (ddp-bench train); DDP_ERR_UNSUPPORTED where the source has none (a text loads its
+ * file instead). */
+ddp_status ddp_train_data_synthetic(const ddp_train_config *cfg, ddp_train_data *d);
+/* What ddp_train_data_load reads, for reports: the directory, the text file. */
+const char *ddp_train_data_name(const ddp_train_config *cfg);
+void ddp_train_data_free(ddp_train_data *d);
 
 typedef struct {
     int64_t step; /* steps completed after this one */
@@ -140,18 +224,14 @@ typedef struct {
 
 typedef struct ddp_trainer ddp_trainer;
 
-/* Creates the model (initialized from cfg->seed), optimizer and sampler; checks that
- * every rank has the same configuration fingerprint and model shape, and says which
- * rank differs. `comm` carries the gradients; `ctrl` carries host-side control traffic
- * (agreement, counts, fingerprints) and may be the same communicator when it is MPI or
- * local. COLLECTIVE over both. */
+/* Creates the model (initialized from cfg->seed), optimizer and the data source of the
+ * model kind over `data` (whose arrays must outlive the trainer; the struct itself is
+ * copied); checks that every rank has the same configuration fingerprint, model shape
+ * and data, and says which rank differs. `comm` carries the gradients; `ctrl` carries
+ * host-side control traffic (agreement, counts, fingerprints) and may be the same
+ * communicator when it is MPI or local. COLLECTIVE over both. */
 ddp_status ddp_trainer_create(const ddp_train_config *cfg, ddp_backend *b, ddp_comm *comm,
-                              ddp_comm *ctrl, const ddp_dataset *train, const ddp_dataset *test,
-                              ddp_trainer **out);
-/* The same for a language model (cfg->model.kind DDP_MODEL_GPT) on a text: windows of the
- * training split, validation over the whole validation split. COLLECTIVE over both. */
-ddp_status ddp_trainer_create_text(const ddp_train_config *cfg, ddp_backend *b, ddp_comm *comm,
-                                   ddp_comm *ctrl, const ddp_text *text, ddp_trainer **out);
+                              ddp_comm *ctrl, const ddp_train_data *data, ddp_trainer **out);
 void ddp_trainer_free(ddp_trainer *t);
 
 /* One optimizer step over one global batch. COLLECTIVE. */
@@ -193,6 +273,10 @@ ddp_model *ddp_trainer_model(ddp_trainer *t);
 int ddp_trainer_grads_shared(const ddp_trainer *t);
 /* The mean loss per prediction of the last evaluation of ddp_trainer_run (< 0: none). */
 double ddp_trainer_last_eval_loss(const ddp_trainer *t);
+/* An evaluation's result in the data's terms ("test accuracy 0.9004, test loss 0.2914";
+ * a text: validation loss, bits per byte, next-byte accuracy) into buf. */
+void ddp_trainer_eval_text(const ddp_trainer *t, double accuracy, double loss, char *buf,
+                           size_t cap);
 /* Copies the parameters to host memory (n = ddp_model_num_params). */
 ddp_status ddp_trainer_get_params(ddp_trainer *t, float *host);
 

@@ -6,6 +6,10 @@
 
 #include "backend/backend_impl.h"
 
+const char *const ddp_device_names[] = {DDP_DEVICE_KINDS(DDP_X_NAME) NULL};
+const char *const ddp_math_names[] = {DDP_MATHS(DDP_X_NAME) NULL};
+const char *const ddp_act_names[] = {DDP_ACTS(DDP_X_NAME) NULL};
+
 const char *ddp_backend_name(const ddp_backend *b) { return b->ops->name; }
 ddp_device_kind ddp_backend_device(const ddp_backend *b) { return b->ops->device; }
 int ddp_backend_is_host(const ddp_backend *b) { return b->ops->is_host; }
@@ -193,7 +197,7 @@ static ddp_status check_gemm(int trans_a, int trans_b, int M, int N, int K, int 
 }
 
 static ddp_status check_act(ddp_act act) {
-    if (act != DDP_ACT_RELU && act != DDP_ACT_GELU)
+    if ((int)act < 0 || act >= DDP_ACT_COUNT)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "unknown activation %d", (int)act);
     return DDP_OK;
 }
@@ -219,6 +223,13 @@ static ddp_status check_dims2(int N, int C) {
                         "shape (%d, %d): rows must not be negative and "
                         "channels must be positive",
                         N, C);
+    return DDP_OK;
+}
+
+static ddp_status check_counts3(int n0, int n1, int n2) {
+    if (n0 < 0 || n1 < 0 || n2 < 0)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "shape (%d, %d, %d): sizes must not be negative", n0,
+                        n1, n2);
     return DDP_OK;
 }
 

@@ -1,6 +1,6 @@
 /*
- * The CPU backend's transformer ops: token and position embedding, layer normalization
- * and causal multi-head self-attention (ddp/backend_ops.h says what each computes).
+ * The CPU backend's transformer ops: token and position embedding, layer and RMS
+ * normalization and causal multi-head self-attention (ddp/backend_ops.h says what each computes).
  *
  * These run on every step of a GPT trained on the CPU, so they are written for speed as
  * well as clarity: the attention's products are BLAS calls on strided views of qkv (no
@@ -284,6 +284,54 @@ WIDE_LOOPS ddp_status ddp_cpu_layernorm_backward(ddp_backend *b, float *dinp, fl
         add_into(dbias, pb, C);
     }
     free(part);
+    return DDP_OK;
+}
+
+/* ---- RMS normalization ------------------------------------------------------------------ */
+
+WIDE_LOOPS ddp_status ddp_cpu_rmsnorm_forward(ddp_backend *b, float *out, float *rstd,
+                                              const float *inp, const float *weight, int N, int C) {
+    for (int r = 0; r < N; r++) {
+        const float *restrict x = inp + (size_t)r * C; /* (C) */
+        float *restrict y = out + (size_t)r * C;       /* (C) */
+        float s = 1.0f / sqrtf(dot_of(x, x, C) / (float)C + LN_EPS);
+        for (int i = 0; i < C; i++)
+            y[i] = x[i] * s * weight[i];
+        rstd[r] = s;
+    }
+    return DDP_OK;
+}
+
+WIDE_LOOPS ddp_status ddp_cpu_rmsnorm_backward(ddp_backend *b, float *dinp, float *dweight,
+                                               const float *dout, const float *inp,
+                                               const float *weight, const float *rstd, int N,
+                                               int C) {
+    /* The weight gradient in blocks of LN_ROWS rows, as layer norm's. */
+    float *pw = malloc((size_t)C * sizeof *pw); /* (C) */
+    if (!pw)
+        return DDP_FAIL(DDP_ERR_NOMEM, "rmsnorm_backward: no memory for %d channels of scratch", C);
+    for (int r0 = 0; r0 < N; r0 += LN_ROWS) {
+        int r1 = r0 + LN_ROWS < N ? r0 + LN_ROWS : N;
+        memset(pw, 0, (size_t)C * sizeof *pw);
+        for (int r = r0; r < r1; r++) {
+            const float *restrict x = inp + (size_t)r * C;   /* (C) */
+            const float *restrict dy = dout + (size_t)r * C; /* (C) */
+            float *restrict dx = dinp + (size_t)r * C;       /* (C) */
+            float s = rstd[r];
+            /* With n = x s and g = weight * dy, the input gradient is s (g - n mean(g n)):
+             * layer norm's without the mean. ln_grad_sums with m = 0 gives sum(g x). */
+            float sums[2];
+            ln_grad_sums(weight, dy, x, 0.0f, C, sums);
+            float gn_mean = sums[1] * s / (float)C;
+            for (int i = 0; i < C; i++) {
+                float n = x[i] * s;
+                dx[i] += (weight[i] * dy[i] - n * gn_mean) * s;
+                pw[i] += n * dy[i];
+            }
+        }
+        add_into(dweight, pw, C);
+    }
+    free(pw);
     return DDP_OK;
 }
 

@@ -159,7 +159,7 @@ static ddp_status run_allreduce(bench_ctx *c, const ddp_cli_allreduce_options *a
         double ratio = a->reducer ? (factor > 0 ? rbus / busbw : ralg / algbw) : 0.0;
         if (c->rank == 0) {
             char sz[32];
-            ddp_cli_format_bytes(nbytes, sz, sizeof sz);
+            ddp_opt_format_bytes(nbytes, sz, sizeof sz);
             printf("%10s %12zu %12.1f %10.3f %10.3f", sz, count, res.t_plain * 1e6, algbw, busbw);
             if (a->reducer)
                 printf(" %8d %12.1f %10.3f %7.3f", res.n_buckets, res.t_reducer * 1e6, rbus, ratio);
@@ -218,7 +218,7 @@ int ddp_bench_allreduce_main(ddp_comm *ctrl, int argc, char **argv) {
     if (a.verbose) ddp_log_show_traces(1);
     /* Ranks started with other sizes (an MPMD launch) would pair all-reduces of
      * different lengths: compare before the first one. */
-    ddp_cli_table t = {.base = &a};
+    ddp_opt_table t = {.base = &a};
     t.opts = ddp_cli_allreduce_table(&t.n);
     s = ddp_cli_check_same_options(ctrl, &t, 1);
     if (!ddp_cli_phase_ok(ctrl, s, "comparing the options of the ranks")) return DDP_CLI_EXIT_USAGE;

@@ -1,38 +1,15 @@
 /*
- * ddp-bench train: ddp_trainer_step on a synthetic in-memory dataset with the shape of
- * Fashion-MNIST (784 features, 10 classes, 60000 samples), or on the real data when
- * --data is given; reports throughput and per-phase step times as JSON. Takes every
- * ddp-train option and its own (ddp_cli_parse_bench_train).
+ * ddp-bench train: ddp_trainer_step on the model's synthetic data where its source has
+ * some (labelled images with the shape of Fashion-MNIST: 784 features, 10 classes, 60000
+ * samples), or on the real data when --data is given or the source has none (a text);
+ * reports throughput and per-phase step times as JSON. Takes every ddp-train option and
+ * its own (ddp_cli_parse_bench_train).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bench.h"
-
-/* A dataset with the shape of Fashion-MNIST: pixels uniform in [0, 1) and labels uniform
- * over the classes, the same on every rank (fixed seed). Only the speed is measured. */
-static ddp_status make_synthetic(size_t n, size_t dim, int classes, uint64_t stream,
-                                 ddp_dataset *out) {
-    memset(out, 0, sizeof *out);
-    out->n = n;
-    out->dim = dim;
-    out->num_classes = classes;
-    if (dim == 784) out->height = out->width = 28; /* images, for a CNN */
-    out->x = malloc(n * dim * sizeof(float));
-    out->y = malloc(n * sizeof(int32_t));
-    if (!out->x || !out->y) {
-        ddp_dataset_free(out);
-        return DDP_FAIL(DDP_ERR_NOMEM, "out of memory for a synthetic dataset of %zu samples", n);
-    }
-    ddp_rng rng;
-    ddp_rng_seed(&rng, 12345, stream);
-    for (size_t i = 0; i < n * dim; i++)
-        out->x[i] = ddp_rng_uniform(&rng);
-    for (size_t i = 0; i < n; i++)
-        out->y[i] = (int32_t)ddp_rng_below(&rng, (uint64_t)classes);
-    return DDP_OK;
-}
 
 typedef struct {
     double fwd, bwd, ar, exposed, optim, step, comm_cpu, gather;
@@ -47,7 +24,7 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         return DDP_CLI_EXIT_USAGE;
     }
     if (a.cli.help || a.cli.version) {
-        if (rank == 0 && a.cli.help) ddp_cli_bench_train_usage(stdout);
+        if (rank == 0 && a.cli.help) ddp_cli_bench_train_usage(stdout, a.cli.train.model.kind);
         if (rank == 0 && a.cli.version) printf("ddp-bench 0.1.0\n");
         return 0;
     }
@@ -68,19 +45,23 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
     ddp_backend *backend = NULL;
     ddp_comm *comm = NULL;
     ddp_trainer *trainer = NULL;
-    ddp_cli_data data = {0};
+    ddp_train_data data = {0};
     json_t *o = NULL;
     int code = 1;
     if (!ddp_cli_create_backend(ctrl, cfg, &backend)) goto done;
-    /* A language model trains on its text (the default corpus without --text); the MLP on
-     * synthetic images unless --data is given. */
-    if (a.have_data || cfg->model.kind == DDP_MODEL_GPT) {
-        if (!ddp_cli_load_data(ctrl, cfg, &data)) goto done;
-    } else {
-        s = make_synthetic(60000, 784, 10, 0, &data.train);
-        if (s == DDP_OK) s = make_synthetic(1000, 784, 10, 1, &data.test);
+    /* Synthetic data unless --data is given or the model's source has none (a language
+     * model reads its text, the default corpus without --text). */
+    int synthetic = 0;
+    if (!a.have_data) {
+        s = ddp_train_data_synthetic(cfg, &data);
+        synthetic = s == DDP_OK;
+        if (s == DDP_ERR_UNSUPPORTED) {
+            ddp_error_clear();
+            s = DDP_OK;
+        }
         if (!ddp_cli_phase_ok(ctrl, s, "preparing the data")) goto done;
     }
+    if (!synthetic && !ddp_cli_load_data(ctrl, cfg, &data)) goto done;
     if (!ddp_cli_create_trainer(ctrl, cfg, backend, &data, &comm, &trainer)) goto done;
 
     ddp_step_stats st;
@@ -133,7 +114,6 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
     double sps = (double)a.bench_steps * (double)cfg->global_batch / wall;
     ddp_model *m = ddp_trainer_model(trainer);
     double flops = ddp_model_flops_per_sample(m) * 3.0 * sps;
-    static const char *const progress_names[] = {"auto", "thread", "test"};
     if (rank == 0) {
         o = json_object();
         json_object_set_new(o, "bench", json_string("train"));
@@ -142,10 +122,7 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         json_object_set_new(o, "recompute", json_boolean(cfg->model.recompute));
         json_object_set_new(o, "activation_bytes",
                             json_integer((json_int_t)ddp_model_activation_bytes(m)));
-        const char *data_name = cfg->model.kind == DDP_MODEL_GPT
-                                    ? (cfg->text_path[0] ? cfg->text_path : "default corpus")
-                                : a.have_data ? cfg->data_dir
-                                              : "synthetic";
+        const char *data_name = synthetic ? "synthetic" : ddp_train_data_name(cfg);
         json_object_set_new(o, "data", json_string(data_name));
         json_object_set_new(o, "ranks", json_integer(world));
         json_object_set_new(o, "threads", json_integer(ddp_backend_threads(backend)));
@@ -159,7 +136,9 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         json_object_set_new(o, "zero", json_integer(cfg->zero));
         json_object_set_new(o, "overlap", json_boolean(cfg->reducer.overlap));
         json_object_set_new(o, "allreduce", json_boolean(!cfg->reducer.skip));
-        json_object_set_new(o, "progress", json_string(progress_names[cfg->reducer.progress % 3]));
+        json_object_set_new(
+            o, "progress",
+            json_string(ddp_enum_name(ddp_progress_names, (int)cfg->reducer.progress)));
         json_object_set_new(o, "bucket_mb",
                             json_real((double)cfg->reducer.bucket_bytes / (1024.0 * 1024.0)));
         json_object_set_new(o, "warmup_steps", json_integer(a.warmup_steps));
@@ -190,7 +169,7 @@ done:
     json_decref(o);
     ddp_trainer_free(trainer);
     ddp_comm_free(comm);
-    ddp_cli_data_free(&data);
+    ddp_train_data_free(&data);
     ddp_backend_free(backend);
     return code;
 }

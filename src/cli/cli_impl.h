@@ -1,50 +1,35 @@
 /*
- * Shorthands for writing option tables (ddp_cli_opt, ddp/cli.h), private to src/cli/.
+ * Shorthands for writing option tables (ddp_opt, ddp/opt.h), private to src/cli/.
  * Define OPT_BASE as the struct a table's offsets are relative to before the table.
- * `.per_rank = 1` marks an option that may differ between ranks (every path does).
+ * `.per_rank = 1` marks an option that may differ between ranks (every path does); `.def`
+ * gives its default.
  */
 #ifndef DDP_CLI_IMPL_H
 #define DDP_CLI_IMPL_H
 
 #include "ddp/cli.h"
 
-#define OPT_FIELD(m) DDP_CLI_FIELD(OPT_BASE, m)
+#define OPT_FIELD(m) DDP_OPT_FIELD(OPT_BASE, m)
 
 /* A heading line in --help. */
 #define OPT_HEADING(text)                                                                          \
-    { .kind = DDP_CLI_HEADING, .help = (text) }
-/* An option of kind DDP_CLI_<k> named nm that sets member m of OPT_BASE; argname names
+    { .kind = DDP_OPT_HEADING, .help = (text) }
+/* An option of kind DDP_OPT_<k> named nm that sets member m of OPT_BASE; argname names
  * its value in --help (NULL for flags and choices). The rest are designators: the range
- * (.lo/.hi, .min/.max), .choices and .values, .parse, .per_rank. */
+ * (.lo/.hi, .min/.max), .choices and .values, .parse, .def, .per_rank. */
 #define OPT(k, nm, m, argname, text, ...)                                                          \
     {                                                                                              \
-        .name = (nm), .kind = DDP_CLI_##k, OPT_FIELD(m), .arg = (argname), .help = (text),         \
+        .name = (nm), .kind = DDP_OPT_##k, OPT_FIELD(m), .arg = (argname), .help = (text),         \
         __VA_ARGS__                                                                                \
     }
 
-/* The choices shared by several programs' tables. */
-extern const char *const ddp_cli_progress_names[];
-extern const int ddp_cli_progress_values[];
-
 /* Shared entries: the same option, spelled and documented once, in every table that has
  * it (OPT_BASE decides where it is stored). */
-#define OPT_HELP_ENTRY(m) OPT(FLAG, "help", m, NULL, "this text", .lo = 1, .per_rank = 1)
+#define OPT_HELP_ENTRY(m)                                                                          \
+    OPT(FLAG, "help", m, NULL, "this text (with --model NAME: that model's)", .lo = 1, .def = "0", \
+        .per_rank = 1)
 #define OPT_VERBOSE_ENTRY(m)                                                                       \
     OPT(FLAG, "verbose", m, NULL, "errors with their trace of source locations (or DDP_DEBUG=1)",  \
-        .lo = 1, .per_rank = 1)
-#define OPT_TIMEOUT_ENTRY(m)                                                                       \
-    OPT(FLOAT, "timeout", m, "SECONDS",                                                            \
-        "end the whole job when a collective waits this long for\n"                                \
-        "a rank that died or hangs (default 300; 0 = never)",                                      \
-        .min = 0.0, .max = 1e6, .per_rank = 1)
-#define OPT_PROGRESS_ENTRY(m)                                                                      \
-    OPT(CHOICE, "progress", m, NULL, "how MPI buckets progress during backward (default auto)",    \
-        .choices = ddp_cli_progress_names, .values = ddp_cli_progress_values)
-#define OPT_BUCKET_ENTRIES(bucket, first)                                                          \
-    OPT(MB, "bucket-mb", bucket, "MB", "gradient bucket size (default 25)", .min = 1e-6,           \
-        .max = 1e5),                                                                               \
-        OPT(MB, "first-bucket-mb", first, "MB",                                                    \
-            "the first, last-layer bucket (default 1): starts comm early", .min = 1e-6,            \
-            .max = 1e5)
+        .lo = 1, .def = "0", .per_rank = 1)
 
 #endif

@@ -41,12 +41,12 @@ static ddp_status load(const ddp_cli_generate_options *o, ddp_backend *b, ddp_mo
     ddp_model_spec spec;
     ddp_model *m = NULL;
     ddp_status s = ddp_model_spec_parse(describe, &spec);
-    if (s == DDP_OK && spec.kind != DDP_MODEL_GPT)
-        s = DDP_FAIL(DDP_ERR_INVALID_ARG,
-                     "%s holds the model '%s': ddp-generate samples from a GPT "
-                     "(ddp-train --model gpt)",
-                     path, describe);
     if (s == DDP_OK) s = ddp_model_create(b, &spec, 1, &m);
+    if (s == DDP_OK && !ddp_model_takes_tokens(m))
+        s = DDP_FAIL(DDP_ERR_INVALID_ARG,
+                     "%s holds the model '%s', which does not predict tokens: ddp-generate "
+                     "samples from a language model such as a GPT (ddp-train --model gpt)",
+                     path, describe);
     size_t n = m ? ddp_model_num_params(m) : 0;
     float *host = m ? malloc(n * sizeof *host) : NULL;
     if (s == DDP_OK && !host) s = DDP_FAIL(DDP_ERR_NOMEM, "out of memory for the parameters");

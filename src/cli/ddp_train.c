@@ -55,7 +55,7 @@ int main(int argc, char **argv) {
     ddp_comm *ctrl = NULL, *comm = NULL;
     ddp_backend *backend = NULL;
     ddp_trainer *trainer = NULL;
-    ddp_cli_data data = {0};
+    ddp_train_data data = {0};
     int code = 1;
     ddp_status s = ddp_comm_create(DDP_COMM_MPI, NULL, &ctrl);
     if (s != DDP_OK) {
@@ -76,7 +76,7 @@ int main(int argc, char **argv) {
     }
     if (opt.help || opt.version) {
         if (rank == 0) {
-            if (opt.help) ddp_cli_usage(stdout, argv[0]);
+            if (opt.help) ddp_cli_usage(stdout, argv[0], opt.train.model.kind);
             if (opt.version) printf("ddp-train 0.1.0\n");
         }
         code = 0;
@@ -126,12 +126,11 @@ int main(int argc, char **argv) {
         ddp_log_error("aborting all %d ranks", world);
         ddp_comm_abort(ctrl, 1);
     }
-    if (accuracy >= 0.0 && cfg->model.kind == DDP_MODEL_GPT) {
-        double loss = ddp_trainer_last_eval_loss(trainer);
-        ddp_log_info("final validation loss %.4f (%.4f bits per byte), next-byte accuracy %.4f",
-                     loss, loss / 0.6931471805599453, accuracy);
-    } else if (accuracy >= 0.0) {
-        ddp_log_info("final test accuracy %.4f", accuracy);
+    if (accuracy >= 0.0) {
+        char what[160];
+        ddp_trainer_eval_text(trainer, accuracy, ddp_trainer_last_eval_loss(trainer), what,
+                              sizeof what);
+        ddp_log_info("final %s", what);
     }
     if (s == DDP_OK) s = ddp_trace_close();
     if (s == DDP_OK && opt.dump_params[0] && rank == 0) {
@@ -149,7 +148,7 @@ done:
      * the watchdog stays armed-capable until only ctrl is left, which it aborts through. */
     ddp_trainer_free(trainer);
     ddp_comm_free(comm);
-    ddp_cli_data_free(&data);
+    ddp_train_data_free(&data);
     ddp_backend_free(backend);
     ddp_watchdog_free();
     ddp_comm_free(ctrl);

@@ -5,11 +5,8 @@
 
 #include "cli/cli_impl.h"
 
-static const char *const gen_devices[] = {"auto", "cpu", "cuda", NULL};
-static const int gen_device_values[] = {DDP_DEVICE_AUTO, DDP_DEVICE_CPU, DDP_DEVICE_CUDA};
-
 #define OPT_BASE ddp_cli_generate_options
-static const ddp_cli_opt generate_opts[] = {
+static const ddp_opt generate_opts[] = {
     OPT_HEADING("The model (one of)"),
     OPT(PATH, "checkpoint", checkpoint, "FILE", "a checkpoint written by ddp-train", .per_rank = 1),
     OPT(PATH, "checkpoint-dir", checkpoint_dir, "DIR", "the newest checkpoint in DIR",
@@ -17,39 +14,35 @@ static const ddp_cli_opt generate_opts[] = {
     OPT(PATH, "safetensors", safetensors, "FILE", "parameters exported by ddp-train --export",
         .per_rank = 1),
     OPT_HEADING("Sampling"),
-    OPT(PATH, "prompt", prompt, "TEXT", "the text to continue (default a newline)"),
-    OPT(INT, "tokens", tokens, "N", "bytes to generate (default 500)", .lo = 0, .hi = 1 << 30),
+    OPT(PATH, "prompt", prompt, "TEXT", "the text to continue", .def = "\n"),
+    OPT(INT, "tokens", tokens, "N", "bytes to generate", .lo = 0, .hi = 1 << 30, .def = "500"),
     OPT(FLOAT, "temperature", temperature, "T",
-        "softmax temperature (default 0.8; 0 = always the most\nlikely byte)", .min = 0.0,
-        .max = 100.0),
-    OPT(INT, "top-k", top_k, "K", "draw among the K most likely bytes (default 40; 0 = all)",
-        .lo = 0, .hi = 1 << 24),
-    OPT(U64, "seed", seed, "S", "seed of the draws (default 42)", .lo = 0, .hi = UINT64_MAX),
+        "softmax temperature (0 = always the most likely byte)", .min = 0.0, .max = 100.0,
+        .def = "0.8"),
+    OPT(INT, "top-k", top_k, "K", "draw among the K most likely bytes (0 = all)", .lo = 0,
+        .hi = 1 << 24, .def = "40"),
+    OPT(U64, "seed", seed, "S", "seed of the draws", .lo = 0, .hi = UINT64_MAX, .def = "42"),
     OPT_HEADING("Device"),
-    OPT(CHOICE, "device", device, NULL, "(default auto: CUDA when a GPU is present)",
-        .choices = gen_devices, .values = gen_device_values),
-    OPT(INT, "threads", threads, "N", "BLAS threads (default: as for ddp-train)", .lo = 1,
-        .hi = 1024, .per_rank = 1),
+    OPT(CHOICE, "device", device, NULL, "where to compute (auto: CUDA when a GPU is present)",
+        .choices = ddp_device_names, .def = "auto"),
+    OPT(INT, "threads", threads, "N", "BLAS threads", .lo = 1, .hi = 1024,
+        .zero = "as for ddp-train", .per_rank = 1),
     OPT_VERBOSE_ENTRY(verbose),
     OPT_HELP_ENTRY(help),
 };
 #undef OPT_BASE
 
-const ddp_cli_opt *ddp_cli_generate_table(size_t *n) {
+const ddp_opt *ddp_cli_generate_table(size_t *n) {
     *n = sizeof generate_opts / sizeof *generate_opts;
     return generate_opts;
 }
 
 ddp_status ddp_cli_parse_generate(int argc, char **argv, ddp_cli_generate_options *o) {
     memset(o, 0, sizeof *o);
-    o->prompt[0] = '\n';
-    o->tokens = 500;
-    o->temperature = 0.8f;
-    o->top_k = 40;
-    o->seed = 42;
-    ddp_cli_table t = {.base = o};
+    ddp_opt_table t = {.base = o};
     t.opts = ddp_cli_generate_table(&t.n);
-    DDP_CHECK(ddp_cli_parse_tables(argc, argv, &t, 1));
+    DDP_CHECK(ddp_opt_set_defaults(&t, 1, 0));
+    DDP_CHECK(ddp_opt_parse(argc, argv, &t, 1));
     return DDP_OK;
 }
 
@@ -64,12 +57,12 @@ ddp_status ddp_cli_generate_check(const ddp_cli_generate_options *o) {
 }
 
 void ddp_cli_generate_usage(FILE *f) {
-    ddp_cli_table t = {.base = NULL};
+    ddp_opt_table t = {.base = NULL};
     t.opts = ddp_cli_generate_table(&t.n);
-    ddp_cli_print_help(f,
+    ddp_opt_print_help(f,
                        "usage: ddp-generate (--checkpoint FILE | --checkpoint-dir DIR | "
                        "--safetensors FILE) [options]\n"
                        "Continues --prompt with text sampled from a GPT trained by ddp-train "
                        "--model gpt.\n\n",
-                       &t, 1);
+                       &t, 1, 0);
 }

@@ -87,43 +87,21 @@ int ddp_cli_create_backend(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_back
     return ddp_cli_phase_ok(ctrl, ddp_backend_create(&bo, out), "creating the compute backend");
 }
 
-int ddp_cli_load_data(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_cli_data *d) {
+int ddp_cli_load_data(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_train_data *d) {
     memset(d, 0, sizeof *d);
-    ddp_status s = DDP_OK;
-    if (cfg->model.kind != DDP_MODEL_GPT) {
-        s = ddp_dataset_load_dir(cfg->data_dir, "train", &d->train);
-        if (s == DDP_OK) s = ddp_dataset_load_dir(cfg->data_dir, "t10k", &d->test);
-        return ddp_cli_phase_ok(ctrl, s, "loading the data");
-    }
-    char path[DDP_PATH_MAX];
-    if (cfg->text_path[0]) {
-        snprintf(path, sizeof path, "%s", cfg->text_path);
-    } else {
-        /* The first rank of each node writes the cache file of its node (it may be the
-         * only one that sees that directory); the others wait for it here. */
-        if (ddp_comm_local_rank(ctrl) == 0) s = ddp_text_default_corpus(path, sizeof path);
-        if (!ddp_cli_phase_ok(ctrl, s, "preparing the default corpus")) return 0;
-        s = ddp_text_corpus_path(path, sizeof path);
-    }
-    if (s == DDP_OK) s = ddp_text_load(path, &d->text);
-    return ddp_cli_phase_ok(ctrl, s, "loading the text");
-}
-
-void ddp_cli_data_free(ddp_cli_data *d) {
-    ddp_dataset_free(&d->train);
-    ddp_dataset_free(&d->test);
-    ddp_text_free(&d->text);
+    /* The first rank of each node prepares its node's files (it may be the only one that
+     * sees that directory); the others wait for it here. */
+    ddp_status s = ddp_comm_local_rank(ctrl) == 0 ? ddp_train_data_prepare(cfg) : DDP_OK;
+    if (!ddp_cli_phase_ok(ctrl, s, "preparing the data")) return 0;
+    return ddp_cli_phase_ok(ctrl, ddp_train_data_load(cfg, d), "loading the data");
 }
 
 int ddp_cli_create_trainer(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_backend *b,
-                           const ddp_cli_data *data, ddp_comm **comm, ddp_trainer **trainer) {
+                           const ddp_train_data *data, ddp_comm **comm, ddp_trainer **trainer) {
     /* Every rank creates the gradient communicator (collective). */
     ddp_status s = ddp_comm_create(cfg->comm, b, comm);
     if (!ddp_cli_phase_ok(ctrl, s, "creating the communicator")) return 0;
-    if (cfg->model.kind == DDP_MODEL_GPT)
-        s = ddp_trainer_create_text(cfg, b, *comm, ctrl, &data->text, trainer);
-    else
-        s = ddp_trainer_create(cfg, b, *comm, ctrl, &data->train, &data->test, trainer);
+    s = ddp_trainer_create(cfg, b, *comm, ctrl, data, trainer);
     if (s != DDP_OK) {
         /* ddp_trainer_create agrees on failure itself; the failing rank prints why. */
         ddp_cli_agreed_failure(ctrl, s, "setting up training");
@@ -132,9 +110,9 @@ int ddp_cli_create_trainer(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_back
     return 1;
 }
 
-ddp_status ddp_cli_check_same_options(ddp_comm *ctrl, const ddp_cli_table *tables, int n_tables) {
+ddp_status ddp_cli_check_same_options(ddp_comm *ctrl, const ddp_opt_table *tables, int n_tables) {
     char canon[4096];
-    size_t len = ddp_cli_canonical(tables, n_tables, canon, sizeof canon);
+    size_t len = ddp_opt_canonical(tables, n_tables, 0, canon, sizeof canon);
     int first = -1, n = 0, mine = 0;
     DDP_CHECK(ddp_comm_compare(ctrl, ddp_crc32(0, canon, len), &first, &n, &mine));
     if (first < 0) return DDP_OK;

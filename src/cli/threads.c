@@ -158,8 +158,23 @@ void ddp_cli_cpu_info_read(ddp_cli_cpu_info *info) {
     if (sched_getaffinity(0, sizeof set, &set) == 0) info->mask_cpus = CPU_COUNT(&set);
 }
 
+int ddp_cli_threads_warning(int requested, const ddp_cli_cpu_info *info, char *buf, size_t cap) {
+    if (requested <= 0 || info->mask_cpus <= 0 || requested <= info->mask_cpus) return 0;
+    snprintf(buf, cap,
+             "--threads %d is more than the %d CPU%s this rank may run on (its affinity mask: "
+             "a launcher bound it, as mpirun binds each of a few ranks to one core, or "
+             "taskset did), so the threads share %s and run slower than %d would: start the "
+             "ranks with mpirun --bind-to none, or with launch/ddp-run, or lower --threads",
+             requested, info->mask_cpus, info->mask_cpus == 1 ? "" : "s",
+             info->mask_cpus == 1 ? "it" : "them", info->mask_cpus);
+    return 1;
+}
+
 int ddp_cli_default_threads(int requested, int local_size) {
     ddp_cli_cpu_info info;
     ddp_cli_cpu_info_read(&info);
+    char warning[512];
+    if (ddp_cli_threads_warning(requested, &info, warning, sizeof warning))
+        ddp_log_warn("%s", warning);
     return ddp_cli_threads_for(requested, local_size, &info);
 }

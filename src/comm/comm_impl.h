@@ -76,6 +76,9 @@ int ddp_comm_inject_due(int rank, const char *op);
  * rank that failed, its own status (its message kept); on the others DDP_ERR_REMOTE,
  * naming the lowest failing rank of MPI_COMM_WORLD and `what`. COLLECTIVE over comm. */
 ddp_status ddp_mpi_agree_local(MPI_Comm comm, ddp_status local, const char *what);
+/* A failed MPI call's status (DDP_ERR_COMM) with MPI's own message, recorded at file:line
+ * ("<what> failed: <MPI's message>"). */
+ddp_status ddp_mpi_fail(int rc, const char *what, const char *file, int line);
 
 /* Local rank and size on this node, from MPI_COMM_TYPE_SHARED (for the NCCL comm; the
  * MPI comm keeps a node comm of its own). */

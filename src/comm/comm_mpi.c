@@ -5,95 +5,26 @@
  *
  * MPI errors are returned, not fatal: MPI_COMM_WORLD gets MPI_ERRORS_RETURN so that a
  * failure becomes a ddp_status with MPI's own message, and the caller decides to abort.
+ * The node's shared memory (the arrival gate, and the gradients' all-reduce without
+ * messages) is shm_node.c's.
  */
-#include <limits.h>
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/statvfs.h>
 
 #include "comm/comm_impl.h"
-#include "comm/shm_gate.h"
+#include "comm/shm_node.h"
 
 /* Blocking all-reduces of at least this many bytes first pass the node's arrival gate
  * (shm_gate.h); smaller ones are latency-bound, and a futex round trip would double
  * them. The same on every rank, so every rank gates the same calls. */
 #define GATE_MIN_BYTES (64 * 1024)
 
-/* ---- MPI start-up ----------------------------------------------------------------- */
-
-static int we_initialized_mpi = 0;
-
-ddp_status ddp_mpi_init(int *argc, char ***argv, int *thread_level) {
-    int inited = 0, provided = MPI_THREAD_SINGLE;
-    MPI_Initialized(&inited);
-    if (!inited) {
-        /* MULTIPLE lets a progress thread drive non-blocking collectives while the main
-         * thread computes; take what the library offers and report it. */
-        if (MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS)
-            return DDP_FAIL(DDP_ERR_COMM, "MPI_Init_thread failed: is this started by mpirun?");
-        we_initialized_mpi = 1;
-    } else {
-        MPI_Query_thread(&provided);
-    }
-    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-    if (thread_level) *thread_level = provided;
-    return DDP_OK;
-}
-
-int ddp_mpi_thread_multiple(void) {
-    int inited = 0, level = MPI_THREAD_SINGLE;
-    MPI_Initialized(&inited);
-    if (inited) MPI_Query_thread(&level);
-    return level == MPI_THREAD_MULTIPLE;
-}
-
-void ddp_mpi_finalize(void) {
-    int finalized = 0;
-    MPI_Finalized(&finalized);
-    if (we_initialized_mpi && !finalized) MPI_Finalize();
-}
-
-static ddp_status mpi_fail(int rc, const char *what, const char *file, int line) {
-    char msg[MPI_MAX_ERROR_STRING] = "";
-    int len = 0;
-    MPI_Error_string(rc, msg, &len);
-    return ddp_error_set(DDP_ERR_COMM, file, line, "%s failed: %s", what, msg);
-}
-
 #define MPI_TRY(call, what)                                                                        \
     do {                                                                                           \
         int mpi_rc_ = (call);                                                                      \
-        if (mpi_rc_ != MPI_SUCCESS) return mpi_fail(mpi_rc_, (what), __FILE__, __LINE__);          \
+        if (mpi_rc_ != MPI_SUCCESS) return ddp_mpi_fail(mpi_rc_, (what), __FILE__, __LINE__);      \
     } while (0)
-
-ddp_status ddp_mpi_agree_local(MPI_Comm comm, ddp_status local, const char *what) {
-    int world_rank = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-    /* MIN over (world rank if failed, else INT_MAX): the lowest failing rank, if any. */
-    int lowest = local == DDP_OK ? INT_MAX : world_rank;
-    int rc = MPI_Allreduce(MPI_IN_PLACE, &lowest, 1, MPI_INT, MPI_MIN, comm);
-    if (local != DDP_OK) return local;
-    if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Allreduce (agreement)", __FILE__, __LINE__);
-    if (lowest == INT_MAX) return DDP_OK;
-    return DDP_FAIL(DDP_ERR_REMOTE, "%s failed on rank %d (see its message)", what, lowest);
-}
-
-ddp_status ddp_mpi_local_rank(int *local_rank, int *local_size) {
-    static int cached = 0, lr = 0, ls = 1;
-    if (!cached) {
-        MPI_Comm node;
-        MPI_TRY(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
-                "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)");
-        MPI_Comm_rank(node, &lr);
-        MPI_Comm_size(node, &ls);
-        MPI_Comm_free(&node);
-        cached = 1;
-    }
-    *local_rank = lr;
-    *local_size = ls;
-    return DDP_OK;
-}
 
 /* ---- types and reductions ------------------------------------------------------------ */
 
@@ -142,15 +73,6 @@ typedef struct {
 } stage_buf;
 
 #define MAX_STAGE 64
-/* Shared regions per comm (one per trainer built on it; they live as long as the comm). */
-#define MAX_SHARED 16
-
-/* Memory of every rank of the node, from one MPI shared window. */
-typedef struct {
-    MPI_Win win;
-    char **base;  /* (local_size): each rank's part, mapped here */
-    size_t bytes; /* of each part */
-} shared_region;
 
 typedef struct {
     struct ddp_comm base;
@@ -158,10 +80,8 @@ typedef struct {
     MPI_Op bf16_sum_op;
     int device_buffers; /* stage through host memory */
     stage_buf stage[MAX_STAGE];
-    MPI_Comm node;      /* the ranks on this node, or MPI_COMM_NULL */
-    ddp_shm_gate *gate; /* NULL: wait inside MPI */
-    shared_region shared[MAX_SHARED];
-    int n_shared;
+    /* The node's ranks, their gate (NULL: wait inside MPI) and shared memory. */
+    ddp_shm_node shm;
 } mpi_comm;
 
 struct ddp_comm_req {
@@ -273,7 +193,7 @@ static ddp_status mpi_iallreduce(ddp_comm *base, void *buf, size_t count, ddp_dt
     if (rc != MPI_SUCCESS) {
         if (r->staged) r->staged->in_use = 0;
         free(r);
-        return mpi_fail(rc, "MPI_Iallreduce", __FILE__, __LINE__);
+        return ddp_mpi_fail(rc, "MPI_Iallreduce", __FILE__, __LINE__);
     }
     *out = r;
     return DDP_OK;
@@ -310,114 +230,20 @@ static ddp_status mpi_wait(ddp_comm *base, ddp_comm_req *r) {
     if (rc != MPI_SUCCESS) {
         if (r->staged) r->staged->in_use = 0;
         free(r);
-        return mpi_fail(rc, "MPI_Wait (all-reduce)", __FILE__, __LINE__);
+        return ddp_mpi_fail(rc, "MPI_Wait (all-reduce)", __FILE__, __LINE__);
     }
     DDP_CHECK(finish((mpi_comm *)base, r));
     return DDP_OK;
 }
 
-/* ---- all-reduce within the node's shared memory ------------------------------------ */
-
-/* The shared region holding [buf, buf + bytes) in this rank's part, or NULL. */
-static shared_region *find_shared(mpi_comm *c, const void *buf, size_t bytes) {
-    const char *p = buf;
-    for (int i = 0; i < c->n_shared; i++) {
-        shared_region *r = &c->shared[i];
-        const char *mine = r->base[c->base.local_rank];
-        if (p >= mine && p + bytes <= mine + r->bytes) return r;
-    }
-    return NULL;
-}
-
-/* In-place fp32 sum over the same offset of every rank's part. Each rank sums its share
- * of the elements over all ranks, in rank order, and writes the sum into every rank's
- * part: identical bits everywhere, no copies, no messages. Passing the gate before
- * makes every rank's values final; passing it after makes every sum written. */
-static void shared_sum_f32(mpi_comm *c, shared_region *r, size_t offset, size_t count) {
-    enum { BLOCK = 1024 };
-    int n = c->base.local_size, me = c->base.local_rank;
-    size_t lo = count * (size_t)me / (size_t)n, hi = count * (size_t)(me + 1) / (size_t)n;
-    float acc[BLOCK];
-    ddp_shm_gate_pass(c->gate);
-    for (size_t i = lo; i < hi; i += BLOCK) {
-        size_t m = hi - i < BLOCK ? hi - i : BLOCK;
-        const float *x0 = (const float *)(r->base[0] + offset) + i;
-        for (size_t k = 0; k < m; k++)
-            acc[k] = x0[k];
-        for (int q = 1; q < n; q++) {
-            const float *x = (const float *)(r->base[q] + offset) + i;
-            for (size_t k = 0; k < m; k++)
-                acc[k] += x[k];
-        }
-        for (int q = 0; q < n; q++)
-            memcpy((float *)(r->base[q] + offset) + i, acc, m * sizeof(float));
-    }
-    ddp_shm_gate_pass(c->gate);
-}
-
-/* Open MPI backs a shared window with a file in /dev/shm. A tmpfs too small for it (a
- * container's 64 MB, say) only makes Open MPI warn and carry on, and the job then hangs
- * or dies of SIGBUS once the pages are touched; so ask for room to spare first. */
-static int devshm_has_room(size_t bytes) {
-    struct statvfs st;
-    if (statvfs("/dev/shm", &st) != 0) return 1; /* none: Open MPI uses its session dir */
-    return (double)st.f_bavail * (double)st.f_frsize >= 2.0 * (double)bytes;
-}
+/* ---- node-shared memory (shm_node.c) --------------------------------------------- */
 
 static ddp_status mpi_alloc_shared(ddp_comm *base, size_t bytes, void **ptr) {
     mpi_comm *c = (mpi_comm *)base;
-    /* The same on every rank: the gate was agreed on, the backend kind and the world
-     * are the same everywhere, and every rank makes the same calls. */
-    if (!c->gate || c->device_buffers || base->local_size != base->size ||
-        c->n_shared == MAX_SHARED)
-        return DDP_OK;
-    /* Agreed before allocating: one rank short of room must not leave the others in a
-     * window that cannot be made. */
-    int room = devshm_has_room(bytes * (size_t)base->local_size);
-    if (MPI_Allreduce(MPI_IN_PLACE, &room, 1, MPI_INT, MPI_MIN, c->node) != MPI_SUCCESS)
-        return DDP_FAIL(DDP_ERR_COMM, "MPI comm: agreement on shared memory failed");
-    if (!room) {
-        if (base->local_rank == 0)
-            ddp_log_warn("/dev/shm has too little room for %zu bytes of gradients per rank: "
-                         "all-reducing them through MPI instead of shared memory",
-                         bytes);
-        return DDP_OK;
-    }
-    shared_region *r = &c->shared[c->n_shared];
-    r->base = calloc((size_t)base->local_size, sizeof *r->base);
-    /* Agreed before the window: a rank without its table must not leave the others in a
-     * collective it skips. */
-    ddp_status s = r->base ? DDP_OK : DDP_FAIL(DDP_ERR_NOMEM, "MPI comm: out of memory");
-    s = ddp_mpi_agree_local(c->node, s, "preparing node-shared memory");
-    if (s != DDP_OK) {
-        free(r->base);
-        r->base = NULL;
-        DDP_CHECK(s);
-    }
-    void *mine = NULL;
-    int rc = MPI_Win_allocate_shared((MPI_Aint)bytes, 64, MPI_INFO_NULL, c->node, &mine, &r->win);
-    int made = rc == MPI_SUCCESS, ok = made;
-    for (int q = 0; ok && q < base->local_size; q++) {
-        MPI_Aint size;
-        int disp;
-        ok = MPI_Win_shared_query(r->win, q, &size, &disp, &r->base[q]) == MPI_SUCCESS &&
-             (size_t)size >= bytes;
-    }
-    /* All ranks use the region, or none does. */
-    if (MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, c->node) != MPI_SUCCESS) {
-        free(r->base);
-        r->base = NULL;
-        return DDP_FAIL(DDP_ERR_COMM, "MPI comm: agreement on shared memory failed");
-    }
-    if (!ok) {
-        if (made) MPI_Win_free(&r->win);
-        free(r->base);
-        r->base = NULL;
-        return DDP_OK;
-    }
-    r->bytes = bytes;
-    c->n_shared++;
-    *ptr = mine;
+    /* The same on every rank: the backend kind and the world are the same everywhere. The
+     * gradients of ranks on other nodes are not in the node's memory. */
+    if (c->device_buffers || base->local_size != base->size) return DDP_OK;
+    DDP_CHECK(ddp_shm_node_alloc(&c->shm, bytes, ptr));
     return DDP_OK;
 }
 
@@ -425,14 +251,15 @@ static ddp_status mpi_allreduce(ddp_comm *base, void *buf, size_t count, ddp_dty
                                 ddp_redop op) {
     mpi_comm *c = (mpi_comm *)base;
     size_t bytes = count * ddp_dtype_size(t);
-    shared_region *sr;
+    ddp_shm_region *sr;
     if (t == DDP_F32 && op == DDP_SUM && bytes >= GATE_MIN_BYTES &&
-        (sr = find_shared(c, buf, bytes)) != NULL) {
-        shared_sum_f32(c, sr, (size_t)((char *)buf - sr->base[base->local_rank]), count);
+        (sr = ddp_shm_node_find(&c->shm, buf, bytes)) != NULL) {
+        ddp_shm_node_sum_f32(&c->shm, sr, (size_t)((char *)buf - sr->base[base->local_rank]),
+                             count);
         return DDP_OK;
     }
     /* Sleep until the node's ranks are all here, rather than spin in MPI for them. */
-    if (c->gate && bytes >= GATE_MIN_BYTES) ddp_shm_gate_pass(c->gate);
+    if (c->shm.gate && bytes >= GATE_MIN_BYTES) ddp_shm_gate_pass(c->shm.gate);
     if (!c->device_buffers) {
         /* The blocking call lets MPI pick its best algorithm for the size. */
         MPI_Op mop = MPI_OP_NULL;
@@ -487,7 +314,7 @@ static ddp_status mpi_broadcast(ddp_comm *base, void *buf, size_t count, ddp_dty
     int rc = MPI_Bcast(host, (int)count, mpi_type(t), root, c->comm);
     if (rc != MPI_SUCCESS) {
         if (st) st->in_use = 0;
-        return mpi_fail(rc, "MPI_Bcast", __FILE__, __LINE__);
+        return ddp_mpi_fail(rc, "MPI_Bcast", __FILE__, __LINE__);
     }
     DDP_CHECK(from_host(c, st, buf, bytes));
     return DDP_OK;
@@ -510,7 +337,7 @@ static ddp_status mpi_allgather(ddp_comm *base, const void *send, void *recv, si
     if (ss) ss->in_use = 0;
     if (rc != MPI_SUCCESS) {
         if (rs) rs->in_use = 0;
-        return mpi_fail(rc, "MPI_Allgather", __FILE__, __LINE__);
+        return ddp_mpi_fail(rc, "MPI_Allgather", __FILE__, __LINE__);
     }
     DDP_CHECK(from_host(c, rs, recv, bytes * (size_t)base->size));
     return DDP_OK;
@@ -536,7 +363,8 @@ static ddp_status mpi_reduce_scatter(ddp_comm *base, const void *send, void *rec
     if (rc == MPI_SUCCESS && op == DDP_AVG) s = divide_by_size(hr, count, t, base->size);
     if (rc != MPI_SUCCESS || s != DDP_OK) {
         if (rs) rs->in_use = 0;
-        if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Reduce_scatter_block", __FILE__, __LINE__);
+        if (rc != MPI_SUCCESS)
+            return ddp_mpi_fail(rc, "MPI_Reduce_scatter_block", __FILE__, __LINE__);
         DDP_CHECK(s);
     }
     DDP_CHECK(from_host(c, rs, recv, bytes));
@@ -567,29 +395,6 @@ static ddp_status int_blocks(const mpi_comm *c, const size_t *counts, int **out,
     return DDP_OK;
 }
 
-/* Rank r's block of a buffer in shared memory, summed over the node's ranks (in rank order,
- * as shared_sum_f32) into recv. Passing the gate before makes every rank's values final;
- * passing it after keeps every rank from overwriting its buffer while another reads it. */
-static void shared_reduce_scatter_f32(mpi_comm *c, shared_region *r, size_t offset,
-                                      const size_t *counts, float *recv) {
-    int n = c->base.local_size, me = c->base.local_rank;
-    size_t lo = 0;
-    for (int q = 0; q < me; q++)
-        lo += counts[q];
-    size_t m = counts[me];
-    ddp_shm_gate_pass(c->gate);
-    if (m > 0) {
-        const float *x0 = (const float *)(r->base[0] + offset) + lo;
-        if (recv != x0) memmove(recv, x0, m * sizeof(float));
-        for (int q = 1; q < n; q++) {
-            const float *x = (const float *)(r->base[q] + offset) + lo;
-            for (size_t k = 0; k < m; k++)
-                recv[k] += x[k];
-        }
-    }
-    ddp_shm_gate_pass(c->gate);
-}
-
 static ddp_status mpi_reduce_scatterv(ddp_comm *base, const void *send, void *recv,
                                       const size_t *counts, ddp_dtype t, ddp_redop op) {
     mpi_comm *c = (mpi_comm *)base;
@@ -597,12 +402,12 @@ static ddp_status mpi_reduce_scatterv(ddp_comm *base, const void *send, void *re
     size_t total;
     DDP_CHECK(int_blocks(c, counts, &v, &total));
     size_t esize = ddp_dtype_size(t), mine = counts[base->rank];
-    shared_region *sr;
+    ddp_shm_region *sr;
     if (t == DDP_F32 && op == DDP_SUM && total * esize >= GATE_MIN_BYTES &&
-        (sr = find_shared(c, send, total * esize)) != NULL) {
+        (sr = ddp_shm_node_find(&c->shm, send, total * esize)) != NULL) {
         free(v);
-        shared_reduce_scatter_f32(c, sr, (size_t)((const char *)send - sr->base[base->local_rank]),
-                                  counts, recv);
+        ddp_shm_node_reduce_scatter_f32(
+            &c->shm, sr, (size_t)((const char *)send - sr->base[base->local_rank]), counts, recv);
         return DDP_OK;
     }
     MPI_Op mop = MPI_OP_NULL;
@@ -611,7 +416,8 @@ static ddp_status mpi_reduce_scatterv(ddp_comm *base, const void *send, void *re
     void *hs = NULL, *hr = NULL;
     if (s == DDP_OK) s = to_host(c, send, total * esize, 1, &ss, &hs);
     if (s == DDP_OK) s = to_host(c, recv, mine * esize, 0, &rs, &hr);
-    if (s == DDP_OK && c->gate && total * esize >= GATE_MIN_BYTES) ddp_shm_gate_pass(c->gate);
+    if (s == DDP_OK && c->shm.gate && total * esize >= GATE_MIN_BYTES)
+        ddp_shm_gate_pass(c->shm.gate);
     int rc = MPI_SUCCESS;
     if (s == DDP_OK) rc = MPI_Reduce_scatter(hs, hr, v, mpi_type(t), mop, c->comm);
     free(v);
@@ -620,7 +426,7 @@ static ddp_status mpi_reduce_scatterv(ddp_comm *base, const void *send, void *re
         s = divide_by_size(hr, mine, t, base->size);
     if (s != DDP_OK || rc != MPI_SUCCESS) {
         if (rs) rs->in_use = 0;
-        if (s == DDP_OK) return mpi_fail(rc, "MPI_Reduce_scatter", __FILE__, __LINE__);
+        if (s == DDP_OK) return ddp_mpi_fail(rc, "MPI_Reduce_scatter", __FILE__, __LINE__);
         DDP_CHECK(s);
     }
     DDP_CHECK(from_host(c, rs, recv, mine * esize));
@@ -636,7 +442,7 @@ static ddp_status mpi_allgatherv(ddp_comm *base, void *buf, const size_t *counts
     stage_buf *st = NULL;
     void *host = NULL;
     ddp_status s = to_host(c, buf, bytes, 1, &st, &host);
-    if (s == DDP_OK && c->gate && bytes >= GATE_MIN_BYTES) ddp_shm_gate_pass(c->gate);
+    if (s == DDP_OK && c->shm.gate && bytes >= GATE_MIN_BYTES) ddp_shm_gate_pass(c->shm.gate);
     int rc = MPI_SUCCESS;
     if (s == DDP_OK)
         rc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, host, v, v + base->size,
@@ -644,7 +450,7 @@ static ddp_status mpi_allgatherv(ddp_comm *base, void *buf, const size_t *counts
     free(v);
     if (s != DDP_OK || rc != MPI_SUCCESS) {
         if (st) st->in_use = 0;
-        if (s == DDP_OK) return mpi_fail(rc, "MPI_Allgatherv", __FILE__, __LINE__);
+        if (s == DDP_OK) return ddp_mpi_fail(rc, "MPI_Allgatherv", __FILE__, __LINE__);
         DDP_CHECK(s);
     }
     DDP_CHECK(from_host(c, st, buf, bytes));
@@ -667,13 +473,8 @@ static void mpi_destroy(ddp_comm *base) {
     MPI_Finalized(&finalized);
     for (int i = 0; i < MAX_STAGE; i++)
         ddp_backend_host_dealloc(base->backend, c->stage[i].ptr);
-    for (int i = 0; i < c->n_shared; i++) {
-        if (!finalized) MPI_Win_free(&c->shared[i].win);
-        free(c->shared[i].base);
-    }
-    ddp_shm_gate_free(c->gate);
+    ddp_shm_node_free(&c->shm);
     if (!finalized) {
-        if (c->node != MPI_COMM_NULL) MPI_Comm_free(&c->node);
         if (c->bf16_sum_op != MPI_OP_NULL) MPI_Op_free(&c->bf16_sum_op);
         if (c->comm != MPI_COMM_NULL) MPI_Comm_free(&c->comm);
     }
@@ -719,13 +520,13 @@ ddp_status ddp_comm_mpi_create(ddp_backend *b, ddp_comm **out) {
     if (c) {
         c->base.ops = &mpi_ops;
         c->base.backend = b;
-        c->comm = c->node = MPI_COMM_NULL;
+        c->comm = c->shm.node = MPI_COMM_NULL;
         c->bf16_sum_op = MPI_OP_NULL;
         c->device_buffers = b && !ddp_backend_is_host(b);
         int rc = MPI_Op_create(bf16_sum, 1, &c->bf16_sum_op);
         if (rc != MPI_SUCCESS) {
             c->bf16_sum_op = MPI_OP_NULL;
-            s = mpi_fail(rc, "MPI_Op_create", __FILE__, __LINE__);
+            s = ddp_mpi_fail(rc, "MPI_Op_create", __FILE__, __LINE__);
         }
     }
     /* COLLECTIVE over the world: every rank learns the outcome, so all go on or all stop. */
@@ -739,26 +540,20 @@ ddp_status ddp_comm_mpi_create(ddp_backend *b, ddp_comm **out) {
     if (rc != MPI_SUCCESS) {
         c->comm = MPI_COMM_NULL;
         mpi_destroy(&c->base);
-        return mpi_fail(rc, "MPI_Comm_dup", __FILE__, __LINE__);
+        return ddp_mpi_fail(rc, "MPI_Comm_dup", __FILE__, __LINE__);
     }
     MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
     MPI_Comm_rank(c->comm, &c->base.rank);
     MPI_Comm_size(c->comm, &c->base.size);
-    /* Every rank splits, whatever its node's size (nodes may hold different numbers of
-     * ranks): the node comm gives the local rank and size, and carries the gate. */
-    rc = MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &c->node);
-    if (rc != MPI_SUCCESS)
-        s = mpi_fail(rc, "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)", __FILE__, __LINE__);
+    /* The node's ranks give the local rank and size and share the gate. DDP_MPI_GATE=0
+     * turns the gate off (to compare, or where futexes misbehave); it is used only if
+     * every rank of the node agrees, and never on a node of one rank. */
+    const char *env = getenv("DDP_MPI_GATE");
+    s = ddp_shm_node_create(c->comm, !(env && strcmp(env, "0") == 0), &c->shm);
     if (s == DDP_OK) {
-        MPI_Comm_rank(c->node, &c->base.local_rank);
-        MPI_Comm_size(c->node, &c->base.local_size);
-        /* DDP_MPI_GATE=0 turns the arrival gate off (to compare, or where futexes
-         * misbehave); it is used only if every rank of the node agrees, and never on a
-         * node of one rank. COLLECTIVE over the node. */
-        const char *env = getenv("DDP_MPI_GATE");
-        int want = !(env && strcmp(env, "0") == 0);
-        s = ddp_shm_gate_create(c->node, want, &c->gate);
-        c->base.sleeping_wait = c->gate != NULL;
+        c->base.local_rank = c->shm.rank;
+        c->base.local_size = c->shm.size;
+        c->base.sleeping_wait = c->shm.gate != NULL;
     }
     if (s != DDP_OK) {
         mpi_destroy(&c->base);

@@ -25,7 +25,7 @@ void ddp_log_init(int rank, int world, ddp_log_level level) {
 void ddp_log(ddp_log_level level, const char *fmt, ...) {
     if (level > log_level) return;
     if (level >= DDP_LOG_INFO && log_rank != 0) return;
-    static const char *const tags[] = {"error", "warning", "", "debug"};
+    static const char *const tags[] = {"error", "warning", ""};
     FILE *f = level <= DDP_LOG_WARN ? stderr : stdout;
     char line[2048];
     int off;

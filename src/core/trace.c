@@ -25,8 +25,6 @@ static _Thread_local struct {
     double t;
 } stack[MAX_DEPTH];
 
-int ddp_trace_enabled(void) { return trace_file != NULL; }
-
 static ddp_status emit(json_t *ev) {
     if (!ev) return DDP_FAIL(DDP_ERR_INTERNAL, "trace: could not build an event");
     char *text = json_dumps(ev, JSON_COMPACT);

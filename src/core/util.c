@@ -1,5 +1,5 @@
-/* The monotonic clock, the peak resident memory, CRC-32 (through zlib, which the data reader needs
- * anyway) and directory creation. */
+/* The monotonic clock, the peak resident memory, enum names, CRC-32 (through zlib, which the
+ * data reader needs anyway) and directory creation. */
 #include <errno.h>
 #include <stdio.h>
 #include <math.h>
@@ -28,6 +28,18 @@ double ddp_thread_cpu_time(void) {
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+const char *ddp_enum_name(const char *const *names, int v) {
+    for (int i = 0; v >= 0 && names[i]; i++)
+        if (i == v) return names[i];
+    return "?";
+}
+
+int ddp_enum_find(const char *const *names, const char *s) {
+    for (int i = 0; names[i]; i++)
+        if (strcmp(names[i], s) == 0) return i;
+    return -1;
 }
 
 uint32_t ddp_crc32(uint32_t crc, const void *data, size_t bytes) {

@@ -13,6 +13,9 @@
  * size (the global batch is micro-batch x accumulation x ranks), so the global count is
  * this rank's rows times the ranks, known without asking: nothing is read back from the
  * device in the middle of a pass.
+ *
+ * Its registry entry: --channels, --kernel, --sync-bn and the dense head's --hidden and
+ * --act, the description "cnn 28x28x1 conv32,64 k3 fc 3136-128-10 relu", labelled images.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,8 +210,10 @@ static void *new_layer(size_t size, const ddp_layer_ops *ops, const char *name, 
     return l;
 }
 
-/* One stage: conv -> batch norm -> ReLU -> max pool, from (H, W, Cin) to (H/2, W/2, Cout). */
-static ddp_status add_stage(ddp_model *m, int i, int *H, int *W, int Cin, int Cout, int k) {
+/* One stage: conv -> batch norm -> ReLU -> max pool, from (H, W, Cin) to (H/2, W/2, Cout);
+ * sync: the batch norm's statistics over all ranks. */
+static ddp_status add_stage(ddp_model *m, int i, int *H, int *W, int Cin, int Cout, int k,
+                            int sync) {
     char name[32];
     size_t hw = (size_t)*H * (size_t)*W;
     snprintf(name, sizeof name, "conv%d", i);
@@ -238,6 +243,7 @@ static ddp_status add_stage(ddp_model *m, int i, int *H, int *W, int Cin, int Co
     batchnorm *N = new_layer(sizeof *N, &bn_ops, name, hw * (size_t)Cout, hw * (size_t)Cout);
     if (!N) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
     N->backend = ddp_model_backend(m);
+    N->base.communicates = sync;
     N->C = Cout;
     N->hw = (int)hw;
     snprintf(pname, sizeof pname, "bn%d.weight", i);
@@ -274,39 +280,40 @@ static ddp_status add_stage(ddp_model *m, int i, int *H, int *W, int Cin, int Co
     P->base.saved_per_pos = out; /* int32 indices of the maxima */
     /* With recomputation a stage is one block: the pooled output is kept; the conv, batch
      * norm and ReLU outputs and the pooling indices are recomputed. */
-    P->base.checkpoint = 1;
+    P->base.segment_end = 1;
     DDP_CHECK(ddp_model_add_layer(m, &P->base));
     *H = Ho;
     *W = Wo;
     return DDP_OK;
 }
 
-ddp_status ddp_model_build_cnn(ddp_model *m, const ddp_model_spec *spec, char *describe,
-                               size_t cap) {
+static ddp_status build(ddp_model *m, const ddp_model_spec *spec, char *describe, size_t cap) {
     int H = spec->height, W = spec->width, C = spec->channels, k = spec->kernel;
     if (H < 1 || W < 1 || C < 1)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "cnn: images of %dx%d with %d channels: the data must be images (IDX "
                         "files of rows x columns)",
                         H, W, C);
-    if (spec->n_conv < 1 || spec->n_conv > DDP_MAX_CONV || k < 1 || k % 2 == 0)
+    const ddp_size_list *stages = &spec->conv;
+    if (stages->n < 1 || stages->n > DDP_MAX_CONV || k < 1 || k % 2 == 0)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "cnn: %d convolution stages with kernel %d: need 1 to %d stages and an "
                         "odd kernel (so that padding k / 2 keeps the size)",
-                        spec->n_conv, k, DDP_MAX_CONV);
+                        stages->n, k, DDP_MAX_CONV);
     int off = snprintf(describe, cap, "cnn %dx%dx%d conv", H, W, C);
     int Cin = C;
-    for (int i = 0; i < spec->n_conv; i++) {
-        if (spec->conv[i] < 1 || spec->conv[i] > 65536)
-            return DDP_FAIL(DDP_ERR_INVALID_ARG, "cnn: stage %d has %d channels", i, spec->conv[i]);
+    for (int i = 0; i < stages->n; i++) {
+        int Cout = (int)stages->v[i];
+        if (stages->v[i] < 1 || stages->v[i] > 65536)
+            return DDP_FAIL(DDP_ERR_INVALID_ARG, "cnn: stage %d has %zu channels", i, stages->v[i]);
         if (H < 2 || W < 2 || H < k / 2 + 1 || W < k / 2 + 1)
             return DDP_FAIL(DDP_ERR_INVALID_ARG,
                             "cnn: stage %d gets images of %dx%d, too small for a %dx%d kernel "
                             "and 2 x 2 pooling: use fewer --channels stages",
                             i, H, W, k, k);
-        DDP_CHECK(add_stage(m, i, &H, &W, Cin, spec->conv[i], k));
-        off += snprintf(describe + off, cap - (size_t)off, "%s%d", i ? "," : "", spec->conv[i]);
-        Cin = spec->conv[i];
+        DDP_CHECK(add_stage(m, i, &H, &W, Cin, Cout, k, spec->sync_bn));
+        off += snprintf(describe + off, cap - (size_t)off, "%s%d", i ? "," : "", Cout);
+        Cin = Cout;
     }
     size_t hw = (size_t)H * (size_t)W, features = hw * (size_t)Cin;
     flatten *F = new_layer(sizeof *F, &flatten_ops, "flatten", features, features);
@@ -318,3 +325,75 @@ ddp_status ddp_model_build_cnn(ddp_model *m, const ddp_model_spec *spec, char *d
     DDP_CHECK(ddp_model_add_mlp_head(m, spec, features, describe + off, cap - (size_t)off));
     return DDP_OK;
 }
+
+/* "28x28x1 conv32,64 k3 fc 3136-128-10 relu": the image, the stages, the kernel, then the
+ * dense head as the MLP describes its layers. */
+static ddp_status parse(const char *rest, ddp_model_spec *spec) {
+    int n = 0, k = 0, head = 0;
+    if (sscanf(rest, "%dx%dx%d conv%n", &spec->height, &spec->width, &spec->channels, &n) != 3 ||
+        n == 0)
+        return DDP_FAIL(DDP_ERR_FORMAT, "a CNN's description starts with HxWxC conv");
+    const char *p = rest + n;
+    spec->conv.n = 0;
+    while (spec->conv.n < DDP_MAX_CONV) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 1) break;
+        spec->conv.v[spec->conv.n++] = (size_t)v;
+        p = end;
+        if (*p != ',') break;
+        p++;
+    }
+    if (spec->conv.n == 0 || sscanf(p, " k%d fc %n", &k, &head) != 1 || head == 0)
+        return DDP_FAIL(DDP_ERR_FORMAT, "a CNN is described as \"cnn 28x28x1 conv32,64 k3 fc "
+                                        "3136-128-10 relu\"");
+    spec->kernel = k;
+    DDP_CHECK(ddp_model_parse_mlp_head(p + head, spec));
+    return DDP_OK;
+}
+
+/* --channels 32,64: 1 to DDP_MAX_CONV stages. */
+static ddp_status parse_channels(const char *name, const char *arg, void *field) {
+    DDP_CHECK(ddp_model_parse_list(name, arg, field, DDP_MAX_CONV, 65536, "32,64"));
+    return DDP_OK;
+}
+
+static const ddp_opt options[] = {
+    {.kind = DDP_OPT_HEADING, .help = "The CNN (--model cnn)"},
+    {.name = "channels",
+     .kind = DDP_OPT_CUSTOM,
+     DDP_OPT_FIELD(ddp_model_spec, conv),
+     .arg = "LIST",
+     .help = "channels of the convolution stages; each: conv, batch\n"
+             "norm, ReLU, 2x2 max pooling",
+     .parse = parse_channels,
+     .format = ddp_model_format_sizes,
+     .def = "32,64"},
+    {.name = "kernel",
+     .kind = DDP_OPT_INT,
+     DDP_OPT_FIELD(ddp_model_spec, kernel),
+     .arg = "K",
+     .help = "odd convolution kernel size",
+     .lo = 1,
+     .hi = 31,
+     .def = "3"},
+    {.name = "sync-bn",
+     .kind = DDP_OPT_FLAG,
+     DDP_OPT_FIELD(ddp_model_spec, sync_bn),
+     .help = "batch-norm statistics over the global batch (all\n"
+             "ranks), not each rank's share",
+     .lo = 1,
+     .def = "0"},
+    DDP_MODEL_HEAD_OPTIONS("128"),
+};
+
+const ddp_model_type ddp_model_type_cnn = {
+    .summary = "a convolutional network with batch norm on labelled\nimages (--data)",
+    .options = options,
+    .n_options = sizeof options / sizeof *options,
+    .data = DDP_DATA_SAMPLES,
+    /* Its activations are some 500 times larger per sample than the MLP's. */
+    .eval_batch = 256,
+    .build = build,
+    .parse = parse,
+};

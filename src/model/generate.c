@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ddp/model.h"
+#include "model/layer.h"
 
 static int descending(const void *a, const void *b) {
     float x = *(const float *)a, y = *(const float *)b;
@@ -47,7 +47,7 @@ ddp_status ddp_model_generate(ddp_model *m, const int32_t *prompt, size_t n_prom
                               const ddp_generate_options *o, ddp_emit_fn emit, void *ctx) {
     size_t T = ddp_model_max_positions(m);
     int V = ddp_model_num_classes(m);
-    if (T < 2 || ddp_model_spec_of(m)->kind != DDP_MODEL_GPT)
+    if (T < 2 || !ddp_model_takes_tokens(m))
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "generate: %s is not a token model",
                         ddp_model_describe(m));
     if (n_prompt == 0)
@@ -61,7 +61,7 @@ ddp_status ddp_model_generate(ddp_model *m, const int32_t *prompt, size_t n_prom
             return DDP_FAIL(DDP_ERR_INVALID_ARG,
                             "generate: prompt token %d at %zu is outside the vocabulary of %d",
                             prompt[i], i, V);
-    ddp_backend *b = ddp_model_backend_of(m);
+    ddp_backend *b = ddp_model_backend(m);
     size_t keep = T; /* the window: the last T tokens */
     int32_t *window = malloc(keep * sizeof *window);
     float *logits = malloc((size_t)V * sizeof *logits);

@@ -1,12 +1,16 @@
 /*
  * The GPT-2 language model: tokens (B, T) -> token + learned position embedding ->
- * L pre-LayerNorm blocks (x + attn(ln1(x)), then x + mlp(ln2(x)), with causal multi-head
- * self-attention and a 4x GELU MLP) -> final LayerNorm -> logits (B, T, V) through the
- * token embedding (tied output projection). Tensor names and shapes follow the usual
- * PyTorch GPT-2 state dict (nn.Linear weights (out, in)), so an export loads there.
+ * L pre-norm blocks (x + attn(ln1(x)), then x + mlp(ln2(x)), with causal multi-head
+ * self-attention and a 4x GELU MLP) -> final norm -> logits (B, T, V) through the token
+ * embedding (tied output projection). The norms are LayerNorm, or RMSNorm with --norm. Tensor names
+ * and shapes follow the usual PyTorch GPT-2 state dict (nn.Linear weights (out, in)), so an export
+ * loads there.
  *
  * Initialization as GPT-2: weights normal(0, 0.02), the two projections that write into
- * the residual stream scaled by 1/sqrt(2 L), biases 0, LayerNorm weights 1.
+ * the residual stream scaled by 1/sqrt(2 L), biases 0, LayerNorm weights 1. Its registry
+ * entry: --layers, --dim, --heads, --ctx, --norm, the description "gpt L4 C256 H4 T128
+ * V256" (" rmsnorm" after it with RMSNorm), a text (the vocabulary is the data's: 256
+ * bytes).
  */
 #include <math.h>
 #include <stdio.h>
@@ -15,6 +19,8 @@
 #include "model/layer.h"
 
 #define INIT_STD 0.02f
+
+const char *const ddp_norm_names[] = {DDP_NORMS(DDP_X_NAME) NULL};
 
 static const ddp_init init_zero = {DDP_INIT_ZERO, 0.0f};
 static const ddp_init init_one = {DDP_INIT_ONE, 0.0f};
@@ -53,13 +59,84 @@ static ddp_status embed_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, 
 
 static const ddp_layer_ops embed_ops = {"embedding", embed_forward, embed_backward, NULL};
 
+/* ---- normalization: LayerNorm or RMSNorm (--norm) --------------------------------------- */
+
+/* A normalization over the channels and its tensors: weight (C), and LayerNorm's bias (C)
+ * (-1 for RMSNorm, which has none). */
+typedef struct {
+    ddp_norm kind;
+    int w, b;
+} norm;
+
+/* Declares prefix.name.weight (1) and, for LayerNorm, prefix.name.bias (0). */
+static ddp_status norm_declare(ddp_model *m, const char *prefix, const char *name, size_t C,
+                               ddp_norm kind, norm *n) {
+    char full[128];
+    size_t shape[1] = {C};
+    n->kind = kind;
+    n->b = -1;
+    snprintf(full, sizeof full, "%s%s.weight", prefix, name);
+    DDP_CHECK(ddp_model_add_param(m, full, 1, shape, init_one, 0, &n->w));
+    if (kind == DDP_NORM_LAYERNORM) {
+        snprintf(full, sizeof full, "%s%s.bias", prefix, name);
+        DDP_CHECK(ddp_model_add_param(m, full, 1, shape, init_zero, 0, &n->b));
+    }
+    return DDP_OK;
+}
+
+/* out (rows, C) from inp; mean and rstd (rows) kept for the backward (RMSNorm leaves mean
+ * alone). */
+static ddp_status norm_forward(ddp_model *m, const norm *n, float *out, float *mean, float *rstd,
+                               const float *inp, size_t rows, int C) {
+    ddp_backend *b = ddp_model_backend(m);
+    switch (n->kind) {
+    case DDP_NORM_LAYERNORM:
+        DDP_CHECK(ddp_backend_layernorm_forward(b, out, mean, rstd, inp, ddp_model_w(m, n->w),
+                                                ddp_model_w(m, n->b), (int)rows, C));
+        return DDP_OK;
+    case DDP_NORM_RMSNORM:
+        DDP_CHECK(
+            ddp_backend_rmsnorm_forward(b, out, rstd, inp, ddp_model_w(m, n->w), (int)rows, C));
+        return DDP_OK;
+    case DDP_NORM_COUNT: break;
+    }
+    return DDP_FAIL(DDP_ERR_INVALID_ARG, "gpt: unknown normalization %d", (int)n->kind);
+}
+
+/* The backward adds its input gradient into dres (a residual stream's gradient) and its
+ * parameter gradients into its tensors. */
+static ddp_status norm_backward(ddp_model *m, const norm *n, float *dres, const float *dout,
+                                const float *inp, const float *mean, const float *rstd, size_t rows,
+                                int C) {
+    ddp_backend *b = ddp_model_backend(m);
+    DDP_CHECK(ddp_grad_prepare_add(m, n->w));
+    switch (n->kind) {
+    case DDP_NORM_LAYERNORM:
+        DDP_CHECK(ddp_grad_prepare_add(m, n->b));
+        DDP_CHECK(ddp_backend_layernorm_backward(b, dres, ddp_model_dw(m, n->w),
+                                                 ddp_model_dw(m, n->b), dout, inp,
+                                                 ddp_model_w(m, n->w), mean, rstd, (int)rows, C));
+        DDP_CHECK(ddp_grad_done(m, n->b));
+        break;
+    case DDP_NORM_RMSNORM:
+        DDP_CHECK(ddp_backend_rmsnorm_backward(b, dres, ddp_model_dw(m, n->w), dout, inp,
+                                               ddp_model_w(m, n->w), rstd, (int)rows, C));
+        break;
+    case DDP_NORM_COUNT:
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "gpt: unknown normalization %d", (int)n->kind);
+    }
+    DDP_CHECK(ddp_grad_done(m, n->w));
+    return DDP_OK;
+}
+
 /* ---- one transformer block ------------------------------------------------------------- */
 
 typedef struct {
     ddp_layer base;
     int C, NH, ctx;
-    int ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b; /* attention half */
-    int ln2_w, ln2_b, fc_w, fc_b, fcp_w, fcp_b;     /* MLP half */
+    norm ln1, ln2;
+    int qkv_w, qkv_b, proj_w, proj_b; /* attention half */
+    int fc_w, fc_b, fcp_w, fcp_b;     /* MLP half */
 } block;
 
 /* The block's saved activations for a batch of `rows` positions of t each. */
@@ -99,37 +176,18 @@ static ddp_status block_forward(ddp_layer *l, ddp_model *m, const ddp_pass *p, c
     size_t rows = p->n * p->t, C = (size_t)K->C;
     block_acts a = carve(K, p);
     /* x + attn(ln1(x)) */
-    DDP_CHECK(ddp_backend_layernorm_forward(b, a.ln1, a.ln1_mean, a.ln1_rstd, x,
-                                            ddp_model_w(m, K->ln1_w), ddp_model_w(m, K->ln1_b),
-                                            (int)rows, K->C));
+    DDP_CHECK(norm_forward(m, &K->ln1, a.ln1, a.ln1_mean, a.ln1_rstd, x, rows, K->C));
     DDP_CHECK(ddp_matmul_forward(m, a.ln1, K->qkv_w, K->qkv_b, a.qkv, rows, C, 3 * C));
     DDP_CHECK(ddp_backend_attention_forward(b, a.atty, a.att, a.qkv, l->scratch, (int)p->n,
                                             (int)p->t, K->C, K->NH));
     DDP_CHECK(ddp_matmul_forward(m, a.atty, K->proj_w, K->proj_b, a.res2, rows, C, C));
     DDP_CHECK(ddp_backend_add(b, a.res2, a.res2, x, rows * C));
     /* res2 + mlp(ln2(res2)) */
-    DDP_CHECK(ddp_backend_layernorm_forward(b, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2,
-                                            ddp_model_w(m, K->ln2_w), ddp_model_w(m, K->ln2_b),
-                                            (int)rows, K->C));
+    DDP_CHECK(norm_forward(m, &K->ln2, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, rows, K->C));
     DDP_CHECK(ddp_matmul_forward(m, a.ln2, K->fc_w, K->fc_b, a.fch, rows, C, 4 * C));
     DDP_CHECK(ddp_backend_act_forward(b, DDP_ACT_GELU, a.fch, a.fch_gelu, rows * 4 * C));
     DDP_CHECK(ddp_matmul_forward(m, a.fch_gelu, K->fcp_w, K->fcp_b, y, rows, 4 * C, C));
     DDP_CHECK(ddp_backend_add(b, y, y, a.res2, rows * C));
-    return DDP_OK;
-}
-
-/* LayerNorm's backward adds its input gradient into dres (a residual stream's gradient)
- * and its parameter gradients into tensors w and bias. */
-static ddp_status layernorm_backward(ddp_model *m, float *dres, int w, int bias, const float *dout,
-                                     const float *inp, const float *mean, const float *rstd,
-                                     size_t rows, int C) {
-    DDP_CHECK(ddp_grad_prepare_add(m, w));
-    DDP_CHECK(ddp_grad_prepare_add(m, bias));
-    DDP_CHECK(ddp_backend_layernorm_backward(ddp_model_backend(m), dres, ddp_model_dw(m, w),
-                                             ddp_model_dw(m, bias), dout, inp, ddp_model_w(m, w),
-                                             mean, rstd, (int)rows, C));
-    DDP_CHECK(ddp_grad_done(m, bias));
-    DDP_CHECK(ddp_grad_done(m, w));
     return DDP_OK;
 }
 
@@ -145,53 +203,50 @@ static ddp_status block_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, 
     float *d_qkv = d_c + rows * C;      /* (rows, 3C) */
     float *work = d_qkv + rows * 3 * C; /* DDP_ATTENTION_WORK */
     /* dx accumulates the gradient of the residual stream: y = res2 + mlp(..), so the
-     * gradient of res2 starts as dy, and the two LayerNorms' input gradients add to it. */
+     * gradient of res2 starts as dy, and the two norms' input gradients add to it. */
     DDP_CHECK(ddp_backend_copy(b, dx, dy, rows * C * sizeof(float), DDP_COPY_D2D));
     DDP_CHECK(ddp_matmul_backward(m, a.fch_gelu, dy, K->fcp_w, K->fcp_b, d_fch, rows, 4 * C, C));
     DDP_CHECK(ddp_backend_act_backward(b, DDP_ACT_GELU, a.fch, d_fch, d_fch, rows * 4 * C));
     DDP_CHECK(ddp_matmul_backward(m, a.ln2, d_fch, K->fc_w, K->fc_b, d_c, rows, C, 4 * C));
-    DDP_CHECK(layernorm_backward(m, dx, K->ln2_w, K->ln2_b, d_c, a.res2, a.ln2_mean, a.ln2_rstd,
-                                 rows, K->C));
+    DDP_CHECK(norm_backward(m, &K->ln2, dx, d_c, a.res2, a.ln2_mean, a.ln2_rstd, rows, K->C));
     /* res2 = x + proj(atty): the gradient of x starts as that of res2 (in dx already). */
     DDP_CHECK(ddp_matmul_backward(m, a.atty, dx, K->proj_w, K->proj_b, d_c, rows, C, C));
     DDP_CHECK(ddp_backend_attention_backward(b, d_qkv, d_c, a.qkv, a.att, work, (int)p->n,
                                              (int)p->t, K->C, K->NH));
     DDP_CHECK(ddp_matmul_backward(m, a.ln1, d_qkv, K->qkv_w, K->qkv_b, d_c, rows, C, 3 * C));
-    DDP_CHECK(
-        layernorm_backward(m, dx, K->ln1_w, K->ln1_b, d_c, x, a.ln1_mean, a.ln1_rstd, rows, K->C));
+    DDP_CHECK(norm_backward(m, &K->ln1, dx, d_c, x, a.ln1_mean, a.ln1_rstd, rows, K->C));
     return DDP_OK;
 }
 
 static const ddp_layer_ops block_ops = {"transformer block", block_forward, block_backward, NULL};
 
-/* ---- final LayerNorm ------------------------------------------------------------------- */
+/* ---- final norm ------------------------------------------------------------------------ */
 
 typedef struct {
     ddp_layer base;
-    int w, b, C;
-} layernorm;
+    norm n;
+    int C;
+} final_norm;
 
 static ddp_status lnf_forward(ddp_layer *l, ddp_model *m, const ddp_pass *p, const float *x,
                               float *y) {
-    layernorm *N = (layernorm *)l;
+    final_norm *N = (final_norm *)l;
     size_t rows = p->n * p->t;
-    DDP_CHECK(ddp_backend_layernorm_forward(ddp_model_backend(m), y, l->saved, l->saved + rows, x,
-                                            ddp_model_w(m, N->w), ddp_model_w(m, N->b), (int)rows,
-                                            N->C));
+    DDP_CHECK(norm_forward(m, &N->n, y, l->saved, l->saved + rows, x, rows, N->C));
     return DDP_OK;
 }
 
 static ddp_status lnf_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, const float *x,
                                const float *y, const float *dy, float *dx) {
-    layernorm *N = (layernorm *)l;
+    final_norm *N = (final_norm *)l;
     size_t rows = p->n * p->t;
     /* The op adds into its input gradient; here nothing else does. */
     DDP_CHECK(ddp_backend_zero(ddp_model_backend(m), dx, rows * (size_t)N->C * sizeof(float)));
-    DDP_CHECK(layernorm_backward(m, dx, N->w, N->b, dy, x, l->saved, l->saved + rows, rows, N->C));
+    DDP_CHECK(norm_backward(m, &N->n, dx, dy, x, l->saved, l->saved + rows, rows, N->C));
     return DDP_OK;
 }
 
-static const ddp_layer_ops lnf_ops = {"layernorm", lnf_forward, lnf_backward, NULL};
+static const ddp_layer_ops lnf_ops = {"norm", lnf_forward, lnf_backward, NULL};
 
 /* ---- output projection through the token embedding ------------------------------------- */
 
@@ -253,7 +308,7 @@ static ddp_status add_block(ddp_model *m, const ddp_model_spec *spec, int i) {
     K->base.out_per_pos = C;
     /* With recomputation each block is a block of its own: its output (the next one's
      * input) is kept, its saved tensors are recomputed. */
-    K->base.checkpoint = 1;
+    K->base.segment_end = 1;
     /* ln1, mean, rstd, qkv, att, atty, res2, ln2, mean, rstd, fch, fch_gelu (carve()) */
     K->base.saved_per_pos = 15 * C + 4 + (size_t)spec->heads * (size_t)spec->ctx;
     /* backward: d_fch, d_c, d_qkv and attention's work (per position of a full context) */
@@ -264,14 +319,12 @@ static ddp_status add_block(ddp_model *m, const ddp_model_spec *spec, int i) {
     ddp_init w = {DDP_INIT_NORMAL, INIT_STD};
     ddp_init wres = {DDP_INIT_NORMAL, INIT_STD / sqrtf(2.0f * (float)spec->layers)};
     ddp_status s = DDP_OK;
-    if (s == DDP_OK) s = param(m, prefix, "ln_1.weight", C, 0, init_one, 0, &K->ln1_w);
-    if (s == DDP_OK) s = param(m, prefix, "ln_1.bias", C, 0, init_zero, 0, &K->ln1_b);
+    if (s == DDP_OK) s = norm_declare(m, prefix, "ln_1", C, spec->norm, &K->ln1);
     if (s == DDP_OK) s = param(m, prefix, "attn.c_attn.weight", 3 * C, C, w, 1, &K->qkv_w);
     if (s == DDP_OK) s = param(m, prefix, "attn.c_attn.bias", 3 * C, 0, init_zero, 0, &K->qkv_b);
     if (s == DDP_OK) s = param(m, prefix, "attn.c_proj.weight", C, C, wres, 1, &K->proj_w);
     if (s == DDP_OK) s = param(m, prefix, "attn.c_proj.bias", C, 0, init_zero, 0, &K->proj_b);
-    if (s == DDP_OK) s = param(m, prefix, "ln_2.weight", C, 0, init_one, 0, &K->ln2_w);
-    if (s == DDP_OK) s = param(m, prefix, "ln_2.bias", C, 0, init_zero, 0, &K->ln2_b);
+    if (s == DDP_OK) s = norm_declare(m, prefix, "ln_2", C, spec->norm, &K->ln2);
     if (s == DDP_OK) s = param(m, prefix, "mlp.c_fc.weight", 4 * C, C, w, 1, &K->fc_w);
     if (s == DDP_OK) s = param(m, prefix, "mlp.c_fc.bias", 4 * C, 0, init_zero, 0, &K->fc_b);
     if (s == DDP_OK) s = param(m, prefix, "mlp.c_proj.weight", C, 4 * C, wres, 1, &K->fcp_w);
@@ -288,19 +341,39 @@ static ddp_status add_block(ddp_model *m, const ddp_model_spec *spec, int i) {
     return DDP_OK;
 }
 
-ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *describe,
-                               size_t cap) {
+/* Every head takes dim / heads channels. */
+static ddp_status check(const ddp_model_spec *spec) {
+    if (spec->heads < 1 || spec->dim % spec->heads != 0)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "--heads %d does not divide --dim %d: each head takes dim / heads "
+                        "channels",
+                        spec->heads, spec->dim);
+    return DDP_OK;
+}
+
+static size_t positions(const ddp_model_spec *spec) {
+    return spec->ctx > 0 ? (size_t)spec->ctx : 1;
+}
+
+/* The vocabulary is the data's classes (256 for bytes). */
+static ddp_status build(ddp_model *m, const ddp_model_spec *spec, char *describe, size_t cap) {
+    int vocab = spec->num_classes;
     if (spec->layers < 1 || spec->layers > 1024 || spec->dim < 1 || spec->dim > 65536 ||
         spec->heads < 1 || spec->dim % spec->heads != 0 || spec->ctx < 1 || spec->ctx > 65536 ||
-        spec->vocab < 2 || spec->vocab > (1 << 24))
+        vocab < 2 || vocab > (1 << 24))
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "gpt: %d layers, width %d, %d heads, context %d, vocabulary %d: need "
                         "1..1024 layers, a width that the heads divide, a context of 1..65536 "
                         "and a vocabulary of 2 or more",
-                        spec->layers, spec->dim, spec->heads, spec->ctx, spec->vocab);
-    snprintf(describe, cap, "gpt L%d C%d H%d T%d V%d", spec->layers, spec->dim, spec->heads,
-             spec->ctx, spec->vocab);
-    size_t C = (size_t)spec->dim, V = (size_t)spec->vocab;
+                        spec->layers, spec->dim, spec->heads, spec->ctx, vocab);
+    if ((int)spec->norm < 0 || spec->norm >= DDP_NORM_COUNT)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "gpt: unknown normalization %d", (int)spec->norm);
+    /* LayerNorm, the default, is not written: descriptions from before --norm still read. */
+    snprintf(describe, cap, "gpt L%d C%d H%d T%d V%d%s%s", spec->layers, spec->dim, spec->heads,
+             spec->ctx, vocab, spec->norm == DDP_NORM_LAYERNORM ? "" : " ",
+             spec->norm == DDP_NORM_LAYERNORM ? "" : ddp_norm_names[spec->norm]);
+    ddp_model_set_positions(m, (size_t)spec->ctx);
+    size_t C = (size_t)spec->dim, V = (size_t)vocab;
     ddp_init w = {DDP_INIT_NORMAL, INIT_STD};
 
     embed *E = calloc(1, sizeof *E);
@@ -309,7 +382,7 @@ ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *d
     snprintf(E->base.name, sizeof E->base.name, "embedding");
     E->base.in_per_pos = 0; /* tokens */
     E->base.out_per_pos = C;
-    E->base.checkpoint = 1; /* the first block's input */
+    E->base.segment_end = 1; /* the first block's input */
     E->C = spec->dim;
     ddp_status s = param(m, "transformer.", "wte.weight", V, C, w, 1, &E->wte);
     if (s == DDP_OK)
@@ -323,17 +396,16 @@ ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *d
     for (int i = 0; i < spec->layers; i++)
         DDP_CHECK(add_block(m, spec, i));
 
-    layernorm *N = calloc(1, sizeof *N);
+    final_norm *N = calloc(1, sizeof *N);
     if (!N) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
     N->base.ops = &lnf_ops;
     snprintf(N->base.name, sizeof N->base.name, "ln_f");
     N->base.in_per_pos = C;
     N->base.out_per_pos = C;
     N->base.saved_per_pos = 2; /* mean, rstd */
-    N->base.checkpoint = 1;
+    N->base.segment_end = 1;
     N->C = spec->dim;
-    s = param(m, "transformer.", "ln_f.weight", C, 0, init_one, 0, &N->w);
-    if (s == DDP_OK) s = param(m, "transformer.", "ln_f.bias", C, 0, init_zero, 0, &N->b);
+    s = norm_declare(m, "transformer.", "ln_f", C, spec->norm, &N->n);
     if (s != DDP_OK) {
         free(N);
         DDP_CHECK(s);
@@ -348,9 +420,84 @@ ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *d
     H->base.out_per_pos = V;
     H->wte = E->wte;
     H->C = spec->dim;
-    H->V = spec->vocab;
+    H->V = vocab;
     ddp_model_share_param(m, E->wte);
     ddp_model_add_flops(m, (double)spec->ctx * 2.0 * (double)V * (double)C);
     DDP_CHECK(ddp_model_add_layer(m, &H->base));
     return DDP_OK;
 }
+
+static ddp_status parse(const char *rest, ddp_model_spec *spec) {
+    int used = 0;
+    int ok = sscanf(rest, "L%d C%d H%d T%d V%d%n", &spec->layers, &spec->dim, &spec->heads,
+                    &spec->ctx, &spec->num_classes, &used) == 5 &&
+             spec->layers >= 1 && spec->dim >= 1 && spec->heads >= 1 && spec->ctx >= 1 &&
+             spec->num_classes >= 2;
+    spec->norm = DDP_NORM_LAYERNORM;
+    if (ok && rest[used] == ' ') {
+        /* Another norm than the default is named. */
+        int k = ddp_enum_find(ddp_norm_names, rest + used + 1);
+        ok = k > (int)DDP_NORM_LAYERNORM;
+        if (ok) spec->norm = (ddp_norm)k;
+    } else if (ok) {
+        ok = rest[used] == '\0';
+    }
+    if (!ok)
+        return DDP_FAIL(DDP_ERR_FORMAT, "a GPT is described as \"gpt L4 C256 H4 T128 V256\", "
+                                        "followed by \" rmsnorm\" for RMSNorm");
+    return DDP_OK;
+}
+
+static const ddp_opt options[] = {
+    {.kind = DDP_OPT_HEADING, .help = "The GPT (--model gpt)"},
+    {.name = "layers",
+     .kind = DDP_OPT_INT,
+     DDP_OPT_FIELD(ddp_model_spec, layers),
+     .arg = "L",
+     .help = "transformer blocks",
+     .lo = 1,
+     .hi = 1024,
+     .def = "4"},
+    {.name = "dim",
+     .kind = DDP_OPT_INT,
+     DDP_OPT_FIELD(ddp_model_spec, dim),
+     .arg = "C",
+     .help = "width",
+     .lo = 1,
+     .hi = 65536,
+     .def = "256"},
+    {.name = "heads",
+     .kind = DDP_OPT_INT,
+     DDP_OPT_FIELD(ddp_model_spec, heads),
+     .arg = "H",
+     .help = "attention heads, dividing the width",
+     .lo = 1,
+     .hi = 65536,
+     .def = "4"},
+    {.name = "ctx",
+     .kind = DDP_OPT_INT,
+     DDP_OPT_FIELD(ddp_model_spec, ctx),
+     .arg = "T",
+     .help = "context length in bytes",
+     .lo = 2,
+     .hi = 65536,
+     .def = "128"},
+    {.name = "norm",
+     .kind = DDP_OPT_CHOICE,
+     DDP_OPT_FIELD(ddp_model_spec, norm),
+     .help = "the blocks' and the final normalization: LayerNorm, or\n"
+             "RMSNorm (no mean removed, no bias)",
+     .choices = ddp_norm_names,
+     .def = "layernorm"},
+};
+
+const ddp_model_type ddp_model_type_gpt = {
+    .summary = "a GPT language model on a text (--text)",
+    .options = options,
+    .n_options = sizeof options / sizeof *options,
+    .data = DDP_DATA_TEXT,
+    .check = check,
+    .positions = positions,
+    .build = build,
+    .parse = parse,
+};

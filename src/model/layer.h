@@ -64,13 +64,17 @@ struct ddp_layer {
     size_t scratch_per_pos; /* floats used within one call only, per position */
     float *saved;           /* set by the model: saved_per_pos * max rows */
     float *scratch;         /* set by the model: shared by all layers */
-    /* With recomputation (ddp_model_spec.recompute): the output is a checkpoint, kept from
-     * forward to backward. The layers after one checkpoint up to the next form a block;
-     * the other outputs and the saved tensors of a block live in a workspace that every
-     * block reuses, and backward runs the block's forward again just before its backward.
-     * The kinds set it on the natural units' last layers; the model's last layer (the
-     * logits) is always one. */
-    int checkpoint;
+    /* With recomputation (ddp_model_spec.recompute): the output ends a recompute segment
+     * and is kept from forward to backward. The layers after one segment's end up to the
+     * next form a segment; the other outputs and the saved tensors of a segment live in a
+     * workspace that every segment reuses, and backward runs the segment's forward again
+     * just before its backward. The kinds set it on the natural units' last layers; the
+     * model's last layer (the logits) always ends one. (A training checkpoint, the file,
+     * is another thing: src/train/checkpoint*.c.) */
+    int segment_end;
+    /* The layer communicates in forward and backward (synchronized batch norm), through
+     * the model's communicator (ddp_model_needs_comm). */
+    int communicates;
     /* Set by ddp_model_add_layer: the parameters declared so far. A layer declares its
      * tensors before it is added and shares only earlier ones, so its forward reads
      * parameters in [0, param_end) alone. */
@@ -83,13 +87,17 @@ typedef enum {
     DDP_INIT_ZERO = 0,
     DDP_INIT_ONE,
     DDP_INIT_NORMAL,    /* normal(0, std) */
-    DDP_INIT_HE_NORMAL, /* normal(0, sqrt(2 / fan_in)), fan_in = the last dimension */
+    DDP_INIT_HE_NORMAL, /* normal(0, sqrt(2 / fan_in)), fan_in as ddp_init_fan_in */
 } ddp_init_kind;
 
 typedef struct {
     ddp_init_kind kind;
     float std; /* DDP_INIT_NORMAL */
 } ddp_init;
+
+/* The inputs that each output of a weight tensor sums over: all dimensions but the first
+ * (in of a linear map (out, in); in * kh * kw of a convolution (out, in, kh, kw)). */
+size_t ddp_init_fan_in(const ddp_param_view *v);
 
 /* Appends a layer (allocated by the caller with calloc; the model frees it). */
 ddp_status ddp_model_add_layer(ddp_model *m, ddp_layer *l);
@@ -110,9 +118,10 @@ void ddp_model_share_param(ddp_model *m, int id);
 /* The tensor's values and gradient (device), valid once the model is built. */
 float *ddp_model_w(ddp_model *m, int id);
 float *ddp_model_dw(ddp_model *m, int id);
-size_t ddp_model_param_offset(const ddp_model *m, int id);
-size_t ddp_model_param_count(const ddp_model *m, int id);
 ddp_backend *ddp_model_backend(ddp_model *m);
+/* Sets the positions per sample (1 by default; a sequence model's context), before the
+ * arena is sized. */
+void ddp_model_set_positions(ddp_model *m, size_t max_pos);
 /* Adds to the forward FLOPs per sample (see ddp_model_flops_per_sample). */
 void ddp_model_add_flops(ddp_model *m, double flops);
 
@@ -126,18 +135,61 @@ void ddp_grad_done_reported(ddp_model *m, int id);
 
 /* ---- the kinds ------------------------------------------------------------------------ */
 
-ddp_status ddp_model_build_mlp(ddp_model *m, const ddp_model_spec *spec, char *describe,
-                               size_t cap);
-ddp_status ddp_model_build_gpt(ddp_model *m, const ddp_model_spec *spec, char *describe,
-                               size_t cap);
-ddp_status ddp_model_build_cnn(ddp_model *m, const ddp_model_spec *spec, char *describe,
-                               size_t cap);
-/* The MLP part of the MLP and the CNN: [Linear -> act] x hidden -> Linear -> classes from
+/* A kind's registry entry: ddp_model_type_<name> in its file, found by registry.c through
+ * DDP_MODEL_KINDS. */
+typedef struct {
+    const char *summary; /* one line for --help */
+    /* Its options, offsets into ddp_model_spec, with their defaults. */
+    const ddp_opt *options;
+    size_t n_options;
+    ddp_data_kind data;
+    size_t eval_batch; /* see ddp_model_kind_eval_batch */
+    /* The options checked against each other (NULL: nothing to check). */
+    ddp_status (*check)(const ddp_model_spec *spec);
+    /* Positions per sample (NULL: 1). */
+    size_t (*positions)(const ddp_model_spec *spec);
+    /* Declares the layers and tensors of spec and writes its description (starting with
+     * the kind's name) into describe (cap bytes). */
+    ddp_status (*build)(ddp_model *m, const ddp_model_spec *spec, char *describe, size_t cap);
+    /* Reads the rest of a description after "<name> " into spec (which holds the kind's
+     * defaults); DDP_ERR_FORMAT when it is not one the kind writes. */
+    ddp_status (*parse)(const char *rest, ddp_model_spec *spec);
+} ddp_model_type;
+
+/* The entry of `kind` (NULL for a value that is not a kind). */
+const ddp_model_type *ddp_model_type_of(ddp_model_kind kind);
+
+/* The dense head of the MLP and the CNN: [Linear -> act] x hidden -> Linear -> classes from
  * `in` features, appended after the model's layers so far, its tensors named fc0, fc1, ...;
- * appends "256-128-10
- * relu" style text to describe. */
+ * appends "256-128-10 relu" style text to describe. */
 ddp_status ddp_model_add_mlp_head(ddp_model *m, const ddp_model_spec *spec, size_t in,
                                   char *describe, size_t cap);
+/* Reads "256-128-10 relu" (a head's description) into spec: input size, hidden sizes,
+ * classes, activation. */
+ddp_status ddp_model_parse_mlp_head(const char *text, ddp_model_spec *spec);
+/* Reads "32,64" into a ddp_size_list of 1 to max_n sizes of 1 to max_v each, written only
+ * when the whole list is good; the message names --name and shows `example`. */
+ddp_status ddp_model_parse_list(const char *name, const char *arg, ddp_size_list *out, int max_n,
+                                size_t max_v, const char *example);
+/* A ddp_size_list as "256,128" ("none" when empty), as --hidden reads it. */
+void ddp_model_format_sizes(const void *field, char *buf, size_t cap);
+/* --hidden: sizes, or "none". */
+ddp_status ddp_model_parse_hidden(const char *name, const char *arg, void *field);
+/* The option entries of the dense head (--hidden, --act), for the kinds that have one;
+ * hidden_def is the default of --hidden. */
+#define DDP_MODEL_HEAD_OPTIONS(hidden_def)                                                         \
+    {.name = "hidden",                                                                             \
+     .kind = DDP_OPT_CUSTOM,                                                                       \
+     DDP_OPT_FIELD(ddp_model_spec, hidden),                                                        \
+     .arg = "LIST",                                                                                \
+     .help = "hidden dense layer sizes, e.g. 256,128; 'none' for none",                            \
+     .parse = ddp_model_parse_hidden,                                                              \
+     .format = ddp_model_format_sizes,                                                             \
+     .def = (hidden_def)},                                                                         \
+    {                                                                                              \
+        .name = "act", .kind = DDP_OPT_CHOICE, DDP_OPT_FIELD(ddp_model_spec, act),                 \
+        .help = "activation of the hidden dense layers", .choices = ddp_act_names, .def = "relu"   \
+    }
 
 /* Linear (y = x W^T + b, W (out, in)) and elementwise activation layers, for any kind.
  * Linear rows may be reported in slices (ddp_model_set_grad_slices). */
@@ -159,6 +211,5 @@ void ddp_layer_linear_set_slices(ddp_layer *l, size_t rows);
 size_t ddp_layer_linear_slice_rows(const ddp_layer *l);
 int ddp_layer_linear_weight(const ddp_layer *l);
 int ddp_layer_linear_bias(const ddp_layer *l);
-size_t ddp_layer_linear_out(const ddp_layer *l);
 
 #endif

@@ -2,8 +2,8 @@
  * The model: layers run in order over one flat parameter buffer and one flat gradient
  * buffer, their activations in one arena, the loss at the end, and the books of
  * gradients during backward (which contribution is the first, which the last, and
- * when a tensor is reported ready). The kinds (mlp.c, gpt.c) only declare layers and
- * tensors.
+ * when a tensor is reported ready). The kinds (mlp.c, gpt.c, cnn.c) only declare layers
+ * and tensors.
  */
 #include <math.h>
 #include <stdint.h>
@@ -42,7 +42,7 @@ struct ddp_model {
     size_t max_batch, max_pos;
     /* the activation arena: each layer's output, each layer's saved tensors, the shared
      * scratch, the two backward buffers and the gradient of the logits; with
-     * recomputation the outputs of the checkpoints only, then one block's workspace for
+     * recomputation the outputs that end recompute segments only, then one segment's workspace for
      * the other outputs and the saved tensors */
     float *arena;
     size_t arena_bytes;
@@ -62,111 +62,6 @@ struct ddp_model {
     char describe[256];
     double flops;
 };
-
-/* ---- specs ----------------------------------------------------------------------------- */
-
-const char *ddp_model_kind_name(ddp_model_kind kind) {
-    return kind == DDP_MODEL_GPT ? "gpt" : kind == DDP_MODEL_CNN ? "cnn" : "mlp";
-}
-
-void ddp_model_spec_defaults(ddp_model_spec *spec, ddp_model_kind kind) {
-    memset(spec, 0, sizeof *spec);
-    spec->kind = kind;
-    spec->n_hidden = 2;
-    spec->hidden[0] = 256;
-    spec->hidden[1] = 128;
-    spec->act = DDP_ACT_RELU;
-    spec->layers = 4;
-    spec->dim = 256;
-    spec->heads = 4;
-    spec->ctx = 128;
-    spec->vocab = 256;
-    spec->n_conv = 2;
-    spec->conv[0] = 32;
-    spec->conv[1] = 64;
-    spec->kernel = 3;
-    if (kind == DDP_MODEL_CNN) {
-        spec->n_hidden = 1;
-        spec->hidden[0] = 128;
-    }
-}
-
-ddp_status ddp_model_spec_parse(const char *text, ddp_model_spec *spec) {
-    char act[16];
-    int used = 0;
-    if (strncmp(text, "gpt ", 4) == 0) {
-        ddp_model_spec_defaults(spec, DDP_MODEL_GPT);
-        if (sscanf(text, "gpt L%d C%d H%d T%d V%d%n", &spec->layers, &spec->dim, &spec->heads,
-                   &spec->ctx, &spec->vocab, &used) == 5 &&
-            text[used] == '\0' && spec->layers > 0 && spec->dim > 0 && spec->heads > 0 &&
-            spec->ctx > 0 && spec->vocab > 1) {
-            spec->num_classes = spec->vocab;
-            return DDP_OK;
-        }
-    } else if (strncmp(text, "cnn ", 4) == 0) {
-        ddp_model_spec_defaults(spec, DDP_MODEL_CNN);
-        int n = 0;
-        if (sscanf(text, "cnn %dx%dx%d conv%n", &spec->height, &spec->width, &spec->channels, &n) ==
-            3) {
-            const char *p = text + n;
-            spec->n_conv = 0;
-            while (spec->n_conv < DDP_MAX_CONV) {
-                char *end;
-                long v = strtol(p, &end, 10);
-                if (end == p || v < 1) break;
-                spec->conv[spec->n_conv++] = (int)v;
-                p = end;
-                if (*p != ',') break;
-                p++;
-            }
-            int k = 0, m2 = 0;
-            /* The rest reads as an MLP's description: "fc 3136-128-10 relu". */
-            if (spec->n_conv > 0 && sscanf(p, " k%d fc %n", &k, &m2) == 1 && m2 > 0) {
-                char mlp[256];
-                snprintf(mlp, sizeof mlp, "mlp %s", p + m2);
-                ddp_model_spec head;
-                if (ddp_model_spec_parse(mlp, &head) == DDP_OK) {
-                    spec->kernel = k;
-                    spec->n_hidden = head.n_hidden;
-                    memcpy(spec->hidden, head.hidden, sizeof spec->hidden);
-                    spec->act = head.act;
-                    spec->num_classes = head.num_classes;
-                    return DDP_OK;
-                }
-                ddp_error_clear();
-            }
-        }
-    } else if (strncmp(text, "mlp ", 4) == 0) {
-        ddp_model_spec_defaults(spec, DDP_MODEL_MLP);
-        size_t dims[DDP_MAX_HIDDEN + 2];
-        int nd = 0;
-        const char *p = text + 4;
-        while (nd < DDP_MAX_HIDDEN + 2) {
-            char *end;
-            unsigned long long v = strtoull(p, &end, 10);
-            if (end == p || v == 0) break;
-            dims[nd++] = (size_t)v;
-            p = end;
-            if (*p != '-') break;
-            p++;
-        }
-        if (nd >= 2 && sscanf(p, " %15s%n", act, &used) == 1 && p[used] == '\0' &&
-            (strcmp(act, "relu") == 0 || strcmp(act, "gelu") == 0)) {
-            spec->input_dim = dims[0];
-            spec->num_classes = (int)dims[nd - 1];
-            spec->n_hidden = nd - 2;
-            for (int i = 0; i < nd - 2; i++)
-                spec->hidden[i] = dims[i + 1];
-            spec->act = strcmp(act, "gelu") == 0 ? DDP_ACT_GELU : DDP_ACT_RELU;
-            return DDP_OK;
-        }
-    }
-    return DDP_FAIL(DDP_ERR_FORMAT,
-                    "model description '%s' is not one ddp writes (\"mlp 784-256-10 relu\", "
-                    "\"gpt L4 C256 H4 T128 V256\" or \"cnn 28x28x1 conv32,64 k3 fc "
-                    "3136-128-10 relu\")",
-                    text);
-}
 
 /* ---- building ------------------------------------------------------------------------ */
 
@@ -257,10 +152,8 @@ float *ddp_model_buf(ddp_model *m, int id) { return m->bufs + m->buffers[id].vie
 void ddp_model_share_param(ddp_model *m, int id) { m->tensors[id].uses++; }
 float *ddp_model_w(ddp_model *m, int id) { return m->params + m->tensors[id].view.offset; }
 float *ddp_model_dw(ddp_model *m, int id) { return m->grads + m->tensors[id].view.offset; }
-size_t ddp_model_param_offset(const ddp_model *m, int id) { return m->tensors[id].view.offset; }
-size_t ddp_model_param_count(const ddp_model *m, int id) { return m->tensors[id].view.count; }
 ddp_backend *ddp_model_backend(ddp_model *m) { return m->backend; }
-ddp_backend *ddp_model_backend_of(ddp_model *m) { return m->backend; }
+void ddp_model_set_positions(ddp_model *m, size_t max_pos) { m->max_pos = max_pos ? max_pos : 1; }
 void ddp_model_add_flops(ddp_model *m, double flops) { m->flops += flops; }
 
 /* a * b + c with overflow checks, for the arena's size. */
@@ -272,21 +165,21 @@ static int grow(size_t *total, size_t a, size_t b) {
 }
 
 /* Whether layer i's output is kept from forward to backward under recomputation: the
- * layers that end a block, and the logits. */
-static int is_checkpoint(const ddp_model *m, int i) {
-    return m->layers[i]->checkpoint || i == m->n_layers - 1;
+ * layers that end a recompute segment, and the logits. */
+static int segment_end(const ddp_model *m, int i) {
+    return m->layers[i]->segment_end || i == m->n_layers - 1;
 }
 
 /* Carves the arena: outputs, saved tensors, scratch, backward buffers, dlogits. With
- * recomputation, the outputs of the checkpoints, then the workspace where each block in
- * turn keeps its other outputs and its saved tensors (as much as the largest block needs). */
+ * recomputation, the outputs that end segments, then the workspace where each segment in
+ * turn keeps its other outputs and its saved tensors (as much as the largest one needs). */
 static ddp_status allocate(ddp_model *m) {
     size_t rows = m->max_batch * m->max_pos;
     if (m->max_pos != 0 && rows / m->max_pos != m->max_batch)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "model: batch of %zu x %zu positions is too large",
                         m->max_batch, m->max_pos);
     int rc = m->spec.recompute;
-    size_t outs = 0, saved = 0, scratch = 0, widest = 0, work = 0, block = 0;
+    size_t outs = 0, saved = 0, scratch = 0, widest = 0, work = 0, segment = 0;
     for (int i = 0; i < m->n_layers; i++) {
         const ddp_layer *l = m->layers[i];
         if (l->scratch_per_pos > scratch) scratch = l->scratch_per_pos;
@@ -297,14 +190,14 @@ static ddp_status allocate(ddp_model *m) {
             saved += l->saved_per_pos;
             continue;
         }
-        block += l->saved_per_pos;
-        if (!is_checkpoint(m, i)) {
-            block += l->out_per_pos;
+        segment += l->saved_per_pos;
+        if (!segment_end(m, i)) {
+            segment += l->out_per_pos;
             continue;
         }
         outs += l->out_per_pos;
-        if (block > work) work = block;
-        block = 0;
+        if (segment > work) work = segment;
+        segment = 0;
     }
     size_t classes = m->layers[m->n_layers - 1]->out_per_pos, total = 0;
     if (!grow(&total, rows, outs) || !grow(&total, rows, saved) || !grow(&total, rows, work) ||
@@ -339,7 +232,7 @@ static ddp_status allocate(ddp_model *m) {
         float *ws = p + rows * outs, *w = ws;
         for (int i = 0; i < m->n_layers; i++) {
             ddp_layer *l = m->layers[i];
-            int keep = is_checkpoint(m, i);
+            int keep = segment_end(m, i);
             if (keep) {
                 m->outs[i] = p;
                 p += rows * l->out_per_pos;
@@ -349,7 +242,7 @@ static ddp_status allocate(ddp_model *m) {
             }
             l->saved = l->saved_per_pos ? w : NULL;
             w += rows * l->saved_per_pos;
-            if (keep) w = ws; /* the next block reuses the workspace */
+            if (keep) w = ws; /* the next segment reuses the workspace */
         }
         p = ws + rows * work;
     }
@@ -380,16 +273,9 @@ ddp_status ddp_model_create(ddp_backend *b, const ddp_model_spec *spec, size_t m
     m->max_batch = max_batch;
     m->max_pos = 1;
     m->own_grads = 1;
-    ddp_status s;
-    switch (spec->kind) {
-    case DDP_MODEL_MLP: s = ddp_model_build_mlp(m, spec, m->describe, sizeof m->describe); break;
-    case DDP_MODEL_GPT:
-        m->max_pos = spec->ctx > 0 ? (size_t)spec->ctx : 1;
-        s = ddp_model_build_gpt(m, spec, m->describe, sizeof m->describe);
-        break;
-    case DDP_MODEL_CNN: s = ddp_model_build_cnn(m, spec, m->describe, sizeof m->describe); break;
-    default: s = DDP_FAIL(DDP_ERR_INVALID_ARG, "model: unknown kind %d", (int)spec->kind);
-    }
+    const ddp_model_type *type = ddp_model_type_of(spec->kind);
+    ddp_status s = type ? type->build(m, spec, m->describe, sizeof m->describe)
+                        : DDP_FAIL(DDP_ERR_INVALID_ARG, "model: unknown kind %d", (int)spec->kind);
     if (s == DDP_OK && (m->n_layers == 0 || m->num_params == 0))
         s = DDP_FAIL(DDP_ERR_INTERNAL, "model: %s has no layers or no parameters",
                      ddp_model_kind_name(spec->kind));
@@ -437,7 +323,12 @@ int ddp_model_num_classes(const ddp_model *m) {
     return (int)m->layers[m->n_layers - 1]->out_per_pos;
 }
 size_t ddp_model_max_positions(const ddp_model *m) { return m->max_pos; }
-size_t ddp_model_max_batch(const ddp_model *m) { return m->max_batch; }
+int ddp_model_takes_tokens(const ddp_model *m) { return m->layers[0]->in_per_pos == 0; }
+int ddp_model_needs_comm(const ddp_model *m) {
+    for (int i = 0; i < m->n_layers; i++)
+        if (m->layers[i]->communicates) return 1;
+    return 0;
+}
 float *ddp_model_params(ddp_model *m) { return m->params; }
 float *ddp_model_grads(ddp_model *m) { return m->grads; }
 int ddp_model_num_views(const ddp_model *m) { return m->n_tensors; }
@@ -464,6 +355,12 @@ const float *ddp_model_logits(const ddp_model *m) { return m->outs[m->n_layers -
 
 /* ---- initialization ------------------------------------------------------------------ */
 
+size_t ddp_init_fan_in(const ddp_param_view *v) {
+    /* Every dimension after the first feeds one output: (out, in) of a linear map, (out,
+     * in, kh, kw) of a convolution, whose output sums in * kh * kw products. */
+    return v->ndim > 1 ? v->count / v->shape[0] : v->count;
+}
+
 /* Writes the initial values of tensors ts[0..n) into host (laid out as their views say),
  * with RNG stream first_stream + i for tensor i. */
 static void init_tensors(const tensor *ts, int n, uint64_t seed, uint64_t first_stream,
@@ -476,7 +373,7 @@ static void init_tensors(const tensor *ts, int n, uint64_t seed, uint64_t first_
         ddp_rng_seed(&rng, seed, first_stream + (uint64_t)i);
         float std = t->init.std;
         if (t->init.kind == DDP_INIT_HE_NORMAL)
-            std = sqrtf(2.0f / (float)t->view.shape[t->view.ndim - 1]);
+            std = sqrtf(2.0f / (float)ddp_init_fan_in(&t->view));
         for (size_t k = 0; k < t->view.count; k++) {
             switch (t->init.kind) {
             case DDP_INIT_ZERO: w[k] = 0.0f; break;
@@ -593,14 +490,14 @@ void ddp_grad_done_reported(ddp_model *m, int id) {
     m->tensors[id].uses_left = 0;
 }
 
-/* Runs the forward of the block that ends at layer b again, so that its outputs and saved
+/* Runs the forward of the segment that ends at layer b again, so that its outputs and saved
  * tensors are back in the workspace for its backward: the same kernels on the same inputs
  * in the same order as the first forward, so the same bits. The last layer runs only if it
- * saves something; its output, a checkpoint, is still there (and is written again with
+ * saves something; its output, which ends the segment, is still there (and is written again with
  * the same values if it runs). */
-static ddp_status recompute_block(ddp_model *m, int b) {
+static ddp_status recompute_segment(ddp_model *m, int b) {
     int a = b;
-    while (a > 0 && !is_checkpoint(m, a - 1))
+    while (a > 0 && !segment_end(m, a - 1))
         a--;
     ddp_pass p = m->pass;
     p.recompute = 1;
@@ -633,9 +530,9 @@ ddp_status ddp_model_backward(ddp_model *m, int first, ddp_grad_ready_fn ready, 
     ddp_status s = DDP_OK;
     for (int i = m->n_layers - 1; s == DDP_OK && i >= 0; i--) {
         ddp_layer *l = m->layers[i];
-        /* A block's backward starts at its last layer: its activations first. */
-        if (m->spec.recompute && is_checkpoint(m, i)) {
-            s = recompute_block(m, i);
+        /* A segment's backward starts at its last layer: its activations first. */
+        if (m->spec.recompute && segment_end(m, i)) {
+            s = recompute_segment(m, i);
             if (s != DDP_OK) break;
         }
         /* The first layer's input gradient is never needed. */

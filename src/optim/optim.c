@@ -8,6 +8,9 @@
 
 #include "ddp/optim.h"
 
+const char *const ddp_optim_names[] = {DDP_OPTIM_KINDS(DDP_X_NAME) NULL};
+const char *const ddp_sched_names[] = {DDP_SCHED_KINDS(DDP_X_NAME) NULL};
+
 struct ddp_optim {
     ddp_backend *backend;
     ddp_optim_config cfg;

@@ -20,6 +20,8 @@
 
 #include "ddp/reducer.h"
 
+const char *const ddp_progress_names[] = {DDP_PROGRESS_MODES(DDP_X_NAME) NULL};
+
 #include <sys/mman.h>
 #include <unistd.h>
 

@@ -23,10 +23,11 @@ int ddp_trainer_adaptive(const ddp_trainer *t) {
 ddp_status ddp_trainer_batch_check(const ddp_trainer *t) {
     const ddp_train_config *c = &t->cfg;
     if (!ddp_trainer_adaptive(t)) return DDP_OK;
-    if (t->src != &ddp_source_idx)
+    if (!t->src->ops->set_batch)
         return DDP_FAIL(DDP_ERR_UNSUPPORTED,
                         "--batch-schedule adaptive trains on labelled samples (the MLP, the "
-                        "CNN); a text's windows are not supported yet");
+                        "CNN); a %s's windows are not supported yet",
+                        t->src->ops->name);
     if (c->max_steps > 0)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "--batch-schedule adaptive runs for --epochs, not --steps: the number of "
@@ -36,11 +37,12 @@ ddp_status ddp_trainer_batch_check(const ddp_trainer *t) {
                         "--batch-schedule adaptive needs the gradient noise scale, which needs a "
                         "gradient over a smaller batch than the global one: use %s",
                         c->gns ? "--accum 2 or more, or more ranks" : "it without --no-gns");
-    if (c->max_global_batch < c->global_batch || c->max_global_batch > t->sampler.n)
+    size_t n = t->src->ops->cursor(t->src).n;
+    if (c->max_global_batch < c->global_batch || c->max_global_batch > n)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "--max-batch %zu must lie between --batch %zu and the %zu training "
                         "samples",
-                        c->max_global_batch, c->global_batch, t->sampler.n);
+                        c->max_global_batch, c->global_batch, n);
     return DDP_OK;
 }
 
@@ -63,17 +65,18 @@ float ddp_trainer_batch_lr(const ddp_trainer *t) {
 }
 
 double ddp_trainer_epoch_progress(const ddp_trainer *t) {
-    if (!ddp_trainer_adaptive(t)) return (double)t->step / (double)t->sampler.steps_per_epoch;
-    return (double)t->sampler.epoch + (double)t->sampler.pos / (double)t->sampler.n;
+    ddp_cursor c = t->src->ops->cursor(t->src);
+    if (!ddp_trainer_adaptive(t)) return (double)t->step / (double)c.steps_per_epoch;
+    return (double)c.epoch + (double)c.pos / (double)c.n;
 }
 
 /* Steps left: the rest of the sampler's epoch and the remaining epochs at this batch. */
 static int64_t steps_to_end(const ddp_trainer *t) {
-    const ddp_sampler *s = &t->sampler;
-    if (s->epoch >= (uint64_t)t->cfg.epochs) return 0;
-    int64_t rest = (int64_t)((s->n - s->pos) / s->global_batch);
-    int64_t epochs = (int64_t)t->cfg.epochs - 1 - (int64_t)s->epoch;
-    return rest + epochs * (int64_t)s->steps_per_epoch;
+    ddp_cursor s = t->src->ops->cursor(t->src);
+    if (s.epoch >= (uint64_t)t->cfg.epochs) return 0;
+    int64_t rest = (int64_t)((s.n - s.pos) / t->cfg.global_batch);
+    int64_t epochs = (int64_t)t->cfg.epochs - 1 - (int64_t)s.epoch;
+    return rest + epochs * (int64_t)s.steps_per_epoch;
 }
 
 void ddp_trainer_batch_steps_left(ddp_trainer *t) { t->total_steps = t->step + steps_to_end(t); }
@@ -82,7 +85,7 @@ ddp_status ddp_trainer_batch_set(ddp_trainer *t, int accum) {
     ddp_train_config *c = &t->cfg;
     c->accum = accum;
     c->global_batch = c->micro_batch * (size_t)accum * (size_t)t->world;
-    DDP_CHECK(ddp_sampler_set_batch(&t->sampler, c->global_batch));
+    DDP_CHECK(t->src->ops->set_batch(t->src, c->global_batch));
     ddp_trainer_batch_steps_left(t);
     return DDP_OK;
 }
@@ -99,7 +102,7 @@ ddp_status ddp_trainer_batch_resume(ddp_trainer *t, size_t batch, uint64_t epoch
                         "--max-batch %zu: was it written with other batch options?",
                         batch, t->start_batch, t->cfg.max_global_batch);
     DDP_CHECK(ddp_trainer_batch_set(t, t->start_accum * (int)ratio));
-    DDP_CHECK(ddp_sampler_seek_pos(&t->sampler, epoch, step, pos));
+    DDP_CHECK(t->src->ops->seek_pos(t->src, epoch, step, pos));
     return DDP_OK;
 }
 

@@ -9,18 +9,19 @@
  * After every save and load all ranks agree on the outcome, so a failure on one rank
  * stops all of them with a message instead of leaving some inside the next collective.
  *
- * Once optimizer state is sharded (ZeRO), no rank holds all of it: each rank will write
- * its own shard file (its slice of the state, possibly of the parameters) and rank 0 a
- * small manifest naming the shards, the world size and the slice boundaries, renamed
- * into place last so that it is the commit point. Resuming on another number of ranks
- * then means re-slicing: every rank reads the byte ranges of the shards that overlap
- * its new slice. The single-file format below stays the world-of-1 special case.
+ * With sharded optimizer state (--zero), no rank holds all of it: each rank writes its own
+ * shard file (its slice of the state) and rank 0 a small manifest naming the shards, the
+ * world size and the slice boundaries, renamed into place last so that it is the commit
+ * point. Resuming on another number of ranks re-slices: every rank reads the byte ranges
+ * of the shards that overlap its new slice (checkpoint_resume.c). The single file is the
+ * unsharded case.
  *
  * What must match on resume is the "settings" text (ddp_checkpoint_settings): the
- * canonical configuration without what may change (ranks and the batch split into
- * micro-batches, run length, devices, communication, logging), plus the training set.
- * The shuffle needs no stored random state: each epoch's order is derived from (seed,
- * epoch), so the sampler's cursor (epoch, step in epoch) is all it takes.
+ * options not marked resumable in their option-table entries (ddp/opt.h; ranks and the
+ * batch split into micro-batches, run length, devices, communication and logging may
+ * change), plus the training data's identity. The shuffle needs no stored random state:
+ * each epoch's order is derived from (seed, epoch), so the source's cursor (epoch, step in
+ * epoch) is all it takes.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -28,48 +29,16 @@
 #include "train/checkpoint_impl.h"
 #include "train/trainer_impl.h"
 
-/* Keys of the canonical configuration that may differ between the run that wrote a
- * checkpoint and the run that resumes it. Everything else must match; a key added to
- * the canonical text later must match too unless it is listed here. */
-static const char *const may_change[] = {
-    "accum",      "micro",     "epochs",     "steps",       "device", "comm",
-    "math",       "log_every", "eval_every", "check_sync",  "bucket", "first_bucket",
-    "grad_dtype", "overlap",   "progress",   "nonfinite",   "ckpt",   "ckpt_every",
-    "resume",     "zero",      "target",     "target_loss",
-};
-
-static int key_may_change(const char *key, size_t n) {
-    for (size_t i = 0; i < sizeof may_change / sizeof *may_change; i++)
-        if (strlen(may_change[i]) == n && memcmp(may_change[i], key, n) == 0) return 1;
-    return 0;
-}
-
 size_t ddp_checkpoint_settings(const ddp_trainer *t, char *buf, size_t cap) {
-    char canon[4096];
     /* The batch as configured: an adaptive schedule may have grown it since. */
     ddp_train_config cfg = t->cfg;
     cfg.global_batch = t->start_batch;
     cfg.accum = t->start_accum;
-    size_t len = ddp_train_config_canonical(&cfg, canon, sizeof canon);
-    size_t n = 0;
-    buf[0] = '\0';
-    /* Tokens are "key=value" separated by single spaces. */
-    for (size_t i = 0; i < len;) {
-        size_t end = i;
-        while (end < len && canon[end] != ' ')
-            end++;
-        size_t klen = 0;
-        while (i + klen < end && canon[i + klen] != '=')
-            klen++;
-        if (end > i && !key_may_change(canon + i, klen) && n < cap)
-            n += (size_t)snprintf(buf + n, cap - n, "%s%.*s", n ? " " : "", (int)(end - i),
-                                  canon + i);
-        i = end + 1;
-    }
-    /* The sampler's cursor is only meaningful on the same training set. */
+    size_t n = ddp_train_config_resume_text(&cfg, buf, cap);
+    /* The source's cursor is only meaningful on the same training data. */
     if (n + 1 < cap) {
         buf[n++] = ' ';
-        n += t->src->identify(t, buf + n, cap - n);
+        n += t->src->ops->identify(t->src, buf + n, cap - n);
     }
     return n < cap ? n : cap - 1;
 }
@@ -146,6 +115,7 @@ static ddp_status write_file(ddp_trainer *t, const ddp_checkpoint_info *h, ddp_c
  * settings (cap 4096) receives its settings text. */
 static void describe(ddp_trainer *t, ddp_checkpoint_info *out, char *settings) {
     const char *model = ddp_model_describe(t->model);
+    ddp_cursor cursor = t->src->ops->cursor(t->src);
     ddp_checkpoint_info h = {
         .settings = settings,
         .settings_len = ddp_checkpoint_settings(t, settings, 4096),
@@ -156,8 +126,8 @@ static void describe(ddp_trainer *t, ddp_checkpoint_info *out, char *settings) {
         .world = (uint32_t)t->world,
         .step = t->step,
         .epoch = t->epoch,
-        .sampler_epoch = t->sampler.epoch,
-        .sampler_step = t->sampler.step,
+        .sampler_epoch = cursor.epoch,
+        .sampler_step = cursor.step,
         .total_steps = t->total_steps,
         .optim_kind = (uint32_t)t->cfg.optim.kind,
         .num_states = (uint32_t)ddp_optim_num_states(t->optim),
@@ -166,7 +136,7 @@ static void describe(ddp_trainer *t, ddp_checkpoint_info *out, char *settings) {
         .state_size = t->num_params,
         .num_buffers = ddp_model_num_buffer_elems(t->model),
         .batch_now = t->cfg.global_batch,
-        .sampler_pos = t->sampler.pos,
+        .sampler_pos = cursor.pos,
         .samples = t->samples,
         .batch_step = t->batch_step,
         .gns_g2 = t->gns.g2,

@@ -20,37 +20,22 @@
 #include "train/checkpoint_impl.h"
 #include "train/trainer_impl.h"
 
-/* The option behind a key of the settings text, for messages. */
-static const char *option_of(const char *key, size_t n) {
-    static const char *const map[][2] = {
-        {"hidden", "--hidden"},
-        {"act", "--act"},
-        {"batch", "--batch"},
-        {"optim", "--optim"},
-        {"momentum", "--momentum"},
-        {"nesterov", "--nesterov"},
-        {"betas", "--beta1/--beta2"},
-        {"eps", "--eps"},
-        {"wd", "--weight-decay"},
-        {"sched", "--schedule"},
-        {"lr", "--lr"},
-        {"min_lr", "--min-lr"},
-        {"warmup", "--warmup"},
-        {"clip", "--clip"},
-        {"seed", "--seed"},
-        {"shuffle", "--no-shuffle"},
-        {"train", "--data"},
-        {"dim", "--data"},
-        {"classes", "--data"},
-        {"labels", "--data"},
-    };
-    for (size_t i = 0; i < sizeof map / sizeof *map; i++)
-        if (strlen(map[i][0]) == n && memcmp(map[i][0], key, n) == 0) return map[i][1];
-    return NULL;
+/* The option behind a key of the settings text, for messages: the keys are option names,
+ * but for those that identify the training data. */
+static void option_of(const char *key, size_t n, char *buf, size_t cap) {
+    static const char *const data[][2] = {{"train", "--data"},   {"dim", "--data"},
+                                          {"classes", "--data"}, {"labels", "--data"},
+                                          {"text", "--text"},    {"crc", "--text"}};
+    for (size_t i = 0; i < sizeof data / sizeof *data; i++)
+        if (strlen(data[i][0]) == n && memcmp(data[i][0], key, n) == 0) {
+            snprintf(buf, cap, "%s", data[i][1]);
+            return;
+        }
+    snprintf(buf, cap, "--%.*s", (int)n, key);
 }
 
-/* A value of the settings text for people: hexadecimal floats (exact, which is why the
- * text has them) are shown in decimal, item by item in lists like "betas=a,b". */
+/* A value of the settings text for people: floats (written with all 9 digits, exact) are
+ * shown as %g, item by item in lists like "hidden=256,128". */
 static void show_value(const char *v, size_t n, char *out, size_t cap) {
     size_t o = 0;
     out[0] = '\0';
@@ -64,7 +49,7 @@ static void show_value(const char *v, size_t n, char *out, size_t cap) {
         part[pl] = '\0';
         char *e;
         double d = strtod(part, &e);
-        if (strstr(part, "0x") && e != part && *e == '\0')
+        if (strpbrk(part, ".eE") && e != part && *e == '\0')
             o += (size_t)snprintf(out + o, cap - o, "%s%g", i ? "," : "", d);
         else
             o += (size_t)snprintf(out + o, cap - o, "%s%s", i ? "," : "", part);
@@ -120,10 +105,10 @@ static int first_difference(const char *a, size_t alen, const char *b, size_t bl
             char mine[160], theirs[160] = "(absent)";
             show_value(v, vl, mine, sizeof mine);
             if (ov) show_value(ov, ovl, theirs, sizeof theirs);
-            const char *opt = option_of(k, kl);
-            snprintf(msg, cap, "setting '%.*s'%s%s%s differs: %s in the checkpoint, %s in this run",
-                     (int)kl, k, opt ? " (" : "", opt ? opt : "", opt ? ")" : "",
-                     pass ? theirs : mine, pass ? mine : theirs);
+            char opt[80];
+            option_of(k, kl, opt, sizeof opt);
+            snprintf(msg, cap, "setting '%.*s' (%s) differs: %s in the checkpoint, %s in this run",
+                     (int)kl, k, opt, pass ? theirs : mine, pass ? mine : theirs);
             return 1;
         }
     }
@@ -165,11 +150,12 @@ static ddp_status check_compatible(ddp_trainer *t, const ddp_checkpoint_info *h,
                         "checkpoint %s holds optimizer %u with %u state buffer(s) of %llu "
                         "elements, which does not fit this run's optimizer",
                         path, h->optim_kind, h->num_states, (unsigned long long)h->state_size);
-    if (h->sampler_step >= t->sampler.steps_per_epoch)
+    size_t spe = t->src->ops->cursor(t->src).steps_per_epoch;
+    if (h->sampler_step >= spe)
         return DDP_FAIL(DDP_ERR_MISMATCH,
                         "checkpoint %s resumes at step %llu of an epoch, but an epoch of this "
                         "run has %zu steps",
-                        path, (unsigned long long)h->sampler_step, t->sampler.steps_per_epoch);
+                        path, (unsigned long long)h->sampler_step, spe);
     return DDP_OK;
 }
 
@@ -327,7 +313,7 @@ static ddp_status apply(ddp_trainer *t, const ddp_checkpoint_info *h, const char
         DDP_CHECK(ddp_trainer_batch_resume(t, h->batch_now, h->sampler_epoch,
                                            (size_t)h->sampler_step, (size_t)h->sampler_pos));
     else
-        DDP_CHECK(t->src->seek(t, h->sampler_epoch, (size_t)h->sampler_step));
+        DDP_CHECK(t->src->ops->seek(t->src, h->sampler_epoch, (size_t)h->sampler_step));
     DDP_CHECK(ddp_backend_copy(b, ddp_model_params(t->model), h->params,
                                t->num_params * sizeof(float), DDP_COPY_H2D));
     DDP_CHECK(load_state(t, h, path));

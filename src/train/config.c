@@ -1,85 +1,29 @@
 /*
- * Training configuration: defaults, the batch arithmetic (global = micro x accum x
- * world) and the canonical text whose CRC is the fingerprint that all ranks compare.
+ * Training configuration: defaults (from the option tables, config_options.c), the batch
+ * arithmetic (global = micro x accum x world) and the canonical text whose CRC is the
+ * fingerprint that all ranks compare.
  */
 #include <stdio.h>
 #include <string.h>
 
 #include "ddp/train.h"
 
-void ddp_train_config_defaults(ddp_train_config *cfg) {
-    memset(cfg, 0, sizeof *cfg);
-    ddp_model_spec_defaults(&cfg->model, DDP_MODEL_MLP);
-    snprintf(cfg->data_dir, sizeof cfg->data_dir, "/usr/share/datasets/fashion-mnist");
-    cfg->global_batch = 128;
-    cfg->accum = 0;
-    cfg->micro_batch = 0;
-    cfg->epochs = 20;
-    cfg->max_steps = 0;
-    cfg->optim.kind = DDP_OPTIM_SGD;
-    cfg->optim.momentum = 0.9f;
-    cfg->optim.nesterov = 0;
-    cfg->optim.beta1 = 0.9f;
-    cfg->optim.beta2 = 0.999f;
-    cfg->optim.eps = 1e-8f;
-    cfg->optim.weight_decay = 1e-4f;
-    cfg->sched.kind = DDP_SCHED_COSINE;
-    cfg->sched.base_lr = 0.05f;
-    cfg->sched.min_lr = 0.0f;
-    cfg->sched.warmup_steps = 200;
-    cfg->clip_norm = 0.0f;
-    cfg->seed = 42;
-    cfg->shuffle = 1;
-    cfg->device = DDP_DEVICE_AUTO;
-    cfg->comm = DDP_COMM_AUTO;
-    cfg->math = DDP_MATH_FP32;
-    cfg->threads = 0;
-    cfg->reducer.bucket_bytes = 25u << 20;
-    cfg->reducer.first_bucket_bytes = 1u << 20;
-    cfg->reducer.grad_dtype = DDP_F32;
-    cfg->reducer.overlap = 1;
-    cfg->reducer.progress = DDP_PROGRESS_AUTO;
-    cfg->on_nonfinite = DDP_NONFINITE_ABORT;
-    cfg->log_every = 50;
-    cfg->eval_every = 0;
-    cfg->check_sync = 0;
-    cfg->keep = 3;
-    cfg->timeout_s = 300.0f;
-    cfg->gns = 1;
-    cfg->gns_ema = 0.99f;
-    cfg->gns_every = 1;
-    cfg->batch_schedule = DDP_BATCH_FIXED;
-    cfg->lr_scaling = DDP_LR_SCALING_LINEAR;
-    cfg->max_global_batch = 0;
-}
+const char *const ddp_nonfinite_names[] = {DDP_NONFINITE_POLICIES(DDP_X_NAME) NULL};
+const char *const ddp_batch_schedule_names[] = {DDP_BATCH_SCHEDULES(DDP_X_NAME) NULL};
+const char *const ddp_lr_scaling_names[] = {DDP_LR_SCALINGS(DDP_X_NAME) NULL};
 
 void ddp_train_config_defaults_for(ddp_train_config *cfg, ddp_model_kind kind) {
-    ddp_train_config_defaults(cfg);
-    if (kind == DDP_MODEL_CNN) {
-        /* The CNN of the README's run on Fashion-MNIST (bench/RESULTS.md). */
-        ddp_model_spec_defaults(&cfg->model, DDP_MODEL_CNN);
-        cfg->epochs = 15;
-        cfg->optim.weight_decay = 2e-3f;
-        return;
-    }
-    if (kind != DDP_MODEL_GPT) return;
-    /* A GPT on a byte-level text: the sizes and schedule of the README's language-model
-     * run, which the measurements in bench/RESULTS.md chose for 2 CPU cores. */
-    ddp_model_spec_defaults(&cfg->model, DDP_MODEL_GPT);
-    cfg->global_batch = 32;
-    cfg->epochs = 0;
-    cfg->max_steps = 1300;
-    cfg->optim.kind = DDP_OPTIM_ADAMW;
-    cfg->optim.beta1 = 0.9f;
-    cfg->optim.beta2 = 0.99f;
-    cfg->optim.weight_decay = 0.1f;
-    cfg->sched.kind = DDP_SCHED_COSINE;
-    cfg->sched.base_lr = 2e-3f;
-    cfg->sched.min_lr = 2e-4f;
-    cfg->sched.warmup_steps = 100;
-    cfg->clip_norm = 1.0f;
-    cfg->eval_every = 250;
-    cfg->eval_tokens = 65536;
+    memset(cfg, 0, sizeof *cfg);
+    ddp_train_tables tt;
+    ddp_train_config_tables(cfg, kind, &tt);
+    /* Fails only for a default that does not parse, a bug that test_option_tables finds. */
+    if (ddp_opt_set_defaults(tt.t, tt.n_active, (int)kind) != DDP_OK)
+        ddp_log_current_error("the training defaults");
+    cfg->model.kind = kind;
+}
+
+void ddp_train_config_defaults(ddp_train_config *cfg) {
+    ddp_train_config_defaults_for(cfg, DDP_MODEL_MLP);
 }
 
 /* The divisors of n nearest to `want` from below and above, for messages that say which
@@ -141,22 +85,7 @@ ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world) {
         }
         cfg->micro_batch = local / (size_t)cfg->accum;
     }
-    if (cfg->model.kind == DDP_MODEL_GPT) {
-        const ddp_model_spec *m = &cfg->model;
-        if (m->dim % m->heads != 0)
-            return DDP_FAIL(DDP_ERR_INVALID_ARG,
-                            "--heads %d does not divide --dim %d: each head takes dim / heads "
-                            "channels",
-                            m->heads, m->dim);
-    } else if (cfg->sync_bn && cfg->model.kind != DDP_MODEL_CNN) {
-        return DDP_FAIL(DDP_ERR_INVALID_ARG,
-                        "--sync-bn synchronizes batch normalization, which only --model cnn "
-                        "has");
-    } else if (cfg->text_path[0]) {
-        return DDP_FAIL(DDP_ERR_INVALID_ARG,
-                        "--text is the data of a language model: use it with --model gpt (the "
-                        "MLP trains on --data DIR)");
-    }
+    DDP_CHECK(ddp_model_spec_check(&cfg->model));
     if (cfg->zero < 0 || cfg->zero > 2)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
                         "--zero %d: the stages are 0 (replicated), 1 (sharded optimizer state) "
@@ -194,66 +123,19 @@ ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world) {
     return DDP_OK;
 }
 
+/* The canonical text of cfg's options: all that ranks must share, or (resume) what must
+ * also match on resume. */
+static size_t canonical(const ddp_train_config *cfg, int resume, char *buf, size_t cap) {
+    ddp_train_tables tt;
+    /* The tables only read through their bases here. */
+    ddp_train_config_tables((ddp_train_config *)cfg, cfg->model.kind, &tt);
+    return ddp_opt_canonical(tt.t, tt.n_active, resume, buf, cap);
+}
+
 size_t ddp_train_config_canonical(const ddp_train_config *cfg, char *buf, size_t cap) {
-    int n = 0;
-#define PUT(...)                                                                                   \
-    do {                                                                                           \
-        if ((size_t)n < cap) n += snprintf(buf + n, cap - (size_t)n, __VA_ARGS__);                 \
-    } while (0)
-    /* The model's shape options of its kind (ddp_model_describe covers them too). */
-    const ddp_model_spec *m = &cfg->model;
-    PUT("model=%s", ddp_model_kind_name(m->kind));
-    if (m->kind == DDP_MODEL_GPT) {
-        PUT(" layers=%d dim=%d heads=%d ctx=%d vocab=%d", m->layers, m->dim, m->heads, m->ctx,
-            m->vocab);
-    } else {
-        PUT(" hidden=");
-        for (int i = 0; i < m->n_hidden; i++)
-            PUT("%s%zu", i ? "," : "", m->hidden[i]);
-        PUT(" act=%d", (int)m->act);
-    }
-    if (m->kind == DDP_MODEL_CNN) {
-        PUT(" conv=");
-        for (int i = 0; i < m->n_conv; i++)
-            PUT("%s%d", i ? "," : "", m->conv[i]);
-        PUT(" kernel=%d sync_bn=%d", m->kernel, cfg->sync_bn);
-    }
-    /* --recompute is not here: it changes neither a result (the gradients are the same
-     * bits) nor a collective (a recomputed forward does not communicate), so ranks may
-     * differ in it and a run may resume with or without it. */
-    PUT(" decay_all=%d batch=%zu accum=%d micro=%zu epochs=%d steps=%lld", m->decay_all,
-        cfg->global_batch, cfg->accum, cfg->micro_batch, cfg->epochs, (long long)cfg->max_steps);
-    PUT(" optim=%d momentum=%a nesterov=%d betas=%a,%a eps=%a wd=%a", (int)cfg->optim.kind,
-        cfg->optim.momentum, cfg->optim.nesterov, cfg->optim.beta1, cfg->optim.beta2,
-        cfg->optim.eps, cfg->optim.weight_decay);
-    PUT(" sched=%d lr=%a min_lr=%a warmup=%lld clip=%a seed=%llu shuffle=%d", (int)cfg->sched.kind,
-        cfg->sched.base_lr, cfg->sched.min_lr, (long long)cfg->sched.warmup_steps, cfg->clip_norm,
-        (unsigned long long)cfg->seed, cfg->shuffle);
-    /* log_every, eval_every and check_sync decide which collectives run when, so they
-     * must agree too or ranks would wait in different collectives. */
-    PUT(" device=%d comm=%d math=%d log_every=%d eval_every=%d eval_tokens=%lld check_sync=%d",
-        (int)cfg->device, (int)cfg->comm, (int)cfg->math, cfg->log_every, cfg->eval_every,
-        (long long)cfg->eval_tokens, cfg->check_sync);
-    /* The buckets decide which all-reduces run, in which order and with which type. */
-    PUT(" bucket=%zu first_bucket=%zu grad_dtype=%d overlap=%d progress=%d nonfinite=%d",
-        cfg->reducer.bucket_bytes, cfg->reducer.first_bucket_bytes, (int)cfg->reducer.grad_dtype,
-        cfg->reducer.overlap, (int)cfg->reducer.progress, cfg->on_nonfinite);
-    /* The stage decides which collectives run (reduce-scatter and all-gather instead of
-     * all-reduce). */
-    PUT(" zero=%d", cfg->zero);
-    /* Saving and resuming end in an agreement over all ranks, so whether and when they
-     * happen must agree; the directory and --keep concern rank 0 alone. */
-    PUT(" ckpt=%d ckpt_every=%d resume=%d", cfg->checkpoint_dir[0] != '\0', cfg->checkpoint_every,
-        cfg->resume);
-    /* Runs that stop at a target accuracy stop together. (Written only when set, so that
-     * the fingerprints of other runs, and their checkpoints, are unchanged.) */
-    if (cfg->target_accuracy > 0.0f) PUT(" target=%a", cfg->target_accuracy);
-    if (cfg->target_loss > 0.0f) PUT(" target_loss=%a", cfg->target_loss);
-    /* The adaptive schedule changes the batch, the steps and the rate alike everywhere. */
-    if (cfg->batch_schedule == DDP_BATCH_ADAPTIVE)
-        PUT(" batch_schedule=adaptive max_batch=%zu lr_scaling=%d gns_ema=%a gns_every=%d",
-            cfg->max_global_batch, cfg->lr_scaling, cfg->gns_ema, cfg->gns_every);
-#undef PUT
-    if (cap == 0) return 0; /* nothing written, not even the terminating zero */
-    return (size_t)n < cap ? (size_t)n : cap - 1;
+    return canonical(cfg, 0, buf, cap);
+}
+
+size_t ddp_train_config_resume_text(const ddp_train_config *cfg, char *buf, size_t cap) {
+    return canonical(cfg, 1, buf, cap);
 }

@@ -184,3 +184,12 @@ ddp_status ddp_trainer_gns_sync(ddp_trainer *t) {
     t->gns.tr = v[1] / (double)t->world;
     return DDP_OK;
 }
+
+void ddp_trainer_gns_text(const ddp_step_stats *st, char *buf, size_t cap) {
+    /* Near convergence the estimate of |G|^2 can fall to zero or below: the noise then
+     * swamps the signal that the batches can resolve, and B_simple is beyond measurement;
+     * the line leaves it out rather than fill half its width with why. */
+    buf[0] = '\0';
+    if (st->gns_valid && isfinite(st->gns_b_simple))
+        snprintf(buf, cap, " | B_simple %.4g", st->gns_b_simple);
+}

@@ -72,7 +72,7 @@ static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, const 
         json_object_set_new(o, nums[i].key, number(nums[i].value));
     if (t->skipped_steps > 0)
         json_object_set_new(o, "skipped_steps", json_integer(t->skipped_steps));
-    int tokens = t->src->positions(t) > 1;
+    int tokens = t->src->ops->positions(t->src) > 1;
     if (tokens) json_object_set_new(o, "tokens_per_s", number(r->tokens_per_s));
     if (r->mfu >= 0.0) json_object_set_new(o, "mfu", number(r->mfu));
     json_t *rss = json_array();
@@ -120,19 +120,13 @@ static ddp_status report(ddp_trainer *t, const ddp_step_stats *st, const step_re
     const ddp_train_config *c = &t->cfg;
     char eta_s[32], rate[64], mfu[32] = "";
     format_eta(eta, eta_s, sizeof eta_s);
-    if (t->src->positions(t) > 1)
+    if (t->src->ops->positions(t->src) > 1)
         snprintf(rate, sizeof rate, "%.0f tok/s", r->tokens_per_s);
     else
         snprintf(rate, sizeof rate, "%.0f samples/s", r->samples_per_s);
     if (r->mfu >= 0.0) snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * r->mfu);
-    char gns[48] = "";
-    /* Near convergence the estimate of |G|^2 can fall to zero or below: the noise then
-     * swamps the signal that the batches can resolve, B_simple is beyond measurement, and
-     * the line says so rather than print a NaN (the metrics write null). */
-    if (st->gns_valid && isfinite(st->gns_b_simple))
-        snprintf(gns, sizeof gns, " | B_simple %.4g", st->gns_b_simple);
-    else if (st->gns_valid)
-        snprintf(gns, sizeof gns, " | B_simple unresolved (|G|^2 est. %.2g)", st->gns_g2);
+    char gns[48];
+    ddp_trainer_gns_text(st, gns, sizeof gns);
     if (!c->quiet)
         ddp_log_info("step %lld/%lld | epoch %.2f | loss %.4f | lr %.5f%s | %s%s | left %s",
                      (long long)t->step, (long long)t->total_steps, ddp_trainer_epoch_progress(t),
@@ -192,7 +186,8 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
             return DDP_FAIL(DDP_ERR_IO, "--metrics %s: cannot open for writing", c->metrics_path);
     }
     DDP_CHECK(ddp_trainer_prepare_checkpoints(t));
-    size_t spe = t->sampler.steps_per_epoch, positions = t->src->positions(t);
+    size_t spe = t->src->ops->cursor(t->src).steps_per_epoch;
+    size_t positions = t->src->ops->positions(t->src);
     if (!c->quiet)
         ddp_log_info("training %s (%zu parameters) on %d rank(s), %s backend, %s comm: batch %zu "
                      "= %zu micro x %d accum x %d ranks%s, %lld steps (%zu per epoch)",
@@ -218,7 +213,7 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
         DDP_CHECK(ddp_trainer_step(t, &st));
         window_steps++;
         /* The cursor is at the start of an epoch (also when the batch has changed). */
-        int epoch_end = spe > 0 && t->sampler.step == 0;
+        int epoch_end = spe > 0 && t->src->ops->cursor(t->src).step == 0;
         int eval_now = (c->eval_every > 0 ? t->step % c->eval_every == 0 : epoch_end) ||
                        t->step == t->total_steps;
         step_report r = {.mfu = -1.0};
@@ -233,14 +228,11 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
             r.evaluated = 1;
             r.eval_accuracy = accuracy;
             r.eval_loss = loss;
-            if (!c->quiet && positions > 1)
-                ddp_log_info("eval step %lld epoch %.2f: validation loss %.4f, %.4f bits per "
-                             "byte, next-byte accuracy %.4f",
-                             (long long)t->step, ddp_trainer_epoch_progress(t), loss, loss / M_LN2,
-                             accuracy);
-            else if (!c->quiet)
-                ddp_log_info("eval step %lld epoch %.2f: test accuracy %.4f, test loss %.4f",
-                             (long long)t->step, ddp_trainer_epoch_progress(t), accuracy, loss);
+            char what[160];
+            ddp_trainer_eval_text(t, accuracy, loss, what, sizeof what);
+            if (!c->quiet)
+                ddp_log_info("eval step %lld epoch %.2f: %s", (long long)t->step,
+                             ddp_trainer_epoch_progress(t), what);
         }
         if (st.logged) { /* the loss was reduced over all ranks (and may be NaN or inf) */
             double now = ddp_time_now();

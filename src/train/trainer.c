@@ -17,7 +17,7 @@ static ddp_status check_fingerprints(ddp_trainer *t) {
     const char *shape = ddp_model_describe(t->model);
     fp = ddp_crc32(fp, shape, strlen(shape));
     char data[256];
-    size_t dlen = t->src->identify(t, data, sizeof data);
+    size_t dlen = t->src->ops->identify(t->src, data, sizeof data);
     fp = ddp_crc32(fp, data, dlen);
     /* All ranks reach this comparison in ddp_trainer_create. */
     int first_bad = -1, n_bad = 0, mine_differs = 0;
@@ -79,10 +79,15 @@ static void shard_layout(ddp_trainer *t) {
 /* Everything in set-up that involves no collective: it may fail on one rank alone. */
 static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
     DDP_CHECK(ddp_train_config_resolve(&t->cfg, t->world));
-    DDP_CHECK(t->src->setup(t));
-    t->total_steps = t->cfg.max_steps > 0
-                         ? t->cfg.max_steps
-                         : (int64_t)t->cfg.epochs * (int64_t)t->sampler.steps_per_epoch;
+    const ddp_source_ops *src = ddp_source_of(ddp_model_kind_data(t->cfg.model.kind));
+    if (!src)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "--model %s: no data source for what it trains on",
+                        ddp_model_kind_name(t->cfg.model.kind));
+    DDP_CHECK(src->create(t, &t->data, &t->src));
+    t->total_steps =
+        t->cfg.max_steps > 0
+            ? t->cfg.max_steps
+            : (int64_t)t->cfg.epochs * (int64_t)t->src->ops->cursor(t->src).steps_per_epoch;
     t->cfg.sched.total_steps = t->total_steps;
     t->start_batch = t->cfg.global_batch;
     t->start_accum = t->cfg.accum;
@@ -173,14 +178,17 @@ static ddp_status create(ddp_trainer *t, ddp_backend *b, ddp_comm *comm, ddp_com
         s = DDP_FAIL(DDP_ERR_REMOTE, "rank %d failed to set up training (its message says why)",
                      failed);
     if (s == DDP_OK) s = check_fingerprints(t);
-    if (s == DDP_OK && t->cfg.sync_bn) {
-        /* A communicator of the batch norms' own: their collectives run inside forward and
-         * backward while the reducer's thread may be all-reducing gradients on comm. Every
-         * rank creates it (sync_bn is in the fingerprint). */
-        s = ddp_comm_create(ddp_comm_kind_of(comm), b, &t->bn_comm);
+    if (s == DDP_OK && ddp_model_needs_comm(t->model)) {
+        /* A communicator of the model's own (synchronized batch norm): its collectives run
+         * inside forward and backward while the reducer's thread may be all-reducing
+         * gradients on comm. Every rank creates it (the model's options are in the
+         * fingerprint). */
+        s = ddp_comm_create(ddp_comm_kind_of(comm), b, &t->model_comm);
         if (s == DDP_OK) {
-            ddp_comm_set_label(t->bn_comm, "bn", "batch-norm statistics");
-            ddp_model_set_comm(t->model, t->bn_comm);
+            /* Batch norm is the one layer that communicates; the label names it in the
+             * watchdog's messages and in DDP_INJECT_* ("bn_allreduce"). */
+            ddp_comm_set_label(t->model_comm, "bn", "batch-norm statistics");
+            ddp_model_set_comm(t->model, t->model_comm);
         }
     }
     if (s == DDP_OK) s = share_gradients(t);
@@ -204,26 +212,12 @@ static ddp_status create(ddp_trainer *t, ddp_backend *b, ddp_comm *comm, ddp_com
 }
 
 ddp_status ddp_trainer_create(const ddp_train_config *cfg, ddp_backend *b, ddp_comm *comm,
-                              ddp_comm *ctrl, const ddp_dataset *train, const ddp_dataset *test,
-                              ddp_trainer **out) {
+                              ddp_comm *ctrl, const ddp_train_data *data, ddp_trainer **out) {
     *out = NULL;
     ddp_trainer *t = calloc(1, sizeof *t);
     if (!t) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
     t->cfg = *cfg;
-    t->src = &ddp_source_idx;
-    t->train = train;
-    t->test = test;
-    return create(t, b, comm, ctrl, out);
-}
-
-ddp_status ddp_trainer_create_text(const ddp_train_config *cfg, ddp_backend *b, ddp_comm *comm,
-                                   ddp_comm *ctrl, const ddp_text *text, ddp_trainer **out) {
-    *out = NULL;
-    ddp_trainer *t = calloc(1, sizeof *t);
-    if (!t) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
-    t->cfg = *cfg;
-    t->src = &ddp_source_text;
-    t->text = text;
+    t->data = *data;
     return create(t, b, comm, ctrl, out);
 }
 
@@ -237,16 +231,15 @@ void ddp_trainer_free(ddp_trainer *t) {
     ddp_backend *b = t->backend;
     /* A parameter gather in flight is a collective the other ranks are in too. */
     if (ddp_trainer_settle(t) != DDP_OK) ddp_log_current_error("freeing the trainer");
-    if (t->src && b) t->src->release(t);
+    if (t->src) t->src->ops->free(t->src, b);
     ddp_backend_dealloc(b, t->d_stats);
     ddp_backend_dealloc(b, t->d_gns_sq);
     ddp_backend_dealloc(b, t->shard_grads);
     free(t->h_params);
     ddp_reducer_free(t->reducer);
-    ddp_comm_free(t->bn_comm);
+    ddp_comm_free(t->model_comm);
     ddp_optim_free(t->optim);
     ddp_model_free(t->model);
-    ddp_sampler_free(&t->sampler);
     if (t->metrics) fclose(t->metrics);
     free(t);
 }
@@ -290,6 +283,11 @@ ddp_model *ddp_trainer_model(ddp_trainer *t) { return t->model; }
 int ddp_trainer_grads_shared(const ddp_trainer *t) { return t->grads_shared; }
 double ddp_trainer_last_eval_loss(const ddp_trainer *t) { return t->last_eval_loss; }
 
+void ddp_trainer_eval_text(const ddp_trainer *t, double accuracy, double loss, char *buf,
+                           size_t cap) {
+    t->src->ops->eval_text(accuracy, loss, buf, cap);
+}
+
 ddp_status ddp_trainer_get_params(ddp_trainer *t, float *host) {
     DDP_CHECK(ddp_trainer_settle(t));
     DDP_CHECK(ddp_backend_copy(t->backend, host, ddp_model_params(t->model),
@@ -325,7 +323,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     const ddp_train_config *c = &t->cfg;
     /* Scaling by 1 / (predictions in the global batch) here makes the summed all-reduce
      * the gradient of the mean loss, with no separate division. */
-    float grad_scale = 1.0f / (float)(c->global_batch * t->src->positions(t));
+    float grad_scale = 1.0f / (float)(c->global_batch * t->src->ops->positions(t->src));
     float *grads = ddp_model_grads(t->model);
     memset(st, 0, sizeof *st);
     /* Phase timings need the device to be idle at the boundaries; on the CPU that is
@@ -334,7 +332,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     int timed = ddp_backend_is_host(b) || log_step;
     double t0 = ddp_time_now(), t1;
 
-    DDP_CHECK(t->src->next(t));
+    DDP_CHECK(t->src->ops->next(t->src, t, &t->epoch));
     DDP_CHECK(ddp_backend_zero(b, t->d_stats, 2 * sizeof(float)));
     ddp_reducer_stats rs = {0};
     for (int k = 0; k < c->accum; k++) {
@@ -345,7 +343,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         t1 = ddp_time_now();
         DDP_CHECK(ddp_trace_begin("forward", "compute"));
         ddp_batch batch;
-        DDP_CHECK(t->src->micro_batch(t, k, &batch));
+        DDP_CHECK(t->src->ops->micro_batch(t->src, t, k, &batch));
         DDP_CHECK(ddp_model_forward(t->model, &batch, DDP_MODE_TRAIN, grad_scale, t->d_stats));
         if (timed) DDP_CHECK(ddp_backend_sync(b));
         DDP_CHECK(ddp_trace_end());
@@ -425,7 +423,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
      * --sync-bn they come from the global batch and are the same already.) All ranks
      * reach this after every step when the model has buffers. */
     size_t nbuf = ddp_model_num_buffer_elems(t->model);
-    if (nbuf > 0 && t->world > 1 && !t->bn_comm)
+    if (nbuf > 0 && t->world > 1 && !t->model_comm)
         DDP_CHECK(ddp_comm_allreduce(t->comm, ddp_model_buffers(t->model), nbuf, DDP_F32, DDP_AVG));
     if (c->zero > 0) {
         /* Every rank updated its shard alone: the all-gather gives every rank all of
@@ -450,7 +448,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         DDP_CHECK(reduce_stats(t, sums));
         ddp_trainer_gns_unpack(t, sums + 2, st);
         DDP_CHECK(ddp_trainer_batch_adapt(t, st));
-        st->loss = sums[0] / ((double)c->global_batch * (double)t->src->positions(t));
+        st->loss = sums[0] / ((double)c->global_batch * (double)t->src->ops->positions(t->src));
         st->logged = 1;
     }
     st->t_step = ddp_time_now() - t0;
@@ -460,7 +458,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
 ddp_status ddp_trainer_evaluate_part(ddp_trainer *t, int full, double *accuracy, double *loss) {
     DDP_CHECK(ddp_trainer_settle(t));
     double sums[3] = {0.0, 0.0, 0.0};
-    DDP_CHECK(t->src->evaluate(t, sums, full));
+    DDP_CHECK(t->src->ops->evaluate(t->src, t, sums, full));
     /* Every rank evaluates at the same steps; its shard may be empty but it still
      * contributes to the sums. */
     DDP_CHECK(ddp_comm_allreduce(t->ctrl, sums, 3, DDP_F64, DDP_SUM));

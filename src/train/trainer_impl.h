@@ -8,53 +8,88 @@
 #include "ddp/train.h"
 #include "train/noise_scale.h"
 
-/* Where the batches come from: labelled samples (IDX images, source_idx.c) or windows of
- * a text (source_text.c). Every function runs on every rank. */
+/* Where the batches come from: a data source per ddp_data_kind (sources.c), labelled
+ * samples (source_idx.c) or windows of a text (source_text.c). A source keeps its state in
+ * a struct of its own that starts with ddp_source; the trainer holds only the pointer. */
+typedef struct ddp_source_ops ddp_source_ops;
 typedef struct {
-    const char *kind;
+    const ddp_source_ops *ops;
+} ddp_source;
+
+/* Where a source is in its data: what checkpoints save and the run loop reads. */
+typedef struct {
+    uint64_t epoch;         /* of the next step */
+    size_t step;            /* the next step's place in its epoch */
+    size_t pos;             /* samples of the epoch's order used before it */
+    size_t steps_per_epoch; /* at the current batch */
+    size_t n;               /* samples in an epoch; 0 where windows are drawn at random */
+} ddp_cursor;
+
+struct ddp_source_ops {
+    const char *name;
+    /* Its options (offsets into ddp_train_config), with their defaults. */
+    const ddp_opt *opts;
+    size_t n_opts;
+    /* ---- the data (ddp_train_data_*) ---- */
+    ddp_status (*prepare)(const ddp_train_config *cfg); /* may be NULL */
+    ddp_status (*load)(const ddp_train_config *cfg, ddp_train_data *d);
+    ddp_status (*synthetic)(const ddp_train_config *cfg, ddp_train_data *d); /* may be NULL */
+    const char *(*data_name)(const ddp_train_config *cfg);
+    /* ---- training; every function runs on every rank ---- */
     /* Checks the data against the configuration, fills in what the model takes from the
-     * data (input size, classes), sets up the cursor (t->sampler's steps_per_epoch,
-     * epoch and step) and puts the data where the backend computes. Not collective. */
-    ddp_status (*setup)(ddp_trainer *t);
+     * data (t->cfg.model: input size, classes, image geometry), sets t->max_batch (the
+     * samples of the model's activations), sets up the cursor and puts the data where the
+     * backend computes. Not collective. */
+    ddp_status (*create)(ddp_trainer *t, const ddp_train_data *d, ddp_source **out);
+    void (*free)(ddp_source *s, ddp_backend *b);
     /* Positions predicted per sample: 1, or the context length. */
-    size_t (*positions)(const ddp_trainer *t);
-    /* Loads this rank's share of the next global batch and advances the cursor. */
-    ddp_status (*next)(ddp_trainer *t);
+    size_t (*positions)(const ddp_source *s);
+    /* Loads this rank's share of the next global batch and advances the cursor; *epoch
+     * gets the batch's epoch. */
+    ddp_status (*next)(ddp_source *s, ddp_trainer *t, uint64_t *epoch);
     /* Micro-batch k of the batch loaded by next. */
-    ddp_status (*micro_batch)(ddp_trainer *t, int k, ddp_batch *out);
+    ddp_status (*micro_batch)(ddp_source *s, ddp_trainer *t, int k, ddp_batch *out);
     /* Runs the model over this rank's share of the evaluation set (all of it, or, with
      * full 0, the part cfg.eval_tokens allows), adding the loss sum, the correct
      * predictions and the predictions made to sums[0..2]. */
-    ddp_status (*evaluate)(ddp_trainer *t, double sums[3], int full);
+    ddp_status (*evaluate)(ddp_source *s, ddp_trainer *t, double sums[3], int full);
+    ddp_cursor (*cursor)(const ddp_source *s);
     /* Moves the cursor so that the next batch is step `step` of epoch `epoch`. */
-    ddp_status (*seek)(ddp_trainer *t, uint64_t epoch, size_t step);
+    ddp_status (*seek)(ddp_source *s, uint64_t epoch, size_t step);
+    /* A batch that changes (--batch-schedule adaptive); NULL where the source keeps one
+     * batch. set_batch: global_batch from the next step on; seek_pos: the next batch is
+     * step `step` of epoch `epoch`, starting at sample pos of its order. */
+    ddp_status (*set_batch)(ddp_source *s, size_t global_batch);
+    ddp_status (*seek_pos)(ddp_source *s, uint64_t epoch, size_t step, size_t pos);
     /* Appends to buf what identifies the training data (sizes, a CRC), for the
      * fingerprint and the checkpoint settings. Returns the length written. */
-    size_t (*identify)(const ddp_trainer *t, char *buf, size_t cap);
-    void (*release)(ddp_trainer *t);
-} ddp_source_ops;
+    size_t (*identify)(const ddp_source *s, char *buf, size_t cap);
+    /* An evaluation's result in the data's terms. */
+    void (*eval_text)(double accuracy, double loss, char *buf, size_t cap);
+};
+
+/* The source of data kind `data` (sources.c), and its options (NULL, 0 when none). */
+const ddp_source_ops *ddp_source_of(ddp_data_kind data);
+const ddp_opt *ddp_source_options(ddp_data_kind data, size_t *n);
 
 /* Finishes a parameter all-gather in flight (--zero), so that the parameters may be read:
  * every function that reads them outside a training step calls it first. Not collective
  * itself, but completes a collective that every rank started. */
 ddp_status ddp_trainer_settle(ddp_trainer *t);
 
-extern const ddp_source_ops ddp_source_idx;
-extern const ddp_source_ops ddp_source_text;
-
 struct ddp_trainer {
     ddp_train_config cfg;
     ddp_backend *backend;
-    ddp_comm *comm;    /* gradients */
-    ddp_comm *ctrl;    /* host-side control: agreement, counts, fingerprints */
-    ddp_comm *bn_comm; /* --sync-bn: the batch-norm statistics' own communicator */
+    ddp_comm *comm; /* gradients */
+    ddp_comm *ctrl; /* host-side control: agreement, counts, fingerprints */
+    /* The model's own communicator, for layers that communicate in forward and backward
+     * (synchronized batch norm); NULL when none does. */
+    ddp_comm *model_comm;
     int rank, world;
-    const ddp_source_ops *src;
-    const ddp_dataset *train, *test; /* samples (source_idx) */
-    const ddp_text *text;            /* a text (source_text) */
+    ddp_train_data data; /* what the source reads (the arrays are the caller's) */
+    ddp_source *src;     /* the model kind's data source, with its state */
     ddp_model *model;
     ddp_optim *optim;
-    ddp_sampler sampler; /* the cursor: epoch, step in epoch, steps per epoch */
     ddp_reducer *reducer;
     int64_t skipped_steps; /* updates skipped for non-finite gradients */
     int checkpoints_ready; /* ddp_trainer_prepare_checkpoints has run (and agreed) */
@@ -64,9 +99,9 @@ struct ddp_trainer {
      * buffers; every shard but the last ones holds shard_size elements (a multiple of 16,
      * so that shards start on cache lines; the last may be short or empty) */
     size_t shard_size, shard_begin, shard_len;
-    float *shard_grads;   /* (shard_size) device: this shard's averaged gradients */
-    int64_t step;         /* steps completed */
-    int64_t samples;      /* samples trained on over all ranks (steps x their global batches) */
+    float *shard_grads; /* (shard_size) device: this shard's averaged gradients */
+    int64_t step;       /* steps completed */
+    int64_t samples;    /* samples trained on over all ranks (steps x their global batches) */
     int64_t total_steps;
     uint64_t epoch;        /* epoch of the last step */
     size_t max_batch;      /* samples the model's activations hold */
@@ -86,22 +121,6 @@ struct ddp_trainer {
     size_t start_batch; /* cfg.global_batch as configured */
     int start_accum;
     int64_t batch_step; /* the step after which the batch last changed */
-    /* source_idx: samples on the device (or the host arrays themselves on the CPU) */
-    size_t dim;
-    int num_classes;
-    float *d_train_x, *d_test_x;   /* (n, dim) */
-    int32_t *d_train_y, *d_test_y; /* (n) */
-    int owns_device_data;
-    int32_t *h_idx, *d_idx; /* (local_batch) */
-    float *d_x;             /* (max_batch, dim) */
-    int32_t *d_y;           /* (max_batch) */
-    /* source_text: this rank's windows of a step, and of the validation split */
-    ddp_window_sampler windows;
-    ddp_val_windows val, val_part; /* the whole validation split; its first eval_tokens */
-    ddp_text text_part;            /* the text with the validation split cut to that part */
-    size_t *h_offsets;             /* (local_batch) */
-    int32_t *h_tok, *h_tgt;        /* (max(local_batch, max_batch), ctx) host */
-    int32_t *d_tok, *d_tgt;        /* the same on the device (the host arrays on the CPU) */
 };
 
 /* Where the small-batch gradient of the noise scale comes from (noise_scale.c). */
@@ -118,6 +137,10 @@ ddp_status ddp_trainer_gns_observe(ddp_trainer *t, ddp_step_stats *st);
  * back (every rank then holds the mean; st gets the noise scale). */
 void ddp_trainer_gns_pack(const ddp_trainer *t, double out[2]);
 void ddp_trainer_gns_unpack(ddp_trainer *t, const double sums[2], ddp_step_stats *st);
+
+/* The progress line's part for the noise scale: " | B_simple 183.2" where it is resolved,
+ * else "" (the metrics keep the raw estimates). */
+void ddp_trainer_gns_text(const ddp_step_stats *st, char *buf, size_t cap);
 
 /* Makes every rank's share of the noise scale's averages their mean (before a
  * checkpoint saves them). COLLECTIVE over ctrl when the noise scale is estimated. */

@@ -31,11 +31,9 @@ static size_t count_two(const op_shape *s) { return 2; }
 
 /* ---- activations ----------------------------------------------------------------------- */
 
-/* dims "n act": act is a ddp_act */
-static const op_shape act_shapes[] = {
-    {{1, DDP_ACT_RELU}}, {{7, DDP_ACT_RELU}},  {{10007, DDP_ACT_RELU}}, {{1, DDP_ACT_GELU}},
-    {{7, DDP_ACT_GELU}}, {{33, DDP_ACT_GELU}}, {{10007, DDP_ACT_GELU}},
-};
+/* dims "n act": act is a ddp_act, every one of DDP_ACTS */
+#define ACT_SHAPES(act, name) {{1, act}}, {{7, act}}, {{33, act}}, {{10007, act}},
+static const op_shape act_shapes[] = {DDP_ACTS(ACT_SHAPES)};
 
 static ddp_status act_fwd(ddp_backend *b, void *const *t, const op_shape *s) {
     return ddp_backend_act_forward(b, s->d[1], t[0], t[1], count_d0(s));
@@ -59,10 +57,8 @@ static ddp_status act_fwd_in_place(ddp_backend *b, void *const *t, const op_shap
 }
 
 /* the backward as an op of its own, at the planted values: dims "n act in_place" */
-static const op_shape act_bwd_shapes[] = {
-    {{5, DDP_ACT_RELU, 0}}, {{10007, DDP_ACT_RELU, 0}}, {{10007, DDP_ACT_RELU, 1}},
-    {{5, DDP_ACT_GELU, 0}}, {{10007, DDP_ACT_GELU, 0}}, {{10007, DDP_ACT_GELU, 1}},
-};
+#define ACT_BWD_SHAPES(act, name) {{5, act, 0}}, {{10007, act, 0}}, {{10007, act, 1}},
+static const op_shape act_bwd_shapes[] = {DDP_ACTS(ACT_BWD_SHAPES)};
 
 static size_t count_dx(const op_shape *s) { return s->d[2] ? 0 : count_d0(s); }
 
@@ -400,6 +396,37 @@ static ddp_status ln_fwd(ddp_backend *b, void *const *t, const op_shape *s) {
 static ddp_status ln_bwd(ddp_backend *b, void *const *t, void *const *g, const op_shape *s) {
     return ddp_backend_layernorm_backward(b, g[0], g[1], g[2], g[3], t[0], t[1], t[4], t[5],
                                           s->d[0], s->d[1]);
+}
+
+/* ---- RMS normalization ------------------------------------------------------------------- */
+
+/* dims "N C", as layer norm's (the same blocks of 64 rows for the weight gradient); rows of
+ * different spreads and means, which RMS normalization keeps. */
+static ddp_status rms_fwd(ddp_backend *b, void *const *t, const op_shape *s) {
+    return ddp_backend_rmsnorm_forward(b, t[2], t[3], t[0], t[1], s->d[0], s->d[1]);
+}
+
+static ddp_status rms_bwd(ddp_backend *b, void *const *t, void *const *g, const op_shape *s) {
+    return ddp_backend_rmsnorm_backward(b, g[0], g[1], g[2], t[0], t[1], t[3], s->d[0], s->d[1]);
+}
+
+/* ---- transpose --------------------------------------------------------------------------- */
+
+/* dims "batch rows cols": tiles of 16 (CPU) and 32 (CUDA) with their tails, a row or a
+ * column alone, the CNN's flatten (7 x 7 positions of 64 channels), and empty matrices,
+ * which are nothing to do. */
+static const op_shape transpose_shapes[] = {{{1, 1, 1}},   {{2, 3, 5}},   {{3, 7, 1}}, {{1, 1, 9}},
+                                            {{1, 33, 17}}, {{4, 49, 64}}, {{2, 0, 4}}, {{2, 4, 0}}};
+
+static size_t transpose_count(const op_shape *s) { return (size_t)s->d[0] * s->d[1] * s->d[2]; }
+
+static ddp_status transpose_fwd(ddp_backend *b, void *const *t, const op_shape *s) {
+    return ddp_backend_transpose(b, t[1], t[0], s->d[0], s->d[1], s->d[2]);
+}
+
+/* The gradient of a transpose is the transpose back. */
+static ddp_status transpose_bwd(ddp_backend *b, void *const *t, void *const *g, const op_shape *s) {
+    return ddp_backend_transpose(b, g[0], g[1], s->d[0], s->d[2], s->d[1]);
 }
 
 /* ---- causal self-attention --------------------------------------------------------------- */
@@ -859,6 +886,34 @@ const op_case op_cases[] = {
      .fd_step = STEP_SMOOTH,
      .fd_units = 4,
      .gpu_tol = GPU_FP32},
+    {.name = "rmsnorm",
+     .dims = "N C",
+     SHAPES(ln_shapes),
+     .t = {IN_GRAD("inp", OP_NORMAL, 1.0f, count_d0d1, OP_GRAD_ADD),
+           IN_GRAD("weight", OP_NORMAL, 1.0f, count_d1, OP_GRAD_ADD), OUT_LOSS("out", count_d0d1),
+           OUT("rstd", count_d0)},
+     .n_tensors = 4,
+     .forward = rms_fwd,
+     .backward = rms_bwd,
+     .reference = ref_rmsnorm,
+     .prepare = ln_prepare,
+     .fwd_tol = 1e-5,
+     .fd_step = STEP_SMOOTH,
+     .fd_units = 4,
+     .gpu_tol = GPU_FP32},
+    {.name = "transpose",
+     .dims = "batch rows cols",
+     SHAPES(transpose_shapes),
+     .t = {IN_GRAD("x", OP_NORMAL, 1.0f, transpose_count, OP_GRAD_SET),
+           OUT_LOSS("y", transpose_count)},
+     .n_tensors = 2,
+     .forward = transpose_fwd,
+     .backward = transpose_bwd,
+     .reference = ref_transpose,
+     .fwd_tol = 0,
+     .fd_step = STEP_LINEAR,
+     .fd_units = 2,
+     .gpu_tol = 0},
     {.name = "attention",
      .dims = "B T C NH",
      SHAPES(att_shapes),

@@ -5,7 +5,8 @@
  * forward. Two drivers run every case: test_ops_cpu.c (the CPU backend against the
  * reference and against finite differences) and test_ops_cuda.c (the CUDA backend against
  * the CPU backend), with what they share in op_support.c. A new op needs an entry in
- * op_cases.c and its reference in op_reference.c, nothing else.
+ * op_cases.c and its reference in op_reference.c (declared below); test_ops_cpu fails for
+ * an op of the list that no case calls.
  */
 #ifndef DDP_TEST_OP_CASES_H
 #define DDP_TEST_OP_CASES_H
@@ -106,10 +107,11 @@ int op_has_grad(const op_case *c, const op_shape *s, int i);
 /* Fills the host buffers h[i] (op_tensor_bytes each) of every tensor: inputs as their kind
  * says, OUT and SCRATCH as NaN (floats) or 0xAB (other types); then the case's prepare. */
 void op_fill(const op_case *c, const op_shape *s, void *const *h, ddp_rng *rng);
-/* Runs test(state = the case) for every case of the table as one cmocka group; returns
- * the number of failed cases (or 1 without memory). */
+/* Runs test(state = the case) for every case of the table as one cmocka group, then `last`
+ * (named last_name; may be NULL) after them; returns the number of failed tests (or 1
+ * without memory). */
 int op_run_cases(const char *group, void (*test)(void **state), int (*setup)(void **state),
-                 int (*teardown)(void **state));
+                 int (*teardown)(void **state), const char *last_name, void (*last)(void **state));
 /* "name (N=3 C=5)" into buf. */
 const char *op_describe(const op_case *c, const op_shape *s, char *buf, size_t size);
 
@@ -161,6 +163,8 @@ void ref_sgd_step(const op_shape *s, double *const *x);
 void ref_adamw_step(const op_shape *s, double *const *x);
 void ref_encoder(const op_shape *s, double *const *x);
 void ref_layernorm(const op_shape *s, double *const *x);
+void ref_rmsnorm(const op_shape *s, double *const *x);
+void ref_transpose(const op_shape *s, double *const *x);
 void ref_attention(const op_shape *s, double *const *x);
 void ref_conv2d(const op_shape *s, double *const *x);
 void ref_maxpool(const op_shape *s, double *const *x);

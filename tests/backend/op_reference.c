@@ -19,12 +19,23 @@ double ref_gelu_grad(double x) {
     return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x);
 }
 
-/* ReLU'(0) is taken as 0, as PyTorch does. */
+/* Every activation of DDP_ACTS (a value without a case here is a -Wswitch error, and NaN at
+ * run time). ReLU'(0) is taken as 0, as PyTorch does. */
 static double act_of(int act, double x) {
-    return act == DDP_ACT_RELU ? (x > 0 ? x : 0) : ref_gelu(x);
+    switch ((ddp_act)act) {
+    case DDP_ACT_RELU: return x > 0 ? x : 0;
+    case DDP_ACT_GELU: return ref_gelu(x);
+    case DDP_ACT_COUNT: break;
+    }
+    return NAN;
 }
 static double act_grad(int act, double x) {
-    return act == DDP_ACT_RELU ? (x > 0) : ref_gelu_grad(x);
+    switch ((ddp_act)act) {
+    case DDP_ACT_RELU: return x > 0;
+    case DDP_ACT_GELU: return ref_gelu_grad(x);
+    case DDP_ACT_COUNT: break;
+    }
+    return NAN;
 }
 
 /* act: x (n) -> y (n) */
@@ -240,6 +251,30 @@ void ref_layernorm(const op_shape *s, double *const *x) {
         x[4][r] = mean;
         x[5][r] = rstd;
     }
+}
+
+/* inp (N, C), weight (C) -> out (N, C), rstd (N): x / sqrt(mean(x^2) + 1e-5) weight. */
+void ref_rmsnorm(const op_shape *s, double *const *x) {
+    int N = s->d[0], C = s->d[1];
+    for (int r = 0; r < N; r++) {
+        const double *in = x[0] + (size_t)r * C;
+        double ms = 0.0;
+        for (int i = 0; i < C; i++)
+            ms += in[i] * in[i];
+        double rstd = 1.0 / sqrt(ms / C + 1e-5);
+        for (int i = 0; i < C; i++)
+            x[2][(size_t)r * C + i] = in[i] * rstd * x[1][i];
+        x[3][r] = rstd;
+    }
+}
+
+/* x (batch, rows, cols) -> y (batch, cols, rows) */
+void ref_transpose(const op_shape *s, double *const *x) {
+    int batch = s->d[0], rows = s->d[1], cols = s->d[2];
+    for (int n = 0; n < batch; n++)
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                x[1][((size_t)n * cols + c) * rows + r] = x[0][((size_t)n * rows + r) * cols + c];
 }
 
 /* qkv (B, T, 3C) -> out (B, T, C), att (B, NH, T, T): causal softmax attention per head. */

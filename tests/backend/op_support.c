@@ -107,13 +107,15 @@ void op_fill(const op_case *c, const op_shape *s, void *const *h, ddp_rng *rng) 
 }
 
 int op_run_cases(const char *group, void (*test)(void **state), int (*setup)(void **state),
-                 int (*teardown)(void **state)) {
-    struct CMUnitTest *tests = calloc((size_t)op_case_count, sizeof *tests);
+                 int (*teardown)(void **state), const char *last_name, void (*last)(void **state)) {
+    struct CMUnitTest *tests = calloc((size_t)op_case_count + 1, sizeof *tests);
     if (!tests) return 1;
+    size_t n = 0;
     for (int i = 0; i < op_case_count; i++)
-        tests[i] = (struct CMUnitTest){
+        tests[n++] = (struct CMUnitTest){
             .name = op_cases[i].name, .test_func = test, .initial_state = (void *)&op_cases[i]};
-    int failed = _cmocka_run_group_tests(group, tests, (size_t)op_case_count, setup, teardown);
+    if (last) tests[n++] = (struct CMUnitTest){.name = last_name, .test_func = last};
+    int failed = _cmocka_run_group_tests(group, tests, n, setup, teardown);
     free(tests);
     return failed;
 }

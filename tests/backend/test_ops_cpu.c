@@ -8,7 +8,8 @@
  *     start with random values that must stay under the sum, "=" buffers as NaN;
  *   - forward and backward run twice give the same bits.
  * One test per case; each prints the largest finite-difference error it saw as a
- * fraction of its bound.
+ * fraction of its bound. Last, every op of the list (ddp/backend_ops.h) must have been
+ * called by some case: an op added without a case fails there.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "backend/backend_impl.h"
 #include "op_cases.h"
 #include "test_util.h"
 
@@ -313,14 +315,60 @@ static void test_case(void **state) {
         print_message("%s: largest finite-difference error %.2f of its bound\n", c->name, worst);
 }
 
+/* ---- every op has a case ------------------------------------------------------------ */
+
+/* The CPU backend's table with every op wrapped so that a call marks its op: the cases
+ * run through it, and the op that none of them called is one without a case. */
+enum {
+#define OP_INDEX_(name, params, args, check, noop) OP_INDEX_##name,
+    DDP_BACKEND_OPS(OP_INDEX_) OP_COUNT
+#undef OP_INDEX_
+};
+static const char *const op_names[] = {
+#define OP_NAME_(name, params, args, check, noop) #name,
+    DDP_BACKEND_OPS(OP_NAME_)
+#undef OP_NAME_
+};
+static const ddp_backend_ops *cpu_ops;
+static ddp_backend_ops recording;
+static int called[OP_COUNT];
+#define OP_RECORD_(name, params, args, check, noop)                                                \
+    static ddp_status record_##name params {                                                       \
+        called[OP_INDEX_##name] = 1;                                                               \
+        return cpu_ops->name args;                                                                 \
+    }
+DDP_BACKEND_OPS(OP_RECORD_)
+#undef OP_RECORD_
+
+static void every_op_of_the_list_has_a_case(void **state) {
+    int missing = 0;
+    for (int i = 0; i < OP_COUNT; i++)
+        if (!called[i]) {
+            print_error("op %s: no case of tests/backend/op_cases.c calls it\n", op_names[i]);
+            missing++;
+        }
+    assert_int_equal(missing, 0);
+}
+
 static int group_setup(void **state) {
     ddp_backend_options opt = {.device = DDP_DEVICE_CPU};
-    return ddp_backend_create(&opt, &cpu) == DDP_OK ? 0 : -1;
+    if (ddp_backend_create(&opt, &cpu) != DDP_OK) return -1;
+    cpu_ops = cpu->ops;
+    recording = *cpu_ops;
+#define OP_INSTALL_(name, params, args, check, noop) recording.name = record_##name;
+    DDP_BACKEND_OPS(OP_INSTALL_)
+#undef OP_INSTALL_
+    cpu->ops = &recording;
+    return 0;
 }
 
 static int group_teardown(void **state) {
+    cpu->ops = cpu_ops;
     ddp_backend_free(cpu);
     return 0;
 }
 
-int main(void) { return op_run_cases("test_ops_cpu", test_case, group_setup, group_teardown); }
+int main(void) {
+    return op_run_cases("test_ops_cpu", test_case, group_setup, group_teardown,
+                        "every_op_of_the_list_has_a_case", every_op_of_the_list_has_a_case);
+}

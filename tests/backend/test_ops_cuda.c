@@ -121,7 +121,7 @@ static int group_teardown(void **state) {
 }
 
 int main(void) {
-    int failed = op_run_cases("test_ops_cuda", test_case, group_setup, group_teardown);
+    int failed = op_run_cases("test_ops_cuda", test_case, group_setup, group_teardown, NULL, NULL);
     if (failed == 0 && ddp_backend_cuda_device_count() == 0) return 77; /* all skipped */
     return failed;
 }

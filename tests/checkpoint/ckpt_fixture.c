@@ -56,18 +56,7 @@ int fx_finish(int failed) {
 }
 
 ddp_train_config fx_config(ddp_optim_kind kind, int64_t steps) {
-    ddp_train_config c;
-    ddp_train_config_defaults(&c);
-    c.model.n_hidden = 2;
-    c.model.hidden[0] = 24;
-    c.model.hidden[1] = 12;
-    c.global_batch = 32;
-    c.max_steps = steps;
-    c.sched.kind = DDP_SCHED_COSINE;
-    c.sched.warmup_steps = 5;
-    c.sched.base_lr = 0.1f;
-    c.log_every = 5;
-    c.quiet = 1;
+    ddp_train_config c = small_mlp_config(steps, 5);
     c.optim.kind = kind;
     if (kind == DDP_OPTIM_ADAMW) {
         c.sched.base_lr = 3e-3f;
@@ -120,9 +109,8 @@ void fx_copy(const char *from, const char *to) {
 
 ddp_trainer *fx_create(const ddp_train_config *cfg, ddp_comm *comm) {
     ddp_trainer *t = NULL;
-    ddp_status s = cfg->model.kind == DDP_MODEL_GPT
-                       ? ddp_trainer_create_text(cfg, fx_backend, comm, comm, &fx_text, &t)
-                       : ddp_trainer_create(cfg, fx_backend, comm, comm, &fx_train, &fx_test, &t);
+    ddp_train_data data = {.train = fx_train, .test = fx_test, .text = fx_text};
+    ddp_status s = ddp_trainer_create(cfg, fx_backend, comm, comm, &data, &t);
     if (s != DDP_OK) fail_msg("trainer_create: %s", ddp_error_trace_str());
     return t;
 }
@@ -156,15 +144,6 @@ void fx_list(const char *dir, char *out, size_t cap) {
     for (size_t i = 0; i < n && o < cap; i++)
         o += (size_t)snprintf(out + o, cap - o, "%s%lld", i ? "," : "", (long long)steps[i]);
     free(steps);
-}
-
-void fx_assert_same_on_all_ranks(const float *p, size_t n) {
-    uint32_t crc = ddp_crc32(0, p, n * sizeof(float));
-    uint32_t *all = calloc((size_t)fx_size, sizeof *all);
-    assert_int_equal(ddp_comm_allgather(fx_world, &crc, all, 1, DDP_U32), DDP_OK);
-    for (int r = 1; r < fx_size; r++)
-        assert_int_equal(all[r], all[0]);
-    free(all);
 }
 
 unsigned char *fx_slurp(const char *path, size_t *len) {

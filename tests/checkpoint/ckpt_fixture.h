@@ -41,7 +41,5 @@ float *fx_params(ddp_trainer *t, size_t *n);
 float *fx_train_run(const ddp_train_config *cfg, ddp_comm *comm, size_t *n);
 /* The steps of the checkpoints in dir, as "4,8" (rank 0's view). */
 void fx_list(const char *dir, char *out, size_t cap);
-/* Asserts that the parameters are bitwise identical on all ranks of the world. */
-void fx_assert_same_on_all_ranks(const float *p, size_t n);
 
 #endif

@@ -7,34 +7,13 @@
 # message, in bounded time, on every rank; --export writes safetensors.
 # Needs: DDP_TRAIN (path to ddp-train), MPIEXEC; Fashion-MNIST in DATA (default below).
 set -u
-TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
-MPIEXEC=${MPIEXEC:-mpirun}
-DATA=${DDP_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-TMP=$(mktemp -d /tmp/ddp-ckpt-cli.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-MPI="$MPIEXEC --oversubscribe"
-fails=0 passes=0
-
 # run NAME EXPECTED_EXIT PATTERN -- command...: see tests/script_lib.sh.
 RUN_TIMEOUT=180
 # shellcheck source=../script_lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../script_lib.sh"
-
+script_setup ddp-ckpt-cli data
 # check NAME CONDITION...: a plain assertion between runs.
-check() {
-    local name=$1
-    shift
-    if "$@"; then
-        echo "ok   $name"; passes=$((passes + 1))
-    else
-        echo "FAIL $name"; fails=$((fails + 1))
-    fi
-}
 
-if [ ! -d "$DATA" ]; then
-    echo "Fashion-MNIST not found in $DATA (apt-get install dataset-fashion-mnist)"; exit 1
-fi
 # A private copy of the data path, so pgrep can find exactly this test's processes.
 mkdir -p "$TMP/data" && cp "$DATA"/*.gz "$TMP/data/"
 
@@ -164,5 +143,4 @@ run zero_stage_3_refused nonzero "--zero" -- $MPI -np 2 "$TRAIN" "${COMMON[@]}" 
 run zero_bf16_refused nonzero "grad-dtype bf16 applies to --zero 0 only" -- \
     $MPI -np 2 "$TRAIN" "${COMMON[@]}" --zero 1 --grad-dtype bf16 --steps 5
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+script_finish

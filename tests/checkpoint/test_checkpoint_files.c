@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "checkpoint/ckpt_fixture.h"
+#include "train/checkpoint_impl.h" /* the header's fixed size, to write old formats */
 
 #define T 8
 static char master[256];    /* checkpoints of steps 4 and 8 of one run */
@@ -195,7 +196,9 @@ static void write_old_format(const char *src, const char *dst, unsigned version,
     uint32_t mlen =
         b[20 + slen] | b[21 + slen] << 8 | b[22 + slen] << 16 | (uint32_t)b[23 + slen] << 24;
     size_t fields = fixed + slen + mlen, old_head = (fields + 63) / 64 * 64;
-    size_t head = (172 + slen + mlen + 63) / 64 * 64, data = len - 4 - head;
+    size_t head = (DDP_CKPT_FIXED_BYTES + slen + mlen + DDP_CKPT_ALIGN - 1) / DDP_CKPT_ALIGN *
+                  DDP_CKPT_ALIGN,
+           data = len - 4 - head;
     unsigned char *old = calloc(1, old_head + data + 4);
     memcpy(old, b, fields);
     old[8] = (unsigned char)version;
@@ -338,7 +341,7 @@ static ddp_status resume_changed(ddp_train_config c, int64_t *resumed) {
 
 static void other_hidden_sizes_are_refused_naming_the_setting(void **state) {
     ddp_train_config c = config();
-    c.model.hidden[0] = 32;
+    c.model.hidden.v[0] = 32;
     assert_refused(resume_changed(c, NULL), DDP_ERR_MISMATCH, "'hidden' (--hidden)");
 }
 

@@ -58,7 +58,7 @@ static void stop_half_way_and_resume(ddp_train_config c) {
     ddp_trainer_free(t);
     assert_int_equal(n, n2);
     assert_memory_equal(whole, resumed_p, n * sizeof(float));
-    fx_assert_same_on_all_ranks(resumed_p, n);
+    assert_same_on_all_ranks(fx_world, resumed_p, n);
     free(whole);
     free(resumed_p);
     fx_rmdir(dir);
@@ -99,9 +99,9 @@ static void cnn_resume_half_way_is_bitwise_equal_to_uninterrupted(void **state) 
      * without them would normalize differently in evaluation and drift in training. */
     ddp_train_config c = fx_config(DDP_OPTIM_SGD, T);
     ddp_train_config_defaults_for(&c, DDP_MODEL_CNN);
-    c.model.conv[0] = 3;
-    c.model.conv[1] = 4;
-    c.model.hidden[0] = 6;
+    c.model.conv.v[0] = 3;
+    c.model.conv.v[1] = 4;
+    c.model.hidden.v[0] = 6;
     c.global_batch = 32;
     c.max_steps = T;
     c.sched.warmup_steps = 5;
@@ -194,7 +194,7 @@ static void one_rank_checkpoint_resumes_on_all_ranks_with(ddp_train_config c) {
                       "%.3g)\n",
                       ddp_model_kind_name(c.model.kind), fx_size, err, tol);
     assert_true(err <= tol);
-    fx_assert_same_on_all_ranks(p, n);
+    assert_same_on_all_ranks(fx_world, p, n);
     free(single);
     free(p);
     fx_rmdir(dir);

@@ -142,7 +142,7 @@ static void sharded_checkpoints_resume_exactly_and_reshard(int zero) {
     assert_int_equal(resumed, 10);
     assert_int_equal(n, n2);
     assert_memory_equal(whole, p, n * sizeof(float));
-    fx_assert_same_on_all_ranks(p, n);
+    assert_same_on_all_ranks(fx_world, p, n);
     free(p);
 
     /* The N-rank shards in a world of one, at stage 0 or 2 (by rank). */
@@ -186,7 +186,7 @@ static void sharded_checkpoints_resume_exactly_and_reshard(int zero) {
                       "relative error %.3g (tolerance %.3g)\n",
                       fx_size, err, tol);
     assert_true(err <= tol);
-    fx_assert_same_on_all_ranks(p, n);
+    assert_same_on_all_ranks(fx_world, p, n);
     free(p);
     free(reference);
     free(whole);

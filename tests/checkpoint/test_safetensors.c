@@ -22,7 +22,7 @@ static ddp_backend *backend;
 
 static void export_parses_back_to_the_model_tensors(void **state) {
     /* Odd sizes, so that the JSON header's length is not a multiple of 8 by chance. */
-    ddp_model_spec spec = {.input_dim = 7, .num_classes = 3, .n_hidden = 2, .hidden = {5, 4}};
+    ddp_model_spec spec = {.input_dim = 7, .num_classes = 3, .hidden = {2, {5, 4}}};
     ddp_model *m;
     assert_int_equal(ddp_model_create(backend, &spec, 4, &m), DDP_OK);
     assert_int_equal(ddp_model_init_params(m, 11), DDP_OK);
@@ -99,7 +99,7 @@ static void export_parses_back_to_the_model_tensors(void **state) {
 }
 
 static void export_to_an_unwritable_path_fails_with_a_message(void **state) {
-    ddp_model_spec spec = {.input_dim = 3, .num_classes = 2, .n_hidden = 0};
+    ddp_model_spec spec = {.input_dim = 3, .num_classes = 2, .hidden.n = 0};
     ddp_model *m;
     assert_int_equal(ddp_model_create(backend, &spec, 1, &m), DDP_OK);
     const char *path = "/nonexistent-dir/model.safetensors";

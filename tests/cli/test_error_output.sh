@@ -6,18 +6,11 @@
 # the environment).
 set -u
 BENCH=${1:?usage: test_error_output.sh PATH-TO-ddp-bench}
-TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
-MPIEXEC=${MPIEXEC:-mpirun}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
 unset DDP_DEBUG
-TMP=$(mktemp -d /tmp/ddp-error-output.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-MPI="$MPIEXEC --oversubscribe"
-fails=0 passes=0
-
 # run NAME EXPECTED_EXIT PATTERN -- command...: see tests/script_lib.sh.
 # shellcheck source=../script_lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../script_lib.sh"
+script_setup ddp-error-output
 
 FRAME='^ +at [^ ]+:[0-9]+$'
 # no_frames NAME: the log of NAME has its reason but no "at file:line" line.
@@ -56,5 +49,4 @@ errors bench "error: allocating shared memory: --shared: no node-shared memory" 
     src/cli/bench_allreduce.c -- \
     $MPI -np 1 "$BENCH" allreduce --shared --max-bytes 1K --json "$TMP/ar.json"
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+script_finish

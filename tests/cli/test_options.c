@@ -34,9 +34,9 @@ static void test_no_options_gives_defaults(void **state) {
     ddp_train_config_defaults(&d);
     /* Field by field for the ones people rely on, then everything via the canonical
      * text and the paths. */
-    assert_int_equal(o.train.model.n_hidden, 2);
-    assert_int_equal(o.train.model.hidden[0], 256);
-    assert_int_equal(o.train.model.hidden[1], 128);
+    assert_int_equal(o.train.model.hidden.n, 2);
+    assert_int_equal(o.train.model.hidden.v[0], 256);
+    assert_int_equal(o.train.model.hidden.v[1], 128);
     assert_int_equal(o.train.model.act, DDP_ACT_RELU);
     assert_int_equal(o.train.global_batch, 128);
     assert_int_equal(o.train.accum, 0);
@@ -72,10 +72,10 @@ static void test_good_options_set_their_fields(void **state) {
                            "--weight-decay", "0", "--clip", "1.5", "--quiet"),
                      DDP_OK);
     const ddp_train_config *c = &o.train;
-    assert_int_equal(c->model.n_hidden, 3);
-    assert_int_equal(c->model.hidden[0], 512);
-    assert_int_equal(c->model.hidden[1], 256);
-    assert_int_equal(c->model.hidden[2], 128);
+    assert_int_equal(c->model.hidden.n, 3);
+    assert_int_equal(c->model.hidden.v[0], 512);
+    assert_int_equal(c->model.hidden.v[1], 256);
+    assert_int_equal(c->model.hidden.v[2], 128);
     assert_int_equal(c->model.act, DDP_ACT_GELU);
     assert_int_equal(c->global_batch, 256);
     assert_int_equal(c->accum, 4);
@@ -125,7 +125,7 @@ static void test_remaining_options_set_their_fields(void **state) {
     assert_int_equal(c->comm, DDP_COMM_NCCL);
     assert_int_equal(c->math, DDP_MATH_TF32);
     assert_int_equal(c->device, DDP_DEVICE_CUDA);
-    assert_int_equal(c->model.n_hidden, 0);
+    assert_int_equal(c->model.hidden.n, 0);
     assert_int_equal(o.help, 1);
     assert_int_equal(o.version, 1);
 }
@@ -180,9 +180,9 @@ static void test_equals_form_and_last_value_win(void **state) {
 static void test_sixteen_hidden_layers_are_allowed(void **state) {
     ddp_cli_options o;
     assert_int_equal(PARSE(&o, "--hidden", "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16"), DDP_OK);
-    assert_int_equal(o.train.model.n_hidden, DDP_MAX_HIDDEN);
+    assert_int_equal(o.train.model.hidden.n, DDP_MAX_HIDDEN);
     for (int i = 0; i < DDP_MAX_HIDDEN; i++)
-        assert_int_equal(o.train.model.hidden[i], i + 1);
+        assert_int_equal(o.train.model.hidden.v[i], i + 1);
 }
 
 static void test_parser_can_run_again_after_an_error(void **state) {
@@ -457,7 +457,7 @@ static void test_model_gpt_brings_its_defaults_and_options_still_win(void **stat
     assert_int_equal(c->model.dim, 384);
     assert_int_equal(c->model.heads, 6);
     assert_int_equal(c->model.ctx, 64);
-    assert_int_equal(c->model.vocab, 256);
+    assert_int_equal(c->model.num_classes, 0); /* the vocabulary is the text's (its source) */
     assert_int_equal(c->model.decay_all, 1);
     assert_string_equal(c->text_path, "/tmp/t.txt");
     assert_true(c->sched.base_lr == 1e-3f);

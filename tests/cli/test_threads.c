@@ -33,6 +33,27 @@ static void explicit_threads_win(void **state) {
     assert_int_equal(ddp_cli_threads_for(16, 4, &m), 16); /* and over the machine */
 }
 
+/* mpirun -np 1 ddp-train --threads 2 on a 2-core machine: Open MPI bound the rank to one
+ * core, and its two threads share it. */
+static void more_threads_than_the_mask_are_warned_about(void **state) {
+    char buf[512] = "";
+    ddp_cli_cpu_info m = machine(2, 1, 0.0);
+    assert_int_equal(ddp_cli_threads_warning(2, &m, buf, sizeof buf), 1);
+    assert_non_null(strstr(buf, "--threads 2 is more than the 1 CPU"));
+    assert_non_null(strstr(buf, "mpirun --bind-to none"));
+    assert_non_null(strstr(buf, "launch/ddp-run"));
+    m = machine(16, 4, 0.0);
+    assert_int_equal(ddp_cli_threads_warning(8, &m, buf, sizeof buf), 1);
+    assert_non_null(strstr(buf, "the 4 CPUs"));
+    /* Nothing to say: they fit, none were asked for, or the mask is unknown. */
+    buf[0] = '\0';
+    assert_int_equal(ddp_cli_threads_warning(4, &m, buf, sizeof buf), 0);
+    assert_int_equal(ddp_cli_threads_warning(0, &m, buf, sizeof buf), 0);
+    m = machine(16, 0, 0.0);
+    assert_int_equal(ddp_cli_threads_warning(8, &m, buf, sizeof buf), 0);
+    assert_string_equal(buf, "");
+}
+
 static void environment_is_left_to_the_library(void **state) {
     ddp_cli_cpu_info m = machine(64, 64, 0.0);
     m.env_threads = 1;
@@ -189,6 +210,7 @@ int main(void) {
         cmocka_unit_test(environment_is_left_to_the_library),
         cmocka_unit_test(unbound_ranks_share_the_node),
         cmocka_unit_test(bound_ranks_get_their_mask_up_to_their_share),
+        cmocka_unit_test(more_threads_than_the_mask_are_warned_about),
         cmocka_unit_test(quota_caps_the_node),
         cmocka_unit_test(environment_variables_are_respected),
     };

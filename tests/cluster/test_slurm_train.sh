@@ -95,40 +95,7 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # compare A B: B is the reference; bitwise equal, or relative L2 error under 1e-5.
-compare() {
-    if cmp -s "$1" "$2"; then
-        echo "bitwise identical"
-        return 0
-    fi
-    python3 - "$1" "$2" <<'EOF'
-import array, math, sys
-
-def load(path):
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        sys.exit(f"cannot read {path}: {e.strerror}")
-    if not raw or len(raw) % 4:
-        sys.exit(f"{path}: {len(raw)} bytes is not a whole number of float32")
-    x = array.array("f")
-    x.frombytes(raw)
-    if sys.byteorder != "little":
-        x.byteswap()
-    return x
-
-a, b = load(sys.argv[1]), load(sys.argv[2])
-if len(a) != len(b):
-    sys.exit(f"{len(a)} parameters, the reference has {len(b)}")
-if not all(math.isfinite(v) for v in a):
-    sys.exit("non-finite parameters")
-num = sum((x - y) * (x - y) for x, y in zip(a, b))
-den = sum(y * y for y in b)
-err = math.sqrt(num / den) if den > 0 else math.inf
-print(f"relative error {err:.3g} over {len(a)} parameters")
-sys.exit(0 if err < 1e-5 else 1)
-EOF
-}
+compare() { python3 "$ROOT/tests/compare_params.py" "$1" "$2"; }
 
 sl() { "$SLURM" run --dir "$DIR" -- "$@"; }
 state() { sl scontrol show job -o "$1" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2; }

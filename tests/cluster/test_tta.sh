@@ -5,20 +5,10 @@
 # gns.csv, the summary fits the critical batch, the figure is drawn; the GPT runs to a
 # validation loss; bad options are refused. Needs DDP_TRAIN; Fashion-MNIST in DATA.
 set -u
-TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
-DATA=${DDP_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-export OPENBLAS_NUM_THREADS=1
-TMP=$(mktemp -d /tmp/ddp-tta.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-fails=0 passes=0
-check() { # NAME, then a command that must succeed
-    local name=$1; shift
-    if "$@"; then echo "ok   $name"; passes=$((passes + 1)); else echo "FAIL $name"; fails=$((fails + 1)); fi
-}
-if [ ! -d "$DATA" ]; then
-    echo "Fashion-MNIST not found in $DATA (apt-get install dataset-fashion-mnist)"; exit 1
-fi
+# shellcheck source=../script_lib.sh
+source "$ROOT/tests/script_lib.sh"
+script_setup ddp-tta data
 
 check reachable_grid "$ROOT/cluster/tta" --train "$TRAIN" --batches 512,1024 --seeds 1 \
     --max-epochs 1 --target 0.7 --adaptive 256 --max-batch 1024 --out "$TMP/a" -- --data "$DATA" \
@@ -60,5 +50,4 @@ check gpt_adaptive_refused bash -c "! '$ROOT/cluster/tta' --model gpt --adaptive
 check bad_rule_refused bash -c "! '$ROOT/cluster/tta' --lr-rule cubic 2>'$TMP/c.log' &&
     grep -q 'lr-rule must be sqrt or linear' '$TMP/c.log'"
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+script_finish

@@ -8,19 +8,12 @@
 # environment).
 set -u
 BENCH=${1:?usage: test_comm_create_fault.sh PATH-TO-ddp-bench}
-TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
-MPIEXEC=${MPIEXEC:-mpirun}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-TMP=$(mktemp -d /tmp/ddp-comm-create.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-MPI="$MPIEXEC --oversubscribe"
-fails=0 passes=0
 # Promptly: a rank left waiting would be ended by this limit, not by the job.
 RUN_TIMEOUT=30
-
 # run NAME EXPECTED_EXIT PATTERN -- command...: see tests/script_lib.sh.
 # shellcheck source=../script_lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../script_lib.sh"
+script_setup ddp-comm-create
 
 # The first communicator of ddp-train (control), on rank 1 of 2 and of 3.
 for np in 2 3; do
@@ -38,5 +31,4 @@ DDP_INJECT_FAULT=comm_create:1:2 run allreduce_comm nonzero \
     "rank 1\\] error: creating the communicator: creating a communicator: injected local failure" -- \
     $MPI -np 2 "$BENCH" allreduce --max-bytes 1K --json "$TMP/a.json"
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+script_finish

@@ -54,7 +54,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         check(strlen(c->data_dir) < DDP_PATH_MAX, "data path terminated");
         check(strlen(c->metrics_path) < DDP_PATH_MAX, "metrics path terminated");
         check(strlen(opt.dump_params) < DDP_PATH_MAX, "dump path terminated");
-        check(c->model.n_hidden >= 0 && c->model.n_hidden <= DDP_MAX_HIDDEN, "hidden layers");
+        check(c->model.hidden.n >= 0 && c->model.hidden.n <= DDP_MAX_HIDDEN, "hidden layers");
         for (int world = 1; world <= 4; world++) {
             ddp_train_config r = *c;
             ddp_error_clear();
@@ -79,10 +79,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     } else {
         check(ar.min_bytes >= 4 && ar.min_bytes <= ar.max_bytes, "allreduce sizes in order");
         check(strlen(ar.json) < DDP_PATH_MAX, "json path terminated");
-        ddp_cli_table t = {.base = &ar};
+        ddp_opt_table t = {.base = &ar};
         t.opts = ddp_cli_allreduce_table(&t.n);
         char canon[1024];
-        size_t n = ddp_cli_canonical(&t, 1, canon, sizeof canon);
+        size_t n = ddp_opt_canonical(&t, 1, 0, canon, sizeof canon);
         check(n < sizeof canon && strlen(canon) == n, "allreduce canonical line is counted");
     }
     ddp_cli_bench_train_options bt;

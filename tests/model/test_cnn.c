@@ -30,12 +30,12 @@ static ddp_model_spec small_spec(void) {
     s.height = H;
     s.width = W;
     s.channels = CH;
-    s.n_conv = 2;
-    s.conv[0] = 3;
-    s.conv[1] = 4;
+    s.conv.n = 2;
+    s.conv.v[0] = 3;
+    s.conv.v[1] = 4;
     s.kernel = 3;
-    s.n_hidden = 1;
-    s.hidden[0] = 5;
+    s.hidden.n = 1;
+    s.hidden.v[0] = 5;
     s.num_classes = CLASSES;
     return s;
 }
@@ -200,8 +200,8 @@ static void test_bad_shapes_are_refused(void **state) {
     assert_null(m);
     assert_msg_has("odd kernel");
     spec = small_spec();
-    spec.n_conv = 4; /* 6x8 -> 3x4 -> 1x2 -> too small */
-    spec.conv[2] = spec.conv[3] = 4;
+    spec.conv.n = 4; /* 6x8 -> 3x4 -> 1x2 -> too small */
+    spec.conv.v[2] = spec.conv.v[3] = 4;
     assert_int_equal(ddp_model_create(*state, &spec, 1, &m), DDP_ERR_INVALID_ARG);
     assert_msg_has("too small");
     spec = small_spec();

@@ -1,11 +1,11 @@
 /*
  * The GPT model, end to end on the CPU: every parameter gradient of a tiny GPT (2 blocks,
  * width 8, 2 heads, context 5, vocabulary 11) against central finite differences of the
- * mean loss, also for sequences shorter than the context; the tied embedding's gradient
- * holding both contributions and reported once, after the last; every tensor reported
- * exactly once per backward pass with its gradient final; accumulation; the layout,
- * names, shapes and weight-decay flags of the tensors; the initialization; the causal
- * mask (a later token never changes an earlier prediction); argument checks.
+ * mean loss, also for sequences shorter than the context, with LayerNorm and RMSNorm; the tied
+ * embedding's gradient holding both contributions and reported once, after the last; every tensor
+ * reported exactly once per backward pass with its gradient final; accumulation; the layout, names,
+ * shapes and weight-decay flags of the tensors; the initialization; the causal mask (a later token
+ * never changes an earlier prediction); argument checks.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -39,16 +39,18 @@ static ddp_model_spec tiny_spec(void) {
     s.dim = C;
     s.heads = NH;
     s.ctx = T;
-    s.vocab = V;
+    s.num_classes = V;
     return s;
 }
 
-/* A tiny GPT with its GPT-2 initialization, plus noise on the biases and LayerNorm
- * parameters (so that their gradients flow through non-trivial values), and a batch. */
-static void fixture_init(fixture *f, ddp_backend *b, uint64_t seed) {
+/* A tiny GPT with its GPT-2 initialization and the given norm, plus noise on the biases
+ * and norm parameters (so that their gradients flow through non-trivial values), and a
+ * batch. */
+static void fixture_init_norm(fixture *f, ddp_backend *b, uint64_t seed, ddp_norm norm) {
     memset(f, 0, sizeof *f);
     f->b = b;
     ddp_model_spec spec = tiny_spec();
+    spec.norm = norm;
     assert_int_equal(ddp_model_create(b, &spec, B, &f->m), DDP_OK);
     assert_int_equal(ddp_model_init_params(f->m, seed), DDP_OK);
     f->np = ddp_model_num_params(f->m);
@@ -61,6 +63,10 @@ static void fixture_init(fixture *f, ddp_backend *b, uint64_t seed) {
         f->tok[i] = (int32_t)ddp_rng_below(&rng, V);
         f->tgt[i] = (int32_t)ddp_rng_below(&rng, V);
     }
+}
+
+static void fixture_init(fixture *f, ddp_backend *b, uint64_t seed) {
+    fixture_init_norm(f, b, seed, DDP_NORM_LAYERNORM);
 }
 
 /* Train-mode forward over the first n sequences of length t; the mean loss over the
@@ -78,16 +84,19 @@ static double forward_loss(fixture *f, size_t n, size_t t) {
     return (double)stats[0] / (double)(n * t);
 }
 
-static void check_gradients(size_t t, uint64_t seed, ddp_backend *b) {
+static void check_gradients(size_t t, uint64_t seed, ddp_backend *b, ddp_norm kind) {
     fixture f;
-    fixture_init(&f, b, seed);
+    fixture_init_norm(&f, b, seed, kind);
     forward_loss(&f, B, t);
     assert_int_equal(ddp_model_backward(f.m, 1, NULL, NULL), DDP_OK);
     float *grad = malloc(f.np * sizeof *grad);
     assert_non_null(grad);
     memcpy(grad, ddp_model_grads(f.m), f.np * sizeof *grad);
     float *p = ddp_model_params(f.m);
-    const float h = 1e-2f;
+    /* RMSNorm does not remove the mean, so a step moves the small rows it normalizes
+     * (root mean square ~0.15 here) by more of their size: the truncation error of the
+     * step that suits LayerNorm is 1.5e-3 there, 1.3e-4 at a quarter of it (measured). */
+    const float h = kind == DDP_NORM_RMSNORM ? 2.5e-3f : 1e-2f;
     double worst = 0.0, norm = 0.0;
     for (size_t i = 0; i < f.np; i++) {
         const float saved = p[i], up = saved + h, down = saved - h;
@@ -108,51 +117,59 @@ static void check_gradients(size_t t, uint64_t seed, ddp_backend *b) {
                 const ddp_param_view *pv = ddp_model_view(f.m, v);
                 if (i >= pv->offset && i < pv->offset + pv->count) name = pv->name;
             }
-            fail_msg("t=%zu: d loss / d param %zu (%s) = %.6g, finite difference %.6g", t, i, name,
-                     grad[i], fd);
+            fail_msg("%s, t=%zu: d loss / d param %zu (%s) = %.6g, finite difference %.6g",
+                     ddp_norm_names[kind], t, i, name, grad[i], fd);
         }
         if (err > worst) worst = err;
         norm += (double)grad[i] * grad[i];
     }
     assert_true(sqrt(norm) > 0.1); /* not vacuous */
-    print_message("t=%zu: %zu parameters, largest gradient error %.2g\n", t, f.np, worst);
+    print_message("%s, t=%zu: %zu parameters, largest gradient error %.2g\n", ddp_norm_names[kind],
+                  t, f.np, worst);
     free(grad);
     ddp_model_free(f.m);
 }
 
 static void test_every_gradient_matches_finite_difference(void **state) {
-    check_gradients(T, 1, *state);
+    check_gradients(T, 1, *state, DDP_NORM_LAYERNORM);
 }
 
 static void test_every_gradient_matches_finite_difference_shorter_sequences(void **state) {
     /* Positions beyond t get no gradient: their position embeddings must come out 0. */
-    check_gradients(3, 2, *state);
+    check_gradients(3, 2, *state, DDP_NORM_LAYERNORM);
+}
+
+/* --norm rmsnorm: the blocks' and the final norm are RMSNorm. */
+static void test_rmsnorm_gradients_match_finite_difference(void **state) {
+    check_gradients(T, 3, *state, DDP_NORM_RMSNORM);
+    check_gradients(3, 4, *state, DDP_NORM_RMSNORM);
+}
+
+/* RMSNorm has a weight and no bias, and its description names it; LayerNorm's, the
+ * default, is written as before --norm existed. */
+static void test_rmsnorm_tensors_and_description(void **state) {
+    fixture f;
+    fixture_init_norm(&f, *state, 7, DDP_NORM_RMSNORM);
+    assert_string_equal(ddp_model_describe(f.m), "gpt L2 C8 H2 T5 V11 rmsnorm");
+    /* wte, wpe, 10 per block, ln_f weight. */
+    assert_int_equal(ddp_model_num_views(f.m), 2 + 10 * L + 1);
+    assert_string_equal(ddp_model_view(f.m, 2)->name, "transformer.h.0.ln_1.weight");
+    assert_string_equal(ddp_model_view(f.m, 3)->name, "transformer.h.0.attn.c_attn.weight");
+    assert_string_equal(ddp_model_view(f.m, 2 + 10 * L)->name, "transformer.ln_f.weight");
+    const size_t want_params = V * C + T * C + L * (12 * C * C + 11 * C) + C;
+    assert_int_equal(ddp_model_num_params(f.m), want_params);
+    ddp_model_spec back;
+    OK(ddp_model_spec_parse(ddp_model_describe(f.m), &back));
+    assert_int_equal(back.norm, DDP_NORM_RMSNORM);
+    assert_int_equal(back.layers, L);
+    OK(ddp_model_spec_parse("gpt L2 C8 H2 T5 V11", &back));
+    assert_int_equal(back.norm, DDP_NORM_LAYERNORM);
+    assert_int_equal(ddp_model_spec_parse("gpt L2 C8 H2 T5 V11 layernorm", &back), DDP_ERR_FORMAT);
+    assert_int_equal(ddp_model_spec_parse("gpt L2 C8 H2 T5 V11 rms", &back), DDP_ERR_FORMAT);
+    ddp_model_free(f.m);
 }
 
 /* ---- ready reports -------------------------------------------------------------------- */
-
-typedef struct {
-    int calls;
-    size_t np;
-    size_t offset[64], count[64];
-    const float *grads;
-    float *snapshot; /* the gradient as it was when reported */
-    unsigned char *seen;
-} ready_log;
-
-static ddp_status record(void *ctx, size_t offset, size_t count) {
-    ready_log *r = ctx;
-    if (r->calls < 64) {
-        r->offset[r->calls] = offset;
-        r->count[r->calls] = count;
-    }
-    r->calls++;
-    for (size_t i = offset; i < offset + count && i < r->np; i++) {
-        r->seen[i]++;
-        r->snapshot[i] = r->grads[i];
-    }
-    return DDP_OK;
-}
 
 static void test_every_tensor_is_reported_once_and_final(void **state) {
     fixture f;
@@ -162,7 +179,7 @@ static void test_every_tensor_is_reported_once_and_final(void **state) {
         ready_log r = {.np = f.np, .grads = ddp_model_grads(f.m)};
         r.snapshot = calloc(f.np, sizeof(float));
         r.seen = calloc(f.np, 1);
-        assert_int_equal(ddp_model_backward(f.m, first, record, &r), DDP_OK);
+        assert_int_equal(ddp_model_backward(f.m, first, ready_log_record, &r), DDP_OK);
         assert_int_equal(r.calls, ddp_model_num_views(f.m));
         for (size_t i = 0; i < f.np; i++)
             assert_int_equal(r.seen[i], 1);
@@ -294,7 +311,7 @@ static void test_tensors_are_named_shaped_and_flagged_for_decay(void **state) {
     assert_int_equal(back.dim, C);
     assert_int_equal(back.heads, NH);
     assert_int_equal(back.ctx, T);
-    assert_int_equal(back.vocab, V);
+    assert_int_equal(back.num_classes, V);
     ddp_model_free(f.m);
 }
 
@@ -341,7 +358,7 @@ static void test_bad_specs_and_batches_are_refused(void **state) {
     spec.layers = 0;
     assert_int_equal(ddp_model_create(*state, &spec, 1, &m), DDP_ERR_INVALID_ARG);
     spec = tiny_spec();
-    spec.vocab = 1;
+    spec.num_classes = 1;
     assert_int_equal(ddp_model_create(*state, &spec, 1, &m), DDP_ERR_INVALID_ARG);
 
     fixture f;
@@ -363,6 +380,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_gradient_matches_finite_difference),
         cmocka_unit_test(test_every_gradient_matches_finite_difference_shorter_sequences),
+        cmocka_unit_test(test_rmsnorm_gradients_match_finite_difference),
+        cmocka_unit_test(test_rmsnorm_tensors_and_description),
         cmocka_unit_test(test_every_tensor_is_reported_once_and_final),
         cmocka_unit_test(test_tied_embedding_gradient_holds_both_contributions),
         cmocka_unit_test(test_second_micro_batch_adds),

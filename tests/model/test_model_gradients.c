@@ -34,9 +34,9 @@ typedef struct {
 } fixture;
 
 static ddp_model_spec small_spec(ddp_act act) {
-    ddp_model_spec spec = {.input_dim = IN, .num_classes = CLASSES, .n_hidden = 2, .act = act};
-    spec.hidden[0] = H0;
-    spec.hidden[1] = H1;
+    ddp_model_spec spec = {.input_dim = IN, .num_classes = CLASSES, .hidden.n = 2, .act = act};
+    spec.hidden.v[0] = H0;
+    spec.hidden.v[1] = H1;
     return spec;
 }
 
@@ -299,33 +299,13 @@ static void test_micro_batches_accumulate_to_full_batch_gradient(void **state) {
 
 /* ---- the ready callback ---------------------------------------------------------------------- */
 
-typedef struct {
-    int calls;
-    size_t offset[8], count[8];
-    float snapshot[NUM_PARAMS]; /* gradient values as they were at each call */
-    const float *grads;
-    int fail_at; /* 1-based call that returns an error; 0 = never */
-} ready_log;
-
-static ddp_status record_ready(void *ctx, size_t offset, size_t count) {
-    ready_log *r = ctx;
-    if (r->calls < 8) {
-        r->offset[r->calls] = offset;
-        r->count[r->calls] = count;
-    }
-    r->calls++;
-    if (offset + count <= NUM_PARAMS)
-        memcpy(r->snapshot + offset, r->grads + offset, count * sizeof(float));
-    if (r->calls == r->fail_at) return DDP_FAIL(DDP_ERR_COMM, "injected failure");
-    return DDP_OK;
-}
-
 static void test_ready_is_called_once_per_tensor_last_first(void **state) {
     fixture f;
     fixture_init(&f, *state, DDP_ACT_GELU, 21);
     batch_loss(&f);
-    ready_log r = {.grads = ddp_model_grads(f.m)};
-    assert_int_equal(ddp_model_backward(f.m, 1, record_ready, &r), DDP_OK);
+    float snapshot[NUM_PARAMS];
+    ready_log r = {.grads = ddp_model_grads(f.m), .np = NUM_PARAMS, .snapshot = snapshot};
+    assert_int_equal(ddp_model_backward(f.m, 1, ready_log_record, &r), DDP_OK);
     assert_int_equal(r.calls, 6);
     for (int c = 0; c < 6; c++) {
         /* Layer 2 - c/2: its bias (computed first), then its weight. */
@@ -335,7 +315,7 @@ static void test_ready_is_called_once_per_tensor_last_first(void **state) {
         assert_int_equal(r.count[c], v->count);
     }
     /* What a reducer would have sent at each call is the final gradient. */
-    assert_memory_equal(r.snapshot, ddp_model_grads(f.m), NUM_PARAMS * sizeof(float));
+    assert_memory_equal(snapshot, ddp_model_grads(f.m), NUM_PARAMS * sizeof(float));
     fixture_free(&f);
 }
 
@@ -355,8 +335,9 @@ static void test_sliced_first_layer_reports_slices_last_rows_first(void **state)
     for (int i = 0; i < 8; i++)
         assert_int_equal(points[i], want_points[i]);
     batch_loss(&f);
-    ready_log r = {.grads = ddp_model_grads(f.m)};
-    assert_int_equal(ddp_model_backward(f.m, 1, record_ready, &r), DDP_OK);
+    float snapshot[NUM_PARAMS];
+    ready_log r = {.grads = ddp_model_grads(f.m), .np = NUM_PARAMS, .snapshot = snapshot};
+    assert_int_equal(ddp_model_backward(f.m, 1, ready_log_record, &r), DDP_OK);
     assert_int_equal(r.calls, 8);
     /* fc2 and fc1 bias then weight; fc0's bias, then its weight in three slices, each
      * ending where the previous began. */
@@ -368,7 +349,7 @@ static void test_sliced_first_layer_reports_slices_last_rows_first(void **state)
         assert_int_equal(r.count[c], want_cnt[c]);
     }
     /* Final when reported, and the same gradients as in one piece. */
-    assert_memory_equal(r.snapshot, ddp_model_grads(f.m), NUM_PARAMS * sizeof(float));
+    assert_memory_equal(snapshot, ddp_model_grads(f.m), NUM_PARAMS * sizeof(float));
     for (int i = 0; i < NUM_PARAMS; i++)
         assert_near(ddp_model_grads(f.m)[i], whole[i], 1e-6 * (1.0 + fabs(whole[i])));
     /* 0 puts the layer back in one piece. */
@@ -382,8 +363,8 @@ static void test_ready_failure_stops_backward(void **state) {
     fixture_init(&f, *state, DDP_ACT_RELU, 22);
     assert_int_equal(ddp_model_zero_grads(f.m), DDP_OK);
     batch_loss(&f);
-    ready_log r = {.grads = ddp_model_grads(f.m), .fail_at = 1};
-    assert_int_equal(ddp_model_backward(f.m, 0, record_ready, &r), DDP_ERR_COMM);
+    ready_log r = {.fail_at = 1};
+    assert_int_equal(ddp_model_backward(f.m, 0, ready_log_record, &r), DDP_ERR_COMM);
     assert_int_equal(r.calls, 1);
     assert_msg_has("injected failure");
     /* Nothing below the last bias was computed: its weight and the earlier layers. */
@@ -452,7 +433,7 @@ static void test_views_are_named_and_tile_the_flat_buffer(void **state) {
 }
 
 static void test_model_without_hidden_layers_is_one_linear_layer(void **state) {
-    ddp_model_spec spec = {.input_dim = 3, .num_classes = 2, .n_hidden = 0};
+    ddp_model_spec spec = {.input_dim = 3, .num_classes = 2, .hidden.n = 0};
     ddp_model *m = NULL;
     assert_int_equal(ddp_model_create(*state, &spec, 2, &m), DDP_OK);
     assert_int_equal(ddp_model_num_params(m), 3 * 2 + 2);
@@ -501,8 +482,8 @@ static void test_init_is_reproducible_from_the_seed(void **state) {
 }
 
 static void test_init_is_kaiming_normal_with_zero_biases(void **state) {
-    ddp_model_spec spec = {.input_dim = 784, .num_classes = 10, .n_hidden = 1};
-    spec.hidden[0] = 256;
+    ddp_model_spec spec = {.input_dim = 784, .num_classes = 10, .hidden.n = 1};
+    spec.hidden.v[0] = 256;
     ddp_model *m = NULL;
     assert_int_equal(ddp_model_create(*state, &spec, 1, &m), DDP_OK);
     /* Poison the buffer: init must write every element. */
@@ -541,16 +522,16 @@ static void test_create_rejects_bad_specs(void **state) {
     ddp_backend *b = *state;
     ddp_model *m = (ddp_model *)0x1;
     ddp_model_spec spec = small_spec(DDP_ACT_RELU);
-    spec.hidden[1] = 0;
+    spec.hidden.v[1] = 0;
     assert_int_equal(ddp_model_create(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
     assert_null(m);
     assert_msg_has("hidden layer 1");
 
     spec = small_spec(DDP_ACT_RELU);
-    spec.n_hidden = DDP_MAX_HIDDEN + 1;
+    spec.hidden.n = DDP_MAX_HIDDEN + 1;
     assert_int_equal(ddp_model_create(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
     spec = small_spec(DDP_ACT_RELU);
-    spec.n_hidden = -1;
+    spec.hidden.n = -1;
     assert_int_equal(ddp_model_create(b, &spec, BATCH, &m), DDP_ERR_INVALID_ARG);
     spec = small_spec(DDP_ACT_RELU);
     spec.input_dim = 0;

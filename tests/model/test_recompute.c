@@ -27,33 +27,18 @@
 #include "ddp/backend_ops.h"
 #include "ddp/model.h"
 
-enum { NB = 4, MAX_REPORTS = 512 };
+enum { NB = 4 };
 
 static ddp_backend *backend;
 static ddp_comm *world_comm;
 static int rank, world;
-
-typedef struct {
-    size_t off[MAX_REPORTS], count[MAX_REPORTS];
-    int n;
-} reports;
-
-static ddp_status record(void *ctx, size_t off, size_t count) {
-    reports *r = ctx;
-    if (r->n < MAX_REPORTS) {
-        r->off[r->n] = off;
-        r->count[r->n] = count;
-    }
-    r->n++;
-    return DDP_OK;
-}
 
 /* What a step leaves behind. */
 typedef struct {
     float *grads, *logits, *bufs;
     size_t np, nlogits, nbufs;
     float stats[2];
-    reports rep;
+    ready_log rep;
     size_t activation_bytes;
 } outcome;
 
@@ -71,7 +56,7 @@ static ddp_model_spec gpt_spec(void) {
     s.dim = 8;
     s.heads = 2;
     s.ctx = 5;
-    s.vocab = 11;
+    s.num_classes = 11;
     s.num_classes = 11;
     return s;
 }
@@ -80,9 +65,9 @@ static ddp_model_spec mlp_spec(ddp_act act) {
     ddp_model_spec s;
     ddp_model_spec_defaults(&s, DDP_MODEL_MLP);
     s.input_dim = 12;
-    s.n_hidden = 2;
-    s.hidden[0] = 9;
-    s.hidden[1] = 7;
+    s.hidden.n = 2;
+    s.hidden.v[0] = 9;
+    s.hidden.v[1] = 7;
     s.act = act;
     s.num_classes = 4;
     return s;
@@ -94,12 +79,12 @@ static ddp_model_spec cnn_spec(void) {
     s.height = 6;
     s.width = 8;
     s.channels = 2;
-    s.n_conv = 2;
-    s.conv[0] = 3;
-    s.conv[1] = 4;
+    s.conv.n = 2;
+    s.conv.v[0] = 3;
+    s.conv.v[1] = 4;
     s.kernel = 3;
-    s.n_hidden = 1;
-    s.hidden[0] = 5;
+    s.hidden.n = 1;
+    s.hidden.v[0] = 5;
     s.num_classes = 3;
     return s;
 }
@@ -135,7 +120,7 @@ static void step(ddp_model_spec spec, int recompute, ddp_comm *comm, outcome *o)
         }
         ddp_batch batch = {.n = NB, .t = t, .x = x, .tokens = dim ? NULL : tok, .targets = tgt};
         OK(ddp_model_forward(m, &batch, DDP_MODE_TRAIN, 1.0f / (float)(2 * rows), o->stats));
-        OK(ddp_model_backward(m, k == 0, record, &o->rep));
+        OK(ddp_model_backward(m, k == 0, ready_log_record, &o->rep));
     }
     o->np = ddp_model_num_params(m);
     o->grads = malloc(o->np * sizeof(float));
@@ -164,10 +149,10 @@ static void assert_same_step(const outcome *a, const outcome *b) {
     assert_int_equal(a->nbufs, b->nbufs);
     if (a->nbufs) assert_memory_equal(a->bufs, b->bufs, a->nbufs * sizeof(float));
     /* Two passes, every tensor (or slice) reported once in each. */
-    assert_true(a->rep.n <= MAX_REPORTS);
-    assert_int_equal(a->rep.n, b->rep.n);
-    assert_memory_equal(a->rep.off, b->rep.off, (size_t)a->rep.n * sizeof(size_t));
-    assert_memory_equal(a->rep.count, b->rep.count, (size_t)a->rep.n * sizeof(size_t));
+    assert_true(a->rep.calls <= READY_LOG_MAX);
+    assert_int_equal(a->rep.calls, b->rep.calls);
+    assert_memory_equal(a->rep.offset, b->rep.offset, (size_t)a->rep.calls * sizeof(size_t));
+    assert_memory_equal(a->rep.count, b->rep.count, (size_t)a->rep.calls * sizeof(size_t));
 }
 
 /* The gradients are not trivially equal: the step moved them off zero. */
@@ -243,9 +228,9 @@ static void sync_bn_recompute_on_one_rank_pairs_with_the_others(void **state) {
 }
 
 /* The arena's size from its layout, per position of NB samples' rows, in floats: every
- * layer's output and saved floats (without recomputation), or the checkpoints' outputs
- * and the largest block's other outputs and saved floats (with), plus the scratch, the
- * backward's two buffers of the widest boundary and the gradient of the logits. */
+ * layer's output and saved floats (without recomputation), or the outputs that end
+ * recompute segments and the largest segment's other outputs and saved floats (with), plus the
+ * scratch, the backward's two buffers of the widest boundary and the gradient of the logits. */
 static size_t arena(size_t rows, size_t outs, size_t saved, size_t scratch, size_t widest,
                     size_t classes) {
     return rows * (outs + saved + scratch + 2 * widest + classes) * sizeof(float);
@@ -256,8 +241,8 @@ static void activation_bytes_are_those_of_the_layout(void **state) {
     outcome plain, rc;
 
     /* GPT, L3 C8 H2 T5 V11: outputs embedding C, blocks C each, ln_f C, logits V;
-     * saved per block 15 C + 4 + H T, ln_f 2 (mean, rstd); every layer is a checkpoint, so
-     * with recomputation one block's saved floats remain. */
+     * saved per block 15 C + 4 + H T, ln_f 2 (mean, rstd); every layer ends a recompute
+     * segment, so with recomputation one block's saved floats remain. */
     ddp_model_spec g = gpt_spec();
     size_t C = 8, L = 3, T = 5, V = 11, H = 2, rows = NB * T;
     size_t blk = 15 * C + 4 + H * T;

@@ -9,25 +9,11 @@
 # same parameters and final checkpoint as the uninterrupted run; options that cannot work
 # fail on every rank with a message. Needs DDP_TRAIN and MPIEXEC; Fashion-MNIST in DATA.
 set -u
-TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
-MPIEXEC=${MPIEXEC:-mpirun}
-DATA=${DDP_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-TMP=$(mktemp -d /tmp/ddp-batch-cli.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-MPI="$MPIEXEC --oversubscribe"
-fails=0 passes=0
 # shellcheck source=../script_lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../script_lib.sh"
-if [ ! -d "$DATA" ]; then
-    echo "Fashion-MNIST not found in $DATA (apt-get install dataset-fashion-mnist)"; exit 1
-fi
+script_setup ddp-batch-cli data
 ln -s "$DATA" "$TMP/data"
 MLP=(--data "$TMP/data" --hidden 64 --schedule constant --warmup 50 --lr 0.0125)
-check() { # NAME, then a command that must succeed
-    local name=$1; shift
-    if "$@"; then echo "ok   $name"; passes=$((passes + 1)); else echo "FAIL $name"; fails=$((fails + 1)); fi
-}
 
 # The noise scale where it can be measured, and not where it cannot.
 run gns_on_two_ranks 0 "B_simple [0-9]" -- \
@@ -86,5 +72,4 @@ run max_batch_below_the_batch nonzero "--max-batch 16 must lie between --batch 3
     $MPI -np 2 "$TRAIN" "${MLP[@]}" --batch 32 --batch-schedule adaptive --max-batch 16 --epochs 1
 run gns_ema_out_of_range nonzero "gns-ema" -- $MPI -np 1 "$TRAIN" --gns-ema 1 --steps 1
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+script_finish

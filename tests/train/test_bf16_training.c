@@ -44,10 +44,10 @@ static ddp_train_config gpt(void) { return tiny_gpt_config(12, 4); }
 static ddp_train_config cnn(void) {
     ddp_train_config c;
     ddp_train_config_defaults_for(&c, DDP_MODEL_CNN);
-    c.model.n_conv = 2;
-    c.model.conv[0] = 4;
-    c.model.conv[1] = 6;
-    c.model.hidden[0] = 8;
+    c.model.conv.n = 2;
+    c.model.conv.v[0] = 4;
+    c.model.conv.v[1] = 6;
+    c.model.hidden.v[0] = 8;
     c.global_batch = 16;
     c.max_steps = 8;
     c.sched.warmup_steps = 2;

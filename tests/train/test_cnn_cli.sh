@@ -6,19 +6,9 @@
 # message naming the batch-norm statistics); bad shapes fail on every rank with a
 # message. Needs DDP_TRAIN and MPIEXEC; Fashion-MNIST in DATA (default below).
 set -u
-TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
-MPIEXEC=${MPIEXEC:-mpirun}
-DATA=${DDP_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-TMP=$(mktemp -d /tmp/ddp-cnn-cli.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-MPI="$MPIEXEC --oversubscribe"
-fails=0 passes=0
 # shellcheck source=../script_lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../script_lib.sh"
-if [ ! -d "$DATA" ]; then
-    echo "Fashion-MNIST not found in $DATA (apt-get install dataset-fashion-mnist)"; exit 1
-fi
+script_setup ddp-cnn-cli data
 ln -s "$DATA" "$TMP/data"
 CNN=(--model cnn --data "$TMP/data" --channels 8,16 --hidden 32 --batch 64 --log-every 10)
 
@@ -51,5 +41,4 @@ run too_many_stages nonzero "too small" -- \
     $MPI -np 2 "$TRAIN" "${CNN[@]}" --steps 1 --channels 4,4,4,4,4
 run sync_bn_without_batch_norm 2 "sync-bn" -- $MPI -np 2 "$TRAIN" --model mlp --sync-bn --steps 1
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+script_finish

@@ -48,16 +48,6 @@ static float *train(ddp_train_config cfg, ddp_comm *comm, size_t *n) {
     return train_params_ex(cfg, backend, comm, comm, &train_set, &test_set, &x, n);
 }
 
-/* The parameters of every rank hash to the same CRC. */
-static void assert_identical_on_all_ranks(const float *p, size_t n) {
-    uint32_t crc = ddp_crc32(0, p, n * sizeof(float));
-    uint32_t *all = calloc((size_t)world, sizeof *all);
-    assert_int_equal(ddp_comm_allgather(world_comm, &crc, all, 1, DDP_U32), DDP_OK);
-    for (int r = 1; r < world; r++)
-        assert_int_equal(all[r], all[0]);
-    free(all);
-}
-
 /* The tolerance for comparing a run of `reference`'s configuration with that one-process
  * run's parameters `single`: SPREAD_MARGIN times the measured rounding spread. The spread
  * itself must be small, or the reference run is too unstable for a comparison to mean
@@ -90,7 +80,7 @@ static void compare_distributed_with_single(ddp_train_config cfg, ddp_train_conf
     size_t n3;
     float *start = train(init, local_comm, &n3);
     assert_true(rel_error(start, single, n1) > 100.0 * tol);
-    assert_identical_on_all_ranks(dist, n1);
+    assert_same_on_all_ranks(world_comm, dist, n1);
     free(dist);
     free(single);
     free(start);
@@ -171,7 +161,7 @@ static void overlapped_buckets_equal_unbucketed(void **state) {
             print_message("progress %s: relative error %.3g vs unbucketed (tolerance %.3g)\n",
                           m == 0 ? "thread" : "test", err, tol);
         assert_true(err <= tol);
-        assert_identical_on_all_ranks(p, n2);
+        assert_same_on_all_ranks(world_comm, p, n2);
         free(p);
     }
     free(ref);
@@ -182,8 +172,8 @@ static void shared_memory_gradients_equal_one_process(void **state) {
      * memory without MPI (a wider model than the others here, so that they are). The
      * result must match one process with the whole batch, and the MPI path. */
     ddp_train_config c = base_config();
-    c.model.hidden[0] = 1024; /* 54436 parameters: 213 KB of gradients */
-    c.model.hidden[1] = 32;
+    c.model.hidden.v[0] = 1024; /* 54436 parameters: 213 KB of gradients */
+    c.model.hidden.v[1] = 32;
     c.reducer.first_bucket_bytes = 64 << 10; /* and the first layer in slices */
     compare_distributed_with_single(c, c);
     setenv("DDP_MPI_GATE", "0", 1);
@@ -211,7 +201,7 @@ static void shared_memory_gradients_equal_one_process(void **state) {
      * on 2 ranks, rounding apart on more. */
     assert_true(err <= tol);
     if (world == 2) assert_true(err == 0.0);
-    assert_identical_on_all_ranks(shared, n1);
+    assert_same_on_all_ranks(world_comm, shared, n1);
     free(shared);
     free(mpi);
     ddp_comm_free(plain);
@@ -240,7 +230,7 @@ static void bf16_gradients_stay_close_and_identical(void **state) {
         print_message("bf16 gradients: relative error %.3g vs fp32 (tolerance %.3g)\n", err, tol);
     assert_true(err <= tol);
     if (world > 1) assert_true(err > 0.0); /* really rounded to bf16 */
-    assert_identical_on_all_ranks(p, n);
+    assert_same_on_all_ranks(world_comm, p, n);
     free(p);
     free(ref);
     free(start);
@@ -249,8 +239,9 @@ static void bf16_gradients_stay_close_and_identical(void **state) {
 static void check_sync_names_a_diverged_rank(void **state) {
     ddp_train_config c = base_config();
     ddp_trainer *t = NULL;
-    assert_int_equal(
-        ddp_trainer_create(&c, backend, world_comm, world_comm, &train_set, &test_set, &t), DDP_OK);
+    assert_int_equal(ddp_trainer_create(&c, backend, world_comm, world_comm,
+                                        SAMPLES_DATA(&train_set, &test_set), &t),
+                     DDP_OK);
     ddp_step_stats st;
     assert_int_equal(ddp_trainer_step(t, &st), DDP_OK);
     assert_int_equal(ddp_trainer_check_sync(t), DDP_OK);
@@ -288,9 +279,9 @@ static void gpt_validation_is_the_same_for_any_number_of_ranks(void **state) {
      * the accuracy do not depend on how the windows are shared out. */
     ddp_train_config c = gpt_config();
     ddp_trainer *t = NULL, *t1 = NULL;
-    assert_int_equal(ddp_trainer_create_text(&c, backend, world_comm, world_comm, &text, &t),
+    assert_int_equal(ddp_trainer_create(&c, backend, world_comm, world_comm, TEXT_DATA(&text), &t),
                      DDP_OK);
-    assert_int_equal(ddp_trainer_create_text(&c, backend, local_comm, local_comm, &text, &t1),
+    assert_int_equal(ddp_trainer_create(&c, backend, local_comm, local_comm, TEXT_DATA(&text), &t1),
                      DDP_OK);
     double acc, loss, acc1, loss1;
     assert_int_equal(ddp_trainer_evaluate(t, &acc, &loss), DDP_OK);
@@ -308,10 +299,10 @@ static void gpt_validation_is_the_same_for_any_number_of_ranks(void **state) {
 static ddp_train_config cnn_config(void) {
     ddp_train_config c;
     ddp_train_config_defaults_for(&c, DDP_MODEL_CNN);
-    c.model.n_conv = 2;
-    c.model.conv[0] = 4;
-    c.model.conv[1] = 6;
-    c.model.hidden[0] = 8;
+    c.model.conv.n = 2;
+    c.model.conv.v[0] = 4;
+    c.model.conv.v[1] = 6;
+    c.model.hidden.v[0] = 8;
     c.global_batch = 16;
     c.max_steps = 6;
     c.sched.warmup_steps = 2;
@@ -325,7 +316,8 @@ static ddp_train_config cnn_config(void) {
  * np of them parameters (np may be NULL). */
 static float *train_cnn(ddp_train_config cfg, ddp_comm *comm, size_t *n, size_t *np_out) {
     ddp_trainer *t = NULL;
-    if (ddp_trainer_create(&cfg, backend, comm, comm, &img_train, &img_test, &t) != DDP_OK)
+    if (ddp_trainer_create(&cfg, backend, comm, comm, SAMPLES_DATA(&img_train, &img_test), &t) !=
+        DDP_OK)
         fail_msg("trainer_create: %s", ddp_error_trace_str());
     if (ddp_trainer_run(t, NULL) != DDP_OK) fail_msg("run: %s", ddp_error_trace_str());
     ddp_model *m = ddp_trainer_model(t);
@@ -355,9 +347,9 @@ static void cnn_sync_bn_on_n_ranks_equals_one_rank(void **state) {
     size_t n1, n2, n3;
     float *single = train_cnn(c, local_comm, &n1, NULL);
     double tol = cnn_tolerance(c, single);
-    c.sync_bn = 1;
+    c.model.sync_bn = 1;
     float *synced = train_cnn(c, world_comm, &n2, NULL);
-    c.sync_bn = 0;
+    c.model.sync_bn = 0;
     float *local = train_cnn(c, world_comm, &n3, NULL);
     assert_int_equal(n1, n2);
     double err = rel_error(synced, single, n1), err_local = rel_error(local, single, n1);
@@ -367,8 +359,8 @@ static void cnn_sync_bn_on_n_ranks_equals_one_rank(void **state) {
                       world, err, tol, err_local);
     assert_true(err <= tol);
     if (world > 1) assert_true(err_local > 10.0 * tol);
-    assert_identical_on_all_ranks(synced, n2);
-    assert_identical_on_all_ranks(local, n3); /* running statistics averaged over ranks */
+    assert_same_on_all_ranks(world_comm, synced, n2);
+    assert_same_on_all_ranks(world_comm, local, n3); /* running statistics averaged over ranks */
     free(single);
     free(synced);
     free(local);
@@ -407,11 +399,12 @@ static void evaluation_counts_every_sample_once(void **state) {
      * counted exactly once the result is the same for any number of ranks. */
     ddp_train_config c = base_config();
     ddp_trainer *t = NULL, *t1 = NULL;
-    assert_int_equal(
-        ddp_trainer_create(&c, backend, world_comm, world_comm, &train_set, &test_set, &t), DDP_OK);
-    assert_int_equal(
-        ddp_trainer_create(&c, backend, local_comm, local_comm, &train_set, &test_set, &t1),
-        DDP_OK);
+    assert_int_equal(ddp_trainer_create(&c, backend, world_comm, world_comm,
+                                        SAMPLES_DATA(&train_set, &test_set), &t),
+                     DDP_OK);
+    assert_int_equal(ddp_trainer_create(&c, backend, local_comm, local_comm,
+                                        SAMPLES_DATA(&train_set, &test_set), &t1),
+                     DDP_OK);
     double acc, loss, acc1, loss1;
     assert_int_equal(ddp_trainer_evaluate(t, &acc, &loss), DDP_OK);
     assert_int_equal(ddp_trainer_evaluate(t1, &acc1, &loss1), DDP_OK);

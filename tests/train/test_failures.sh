@@ -3,22 +3,11 @@
 # bounded time, with no process left behind. Drives the real ddp-train under mpirun.
 # Needs: DDP_TRAIN (path to ddp-train), MPIEXEC; Fashion-MNIST in DATA (default below).
 set -u
-TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
-MPIEXEC=${MPIEXEC:-mpirun}
-DATA=${DDP_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-TMP=$(mktemp -d /tmp/ddp-failures.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-MPI="$MPIEXEC --oversubscribe"
-fails=0 passes=0
-
 # run NAME EXPECTED_EXIT PATTERN -- command...: see tests/script_lib.sh.
 # shellcheck source=../script_lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../script_lib.sh"
+script_setup ddp-failures data
 
-if [ ! -d "$DATA" ]; then
-    echo "Fashion-MNIST not found in $DATA (apt-get install dataset-fashion-mnist)"; exit 1
-fi
 # A private copy of the data path, so pgrep can find exactly this test's processes.
 mkdir -p "$TMP/good" "$TMP/corrupt"
 cp "$DATA"/*.gz "$TMP/good/"
@@ -71,5 +60,4 @@ if [ "$(grep -c '"grad_norm":null' "$TMP/diverging.jsonl" 2>/dev/null)" != 3 ]; 
     cat "$TMP/diverging.jsonl" 2>/dev/null | cut -c1-200; fails=$((fails + 1))
 fi
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+script_finish

@@ -10,16 +10,9 @@
 # do not divide the width, a text that is missing, ddp-generate on an MLP or on nothing.
 # Needs DDP_TRAIN and DDP_GENERATE (paths of the programs) and MPIEXEC.
 set -u
-TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
-GENERATE=${DDP_GENERATE:?DDP_GENERATE must point at ddp-generate}
-MPIEXEC=${MPIEXEC:-mpirun}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-TMP=$(mktemp -d /tmp/ddp-gpt-cli.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-MPI="$MPIEXEC --oversubscribe"
-fails=0 passes=0
 # shellcheck source=../script_lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../script_lib.sh"
+script_setup ddp-gpt-cli generate
 
 # A text with structure worth learning: the same few sentences in shuffled order, 40 KB.
 python3 - "$TMP/text.txt" <<'EOF'
@@ -166,5 +159,4 @@ run generate_from_nothing 2 "exactly one" -- "$GENERATE" --prompt x
 run generate_from_a_missing_file 1 "missing.safetensors" -- \
     "$GENERATE" --safetensors "$TMP/missing.safetensors"
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+script_finish

@@ -30,6 +30,7 @@
 #include "ddp/train.h"
 #include "synthetic.h"
 #include "train/noise_scale.h"
+#include "train/trainer_impl.h" /* the progress line's noise-scale part */
 
 #define STEPS 3
 
@@ -161,7 +162,8 @@ static ddp_train_config base_config(void) {
 /* Runs STEPS steps of cfg over comm and keeps each step's stats. */
 static void run_steps(ddp_train_config cfg, ddp_comm *comm, ddp_step_stats st[STEPS]) {
     ddp_trainer *t = NULL;
-    if (ddp_trainer_create(&cfg, backend, comm, comm, &train_set, &test_set, &t) != DDP_OK)
+    if (ddp_trainer_create(&cfg, backend, comm, comm, SAMPLES_DATA(&train_set, &test_set), &t) !=
+        DDP_OK)
         fail_msg("trainer_create: %s", ddp_error_trace_str());
     for (int i = 0; i < STEPS; i++)
         if (ddp_trainer_step(t, &st[i]) != DDP_OK) fail_msg("step: %s", ddp_error_trace_str());
@@ -211,7 +213,7 @@ static void sharded_stages_measure_the_same_norms(void **state) {
     for (int accum = 1; accum <= 2; accum++) {
         ddp_train_config c = base_config();
         c.accum = accum;
-        c.model.hidden[0] = c.model.hidden[1] = 256;
+        c.model.hidden.v[0] = c.model.hidden.v[1] = 256;
         c.reducer.bucket_bytes = 32 << 10;
         c.reducer.first_bucket_bytes = 8 << 10;
         ddp_step_stats ref[STEPS], z[STEPS];
@@ -298,6 +300,22 @@ static void every_rank_reads_the_same_noise_scale(void **state) {
 /* --gns-every 2 measures on steps 1 and 3 (indices 0 and 2), not on step 2; the values
  * measured are those of the run that measures every step (the parameters do not depend
  * on the estimate). */
+/* The progress line shows B_simple where it is resolved and nothing where the estimate of
+ * |G|^2 is not positive (B_simple NaN), or where nothing was measured. */
+static void progress_line_shows_b_simple_only_when_resolved(void **state) {
+    char buf[48];
+    ddp_step_stats st = {.gns_valid = 1, .gns_b_simple = 183.2, .gns_g2 = 0.5};
+    ddp_trainer_gns_text(&st, buf, sizeof buf);
+    assert_string_equal(buf, " | B_simple 183.2");
+    st.gns_b_simple = NAN;
+    st.gns_g2 = -0.0083;
+    ddp_trainer_gns_text(&st, buf, sizeof buf);
+    assert_string_equal(buf, "");
+    st = (ddp_step_stats){.gns_valid = 0, .gns_b_simple = 183.2};
+    ddp_trainer_gns_text(&st, buf, sizeof buf);
+    assert_string_equal(buf, "");
+}
+
 static void gns_every_skips_the_steps_between(void **state) {
     ddp_train_config c = base_config(), every = base_config();
     c.accum = 2;
@@ -326,6 +344,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(ready_ranges_add_up_to_the_whole_buffer),
         cmocka_unit_test(every_rank_reads_the_same_noise_scale),
         cmocka_unit_test(gns_every_skips_the_steps_between),
+        cmocka_unit_test(progress_line_shows_b_simple_only_when_resolved),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     ddp_dataset_free(&train_set);

@@ -9,19 +9,9 @@
 # falling.
 # Needs DDP_TRAIN and MPIEXEC; Fashion-MNIST in DATA (default below).
 set -u
-TRAIN=${DDP_TRAIN:?DDP_TRAIN must point at ddp-train}
-MPIEXEC=${MPIEXEC:-mpirun}
-DATA=${DDP_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-TMP=$(mktemp -d /tmp/ddp-recompute-cli.XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
-MPI="$MPIEXEC --oversubscribe"
-fails=0 passes=0
 # shellcheck source=../script_lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../script_lib.sh"
-if [ ! -d "$DATA" ]; then
-    echo "Fashion-MNIST not found in $DATA (apt-get install dataset-fashion-mnist)"; exit 1
-fi
+script_setup ddp-recompute-cli data
 ln -s "$DATA" "$TMP/data"
 # A real text: this project's README, every byte a token.
 cp "$(dirname "${BASH_SOURCE[0]}")/../../README.md" "$TMP/text.txt"
@@ -139,5 +129,4 @@ else
     fails=$((fails + 1))
 fi
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+script_finish

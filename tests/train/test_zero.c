@@ -81,9 +81,8 @@ static size_t resident_bytes(const void *p, size_t bytes) {
 /* Trains cfg over comm to the end; returns the parameters (malloc'd) and what *info asks. */
 static float *train_info(ddp_train_config cfg, ddp_comm *comm, size_t *n, run_info *info) {
     ddp_trainer *t = NULL;
-    ddp_status s = cfg.model.kind == DDP_MODEL_GPT
-                       ? ddp_trainer_create_text(&cfg, backend, comm, comm, &text, &t)
-                       : ddp_trainer_create(&cfg, backend, comm, comm, &train_set, &test_set, &t);
+    ddp_train_data data = {.train = train_set, .test = test_set, .text = text};
+    ddp_status s = ddp_trainer_create(&cfg, backend, comm, comm, &data, &t);
     if (s != DDP_OK) fail_msg("trainer_create: %s", ddp_error_trace_str());
     ddp_model *m = ddp_trainer_model(t);
     *n = ddp_model_num_params(m);
@@ -104,15 +103,6 @@ static float *train_info(ddp_train_config cfg, ddp_comm *comm, size_t *n, run_in
     }
     ddp_trainer_free(t);
     return p;
-}
-
-static void assert_identical_on_all_ranks(const float *p, size_t n) {
-    uint32_t crc = ddp_crc32(0, p, n * sizeof(float));
-    uint32_t *all = calloc((size_t)world, sizeof *all);
-    assert_int_equal(ddp_comm_allgather(world_comm, &crc, all, 1, DDP_U32), DDP_OK);
-    for (int r = 1; r < world; r++)
-        assert_int_equal(all[r], all[0]);
-    free(all);
 }
 
 /* --zero 1 and 2 on all ranks against --zero 0 on all ranks and one process. */
@@ -136,7 +126,7 @@ static void stages_reach_the_replicated_parameters(ddp_train_config c, const cha
                           what, zero, world, err, err0, tol);
         assert_true(err <= tol);
         assert_true(err0 <= tol);
-        assert_identical_on_all_ranks(p, n);
+        assert_same_on_all_ranks(world_comm, p, n);
         free(p);
     }
     /* The runs moved the parameters far beyond the tolerance. */
@@ -192,8 +182,8 @@ static void optimizer_state_is_one_shard_per_rank(void **state) {
 static void stage2_gives_sent_gradient_pages_back(void **state) {
     /* 72k parameters (282 KB) in buckets of 32 KB: many buckets, many pages each. */
     ddp_train_config c = mlp_config();
-    c.model.hidden[0] = 256;
-    c.model.hidden[1] = 256;
+    c.model.hidden.v[0] = 256;
+    c.model.hidden.v[1] = 256;
     c.max_steps = 3;
     c.reducer.bucket_bytes = 32 << 10;
     c.reducer.first_bucket_bytes = 8 << 10;
@@ -233,7 +223,7 @@ static void nonfinite_gradients_are_skipped_on_every_rank(void **state) {
         int64_t all = info.skipped;
         assert_int_equal(ddp_comm_allreduce(world_comm, &all, 1, DDP_I64, DDP_MAX), DDP_OK);
         assert_int_equal(all, info.skipped);
-        assert_identical_on_all_ranks(p, n);
+        assert_same_on_all_ranks(world_comm, p, n);
         free(p);
     }
 }

@@ -113,53 +113,73 @@ __device__ static float gelu_grad(float x) {
            0.5f * x * (1.0f - t * t) * GELU_K0 * (1.0f + 3.0f * GELU_K1 * x * x);
 }
 
+/* The activations of DDP_ACTS: act_value<A>(x) = act(x), act_grad<A>(x, g) = g act'(x). */
+template <int A> __device__ float act_value(float v);
+template <int A> __device__ float act_grad(float v, float g);
+template <> __device__ float act_value<DDP_ACT_RELU>(float v) { return v > 0.0f ? v : 0.0f; }
+template <> __device__ float act_grad<DDP_ACT_RELU>(float v, float g) {
+    return v > 0.0f ? g : 0.0f;
+}
+template <> __device__ float act_value<DDP_ACT_GELU>(float v) { return gelu(v); }
+template <> __device__ float act_grad<DDP_ACT_GELU>(float v, float g) { return g * gelu_grad(v); }
+
 /* y = act(x); y may equal x. */
-__global__ static void act_forward_kernel(int act, const float *x, float *y, size_t n) {
+template <int A> __global__ static void act_forward_kernel(const float *x, float *y, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        float v = x[i];
-        y[i] = act == DDP_ACT_RELU ? (v > 0.0f ? v : 0.0f) : gelu(v);
-    }
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] = act_value<A>(x[i]);
 }
 
 /* dx = dy * act'(x); dx may equal dy. */
-__global__ static void act_backward_kernel(int act, const float *x, const float *dy, float *dx,
-                                           size_t n) {
+template <int A>
+__global__ static void act_backward_kernel(const float *x, const float *dy, float *dx, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x) {
-        float v = x[i], g = dy[i];
-        dx[i] = act == DDP_ACT_RELU ? (v > 0.0f ? g : 0.0f) : g * gelu_grad(v);
+         i += (size_t)gridDim.x * blockDim.x)
+        dx[i] = act_grad<A>(x[i], dy[i]);
+}
+
+template <int A>
+static ddp_status launch_act(ddp_cuda_backend *cb, int backward, const float *x, const float *dy,
+                             float *out, size_t n) {
+    unsigned int blocks = ddp_cuda_blocks(n, DDP_CUDA_THREADS);
+    if (backward) {
+        act_backward_kernel<A><<<blocks, DDP_CUDA_THREADS, 0, cb->stream>>>(x, dy, out, n);
+        DDP_CUDA_CHECK_LAUNCH("act_backward_kernel");
+    } else {
+        act_forward_kernel<A><<<blocks, DDP_CUDA_THREADS, 0, cb->stream>>>(x, out, n);
+        DDP_CUDA_CHECK_LAUNCH("act_forward_kernel");
     }
-}
-
-static ddp_status check_act(ddp_act act) {
-    if (act != DDP_ACT_RELU && act != DDP_ACT_GELU)
-        return DDP_FAIL(DDP_ERR_INVALID_ARG,
-                        "unknown activation %d for the CUDA backend; use relu or gelu", (int)act);
     return DDP_OK;
 }
 
-extern "C" ddp_status ddp_cuda_act_forward(ddp_backend *b, ddp_act act, const float *x, float *y,
+/* One kernel per activation, chosen here: a value of DDP_ACTS without its case is a
+ * compiler warning (-Wswitch) and, at run time, an error rather than another activation. */
+static ddp_status act(ddp_backend *b, ddp_act a, int backward, const float *x, const float *dy,
+                      float *out, size_t n) {
+    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
+    if (n == 0) return DDP_OK;
+    switch (a) {
+    case DDP_ACT_RELU:
+        DDP_CHECK(launch_act<DDP_ACT_RELU>(cb, backward, x, dy, out, n));
+        return DDP_OK;
+    case DDP_ACT_GELU:
+        DDP_CHECK(launch_act<DDP_ACT_GELU>(cb, backward, x, dy, out, n));
+        return DDP_OK;
+    case DDP_ACT_COUNT: break;
+    }
+    return DDP_FAIL(DDP_ERR_INVALID_ARG, "the CUDA backend has no activation %d", (int)a);
+}
+
+extern "C" ddp_status ddp_cuda_act_forward(ddp_backend *b, ddp_act a, const float *x, float *y,
                                            size_t n) {
-    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
-    DDP_CHECK(ddp_cuda_use(cb));
-    DDP_CHECK(check_act(act));
-    if (n == 0) return DDP_OK;
-    act_forward_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
-        (int)act, x, y, n);
-    DDP_CUDA_CHECK_LAUNCH("act_forward_kernel");
+    DDP_CHECK(act(b, a, 0, x, NULL, y, n));
     return DDP_OK;
 }
 
-extern "C" ddp_status ddp_cuda_act_backward(ddp_backend *b, ddp_act act, const float *x,
+extern "C" ddp_status ddp_cuda_act_backward(ddp_backend *b, ddp_act a, const float *x,
                                             const float *dy, float *dx, size_t n) {
-    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
-    DDP_CHECK(ddp_cuda_use(cb));
-    DDP_CHECK(check_act(act));
-    if (n == 0) return DDP_OK;
-    act_backward_kernel<<<ddp_cuda_blocks(n, DDP_CUDA_THREADS), DDP_CUDA_THREADS, 0, cb->stream>>>(
-        (int)act, x, dy, dx, n);
-    DDP_CUDA_CHECK_LAUNCH("act_backward_kernel");
+    DDP_CHECK(act(b, a, 1, x, dy, dx, n));
     return DDP_OK;
 }
 
@@ -225,6 +245,7 @@ extern "C" ddp_status ddp_cuda_transpose(ddp_backend *b, float *y, const float *
                                          int rows, int cols) {
     ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
     DDP_CHECK(ddp_cuda_use(cb));
+    if (batch <= 0 || rows <= 0 || cols <= 0) return DDP_OK; /* empty: a grid of 0 is invalid */
     if (batch > 65535)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "transpose: %d matrices (at most 65535 per call)",
                         batch);

@@ -134,6 +134,7 @@ extern "C" ddp_status ddp_cuda_gemm(ddp_backend *b, int ta, int tb, int M, int N
                                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         return DDP_OK;
     }
+    case DDP_MATH_COUNT: break;
     }
     return DDP_FAIL(DDP_ERR_INVALID_ARG,
                     "unknown math mode %d in the CUDA gemm; use fp32, tf32 or bf16",
@@ -183,6 +184,7 @@ extern "C" ddp_status ddp_cuda_gemm_batched(ddp_cuda_backend *cb, int ta, int tb
             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         return DDP_OK;
     }
+    case DDP_MATH_COUNT: break;
     }
     return DDP_FAIL(DDP_ERR_INVALID_ARG,
                     "unknown math mode %d in the CUDA batched gemm; use fp32, tf32 or bf16",

@@ -1,6 +1,6 @@
 /*
- * The CUDA backend's transformer ops: token and position embedding, layer normalization
- * and causal multi-head self-attention (ddp/backend_ops.h says what each computes).
+ * The CUDA backend's transformer ops: token and position embedding, layer and RMS
+ * normalization and causal multi-head self-attention (ddp/backend_ops.h says what each computes).
  *
  * Every result is the same bits on every call: sums run in a fixed order (one thread
  * owns each output element and adds in a fixed sequence, or a warp adds in its fixed
@@ -281,6 +281,98 @@ extern "C" ddp_status ddp_cuda_layernorm_backward(ddp_backend *b, float *dinp, f
     DDP_CUDA_CHECK_LAUNCH("layernorm_param_grad_kernel");
     DDP_CHECK(ddp_cuda_col_chunks_add(cb, dweight, part_w, chunks, C));
     DDP_CHECK(ddp_cuda_col_chunks_add(cb, dbias, part_b, chunks, C));
+    return DDP_OK;
+}
+
+/* ---- RMS normalization ------------------------------------------------------------------ */
+
+/* One warp per row of inp (N, C): rstd = 1 / sqrt(mean(x^2) + eps), out = x rstd weight. */
+__global__ static void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp,
+                                              const float *weight, size_t N, int C) {
+    const int lane = threadIdx.x & 31;
+    for (size_t r = blockIdx.x * (size_t)ROW_WARPS + (threadIdx.x >> 5); r < N;
+         r += (size_t)gridDim.x * ROW_WARPS) {
+        const float *x = inp + r * C;
+        float ss = 0.0f;
+        for (int c = lane; c < C; c += 32)
+            ss += x[c] * x[c];
+        const float rs = 1.0f / sqrtf(warp_sum(ss) / (float)C + 1e-5f);
+        float *o = out + r * C;
+        for (int c = lane; c < C; c += 32)
+            o[c] = x[c] * rs * weight[c];
+        if (lane == 0) rstd[r] = rs;
+    }
+}
+
+/* dinp (N, C) += the input gradient, one warp per row. With n = x rstd and g = dout weight:
+ *   dx = rstd (g - n avg(g n)), layer norm's without the mean. */
+__global__ static void rmsnorm_dinp_kernel(float *dinp, const float *dout, const float *inp,
+                                           const float *weight, const float *rstd, size_t N,
+                                           int C) {
+    const int lane = threadIdx.x & 31;
+    for (size_t r = blockIdx.x * (size_t)ROW_WARPS + (threadIdx.x >> 5); r < N;
+         r += (size_t)gridDim.x * ROW_WARPS) {
+        const float *dy = dout + r * C, *x = inp + r * C;
+        const float rs = rstd[r];
+        float gn_sum = 0.0f;
+        for (int c = lane; c < C; c += 32)
+            gn_sum += dy[c] * weight[c] * (x[c] * rs);
+        const float gn_avg = warp_sum(gn_sum) / (float)C;
+        float *dx = dinp + r * C;
+        for (int c = lane; c < C; c += 32)
+            dx[c] += rs * (dy[c] * weight[c] - x[c] * rs * gn_avg);
+    }
+}
+
+/* dweight (C) += sum over rows of dout n: blocks of LN_COLS columns, as layer norm's
+ * parameter gradients, in the same fixed order. */
+__global__ static void rmsnorm_weight_grad_kernel(float *dweight, const float *dout,
+                                                  const float *inp, const float *rstd, int N,
+                                                  int C) {
+    __shared__ float part[LN_ROWS][LN_COLS + 1];
+    const int c = blockIdx.x * LN_COLS + threadIdx.x;
+    float dw = 0.0f;
+    if (c < C)
+        for (int r = threadIdx.y; r < N; r += LN_ROWS) {
+            size_t i = (size_t)r * C + c;
+            dw += dout[i] * (inp[i] * rstd[r]);
+        }
+    part[threadIdx.y][threadIdx.x] = dw;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float s = 0.0f;
+        for (int k = 0; k < LN_ROWS; k++)
+            s += part[k][threadIdx.x];
+        dweight[c] += s;
+    }
+}
+
+extern "C" ddp_status ddp_cuda_rmsnorm_forward(ddp_backend *b, float *out, float *rstd,
+                                               const float *inp, const float *weight, int N,
+                                               int C) {
+    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
+    if (N <= 0 || C <= 0) return DDP_OK;
+    rmsnorm_forward_kernel<<<row_blocks((size_t)N), ROW_THREADS, 0, cb->stream>>>(
+        out, rstd, inp, weight, (size_t)N, C);
+    DDP_CUDA_CHECK_LAUNCH("rmsnorm_forward_kernel");
+    return DDP_OK;
+}
+
+extern "C" ddp_status ddp_cuda_rmsnorm_backward(ddp_backend *b, float *dinp, float *dweight,
+                                                const float *dout, const float *inp,
+                                                const float *weight, const float *rstd, int N,
+                                                int C) {
+    ddp_cuda_backend *cb = (ddp_cuda_backend *)b;
+    DDP_CHECK(ddp_cuda_use(cb));
+    if (N <= 0 || C <= 0) return DDP_OK;
+    rmsnorm_dinp_kernel<<<row_blocks((size_t)N), ROW_THREADS, 0, cb->stream>>>(
+        dinp, dout, inp, weight, rstd, (size_t)N, C);
+    DDP_CUDA_CHECK_LAUNCH("rmsnorm_dinp_kernel");
+    dim3 block(LN_COLS, LN_ROWS);
+    dim3 grid((unsigned int)((C + LN_COLS - 1) / LN_COLS));
+    rmsnorm_weight_grad_kernel<<<grid, block, 0, cb->stream>>>(dweight, dout, inp, rstd, N, C);
+    DDP_CUDA_CHECK_LAUNCH("rmsnorm_weight_grad_kernel");
     return DDP_OK;
 }
 
