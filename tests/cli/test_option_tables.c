@@ -1,9 +1,11 @@
 /*
  * The option tables of every program and the parser that reads them. Each option of
- * ddp-train, ddp-bench allreduce and ddp-bench train has a good value, which must parse
- * in both spellings (--name value, --name=value) and change exactly the field the table
- * names, and a bad one, which must fail with a message naming the option; an option
- * added to a table without such a case fails the walk below. Then what the mechanism
+ * ddp-train (with each model kind), ddp-bench allreduce and train and ddp-generate has a
+ * good value (option_cases.c), which must parse in both spellings (--name value,
+ * --name=value) and change exactly the field the table names from the model's default,
+ * and a bad one, which must fail with a message naming the option; an option added to a
+ * table without such a case fails the walk below. (Defaults, fingerprint and resume
+ * flags: test_option_entries.c.) Then what the mechanism
  * itself promises: sizes with suffixes, no abbreviations, hints, `--`, tables that
  * contradict themselves, --help listing everything, and the canonical text that ranks
  * compare.
@@ -18,123 +20,10 @@
 #include <cmocka.h>
 
 #include "ddp/cli.h"
+#include "option_cases.h"
 #include "test_util.h"
 
 /* ---- every option, good and bad ------------------------------------------------------- */
-
-typedef struct {
-    const char *name;
-    const char *good; /* NULL: a flag */
-    const char *bad;  /* refused; for a flag, the value given with '=' */
-    const char *alt;  /* another good value, for a model whose default good is */
-} opt_case;
-
-static const opt_case train_cases[] = {
-    {"data", "/data/mnist", "", NULL},
-    {"hidden", "64,32", "64,,32", NULL},
-    {"act", "gelu", "tanh", NULL},
-    {"model", "gpt", "gpt2", "cnn"},
-    {"channels", "16,32,64", "16,,32", NULL},
-    {"kernel", "5", "0", NULL},
-    {"sync-bn", NULL, "1", NULL},
-    {"eval-tokens", "1024", "-1", NULL},
-    {"text", "/data/corpus.txt", "", NULL},
-    {"layers", "6", "0", NULL},
-    {"dim", "384", "-8", NULL},
-    {"heads", "6", "1e2", NULL},
-    {"ctx", "256", "1", NULL},
-    {"norm", "rmsnorm", "rms", NULL},
-    {"decay-all", NULL, "1", NULL},
-    {"recompute", NULL, "1", NULL},
-    {"batch", "256", "0", NULL},
-    {"accum", "4", "0", NULL},
-    {"micro-batch", "16", "1.5", NULL},
-    {"epochs", "3", "0x3", NULL},
-    {"steps", "1000", "1e3", NULL},
-    {"optim", "adamw", "adam", "sgd"},
-    {"lr", "0.1", "nan", NULL},
-    {"min-lr", "1e-5", "-1", NULL},
-    {"schedule", "constant", "linear", NULL},
-    {"warmup", "0", "-1", NULL},
-    {"momentum", "0.5", "1", NULL},
-    {"nesterov", NULL, "yes", NULL},
-    {"beta1", "0.8", "1.5", NULL},
-    {"beta2", "0.99", " 0.9", "0.95"},
-    {"eps", "1e-6", "0", NULL},
-    {"weight-decay", "0.01", "11", NULL},
-    {"clip", "1.5", "inf", NULL},
-    {"seed", "7", "-1", NULL},
-    {"no-shuffle", NULL, "1", NULL},
-    {"device", "cpu", "gpu", NULL},
-    {"comm", "mpi", "gloo", NULL},
-    {"precision", "bf16", "fp16", NULL},
-    {"threads", "4", "0", NULL},
-    {"bucket-mb", "2.5", "0", NULL},
-    {"first-bucket-mb", "0.5", "1e6", NULL},
-    {"grad-dtype", "bf16", "fp16", NULL},
-    {"no-overlap", NULL, "true", NULL},
-    {"zero", "2", "3", NULL},
-    {"progress", "thread", "fast", NULL},
-    {"on-nonfinite", "skip", "ignore", NULL},
-    {"no-gns", NULL, "1", NULL},
-    {"gns-ema", "0.9", "1", NULL},
-    {"gns-every", "10", "0", NULL},
-    {"batch-schedule", "adaptive", "dynamic", NULL},
-    {"max-batch", "4096", "0", NULL},
-    {"lr-scaling", "sqrt", "cubic", NULL},
-    {"target-accuracy", "0.88", "1.5", NULL},
-    {"log-every", "10", "0", NULL},
-    {"eval-every", "100", "2147483648", NULL},
-    {"check-sync", "25", "", NULL},
-    {"metrics", "/tmp/m.jsonl", "", NULL},
-    {"dump-params", "out.bin", "", NULL},
-    {"memory-plan", "8", "0", NULL},
-    {"target-loss", "1.5", "-1", NULL},
-    {"quiet", NULL, "1", NULL},
-    {"trace", "/tmp/trace", "", NULL},
-    {"verbose", NULL, "2", NULL},
-    {"checkpoint-dir", "ckpt", "", NULL},
-    {"checkpoint-every", "10", "0", NULL},
-    {"keep", "0", "1048577", NULL},
-    {"resume", NULL, "1", NULL},
-    {"export", "model.safetensors", "", NULL},
-    {"timeout", "7.5", "-1", NULL},
-    {"help", NULL, "1", NULL},
-    {"version", NULL, "1", NULL},
-};
-
-static const opt_case allreduce_cases[] = {
-    {"comm", "nccl", "gloo", NULL},     {"min-bytes", "1K", "1.5", NULL},
-    {"max-bytes", "1M", "5G", NULL},    {"iters", "3", "0", NULL},
-    {"warmup-iters", "0", "-1", NULL},  {"shared", NULL, "1", NULL},
-    {"reducer", NULL, "1", NULL},       {"tensor-mb", "0.25", "0", NULL},
-    {"bucket-mb", "2", "x", NULL},      {"first-bucket-mb", "0.5", "-1", NULL},
-    {"progress", "test", "fast", NULL}, {"json", "/tmp/ar.json", "", NULL},
-    {"timeout", "5", "nan", NULL},      {"verbose", NULL, "1", NULL},
-    {"help", NULL, "1", NULL},
-};
-
-static const opt_case bench_train_cases[] = {
-    {"warmup-steps", "7", "-1", NULL},
-    {"bench-steps", "30", "0", NULL},
-    {"json", "/tmp/train.json", "", NULL},
-    {"no-allreduce", NULL, "1", NULL},
-};
-
-static const opt_case generate_cases[] = {
-    {"checkpoint", "ckpt/ckpt-00000010.ddp", "", NULL},
-    {"checkpoint-dir", "ckpt", "", NULL},
-    {"safetensors", "model.safetensors", "", NULL},
-    {"prompt", "And God said", "", NULL},
-    {"tokens", "100", "-1", NULL},
-    {"temperature", "0", "-0.5", NULL},
-    {"top-k", "0", "k", NULL},
-    {"seed", "7", "-7", NULL},
-    {"device", "cpu", "tpu", NULL},
-    {"threads", "2", "0", NULL},
-    {"verbose", NULL, "1", NULL},
-    {"help", NULL, "1", NULL},
-};
 
 /* The parsers behind one interface. */
 typedef ddp_status (*parse_fn)(int argc, char **argv, void *out);
@@ -162,12 +51,6 @@ typedef struct {
     const opt_case *cases;
     size_t n_cases;
 } program;
-
-static const opt_case *find_case(const opt_case *cases, size_t n, const char *name) {
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(cases[i].name, name) == 0) return &cases[i];
-    return NULL;
-}
 
 /* Parses {prog, [--model M,] a, b} (b may be NULL) into out. */
 static ddp_status parse2(const program *p, const char *a, const char *b, void *out) {
@@ -250,8 +133,7 @@ static void walk_train_tables(const char *prog, parse_fn parse, size_t size, siz
         ddp_train_tables tt;
         ddp_opt_table t[DDP_CLI_MAX_TABLES];
         int nt = ddp_cli_train_tables(&x, (ddp_model_kind)k, &tt, t);
-        if (k == 0)
-            cases_name_options(prog, train_cases, sizeof train_cases / sizeof *train_cases, t, nt);
+        if (k == 0) cases_name_options(prog, train_cases, n_train_cases, t, nt);
         for (int i = 0; i < nt && !t[i].inactive; i++) {
             program p = {prog,
                          parse,
@@ -261,21 +143,20 @@ static void walk_train_tables(const char *prog, parse_fn parse, size_t size, siz
                          at + (size_t)((char *)t[i].base - (char *)&x),
                          ddp_model_kind_names[k],
                          train_cases,
-                         sizeof train_cases / sizeof *train_cases};
+                         n_train_cases};
             walk(&p);
         }
     }
 }
-
-#define CASES(a) (a), sizeof(a) / sizeof *(a)
 
 static void every_ddp_train_option_parses_good_and_bad_values(void **state) {
     walk_train_tables("ddp-train", parse_train, sizeof(ddp_cli_options), 0);
 }
 
 static void every_generate_option_parses_good_and_bad_values(void **state) {
-    program p = {"ddp-generate", parse_generate,       sizeof(ddp_cli_generate_options), NULL, 0, 0,
-                 NULL,           CASES(generate_cases)};
+    program p = {
+        "ddp-generate", parse_generate,  sizeof(ddp_cli_generate_options), NULL, 0, 0, NULL,
+        generate_cases, n_generate_cases};
     p.opts = ddp_cli_generate_table(&p.n_opts);
     walk(&p);
     /* One model source, no more, no fewer. */
@@ -294,16 +175,24 @@ static void every_generate_option_parses_good_and_bad_values(void **state) {
 }
 
 static void every_allreduce_option_parses_good_and_bad_values(void **state) {
-    program p = {"allreduce", parse_allreduce,       sizeof(ddp_cli_allreduce_options), NULL, 0, 0,
-                 NULL,        CASES(allreduce_cases)};
+    program p = {
+        "allreduce",     parse_allreduce,  sizeof(ddp_cli_allreduce_options), NULL, 0, 0, NULL,
+        allreduce_cases, n_allreduce_cases};
     p.opts = ddp_cli_allreduce_table(&p.n_opts);
     walk(&p);
 }
 
 static void every_bench_train_option_parses_good_and_bad_values(void **state) {
     /* Its own options, then every ddp-train option through the same parser. */
-    program p = {"train", parse_bench_train,       sizeof(ddp_cli_bench_train_options), NULL, 0, 0,
-                 NULL,    CASES(bench_train_cases)};
+    program p = {"train",
+                 parse_bench_train,
+                 sizeof(ddp_cli_bench_train_options),
+                 NULL,
+                 0,
+                 0,
+                 NULL,
+                 bench_train_cases,
+                 n_bench_train_cases};
     p.opts = ddp_cli_bench_train_table(&p.n_opts);
     walk(&p);
     walk_train_tables("train", parse_bench_train, sizeof(ddp_cli_bench_train_options),
@@ -496,17 +385,6 @@ static void assert_help_lists(const char *text, const ddp_opt *opts, size_t n) {
     }
 }
 
-/* --help of ddp-train for model kind k (malloc'd). */
-static char *train_help(ddp_model_kind k) {
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    assert_non_null(f);
-    ddp_cli_usage(f, "ddp-train", k);
-    fclose(f);
-    return text;
-}
-
 static void help_lists_every_option(void **state) {
     size_t n;
     for (int k = 0; k < DDP_MODEL_KIND_COUNT; k++) {
@@ -532,176 +410,6 @@ static void help_lists_every_option(void **state) {
     t = ddp_cli_bench_train_table(&n);
     assert_help_lists(text, t, n);
     free(text);
-}
-
-/* ---- one entry per option: defaults, help, fingerprint, resume ------------------------ */
-
-/* The lines of --help that document --name: from its line to the next option's. */
-static void help_of(const char *text, const char *name, char *buf, size_t cap) {
-    char want[64];
-    snprintf(want, sizeof want, "  --%s ", name);
-    const char *a = strstr(text, want);
-    if (!a) {
-        snprintf(want, sizeof want, "  --%s\n", name);
-        a = strstr(text, want);
-    }
-    if (!a) fail_msg("--help lacks --%s", name);
-    const char *b = strstr(a + 1, "\n  --");
-    size_t len = b ? (size_t)(b - a) : strlen(a);
-    snprintf(buf, cap, "%.*s", (int)(len < cap ? len : cap - 1), a);
-}
-
-/* The defaults that --help shows for a model are those of its entries, and the values the
- * configuration starts from: parsing the shown default as the option's value leaves the
- * field as ddp_train_config_defaults_for made it. The regression this guards: --help
- * printed the MLP's defaults for --model gpt and cnn. */
-static void help_shows_each_models_defaults_from_the_table(void **state) {
-    for (int k = 0; k < DDP_MODEL_KIND_COUNT; k++) {
-        char *text = train_help((ddp_model_kind)k);
-        ddp_cli_options d, x;
-        ddp_train_tables tt;
-        ddp_opt_table t[DDP_CLI_MAX_TABLES];
-        int nt = ddp_cli_train_tables(&x, (ddp_model_kind)k, &tt, t);
-        char model[16];
-        snprintf(model, sizeof model, "%s", ddp_model_kind_names[k]);
-        char *argv0[] = {"ddp-train", "--model", model, NULL};
-        OK(ddp_cli_parse(3, argv0, &d));
-        for (int i = 0; i < nt && !t[i].inactive; i++)
-            for (size_t j = 0; j < t[i].n; j++) {
-                const ddp_opt *o = &t[i].opts[j];
-                const char *def = ddp_opt_default(o, k);
-                /* --model's own default is the MLP whichever model was asked for. */
-                if (!o->name || o->kind == DDP_OPT_FLAG || !def || !*def ||
-                    strcmp(o->name, "model") == 0)
-                    continue;
-                char lines[1024], want[256];
-                help_of(text, o->name, lines, sizeof lines);
-                snprintf(want, sizeof want, "(default %s)", def);
-                if (!strstr(lines, want))
-                    fail_msg("--model %s --help: --%s shows no %s:\n%s", model, o->name, want,
-                             lines);
-                /* The shown default, given as the value, is the value already there. */
-                char *argv[] = {"ddp-train", "--model", model, NULL, (char *)def, NULL};
-                char opt[64];
-                snprintf(opt, sizeof opt, "--%s", o->name);
-                argv[3] = opt;
-                if (ddp_cli_parse(5, argv, &x) != DDP_OK) {
-                    /* Defaults outside what a user may give are "not set" values. */
-                    ddp_error_clear();
-                    continue;
-                }
-                size_t at = (size_t)((char *)t[i].base - (char *)&x) + o->offset;
-                if (memcmp((char *)&x + at, (char *)&d + at, o->size) != 0)
-                    fail_msg("--model %s: --%s %s is not the default the run starts from", model,
-                             o->name, def);
-            }
-        free(text);
-    }
-    /* The case of the regression, spelled out. */
-    char *gpt = train_help(DDP_MODEL_GPT), *mlp = train_help(DDP_MODEL_MLP), lines[1024];
-    help_of(gpt, "lr", lines, sizeof lines);
-    assert_non_null(strstr(lines, "(default 2e-3)"));
-    help_of(gpt, "batch", lines, sizeof lines);
-    assert_non_null(strstr(lines, "(default 32)"));
-    help_of(mlp, "lr", lines, sizeof lines);
-    assert_non_null(strstr(lines, "(default 0.05)"));
-    help_of(mlp, "hidden", lines, sizeof lines);
-    assert_non_null(strstr(lines, "(default 256,128)"));
-    assert_null(strstr(gpt, "  --hidden"));
-    free(gpt);
-    free(mlp);
-}
-
-/* Defaults live in the entries alone: no help text spells one out by hand. */
-static void help_texts_carry_no_defaults_of_their_own(void **state) {
-    const ddp_opt *lists[16];
-    size_t counts[16];
-    int n = 0;
-    for (int k = 0; k < DDP_MODEL_KIND_COUNT; k++) {
-        ddp_train_tables tt;
-        ddp_opt_table t[DDP_CLI_MAX_TABLES];
-        int nt = ddp_cli_train_tables(NULL, (ddp_model_kind)k, &tt, t);
-        for (int i = 0; i < nt; i++)
-            for (size_t j = 0; j < t[i].n; j++)
-                if (t[i].opts[j].help && strstr(t[i].opts[j].help, "(default"))
-                    fail_msg("--%s's help says its default itself: %s", t[i].opts[j].name,
-                             t[i].opts[j].help);
-    }
-    lists[n] = ddp_cli_allreduce_table(&counts[n]), n++;
-    lists[n] = ddp_cli_bench_train_table(&counts[n]), n++;
-    lists[n] = ddp_cli_generate_table(&counts[n]), n++;
-    for (int i = 0; i < n; i++)
-        for (size_t j = 0; j < counts[i]; j++)
-            if (lists[i][j].help && strstr(lists[i][j].help, "(default"))
-                fail_msg("--%s's help says its default itself", lists[i][j].name);
-}
-
-/* Parses the good value of --name for model kind k into o; 0 when the option has no case
- * or does not apply to k. */
-static int parse_good(ddp_model_kind k, const char *name, ddp_cli_options *o) {
-    const opt_case *c = find_case(train_cases, sizeof train_cases / sizeof *train_cases, name);
-    if (!c) return 0;
-    char model[16], opt[64];
-    snprintf(model, sizeof model, "%s", ddp_model_kind_names[k]);
-    snprintf(opt, sizeof opt, "--%s", name);
-    ddp_cli_options d;
-    char *argv0[] = {"ddp-train", "--model", model, NULL};
-    OK(ddp_cli_parse(3, argv0, &d));
-    const char *values[2] = {c->good, c->alt};
-    for (int v = 0; v < 2; v++) {
-        if (v == 1 && !values[1]) break;
-        char *argv[] = {"ddp-train", "--model", model, opt, (char *)values[v], NULL};
-        OK(ddp_cli_parse(values[v] ? 5 : 4, argv, o));
-        if (memcmp(&o->train, &d.train, sizeof d.train) != 0) return 1;
-    }
-    return 1;
-}
-
-/* The fingerprint ranks compare holds every option not marked per_rank, and what must
- * match on resume every one also not marked resumable: an option's entry decides both. */
-static void fingerprint_and_resume_follow_the_entries(void **state) {
-    for (int k = 0; k < DDP_MODEL_KIND_COUNT; k++) {
-        ddp_train_tables tt;
-        ddp_opt_table t[DDP_CLI_MAX_TABLES];
-        ddp_cli_train_tables(NULL, (ddp_model_kind)k, &tt, t);
-        ddp_cli_options d;
-        char model[16];
-        snprintf(model, sizeof model, "%s", ddp_model_kind_names[k]);
-        char *argv0[] = {"ddp-train", "--model", model, NULL};
-        OK(ddp_cli_parse(3, argv0, &d));
-        char canon0[4096], resume0[4096], canon[4096], resume[4096];
-        ddp_train_config_canonical(&d.train, canon0, sizeof canon0);
-        ddp_train_config_resume_text(&d.train, resume0, sizeof resume0);
-        for (int i = 0; i < tt.n_active; i++)
-            for (size_t j = 0; j < t[i].n; j++) {
-                const ddp_opt *o = &t[i].opts[j];
-                ddp_cli_options x;
-                if (!o->name || strcmp(o->name, "model") == 0 || !parse_good(k, o->name, &x))
-                    continue;
-                ddp_train_config_canonical(&x.train, canon, sizeof canon);
-                ddp_train_config_resume_text(&x.train, resume, sizeof resume);
-                int in_canon = strcmp(canon, canon0) != 0, in_resume = strcmp(resume, resume0) != 0;
-                if (in_canon != !o->per_rank)
-                    fail_msg("--model %s --%s: in the fingerprint %d, per_rank %d", model, o->name,
-                             in_canon, o->per_rank);
-                if (in_resume != (!o->per_rank && !o->resumable))
-                    fail_msg("--model %s --%s: in the resume settings %d, per_rank %d, "
-                             "resumable %d",
-                             model, o->name, in_resume, o->per_rank, o->resumable);
-            }
-    }
-}
-
-/* Every default of every table parses (a default that does not is ddp's bug). */
-static void every_default_parses(void **state) {
-    for (int k = 0; k < DDP_MODEL_KIND_COUNT; k++) {
-        ddp_cli_options x;
-        ddp_train_tables tt;
-        ddp_opt_table t[DDP_CLI_MAX_TABLES];
-        int nt = ddp_cli_train_tables(&x, (ddp_model_kind)k, &tt, t);
-        OK(ddp_opt_set_defaults(t, nt, k));
-        assert_int_equal(x.train.model.kind, DDP_MODEL_MLP); /* --model's own default */
-    }
 }
 
 static size_t allreduce_canonical(int argc, char **argv, char *buf, size_t cap) {
@@ -751,10 +459,6 @@ int main(void) {
         cmocka_unit_test(double_dash_ends_the_options),
         cmocka_unit_test(malformed_tables_are_refused),
         cmocka_unit_test(help_lists_every_option),
-        cmocka_unit_test(help_shows_each_models_defaults_from_the_table),
-        cmocka_unit_test(help_texts_carry_no_defaults_of_their_own),
-        cmocka_unit_test(fingerprint_and_resume_follow_the_entries),
-        cmocka_unit_test(every_default_parses),
         cmocka_unit_test(canonical_text_has_what_ranks_must_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -73,11 +73,9 @@ static float *train(ddp_train_config cfg, ddp_backend *b, ddp_comm *comm, size_t
 /* The parameters cfg starts from. */
 static float *initial(ddp_train_config cfg, size_t *n) {
     ddp_trainer *t = NULL;
-    ddp_status s = cfg.model.kind == DDP_MODEL_GPT
-                       ? ddp_trainer_create_text(&cfg, fp32, local_fp32, local_fp32, &text, &t)
-                       : ddp_trainer_create(&cfg, fp32, local_fp32, local_fp32, train_of(&cfg),
-                                            test_of(&cfg), &t);
-    if (s != DDP_OK) fail_msg("trainer_create: %s", ddp_error_trace_str());
+    ddp_train_data data = {.train = *train_of(&cfg), .test = *test_of(&cfg), .text = text};
+    if (ddp_trainer_create(&cfg, fp32, local_fp32, local_fp32, &data, &t) != DDP_OK)
+        fail_msg("trainer_create: %s", ddp_error_trace_str());
     *n = ddp_model_num_params(ddp_trainer_model(t));
     float *p = malloc(*n * sizeof *p);
     assert_int_equal(ddp_trainer_get_params(t, p), DDP_OK);

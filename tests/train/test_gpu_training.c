@@ -89,10 +89,9 @@ static ddp_trainer *trainer_on(ddp_train_config cfg, ddp_backend *b, ddp_comm *c
     const ddp_dataset *te = cfg.model.kind == DDP_MODEL_CNN ? &img_test : &test_set;
     ddp_comm *control = ddp_comm_kind_of(comm) == DDP_COMM_LOCAL ? comm : ctrl;
     ddp_trainer *t = NULL;
-    ddp_status s = cfg.model.kind == DDP_MODEL_GPT
-                       ? ddp_trainer_create_text(&cfg, b, comm, control, &text, &t)
-                       : ddp_trainer_create(&cfg, b, comm, control, tr, te, &t);
-    if (s != DDP_OK) fail_msg("trainer_create: %s", ddp_error_trace_str());
+    ddp_train_data data = {.train = *tr, .test = *te, .text = text};
+    if (ddp_trainer_create(&cfg, b, comm, control, &data, &t) != DDP_OK)
+        fail_msg("trainer_create: %s", ddp_error_trace_str());
     return t;
 }
 
@@ -208,9 +207,9 @@ static void progress_thread_on_nccl_is_refused(void **state) {
     c.comm = DDP_COMM_NCCL;
     c.reducer.progress = DDP_PROGRESS_THREAD;
     ddp_trainer *t = NULL;
-    assert_int_equal(
-        ddp_trainer_create(&c, gpu[DDP_MATH_FP32], nccl, ctrl, &train_set, &test_set, &t),
-        DDP_ERR_UNSUPPORTED);
+    ddp_train_data data = {.train = train_set, .test = test_set};
+    assert_int_equal(ddp_trainer_create(&c, gpu[DDP_MATH_FP32], nccl, ctrl, &data, &t),
+                     DDP_ERR_UNSUPPORTED);
     assert_msg_has("--progress auto");
     ddp_error_clear();
     ddp_comm_free(nccl);
