@@ -59,6 +59,7 @@ budget() {
     echo "date: $(date -u +%FT%TZ)  stub: $STUB"
     echo "host: $(uname -srm), $(nproc) CPUs, $(free -g | awk '/Mem:/ {print $2}') GiB"
     grep -m1 'model name' /proc/cpuinfo
+    echo "cpu bf16: $(grep -o -w 'amx_bf16\|avx512_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
     if [ "$STUB" = 1 ]; then echo "gpu: stub (no GPU used)"; else
         timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm \
             --format=csv,noheader || echo "nvidia-smi failed"; fi
@@ -148,6 +149,13 @@ if [ "$BUILT" = 1 ]; then
     else
         stage gpt-bench "FAIL: $(grep -m1 -iE 'error|failed' "$LOGS/gpt-bench.log" | cut -c1-200)"
     fi
+    # RMSNorm's kernels in a training step.
+    if timeout "$(budget 60)" mpirun -np 1 "$BUILD/ddp-bench" train "${GPT[@]}" "${DEV[@]}" "${BENCH[@]}" \
+        --norm rmsnorm --json "$LOGS/gpt-bench-rmsnorm.json" >"$LOGS/gpt-bench-rmsnorm.log" 2>&1; then
+        stage gpt-bench-rmsnorm "ok ($(json_get "$LOGS/gpt-bench-rmsnorm.json" tokens_per_s) tokens/s)"
+    else
+        stage gpt-bench-rmsnorm "FAIL: $(grep -m1 -iE 'error|failed' "$LOGS/gpt-bench-rmsnorm.log" | cut -c1-200)"
+    fi
     # ZeRO-1 over NCCL: the queued reduce-scatters and gathers, against the line above.
     if timeout "$(budget 90)" mpirun -np 1 "$BUILD/ddp-bench" train "${GPT[@]}" "${DEV[@]}" "${BENCH[@]}" \
         --zero 1 --json "$LOGS/gpt-bench-zero1.json" >"$LOGS/gpt-bench-zero1.log" 2>&1; then
@@ -202,7 +210,56 @@ for p in ("tf32", "bf16"):
 PY
 )
 
-# ---- 8. the summary, last ---------------------------------------------------------------
+# ---- 8. the host's CPU in bf16, where it has AMX: ddp against PyTorch's autocast -----------
+# The GPT on 2 of the host's cores (1 process x 2 threads), as on the 2-core machines the
+# CPU figures come from: ddp fp32 and bf16, PyTorch fp32 and autocast bf16, 2 rounds in
+# alternating order.
+CPU_TABLE=""
+if [ "$BUILT" = 1 ] && [ "$STUB" != 1 ] && grep -q -w amx_bf16 /proc/cpuinfo; then
+    CPU_GPT=(--text "$LOGS/kjv.txt" --warmup-steps 3 --bench-steps 8)
+    for r in 1 2; do
+        order="ddp-fp32 ddp-bf16 torch-fp32 torch-bf16"
+        [ "$r" = 2 ] && order="torch-bf16 torch-fp32 ddp-bf16 ddp-fp32"
+        for v in $order; do
+            json="$LOGS/cpu-$v-$r.json"
+            case $v in
+            ddp-*) OPENBLAS_NUM_THREADS=2 timeout "$(budget 60)" taskset -c 0,1 mpirun -np 1 \
+                --bind-to none "$BUILD/ddp-bench" train --model gpt --device cpu --threads 2 \
+                --precision "${v#ddp-}" "${CPU_GPT[@]}" --json "$json" >"$LOGS/cpu-$v-$r.log" 2>&1 ;;
+            torch-fp32) OMP_NUM_THREADS=2 timeout "$(budget 60)" taskset -c 0,1 python3 \
+                bench/gpt/torch_ddp_gpt.py --threads 2 "${CPU_GPT[@]}" --json "$json" \
+                >"$LOGS/cpu-$v-$r.log" 2>&1 ;;
+            torch-bf16) OMP_NUM_THREADS=2 timeout "$(budget 60)" taskset -c 0,1 python3 \
+                bench/gpt/torch_ddp_gpt.py --threads 2 --autocast "${CPU_GPT[@]}" --json "$json" \
+                >"$LOGS/cpu-$v-$r.log" 2>&1 ;;
+            esac
+        done
+    done
+    CPU_TABLE=$(python3 - "$LOGS" <<'PY'
+import glob, json, os, statistics, sys
+logs = sys.argv[1]
+rate = {}
+for v in ("ddp-fp32", "ddp-bf16", "torch-fp32", "torch-bf16"):
+    xs = []
+    for f in sorted(glob.glob(os.path.join(logs, "cpu-%s-*.json" % v))):
+        try:
+            xs.append(json.load(open(f))["tokens_per_s"])
+        except Exception:
+            pass
+    rate[v] = statistics.median(xs) if xs else None
+def r(a, b):
+    return "%.2f" % (rate[a] / rate[b]) if rate[a] and rate[b] else "-"
+print("| GPT on 2 host cores (AMX), tokens/s | ddp fp32 | ddp bf16 | PyTorch fp32 | PyTorch autocast bf16 | ddp bf16 / PyTorch bf16 | ddp bf16 / ddp fp32 |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+print("| median of 2 rounds | %s | %s | %s | %s | %s | %s |" % tuple(
+    ["%.0f" % rate[v] if rate[v] else "missing" for v in ("ddp-fp32", "ddp-bf16", "torch-fp32", "torch-bf16")]
+    + [r("ddp-bf16", "torch-bf16"), r("ddp-bf16", "ddp-fp32")]))
+PY
+)
+    stage cpu-bf16 "$( [ -n "$CPU_TABLE" ] && echo ok || echo FAIL)"
+fi
+
+# ---- 9. the summary, last ---------------------------------------------------------------
 tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs 2>/dev/null && rm -rf "$LOGS"
 {
     echo "## bench/gpu/first-run.sh: ${GPU_NAME:-?}, $(elapsed) s"
@@ -212,6 +269,7 @@ tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs 2>/dev/null && rm -rf "$LOGS"
     for s in "${ORDER[@]}"; do echo "| $s | ${RESULT[$s]} |"; done
     echo
     echo "$MLP_TABLE"
+    [ -n "$CPU_TABLE" ] && printf '\n%s\n' "$CPU_TABLE"
 } | tee "$OUT/summary.md"
 for s in "${ORDER[@]}"; do
     case "${RESULT[$s]}" in FAIL*) exit 1 ;; esac
