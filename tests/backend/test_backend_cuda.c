@@ -79,13 +79,16 @@ static float *product(bt_fixture *f, const float *x, const float *w, int M, int 
 /* The product reading W from the bf16 copy has the bits of the one converting W itself
  * (the same rounding), right after registration, after optimizer steps (which write the
  * copy in their own pass), after a copy into the weights (which makes it stale), and
- * after the copy is dropped. The W converted per call sits at the same offset of a buffer
- * of its own: cuBLAS chooses its kernel (so its order of summation) by the operands'
- * alignment, which must match for the bits to. */
+ * after the copy is dropped. cuBLAS chooses its kernel (so its order of summation) by the
+ * operands' alignment, which must match for the bits to: the W converted per call goes to
+ * a workspace aligned to 256 bytes, so W sits at an offset that keeps its copy aligned as
+ * much. */
 static void test_bf16_weight_copy_gives_the_bits_of_conversion(void **state) {
     bt_fixture *f = bt_need_gpu(state);
     ddp_backend *g = f->gpu[DDP_MATH_BF16];
-    const int M = 33, N = 40, K = 72, off = 37;
+    /* off: a multiple of 128 elements, so that W's copy and the per-call conversion's
+     * workspace share cuBLAS's alignment class (256 bytes and more). */
+    const int M = 33, N = 40, K = 72, off = 128;
     const size_t total = (size_t)off + (size_t)N * K + 11;
     float *hw = bt_randn(f, total, 0.5f), *hx = bt_randn(f, (size_t)M * K, 1.0f);
     float *hg = bt_randn(f, total, 0.1f);
