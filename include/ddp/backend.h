@@ -127,10 +127,12 @@ void ddp_blas_choose_kernels(char **argv);
 const char *ddp_blas_kernels_note(char *buf, size_t cap);
 const char *ddp_blas_better_core(const char *detected, int avx512, int avx2, int amd);
 
-/* The rate of fp32 matrix products of one core (CPU, with one BLAS thread for the
- * measurement) or of the GPU, in FLOP/s, measured by repeating a square product for
- * about `seconds`: the denominator of model FLOPs utilisation. Synchronizes. */
-ddp_status ddp_backend_gemm_peak(ddp_backend *b, double seconds, double *flops);
+/* The rate of matrix products C (M, N) = A (M, K) B (K, N) on b, in FLOP/s, in b's
+ * precision and with its threads: the product repeated on random data in blocks of about
+ * 50 ms until two blocks in a row agree within 3% (at most `seconds`), the best block's
+ * rate. The denominator of model FLOPs utilisation. Synchronizes. */
+ddp_status ddp_backend_gemm_peak(ddp_backend *b, int M, int N, int K, double seconds,
+                                 double *flops);
 
 /* ---- compute ------------------------------------------------------------------------ */
 

@@ -209,6 +209,9 @@ const char *ddp_model_describe(const ddp_model *m);
  * positions), counting 2 per multiply-add of the matrix products and the attention;
  * training costs about 3 times this. */
 double ddp_model_flops_per_sample(const ddp_model *m);
+/* The model's largest matrix product of a training pass over n samples: C (M, N) =
+ * A (M, K) B (K, N), M = rows per sample x n. What MFU's peak is measured at. */
+void ddp_model_largest_product(const ddp_model *m, size_t n, int *M, int *N, int *K);
 
 /* Initializes parameters and buffers from `seed` alone (one RNG stream per tensor), the
  * same on every rank that passes the same seed, each tensor as its kind declared it: MLP

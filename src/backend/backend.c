@@ -2,6 +2,7 @@
  * Public backend wrappers: argument checks, then dispatch through the ops table.
  * Keeping checks here means every implementation sees only valid calls.
  */
+#include <math.h>
 #include <stdlib.h>
 
 #include "backend/backend_impl.h"
@@ -147,36 +148,58 @@ ddp_status ddp_backend_run_wait_checks(ddp_backend *b) {
 
 int ddp_backend_has_wait_checks(const ddp_backend *b) { return b->n_wait_checks > 0; }
 
-ddp_status ddp_backend_gemm_peak(ddp_backend *b, double seconds, double *flops) {
-    /* A square product large enough to run at the kernels' full rate and small enough to
-     * repeat many times in the time given. One thread: the rate of one core. */
-    const int n = ddp_backend_is_host(b) ? 384 : 4096;
-    size_t bytes = (size_t)n * n * sizeof(float);
-    float *a = NULL, *c = NULL;
+/* Runs the product `reps` times and waits for it: the seconds it took. */
+static ddp_status time_products(ddp_backend *b, int M, int N, int K, const float *a,
+                                const float *w, float *c, int reps, double *seconds) {
+    double t0 = ddp_time_now();
+    for (int r = 0; r < reps; r++)
+        DDP_CHECK(ddp_backend_gemm(b, 0, 0, M, N, K, 1.0f, a, K, w, N, 0.0f, c, N));
+    DDP_CHECK(ddp_backend_sync(b));
+    *seconds = ddp_time_now() - t0;
+    return DDP_OK;
+}
+
+ddp_status ddp_backend_gemm_peak(ddp_backend *b, int M, int N, int K, double seconds,
+                                 double *flops) {
     *flops = 0.0;
-    ddp_status s = ddp_backend_alloc(b, bytes, (void **)&a);
-    if (s == DDP_OK) s = ddp_backend_alloc(b, bytes, (void **)&c);
-    if (s == DDP_OK) s = ddp_backend_zero(b, a, bytes);
-    int threads = b->ops->get_threads ? b->ops->get_threads(b) : 1;
-    if (b->ops->set_threads) b->ops->set_threads(b, 1);
-    int reps = 0;
-    double t0 = 0.0, t = 0.0;
-    for (int warm = 1; s == DDP_OK && (warm || t < seconds); warm = 0) {
-        /* The first product (cold caches, thread start) is not timed. */
-        s = ddp_backend_gemm(b, 0, 0, n, n, n, 1.0f, a, n, a, n, 0.0f, c, n);
-        if (s == DDP_OK) s = ddp_backend_sync(b);
-        if (warm) {
-            t0 = ddp_time_now();
-            continue;
-        }
-        reps++;
-        t = ddp_time_now() - t0;
+    if (M <= 0 || N <= 0 || K <= 0)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "matrix-product peak of %dx%dx%d: sizes must be "
+                        "positive", M, N, K);
+    size_t na = (size_t)M * K, nw = (size_t)K * N, nc = (size_t)M * N;
+    float *h = malloc((na > nw ? na : nw) * sizeof *h);
+    float *a = NULL, *w = NULL, *c = NULL;
+    ddp_status s = h ? DDP_OK : DDP_FAIL(DDP_ERR_NOMEM, "matrix-product peak: out of memory");
+    if (s == DDP_OK) s = ddp_backend_alloc(b, na * sizeof(float), (void **)&a);
+    if (s == DDP_OK) s = ddp_backend_alloc(b, nw * sizeof(float), (void **)&w);
+    if (s == DDP_OK) s = ddp_backend_alloc(b, nc * sizeof(float), (void **)&c);
+    /* Random data: zeros can run at another speed than real numbers. */
+    ddp_rng rng;
+    ddp_rng_seed(&rng, 0x9eac, 0);
+    for (size_t i = 0; s == DDP_OK && i < (na > nw ? na : nw); i++)
+        h[i] = ddp_rng_normal(&rng);
+    if (s == DDP_OK) s = ddp_backend_copy(b, a, h, na * sizeof(float), DDP_COPY_H2D);
+    if (s == DDP_OK) s = ddp_backend_copy(b, w, h, nw * sizeof(float), DDP_COPY_H2D);
+    /* The first products (cold caches, threads starting, kernels chosen) are not timed;
+     * they also size a block of about 50 ms. */
+    double t = 0.0, per = 2.0 * (double)M * N * K, best = 0.0, last = 0.0, spent = 0.0;
+    if (s == DDP_OK) s = time_products(b, M, N, K, a, w, c, 2, &t);
+    int reps = s == DDP_OK && t > 0.0 ? (int)(0.05 / (t / 2)) : 1;
+    if (reps < 1) reps = 1;
+    while (s == DDP_OK && spent < seconds) {
+        s = time_products(b, M, N, K, a, w, c, reps, &t);
+        if (s != DDP_OK || t <= 0.0) break;
+        spent += t;
+        double rate = per * reps / t;
+        if (rate > best) best = rate;
+        if (last > 0.0 && fabs(rate - last) <= 0.03 * last) break;
+        last = rate;
     }
-    if (b->ops->set_threads) b->ops->set_threads(b, threads);
     ddp_backend_dealloc(b, a);
+    ddp_backend_dealloc(b, w);
     ddp_backend_dealloc(b, c);
+    free(h);
     DDP_CHECK(s);
-    *flops = 2.0 * (double)n * n * n * reps / t;
+    *flops = best;
     return DDP_OK;
 }
 

@@ -236,7 +236,7 @@ static ddp_status add_stage(ddp_model *m, int i, int *H, int *W, int Cin, int Co
         free(K);
         DDP_CHECK(s);
     }
-    ddp_model_add_flops(m, 2.0 * (double)hw * Cout * Cin * k * k);
+    ddp_model_add_product(m, (int)hw, Cout, Cin * k * k); /* as im2col's product */
     DDP_CHECK(ddp_model_add_layer(m, &K->base));
 
     snprintf(name, sizeof name, "bn%d", i);

@@ -333,10 +333,15 @@ static ddp_status add_block(ddp_model *m, const ddp_model_spec *spec, int i) {
         free(K);
         DDP_CHECK(s);
     }
-    /* Per position of a full context: the four linear maps (24 C^2 multiply-adds x 2 ...
-     * counted as 2 FLOPs each) and attention's two products over all ctx positions. */
-    double T = spec->ctx, Cd = (double)C;
-    ddp_model_add_flops(m, T * (2.0 * 12.0 * Cd * Cd + 4.0 * T * Cd));
+    /* Per sequence of a full context: the four linear maps (24 C^2 multiply-adds per
+     * position, counted as 2 FLOPs each) and attention's two products over all ctx
+     * positions. */
+    int T = spec->ctx, Ci = spec->dim;
+    ddp_model_add_product(m, T, 3 * Ci, Ci); /* qkv */
+    ddp_model_add_product(m, T, Ci, Ci);     /* the attention's projection */
+    ddp_model_add_product(m, T, 4 * Ci, Ci); /* the MLP's up projection */
+    ddp_model_add_product(m, T, Ci, 4 * Ci); /* and down */
+    ddp_model_add_flops(m, 4.0 * T * T * Ci);
     DDP_CHECK(ddp_model_add_layer(m, &K->base));
     return DDP_OK;
 }
@@ -422,7 +427,7 @@ static ddp_status build(ddp_model *m, const ddp_model_spec *spec, char *describe
     H->C = spec->dim;
     H->V = vocab;
     ddp_model_share_param(m, E->wte);
-    ddp_model_add_flops(m, (double)spec->ctx * 2.0 * (double)V * (double)C);
+    ddp_model_add_product(m, spec->ctx, (int)V, spec->dim);
     DDP_CHECK(ddp_model_add_layer(m, &H->base));
     return DDP_OK;
 }

@@ -124,6 +124,10 @@ ddp_backend *ddp_model_backend(ddp_model *m);
 void ddp_model_set_positions(ddp_model *m, size_t max_pos);
 /* Adds to the forward FLOPs per sample (see ddp_model_flops_per_sample). */
 void ddp_model_add_flops(ddp_model *m, double flops);
+/* Adds a matrix product of `rows` rows per sample, N columns and reduction length K to
+ * the forward FLOPs (2 rows N K per sample) and keeps the largest for
+ * ddp_model_largest_product. */
+void ddp_model_add_product(ddp_model *m, int rows, int N, int K);
 
 /* ---- gradients (called by layers during backward) ------------------------------------ */
 

@@ -61,6 +61,7 @@ struct ddp_model {
     void *param_wait_ctx;
     char describe[256];
     double flops;
+    int big_rows, big_N, big_K; /* the largest matrix product per sample (add_product) */
 };
 
 /* ---- building ------------------------------------------------------------------------ */
@@ -155,6 +156,23 @@ float *ddp_model_dw(ddp_model *m, int id) { return m->grads + m->tensors[id].vie
 ddp_backend *ddp_model_backend(ddp_model *m) { return m->backend; }
 void ddp_model_set_positions(ddp_model *m, size_t max_pos) { m->max_pos = max_pos ? max_pos : 1; }
 void ddp_model_add_flops(ddp_model *m, double flops) { m->flops += flops; }
+
+void ddp_model_add_product(ddp_model *m, int rows, int N, int K) {
+    double work = (double)rows * N * K;
+    m->flops += 2.0 * work;
+    if (work > (double)m->big_rows * m->big_N * m->big_K) {
+        m->big_rows = rows;
+        m->big_N = N;
+        m->big_K = K;
+    }
+}
+
+void ddp_model_largest_product(const ddp_model *m, size_t n, int *M, int *N, int *K) {
+    size_t rows = (size_t)m->big_rows * n;
+    *M = rows > 0x7fffffff ? 0x7fffffff : (int)rows;
+    *N = m->big_N;
+    *K = m->big_K;
+}
 
 /* a * b + c with overflow checks, for the arena's size. */
 static int grow(size_t *total, size_t a, size_t b) {

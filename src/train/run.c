@@ -95,23 +95,29 @@ static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, const 
     return DDP_OK;
 }
 
-/* The rate of matrix products this rank could reach (one core's measured rate times its
- * threads, or the GPU's), for MFU; 0 when it could not be measured. */
+/* The rate of matrix products this rank could reach, for MFU: measured in the run's
+ * precision with the rank's threads, at the model's own largest product and at a large
+ * square, the higher of the two (a step's products cannot beat both, so MFU stays under
+ * 100%); 0 when it could not be measured. */
 static double measure_peak(ddp_trainer *t) {
-    double core = 0.0;
-    if (ddp_backend_gemm_peak(t->backend, 0.2, &core) != DDP_OK) {
+    int M, N, K, sq = ddp_backend_is_host(t->backend) ? 1024 : 8192;
+    ddp_model_largest_product(t->model, t->cfg.micro_batch, &M, &N, &K);
+    double shape = 0.0, square = 0.0;
+    ddp_status s = ddp_backend_gemm_peak(t->backend, M, N, K, 1.0, &shape);
+    if (s == DDP_OK) s = ddp_backend_gemm_peak(t->backend, sq, sq, sq, 1.0, &square);
+    if (s != DDP_OK) {
         ddp_log_warn("could not measure the matrix-product peak: %s (MFU not reported)",
                      ddp_error_message());
         ddp_error_clear();
         return 0.0;
     }
-    int threads = ddp_backend_is_host(t->backend) ? ddp_backend_threads(t->backend) : 1;
+    double peak = shape > square ? shape : square;
     if (!t->cfg.quiet)
-        ddp_log_info("matrix-product peak %.1f GFLOP/s per %s (measured), x %d thread(s) x %d "
-                     "rank(s) for MFU",
-                     core / 1e9, ddp_backend_is_host(t->backend) ? "core" : "device", threads,
-                     t->world);
-    return core * threads;
+        ddp_log_info("matrix-product peak %.1f GFLOP/s per rank in %s (measured: the model's "
+                     "largest product %dx%dx%d %.1f, a %d-cube %.1f), x %d rank(s) for MFU",
+                     peak / 1e9, ddp_math_names[ddp_backend_math(t->backend)], M, N, K,
+                     shape / 1e9, sq, square / 1e9, t->world);
+    return peak;
 }
 
 /* One progress line and one metrics record. */
@@ -197,6 +203,13 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
                      positions > 1 ? " of windows of the context length" : "",
                      (long long)t->total_steps, spe);
     if (!c->quiet && t->rank == 0) log_memory(t);
+    /* Emulated bf16 computes what bf16 hardware would, slower than fp32 (measured: 0.7-0.9x,
+     * bench/results/mixed-precision.md): worth saying, on every rank's behalf once. */
+    if (!c->quiet && t->rank == 0 && ddp_backend_math(t->backend) == DDP_MATH_BF16 &&
+        !ddp_backend_bf16_native(t->backend))
+        ddp_log_warn("the bf16 products are emulated on fp32 kernels (this CPU has neither "
+                     "AVX512-BF16 nor AMX, or DDP_BF16_KERNELS=emulate): the numbers of bf16 "
+                     "hardware, but slower than --precision fp32, which is faster here");
     /* MFU needs the peak: measured once, where someone reads it. */
     if ((!c->quiet || c->metrics_path[0]) && t->peak_flops == 0.0) t->peak_flops = measure_peak(t);
     /* Training costs about 3 forward passes (forward, and backward's two products). */
@@ -239,8 +252,20 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
             r.samples_per_s =
                 (double)(t->samples - window_samples) / (now - window_start - eval_time);
             r.tokens_per_s = r.samples_per_s * (double)positions;
-            if (t->peak_flops > 0.0)
-                r.mfu = train_flops * r.samples_per_s / (t->peak_flops * t->world);
+            if (t->peak_flops > 0.0) {
+                /* A step is products and more, so its rate is a measurement of the peak too:
+                 * where it beats the measured one (by the noise of the two), the peak is the
+                 * step's, and MFU cannot pass 100%. */
+                double rate = train_flops * r.samples_per_s / (double)t->world;
+                if (rate > t->peak_flops) {
+                    if (!c->quiet)
+                        ddp_log_info("training reached %.1f GFLOP/s per rank, past the measured "
+                                     "matrix-product peak of %.1f: the peak is now that rate",
+                                     rate / 1e9, t->peak_flops / 1e9);
+                    t->peak_flops = rate;
+                }
+                r.mfu = rate / t->peak_flops;
+            }
             double eta = (now - run_start) / (double)(t->step - first_step) *
                          (double)(t->total_steps - t->step);
             r.train_s = now - run_start - eval_total;

@@ -40,7 +40,10 @@ last = recs[-1]
 for k in ("tokens_per_s", "mfu", "val_loss", "val_bpb", "val_accuracy", "loss"):
     assert k in last and last[k] is not None, k
 assert abs(last["val_bpb"] - last["val_loss"] / math.log(2)) < 1e-6
-assert last["tokens_per_s"] > 0 and 0 < last["mfu"] < 1.5
+assert last["tokens_per_s"] > 0
+# MFU against a peak measured at the model's largest product, raised to any step's rate
+# that beats it: never above 1.
+assert all(0 < r["mfu"] <= 1.0 for r in recs), [r["mfu"] for r in recs]
 assert last["val_loss"] < 3.0, last["val_loss"]
 assert sum(1 for r in recs if "val_loss" in r) == 2
 EOF

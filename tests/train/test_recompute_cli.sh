@@ -121,6 +121,8 @@ for path in sys.argv[1:]:
             assert images_mib <= v <= ram_mib, (path, r["step"], rss, images_mib, ram_mib)
             assert v >= prev[i], (path, r["step"], rss, prev)
         prev = rss
+        # MFU can never pass 100% (run.c: the peak is raised to any step's rate above it).
+        assert 0 < r["mfu"] <= 1.0, (path, r["step"], r["mfu"])
 PY
 then
     echo "ok   metrics_carry_every_ranks_peak_rss"; passes=$((passes + 1))
