@@ -111,6 +111,7 @@ typedef struct {
     int top_k;
     uint64_t seed;
     int device; /* ddp_device_kind */
+    int math;   /* ddp_math: the products' precision */
     int threads;
     int verbose;
     int help;

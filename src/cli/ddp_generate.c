@@ -96,6 +96,7 @@ int main(int argc, char **argv) {
     }
     if (o.verbose) ddp_log_show_traces(1);
     ddp_backend_options bo = {.device = (ddp_device_kind)o.device,
+                              .math = (ddp_math)o.math,
                               .threads = ddp_cli_default_threads(o.threads, 1)};
     ddp_backend *b = NULL;
     ddp_model *m = NULL;

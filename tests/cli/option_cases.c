@@ -109,6 +109,7 @@ const opt_case generate_cases[] = {
     {"top-k", "0", "k", NULL},
     {"seed", "7", "-7", NULL},
     {"device", "cpu", "tpu", NULL},
+    {"precision", "bf16", "fp16", NULL},
     {"threads", "2", "0", NULL},
     {"verbose", NULL, "1", NULL},
     {"help", NULL, "1", NULL},
