@@ -110,6 +110,11 @@ typedef struct {
     size_t max_global_batch;
     /* failure detection (per rank; not part of the fingerprint) */
     float timeout_s; /* a collective blocked this long ends the job (--timeout); 0 = never */
+    int flight_ring; /* collectives the flight recorder keeps (ddp/flight.h); 0 = off */
+    char flight_dir[DDP_PATH_MAX]; /* where a failed job's rings go; "" = checkpoint_dir or . */
+    /* compare every collective's fingerprint over the ranks before it runs (in the
+     * fingerprint: it adds collectives) */
+    int check_collectives;
 } ddp_train_config;
 
 /* The option tables of a training configuration for model kind `kind`, with their bases in

@@ -41,6 +41,7 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
     if (!ddp_cli_phase_ok(ctrl, s, "checking the batch configuration")) return DDP_CLI_EXIT_USAGE;
     /* From here on a rank that dies or hangs ends the job after --timeout seconds. */
     if (!ddp_cli_start_watchdog(ctrl, cfg->timeout_s)) return 1;
+    if (!ddp_cli_start_flight(ctrl, cfg)) return 1;
 
     ddp_backend *backend = NULL;
     ddp_comm *comm = NULL;
@@ -92,7 +93,7 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
     double wall = ddp_time_now() - t0, cpu = ddp_thread_cpu_time() - cpu0;
     if (s != DDP_OK) {
         ddp_log_current_error("training");
-        ddp_comm_abort(ctrl, 1);
+        ddp_cli_abort(ctrl, 1, "training failed");
     }
     /* Phase times: mean over steps and over ranks; the wall time: max over ranks. The
      * training thread's CPU seconds (mean too) are what a step costs in compute, which
@@ -106,7 +107,7 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
     if (s == DDP_OK) s = ddp_bench_max_over_ranks(ctrl, &rss);
     if (s != DDP_OK) {
         ddp_log_current_error("gathering the timings");
-        ddp_comm_abort(ctrl, 1);
+        ddp_cli_abort(ctrl, 1, "gathering the timings failed");
     }
     double per = 1.0 / ((double)a.bench_steps * world);
     for (int i = 0; i < 9; i++)

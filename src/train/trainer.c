@@ -167,6 +167,8 @@ static ddp_status create(ddp_trainer *t, ddp_backend *b, ddp_comm *comm, ddp_com
     ddp_gns_ema_init(&t->gns, t->cfg.gns_ema);
     t->rank = ddp_comm_rank(comm);
     t->world = ddp_comm_size(comm);
+    /* What the flight recorder calls it (ctrl may be the same communicator). */
+    if (comm != ctrl) ddp_comm_set_name(comm, "gradients");
     ddp_status s = setup_local(t, b);
     if (s != DDP_OK) ddp_error_trace(__FILE__, __LINE__);
     /* All ranks agree on the outcome before the first collective of the run, so a rank
