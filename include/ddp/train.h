@@ -210,6 +210,10 @@ typedef struct {
     double loss;      /* mean training loss over the global batch (logged steps) */
     double grad_norm; /* global gradient norm, before clipping */
     double t_forward, t_backward, t_allreduce, t_optim, t_step; /* seconds */
+    double t_data; /* loading the batch and its micro-batches (not in t_forward) */
+    /* the phase times were measured with the device idle at their edges (every step on the
+     * CPU, the logged steps on a GPU) */
+    int timed;
     double t_exposed;   /* part of the all-reduce time not hidden behind backward (with
                          * --zero: of the reduce-scatters' and the all-gather's, t_allgather
                          * not hidden behind forward) */
@@ -255,7 +259,7 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy);
 
 /* Bytes per rank of the training state under the run's settings (--zero, the buckets). */
 typedef struct {
-    size_t params; /* the parameters: every stage keeps all of them */
+    size_t params;      /* the parameters: every stage keeps all of them */
     size_t params_bf16; /* --precision bf16 under --zero 0: their bf16 copy for the products */
     /* Gradient memory resident at its peak: the whole flat buffer, or under --zero 2 the
      * two largest buckets (one being written by backward while the other is sent); the

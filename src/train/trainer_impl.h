@@ -7,6 +7,7 @@
 
 #include "ddp/train.h"
 #include "train/noise_scale.h"
+#include "train/straggler.h"
 
 /* Where the batches come from: a data source per ddp_data_kind (sources.c), labelled
  * samples (source_idx.c) or windows of a text (source_text.c). A source keeps its state in
@@ -115,12 +116,13 @@ struct ddp_trainer {
     double *d_gns_sq;   /* (1) device: this step's squares of this rank's micro-batch
                          * gradient, summed as backward reports them; read once per step */
     size_t gns_covered; /* elements summed into d_gns_sq so far */
-    double gns_time;     /* seconds this step spent measuring it */
+    double gns_time;    /* seconds this step spent measuring it */
     /* the batch schedule (batch_schedule.c); cfg.global_batch and cfg.accum are the
      * current ones */
     size_t start_batch; /* cfg.global_batch as configured */
     int start_accum;
-    int64_t batch_step; /* the step after which the batch last changed */
+    int64_t batch_step;      /* the step after which the batch last changed */
+    ddp_straggler straggler; /* the straggler report over the logging steps (run.c) */
 };
 
 /* Where the small-batch gradient of the noise scale comes from (noise_scale.c). */
