@@ -110,12 +110,12 @@ void ddp_flight_reset(void);
 /* ---- dumps ---------------------------------------------------------------------------- */
 
 /* This process's place in the job and where its dump goes: DIR/flight-rankR.json (DIR
- * copied; it must exist). Not thread-safe (set-up). */
+ * copied; it must exist). A new path may be written once more. Not thread-safe (set-up). */
 void ddp_flight_set_rank(int rank, int world);
 ddp_status ddp_flight_set_dir(const char *dir);
 /* The path of this process's dump. */
 const char *ddp_flight_dump_path(void);
-/* Writes the ring as JSON to the dump path, once per process: returns 1 when this call
+/* Writes the ring as JSON to the dump path, once per path: returns 1 when this call
  * wrote it, 0 when it had been written already, is being written, recording is off, or
  * the file could not be written. `reason` says why ("watchdog: ..."). Async-signal-safe
  * (no allocation, no stdio, no locks): a fatal signal's handler calls it. */

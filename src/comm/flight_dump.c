@@ -23,15 +23,18 @@
 #include "comm/comm_impl.h"
 #include "ddp/watchdog.h"
 
+static atomic_int dump_state; /* 0 not written, 1 being written, 2 written */
 static int dump_rank, dump_world = 1;
 static char dump_host[64] = "?";
 #define PATH_CAP 4096
 static char dump_dir[PATH_CAP] = ".";
 static char dump_path[PATH_CAP + 32] = "./flight-rank0.json";
-static atomic_int dump_state; /* 0 not written, 1 being written, 2 written */
 
+/* A new path is a new file: it may be written once again. */
 static void make_paths(void) {
     snprintf(dump_path, sizeof dump_path, "%s/flight-rank%d.json", dump_dir, dump_rank);
+    int written = 2;
+    atomic_compare_exchange_strong(&dump_state, &written, 0);
 }
 
 void ddp_flight_set_rank(int rank, int world) {
