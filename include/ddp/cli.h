@@ -194,8 +194,9 @@ void ddp_cli_abort(ddp_comm *ctrl, int code, const char *reason);
  * answer the other ranks): --check-collectives compared over the ranks and, where given,
  * turned on for ctrl and every communicator created after; the ring of --flight-ring; its
  * dumps in --flight-dir (else --checkpoint-dir, else the working directory), created where
- * missing; the side channel; the fatal signals. Names ctrl "control". Returns 1 when every
- * rank set it up. COLLECTIVE over ctrl. */
+ * missing; the side channel; the fatal signals. Names ctrl "control". Returns 0 when every
+ * rank set it up, else the exit status to end with (DDP_CLI_EXIT_USAGE when the ranks
+ * disagree on --check-collectives). COLLECTIVE over ctrl. */
 int ddp_cli_start_flight(ddp_comm *ctrl, const ddp_train_config *cfg);
 /* Closes the side channel, after ddp_watchdog_free. COLLECTIVE. */
 void ddp_cli_stop_flight(void);

@@ -50,7 +50,8 @@ typedef struct ddp_comm_req ddp_comm_req;
 
 /* Initializes MPI (with thread level MPI_THREAD_MULTIPLE where available, else the best
  * offered) if nobody has yet. Call once at program start, before any comm is created.
- * Returns the thread level obtained in *thread_level (may be NULL). Not collective. */
+ * Returns the thread level obtained in *thread_level (may be NULL); tells the flight
+ * recorder this process's rank (ddp_flight_set_rank). Not collective. */
 ddp_status ddp_mpi_init(int *argc, char ***argv, int *thread_level);
 /* Nonzero when MPI runs with MPI_THREAD_MULTIPLE (any thread may call it). */
 int ddp_mpi_thread_multiple(void);

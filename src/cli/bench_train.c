@@ -41,7 +41,8 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
     if (!ddp_cli_phase_ok(ctrl, s, "checking the batch configuration")) return DDP_CLI_EXIT_USAGE;
     /* From here on a rank that dies or hangs ends the job after --timeout seconds. */
     if (!ddp_cli_start_watchdog(ctrl, cfg->timeout_s)) return 1;
-    if (!ddp_cli_start_flight(ctrl, cfg)) return 1;
+    int flight = ddp_cli_start_flight(ctrl, cfg);
+    if (flight != 0) return flight;
 
     ddp_backend *backend = NULL;
     ddp_comm *comm = NULL;

@@ -94,7 +94,11 @@ int main(int argc, char **argv) {
     if (!ddp_cli_start_watchdog(ctrl, cfg->timeout_s)) goto done;
     /* Where the watchdog and aborts write what each rank was doing, and how rank 0 learns
      * it from the others. */
-    if (!ddp_cli_start_flight(ctrl, cfg)) goto done;
+    int flight = ddp_cli_start_flight(ctrl, cfg);
+    if (flight != 0) {
+        code = flight;
+        goto done;
+    }
 
     if (!ddp_cli_create_backend(ctrl, cfg, &backend)) goto done;
 

@@ -24,6 +24,9 @@ static void end_job(ddp_comm *ctrl, const char *reason, int code, int main_threa
     ddp_flight_outcome o;
     ddp_flight_conclude(reason, code, &o);
     if (o.gathered) {
+        if (o.rank0_silent)
+            ddp_log_error("flight recorder: rank 0 did not end the job when told: this rank "
+                          "gathered instead");
         ddp_log_error("flight recorder: %s", o.verdict);
         ddp_log_error("flight recorder: ranks %s wrote their last collectives to "
                       "flight-rankR.json in their --flight-dir (here %s); cluster/ddp-flight "
@@ -67,23 +70,23 @@ int ddp_cli_start_flight(ddp_comm *ctrl, const ddp_train_config *cfg) {
                      "--check-collectives is given to rank %d but not to rank %d (%d rank(s) "
                      "differ from rank 0): give it to every rank or to none",
                      at_rank0 ? 0 : first, at_rank0 ? first : 0, n);
-    if (!ddp_cli_phase_ok(ctrl, s, "comparing --check-collectives")) return 0;
+    if (!ddp_cli_phase_ok(ctrl, s, "comparing --check-collectives")) return DDP_CLI_EXIT_USAGE;
     /* Per rank: the ring and where it goes. */
     const char *dir = cfg->flight_dir[0] ? cfg->flight_dir : cfg->checkpoint_dir;
     s = ddp_flight_configure((size_t)cfg->flight_ring);
     if (s == DDP_OK && dir[0]) s = ddp_mkdirs(dir, "--flight-dir");
     if (s == DDP_OK) s = ddp_flight_set_dir(dir[0] ? dir : ".");
-    if (!ddp_cli_phase_ok(ctrl, s, "setting up the flight recorder")) return 0;
+    if (!ddp_cli_phase_ok(ctrl, s, "setting up the flight recorder")) return 1;
     /* Collective: every rank opens the channel and says how often it answers. */
     s = ddp_flight_channel_open(ddp_watchdog_poll_s());
     if (s == DDP_OK && cfg->check_collectives) {
         s = ddp_comm_check_collectives(ctrl);
         ddp_comm_check_all(1);
     }
-    if (!ddp_cli_phase_ok(ctrl, s, "opening the flight recorder's channel")) return 0;
+    if (!ddp_cli_phase_ok(ctrl, s, "opening the flight recorder's channel")) return 1;
     ddp_flight_catch_signals();
     ddp_watchdog_set_tick(flight_tick, ctrl);
-    return 1;
+    return 0;
 }
 
 void ddp_cli_stop_flight(void) {

@@ -155,8 +155,11 @@ ddp_status ddp_comm_check_compare(ddp_comm *c, const ddp_flight_entry *e) {
     char a[256], b[256];
     describe(&k->both[0], 0, comm, a, sizeof a);
     describe(&k->both[first], first, comm, b, sizeof b);
+    int same_site = strcmp(k->both[0].site, k->both[first].site) == 0;
     return DDP_FAIL(DDP_ERR_MISMATCH,
-                    "--check-collectives: %s, %s%s; the ranks took different paths through the "
-                    "code (a desync), and the collectives would not have matched",
-                    a, b, n_diff > 1 ? " (and more ranks differ from rank 0)" : "");
+                    "--check-collectives: %s, %s%s: a desync (%s), stopped before the "
+                    "collectives could hang or mix unrelated data",
+                    a, b, n_diff > 1 ? " (and more ranks differ from rank 0)" : "",
+                    same_site ? "the same call with other arguments on each rank"
+                              : "the ranks took different paths through the code");
 }

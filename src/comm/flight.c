@@ -36,6 +36,8 @@ ddp_status ddp_flight_configure(size_t entries) {
     if (entries > DDP_FLIGHT_MAX_RING)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "--flight-ring %zu: at most %d collectives", entries,
                         DDP_FLIGHT_MAX_RING);
+    if (entries == ring_cap)
+        return DDP_OK; /* the same ring: keep what it holds (the set-up's collectives) */
     ddp_flight_entry *fresh = default_ring;
     if (entries > DDP_FLIGHT_DEFAULT_RING) {
         fresh = calloc(entries, sizeof *fresh);

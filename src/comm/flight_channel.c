@@ -269,6 +269,7 @@ void ddp_flight_conclude(const char *reason, int code, ddp_flight_outcome *out) 
     double poll0 = open ? ch.poll[0] : 0.0;
     int notice = ch.notice_from;
     pthread_mutex_unlock(&ch.mu);
+    double waited = 0.0;
     if (!open || world < 2) return;
     if (rank != 0 && poll0 > 0.0 && notice < 0) {
         /* Rank 0 gathers and ends the job; until it does, this rank answers. */
@@ -287,6 +288,7 @@ void ddp_flight_conclude(const char *reason, int code, ddp_flight_outcome *out) 
             sleep_ms(5);
         }
         out->rank0_silent = 1;
+        waited = wait_s;
     }
     /* This rank gathers: rank 0, or the rank that told it and was not ended. */
     ddp_flight_summary *got = calloc((size_t)world, sizeof *got);
@@ -297,6 +299,7 @@ void ddp_flight_conclude(const char *reason, int code, ddp_flight_outcome *out) 
         all[rank] = mine;
         /* Rank 0 did not end the job as told: it is not waited for again. */
         double silent_s = gather(reason, out->rank0_silent ? 0 : -1, got, all);
+        if (waited > silent_s) silent_s = waited; /* what rank 0 had to answer */
         out->desync = ddp_flight_verdict(all, world, silent_s, out->verdict, sizeof out->verdict);
         int *answered = calloc((size_t)world, sizeof *answered);
         for (int q = 0; answered && q < world; q++)

@@ -180,7 +180,17 @@ static void desync_text(text *t, const ddp_flight_summary *const *all, int world
         call_text(t, a, 1);
         first = 0;
     }
-    add(t, ": desync (the ranks called different collectives)");
+    /* One call with other arguments, or different calls: where the code parted. */
+    int same = 1;
+    const ddp_flight_brief *ref = NULL;
+    for (int r = 0; r < n; r++) {
+        const ddp_flight_brief *b = find(all[r], comm, seq);
+        if (!b) continue;
+        if (!ref) ref = b;
+        same &= b->op == ref->op && strcmp(b->site, ref->site) == 0;
+    }
+    add(t, same ? ": desync (the same call with other arguments on each rank)"
+                : ": desync (the ranks called different collectives)");
     silent_text(t, silent, n, silent_s);
 }
 

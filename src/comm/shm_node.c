@@ -57,11 +57,13 @@ static ddp_status open_pass(ddp_shm_node *n, const char *what, size_t offset, si
     int other = ddp_shm_gate_pass_compare(n->gate, offset, count, &their_off, &their_count);
     if (other < 0) return DDP_OK;
     ddp_shm_gate_pass(n->gate);
+    char theirs[32], mine[32];
+    ddp_flight_count_text(their_count, theirs, sizeof theirs);
+    ddp_flight_count_text(count, mine, sizeof mine);
     return DDP_FAIL(DDP_ERR_COMM,
-                    "%s in node-shared memory: node rank %d has %llu elements at byte %llu, this "
-                    "rank %zu at byte %zu: the ranks' collectives do not match (a desync)",
-                    what, other, (unsigned long long)their_count, (unsigned long long)their_off,
-                    count, offset);
+                    "%s in node-shared memory: node rank %d has %s elements at byte %llu, this "
+                    "rank %s at byte %zu: the ranks' collectives do not match (a desync)",
+                    what, other, theirs, (unsigned long long)their_off, mine, offset);
 }
 
 /* Each rank sums its share of the elements over all ranks, in rank order, and writes the

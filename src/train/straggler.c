@@ -49,7 +49,7 @@ int ddp_straggler_update(ddp_straggler *s, const double *times, const double *st
         for (int p = 0; p < DDP_PHASE_COUNT; p++) {
             double t = times[r * DDP_PHASE_COUNT + p], e = t - median[p];
             if (t > DDP_STRAGGLER_RATIO * median[p] && e > DDP_STRAGGLER_FLOOR * step &&
-                e > excess) {
+                e > DDP_STRAGGLER_MIN_S && e > excess) {
                 rank = r;
                 phase = p;
                 excess = e;

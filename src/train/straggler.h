@@ -1,7 +1,10 @@
 /* The straggler report: on every logging step each rank's forward, backward and data times
  * (means over the steps since the last logging step) are gathered, and a rank that has
- * been more than 20% slower than the median rank in one phase, by at least 5% of a step,
- * for DDP_STRAGGLER_LOGS logging steps in a row is named with that phase. The median of
+ * been more than 20% slower than the median rank in one phase, by more than 10% of a step
+ * and more than 1 ms, for DDP_STRAGGLER_LOGS logging steps in a row is named with that
+ * phase. The floors keep the jitter of short steps quiet (ranks sharing cores differ by a
+ * tenth of a millisecond or so in steps of one): what is named costs every rank a tenth of
+ * its step. The median of
  * an even number of ranks is the lower middle one: the straggler must not raise the
  * reference it is compared to (with two ranks, the other rank is the reference). Pure, so
  * that every case is tested without a job (tests/train/test_straggler.c). */
@@ -18,7 +21,8 @@ typedef enum { DDP_STRAGGLER_PHASES(DDP_X_VALUE) DDP_PHASE_COUNT } ddp_phase;
 extern const char *const ddp_phase_names[];
 
 #define DDP_STRAGGLER_RATIO 1.2  /* slower than the median by more than this factor, */
-#define DDP_STRAGGLER_FLOOR 0.05 /* and by more than this part of the median step, */
+#define DDP_STRAGGLER_FLOOR 0.10 /* and by more than this part of the median step */
+#define DDP_STRAGGLER_MIN_S 1e-3 /* and more than this many seconds, */
 #define DDP_STRAGGLER_LOGS  3    /* for this many logging steps in a row */
 
 typedef struct {
