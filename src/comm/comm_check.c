@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "comm/comm_impl.h"
 #include "ddp/watchdog.h"
@@ -67,6 +68,7 @@ ddp_status ddp_comm_check_collectives(ddp_comm *c) {
     s = ddp_mpi_agree_local(MPI_COMM_WORLD, s, "preparing --check-collectives");
     int rc = MPI_SUCCESS;
     if (s == DDP_OK) {
+        /* Every rank of c reaches this: it turns the check on for c on all of them. */
         int wd = ddp_watchdog_arm("creating the communicator of --check-collectives");
         rc = MPI_Comm_dup(MPI_COMM_WORLD, &k->comm);
         ddp_watchdog_disarm(wd);
@@ -93,6 +95,29 @@ void ddp_comm_check_free(ddp_comm_check *k) {
     free(k->all);
     free(k->both);
     free(k);
+}
+
+/* An all-gather of `bytes` per rank that sleeps while it waits for the other ranks, rather
+ * than spin in MPI as a blocking call would: the comparison runs before every bucket on
+ * the reducer's thread, whose waiting must leave the core to backward (as the node gate
+ * does for the all-reduce itself, shm_gate.h). The first tests are immediate; then the
+ * sleeps grow to 200 us, which a collective of a late rank outlasts anyway. */
+static ddp_status gather_sleeping(ddp_comm_check *k, const void *mine, void *all, int bytes) {
+    MPI_Request req;
+    int rc = MPI_Iallgather(mine, bytes, MPI_BYTE, all, bytes, MPI_BYTE, k->comm, &req);
+    long ns = 0;
+    for (int done = 0; rc == MPI_SUCCESS;) {
+        rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+        if (done) break;
+        if (ns > 0) {
+            struct timespec ts = {.tv_sec = 0, .tv_nsec = ns};
+            nanosleep(&ts, NULL);
+        }
+        ns = ns == 0 ? 2000 : ns < 200000 ? 2 * ns : 200000;
+    }
+    if (rc != MPI_SUCCESS)
+        return ddp_mpi_fail(rc, "MPI_Iallgather (--check-collectives)", __FILE__, __LINE__);
+    return DDP_OK;
 }
 
 /* FNV-1a: the site's text, not its address (the same literal may sit at different
@@ -129,11 +154,9 @@ ddp_status ddp_comm_check_compare(ddp_comm *c, const ddp_flight_entry *e) {
     mine.redop = e->redop;
     /* Collective over every rank of c, which reaches it before each collective on c. */
     int wd = ddp_watchdog_arm("comparison of collectives (--check-collectives)");
-    int rc = MPI_Allgather(&mine, (int)sizeof mine, MPI_BYTE, k->all, (int)sizeof mine, MPI_BYTE,
-                           k->comm);
+    ddp_status s = gather_sleeping(k, &mine, k->all, (int)sizeof mine);
     ddp_watchdog_disarm(wd);
-    if (rc != MPI_SUCCESS)
-        return ddp_mpi_fail(rc, "MPI_Allgather (--check-collectives)", __FILE__, __LINE__);
+    DDP_CHECK(s);
     int first = -1, n_diff = 0;
     for (int r = 1; r < k->size; r++)
         if (memcmp(&k->all[r], &k->all[0], sizeof mine) != 0) {
@@ -147,10 +170,9 @@ ddp_status ddp_comm_check_compare(ddp_comm *c, const ddp_flight_entry *e) {
     me.f = mine;
     snprintf(me.site, sizeof me.site, "%s", e->site ? e->site : "?");
     wd = ddp_watchdog_arm("comparison of collectives (--check-collectives)");
-    rc = MPI_Allgather(&me, (int)sizeof me, MPI_BYTE, k->both, (int)sizeof me, MPI_BYTE, k->comm);
+    s = gather_sleeping(k, &me, k->both, (int)sizeof me);
     ddp_watchdog_disarm(wd);
-    if (rc != MPI_SUCCESS)
-        return ddp_mpi_fail(rc, "MPI_Allgather (--check-collectives)", __FILE__, __LINE__);
+    DDP_CHECK(s);
     const char *comm = ddp_flight_comm_name(c->flight_id);
     char a[256], b[256];
     describe(&k->both[0], 0, comm, a, sizeof a);

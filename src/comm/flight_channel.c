@@ -74,6 +74,7 @@ ddp_status ddp_flight_channel_open(double poll_s) {
         free(poll);
         DDP_CHECK(s);
     }
+    /* Every rank opens the channel, in the same set-up phase (ddp_cli_start_flight). */
     MPI_Comm comm;
     int rc = MPI_Comm_dup(MPI_COMM_WORLD, &comm);
     if (rc != MPI_SUCCESS) {
@@ -268,9 +269,13 @@ void ddp_flight_conclude(const char *reason, int code, ddp_flight_outcome *out) 
     int open = ch.open, rank = ch.rank, world = ch.world;
     double poll0 = open ? ch.poll[0] : 0.0;
     int notice = ch.notice_from;
+    /* Nobody else would answer (no watchdog anywhere, --timeout 0): nothing to gather. */
+    int answering = 0;
+    for (int q = 0; open && q < world; q++)
+        answering += q != rank && ch.poll[q] > 0.0;
     pthread_mutex_unlock(&ch.mu);
     double waited = 0.0;
-    if (!open || world < 2) return;
+    if (!open || world < 2 || answering == 0) return;
     if (rank != 0 && poll0 > 0.0 && notice < 0) {
         /* Rank 0 gathers and ends the job; until it does, this rank answers. */
         MPI_Request req = MPI_REQUEST_NULL;

@@ -252,10 +252,12 @@ static int write_dump(int fd, const char *reason) {
 int ddp_flight_dump_to(const char *path, const char *reason) {
     char tmp[PATH_CAP + 48];
     size_t n = strlen(path);
-    if (n + 5 >= sizeof tmp) return 0;
+    if (n + 9 >= sizeof tmp) return 0;
     memcpy(tmp, path, n);
-    memcpy(tmp + n, ".tmp", 5);
-    /* Written aside and renamed: a reader never sees half a file. */
+    /* Written aside and renamed: a reader never sees half a file. The name is not a
+     * checkpoint's ".tmp": the default directory is --checkpoint-dir, and a dump cut short
+     * by SIGKILL must not look like a checkpoint's unfinished write. */
+    memcpy(tmp + n, ".partial", 9);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return 0;
     int ok = write_dump(fd, reason);
