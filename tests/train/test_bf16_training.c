@@ -41,21 +41,7 @@ static int rank, world;
 
 static ddp_train_config mlp(void) { return small_mlp_config(20, 5); }
 static ddp_train_config gpt(void) { return tiny_gpt_config(12, 4); }
-static ddp_train_config cnn(void) {
-    ddp_train_config c;
-    ddp_train_config_defaults_for(&c, DDP_MODEL_CNN);
-    c.model.conv.n = 2;
-    c.model.conv.v[0] = 4;
-    c.model.conv.v[1] = 6;
-    c.model.hidden.v[0] = 8;
-    c.global_batch = 16;
-    c.max_steps = 8;
-    c.sched.warmup_steps = 2;
-    c.sched.base_lr = 0.05f;
-    c.log_every = 4;
-    c.quiet = 1;
-    return c;
-}
+static ddp_train_config cnn(void) { return tiny_cnn_config(8, 4); }
 
 static const ddp_dataset *train_of(const ddp_train_config *c) {
     return c->model.kind == DDP_MODEL_CNN ? &img_train : &train_set;

@@ -296,21 +296,7 @@ static void gpt_validation_is_the_same_for_any_number_of_ranks(void **state) {
 
 /* ---- the CNN with batch norm ------------------------------------------------------------ */
 
-static ddp_train_config cnn_config(void) {
-    ddp_train_config c;
-    ddp_train_config_defaults_for(&c, DDP_MODEL_CNN);
-    c.model.conv.n = 2;
-    c.model.conv.v[0] = 4;
-    c.model.conv.v[1] = 6;
-    c.model.hidden.v[0] = 8;
-    c.global_batch = 16;
-    c.max_steps = 6;
-    c.sched.warmup_steps = 2;
-    c.sched.base_lr = 0.05f;
-    c.log_every = 3;
-    c.quiet = 1;
-    return c;
-}
+static ddp_train_config cnn_config(void) { return tiny_cnn_config(6, 3); }
 
 /* Trains a CNN and returns its parameters followed by its buffers (malloc'd), n in all,
  * np of them parameters (np may be NULL). */
