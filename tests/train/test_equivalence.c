@@ -407,9 +407,7 @@ int main(int argc, char **argv) {
     synthetic_dataset(&train_set, 640, 20, 4, 7);
     synthetic_dataset(&test_set, 333, 20, 4, 8);
     synthetic_text(&text, 6000, 9);
-    synthetic_dataset(&img_train, 320, 36, 4, 10);
-    synthetic_dataset(&img_test, 50, 36, 4, 11);
-    img_train.height = img_train.width = img_test.height = img_test.width = 6;
+    synthetic_images(&img_train, &img_test);
 
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(n_ranks_equal_one_rank_after_one_step),

@@ -301,9 +301,7 @@ int main(int argc, char **argv) {
     ddp_log_init(rank, world, DDP_LOG_WARN);
     synthetic_dataset(&train_set, 1024, 32, 5, 11);
     synthetic_dataset(&test_set, 257, 32, 5, 12);
-    synthetic_dataset(&img_train, 320, 36, 4, 10);
-    synthetic_dataset(&img_test, 50, 36, 4, 11);
-    img_train.height = img_train.width = img_test.height = img_test.width = 6;
+    synthetic_images(&img_train, &img_test);
     synthetic_text(&text, 6000, 9);
     /* One rank: the NCCL and math-mode cases; any number: the ranks sharing the GPU. */
     const struct CMUnitTest one_rank[] = {
