@@ -250,7 +250,7 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy);
 
 /* Bytes per rank of the training state under the run's settings (--zero, the buckets). */
 typedef struct {
-    size_t params; /* the parameters: every stage keeps all of them */
+    size_t params;      /* the parameters: every stage keeps all of them */
     size_t params_bf16; /* --precision bf16 under --zero 0: their bf16 copy for the products */
     /* Gradient memory resident at its peak: the whole flat buffer, or under --zero 2 the
      * two largest buckets (one being written by backward while the other is sent); the

@@ -115,8 +115,8 @@ static double measure_peak(ddp_trainer *t) {
     if (!t->cfg.quiet)
         ddp_log_info("matrix-product peak %.1f GFLOP/s per rank in %s (measured: the model's "
                      "largest product %dx%dx%d %.1f, a %d-cube %.1f), x %d rank(s) for MFU",
-                     peak / 1e9, ddp_math_names[ddp_backend_math(t->backend)], M, N, K,
-                     shape / 1e9, sq, square / 1e9, t->world);
+                     peak / 1e9, ddp_math_names[ddp_backend_math(t->backend)], M, N, K, shape / 1e9,
+                     sq, square / 1e9, t->world);
     return peak;
 }
 

@@ -115,7 +115,7 @@ struct ddp_trainer {
     double *d_gns_sq;   /* (1) device: this step's squares of this rank's micro-batch
                          * gradient, summed as backward reports them; read once per step */
     size_t gns_covered; /* elements summed into d_gns_sq so far */
-    double gns_time;     /* seconds this step spent measuring it */
+    double gns_time;    /* seconds this step spent measuring it */
     /* the batch schedule (batch_schedule.c); cfg.global_batch and cfg.accum are the
      * current ones */
     size_t start_batch; /* cfg.global_batch as configured */
