@@ -149,8 +149,8 @@ ddp_status ddp_backend_run_wait_checks(ddp_backend *b) {
 int ddp_backend_has_wait_checks(const ddp_backend *b) { return b->n_wait_checks > 0; }
 
 /* Runs the product `reps` times and waits for it: the seconds it took. */
-static ddp_status time_products(ddp_backend *b, int M, int N, int K, const float *a,
-                                const float *w, float *c, int reps, double *seconds) {
+static ddp_status time_products(ddp_backend *b, int M, int N, int K, const float *a, const float *w,
+                                float *c, int reps, double *seconds) {
     double t0 = ddp_time_now();
     for (int r = 0; r < reps; r++)
         DDP_CHECK(ddp_backend_gemm(b, 0, 0, M, N, K, 1.0f, a, K, w, N, 0.0f, c, N));
@@ -163,8 +163,10 @@ ddp_status ddp_backend_gemm_peak(ddp_backend *b, int M, int N, int K, double sec
                                  double *flops) {
     *flops = 0.0;
     if (M <= 0 || N <= 0 || K <= 0)
-        return DDP_FAIL(DDP_ERR_INVALID_ARG, "matrix-product peak of %dx%dx%d: sizes must be "
-                        "positive", M, N, K);
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "matrix-product peak of %dx%dx%d: sizes must be "
+                        "positive",
+                        M, N, K);
     size_t na = (size_t)M * K, nw = (size_t)K * N, nc = (size_t)M * N;
     float *h = malloc((na > nw ? na : nw) * sizeof *h);
     float *a = NULL, *w = NULL, *c = NULL;
