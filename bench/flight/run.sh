@@ -7,7 +7,8 @@
 # machine inflate less), then per model the medians and the median of the per-round
 # ratios to the run without the recorder. Then the recorder's own cost per collective,
 # measured alone (record_cost.c), and the collectives a step makes. BUILD_DIR (default
-# build/), MPIEXEC, MLP_STEPS (default 3000), GPT_STEPS (default 12).
+# build/), MPIEXEC, MLP_STEPS (default 3000), GPT_STEPS (default 12), DUMP_S (seconds of
+# each run whose ring is counted, default 20).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${BUILD_DIR:-$ROOT/build}
@@ -56,13 +57,19 @@ EOF
 cc -O2 -I"$ROOT/include" "$ROOT/bench/flight/record_cost.c" "$BUILD/libddp.a" -lz -lm -lpthread \
     -o "$OUT/record_cost"
 "$OUT/record_cost"
-# Collectives per step: mpirun's SIGTERM (from timeout) makes every rank write its ring,
-# whose records of one whole step are counted.
+# Collectives per step: mpirun's SIGTERM makes every rank write its ring, whose records
+# of one whole step are counted. Sent with kill, not timeout: timeout's SIGCONT after it
+# cuts mpirun's grace period short (Open MPI 4.1 sends SIGKILL when a signal interrupts
+# its wait), and a rank killed before its handler runs writes nothing.
 for model in mlp gpt; do
     mkdir -p "$OUT/dump-$model"
     # shellcheck disable=SC2086
-    timeout -s TERM 60 $MPIEXEC -np 2 --oversubscribe "$BUILD/ddp-train" ${MODEL[$model]} \
-        --steps 1000000 --log-every 1000 --quiet --flight-dir "$OUT/dump-$model" >/dev/null 2>&1 || true
+    $MPIEXEC -np 2 --oversubscribe "$BUILD/ddp-train" ${MODEL[$model]} --steps 1000000 \
+        --log-every 1000 --quiet --flight-dir "$OUT/dump-$model" >/dev/null 2>&1 &
+    pid=$!
+    sleep "${DUMP_S:-20}"
+    kill -TERM "$pid"
+    wait "$pid" || true
     python3 - "$OUT/dump-$model/flight-rank0.json" "$model" <<'EOF'
 import collections, json, sys
 d = json.load(open(sys.argv[1]))
