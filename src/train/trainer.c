@@ -418,8 +418,8 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
                                  ddp_clip_coef(st->grad_norm, c->clip_norm)));
     }
     DDP_CHECK(ddp_trainer_gns_observe(t, st));
-    /* Running statistics of batch norm on a rank's own shard differ between ranks; their
-     * average keeps every rank's model, evaluation and checkpoint the same. (With
+    /* Running statistics of batch norm on a rank's own share of the batch differ between ranks;
+     * their average keeps every rank's model, evaluation and checkpoint the same. (With
      * --sync-bn they come from the global batch and are the same already.) All ranks
      * reach this after every step when the model has buffers. */
     size_t nbuf = ddp_model_num_buffer_elems(t->model);
@@ -459,7 +459,7 @@ ddp_status ddp_trainer_evaluate_part(ddp_trainer *t, int full, double *accuracy,
     DDP_CHECK(ddp_trainer_settle(t));
     double sums[3] = {0.0, 0.0, 0.0};
     DDP_CHECK(t->src->ops->evaluate(t->src, t, sums, full));
-    /* Every rank evaluates at the same steps; its shard may be empty but it still
+    /* Every rank evaluates at the same steps; its part of the split may be empty but it still
      * contributes to the sums. */
     DDP_CHECK(ddp_comm_allreduce(t->ctrl, sums, 3, DDP_F64, DDP_SUM));
     *accuracy = sums[2] > 0 ? sums[1] / sums[2] : 0.0;
