@@ -16,13 +16,14 @@
 #include "ddp/cli.h"
 #include "ddp/watchdog.h"
 
-static ddp_status dump_params(ddp_trainer *t, const char *path) {
+/* Every rank takes part (the parameters may be sharded); rank 0 writes. */
+static ddp_status dump_params(ddp_trainer *t, const char *path, int rank) {
     ddp_model *m = ddp_trainer_model(t);
     size_t n = ddp_model_num_params(m);
     float *host = malloc(n * sizeof(float));
     if (!host) return DDP_FAIL(DDP_ERR_NOMEM, "out of memory");
     ddp_status s = ddp_trainer_get_params(t, host);
-    if (s == DDP_OK) {
+    if (s == DDP_OK && rank == 0) {
         FILE *f = fopen(path, "wb");
         if (!f || fwrite(host, sizeof(float), n, f) != n || fclose(f) != 0)
             s = DDP_FAIL(DDP_ERR_IO, "--dump-params %s: could not write %zu floats", path, n);
@@ -133,11 +134,13 @@ int main(int argc, char **argv) {
         ddp_log_info("final %s", what);
     }
     if (s == DDP_OK) s = ddp_trace_close();
-    if (s == DDP_OK && opt.dump_params[0] && rank == 0) {
-        s = dump_params(trainer, opt.dump_params);
+    /* Collective where the parameters are sharded: every rank that trained to the end
+     * reaches these (a failed one aborted the job above). */
+    if (s == DDP_OK && opt.dump_params[0]) {
+        s = dump_params(trainer, opt.dump_params, rank);
         if (s != DDP_OK) ddp_log_current_error("writing parameters");
     }
-    if (opt.export_path[0] && rank == 0 && s == DDP_OK) {
+    if (opt.export_path[0] && s == DDP_OK) {
         s = ddp_trainer_export(trainer, opt.export_path);
         if (s != DDP_OK) ddp_log_current_error("exporting parameters");
     }

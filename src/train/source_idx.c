@@ -180,7 +180,7 @@ static ddp_status idx_evaluate(ddp_source *base, ddp_trainer *t, double sums[3],
                            .t = 1,
                            .x = s->d_test_x + (begin + i) * s->dim,
                            .targets = s->d_test_y + begin + i};
-        DDP_CHECK(ddp_model_forward(t->model, &batch, DDP_MODE_EVAL, 0.0f, t->d_stats));
+        DDP_CHECK(ddp_trainer_eval_forward(t, &batch));
     }
     float h[2];
     DDP_CHECK(ddp_backend_copy(t->backend, h, t->d_stats, sizeof h, DDP_COPY_D2H));
