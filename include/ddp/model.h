@@ -217,8 +217,8 @@ const char *ddp_model_unit_name(const ddp_model *m, int u);
  * change the events) or ends (after it). Forward passes in evaluation tell it too. */
 #define DDP_UNIT_EVENTS(X)                                                                         \
     X(DDP_UNIT_FORWARD_BEGIN, "forward begins")                                                    \
-    X(DDP_UNIT_FORWARD_END, "forward ends") X(DDP_UNIT_BACKWARD_BEGIN, "backward begins")          \
-        X(DDP_UNIT_BACKWARD_END, "backward ends")
+    X(DDP_UNIT_FORWARD_END, "forward ends")                                                        \
+    X(DDP_UNIT_BACKWARD_BEGIN, "backward begins") X(DDP_UNIT_BACKWARD_END, "backward ends")
 typedef enum { DDP_UNIT_EVENTS(DDP_X_VALUE) DDP_UNIT_EVENT_COUNT } ddp_unit_event;
 /* A nonzero status stops the pass and is returned from it. */
 typedef ddp_status (*ddp_unit_fn)(void *ctx, int unit, ddp_unit_event ev);
@@ -226,6 +226,8 @@ typedef ddp_status (*ddp_unit_fn)(void *ctx, int unit, ddp_unit_event ev);
  * (ZeRO-1 and 2: wait for the part of the all-gather a unit reads), or gathers each unit's
  * parameters just in time and gives them back after (ZeRO-3). NULL: none. */
 void ddp_model_set_unit_hook(ddp_model *m, ddp_unit_fn fn, void *ctx);
+/* The hook set (NULL, NULL when none): for a caller that wraps it (tests). */
+void ddp_model_unit_hook(const ddp_model *m, ddp_unit_fn *fn, void **ctx);
 /* A text that identifies the kind and every shape option ("mlp 784-256-128-10 relu",
  * "gpt L4 C256 H4 T128 V256"), written by the kind; ddp_model_spec_parse reads it back. */
 const char *ddp_model_describe(const ddp_model *m);

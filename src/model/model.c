@@ -350,6 +350,11 @@ void ddp_model_set_unit_hook(ddp_model *m, ddp_unit_fn fn, void *ctx) {
     m->unit_ctx = ctx;
 }
 
+void ddp_model_unit_hook(const ddp_model *m, ddp_unit_fn *fn, void **ctx) {
+    *fn = m->unit_hook;
+    *ctx = m->unit_ctx;
+}
+
 int ddp_model_num_units(const ddp_model *m) { return m->n_units; }
 
 /* The end of the parameters declared up to unit u's last layer (the last unit's: all). */
