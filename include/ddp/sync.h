@@ -52,6 +52,7 @@ typedef struct {
      * in a step to its last instead of gathering it again for every micro-batch (all the
      * parameters are then resident during the step). */
     int keep;
+    int no_init; /* leave the parameters unwritten (a memory plan, which runs nothing) */
 } ddp_sync_options;
 
 typedef struct ddp_sync ddp_sync;
@@ -178,6 +179,10 @@ typedef struct {
     size_t grads;       /* the gradient buffer's resident part */
     size_t grad_shard;  /* the averaged gradients of the shard */
     size_t view;        /* elements of the optimizer's view (times the state buffers' bytes) */
+    /* Communication buffers outside those: MPI's reduce-scatter of a bucket from ordinary
+     * host memory works in temporaries of up to twice the bucket's size (of the largest
+     * bucket, where stages 2 and 3 reduce-scatter so; measured in bench/results/zero.md) */
+    size_t comm;
 } ddp_sync_memory;
 /* For this run (ranks 0), or for the same settings on `ranks` ranks (a plan: the largest
  * shard's figures). Not collective. */

@@ -80,6 +80,9 @@ typedef struct {
     int zero;
     int gathers;       /* --zero 3: units gathered or being gathered at once (1..3) */
     int keep_gathered; /* --zero 3: keep gathered units over a step's micro-batches */
+    /* Set up for a memory plan only (ddp-train --memory-plan; no option of its own): the
+     * parameters are left unwritten, so that no page of the model is touched. */
+    int plan_only;
     int on_nonfinite;  /* DDP_NONFINITE_ABORT or DDP_NONFINITE_SKIP */
     /* output */
     int log_every;  /* steps between progress lines and metrics records */
@@ -267,6 +270,7 @@ typedef struct {
     size_t optim;       /* optimizer state: all of it, or this rank's shard */
     size_t optim_full;  /* what the optimizer state would take unsharded */
     size_t activations; /* the model's activation arena */
+    size_t comm;        /* communication buffers (ddp_sync_memory) */
 } ddp_memory_use;
 /* For this run, or with ranks > 0 for the same settings on that many ranks with the same
  * micro-batch (a plan: the largest shard's figures). Not collective. */

@@ -32,16 +32,21 @@ static ddp_status dump_params(ddp_trainer *t, const char *path, int rank) {
     return s;
 }
 
-/* --memory-plan: one JSON line of bytes per rank, for scripts that size models. */
-static void print_memory_plan(ddp_trainer *t, int ranks) {
+/* --memory-plan: one JSON line of bytes per rank, for scripts that size models. "total" is
+ * the training state the trainer allocates; "peak" adds the communication buffers and
+ * `runtime`, what this process held before the trainer (libraries, MPI, the data), which
+ * every rank holds too: the peak resident memory a rank should reach. */
+static void print_memory_plan(ddp_trainer *t, int ranks, double runtime_mb) {
     ddp_memory_use m;
     ddp_trainer_memory(t, ranks, &m);
+    size_t total = m.params + m.params_bf16 + m.grads + m.grad_shard + m.optim + m.activations;
+    size_t runtime = runtime_mb > 0.0 ? (size_t)(runtime_mb * 1024.0 * 1024.0) : 0;
     printf("{\"ranks\": %d, \"num_params\": %zu, \"params\": %zu, \"params_bf16\": %zu, "
            "\"grads\": %zu, \"grad_shard\": %zu, \"optim\": %zu, \"activations\": %zu, "
-           "\"total\": %zu}\n",
+           "\"total\": %zu, \"comm\": %zu, \"runtime\": %zu, \"peak\": %zu}\n",
            ranks, ddp_model_num_params(ddp_trainer_model(t)), m.params, m.params_bf16, m.grads,
-           m.grad_shard, m.optim, m.activations,
-           m.params + m.params_bf16 + m.grads + m.grad_shard + m.optim + m.activations);
+           m.grad_shard, m.optim, m.activations, total, m.comm, runtime,
+           total + m.comm + runtime);
     fflush(stdout);
 }
 
@@ -97,9 +102,12 @@ int main(int argc, char **argv) {
     if (!ddp_cli_create_backend(ctrl, cfg, &backend)) goto done;
 
     if (!ddp_cli_load_data(ctrl, cfg, &data)) goto done;
+    /* What a rank holds before the training state: part of the plan's peak. */
+    double runtime_mb = ddp_rss_mb();
+    cfg->plan_only = opt.memory_plan > 0;
     if (!ddp_cli_create_trainer(ctrl, cfg, backend, &data, &comm, &trainer)) goto done;
     if (opt.memory_plan > 0) {
-        if (rank == 0) print_memory_plan(trainer, opt.memory_plan);
+        if (rank == 0) print_memory_plan(trainer, opt.memory_plan, runtime_mb);
         code = 0;
         goto done;
     }

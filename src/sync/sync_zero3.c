@@ -35,7 +35,7 @@ static ddp_status zero3_init(ddp_sync *s) {
     if (ddp_backend_math(s->backend) != DDP_MATH_BF16) return DDP_OK;
     DDP_CHECK(ddp_backend_alloc_pages(s->backend, s->n * sizeof(uint16_t), (void **)&z->w16));
     DDP_CHECK(ddp_backend_set_bf16_copy(s->backend, ddp_model_params(s->model), z->w16, s->n));
-    DDP_CHECK(refresh_copy(s));
+    if (!s->opt.no_init) DDP_CHECK(refresh_copy(s));
     return DDP_OK;
 }
 

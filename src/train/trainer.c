@@ -84,7 +84,8 @@ static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
     ddp_sync_options so = {.stage = t->cfg.zero,
                            .reducer = t->cfg.reducer,
                            .gathers = t->cfg.gathers,
-                           .keep = t->cfg.keep_gathered};
+                           .keep = t->cfg.keep_gathered,
+                           .no_init = t->cfg.plan_only};
     DDP_CHECK(ddp_sync_create(&so, b, t->comm, t->ctrl, t->model, t->cfg.seed, &t->sync));
     size_t view_begin, view_len;
     ddp_sync_view(t->sync, &view_begin, &view_len);
@@ -210,6 +211,7 @@ void ddp_trainer_memory(const ddp_trainer *t, int ranks, ddp_memory_use *m) {
     m->optim = states * (ranks > 0 && ranks != t->world ? sm.view : ddp_optim_size(t->optim)) * f;
     m->optim_full = states * t->num_params * f;
     m->activations = ddp_model_activation_bytes(t->model);
+    m->comm = sm.comm;
 }
 
 int64_t ddp_trainer_total_steps(const ddp_trainer *t) { return t->total_steps; }
