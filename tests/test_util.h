@@ -203,6 +203,24 @@ static inline ddp_train_config tiny_gpt_config(int64_t steps, int every) {
     return c;
 }
 
+/* A tiny CNN (convolution stages of 4 and 6 channels, a dense head of 8; batch 16) on 6 x 6
+ * images, SGD at 0.05 after 2 warm-up steps: `steps` steps, logging every `every`. */
+static inline ddp_train_config tiny_cnn_config(int64_t steps, int every) {
+    ddp_train_config c;
+    ddp_train_config_defaults_for(&c, DDP_MODEL_CNN);
+    c.model.conv.n = 2;
+    c.model.conv.v[0] = 4;
+    c.model.conv.v[1] = 6;
+    c.model.hidden.v[0] = 8;
+    c.global_batch = 16;
+    c.max_steps = steps;
+    c.sched.warmup_steps = 2;
+    c.sched.base_lr = 0.05f;
+    c.log_every = every;
+    c.quiet = 1;
+    return c;
+}
+
 /* Group setup and teardown: *state is a CPU backend. */
 static inline int cpu_backend_setup(void **state) {
     ddp_backend_options opt = {.device = DDP_DEVICE_CPU};

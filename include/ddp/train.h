@@ -83,7 +83,7 @@ typedef struct {
     /* Set up for a memory plan only (ddp-train --memory-plan; no option of its own): the
      * parameters are left unwritten, so that no page of the model is touched. */
     int plan_only;
-    int on_nonfinite;  /* DDP_NONFINITE_ABORT or DDP_NONFINITE_SKIP */
+    int on_nonfinite; /* DDP_NONFINITE_ABORT or DDP_NONFINITE_SKIP */
     /* output */
     int log_every;  /* steps between progress lines and metrics records */
     int eval_every; /* steps between evaluations; 0 = end of each epoch */

@@ -33,9 +33,8 @@ typedef struct {
                                   ddp_dtype t, ddp_redop op);
     ddp_status (*allgatherv)(ddp_comm *c, void *buf, const size_t *counts, ddp_dtype t);
     /* Optional (NULL: the wrappers call the blocking ones): queued, completed by wait. */
-    ddp_status (*ireduce_scatterv)(ddp_comm *c, const void *send, void *recv,
-                                   const size_t *counts, ddp_dtype t, ddp_redop op,
-                                   ddp_comm_req **req);
+    ddp_status (*ireduce_scatterv)(ddp_comm *c, const void *send, void *recv, const size_t *counts,
+                                   ddp_dtype t, ddp_redop op, ddp_comm_req **req);
     ddp_status (*iallgatherv)(ddp_comm *c, void *buf, const size_t *counts, ddp_dtype t,
                               ddp_comm_req **req);
     ddp_status (*barrier)(ddp_comm *c);

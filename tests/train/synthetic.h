@@ -29,6 +29,14 @@ static inline void synthetic_dataset(ddp_dataset *ds, size_t n, size_t dim, int 
     free(centres);
 }
 
+/* The tiny CNN's images (tiny_cnn_config, test_util.h): 320 for training and 50 for
+ * testing, 6 x 6 pixels of 4 classes. */
+static inline void synthetic_images(ddp_dataset *train, ddp_dataset *test) {
+    synthetic_dataset(train, 320, 36, 4, 10);
+    synthetic_dataset(test, 50, 36, 4, 11);
+    train->height = train->width = test->height = test->width = 6;
+}
+
 /* A text of n bytes from a first-order Markov chain over 24 letters (each letter followed
  * by one of 3 likely successors most of the time), so that a language model has
  * something to learn; the last 10% is validation, as ddp_text_load splits. */

@@ -42,21 +42,7 @@ static int rank, world;
 
 static ddp_train_config mlp(void) { return small_mlp_config(20, 5); }
 static ddp_train_config gpt(void) { return tiny_gpt_config(12, 4); }
-static ddp_train_config cnn(void) {
-    ddp_train_config c;
-    ddp_train_config_defaults_for(&c, DDP_MODEL_CNN);
-    c.model.conv.n = 2;
-    c.model.conv.v[0] = 4;
-    c.model.conv.v[1] = 6;
-    c.model.hidden.v[0] = 8;
-    c.global_batch = 16;
-    c.max_steps = 8;
-    c.sched.warmup_steps = 2;
-    c.sched.base_lr = 0.05f;
-    c.log_every = 4;
-    c.quiet = 1;
-    return c;
-}
+static ddp_train_config cnn(void) { return tiny_cnn_config(8, 4); }
 
 static const ddp_dataset *train_of(const ddp_train_config *c) {
     return c->model.kind == DDP_MODEL_CNN ? &img_train : &train_set;
@@ -196,9 +182,7 @@ int main(int argc, char **argv) {
     synthetic_dataset(&train_set, 640, 20, 4, 7);
     synthetic_dataset(&test_set, 333, 20, 4, 8);
     synthetic_text(&text, 6000, 9);
-    synthetic_dataset(&img_train, 320, 36, 4, 10);
-    synthetic_dataset(&img_test, 50, 36, 4, 11);
-    img_train.height = img_train.width = img_test.height = img_test.width = 6;
+    synthetic_images(&img_train, &img_test);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(mlp_tracks_fp32),
         cmocka_unit_test(gpt_tracks_fp32),

@@ -296,21 +296,7 @@ static void gpt_validation_is_the_same_for_any_number_of_ranks(void **state) {
 
 /* ---- the CNN with batch norm ------------------------------------------------------------ */
 
-static ddp_train_config cnn_config(void) {
-    ddp_train_config c;
-    ddp_train_config_defaults_for(&c, DDP_MODEL_CNN);
-    c.model.conv.n = 2;
-    c.model.conv.v[0] = 4;
-    c.model.conv.v[1] = 6;
-    c.model.hidden.v[0] = 8;
-    c.global_batch = 16;
-    c.max_steps = 6;
-    c.sched.warmup_steps = 2;
-    c.sched.base_lr = 0.05f;
-    c.log_every = 3;
-    c.quiet = 1;
-    return c;
-}
+static ddp_train_config cnn_config(void) { return tiny_cnn_config(6, 3); }
 
 /* Trains a CNN and returns its parameters followed by its buffers (malloc'd), n in all,
  * np of them parameters (np may be NULL). */
@@ -421,9 +407,7 @@ int main(int argc, char **argv) {
     synthetic_dataset(&train_set, 640, 20, 4, 7);
     synthetic_dataset(&test_set, 333, 20, 4, 8);
     synthetic_text(&text, 6000, 9);
-    synthetic_dataset(&img_train, 320, 36, 4, 10);
-    synthetic_dataset(&img_test, 50, 36, 4, 11);
-    img_train.height = img_train.width = img_test.height = img_test.width = 6;
+    synthetic_images(&img_train, &img_test);
 
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(n_ranks_equal_one_rank_after_one_step),

@@ -64,19 +64,8 @@ static ddp_train_config gpt_config(void) {
 }
 
 static ddp_train_config cnn_config(void) {
-    ddp_train_config c;
-    ddp_train_config_defaults_for(&c, DDP_MODEL_CNN);
-    c.model.conv.n = 2;
-    c.model.conv.v[0] = 4;
-    c.model.conv.v[1] = 6;
-    c.model.hidden.v[0] = 8;
-    c.global_batch = 16;
-    c.max_steps = 8;
-    c.sched.warmup_steps = 2;
-    c.sched.base_lr = 0.05f;
-    c.log_every = 4;
+    ddp_train_config c = tiny_cnn_config(8, 4);
     c.model.sync_bn = 1;
-    c.quiet = 1;
     return c;
 }
 
@@ -312,9 +301,7 @@ int main(int argc, char **argv) {
     ddp_log_init(rank, world, DDP_LOG_WARN);
     synthetic_dataset(&train_set, 1024, 32, 5, 11);
     synthetic_dataset(&test_set, 257, 32, 5, 12);
-    synthetic_dataset(&img_train, 320, 36, 4, 10);
-    synthetic_dataset(&img_test, 50, 36, 4, 11);
-    img_train.height = img_train.width = img_test.height = img_test.width = 6;
+    synthetic_images(&img_train, &img_test);
     synthetic_text(&text, 6000, 9);
     /* One rank: the NCCL and math-mode cases; any number: the ranks sharing the GPU. */
     const struct CMUnitTest one_rank[] = {

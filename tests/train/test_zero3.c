@@ -63,18 +63,9 @@ static ddp_train_config gpt_config(void) {
 }
 
 static ddp_train_config cnn_config(void) {
-    ddp_train_config c;
-    ddp_train_config_defaults_for(&c, DDP_MODEL_CNN);
-    c.model.conv.n = 2;
-    c.model.conv.v[0] = 4;
-    c.model.conv.v[1] = 6;
-    c.model.hidden.v[0] = 8;
+    ddp_train_config c = tiny_cnn_config(6, 3);
     c.global_batch = 24;
-    c.max_steps = 6;
-    c.sched.warmup_steps = 2;
     c.sched.base_lr = 3e-3f;
-    c.log_every = 3;
-    c.quiet = 1;
     return adamw(c);
 }
 
