@@ -10,6 +10,8 @@
  *  - residency: a rank holds no pages of other ranks' parameters except those of the units
  *    it is using or has prefetched (checked at every unit's forward and backward through a
  *    wrapped unit hook, with mincore), and none at all once settled;
+ *  - the export: gathered a unit at a time and streamed to the file by rank 0, the trained
+ *    floats bit for bit, and no page outside the shard resident after it;
  *  - memory accounting: the parameters of the shard and of the largest units at most;
  *  - non-finite gradients are skipped alike on every rank.
  *
@@ -29,6 +31,7 @@
 
 #include "test_util.h"
 
+#include "ddp/checkpoint.h"
 #include "ddp/shard.h"
 #include "ddp/train.h"
 #include "synthetic.h"
@@ -310,6 +313,52 @@ static void only_the_units_in_use_are_resident(void **state) {
     }
 }
 
+/* The export at stage 3: every rank takes part in gathering the parameters a unit at a time
+ * and rank 0 streams them to the file, which holds the trained floats bit for bit; the
+ * parameter buffer then holds no page outside the rank's shard (the pieces are gathered
+ * into a buffer of one unit, not into the model's). */
+static void export_streams_the_sharded_parameters(void **state) {
+    ddp_train_config c = gpt_config();
+    c.max_steps = 2;
+    c.zero = 3;
+    ddp_trainer *t = NULL;
+    ddp_train_data data = data_of(&c);
+    OK(ddp_trainer_create(&c, backend, world_comm, world_comm, &data, &t));
+    ddp_step_stats st;
+    for (int64_t i = 0; i < c.max_steps; i++)
+        OK(ddp_trainer_step(t, &st));
+    ddp_model *m = ddp_trainer_model(t);
+    size_t np = ddp_model_num_params(m), nb = ddp_model_num_buffer_elems(m);
+    /* Rank 0's name: only rank 0 writes and reads the file. */
+    char path[96];
+    snprintf(path, sizeof path, "/tmp/ddp-test-zero3-%ld.safetensors", (long)getpid());
+    OK(ddp_trainer_export(t, path));
+    ddp_shard_layout l = ddp_shard_layout_of(np, world);
+    size_t b, len;
+    ddp_shard_of(&l, rank, &b, &len);
+    watch w = {.m = m, .shard_begin = b, .shard_end = b + len, .window = 1};
+    int stray = stray_pages(&w, NULL, 0);
+    float *p = malloc(np * sizeof *p), *q = malloc(np * sizeof *q);
+    float *bufs = malloc((nb ? nb : 1) * sizeof *bufs);
+    assert_true(p && q && bufs);
+    OK(ddp_trainer_get_params(t, p));
+    int same = 1;
+    if (rank == 0) {
+        OK(ddp_safetensors_read(m, path, q, bufs));
+        same = memcmp(p, q, np * sizeof *p) == 0;
+        unlink(path);
+        print_message("%d rank(s): export of %zu parameters %s the trained ones; %d pages "
+                      "outside the shard after it\n",
+                      world, np, same ? "equals" : "DIFFERS FROM", stray);
+    }
+    assert_true(same);
+    assert_int_equal(stray, 0);
+    free(p);
+    free(q);
+    free(bufs);
+    ddp_trainer_free(t);
+}
+
 /* ---- memory and non-finite gradients ------------------------------------------------------- */
 
 static void memory_is_the_shard_and_the_units_in_flight(void **state) {
@@ -390,6 +439,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(gpt_stage3_reaches_the_replicated_parameters),
         cmocka_unit_test(cnn_stage3_reaches_the_replicated_parameters),
         cmocka_unit_test(only_the_units_in_use_are_resident),
+        cmocka_unit_test(export_streams_the_sharded_parameters),
         cmocka_unit_test(memory_is_the_shard_and_the_units_in_flight),
         cmocka_unit_test(nonfinite_gradients_are_skipped_on_every_rank),
     };
