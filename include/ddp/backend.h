@@ -85,6 +85,14 @@ void ddp_backend_free_pages(ddp_backend *b, void *ptr, size_t bytes);
 ddp_status ddp_backend_release_pages(ddp_backend *b, void *ptr, size_t bytes, size_t *released);
 /* The size of those pages: what a release gives back at the least. */
 size_t ddp_backend_page_bytes(const ddp_backend *b);
+/* Host buffers from ddp_backend_alloc_pages of at least this many bytes are mapped in whole
+ * huge pages (the last one too) and advised to use them. */
+#define DDP_HUGE_PAGE_BYTES ((size_t)2 << 20)
+/* The pages to give back [ptr, ptr + bytes) of such a buffer in: huge pages where the
+ * buffer spans them on the host, else ddp_backend_page_bytes. A release of part of a huge
+ * page splits it into small pages for good, which then fault back one per 4 KB; a release in
+ * whole huge pages keeps them whole (they fault back once per 2 MB). Not collective. */
+size_t ddp_backend_release_granule(const ddp_backend *b, const void *ptr, size_t bytes);
 /* Page-locked host memory for staging (plain malloc on the CPU backend). */
 ddp_status ddp_backend_host_alloc(ddp_backend *b, size_t bytes, void **ptr);
 void ddp_backend_host_dealloc(ddp_backend *b, void *ptr);

@@ -84,6 +84,13 @@ size_t ddp_backend_page_bytes(const ddp_backend *b) {
     return (size_t)sysconf(_SC_PAGESIZE);
 }
 
+size_t ddp_backend_release_granule(const ddp_backend *b, const void *ptr, size_t bytes) {
+    if (ddp_backend_is_host(b) && bytes >= DDP_HUGE_PAGE_BYTES &&
+        (uintptr_t)ptr % DDP_HUGE_PAGE_BYTES == 0)
+        return DDP_HUGE_PAGE_BYTES;
+    return ddp_backend_page_bytes(b);
+}
+
 ddp_status ddp_backend_host_alloc(ddp_backend *b, size_t bytes, void **ptr) {
     *ptr = NULL;
     if (bytes == 0) bytes = 1;

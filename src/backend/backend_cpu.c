@@ -34,11 +34,19 @@ static void cpu_dealloc(ddp_backend *b, void *ptr) { free(ptr); }
 
 /* Huge pages where a buffer spans them: a buffer whose pages go back to the system and
  * come again every step (the ZeRO stages' gradients and parameters) then faults once per
- * 2 MB instead of once per 4 KB, which measured 15 times cheaper (bench/results/zero.md). */
-#define HUGE_PAGE ((size_t)2 << 20)
+ * 2 MB instead of once per 4 KB, where the releases keep them whole
+ * (ddp_backend_release_granule; bench/results/zero.md). */
+#define HUGE_PAGE DDP_HUGE_PAGE_BYTES
+
+/* The mapping of a buffer of `bytes`: whole huge pages from one huge page up (the last one
+ * whole too, so that it can be one), else whole small pages. */
+static size_t mapped_len(size_t bytes) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), len = (bytes + page - 1) / page * page;
+    return len >= HUGE_PAGE ? (len + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE : len;
+}
 
 static ddp_status cpu_alloc_pages(ddp_backend *b, size_t bytes, void **ptr) {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE), len = (bytes + page - 1) / page * page;
+    size_t len = mapped_len(bytes);
     int huge = len >= HUGE_PAGE;
     /* Room to start on a huge page's boundary, trimmed below. */
     size_t span = huge ? len + HUGE_PAGE : len;
@@ -60,8 +68,7 @@ static ddp_status cpu_alloc_pages(ddp_backend *b, size_t bytes, void **ptr) {
 }
 
 static void cpu_free_pages(ddp_backend *b, void *ptr, size_t bytes) {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    munmap(ptr, (bytes + page - 1) / page * page);
+    munmap(ptr, mapped_len(bytes));
 }
 
 static ddp_status cpu_release_pages(ddp_backend *b, void *ptr, size_t bytes, size_t *released) {

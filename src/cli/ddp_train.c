@@ -45,8 +45,7 @@ static void print_memory_plan(ddp_trainer *t, int ranks, double runtime_mb) {
            "\"grads\": %zu, \"grad_shard\": %zu, \"optim\": %zu, \"activations\": %zu, "
            "\"total\": %zu, \"comm\": %zu, \"runtime\": %zu, \"peak\": %zu}\n",
            ranks, ddp_model_num_params(ddp_trainer_model(t)), m.params, m.params_bf16, m.grads,
-           m.grad_shard, m.optim, m.activations, total, m.comm, runtime,
-           total + m.comm + runtime);
+           m.grad_shard, m.optim, m.activations, total, m.comm, runtime, total + m.comm + runtime);
     fflush(stdout);
 }
 

@@ -327,10 +327,11 @@ static ddp_status piece_wait(ddp_gather *g, piece *p) {
 }
 
 /* Gives back the pages of [a, e) of an array of esize-byte elements at base that neither
- * this rank's shard nor a piece held by a unit (other than `self`) shares. */
+ * this rank's shard nor a piece held by a unit (other than `self`) shares; in whole huge
+ * pages where the array has them (none is split, so they fault back once per 2 MB). */
 static ddp_status give_back(ddp_gather *g, void *base, size_t esize, size_t a, size_t e, int self) {
-    size_t page = ddp_backend_page_bytes(g->b);
-    uintptr_t at = (uintptr_t)base;
+    size_t bytes = g->layout.n * esize, page = ddp_backend_release_granule(g->b, base, bytes);
+    uintptr_t at = (uintptr_t)base, last = (at + bytes + page - 1) / page * page;
     size_t cut[2][2] = {{a, e < g->keep_begin ? e : g->keep_begin},
                         {a > g->keep_end ? a : g->keep_end, e}};
     for (int c = 0; c < 2; c++) {
@@ -353,6 +354,7 @@ static ddp_status give_back(ddp_gather *g, void *base, size_t esize, size_t a, s
             else
                 hi -= page;
         }
+        if (hi > last) hi = last; /* the mapping ends there */
         if (hi > lo) DDP_CHECK(ddp_backend_release_pages(g->b, (void *)lo, hi - lo, NULL));
     }
     return DDP_OK;

@@ -109,11 +109,12 @@ static ddp_status scatter_start(ddp_reducer *r, int i, ddp_comm_req **req) {
     return DDP_OK;
 }
 
-/* Gives back the pages of [begin, end) of buf (elements of esize bytes, n_buckets' ranges
- * over it) that no bucket still to be sent in this pass shares: a page at an edge goes with
- * the last of the buckets it holds, so that after a pass none stays. */
+/* Gives back the pages of [begin, end) of buf (r->n elements of esize bytes, n_buckets'
+ * ranges over it) that no bucket still to be sent in this pass shares: a page at an edge
+ * goes with the last of the buckets it holds, so that after a pass none stays. In whole
+ * huge pages where the buffer has them, so that none is split. */
 static ddp_status release_sent(ddp_reducer *r, void *buf, size_t esize, size_t begin, size_t end) {
-    size_t page = ddp_backend_page_bytes(r->backend);
+    size_t bytes = r->n * esize, page = ddp_backend_release_granule(r->backend, buf, bytes);
     uintptr_t base = (uintptr_t)buf, lo = (base + begin * esize) / page * page;
     uintptr_t hi = (base + end * esize + page - 1) / page * page;
     /* Does the page at p hold an element of a bucket not yet sent? */
@@ -132,6 +133,9 @@ static ddp_status release_sent(ddp_reducer *r, void *buf, size_t esize, size_t b
             }
         }
     }
+    /* Not past the buffer's last page (its mapping ends there). */
+    uintptr_t last = (base + bytes + page - 1) / page * page;
+    if (hi > last) hi = last;
     if (hi > lo) DDP_CHECK(ddp_backend_release_pages(r->backend, (void *)lo, hi - lo, NULL));
     return DDP_OK;
 }
