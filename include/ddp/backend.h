@@ -70,6 +70,29 @@ int ddp_backend_cuda_device_count(void);
 /* ---- memory (synchronous unless stated) --------------------------------------------- */
 ddp_status ddp_backend_alloc(ddp_backend *b, size_t bytes, void **ptr);
 void ddp_backend_dealloc(ddp_backend *b, void *ptr);
+/* Large buffers whose memory may be given back piece by piece while they live (the flat
+ * parameters and gradients, which the ZeRO stages hold only in part): zeroed, aligned to
+ * a page, and on the host anonymous memory that takes physical pages on first touch, in
+ * huge pages (2 MB) where the system offers them, so that a part given back and touched
+ * again costs a few faults instead of one per 4 KB (bench/results/zero.md). Elsewhere an
+ * ordinary allocation, zeroed. Free with ddp_backend_free_pages and the same size. */
+ddp_status ddp_backend_alloc_pages(ddp_backend *b, size_t bytes, void **ptr);
+void ddp_backend_free_pages(ddp_backend *b, void *ptr, size_t bytes);
+/* The whole pages inside [ptr, ptr + bytes) of a buffer from ddp_backend_alloc_pages go
+ * back to the system: they read as zeros afterwards, until written. *released (may be
+ * NULL) gets the bytes given back; 0 on a backend whose memory cannot be (a GPU's, where
+ * the buffer stays allocated). Not collective. */
+ddp_status ddp_backend_release_pages(ddp_backend *b, void *ptr, size_t bytes, size_t *released);
+/* The size of those pages: what a release gives back at the least. */
+size_t ddp_backend_page_bytes(const ddp_backend *b);
+/* Host buffers from ddp_backend_alloc_pages of at least this many bytes are mapped in whole
+ * huge pages (the last one too) and advised to use them. */
+#define DDP_HUGE_PAGE_BYTES ((size_t)2 << 20)
+/* The pages to give back [ptr, ptr + bytes) of such a buffer in: huge pages where the
+ * buffer spans them on the host, else ddp_backend_page_bytes. A release of part of a huge
+ * page splits it into small pages for good, which then fault back one per 4 KB; a release in
+ * whole huge pages keeps them whole (they fault back once per 2 MB). Not collective. */
+size_t ddp_backend_release_granule(const ddp_backend *b, const void *ptr, size_t bytes);
 /* Page-locked host memory for staging (plain malloc on the CPU backend). */
 ddp_status ddp_backend_host_alloc(ddp_backend *b, size_t bytes, void **ptr);
 void ddp_backend_host_dealloc(ddp_backend *b, void *ptr);
@@ -110,6 +133,12 @@ int ddp_backend_has_wait_checks(const ddp_backend *b);
  * it first rewrites the whole copy (one conversion pass). set(b, NULL, 0) drops the copy
  * (before the array is freed). No-ops elsewhere. Not collective. */
 ddp_status ddp_backend_set_bf16_weights(ddp_backend *b, const float *params, size_t n);
+/* The same with a copy that the caller allocates and keeps current (ZeRO-3, which gathers
+ * it unit by unit into copy and writes only a part of params): the products read it
+ * wherever their operand lies in params, and it is never rewritten from params nor freed
+ * here (ddp_backend_weights_changed does nothing to it). set_bf16_weights(b, NULL, 0)
+ * forgets it. No-op unless the backend computes in bf16. Not collective. */
+ddp_status ddp_backend_set_bf16_copy(ddp_backend *b, const float *params, uint16_t *copy, size_t n);
 /* Nonzero when b's bf16 products run on bf16 hardware (tensor cores, AVX512-BF16, AMX);
  * zero where the CPU has none and they are emulated on fp32 kernels (the same numbers up
  * to the order of summation, at the fp32 rate). */

@@ -40,8 +40,9 @@ extern "C" {
 #endif
 
 #define DDP_CKPT_MAGIC "DDPCKPT" /* 8 bytes with its terminating zero */
-#define DDP_CKPT_VERSION                                                                           \
-    3u /* versions 1 (no buffers) and 2 (no schedule, no shards) are read too */
+/* Versions 1 (no buffers), 2 (no schedule, no shards) and 3 (no parameters in shard files)
+ * are read too. */
+#define DDP_CKPT_VERSION 4u
 /* shard_index of a manifest: the file that commits a sharded checkpoint */
 #define DDP_CKPT_MANIFEST 0xffffffffu
 
@@ -97,6 +98,10 @@ ddp_status ddp_checkpoint_parse(const void *buf, size_t len, const char *name,
  * file and info points into it. Not collective. */
 ddp_status ddp_checkpoint_read(const char *path, void **buf, size_t *len,
                                ddp_checkpoint_info *info);
+/* All parameters of the checkpoint h parsed from path (h->state_size of them where a
+ * manifest's shard files hold them, else h->num_params) into host: from the file, or from
+ * the shard files beside it, read one at a time. Not collective. */
+ddp_status ddp_checkpoint_read_params(const char *path, const ddp_checkpoint_info *h, float *host);
 /* DIR/ckpt-<step>.ddp into buf. */
 void ddp_checkpoint_path(char *buf, size_t cap, const char *dir, int64_t step);
 /* DIR/ckpt-<step>.shard-<i>-of-<n>.ddp into buf: shard i of a sharded checkpoint. */
@@ -152,7 +157,12 @@ ddp_status ddp_safetensors_model(const char *path, char *describe, size_t cap);
  * tensor. Not collective. */
 ddp_status ddp_safetensors_read(const ddp_model *m, const char *path, float *host,
                                 float *host_buffers);
-/* The trainer's parameters through ddp_safetensors_write. Not collective (rank 0). */
+/* The trainer's parameters and buffers as ddp_safetensors_write writes them, rank 0 writing
+ * the file. Where each rank holds only its shard of the parameters (ZeRO-3) every rank takes
+ * part: the parameters are gathered in pieces of at most one unit (ddp_sync_read_params)
+ * and streamed to the file, so that no rank holds more than that beyond its shard.
+ * COLLECTIVE: every rank calls it (ranks other than 0 return at once where the parameters
+ * are replicated). */
 ddp_status ddp_trainer_export(ddp_trainer *t, const char *path);
 
 #ifdef __cplusplus

@@ -145,6 +145,8 @@ double ddp_thread_cpu_time(void);
 /* The process's peak resident set size so far in MiB (getrusage's ru_maxrss), to a
  * tenth; -1 if it cannot be read. */
 double ddp_peak_rss_mb(void);
+/* Its resident set size now in MiB (/proc/self/statm); -1 if it cannot be read. */
+double ddp_rss_mb(void);
 
 /* ---- tracing ---------------------------------------------------------------------- */
 

@@ -103,9 +103,10 @@ ddp_status ddp_sampler_set_batch(ddp_sampler *s, size_t global_batch);
 ddp_status ddp_sampler_seek_pos(ddp_sampler *s, uint64_t epoch, size_t step, size_t pos);
 void ddp_sampler_free(ddp_sampler *s);
 
-/* The contiguous part of n items that rank r evaluates: every item exactly once over
- * all ranks, sizes differing by at most one, no padding. */
-void ddp_shard_range(size_t n, int rank, int world, size_t *begin, size_t *count);
+/* The evaluation split: the contiguous part of n items that rank r evaluates, every item
+ * exactly once over all ranks, sizes differing by at most one, no padding. (A "shard" is
+ * something else: a rank's part of the flat parameter buffer, ddp/sync.h.) */
+void ddp_split_range(size_t n, int rank, int world, size_t *begin, size_t *count);
 
 /* ---- text: bytes as tokens -------------------------------------------------------- */
 
@@ -180,7 +181,7 @@ ddp_status ddp_text_fill(const ddp_text *t, const size_t *offsets, size_t n, siz
  * predicts validation bytes [i*ctx + 1, i*ctx + 1 + len) from the len bytes before each,
  * with len = ctx except in the last window, which is shorter when ctx does not divide
  * n_val - 1. Over all windows every one of the n_val - 1 predictable bytes is predicted
- * exactly once; ranks take contiguous shares (ddp_shard_range), so no window is repeated
+ * exactly once; ranks take contiguous shares (ddp_split_range), so no window is repeated
  * to even out the shares, and a rank may get none. */
 typedef struct {
     size_t n_val;     /* bytes of the validation split */

@@ -135,6 +135,9 @@ typedef struct {
     int ndim;
     size_t shape[DDP_MAX_DIMS]; /* weights of a linear map: (out, in) */
     int decay;                  /* weight decay applies (parameters only) */
+    /* Read only as an operand of matrix products (ddp_backend_gemm), which under
+     * --precision bf16 read the weights' bf16 copy: ZeRO-3 then gathers that copy alone. */
+    int products_only;
 } ddp_param_view;
 
 /* One batch in device memory. Per-sample models take features x; token models take
@@ -196,12 +199,35 @@ size_t ddp_model_activation_bytes(const ddp_model *m);
  * all-reducing gradients on the trainer's at the same time. Without one they compute on
  * this rank's batch alone. */
 void ddp_model_set_comm(ddp_model *m, ddp_comm *comm);
-/* Called by forward before each layer that reads parameters, with the end of the prefix
- * [0, end) of the flat parameter buffer that the layer may read (ascending from layer to
- * layer): returns once those are final. Lets the parameters of a sharded update arrive
- * (all-gathered bucket by bucket) while the first layers already compute. NULL: none. */
-typedef ddp_status (*ddp_param_wait_fn)(void *ctx, size_t end);
-void ddp_model_set_param_wait(ddp_model *m, ddp_param_wait_fn fn, void *ctx);
+/* Units: the layers from one recompute segment's end to the next (a GPT block, a CNN
+ * stage, a dense layer with its activation; the GPT's embedding, final norm and output
+ * projection each one of their own), the pieces in which ZeRO-3 gathers the parameters.
+ * Unit u owns a contiguous range of the flat parameter buffer (the tensors its layers
+ * declare, possibly none) and may use tensors of earlier units as well (the GPT's output
+ * projection uses the token embedding of the first). */
+int ddp_model_num_units(const ddp_model *m);
+/* Unit u's own range [*begin, *end) and the ids of the tensors of other units it uses
+ * (up to max into shared; returns how many there are). */
+int ddp_model_unit_params(const ddp_model *m, int u, size_t *begin, size_t *end, int *shared,
+                          int max);
+/* The name of unit u's last layer ("h3", "lm_head"), for messages. */
+const char *ddp_model_unit_name(const ddp_model *m, int u);
+/* What the unit hook is told: a unit's forward or backward begins (before its first
+ * layer; in backward before its last layer and before any recomputation, which does not
+ * change the events) or ends (after it). Forward passes in evaluation tell it too. */
+#define DDP_UNIT_EVENTS(X)                                                                         \
+    X(DDP_UNIT_FORWARD_BEGIN, "forward begins")                                                    \
+    X(DDP_UNIT_FORWARD_END, "forward ends")                                                        \
+    X(DDP_UNIT_BACKWARD_BEGIN, "backward begins") X(DDP_UNIT_BACKWARD_END, "backward ends")
+typedef enum { DDP_UNIT_EVENTS(DDP_X_VALUE) DDP_UNIT_EVENT_COUNT } ddp_unit_event;
+/* A nonzero status stops the pass and is returned from it. */
+typedef ddp_status (*ddp_unit_fn)(void *ctx, int unit, ddp_unit_event ev);
+/* Lets the parameters of a sharded update arrive while the first layers already compute
+ * (ZeRO-1 and 2: wait for the part of the all-gather a unit reads), or gathers each unit's
+ * parameters just in time and gives them back after (ZeRO-3). NULL: none. */
+void ddp_model_set_unit_hook(ddp_model *m, ddp_unit_fn fn, void *ctx);
+/* The hook set (NULL, NULL when none): for a caller that wraps it (tests). */
+void ddp_model_unit_hook(const ddp_model *m, ddp_unit_fn *fn, void **ctx);
 /* A text that identifies the kind and every shape option ("mlp 784-256-128-10 relu",
  * "gpt L4 C256 H4 T128 V256"), written by the kind; ddp_model_spec_parse reads it back. */
 const char *ddp_model_describe(const ddp_model *m);
@@ -219,6 +245,10 @@ void ddp_model_largest_product(const ddp_model *m, size_t n, int *M, int *N, int
  * residual projections scaled by 1/sqrt(2 layers) as in GPT-2, biases 0, normalization
  * weights 1. */
 ddp_status ddp_model_init_params(ddp_model *m, uint64_t seed);
+/* The same for elements [lo, hi) of the flat parameter buffer only (the same bits as those
+ * of the whole; every tensor's stream is drawn from its start), and all buffers: a rank
+ * that keeps a shard of the parameters writes no others. */
+ddp_status ddp_model_init_params_range(ddp_model *m, uint64_t seed, size_t lo, size_t hi);
 
 /* Forward pass over one batch (n <= max_batch samples, t <= max positions), whose arrays
  * must stay valid until the backward that follows (it reads the inputs again). With

@@ -20,6 +20,7 @@
 
 #include "ddp/backend.h"
 #include "ddp/comm.h"
+#include "ddp/shard.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -66,15 +67,16 @@ ddp_status ddp_reducer_create(ddp_comm *comm, ddp_backend *b, float *grads, size
 void ddp_reducer_free(ddp_reducer *r);
 
 /* Sharded gradients (ZeRO): instead of all-reducing each bucket, reduce-scatter it, so
- * that rank q receives the sum of the part of the bucket that falls into its shard
- * [q * shard_size, min((q + 1) * shard_size, n)) of the flat buffer (shards are cut
- * without regard to buckets, so a bucket may feed several shards). This rank's sums land
- * in shard (shard_size elements, device), at the offset of the element within the shard.
- * release_grads: after a bucket has been sent, its whole pages of the gradient buffer are
- * given back to the system (host memory only), so that the full gradients never stay
- * resident: the buffer must be private anonymous memory, not shared with other ranks.
- * Call once, after create. Not collective. */
-ddp_status ddp_reducer_set_shard(ddp_reducer *r, float *shard, size_t shard_size,
+ * that rank q receives the sum of the part of the bucket that falls into its shard of the
+ * layout l (ddp/shard.h; shards are cut without regard to buckets, so a bucket may feed
+ * several shards). This rank's sums land in shard (l->size elements, device), at the
+ * offset of the element within the shard; with grad_dtype BF16 they travel in bf16 and are
+ * widened there. release_grads: after a bucket has been sent, the pages of the gradient
+ * buffer that no bucket still to be sent shares are given back to the system
+ * (ddp_backend_release_pages: host memory), so that the full gradients never stay
+ * resident: the buffer must come from ddp_backend_alloc_pages, not be shared with other
+ * ranks. Call once, after create. Not collective. */
+ddp_status ddp_reducer_set_shard(ddp_reducer *r, float *shard, const ddp_shard_layout *l,
                                  int release_grads);
 /* Starts a communicating backward pass. */
 ddp_status ddp_reducer_begin(ddp_reducer *r);
@@ -102,8 +104,8 @@ ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats);
  * host). Nothing else may use the reducer's communicator until the gather is finished.
  * COLLECTIVE. */
 ddp_status ddp_reducer_start_gather(ddp_reducer *r, float *params);
-/* A ddp_param_wait_fn (ctx = the reducer): returns once parameters [0, end) are gathered
- * (at once when no gather is in flight). Not collective. */
+/* Returns once parameters [0, end) are gathered (at once when no gather is in flight).
+ * Not collective. */
 ddp_status ddp_reducer_wait_params(void *reducer, size_t end);
 /* Waits for the whole gather started last (returns at once when none is in flight); stats
  * (may be NULL) receives its buckets' communication time and the time spent waiting for

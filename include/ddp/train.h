@@ -3,9 +3,11 @@
  * splits it into `accum` micro-batches, runs forward and backward on each (gradients
  * accumulate in the flat buffer, scaled by 1/global_batch), reduces the gradients over
  * the ranks as backward makes them final (on the last micro-batch: bucket by bucket,
- * all-reduced; with --zero, reduce-scattered into shards, on every micro-batch at stage
- * 2), and applies the same optimizer update (with --zero, each rank its shard, then the
- * parameters all-gathered).
+ * all-reduced; with --zero, reduce-scattered into shards, on every micro-batch at stages
+ * 2 and 3), and applies the same optimizer update (with --zero, each rank its shard, then
+ * the parameters all-gathered; at stage 3 unit by unit just before each use). How the ranks
+ * keep in step is the sync's business (ddp/sync.h): the step calls it the same way at
+ * every stage.
  */
 #ifndef DDP_TRAIN_H
 #define DDP_TRAIN_H
@@ -73,8 +75,14 @@ typedef struct {
      * optimizer state of its shard of the flat buffer, gradients are reduce-scattered and
      * the updated parameters all-gathered; 2 also the averaged gradients only for its
      * shard, sent once per micro-batch, the full gradient buffer released bucket by
-     * bucket (host memory) */
+     * bucket (host memory); 3 also the parameters only for its shard, each unit of the
+     * model gathered just before its forward and its backward and released after */
     int zero;
+    int gathers;       /* --zero 3: units gathered or being gathered at once (1..3) */
+    int keep_gathered; /* --zero 3: keep gathered units over a step's micro-batches */
+    /* Set up for a memory plan only (ddp-train --memory-plan; no option of its own): the
+     * parameters are left unwritten, so that no page of the model is touched. */
+    int plan_only;
     int on_nonfinite; /* DDP_NONFINITE_ABORT or DDP_NONFINITE_SKIP */
     /* output */
     int log_every;  /* steps between progress lines and metrics records */
@@ -259,16 +267,19 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy);
 
 /* Bytes per rank of the training state under the run's settings (--zero, the buckets). */
 typedef struct {
-    size_t params;      /* the parameters: every stage keeps all of them */
-    size_t params_bf16; /* --precision bf16 under --zero 0: their bf16 copy for the products */
+    size_t params;      /* the parameters: all of them, or under --zero 3 the shard and the units
+                         * gathered at most at once */
+    size_t params_bf16; /* --precision bf16 under --zero 0 and 3: their bf16 copy for the
+                         * products (stage 3: of the shard and the units) */
     /* Gradient memory resident at its peak: the whole flat buffer, or under --zero 2 the
      * two largest buckets (one being written by backward while the other is sent); the
      * rest of the buffer is address space whose pages go back to the system once sent. */
     size_t grads;
-    size_t grad_shard;  /* the shard's averaged gradients (--zero 1 and 2) */
+    size_t grad_shard;  /* the shard's averaged gradients (--zero 1 to 3) */
     size_t optim;       /* optimizer state: all of it, or this rank's shard */
     size_t optim_full;  /* what the optimizer state would take unsharded */
     size_t activations; /* the model's activation arena */
+    size_t comm;        /* communication buffers (ddp_sync_memory) */
 } ddp_memory_use;
 /* For this run, or with ranks > 0 for the same settings on that many ranks with the same
  * micro-batch (a plan: the largest shard's figures). Not collective. */

@@ -4,6 +4,7 @@
  */
 #include <math.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "backend/backend_impl.h"
 
@@ -18,7 +19,7 @@ int ddp_backend_threads(const ddp_backend *b) { return b->opt.threads; }
 
 void ddp_backend_free(ddp_backend *b) {
     if (!b) return;
-    if (b->w16) b->ops->dealloc(b, b->w16);
+    if (b->w16 && !b->w16_kept) b->ops->dealloc(b, b->w16);
     b->w16 = NULL;
     b->ops->destroy(b);
 }
@@ -45,6 +46,49 @@ void ddp_backend_dealloc(ddp_backend *b, void *ptr) {
     if ((const void *)b->w32 == ptr && ddp_backend_set_bf16_weights(b, NULL, 0) != DDP_OK)
         ddp_log_current_error("dropping the bf16 copy of the weights");
     b->ops->dealloc(b, ptr);
+}
+
+ddp_status ddp_backend_alloc_pages(ddp_backend *b, size_t bytes, void **ptr) {
+    *ptr = NULL;
+    if (bytes == 0) bytes = 1;
+    if (b->ops->alloc_pages) return b->ops->alloc_pages(b, bytes, ptr);
+    DDP_CHECK(b->ops->alloc(b, bytes, ptr));
+    ddp_status s = b->ops->zero(b, *ptr, bytes);
+    if (s != DDP_OK) {
+        b->ops->dealloc(b, *ptr);
+        *ptr = NULL;
+        DDP_CHECK(s);
+    }
+    return DDP_OK;
+}
+
+void ddp_backend_free_pages(ddp_backend *b, void *ptr, size_t bytes) {
+    if (!ptr) return;
+    if ((const void *)b->w32 == ptr && ddp_backend_set_bf16_weights(b, NULL, 0) != DDP_OK)
+        ddp_log_current_error("dropping the bf16 copy of the weights");
+    if (b->ops->free_pages)
+        b->ops->free_pages(b, ptr, bytes ? bytes : 1);
+    else
+        b->ops->dealloc(b, ptr);
+}
+
+ddp_status ddp_backend_release_pages(ddp_backend *b, void *ptr, size_t bytes, size_t *released) {
+    if (released) *released = 0;
+    if (!b->ops->release_pages || !ptr || bytes == 0) return DDP_OK;
+    DDP_CHECK(b->ops->release_pages(b, ptr, bytes, released));
+    return DDP_OK;
+}
+
+size_t ddp_backend_page_bytes(const ddp_backend *b) {
+    (void)b;
+    return (size_t)sysconf(_SC_PAGESIZE);
+}
+
+size_t ddp_backend_release_granule(const ddp_backend *b, const void *ptr, size_t bytes) {
+    if (ddp_backend_is_host(b) && bytes >= DDP_HUGE_PAGE_BYTES &&
+        (uintptr_t)ptr % DDP_HUGE_PAGE_BYTES == 0)
+        return DDP_HUGE_PAGE_BYTES;
+    return ddp_backend_page_bytes(b);
 }
 
 ddp_status ddp_backend_host_alloc(ddp_backend *b, size_t bytes, void **ptr) {
@@ -79,16 +123,29 @@ ddp_status ddp_backend_set_bf16_weights(ddp_backend *b, const float *params, siz
     if (b->w16) {
         /* Queued products may still read the old copy. */
         DDP_CHECK(ddp_backend_sync(b));
-        b->ops->dealloc(b, b->w16);
+        if (!b->w16_kept) b->ops->dealloc(b, b->w16);
     }
     b->w16 = NULL;
     b->w32 = NULL;
     b->w_n = 0;
+    b->w16_kept = 0;
     if (!params || n == 0 || b->opt.math != DDP_MATH_BF16) return DDP_OK;
     DDP_CHECK(b->ops->alloc(b, n * sizeof(uint16_t), (void **)&b->w16));
     b->w32 = params;
     b->w_n = n;
     b->w16_stale = 1;
+    return DDP_OK;
+}
+
+ddp_status ddp_backend_set_bf16_copy(ddp_backend *b, const float *params, uint16_t *copy,
+                                     size_t n) {
+    DDP_CHECK(ddp_backend_set_bf16_weights(b, NULL, 0));
+    if (!params || !copy || n == 0 || b->opt.math != DDP_MATH_BF16) return DDP_OK;
+    b->w32 = params;
+    b->w16 = copy;
+    b->w_n = n;
+    b->w16_kept = 1;
+    b->w16_stale = 0;
     return DDP_OK;
 }
 
@@ -112,7 +169,7 @@ ddp_status ddp_backend_w16_operand(ddp_backend *b, const float *p, int rows, int
     size_t extent = (size_t)(rows - 1) * (size_t)ld + (size_t)cols;
     const uint16_t *w = ddp_backend_w16_of(b, p, extent);
     if (!w) return DDP_OK;
-    if (b->w16_stale) {
+    if (b->w16_stale && !b->w16_kept) {
         /* Ordered after whatever wrote the fp32 array. */
         DDP_CHECK(b->ops->f32_to_bf16(b, b->w32, b->w16, b->w_n));
         b->w16_stale = 0;

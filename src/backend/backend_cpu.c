@@ -5,9 +5,13 @@
  * the GEMMs, which dominate the time anyway.
  */
 #include <cblas.h>
+#include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "backend/backend_impl.h"
 #include "backend/cpu_math.h"
@@ -27,6 +31,58 @@ static ddp_status cpu_alloc(ddp_backend *b, size_t bytes, void **ptr) {
 }
 
 static void cpu_dealloc(ddp_backend *b, void *ptr) { free(ptr); }
+
+/* Huge pages where a buffer spans them: a buffer whose pages go back to the system and
+ * come again every step (the ZeRO stages' gradients and parameters) then faults once per
+ * 2 MB instead of once per 4 KB, where the releases keep them whole
+ * (ddp_backend_release_granule; bench/results/zero.md). */
+#define HUGE_PAGE DDP_HUGE_PAGE_BYTES
+
+/* The mapping of a buffer of `bytes`: whole huge pages from one huge page up (the last one
+ * whole too, so that it can be one), else whole small pages. */
+static size_t mapped_len(size_t bytes) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), len = (bytes + page - 1) / page * page;
+    return len >= HUGE_PAGE ? (len + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE : len;
+}
+
+static ddp_status cpu_alloc_pages(ddp_backend *b, size_t bytes, void **ptr) {
+    size_t len = mapped_len(bytes);
+    int huge = len >= HUGE_PAGE;
+    /* Room to start on a huge page's boundary, trimmed below. */
+    size_t span = huge ? len + HUGE_PAGE : len;
+    char *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return DDP_FAIL(DDP_ERR_NOMEM, "cpu backend: could not map %zu bytes: %s", bytes,
+                        strerror(errno));
+    if (huge) {
+        char *start = (char *)(((uintptr_t)p + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE);
+        if (start > p) munmap(p, (size_t)(start - p));
+        size_t tail = span - (size_t)(start - p) - len;
+        if (tail > 0) munmap(start + len, tail);
+        p = start;
+        /* Advice only: without transparent huge pages the buffer works on small ones. */
+        (void)madvise(p, len, MADV_HUGEPAGE);
+    }
+    *ptr = p;
+    return DDP_OK;
+}
+
+static void cpu_free_pages(ddp_backend *b, void *ptr, size_t bytes) {
+    munmap(ptr, mapped_len(bytes));
+}
+
+static ddp_status cpu_release_pages(ddp_backend *b, void *ptr, size_t bytes, size_t *released) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)ptr + page - 1) / page * page;
+    uintptr_t hi = ((uintptr_t)ptr + bytes) / page * page;
+    if (released) *released = 0;
+    if (hi <= lo) return DDP_OK;
+    if (madvise((void *)lo, hi - lo, MADV_DONTNEED) != 0)
+        return DDP_FAIL(DDP_ERR_INTERNAL, "cpu backend: giving back %zu bytes of pages failed: %s",
+                        (size_t)(hi - lo), strerror(errno));
+    if (released) *released = hi - lo;
+    return DDP_OK;
+}
 
 static ddp_status cpu_copy(ddp_backend *b, void *dst, const void *src, size_t bytes,
                            ddp_copy_kind kind) {
@@ -329,6 +385,9 @@ static const ddp_backend_ops cpu_ops = {.name = "cpu",
                                         .host_dealloc = cpu_dealloc,
                                         .copy = cpu_copy,
                                         .zero = cpu_zero,
+                                        .alloc_pages = cpu_alloc_pages,
+                                        .free_pages = cpu_free_pages,
+                                        .release_pages = cpu_release_pages,
                                         .sync = cpu_sync,
                                         .bf16_native = cpu_bf16_native,
                                         .get_threads = cpu_get_threads,

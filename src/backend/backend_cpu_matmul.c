@@ -288,17 +288,25 @@ typedef struct {
 static ddp_status operand(ddp_backend *b, ddp_cpu_matmul_cache *c, int native, int slot,
                           const ddp_cpu_mm *m, const float *x, int rows, int cols, int ld,
                           size_t s0, size_t s1, view *o) {
-    if (native && m->b0 == 1 && m->b1 == 1) {
-        const uint16_t *w16 = NULL;
-        DDP_CHECK(ddp_backend_w16_operand(b, x, rows, cols, ld, &w16));
-        if (w16) {
-            *o = (view){w16, ld, (size_t)rows * (size_t)ld, (size_t)rows * (size_t)ld};
-            return DDP_OK;
-        }
+    const uint16_t *w16 = NULL;
+    if (m->b0 == 1 && m->b1 == 1) DDP_CHECK(ddp_backend_w16_operand(b, x, rows, cols, ld, &w16));
+    if (w16 && native) {
+        *o = (view){w16, ld, (size_t)rows * (size_t)ld, (size_t)rows * (size_t)ld};
+        return DDP_OK;
     }
     size_t one = (size_t)rows * (size_t)cols, n = one * (size_t)m->b0 * (size_t)m->b1;
     void *ws = NULL;
     DDP_CHECK(workspace(c, slot, (n > 0 ? n : 1) * (native ? 2 : 4), &ws));
+    if (w16) {
+        /* Emulated, an operand in the weights: their bf16 copy widened, the numbers that
+         * rounding the fp32 values gives (and all there is of them under ZeRO-3, whose
+         * gathers bring only the copy of the tensors that products alone read). */
+        for (int r = 0; r < rows; r++)
+            DDP_CHECK(ddp_cpu_bf16_to_f32(b, w16 + (size_t)r * (size_t)ld,
+                                          (float *)ws + (size_t)r * (size_t)cols, (size_t)cols));
+        *o = (view){ws, cols, one, one};
+        return DDP_OK;
+    }
     size_t at = 0;
     for (int i = 0; i < m->b0; i++)
         for (int j = 0; j < m->b1; j++)

@@ -20,6 +20,11 @@ typedef struct {
     ddp_status (*copy)(ddp_backend *b, void *dst, const void *src, size_t bytes,
                        ddp_copy_kind kind);
     ddp_status (*zero)(ddp_backend *b, void *ptr, size_t bytes);
+    /* ddp_backend_alloc_pages and its kin (NULL: alloc and zero, dealloc, nothing given
+     * back); release_pages gives back the whole pages inside the range */
+    ddp_status (*alloc_pages)(ddp_backend *b, size_t bytes, void **ptr);
+    void (*free_pages)(ddp_backend *b, void *ptr, size_t bytes);
+    ddp_status (*release_pages)(ddp_backend *b, void *ptr, size_t bytes, size_t *released);
     ddp_status (*sync)(ddp_backend *b);
     /* ddp_backend_bf16_native (NULL: always native) */
     int (*bf16_native)(ddp_backend *b);
@@ -46,6 +51,8 @@ struct ddp_backend {
     size_t w_n;
     uint16_t *w16; /* (w_n) backend memory: its bf16 copy */
     int w16_stale; /* rewrite w16 from w32 before a product reads it */
+    int w16_kept;  /* the caller's copy, kept current by the caller (ddp_backend_set_bf16_copy):
+                    * never rewritten here, never freed here */
 };
 
 /* The bf16 copy of the n elements at p, when they lie inside the weights' array (NULL

@@ -53,11 +53,13 @@ static ddp_status load(const ddp_cli_generate_options *o, ddp_backend *b, ddp_mo
     if (s == DDP_OK && o->safetensors[0]) {
         s = ddp_safetensors_read(m, path, host, NULL); /* a GPT has no buffers */
     } else if (s == DDP_OK) {
-        if (info.num_params != n)
+        /* A ZeRO-3 checkpoint's manifest holds no parameters: its shard files do. */
+        uint64_t held = info.num_params > 0 ? info.num_params : info.state_size;
+        if (held != n)
             s = DDP_FAIL(DDP_ERR_FORMAT, "%s: %llu parameters for a model of %zu", path,
-                         (unsigned long long)info.num_params, n);
+                         (unsigned long long)held, n);
         else
-            memcpy(host, info.params, n * sizeof *host); /* may be unaligned in the file */
+            s = ddp_checkpoint_read_params(path, &info, host);
     }
     if (s == DDP_OK)
         s = ddp_backend_copy(b, ddp_model_params(m), host, n * sizeof *host, DDP_COPY_H2D);

@@ -16,13 +16,14 @@
 #include "ddp/cli.h"
 #include "ddp/watchdog.h"
 
-static ddp_status dump_params(ddp_trainer *t, const char *path) {
+/* Every rank takes part (the parameters may be sharded); rank 0 writes. */
+static ddp_status dump_params(ddp_trainer *t, const char *path, int rank) {
     ddp_model *m = ddp_trainer_model(t);
     size_t n = ddp_model_num_params(m);
     float *host = malloc(n * sizeof(float));
     if (!host) return DDP_FAIL(DDP_ERR_NOMEM, "out of memory");
     ddp_status s = ddp_trainer_get_params(t, host);
-    if (s == DDP_OK) {
+    if (s == DDP_OK && rank == 0) {
         FILE *f = fopen(path, "wb");
         if (!f || fwrite(host, sizeof(float), n, f) != n || fclose(f) != 0)
             s = DDP_FAIL(DDP_ERR_IO, "--dump-params %s: could not write %zu floats", path, n);
@@ -31,16 +32,20 @@ static ddp_status dump_params(ddp_trainer *t, const char *path) {
     return s;
 }
 
-/* --memory-plan: one JSON line of bytes per rank, for scripts that size models. */
-static void print_memory_plan(ddp_trainer *t, int ranks) {
+/* --memory-plan: one JSON line of bytes per rank, for scripts that size models. "total" is
+ * the training state the trainer allocates; "peak" adds the communication buffers and
+ * `runtime`, what this process held before the trainer (libraries, MPI, the data), which
+ * every rank holds too: the peak resident memory a rank should reach. */
+static void print_memory_plan(ddp_trainer *t, int ranks, double runtime_mb) {
     ddp_memory_use m;
     ddp_trainer_memory(t, ranks, &m);
+    size_t total = m.params + m.params_bf16 + m.grads + m.grad_shard + m.optim + m.activations;
+    size_t runtime = runtime_mb > 0.0 ? (size_t)(runtime_mb * 1024.0 * 1024.0) : 0;
     printf("{\"ranks\": %d, \"num_params\": %zu, \"params\": %zu, \"params_bf16\": %zu, "
            "\"grads\": %zu, \"grad_shard\": %zu, \"optim\": %zu, \"activations\": %zu, "
-           "\"total\": %zu}\n",
+           "\"total\": %zu, \"comm\": %zu, \"runtime\": %zu, \"peak\": %zu}\n",
            ranks, ddp_model_num_params(ddp_trainer_model(t)), m.params, m.params_bf16, m.grads,
-           m.grad_shard, m.optim, m.activations,
-           m.params + m.params_bf16 + m.grads + m.grad_shard + m.optim + m.activations);
+           m.grad_shard, m.optim, m.activations, total, m.comm, runtime, total + m.comm + runtime);
     fflush(stdout);
 }
 
@@ -103,9 +108,12 @@ int main(int argc, char **argv) {
     if (!ddp_cli_create_backend(ctrl, cfg, &backend)) goto done;
 
     if (!ddp_cli_load_data(ctrl, cfg, &data)) goto done;
+    /* What a rank holds before the training state: part of the plan's peak. */
+    double runtime_mb = ddp_rss_mb();
+    cfg->plan_only = opt.memory_plan > 0;
     if (!ddp_cli_create_trainer(ctrl, cfg, backend, &data, &comm, &trainer)) goto done;
     if (opt.memory_plan > 0) {
-        if (rank == 0) print_memory_plan(trainer, opt.memory_plan);
+        if (rank == 0) print_memory_plan(trainer, opt.memory_plan, runtime_mb);
         code = 0;
         goto done;
     }
@@ -142,11 +150,13 @@ int main(int argc, char **argv) {
         ddp_log_info("final %s", what);
     }
     if (s == DDP_OK) s = ddp_trace_close();
-    if (s == DDP_OK && opt.dump_params[0] && rank == 0) {
-        s = dump_params(trainer, opt.dump_params);
+    /* Collective where the parameters are sharded: every rank that trained to the end
+     * reaches these (a failed one aborted the job above). */
+    if (s == DDP_OK && opt.dump_params[0]) {
+        s = dump_params(trainer, opt.dump_params, rank);
         if (s != DDP_OK) ddp_log_current_error("writing parameters");
     }
-    if (opt.export_path[0] && rank == 0 && s == DDP_OK) {
+    if (opt.export_path[0] && s == DDP_OK) {
         s = ddp_trainer_export(trainer, opt.export_path);
         if (s != DDP_OK) ddp_log_current_error("exporting parameters");
     }

@@ -7,6 +7,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "ddp/core.h"
@@ -22,6 +23,17 @@ double ddp_peak_rss_mb(void) {
     if (getrusage(RUSAGE_SELF, &u) != 0) return -1.0;
     /* Linux gives kilobytes (KiB). */
     return round((double)u.ru_maxrss / 1024.0 * 10.0) / 10.0;
+}
+
+double ddp_rss_mb(void) {
+    /* statm: pages of the whole program, then resident ones. */
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f) return -1.0;
+    unsigned long size = 0, resident = 0;
+    int ok = fscanf(f, "%lu %lu", &size, &resident) == 2;
+    fclose(f);
+    if (!ok) return -1.0;
+    return (double)resident * (double)sysconf(_SC_PAGESIZE) / (1024.0 * 1024.0);
 }
 
 double ddp_thread_cpu_time(void) {

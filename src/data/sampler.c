@@ -180,7 +180,7 @@ void ddp_sampler_free(ddp_sampler *s) {
     memset(s, 0, sizeof *s);
 }
 
-void ddp_shard_range(size_t n, int rank, int world, size_t *begin, size_t *count) {
+void ddp_split_range(size_t n, int rank, int world, size_t *begin, size_t *count) {
     if (world < 1 || rank < 0 || rank >= world) {
         *begin = 0;
         *count = 0;

@@ -330,7 +330,7 @@ ddp_status ddp_val_windows_init(ddp_val_windows *v, const ddp_text *t, size_t ct
     v->ctx = ctx;
     v->n_windows = predicted / ctx + (predicted % ctx != 0);
     v->last_len = predicted - (v->n_windows - 1) * ctx;
-    ddp_shard_range(v->n_windows, rank, world, &v->begin, &v->count);
+    ddp_split_range(v->n_windows, rank, world, &v->begin, &v->count);
     return DDP_OK;
 }
 

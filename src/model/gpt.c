@@ -333,6 +333,11 @@ static ddp_status add_block(ddp_model *m, const ddp_model_spec *spec, int i) {
         free(K);
         DDP_CHECK(s);
     }
+    /* The four linear maps' weights meet nothing but products. */
+    ddp_model_products_only(m, K->qkv_w);
+    ddp_model_products_only(m, K->proj_w);
+    ddp_model_products_only(m, K->fc_w);
+    ddp_model_products_only(m, K->fcp_w);
     /* Per sequence of a full context: the four linear maps (24 C^2 multiply-adds per
      * position, counted as 2 FLOPs each) and attention's two products over all ctx
      * positions. */

@@ -105,6 +105,9 @@ ddp_status ddp_model_add_layer(ddp_model *m, ddp_layer *l);
  * shape has ndim (1..4) dimensions. Returns its id in *id. */
 ddp_status ddp_model_add_param(ddp_model *m, const char *name, int ndim, const size_t *shape,
                                ddp_init init, int decay, int *id);
+/* Says that tensor id is read only through ddp_backend_gemm (ddp_param_view's
+ * products_only): the layers' linear maps, not embeddings, norms, biases or convolutions. */
+void ddp_model_products_only(ddp_model *m, int id);
 /* Declares a buffer: state of the model that is not trained (running statistics), kept
  * in a flat buffer of its own, saved in checkpoints and exports. Returns its id. */
 ddp_status ddp_model_add_buffer(ddp_model *m, const char *name, int ndim, const size_t *shape,

@@ -119,6 +119,7 @@ ddp_status ddp_layer_linear_create(ddp_model *m, const char *name, const char *p
         free(L);
         DDP_CHECK(s);
     }
+    ddp_model_products_only(m, L->w);
     ddp_model_add_product(m, 1, (int)out, (int)in);
     if (out_l) *out_l = &L->base;
     DDP_CHECK(ddp_model_add_layer(m, &L->base));

@@ -1,9 +1,9 @@
 /*
- * The model: layers run in order over one flat parameter buffer and one flat gradient
- * buffer, their activations in one arena, the loss at the end, and the books of
- * gradients during backward (which contribution is the first, which the last, and
- * when a tensor is reported ready). The kinds (mlp.c, gpt.c, cnn.c) only declare layers
- * and tensors.
+ * The model: layers over one flat parameter buffer and one flat gradient buffer (pages
+ * taken on first touch, which the ZeRO stages hold only in part), their activations in one
+ * arena, the units in which ZeRO-3 gathers the parameters, and the parameters' initial
+ * values. Its passes are in model_pass.c. The kinds (mlp.c, gpt.c, cnn.c) only declare
+ * layers and tensors.
  */
 #include <math.h>
 #include <stdint.h>
@@ -11,58 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/layer.h"
-
-typedef struct {
-    ddp_param_view view; /* name, offset, count, shape, decay; in the parameters or buffers */
-    ddp_init init;
-    int uses; /* layers that contribute to its gradient */
-    /* per backward pass */
-    int touched;   /* got its first contribution */
-    int uses_left; /* contributions still to come */
-    int reported;  /* reported ready */
-} tensor;
-
-struct ddp_model {
-    ddp_backend *backend;
-    ddp_model_spec spec;
-    int n_layers, cap_layers;
-    ddp_layer **layers;
-    int n_tensors, cap_tensors;
-    tensor *tensors;
-    int n_buffers, cap_buffers;
-    tensor *buffers; /* state that is not trained: views into bufs */
-    size_t num_params;
-    size_t num_buffer_elems;
-    float *bufs;    /* device (num_buffer_elems), NULL when there are none */
-    ddp_comm *comm; /* for layers that communicate in forward and backward; may be NULL */
-    float *params;  /* device (num_params) */
-    float *grads;   /* device (num_params) */
-    int own_grads;  /* grads was allocated here (not given by ddp_model_use_grad_buffer) */
-    size_t max_batch, max_pos;
-    /* the activation arena: each layer's output, each layer's saved tensors, the shared
-     * scratch, the two backward buffers and the gradient of the logits; with
-     * recomputation the outputs that end recompute segments only, then one segment's workspace for
-     * the other outputs and the saved tensors */
-    float *arena;
-    size_t arena_bytes;
-    float **outs;   /* (n_layers) rows x out_per_pos each */
-    float *bwd[2];  /* rows x the widest layer boundary */
-    float *dlogits; /* rows x classes */
-    /* the last forward */
-    ddp_batch batch;
-    ddp_pass pass;
-    int have_dlogits;
-    /* the backward pass in progress */
-    int overwrite;
-    ddp_grad_ready_fn ready;
-    void *ready_ctx;
-    ddp_param_wait_fn param_wait; /* see ddp_model_set_param_wait */
-    void *param_wait_ctx;
-    char describe[256];
-    double flops;
-    int big_rows, big_N, big_K; /* the largest matrix product per sample (add_product) */
-};
+#include "model/model_impl.h"
 
 /* ---- building ------------------------------------------------------------------------ */
 
@@ -80,6 +29,20 @@ ddp_status ddp_model_add_layer(ddp_model *m, ddp_layer *l) {
     }
     l->param_end = m->num_params;
     m->layers[m->n_layers++] = l;
+    return DDP_OK;
+}
+
+/* The units: a unit ends where a recompute segment does, and at the last layer. */
+static ddp_status make_units(ddp_model *m) {
+    m->unit_of = calloc((size_t)m->n_layers, sizeof *m->unit_of);
+    m->unit_first = calloc((size_t)m->n_layers + 1, sizeof *m->unit_first);
+    if (!m->unit_of || !m->unit_first) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
+    m->n_units = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        if (i == 0 || m->layers[i - 1]->segment_end) m->unit_first[m->n_units++] = i;
+        m->unit_of[i] = m->n_units - 1;
+    }
+    m->unit_first[m->n_units] = m->n_layers;
     return DDP_OK;
 }
 
@@ -148,9 +111,28 @@ ddp_status ddp_model_add_buffer(ddp_model *m, const char *name, int ndim, const 
     return DDP_OK;
 }
 
+void ddp_model_products_only(ddp_model *m, int id) { m->tensors[id].view.products_only = 1; }
+
 float *ddp_model_buf(ddp_model *m, int id) { return m->bufs + m->buffers[id].view.offset; }
 
-void ddp_model_share_param(ddp_model *m, int id) { m->tensors[id].uses++; }
+void ddp_model_share_param(ddp_model *m, int id) {
+    m->tensors[id].uses++;
+    /* The layer added next is the one that shares it; remembered for the units. Without
+     * memory for it, the layer's unit would not name the tensor: reported at build. */
+    if (m->n_shares == m->cap_shares) {
+        int cap = m->cap_shares ? 2 * m->cap_shares : 4;
+        int(*grown)[2] = realloc(m->shares, (size_t)cap * sizeof *grown);
+        if (!grown) {
+            m->share_failed = 1;
+            return;
+        }
+        m->shares = grown;
+        m->cap_shares = cap;
+    }
+    m->shares[m->n_shares][0] = m->n_layers;
+    m->shares[m->n_shares][1] = id;
+    m->n_shares++;
+}
 float *ddp_model_w(ddp_model *m, int id) { return m->params + m->tensors[id].view.offset; }
 float *ddp_model_dw(ddp_model *m, int id) { return m->grads + m->tensors[id].view.offset; }
 ddp_backend *ddp_model_backend(ddp_model *m) { return m->backend; }
@@ -182,12 +164,6 @@ static int grow(size_t *total, size_t a, size_t b) {
     return 1;
 }
 
-/* Whether layer i's output is kept from forward to backward under recomputation: the
- * layers that end a recompute segment, and the logits. */
-static int segment_end(const ddp_model *m, int i) {
-    return m->layers[i]->segment_end || i == m->n_layers - 1;
-}
-
 /* Carves the arena: outputs, saved tensors, scratch, backward buffers, dlogits. With
  * recomputation, the outputs that end segments, then the workspace where each segment in
  * turn keeps its other outputs and its saved tensors (as much as the largest one needs). */
@@ -209,7 +185,7 @@ static ddp_status allocate(ddp_model *m) {
             continue;
         }
         segment += l->saved_per_pos;
-        if (!segment_end(m, i)) {
+        if (!ddp_model_segment_end(m, i)) {
             segment += l->out_per_pos;
             continue;
         }
@@ -250,7 +226,7 @@ static ddp_status allocate(ddp_model *m) {
         float *ws = p + rows * outs, *w = ws;
         for (int i = 0; i < m->n_layers; i++) {
             ddp_layer *l = m->layers[i];
-            int keep = segment_end(m, i);
+            int keep = ddp_model_segment_end(m, i);
             if (keep) {
                 m->outs[i] = p;
                 p += rows * l->out_per_pos;
@@ -274,9 +250,11 @@ static ddp_status allocate(ddp_model *m) {
     if (m->num_buffer_elems > 0)
         DDP_CHECK(
             ddp_backend_alloc(m->backend, m->num_buffer_elems * sizeof(float), (void **)&m->bufs));
-    DDP_CHECK(ddp_backend_alloc(m->backend, m->num_params * sizeof(float), (void **)&m->params));
-    DDP_CHECK(ddp_backend_alloc(m->backend, m->num_params * sizeof(float), (void **)&m->grads));
-    DDP_CHECK(ddp_backend_zero(m->backend, m->grads, m->num_params * sizeof(float)));
+    /* Pages taken on first touch and given back in parts (the ZeRO stages hold only some
+     * of either); zeroed, so no pass over the gradients here. */
+    size_t bytes = m->num_params * sizeof(float);
+    DDP_CHECK(ddp_backend_alloc_pages(m->backend, bytes, (void **)&m->params));
+    DDP_CHECK(ddp_backend_alloc_pages(m->backend, bytes, (void **)&m->grads));
     return DDP_OK;
 }
 
@@ -297,6 +275,8 @@ ddp_status ddp_model_create(ddp_backend *b, const ddp_model_spec *spec, size_t m
     if (s == DDP_OK && (m->n_layers == 0 || m->num_params == 0))
         s = DDP_FAIL(DDP_ERR_INTERNAL, "model: %s has no layers or no parameters",
                      ddp_model_kind_name(spec->kind));
+    if (s == DDP_OK && m->share_failed) s = DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
+    if (s == DDP_OK) s = make_units(m);
     if (s == DDP_OK) s = allocate(m);
     if (s != DDP_OK) {
         ddp_error_trace(__FILE__, __LINE__);
@@ -310,8 +290,8 @@ ddp_status ddp_model_create(ddp_backend *b, const ddp_model_spec *spec, size_t m
 void ddp_model_free(ddp_model *m) {
     if (!m) return;
     ddp_backend *b = m->backend;
-    ddp_backend_dealloc(b, m->params);
-    if (m->own_grads) ddp_backend_dealloc(b, m->grads);
+    ddp_backend_free_pages(b, m->params, m->num_params * sizeof(float));
+    if (m->own_grads) ddp_backend_free_pages(b, m->grads, m->num_params * sizeof(float));
     ddp_backend_dealloc(b, m->arena);
     ddp_backend_dealloc(b, m->bufs);
     for (int i = 0; i < m->n_layers; i++) {
@@ -322,12 +302,15 @@ void ddp_model_free(ddp_model *m) {
     free(m->tensors);
     free(m->buffers);
     free(m->outs);
+    free(m->unit_of);
+    free(m->unit_first);
+    free(m->shares);
     free(m);
 }
 
 ddp_status ddp_model_use_grad_buffer(ddp_model *m, float *grads) {
     DDP_CHECK(ddp_backend_zero(m->backend, grads, m->num_params * sizeof(float)));
-    if (m->own_grads) ddp_backend_dealloc(m->backend, m->grads);
+    if (m->own_grads) ddp_backend_free_pages(m->backend, m->grads, m->num_params * sizeof(float));
     m->grads = grads;
     m->own_grads = 0;
     return DDP_OK;
@@ -362,11 +345,44 @@ const ddp_param_view *ddp_model_buffer_view(const ddp_model *m, int i) {
 size_t ddp_model_activation_bytes(const ddp_model *m) { return m->arena_bytes; }
 void ddp_model_set_comm(ddp_model *m, ddp_comm *comm) { m->comm = comm; }
 
-void ddp_model_set_param_wait(ddp_model *m, ddp_param_wait_fn fn, void *ctx) {
-    m->param_wait = fn;
-    m->param_wait_ctx = ctx;
+void ddp_model_set_unit_hook(ddp_model *m, ddp_unit_fn fn, void *ctx) {
+    m->unit_hook = fn;
+    m->unit_ctx = ctx;
 }
-ddp_comm *ddp_model_comm(ddp_model *m) { return m->comm; }
+
+void ddp_model_unit_hook(const ddp_model *m, ddp_unit_fn *fn, void **ctx) {
+    *fn = m->unit_hook;
+    *ctx = m->unit_ctx;
+}
+
+int ddp_model_num_units(const ddp_model *m) { return m->n_units; }
+
+/* The end of the parameters declared up to unit u's last layer (the last unit's: all). */
+static size_t unit_end(const ddp_model *m, int u) {
+    if (u == m->n_units - 1) return m->num_params;
+    return m->layers[m->unit_first[u + 1] - 1]->param_end;
+}
+
+int ddp_model_unit_params(const ddp_model *m, int u, size_t *begin, size_t *end, int *shared,
+                          int max) {
+    *begin = u > 0 ? unit_end(m, u - 1) : 0;
+    *end = unit_end(m, u);
+    int n = 0;
+    for (int i = 0; i < m->n_shares; i++) {
+        int layer = m->shares[i][0], id = m->shares[i][1];
+        const ddp_param_view *v = &m->tensors[id].view;
+        if (layer >= m->n_layers || m->unit_of[layer] != u) continue;
+        if (v->offset >= *begin && v->offset + v->count <= *end) continue; /* its own */
+        if (n < max) shared[n] = id;
+        n++;
+    }
+    return n;
+}
+
+const char *ddp_model_unit_name(const ddp_model *m, int u) {
+    return m->layers[m->unit_first[u + 1] - 1]->name;
+}
+
 const char *ddp_model_describe(const ddp_model *m) { return m->describe; }
 double ddp_model_flops_per_sample(const ddp_model *m) { return m->flops; }
 const float *ddp_model_logits(const ddp_model *m) { return m->outs[m->n_layers - 1]; }
@@ -402,13 +418,46 @@ static void init_tensors(const tensor *ts, int n, uint64_t seed, uint64_t first_
     }
 }
 
+/* The values of elements [lo, hi) of the flat buffer that init_tensors would write, into
+ * host (hi - lo): every tensor that overlaps the range draws its stream from its first
+ * element, so the part is the same bits as the whole. */
+static void init_range(const tensor *ts, int n, uint64_t seed, size_t lo, size_t hi, float *host) {
+    for (int i = 0; i < n; i++) {
+        const tensor *t = &ts[i];
+        size_t a = t->view.offset, e = a + t->view.count;
+        if (e <= lo || a >= hi) continue;
+        ddp_rng rng;
+        ddp_rng_seed(&rng, seed, (uint64_t)i);
+        float std = t->init.std;
+        if (t->init.kind == DDP_INIT_HE_NORMAL)
+            std = sqrtf(2.0f / (float)ddp_init_fan_in(&t->view));
+        size_t stop = e < hi ? e : hi;
+        for (size_t k = a; k < stop; k++) {
+            float v;
+            switch (t->init.kind) {
+            case DDP_INIT_ZERO: v = 0.0f; break;
+            case DDP_INIT_ONE: v = 1.0f; break;
+            default: v = std * ddp_rng_normal(&rng); break;
+            }
+            if (k >= lo) host[k - lo] = v;
+        }
+    }
+}
+
 ddp_status ddp_model_init_params(ddp_model *m, uint64_t seed) {
-    size_t n = m->num_params > m->num_buffer_elems ? m->num_params : m->num_buffer_elems;
-    float *host = malloc(n * sizeof(float));
+    DDP_CHECK(ddp_model_init_params_range(m, seed, 0, m->num_params));
+    return DDP_OK;
+}
+
+ddp_status ddp_model_init_params_range(ddp_model *m, uint64_t seed, size_t lo, size_t hi) {
+    if (hi > m->num_params) hi = m->num_params;
+    if (lo > hi) lo = hi;
+    size_t n = hi - lo > m->num_buffer_elems ? hi - lo : m->num_buffer_elems;
+    float *host = malloc((n > 0 ? n : 1) * sizeof(float));
     if (!host) return DDP_FAIL(DDP_ERR_NOMEM, "model init: out of memory");
-    init_tensors(m->tensors, m->n_tensors, seed, 0, host);
+    init_range(m->tensors, m->n_tensors, seed, lo, hi, host);
     ddp_status s =
-        ddp_backend_copy(m->backend, m->params, host, m->num_params * sizeof(float), DDP_COPY_H2D);
+        ddp_backend_copy(m->backend, m->params + lo, host, (hi - lo) * sizeof(float), DDP_COPY_H2D);
     /* Buffers draw from streams after the parameters' (none draws today: they start at
      * fixed values), so adding one never changes a parameter. */
     if (s == DDP_OK && m->n_buffers > 0) {
@@ -420,204 +469,4 @@ ddp_status ddp_model_init_params(ddp_model *m, uint64_t seed) {
     free(host);
     DDP_CHECK(s);
     return DDP_OK;
-}
-
-/* ---- forward and backward ------------------------------------------------------------ */
-
-static ddp_status check_batch(const ddp_model *m, const ddp_batch *batch) {
-    if (batch->n == 0 || batch->n > m->max_batch)
-        return DDP_FAIL(DDP_ERR_INVALID_ARG,
-                        "model: batch of %zu samples (the model was sized for 1..%zu)", batch->n,
-                        m->max_batch);
-    if (batch->t == 0 || batch->t > m->max_pos)
-        return DDP_FAIL(DDP_ERR_INVALID_ARG,
-                        "model: %zu positions per sample (the model takes 1..%zu)", batch->t,
-                        m->max_pos);
-    int tokens = m->layers[0]->in_per_pos == 0;
-    if (tokens ? !batch->tokens : !batch->x)
-        return DDP_FAIL(DDP_ERR_INVALID_ARG, "model: a %s needs %s as input", m->describe,
-                        tokens ? "tokens" : "features");
-    return DDP_OK;
-}
-
-ddp_status ddp_model_forward(ddp_model *m, const ddp_batch *batch, ddp_mode mode, float grad_scale,
-                             float *stats) {
-    DDP_CHECK(check_batch(m, batch));
-    m->batch = *batch;
-    m->pass = (ddp_pass){
-        .n = batch->n, .t = batch->t, .train = mode == DDP_MODE_TRAIN, .batch = &m->batch};
-    m->have_dlogits = 0;
-    const float *x = batch->x;
-    for (int i = 0; i < m->n_layers; i++) {
-        ddp_layer *l = m->layers[i];
-        if (m->param_wait && l->param_end > 0)
-            DDP_CHECK(m->param_wait(m->param_wait_ctx, l->param_end));
-        DDP_CHECK(ddp_trace_begin(l->name, "forward"));
-        DDP_CHECK(l->ops->forward(l, m, &m->pass, x, m->outs[i]));
-        DDP_CHECK(ddp_trace_end());
-        x = m->outs[i];
-    }
-    if (!batch->targets) return DDP_OK;
-    /* The loss belongs to the model: softmax cross-entropy over every prediction. */
-    int train = mode == DDP_MODE_TRAIN && grad_scale != 0.0f;
-    size_t rows = batch->n * batch->t;
-    DDP_CHECK(ddp_backend_softmax_xent(m->backend, x, batch->targets, (int)rows,
-                                       ddp_model_num_classes(m), train ? grad_scale : 0.0f,
-                                       train ? m->dlogits : NULL, stats));
-    m->have_dlogits = train;
-    return DDP_OK;
-}
-
-static ddp_status report(ddp_model *m, tensor *t, size_t begin, size_t count) {
-    if (m->ready) DDP_CHECK(m->ready(m->ready_ctx, t->view.offset + begin, count));
-    return DDP_OK;
-}
-
-float ddp_grad_gemm_beta(ddp_model *m, int id) {
-    tensor *t = &m->tensors[id];
-    float beta = m->overwrite && !t->touched ? 0.0f : 1.0f;
-    t->touched = 1;
-    return beta;
-}
-
-ddp_status ddp_grad_prepare_add(ddp_model *m, int id) {
-    tensor *t = &m->tensors[id];
-    if (m->overwrite && !t->touched)
-        DDP_CHECK(ddp_backend_zero(m->backend, ddp_model_dw(m, id), t->view.count * sizeof(float)));
-    t->touched = 1;
-    return DDP_OK;
-}
-
-ddp_status ddp_grad_done(ddp_model *m, int id) {
-    tensor *t = &m->tensors[id];
-    if (t->uses_left > 0) t->uses_left--;
-    if (t->uses_left == 0 && !t->reported) {
-        t->reported = 1;
-        DDP_CHECK(report(m, t, 0, t->view.count));
-    }
-    return DDP_OK;
-}
-
-ddp_status ddp_grad_report_part(ddp_model *m, int id, size_t begin, size_t count) {
-    DDP_CHECK(report(m, &m->tensors[id], begin, count));
-    return DDP_OK;
-}
-
-void ddp_grad_done_reported(ddp_model *m, int id) {
-    m->tensors[id].reported = 1;
-    m->tensors[id].uses_left = 0;
-}
-
-/* Runs the forward of the segment that ends at layer b again, so that its outputs and saved
- * tensors are back in the workspace for its backward: the same kernels on the same inputs
- * in the same order as the first forward, so the same bits. The last layer runs only if it
- * saves something; its output, which ends the segment, is still there (and is written again with
- * the same values if it runs). */
-static ddp_status recompute_segment(ddp_model *m, int b) {
-    int a = b;
-    while (a > 0 && !segment_end(m, a - 1))
-        a--;
-    ddp_pass p = m->pass;
-    p.recompute = 1;
-    const float *x = a > 0 ? m->outs[a - 1] : m->batch.x;
-    for (int j = a; j <= b; j++) {
-        ddp_layer *l = m->layers[j];
-        if (j == b && l->saved_per_pos == 0) break;
-        DDP_CHECK(ddp_trace_begin(l->name, "recompute"));
-        DDP_CHECK(l->ops->forward(l, m, &p, x, m->outs[j]));
-        DDP_CHECK(ddp_trace_end());
-        x = m->outs[j];
-    }
-    return DDP_OK;
-}
-
-ddp_status ddp_model_backward(ddp_model *m, int first, ddp_grad_ready_fn ready, void *ctx) {
-    if (!m->have_dlogits)
-        return DDP_FAIL(DDP_ERR_INVALID_ARG,
-                        "model: backward needs a forward in train mode with targets and a "
-                        "gradient scale just before it");
-    m->overwrite = first;
-    m->ready = ready;
-    m->ready_ctx = ctx;
-    for (int i = 0; i < m->n_tensors; i++) {
-        tensor *t = &m->tensors[i];
-        t->touched = t->reported = 0;
-        t->uses_left = t->uses;
-    }
-    const float *dy = m->dlogits;
-    ddp_status s = DDP_OK;
-    for (int i = m->n_layers - 1; s == DDP_OK && i >= 0; i--) {
-        ddp_layer *l = m->layers[i];
-        /* A segment's backward starts at its last layer: its activations first. */
-        if (m->spec.recompute && segment_end(m, i)) {
-            s = recompute_segment(m, i);
-            if (s != DDP_OK) break;
-        }
-        /* The first layer's input gradient is never needed. */
-        float *dx = i > 0 ? m->bwd[i & 1] : NULL;
-        const float *x = i > 0 ? m->outs[i - 1] : m->batch.x;
-        s = ddp_trace_begin(l->name, "backward");
-        if (s == DDP_OK) s = l->ops->backward(l, m, &m->pass, x, m->outs[i], dy, dx);
-        if (s == DDP_OK) s = ddp_trace_end();
-        dy = dx;
-    }
-    /* Tensors that got no contribution, or fewer than their users promised (a layer
-     * skipped): zeroed when this pass writes, and reported, so that the reducer's count
-     * of every bucket reaches zero. Last layer first, as backward goes. */
-    for (int i = m->n_tensors - 1; s == DDP_OK && i >= 0; i--) {
-        tensor *t = &m->tensors[i];
-        if (t->reported) continue;
-        if (!t->touched && m->overwrite)
-            s = ddp_backend_zero(m->backend, ddp_model_dw(m, i), t->view.count * sizeof(float));
-        t->reported = 1;
-        if (s == DDP_OK) s = report(m, t, 0, t->view.count);
-    }
-    m->ready = NULL;
-    m->ready_ctx = NULL;
-    DDP_CHECK(s);
-    return DDP_OK;
-}
-
-ddp_status ddp_model_zero_grads(ddp_model *m) {
-    DDP_CHECK(ddp_backend_zero(m->backend, m->grads, m->num_params * sizeof(float)));
-    return DDP_OK;
-}
-
-/* ---- reporting in slices --------------------------------------------------------------- */
-
-size_t ddp_model_set_grad_slices(ddp_model *m, size_t max_elems) {
-    ddp_layer *l = m->layers[0];
-    if (!ddp_layer_is_linear(l)) return 0;
-    int w = ddp_layer_linear_weight(l);
-    size_t in = m->tensors[w].view.shape[1], out = m->tensors[w].view.shape[0];
-    /* At least max_elems per slice (a reducer closes a bucket once it holds that much),
-     * which leaves the lowest, last slice the short one: the least to send at the end. */
-    size_t rows = (max_elems + in - 1) / in;
-    ddp_layer_linear_set_slices(l, max_elems == 0 || rows >= out ? 0 : rows);
-    /* The first layer's tensors (weight, then bias) are final last. */
-    const tensor *bias = &m->tensors[ddp_layer_linear_bias(l)];
-    return bias->view.offset + bias->view.count;
-}
-
-int ddp_model_ready_points(ddp_model *m, size_t *offsets, int max) {
-    int n = 0;
-    const ddp_layer *first = m->layers[0];
-    size_t slice = ddp_layer_is_linear(first) ? ddp_layer_linear_slice_rows(first) : 0;
-    int sliced = slice ? ddp_layer_linear_weight(first) : -1;
-    for (int i = 0; i < m->n_tensors; i++) {
-        const ddp_param_view *v = &m->tensors[i].view;
-        if (i != sliced) {
-            if (n < max) offsets[n] = v->offset;
-            n++;
-            continue;
-        }
-        /* Slices are cut from the last row down, so the first may be the short one. */
-        size_t out = v->shape[0], in = v->shape[1];
-        size_t firstrows = out % slice ? out % slice : slice;
-        for (size_t r = 0; r < out; r = r == 0 ? firstrows : r + slice) {
-            if (n < max) offsets[n] = v->offset + r * in;
-            n++;
-        }
-    }
-    return n;
 }

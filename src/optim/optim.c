@@ -48,8 +48,8 @@ ddp_status ddp_optim_create(ddp_backend *b, const ddp_optim_config *cfg, size_t 
     o->n_states = cfg->kind == DDP_OPTIM_SGD ? 1 : 2;
     ddp_status s = DDP_OK;
     for (int i = 0; s == DDP_OK && i < o->n_states; i++) {
-        s = ddp_backend_alloc(b, n * sizeof(float), (void **)&o->state[i]);
-        if (s == DDP_OK) s = ddp_backend_zero(b, o->state[i], n * sizeof(float));
+        /* Zeroed pages taken on first touch: no pass over them here. */
+        s = ddp_backend_alloc_pages(b, n * sizeof(float), (void **)&o->state[i]);
     }
     if (s != DDP_OK) {
         ddp_optim_free(o);
@@ -62,7 +62,7 @@ ddp_status ddp_optim_create(ddp_backend *b, const ddp_optim_config *cfg, size_t 
 void ddp_optim_free(ddp_optim *o) {
     if (!o) return;
     for (int i = 0; i < 2; i++)
-        ddp_backend_dealloc(o->backend, o->state[i]);
+        ddp_backend_free_pages(o->backend, o->state[i], o->n * sizeof(float));
     free(o->seg);
     free(o->nodecay);
     free(o);

@@ -77,7 +77,10 @@ static ddp_status write_body(ddp_trainer *t, ddp_ckpt_writer *w, const ddp_check
     float *host = malloc(CHUNK * sizeof(float));
     if (!host) return DDP_FAIL(DDP_ERR_NOMEM, "checkpoint: out of memory");
     int manifest = h->shards > 0 && h->shard_index == DDP_CKPT_MANIFEST;
-    ddp_status s = put_device(t, w, ddp_model_params(t->model), h->num_params, host, CHUNK);
+    /* The parameters this file holds: all of them, or a shard file's own (ZeRO-3). */
+    size_t pb = 0, plen;
+    if (h->shards > 0 && !manifest) ddp_sync_param_range(t->sync, &pb, &plen);
+    ddp_status s = put_device(t, w, ddp_model_params(t->model) + pb, h->num_params, host, CHUNK);
     for (int i = 0; s == DDP_OK && !manifest && i < ddp_optim_num_states(t->optim); i++)
         s = put_device(t, w, ddp_optim_state(t->optim, i), ddp_optim_size(t->optim), host, CHUNK);
     if (s == DDP_OK) s = put_device(t, w, ddp_model_buffers(t->model), h->num_buffers, host, CHUNK);
@@ -143,10 +146,12 @@ static void describe(ddp_trainer *t, ddp_checkpoint_info *out, char *settings) {
         .gns_trace = t->gns.tr,
         .gns_n = t->gns.n,
     };
-    if (t->cfg.zero > 0) {
+    if (ddp_sync_stage(t->sync) > 0) {
         h.shards = (uint32_t)t->world;
         h.shard_index = DDP_CKPT_MANIFEST;
-        h.shard_size = t->shard_size;
+        h.shard_size = ddp_sync_layout(t->sync)->size;
+        /* Where no rank holds all parameters, each shard file holds its own. */
+        if (!ddp_sync_params_replicated(t->sync)) h.num_params = 0;
     }
     *out = h;
 }
@@ -164,21 +169,28 @@ static ddp_status write_checkpoint(ddp_trainer *t, const uint32_t *crcs) {
     if (!t->cfg.quiet)
         ddp_log_info("checkpoint of step %lld written to %s (%.1f MB in %.2f s%s)",
                      (long long)t->step, w.final, (double)w.bytes / 1e6, ddp_time_now() - t0,
-                     h.shards ? ", the optimizer state in one shard file per rank" : "");
+                     !h.shards          ? ""
+                     : h.num_params > 0 ? ", the optimizer state in one shard file per rank"
+                                        : ", parameters and optimizer state in one shard file per "
+                                          "rank");
     /* Old checkpoints go only after the new one is safely in place. */
     ddp_ckpt_prune(t->cfg.checkpoint_dir, t->cfg.keep, t->step);
     return DDP_OK;
 }
 
-/* This rank's shard file of a sharded checkpoint: its part of the optimizer state;
- * *crc receives the file's CRC-32 for the manifest. */
+/* This rank's shard file of a sharded checkpoint: its part of the optimizer state (and
+ * under ZeRO-3 of the parameters, the same range); *crc receives the file's CRC-32 for
+ * the manifest. */
 static ddp_status write_shard(ddp_trainer *t, uint32_t *crc) {
     char settings[4096];
     ddp_checkpoint_info h;
     describe(t, &h, settings);
-    h.num_params = 0;
+    size_t view_begin, view_len, param_begin, param_len;
+    ddp_sync_view(t->sync, &view_begin, &view_len);
+    ddp_sync_param_range(t->sync, &param_begin, &param_len);
+    h.num_params = ddp_sync_params_replicated(t->sync) ? 0 : param_len;
     h.num_buffers = 0;
-    h.state_size = t->shard_len;
+    h.state_size = view_len;
     h.shard_index = (uint32_t)t->rank;
     ddp_ckpt_writer w;
     DDP_CHECK(write_file(t, &h, &w, crc));
@@ -199,7 +211,7 @@ ddp_status ddp_trainer_save_checkpoint(ddp_trainer *t) {
         DDP_CHECK(ddp_ckpt_agree(t, s, "write a checkpoint"));
     }
     uint32_t *crcs = NULL;
-    if (t->cfg.zero > 0) {
+    if (ddp_sync_stage(t->sync) > 0) {
         /* Every rank writes its shard; only when all of them are in place does rank 0
          * write the manifest, whose rename commits the checkpoint. */
         uint32_t crc = 0;

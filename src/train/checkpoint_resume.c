@@ -137,8 +137,11 @@ static ddp_status check_compatible(ddp_trainer *t, const ddp_checkpoint_info *h,
                         path, diff);
     }
     const char *model = ddp_model_describe(t->model);
+    /* A manifest whose shard files hold the parameters (ZeRO-3) holds none itself. */
+    int params_in_shards = h->shards > 0 && h->num_params == 0;
     if (h->model_len != strlen(model) || memcmp(h->model, model, h->model_len) != 0 ||
-        h->num_params != t->num_params || h->num_buffers != ddp_model_num_buffer_elems(t->model))
+        (h->num_params != t->num_params && !params_in_shards) ||
+        h->num_buffers != ddp_model_num_buffer_elems(t->model))
         return DDP_FAIL(DDP_ERR_MISMATCH,
                         "checkpoint %s holds the model '%.*s' (%llu parameters) but this run "
                         "builds '%s' (%zu parameters)",
@@ -232,13 +235,25 @@ static ddp_status pick(ddp_trainer *t, const char *dir, const char *file, void *
     return DDP_OK;
 }
 
-/* Every rank: this rank's part [shard_begin, + shard_len) of every optimizer state buffer
- * (all of them without --zero), read from the shard files that the manifest `path`
- * commits, which lie beside it. The shards may have been cut for another number of ranks:
- * each rank reads those that overlap its part. Each file must be intact and be the one
- * the manifest names (its CRC), or the load fails naming it. */
-static ddp_status load_shards(ddp_trainer *t, const ddp_checkpoint_info *m, const char *path,
-                              float *host) {
+/* What a load takes from a checkpoint: elements [vb, vb + vlen) of each of its k optimizer
+ * state buffers into states (k, vlen), and parameters [pb, pb + plen) into params. */
+typedef struct {
+    size_t vb, vlen, pb, plen, k;
+    float *states, *params;
+} take;
+
+/* The elements of [lo, lo + len) in [qlo, qhi): *a, *e. */
+static void overlap(size_t lo, size_t len, size_t qlo, size_t qhi, size_t *a, size_t *e) {
+    *a = lo > qlo ? lo : qlo;
+    *e = lo + len < qhi ? lo + len : qhi;
+}
+
+/* Reads what w asks for from the shard files that the manifest m (at path) commits, which
+ * lie beside it. The shards may have been cut for another number of ranks: only those that
+ * overlap the ranges are read, one at a time. They hold the optimizer state and, where the
+ * manifest holds no parameters (ZeRO-3), the parameters of the same range. Each file must
+ * be intact and be the one the manifest names (its CRC), or the load fails naming it. */
+static ddp_status take_from_shards(const ddp_checkpoint_info *m, const char *path, take *w) {
     char dir[DDP_PATH_MAX + 64];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
@@ -246,12 +261,16 @@ static ddp_status load_shards(ddp_trainer *t, const ddp_checkpoint_info *m, cons
         *slash = '\0';
     else
         snprintf(dir, sizeof dir, ".");
-    size_t lo = t->shard_begin, hi = t->shard_begin + t->shard_len, k = m->num_states;
+    int params_here = m->num_params == 0;
+    /* The layout the writer cut them with, whatever this run's. */
+    ddp_shard_layout l = {.n = m->state_size, .size = m->shard_size, .ranks = (int)m->shards};
     for (uint32_t q = 0; q < m->shards; q++) {
-        uint64_t qlo = (uint64_t)q * m->shard_size;
-        uint64_t qhi = qlo + m->shard_size < m->state_size ? qlo + m->shard_size : m->state_size;
-        size_t a = lo > qlo ? lo : (size_t)qlo, e = hi < qhi ? hi : (size_t)qhi;
-        if (e <= a) continue;
+        size_t qlo, qlen;
+        ddp_shard_of(&l, (int)q, &qlo, &qlen);
+        size_t sa, se, pa, pe;
+        overlap(w->vb, w->k > 0 ? w->vlen : 0, qlo, qlo + qlen, &sa, &se);
+        overlap(w->pb, params_here ? w->plen : 0, qlo, qlo + qlen, &pa, &pe);
+        if (se <= sa && pe <= pa) continue;
         char shard[DDP_PATH_MAX + 128];
         ddp_checkpoint_shard_path(shard, sizeof shard, dir, m->step, q, m->shards);
         void *buf = NULL;
@@ -266,7 +285,8 @@ static ddp_status load_shards(ddp_trainer *t, const ddp_checkpoint_info *m, cons
             (uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 24;
         if (got != want || h.shards != m->shards || h.shard_index != q || h.step != m->step ||
             h.num_states != m->num_states || h.shard_size != m->shard_size ||
-            h.state_size != qhi - qlo || h.fingerprint != m->fingerprint) {
+            h.state_size != qlen || h.fingerprint != m->fingerprint ||
+            h.num_params != (params_here ? qlen : 0)) {
             free(buf);
             return DDP_FAIL(DDP_ERR_FORMAT,
                             "checkpoint shard %s does not belong to the manifest %s (checksum "
@@ -274,34 +294,59 @@ static ddp_status load_shards(ddp_trainer *t, const ddp_checkpoint_info *m, cons
                             "by another save; resume from an older checkpoint",
                             shard, path, got, want);
         }
-        for (size_t i = 0; i < k; i++)
-            memcpy(host + i * t->shard_len + (a - lo),
-                   (const char *)h.states + (i * h.state_size + (a - qlo)) * sizeof(float),
-                   (e - a) * sizeof(float));
+        for (size_t i = 0; se > sa && i < w->k; i++)
+            memcpy(w->states + i * w->vlen + (sa - w->vb),
+                   (const char *)h.states + (i * h.state_size + (sa - qlo)) * sizeof(float),
+                   (se - sa) * sizeof(float));
+        if (pe > pa)
+            memcpy(w->params + (pa - w->pb), (const char *)h.params + (pa - qlo) * sizeof(float),
+                   (pe - pa) * sizeof(float));
         free(buf);
     }
     return DDP_OK;
 }
 
-/* Every rank: its part of the optimizer state, from the checkpoint itself or from its
- * shard files, onto the device. */
+/* What w asks for, from the checkpoint itself (a whole one, or a manifest that holds the
+ * parameters) or from its shard files. */
+static ddp_status take_from(const ddp_checkpoint_info *h, const char *path, take *w) {
+    if (h->shards > 0) DDP_CHECK(take_from_shards(h, path, w));
+    if (h->shards == 0)
+        for (size_t i = 0; i < w->k; i++)
+            memcpy(w->states + i * w->vlen,
+                   (const char *)h->states + (i * h->state_size + w->vb) * sizeof(float),
+                   w->vlen * sizeof(float));
+    if (h->num_params > 0 && w->plen > 0)
+        memcpy(w->params, (const char *)h->params + w->pb * sizeof(float), w->plen * sizeof(float));
+    return DDP_OK;
+}
+
+ddp_status ddp_checkpoint_read_params(const char *path, const ddp_checkpoint_info *h, float *host) {
+    size_t n = h->num_params > 0 ? h->num_params : h->state_size;
+    take w = {.pb = 0, .plen = n, .params = host};
+    DDP_CHECK(take_from(h, path, &w));
+    return DDP_OK;
+}
+
+/* Every rank: its part of the parameters (all, or its shard under ZeRO-3) and of the
+ * optimizer state, from the checkpoint itself or from its shard files, onto the device. */
 static ddp_status load_state(ddp_trainer *t, const ddp_checkpoint_info *h, const char *path) {
-    size_t len = t->shard_len, k = h->num_states;
-    float *host = malloc((k * len > 0 ? k * len : 1) * sizeof *host);
-    if (!host) return DDP_FAIL(DDP_ERR_NOMEM, "no memory to load the optimizer state");
-    ddp_status s = DDP_OK;
-    if (h->shards > 0)
-        s = load_shards(t, h, path, host);
-    else
-        for (size_t i = 0; i < k; i++)
-            memcpy(host + i * len,
-                   (const char *)h->states + (i * h->state_size + t->shard_begin) * sizeof(float),
-                   len * sizeof(float));
-    for (size_t i = 0; s == DDP_OK && i < k; i++)
-        s = ddp_backend_copy(t->backend, ddp_optim_state(t->optim, (int)i), host + i * len,
-                             len * sizeof(float), DDP_COPY_H2D);
+    take w = {.k = h->num_states};
+    ddp_sync_view(t->sync, &w.vb, &w.vlen);
+    ddp_sync_param_range(t->sync, &w.pb, &w.plen);
+    w.states = malloc((w.k * w.vlen > 0 ? w.k * w.vlen : 1) * sizeof *w.states);
+    w.params = malloc((w.plen > 0 ? w.plen : 1) * sizeof *w.params);
+    ddp_status s = w.states && w.params
+                       ? take_from(h, path, &w)
+                       : DDP_FAIL(DDP_ERR_NOMEM, "no memory to load the optimizer state");
+    if (s == DDP_OK)
+        s = ddp_backend_copy(t->backend, ddp_model_params(t->model) + w.pb, w.params,
+                             w.plen * sizeof(float), DDP_COPY_H2D);
+    for (size_t i = 0; s == DDP_OK && i < w.k; i++)
+        s = ddp_backend_copy(t->backend, ddp_optim_state(t->optim, (int)i), w.states + i * w.vlen,
+                             w.vlen * sizeof(float), DDP_COPY_H2D);
     if (s == DDP_OK) s = ddp_backend_sync(t->backend);
-    free(host);
+    free(w.states);
+    free(w.params);
     DDP_CHECK(s);
     return DDP_OK;
 }
@@ -314,8 +359,6 @@ static ddp_status apply(ddp_trainer *t, const ddp_checkpoint_info *h, const char
                                            (size_t)h->sampler_step, (size_t)h->sampler_pos));
     else
         DDP_CHECK(t->src->ops->seek(t->src, h->sampler_epoch, (size_t)h->sampler_step));
-    DDP_CHECK(ddp_backend_copy(b, ddp_model_params(t->model), h->params,
-                               t->num_params * sizeof(float), DDP_COPY_H2D));
     DDP_CHECK(load_state(t, h, path));
     DDP_CHECK(ddp_backend_copy(b, ddp_model_buffers(t->model), h->buffers,
                                h->num_buffers * sizeof(float), DDP_COPY_H2D));
@@ -388,10 +431,10 @@ static ddp_status load(ddp_trainer *t, const char *dir, const char *file, int64_
     if (s == DDP_OK) s = apply(t, &h, path);
     if (s == DDP_OK) report(t, &h, path);
     free(buf);
-    DDP_CHECK(ddp_ckpt_agree(t, s, "load the checkpoint"));
     /* The parameters came from the file (and from other ranks): their bf16 copy, where
      * products keep one, is rewritten before it is read. */
-    ddp_backend_weights_changed(t->backend);
+    if (s == DDP_OK) s = ddp_sync_params_changed(t->sync);
+    DDP_CHECK(ddp_ckpt_agree(t, s, "load the checkpoint"));
     if (resumed) *resumed = h.step;
     return DDP_OK;
 }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "ddp/sync.h"
 #include "ddp/train.h"
 
 const char *const ddp_nonfinite_names[] = {DDP_NONFINITE_POLICIES(DDP_X_NAME) NULL};
@@ -86,16 +87,14 @@ ddp_status ddp_train_config_resolve(ddp_train_config *cfg, int world) {
         cfg->micro_batch = local / (size_t)cfg->accum;
     }
     DDP_CHECK(ddp_model_spec_check(&cfg->model));
-    if (cfg->zero < 0 || cfg->zero > 2)
+    if (cfg->zero < 0 || cfg->zero > DDP_SYNC_MAX_STAGE)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
-                        "--zero %d: the stages are 0 (replicated), 1 (sharded optimizer state) "
-                        "and 2 (sharded optimizer state and gradients)",
+                        "--zero %d: the stages are 0 (replicated), 1 (sharded optimizer state), "
+                        "2 (and gradients) and 3 (and parameters)",
                         cfg->zero);
-    if (cfg->zero > 0 && cfg->reducer.grad_dtype != DDP_F32)
-        return DDP_FAIL(DDP_ERR_INVALID_ARG,
-                        "--zero %d reduce-scatters the gradients in fp32: --grad-dtype bf16 "
-                        "applies to --zero 0 only",
-                        cfg->zero);
+    if (cfg->gathers < 1 || cfg->gathers > DDP_SYNC_MAX_GATHERS)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG, "--gathers %d: 1 to %d units at once", cfg->gathers,
+                        DDP_SYNC_MAX_GATHERS);
     if (cfg->epochs <= 0 && cfg->max_steps <= 0)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "set --epochs or --steps to a positive number");
     if (cfg->sched.base_lr <= 0.0f)

@@ -304,9 +304,31 @@ static const ddp_opt train_opts[] = {
      .arg = "S",
      .help = "shard over the ranks: 0 nothing, 1 the optimizer state\n"
              "(reduce-scatter, update of a shard, all-gather),\n"
-             "2 also the gradients",
+             "2 also the gradients, 3 also the parameters (each unit\n"
+             "gathered just before its forward and its backward)",
      .lo = 0,
-     .hi = 2,
+     .hi = 3,
+     .def = "0",
+     .resumable = 1},
+    /* Gathers are collectives: every rank must start the same ones, so both are in the
+     * fingerprint; a resumed run may change them (they change no result). */
+    {.name = "gathers",
+     .kind = DDP_OPT_INT,
+     F(gathers),
+     .arg = "N",
+     .help = "--zero 3: units gathered or being gathered at once (1 to\n"
+             "3; 2 gathers the next unit while one computes)",
+     .lo = 1,
+     .hi = 3,
+     .def = "2",
+     .resumable = 1},
+    {.name = "keep-gathered",
+     .kind = DDP_OPT_FLAG,
+     F(keep_gathered),
+     .help = "--zero 3 with --accum: keep each gathered unit over the\n"
+             "step's micro-batches instead of gathering it for each\n"
+             "(every parameter resident during a step)",
+     .lo = 1,
      .def = "0",
      .resumable = 1},
     DDP_TRAIN_OPT_PROGRESS(ddp_train_config, reducer.progress),

@@ -62,50 +62,98 @@ static ddp_status build_header(const ddp_model *m, char **text) {
     return DDP_OK;
 }
 
-ddp_status ddp_safetensors_write(const ddp_model *m, const float *host, const float *host_buffers,
-                                 const char *path) {
-    char *json;
-    DDP_CHECK(build_header(m, &json));
-    size_t n = strlen(json);
-    /* Padded with spaces (which JSON ignores, and the format allows) so that the tensor
-     * data start 8-byte aligned: readers can then map the floats in place. */
-    size_t padded = (n + 7) / 8 * 8;
-    unsigned char len[8];
-    for (int i = 0; i < 8; i++)
-        len[i] = (unsigned char)((uint64_t)padded >> (8 * i));
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        free(json);
-        return DDP_FAIL(DDP_ERR_IO, "--export %s: cannot open for writing: %s", path,
-                        strerror(errno));
+/* Where the parameters' bytes come from while they are written: elements [a, b) into
+ * host. The whole host array, or the trainer's pieces (ddp_sync_read_params). */
+typedef ddp_status (*param_source)(void *ctx, size_t a, size_t b, float *host);
+
+static ddp_status from_array(void *ctx, size_t a, size_t b, float *host) {
+    memcpy(host, (const float *)ctx + a, (b - a) * sizeof(float));
+    return DDP_OK;
+}
+
+/* Writes the file, the parameters in pieces of `chunk` elements from src in the flat order,
+ * which is the views' order (every view lies after the one before). Without a path (a rank
+ * that only takes part in src's collectives) nothing is written, and src is still called
+ * for every piece, also after a failure to write. */
+static ddp_status write_file(const ddp_model *m, param_source src, void *ctx, size_t chunk,
+                             const float *host_buffers, const char *path) {
+    char *json = NULL;
+    FILE *f = NULL;
+    ddp_status s = DDP_OK;
+    size_t n = 0, padded = 0;
+    if (path) s = build_header(m, &json);
+    if (s == DDP_OK && path) {
+        n = strlen(json);
+        /* Padded with spaces (which JSON ignores, and the format allows) so that the tensor
+         * data start 8-byte aligned: readers can then map the floats in place. */
+        padded = (n + 7) / 8 * 8;
+        f = fopen(path, "wb");
+        if (!f)
+            s = DDP_FAIL(DDP_ERR_IO, "--export %s: cannot open for writing: %s", path,
+                         strerror(errno));
     }
-    int ok = fwrite(len, 1, 8, f) == 8 && fwrite(json, 1, n, f) == n;
-    for (size_t i = n; ok && i < padded; i++)
-        ok = fputc(' ', f) != EOF;
-    for (int i = 0; ok && i < num_entries(m); i++) {
+    int ok = 1;
+    if (f) {
+        unsigned char len[8];
+        for (int i = 0; i < 8; i++)
+            len[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+        ok = fwrite(len, 1, 8, f) == 8 && fwrite(json, 1, n, f) == n;
+        for (size_t i = n; ok && i < padded; i++)
+            ok = fputc(' ', f) != EOF;
+    }
+    size_t np = ddp_model_num_params(m);
+    if (chunk == 0 || chunk > np) chunk = np;
+    float *piece = malloc((chunk > 0 ? chunk : 1) * sizeof *piece);
+    if (!piece && s == DDP_OK) s = DDP_FAIL(DDP_ERR_NOMEM, "--export: out of memory");
+    for (size_t a = 0; piece && a < np; a += chunk) {
+        size_t b = np - a < chunk ? np : a + chunk;
+        ddp_status r = src(ctx, a, b, piece);
+        if (r != DDP_OK) {
+            s = r;
+            break;
+        }
+        if (f && ok) ok = fwrite(piece, sizeof(float), b - a, f) == b - a;
+    }
+    free(piece);
+    for (int i = ddp_model_num_views(m); f && ok && i < num_entries(m); i++) {
         const ddp_param_view *v = entry(m, i);
-        const float *data = (i < ddp_model_num_views(m) ? host : host_buffers) + v->offset;
-        ok = fwrite(data, sizeof(float), v->count, f) == v->count;
+        ok = fwrite(host_buffers + v->offset, sizeof(float), v->count, f) == v->count;
     }
     free(json);
-    if (fclose(f) != 0) ok = 0;
+    if (f && fclose(f) != 0) ok = 0;
+    DDP_CHECK(s);
     if (!ok)
         return DDP_FAIL(DDP_ERR_IO, "--export %s: write failed: %s (disk full?)", path,
                         strerror(errno));
     return DDP_OK;
 }
 
+ddp_status ddp_safetensors_write(const ddp_model *m, const float *host, const float *host_buffers,
+                                 const char *path) {
+    DDP_CHECK(write_file(m, from_array, (void *)host, 0, host_buffers, path));
+    return DDP_OK;
+}
+
+static ddp_status from_trainer(void *ctx, size_t a, size_t b, float *host) {
+    DDP_CHECK(ddp_sync_read_params(((ddp_trainer *)ctx)->sync, a, b, host));
+    return DDP_OK;
+}
+
 ddp_status ddp_trainer_export(ddp_trainer *t, const char *path) {
+    DDP_CHECK(ddp_trainer_settle(t));
+    /* Where every rank holds every parameter, rank 0 writes alone; otherwise every rank
+     * takes part in gathering the pieces (at most one unit's beyond a rank's shard at a
+     * time) and rank 0 streams them to the file. */
+    if (t->rank != 0 && ddp_sync_params_replicated(t->sync)) return DDP_OK;
     size_t nb = ddp_model_num_buffer_elems(t->model);
-    float *host = malloc(t->num_params * sizeof(float));
     float *bufs = malloc((nb ? nb : 1) * sizeof(float));
-    ddp_status s = host && bufs ? ddp_trainer_get_params(t, host)
-                                : DDP_FAIL(DDP_ERR_NOMEM, "--export: out of memory");
-    if (s == DDP_OK)
-        s = ddp_backend_copy(t->backend, bufs, ddp_model_buffers(t->model), nb * sizeof(float),
-                             DDP_COPY_D2H);
-    if (s == DDP_OK) s = ddp_safetensors_write(t->model, host, bufs, path);
-    free(host);
+    ddp_status s = bufs ? ddp_backend_copy(t->backend, bufs, ddp_model_buffers(t->model),
+                                           nb * sizeof(float), DDP_COPY_D2H)
+                        : DDP_FAIL(DDP_ERR_NOMEM, "--export: out of memory");
+    /* Every rank reaches every piece's gather, also after a failure of its own. */
+    ddp_status w = write_file(t->model, from_trainer, t, ddp_sync_read_chunk(t->sync), bufs,
+                              t->rank == 0 && s == DDP_OK ? path : NULL);
+    if (s == DDP_OK) s = w;
     free(bufs);
     DDP_CHECK(s);
     return DDP_OK;

@@ -84,7 +84,7 @@ static ddp_status measure(ddp_trainer *t, const float *x, size_t n) {
 static ddp_status gns_ready(void *ctx, size_t offset, size_t count) {
     ddp_trainer *t = ctx;
     DDP_CHECK(measure(t, ddp_model_grads(t->model) + offset, count));
-    DDP_CHECK(ddp_reducer_ready(t->reducer, offset, count));
+    DDP_CHECK(ddp_sync_grad_ready(t->sync, offset, count));
     return DDP_OK;
 }
 
@@ -94,11 +94,12 @@ static int measured_micro_batch(const ddp_trainer *t, int src) {
 }
 
 /* Whether the micro-batch's ranges are measured as backward reports them: without
- * accumulation (the reducer then overwrites them with the sums over ranks), and under
- * --zero 2, which sends every micro-batch as backward goes and gives the buffer's pages
- * back, so that nothing is left to measure afterwards. */
+ * accumulation (the reducer then overwrites them with the sums over ranks), and where every
+ * micro-batch is sent as backward goes and the buffer's pages go back (--zero 2 and 3), so
+ * that nothing is left to measure afterwards. */
 static int measured_in_flight(const ddp_trainer *t, int src) {
-    return src == DDP_GNS_READY || (src == DDP_GNS_MICRO0 && t->cfg.zero == 2);
+    return src == DDP_GNS_READY ||
+           (src == DDP_GNS_MICRO0 && ddp_sync_sends_each_micro_batch(t->sync));
 }
 
 void ddp_trainer_gns_ready_fn(ddp_trainer *t, int k, ddp_grad_ready_fn *fn, void **ctx) {
@@ -107,8 +108,8 @@ void ddp_trainer_gns_ready_fn(ddp_trainer *t, int k, ddp_grad_ready_fn *fn, void
         *fn = gns_ready;
         *ctx = t;
     } else {
-        *fn = ddp_reducer_ready;
-        *ctx = t->reducer;
+        *fn = ddp_sync_grad_ready;
+        *ctx = t->sync;
     }
 }
 
@@ -123,7 +124,7 @@ ddp_status ddp_trainer_gns_after_backward(ddp_trainer *t, int k) {
     if (k != measured_micro_batch(t, src) || t->gns_covered == t->num_params) return DDP_OK;
     /* Every range the model did not report is sent by the reducer's finish(); without
      * overlap nothing has been sent yet and the buffer is still this rank's own. */
-    if (ddp_reducer_num_launched(t->reducer) == 0) {
+    if (!ddp_sync_started_sending(t->sync)) {
         DDP_CHECK(measure(t, grads, t->num_params));
         return DDP_OK;
     }

@@ -173,25 +173,28 @@ static ddp_status report(ddp_trainer *t, const ddp_step_stats *st, const step_re
 static void log_memory(const ddp_trainer *t) {
     ddp_memory_use m;
     ddp_trainer_memory(t, 0, &m);
-    char grads[96] = "", optim[96] = "";
-    int zero = t->cfg.zero;
-    if (zero == 2)
-        snprintf(grads, sizeof grads, "%.1f MB in flight at most + %.1f MB shard",
-                 (double)m.grads / 1e6, (double)m.grad_shard / 1e6);
+    size_t whole = t->num_params * sizeof(float);
+    char params[96] = "", grads[96] = "", optim[96] = "";
+    /* Parameters held in part (ZeRO-3): the shard and the units gathered at once. */
+    snprintf(params, sizeof params, m.params < whole ? "%.1f MB at most of %.1f MB" : "%.1f MB",
+             (double)m.params / 1e6, (double)whole / 1e6);
+    if (m.params_bf16)
+        snprintf(params + strlen(params), sizeof params - strlen(params), " + %.1f MB bf16 copy",
+                 (double)m.params_bf16 / 1e6);
+    if (m.grads < whole)
+        snprintf(grads, sizeof grads, "%.1f MB in flight at most", (double)m.grads / 1e6);
     else
         snprintf(grads, sizeof grads, "%.1f MB%s", (double)m.grads / 1e6,
-                 zero == 1 ? "" : " (the all-reduced buffer)");
-    if (zero == 1)
+                 m.grad_shard ? "" : " (the all-reduced buffer)");
+    if (m.grad_shard)
         snprintf(grads + strlen(grads), sizeof grads - strlen(grads), " + %.1f MB shard",
                  (double)m.grad_shard / 1e6);
-    snprintf(optim, sizeof optim, zero > 0 ? "%.1f MB (1/%d shard of %.1f MB)" : "%.1f MB",
+    snprintf(optim, sizeof optim,
+             m.optim < m.optim_full ? "%.1f MB (1/%d shard of %.1f MB)" : "%.1f MB",
              (double)m.optim / 1e6, t->world, (double)m.optim_full / 1e6);
-    char copy[48] = "";
-    if (m.params_bf16)
-        snprintf(copy, sizeof copy, " + %.1f MB bf16 copy", (double)m.params_bf16 / 1e6);
-    ddp_log_info("memory per rank (--zero %d): parameters %.1f MB%s, gradients %s, optimizer "
-                 "state %s, activations %.1f MB",
-                 zero, (double)m.params / 1e6, copy, grads, optim, (double)m.activations / 1e6);
+    ddp_log_info("memory per rank (--zero %d): parameters %s, gradients %s, optimizer state %s, "
+                 "activations %.1f MB",
+                 t->cfg.zero, params, grads, optim, (double)m.activations / 1e6);
 }
 
 /* Means over the timed steps since the last logging step, for the straggler report. */

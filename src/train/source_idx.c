@@ -2,7 +2,8 @@
  * Batches of labelled samples (Fashion-MNIST's IDX images): the distributed sampler
  * hands each rank its share of every global batch; the samples live on the device once,
  * and each micro-batch is gathered from them by index. Evaluation covers the test set
- * in contiguous shards, every sample once over all ranks. Its option: --data.
+ * in the contiguous parts of the evaluation split, every sample once over all ranks. Its option:
+ * --data.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -171,7 +172,7 @@ static ddp_status idx_micro_batch(ddp_source *base, ddp_trainer *t, int k, ddp_b
 static ddp_status idx_evaluate(ddp_source *base, ddp_trainer *t, double sums[3], int full) {
     idx_source *s = (idx_source *)base;
     size_t begin, count;
-    ddp_shard_range(s->test->n, t->rank, t->world, &begin, &count);
+    ddp_split_range(s->test->n, t->rank, t->world, &begin, &count);
     DDP_CHECK(ddp_backend_zero(t->backend, t->d_stats, 2 * sizeof(float)));
     for (size_t i = 0; i < count; i += t->max_batch) {
         size_t n = count - i < t->max_batch ? count - i : t->max_batch;
@@ -179,7 +180,7 @@ static ddp_status idx_evaluate(ddp_source *base, ddp_trainer *t, double sums[3],
                            .t = 1,
                            .x = s->d_test_x + (begin + i) * s->dim,
                            .targets = s->d_test_y + begin + i};
-        DDP_CHECK(ddp_model_forward(t->model, &batch, DDP_MODE_EVAL, 0.0f, t->d_stats));
+        DDP_CHECK(ddp_trainer_eval_forward(t, &batch));
     }
     float h[2];
     DDP_CHECK(ddp_backend_copy(t->backend, h, t->d_stats, sizeof h, DDP_COPY_D2H));

@@ -157,14 +157,14 @@ static ddp_status text_evaluate(ddp_source *base, ddp_trainer *t, double sums[3]
         size_t whole = last == ctx ? n : n - 1;
         if (whole > 0) {
             ddp_batch batch = {.n = whole, .t = ctx, .tokens = s->d_tok, .targets = s->d_tgt};
-            DDP_CHECK(ddp_model_forward(t->model, &batch, DDP_MODE_EVAL, 0.0f, t->d_stats));
+            DDP_CHECK(ddp_trainer_eval_forward(t, &batch));
         }
         if (whole < n) {
             ddp_batch batch = {.n = 1,
                                .t = last,
                                .tokens = s->d_tok + whole * ctx,
                                .targets = s->d_tgt + whole * ctx};
-            DDP_CHECK(ddp_model_forward(t->model, &batch, DDP_MODE_EVAL, 0.0f, t->d_stats));
+            DDP_CHECK(ddp_trainer_eval_forward(t, &batch));
         }
         predicted += whole * ctx + (whole < n ? last : 0);
     }

@@ -38,7 +38,9 @@ static ddp_status set_decay(ddp_trainer *t) {
     int nv = ddp_model_num_views(t->model);
     size_t(*ranges)[2] = malloc((size_t)nv * sizeof *ranges);
     if (!ranges) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
-    size_t lo = t->shard_begin, hi = t->shard_begin + t->shard_len;
+    size_t lo, len;
+    ddp_sync_view(t->sync, &lo, &len);
+    size_t hi = lo + len;
     int n = 0;
     for (int i = 0; i < nv; i++) {
         const ddp_param_view *v = ddp_model_view(t->model, i);
@@ -59,23 +61,6 @@ static ddp_status set_decay(ddp_trainer *t) {
     return DDP_OK;
 }
 
-/* Which part of the flat buffers this rank updates: all of it, or with --zero its shard.
- * Shards are cut from the flat buffer alone (not from buckets or tensors), so that a
- * checkpoint's shards can be read back by any number of ranks. */
-static size_t shard_size_of(size_t n, size_t ranks, int zero) {
-    /* A multiple of 16 floats, so that shards start on cache lines. */
-    return zero == 0 ? n : ((n + ranks - 1) / ranks + 15) / 16 * 16;
-}
-
-static void shard_layout(ddp_trainer *t) {
-    size_t n = t->num_params;
-    t->shard_size = shard_size_of(n, (size_t)t->world, t->cfg.zero);
-    /* Without sharding every rank's "shard" is the whole buffer. */
-    t->shard_begin = t->cfg.zero == 0 ? 0 : (size_t)t->rank * t->shard_size;
-    if (t->shard_begin > n) t->shard_begin = n;
-    t->shard_len = n - t->shard_begin < t->shard_size ? n - t->shard_begin : t->shard_size;
-}
-
 /* Everything in set-up that involves no collective: it may fail on one rank alone. */
 static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
     DDP_CHECK(ddp_train_config_resolve(&t->cfg, t->world));
@@ -93,66 +78,22 @@ static ddp_status setup_local(ddp_trainer *t, ddp_backend *b) {
     t->start_accum = t->cfg.accum;
     DDP_CHECK(ddp_trainer_batch_check(t));
     DDP_CHECK(ddp_model_create(b, &t->cfg.model, t->max_batch, &t->model));
-    /* Same seed on every rank: identical initial parameters without a broadcast. */
-    DDP_CHECK(ddp_model_init_params(t->model, t->cfg.seed));
     t->num_params = ddp_model_num_params(t->model);
-    shard_layout(t);
-    DDP_CHECK(ddp_optim_create(b, &t->cfg.optim, t->shard_len, &t->optim));
+    /* How the ranks keep in step: the stage's strategy, which also writes the initial
+     * parameters (from the seed, the same on every rank) that this rank holds. */
+    ddp_sync_options so = {.stage = t->cfg.zero,
+                           .reducer = t->cfg.reducer,
+                           .gathers = t->cfg.gathers,
+                           .keep = t->cfg.keep_gathered,
+                           .no_init = t->cfg.plan_only};
+    DDP_CHECK(ddp_sync_create(&so, b, t->comm, t->ctrl, t->model, t->cfg.seed, &t->sync));
+    size_t view_begin, view_len;
+    ddp_sync_view(t->sync, &view_begin, &view_len);
+    DDP_CHECK(ddp_optim_create(b, &t->cfg.optim, view_len, &t->optim));
     DDP_CHECK(set_decay(t));
-    /* Mixed precision: products read the weights from a bf16 copy that the optimizer
-     * writes in its own pass (a no-op unless the backend computes in bf16). Under --zero
-     * the all-gather writes the parameters while the next forward already reads them, so
-     * there the products convert the weights themselves. The backend drops the copy when
-     * the model frees the array. */
-    if (t->cfg.zero == 0)
-        DDP_CHECK(ddp_backend_set_bf16_weights(b, ddp_model_params(t->model), t->num_params));
-    t->h_params = malloc(t->num_params * sizeof(float));
-    if (!t->h_params) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
     DDP_CHECK(ddp_backend_alloc(b, 2 * sizeof(float), (void **)&t->d_stats));
     DDP_CHECK(ddp_backend_alloc(b, sizeof(double), (void **)&t->d_gns_sq));
     DDP_CHECK(ddp_backend_zero(b, t->d_gns_sq, sizeof(double)));
-    return DDP_OK;
-}
-
-/* Gradients in memory that the node's ranks share, where the comm offers it: the
- * all-reduce then sums them in place, without messages. COLLECTIVE over t->comm; where
- * sharing is not possible the model keeps its own buffer. */
-static ddp_status share_gradients(ddp_trainer *t) {
-    /* Stage 2 gives the pages of sent buckets back to the system, which memory that the
-     * node's ranks share cannot do. Every rank has the same stage. */
-    if (!ddp_backend_is_host(t->backend) || t->cfg.zero == 2) return DDP_OK;
-    void *shared = NULL;
-    DDP_CHECK(ddp_comm_alloc_shared(t->comm, t->num_params * sizeof(float), &shared));
-    if (shared) DDP_CHECK(ddp_model_use_grad_buffer(t->model, shared));
-    t->grads_shared = shared != NULL;
-    return DDP_OK;
-}
-
-/* The reducer over the model's gradient buffer, wherever share_gradients put it. Not
- * collective. */
-static ddp_status setup_reducer(ddp_trainer *t) {
-    /* Buckets are cut where backward reports gradients ready; the first layer reports in
-     * slices of a first bucket's size, so that its all-reduce, which no other layer's
-     * backward can hide, mostly overlaps with its own. */
-    ddp_reducer_options ropt = t->cfg.reducer;
-    if (ropt.overlap)
-        ropt.tail_elems =
-            ddp_model_set_grad_slices(t->model, ropt.first_bucket_bytes / sizeof(float));
-    int nb = ddp_model_ready_points(t->model, NULL, 0);
-    size_t *bounds = malloc((size_t)nb * sizeof *bounds);
-    if (!bounds) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
-    ddp_model_ready_points(t->model, bounds, nb);
-    ddp_status rs = ddp_reducer_create(t->comm, t->backend, ddp_model_grads(t->model),
-                                       t->num_params, bounds, nb, &ropt, &t->reducer);
-    free(bounds);
-    DDP_CHECK(rs);
-    if (t->cfg.zero > 0) {
-        DDP_CHECK(
-            ddp_backend_alloc(t->backend, t->shard_size * sizeof(float), (void **)&t->shard_grads));
-        DDP_CHECK(
-            ddp_reducer_set_shard(t->reducer, t->shard_grads, t->shard_size, t->cfg.zero == 2));
-        ddp_model_set_param_wait(t->model, ddp_reducer_wait_params, t->reducer);
-    }
     return DDP_OK;
 }
 
@@ -194,10 +135,24 @@ static ddp_status create(ddp_trainer *t, ddp_backend *b, ddp_comm *comm, ddp_com
             ddp_model_set_comm(t->model, t->model_comm);
         }
     }
-    if (s == DDP_OK) s = share_gradients(t);
+    if (s == DDP_OK && ddp_sync_needs_gather_comm(t->sync)) {
+        /* ZeRO-3 gathers the parameters on a thread of its own while the reducer's thread
+         * sends gradients on comm: a communicator of its own. Every rank creates it (the
+         * stage is in the fingerprint). The label names it in the watchdog's messages. */
+        ddp_comm *gather = NULL;
+        s = ddp_comm_create(ddp_comm_kind_of(comm), b, &gather);
+        if (s == DDP_OK) {
+            ddp_comm_set_label(gather, "gather", "parameters' gathers");
+            ddp_sync_set_gather_comm(t->sync, gather);
+        }
+    }
+    /* Gradients in memory that the node's ranks share where the strategy keeps them whole
+     * and the comm offers it: the all-reduce then sums them in place, without messages.
+     * COLLECTIVE over comm. */
+    if (s == DDP_OK) s = ddp_sync_share_gradients(t->sync);
     if (s == DDP_OK) {
         /* Local again (a thread that could not start), so agreed on once more. */
-        s = setup_reducer(t);
+        s = ddp_sync_start(t->sync);
         if (s != DDP_OK) ddp_error_trace(__FILE__, __LINE__);
         agree = ddp_comm_agree(ctrl, s, &failed);
         if (s == DDP_OK && agree != DDP_OK) s = agree;
@@ -225,7 +180,7 @@ ddp_status ddp_trainer_create(const ddp_train_config *cfg, ddp_backend *b, ddp_c
 }
 
 ddp_status ddp_trainer_settle(ddp_trainer *t) {
-    if (t->reducer) DDP_CHECK(ddp_reducer_finish_gather(t->reducer, NULL));
+    if (t->sync) DDP_CHECK(ddp_sync_settle(t->sync));
     return DDP_OK;
 }
 
@@ -237,9 +192,8 @@ void ddp_trainer_free(ddp_trainer *t) {
     if (t->src) t->src->ops->free(t->src, b);
     ddp_backend_dealloc(b, t->d_stats);
     ddp_backend_dealloc(b, t->d_gns_sq);
-    ddp_backend_dealloc(b, t->shard_grads);
     free(t->h_params);
-    ddp_reducer_free(t->reducer);
+    ddp_sync_free(t->sync);
     ddp_comm_free(t->model_comm);
     ddp_optim_free(t->optim);
     ddp_model_free(t->model);
@@ -249,41 +203,23 @@ void ddp_trainer_free(ddp_trainer *t) {
 
 void ddp_trainer_memory(const ddp_trainer *t, int ranks, ddp_memory_use *m) {
     size_t f = sizeof(float), states = (size_t)ddp_optim_num_states(t->optim);
-    /* This run: what this rank allocated. A plan: the largest shard of `ranks`. */
-    size_t n = t->num_params, shard = t->shard_size, mine = ddp_optim_size(t->optim);
-    if (ranks > 0 && ranks != t->world) {
-        shard = shard_size_of(n, (size_t)ranks, t->cfg.zero);
-        if (shard > n) shard = n;
-        mine = shard;
-    }
+    ddp_sync_memory sm;
+    ddp_sync_memory_use(t->sync, ranks, &sm);
     memset(m, 0, sizeof *m);
-    m->params = t->num_params * f;
-    if (t->cfg.zero == 0 && ddp_backend_math(t->backend) == DDP_MATH_BF16)
-        m->params_bf16 = t->num_params * sizeof(uint16_t);
-    m->grads = t->num_params * f;
-    if (t->cfg.zero == 2 && ddp_backend_is_host(t->backend)) {
-        size_t big[2] = {0, 0};
-        for (int i = 0; i < ddp_reducer_num_buckets(t->reducer); i++) {
-            size_t a, e;
-            ddp_reducer_bucket(t->reducer, i, &a, &e);
-            if (e - a > big[0]) {
-                big[1] = big[0];
-                big[0] = e - a;
-            } else if (e - a > big[1]) {
-                big[1] = e - a;
-            }
-        }
-        m->grads = (big[0] + big[1]) * f;
-    }
-    m->grad_shard = t->cfg.zero > 0 ? shard * f : 0;
-    m->optim = states * mine * f;
+    m->params = sm.params;
+    m->params_bf16 = sm.params_bf16;
+    m->grads = sm.grads;
+    m->grad_shard = sm.grad_shard;
+    /* This run: what this rank allocated. A plan: the largest shard of `ranks`. */
+    m->optim = states * (ranks > 0 && ranks != t->world ? sm.view : ddp_optim_size(t->optim)) * f;
     m->optim_full = states * t->num_params * f;
     m->activations = ddp_model_activation_bytes(t->model);
+    m->comm = sm.comm;
 }
 
 int64_t ddp_trainer_total_steps(const ddp_trainer *t) { return t->total_steps; }
 ddp_model *ddp_trainer_model(ddp_trainer *t) { return t->model; }
-int ddp_trainer_grads_shared(const ddp_trainer *t) { return t->grads_shared; }
+int ddp_trainer_grads_shared(const ddp_trainer *t) { return ddp_sync_grads_shared(t->sync); }
 double ddp_trainer_last_eval_loss(const ddp_trainer *t) { return t->last_eval_loss; }
 
 void ddp_trainer_eval_text(const ddp_trainer *t, double accuracy, double loss, char *buf,
@@ -293,8 +229,12 @@ void ddp_trainer_eval_text(const ddp_trainer *t, double accuracy, double loss, c
 
 ddp_status ddp_trainer_get_params(ddp_trainer *t, float *host) {
     DDP_CHECK(ddp_trainer_settle(t));
-    DDP_CHECK(ddp_backend_copy(t->backend, host, ddp_model_params(t->model),
-                               t->num_params * sizeof(float), DDP_COPY_D2H));
+    size_t chunk = ddp_sync_read_chunk(t->sync);
+    /* In pieces that every rank asks for alike (they are gathered where sharded). */
+    for (size_t a = 0; a < t->num_params; a += chunk) {
+        size_t b = t->num_params - a < chunk ? t->num_params : a + chunk;
+        DDP_CHECK(ddp_sync_read_params(t->sync, a, b, host + a));
+    }
     return DDP_OK;
 }
 
@@ -311,23 +251,12 @@ static ddp_status reduce_stats(ddp_trainer *t, double out[4]) {
     return DDP_OK;
 }
 
-/* The global gradient norm from the shards: each rank's sum of squares, summed over ranks.
- * COLLECTIVE over ctrl (one double). */
-static ddp_status shard_grad_norm(ddp_trainer *t, double *norm) {
-    double sumsq;
-    DDP_CHECK(ddp_backend_sumsq(t->backend, t->shard_grads, t->shard_len, &sumsq));
-    DDP_CHECK(ddp_comm_allreduce(t->ctrl, &sumsq, 1, DDP_F64, DDP_SUM));
-    *norm = sqrt(sumsq);
-    return DDP_OK;
-}
-
 ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     ddp_backend *b = t->backend;
     const ddp_train_config *c = &t->cfg;
     /* Scaling by 1 / (predictions in the global batch) here makes the summed all-reduce
      * the gradient of the mean loss, with no separate division. */
     float grad_scale = 1.0f / (float)(c->global_batch * t->src->ops->positions(t->src));
-    float *grads = ddp_model_grads(t->model);
     memset(st, 0, sizeof *st);
     /* Phase timings need the device to be idle at the boundaries; on the CPU that is
      * free, on a GPU it costs syncs, so only the logged steps pay for it there. */
@@ -341,12 +270,9 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     DDP_CHECK(t->src->ops->next(t->src, t, &t->epoch));
     double t_data = ddp_time_now() - t0;
     DDP_CHECK(ddp_backend_zero(b, t->d_stats, 2 * sizeof(float)));
-    ddp_reducer_stats rs = {0};
+    ddp_sync_stats cs = {0};
+    DDP_CHECK(ddp_sync_step_begin(t->sync, c->accum));
     for (int k = 0; k < c->accum; k++) {
-        int last = k == c->accum - 1;
-        /* Stage 2 sends every micro-batch's gradients, adding them up in the shard, so
-         * that no full gradient buffer has to last from one micro-batch to the next. */
-        int send = last || c->zero == 2;
         t1 = ddp_time_now();
         ddp_batch batch;
         DDP_CHECK(t->src->ops->micro_batch(t->src, t, k, &batch));
@@ -357,61 +283,46 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         if (timed) DDP_CHECK(ddp_backend_sync(b));
         DDP_CHECK(ddp_trace_end());
         st->t_forward += ddp_time_now() - t1;
-        if (k == 0 && c->zero > 0) {
-            /* The last step's parameter all-gather, which this forward waited for layer
-             * by layer: its time that forward did not hide counts as exposed. */
-            ddp_reducer_stats g;
-            DDP_CHECK(ddp_reducer_finish_gather(t->reducer, &g));
-            st->t_allgather = g.t_comm;
-            rs.t_exposed += g.t_exposed;
-            rs.t_comm_cpu += g.t_comm_cpu;
-            st->t_forward -= g.t_exposed;
-        }
+        DDP_CHECK(ddp_sync_forward_end(t->sync, k, &cs));
         t1 = ddp_time_now();
         DDP_CHECK(ddp_trace_begin("backward", "compute"));
-        /* Only the last micro-batch communicates (with --zero 2, every one): its backward
-         * hands each bucket to the reducer as soon as the bucket's gradients are final. */
-        if (send && c->zero > 0)
-            DDP_CHECK(ddp_reducer_begin_sharded(t->reducer, c->zero == 2 && k > 0));
-        else if (send)
-            DDP_CHECK(ddp_reducer_begin(t->reducer));
-        /* The first micro-batch writes the gradients, the others add to them: no pass
-         * to zero the buffer. Under stage 2 each one writes: its buckets were sent. */
-        ddp_grad_ready_fn ready = NULL;
-        void *ready_ctx = NULL;
-        if (send) ddp_trainer_gns_ready_fn(t, k, &ready, &ready_ctx);
-        DDP_CHECK(ddp_model_backward(t->model, k == 0 || c->zero == 2, ready, ready_ctx));
+        /* Whether this backward writes or adds to the gradients, and whether it hands each
+         * bucket over as soon as the bucket's gradients are final (the sync says). */
+        ddp_sync_pass pass;
+        DDP_CHECK(ddp_sync_backward_begin(t->sync, k, &pass));
+        ddp_grad_ready_fn ready = pass.ready;
+        void *ready_ctx = pass.ctx;
+        if (pass.send) ddp_trainer_gns_ready_fn(t, k, &ready, &ready_ctx);
+        DDP_CHECK(ddp_model_backward(t->model, pass.first, ready, ready_ctx));
         DDP_CHECK(ddp_trainer_gns_after_backward(t, k));
         if (timed) DDP_CHECK(ddp_backend_sync(b));
         DDP_CHECK(ddp_trace_end());
         st->t_backward += ddp_time_now() - t1;
-        if (!send) continue;
-        ddp_reducer_stats pass;
+        if (!pass.send) continue;
         /* Every rank reaches this after the same micro-batches. */
         DDP_CHECK(ddp_trace_begin("allreduce wait", "comm"));
-        DDP_CHECK(ddp_reducer_finish(t->reducer, &pass));
+        DDP_CHECK(ddp_sync_backward_end(t->sync, &cs));
         if (timed) DDP_CHECK(ddp_backend_sync(b));
         DDP_CHECK(ddp_trace_end());
-        rs.t_comm += pass.t_comm;
-        rs.t_exposed += pass.t_exposed;
-        rs.t_comm_cpu += pass.t_comm_cpu;
     }
     st->t_data = t_data;
     st->timed = timed;
-    st->t_allreduce = rs.t_comm;
-    st->t_exposed = rs.t_exposed;
-    st->t_comm_cpu = rs.t_comm_cpu;
+    ddp_sync_gather_stats(t->sync, &cs);
+    /* Waiting for parameters is communication, not compute. */
+    st->t_forward -= cs.t_fwd_wait;
+    st->t_backward -= cs.t_bwd_wait;
+    st->t_allreduce = cs.t_comm;
+    st->t_allgather = cs.t_gather;
+    st->t_exposed = cs.t_exposed;
+    st->t_comm_cpu = cs.t_comm_cpu;
 
     t1 = ddp_time_now();
     DDP_CHECK(ddp_trace_begin("optimizer", "compute"));
-    /* The averaged gradients are identical on every rank, so every rank reaches the
-     * same verdict on them without communicating. One pass gives the norm: it is logged,
-     * it decides whether the gradients are finite, and clipping is its coefficient
-     * applied inside the update. */
-    if (c->zero > 0)
-        DDP_CHECK(shard_grad_norm(t, &st->grad_norm));
-    else
-        DDP_CHECK(ddp_grad_norm(b, grads, t->num_params, &st->grad_norm));
+    /* The averaged gradients' norm is the same on every rank, so every rank reaches the
+     * same verdict on it without communicating more. One pass gives it: it is logged, it
+     * decides whether the gradients are finite, and clipping is its coefficient applied
+     * inside the update. */
+    DDP_CHECK(ddp_sync_grad_norm(t->sync, &st->grad_norm));
     st->lr = ddp_trainer_batch_lr(t);
     if (!isfinite(st->grad_norm)) {
         if (c->on_nonfinite == DDP_NONFINITE_ABORT)
@@ -424,27 +335,20 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         ddp_log_warn("step %lld: non-finite gradients, update skipped (%lld so far)",
                      (long long)t->step + 1, (long long)t->skipped_steps);
     } else {
-        DDP_CHECK(ddp_optim_step(t->optim, ddp_model_params(t->model) + t->shard_begin,
-                                 c->zero > 0 ? t->shard_grads : grads, st->lr,
-                                 ddp_clip_coef(st->grad_norm, c->clip_norm)));
+        DDP_CHECK(
+            ddp_sync_update(t->sync, t->optim, st->lr, ddp_clip_coef(st->grad_norm, c->clip_norm)));
     }
     DDP_CHECK(ddp_trainer_gns_observe(t, st));
-    /* Running statistics of batch norm on a rank's own shard differ between ranks; their
-     * average keeps every rank's model, evaluation and checkpoint the same. (With
-     * --sync-bn they come from the global batch and are the same already.) All ranks
+    /* Running statistics of batch norm on a rank's own share of the batch differ between
+     * ranks; their average keeps every rank's model, evaluation and checkpoint the same.
+     * (With --sync-bn they come from the global batch and are the same already.) All ranks
      * reach this after every step when the model has buffers. */
     size_t nbuf = ddp_model_num_buffer_elems(t->model);
     if (nbuf > 0 && t->world > 1 && !t->model_comm)
         DDP_CHECK(ddp_comm_allreduce(t->comm, ddp_model_buffers(t->model), nbuf, DDP_F32, DDP_AVG));
-    if (c->zero > 0) {
-        /* Every rank updated its shard alone: the all-gather gives every rank all of
-         * them, bucket by bucket on the communication thread, while the next step's
-         * forward already runs the layers whose parameters have arrived (it waits for the
-         * others, ddp_reducer_wait_params). Every rank starts it, also after a skipped
-         * update (it then copies what every rank already has), so that the collectives
-         * never depend on a verdict. */
-        DDP_CHECK(ddp_reducer_start_gather(t->reducer, ddp_model_params(t->model)));
-    }
+    /* The parameters of the next forward start on their way (also after a skipped update,
+     * so that the collectives never depend on a verdict). Every rank reaches this. */
+    DDP_CHECK(ddp_sync_step_end(t->sync));
     if (timed) DDP_CHECK(ddp_backend_sync(b));
     DDP_CHECK(ddp_trace_end());
     st->t_optim = ddp_time_now() - t1;
@@ -466,11 +370,20 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     return DDP_OK;
 }
 
+ddp_status ddp_trainer_eval_forward(ddp_trainer *t, const ddp_batch *batch) {
+    /* Where forward gathers parameters, every rank runs as many passes (the sync agrees). */
+    DDP_CHECK(ddp_sync_eval_pass(t->sync));
+    DDP_CHECK(ddp_model_forward(t->model, batch, DDP_MODE_EVAL, 0.0f, t->d_stats));
+    return DDP_OK;
+}
+
 ddp_status ddp_trainer_evaluate_part(ddp_trainer *t, int full, double *accuracy, double *loss) {
     DDP_CHECK(ddp_trainer_settle(t));
     double sums[3] = {0.0, 0.0, 0.0};
     DDP_CHECK(t->src->ops->evaluate(t->src, t, sums, full));
-    /* Every rank evaluates at the same steps; its shard may be empty but it still
+    /* Passes without data while another rank still has one. Every rank reaches this. */
+    DDP_CHECK(ddp_sync_eval_end(t->sync));
+    /* Every rank evaluates at the same steps; its part of the split may be empty but it still
      * contributes to the sums. */
     DDP_CHECK(ddp_comm_allreduce(t->ctrl, sums, 3, DDP_F64, DDP_SUM));
     *accuracy = sums[2] > 0 ? sums[1] / sums[2] : 0.0;
@@ -484,8 +397,17 @@ ddp_status ddp_trainer_evaluate(ddp_trainer *t, double *accuracy, double *loss) 
 }
 
 ddp_status ddp_trainer_check_sync(ddp_trainer *t) {
-    DDP_CHECK(ddp_trainer_get_params(t, t->h_params));
-    uint32_t crc = ddp_crc32(0, t->h_params, t->num_params * sizeof(float));
+    uint32_t crc = 0;
+    /* Where each rank holds its own shard of the parameters (ZeRO-3) there is nothing of
+     * them to compare. */
+    if (ddp_sync_params_replicated(t->sync)) {
+        if (!t->h_params) t->h_params = malloc(t->num_params * sizeof(float));
+        if (!t->h_params) return DDP_FAIL(DDP_ERR_NOMEM, "trainer: out of memory");
+        DDP_CHECK(ddp_trainer_get_params(t, t->h_params));
+        crc = ddp_crc32(0, t->h_params, t->num_params * sizeof(float));
+    } else {
+        DDP_CHECK(ddp_trainer_settle(t));
+    }
     /* The buffers (running statistics) must agree as well. */
     size_t nbuf = ddp_model_num_buffer_elems(t->model);
     if (nbuf > 0) {

@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 
+#include "ddp/sync.h"
 #include "ddp/train.h"
 #include "train/noise_scale.h"
 #include "train/straggler.h"
@@ -73,6 +74,11 @@ struct ddp_source_ops {
 const ddp_source_ops *ddp_source_of(ddp_data_kind data);
 const ddp_opt *ddp_source_options(ddp_data_kind data, size_t *n);
 
+/* An evaluation's forward pass over batch (sources call it for each): the model's forward
+ * in evaluation mode, adding to t->d_stats, after the sync's agreement where every rank
+ * must run as many (ZeRO-3). Every rank's evaluation calls it. */
+ddp_status ddp_trainer_eval_forward(ddp_trainer *t, const ddp_batch *batch);
+
 /* Finishes a parameter all-gather in flight (--zero), so that the parameters may be read:
  * every function that reads them outside a training step calls it first. Not collective
  * itself, but completes a collective that every rank started. */
@@ -91,23 +97,17 @@ struct ddp_trainer {
     ddp_source *src;     /* the model kind's data source, with its state */
     ddp_model *model;
     ddp_optim *optim;
-    ddp_reducer *reducer;
+    ddp_sync *sync;        /* how the ranks keep gradients and parameters in step (the stage) */
     int64_t skipped_steps; /* updates skipped for non-finite gradients */
     int checkpoints_ready; /* ddp_trainer_prepare_checkpoints has run (and agreed) */
-    int grads_shared;      /* the gradients live in node-shared memory (share_gradients) */
     size_t num_params;
-    /* --zero 1, 2: this rank's shard [shard_begin, shard_begin + shard_len) of the flat
-     * buffers; every shard but the last ones holds shard_size elements (a multiple of 16,
-     * so that shards start on cache lines; the last may be short or empty) */
-    size_t shard_size, shard_begin, shard_len;
-    float *shard_grads; /* (shard_size) device: this shard's averaged gradients */
-    int64_t step;       /* steps completed */
-    int64_t samples;    /* samples trained on over all ranks (steps x their global batches) */
+    int64_t step;    /* steps completed */
+    int64_t samples; /* samples trained on over all ranks (steps x their global batches) */
     int64_t total_steps;
     uint64_t epoch;        /* epoch of the last step */
     size_t max_batch;      /* samples the model's activations hold */
     float *d_stats;        /* (2) device: loss sum, correct count */
-    float *h_params;       /* (num_params) host scratch for checks */
+    float *h_params;       /* (num_params) host scratch for checks, made on first use */
     double peak_flops;     /* measured matrix-product FLOP/s of this rank's device (MFU) */
     double last_eval_loss; /* of the run's last evaluation; < 0: none */
     FILE *metrics;

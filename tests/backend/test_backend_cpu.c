@@ -18,6 +18,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "ddp/backend.h"
 
@@ -71,6 +72,41 @@ static void test_alloc_copy_and_zero_round_trip(void **state) {
     assert_int_equal(ddp_backend_copy(b, NULL, src, sizeof src, DDP_COPY_H2D), DDP_ERR_INVALID_ARG);
     ddp_backend_dealloc(b, d);
     ddp_backend_dealloc(b, empty);
+}
+
+/* Page memory: read as zeros, given back by release (zeros again, no page resident), and
+ * from a huge page up mapped on huge-page boundaries, released in whole huge pages (a
+ * release of part of one would split it into small pages that fault back one per 4 KB). */
+static void test_page_memory_is_released_in_whole_huge_pages(void **state) {
+    ddp_backend *b = *state;
+    size_t small = ddp_backend_page_bytes(b), big = 2 * DDP_HUGE_PAGE_BYTES + 12345;
+    float *p = NULL, *q = NULL;
+    assert_int_equal(ddp_backend_alloc_pages(b, big, (void **)&p), DDP_OK);
+    assert_int_equal(ddp_backend_alloc_pages(b, 3 * small, (void **)&q), DDP_OK);
+    assert_int_equal((uintptr_t)p % DDP_HUGE_PAGE_BYTES, 0);
+    assert_int_equal(ddp_backend_release_granule(b, p, big), DDP_HUGE_PAGE_BYTES);
+    assert_int_equal(ddp_backend_release_granule(b, q, 3 * small), small);
+    size_t n = big / sizeof(float);
+    assert_true(p[0] == 0.0f && p[n - 1] == 0.0f);
+    for (size_t i = 0; i < n; i++)
+        p[i] = 1.0f;
+    size_t released = 0;
+    assert_int_equal(ddp_backend_release_pages(b, p, DDP_HUGE_PAGE_BYTES, &released), DDP_OK);
+    assert_int_equal(released, DDP_HUGE_PAGE_BYTES);
+    unsigned char vec[DDP_HUGE_PAGE_BYTES / 4096];
+    assert_true(DDP_HUGE_PAGE_BYTES / small <= sizeof vec);
+    assert_int_equal(mincore(p, DDP_HUGE_PAGE_BYTES, vec), 0);
+    for (size_t i = 0; i < DDP_HUGE_PAGE_BYTES / small; i++)
+        assert_int_equal(vec[i] & 1, 0);
+    assert_true(p[0] == 0.0f && p[DDP_HUGE_PAGE_BYTES / sizeof(float) - 1] == 0.0f);
+    assert_true(p[DDP_HUGE_PAGE_BYTES / sizeof(float)] == 1.0f && p[n - 1] == 1.0f);
+    /* The last huge page is mapped whole: its end can be given back too. */
+    assert_int_equal(ddp_backend_release_pages(b, (char *)p + 2 * DDP_HUGE_PAGE_BYTES,
+                                               DDP_HUGE_PAGE_BYTES, &released),
+                     DDP_OK);
+    assert_true(p[n - 1] == 0.0f);
+    ddp_backend_free_pages(b, p, big);
+    ddp_backend_free_pages(b, q, 3 * small);
 }
 
 /* ---- gemm ----------------------------------------------------------------------------- */
@@ -600,6 +636,7 @@ int main(void) {
         cmocka_unit_test(test_cpu_backend_refuses_tf32),
         cmocka_unit_test(test_cuda_request_without_a_gpu_is_unsupported),
         cmocka_unit_test(test_alloc_copy_and_zero_round_trip),
+        cmocka_unit_test(test_page_memory_is_released_in_whole_huge_pages),
         cmocka_unit_test(test_gemm_rejects_bad_sizes_and_leading_dimensions),
         cmocka_unit_test(test_gelu_matches_known_values),
         cmocka_unit_test(test_activation_rejects_unknown_kind),

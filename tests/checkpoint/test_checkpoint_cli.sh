@@ -139,8 +139,9 @@ run zero_resumed_after_killed_write 0 "resumed from .*ckpt-00000020.ddp: step 20
     $MPI -np 2 "$TRAIN" "${COMMON[@]}" --optim adamw --lr 1e-3 --zero 1 --steps 60 \
     --checkpoint-every 20 --checkpoint-dir "$TMP/zcrash" --resume --dump-params "$TMP/ZC.bin"
 check zero_resumed_after_killed_write_equals_uninterrupted_bitwise cmp "$TMP/ZA.bin" "$TMP/ZC.bin"
-run zero_stage_3_refused nonzero "--zero" -- $MPI -np 2 "$TRAIN" "${COMMON[@]}" --zero 3 --steps 5
-run zero_bf16_refused nonzero "grad-dtype bf16 applies to --zero 0 only" -- \
-    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --zero 1 --grad-dtype bf16 --steps 5
+run zero_stage_4_refused nonzero "--zero" -- $MPI -np 2 "$TRAIN" "${COMMON[@]}" --zero 4 --steps 5
+# Sharded gradients travel in bf16 too: reduce-scattered as bf16, widened into the shard.
+run zero3_grad_bf16_trains 0 "final test accuracy" -- \
+    $MPI -np 2 "$TRAIN" "${COMMON[@]}" --zero 3 --grad-dtype bf16 --steps 5
 
 script_finish

@@ -1,12 +1,13 @@
 /*
- * Checkpoints of sharded state (--zero 1 and 2), under mpirun with 1, 2 and 3 ranks (3:
+ * Checkpoints of sharded state (--zero 1, 2 and 3), under mpirun with 1, 2 and 3 ranks (3:
  * shards of unequal size):
- *  - every rank writes its shard of the optimizer state and rank 0 a manifest; a run
- *    killed after a checkpoint resumes from it to parameters bitwise equal to the
- *    uninterrupted run, on the same ranks and stage;
- *  - the shards re-shard: a checkpoint of N ranks resumes in a world of one (stage 0 or
- *    2), and a one-rank checkpoint resumes on N ranks at stage 1, to the parameters of the
- *    uninterrupted run up to float rounding (tolerance from the rounding spread);
+ *  - every rank writes its shard of the optimizer state (at stage 3 of the parameters too)
+ *    and rank 0 a manifest; a run killed after a checkpoint resumes from it to parameters
+ *    bitwise equal to the uninterrupted run, on the same ranks and stage;
+ *  - the shards re-shard: a checkpoint of N ranks resumes in a world of one (stage 0, or 2,
+ *    or for a stage-3 checkpoint 3), and a one-rank checkpoint resumes on N ranks at stage
+ *    1 (of stage 2) or 3 (of stage 0), to the parameters of the uninterrupted run up to
+ *    float rounding (tolerance from the rounding spread);
  *  - a damaged shard, a missing shard and a shard of another save are refused on every
  *    rank with a message that names the file; shards whose manifest is missing (a save
  *    that did not complete) are ignored and the older checkpoint is used; pruning removes
@@ -145,9 +146,10 @@ static void sharded_checkpoints_resume_exactly_and_reshard(int zero) {
     assert_same_on_all_ranks(fx_world, p, n);
     free(p);
 
-    /* The N-rank shards in a world of one, at stage 0 or 2 (by rank). */
+    /* The N-rank shards in a world of one, at stage 0, or 2 (3 for a stage-3 checkpoint),
+     * by rank. */
     forget(dir, 20);
-    ddp_train_config one = zero_config(fx_rank % 2 == 0 ? 0 : 2);
+    ddp_train_config one = zero_config(fx_rank % 2 == 0 ? 0 : zero == 3 ? 3 : 2);
     char mine[300];
     snprintf(mine, sizeof mine, "%s.rank%d", dir, fx_rank);
     copy_dir(dir, mine);
@@ -165,12 +167,14 @@ static void sharded_checkpoints_resume_exactly_and_reshard(int zero) {
     free(p);
     remove_dir(mine);
 
-    /* A one-rank checkpoint of stage 2 on all ranks at stage 1. */
+    /* A one-rank checkpoint of stage 2 on all ranks at stage 1; for stage 3, a one-rank
+     * checkpoint of stage 0 (one file, the parameters whole) on all ranks at stage 3. */
+    int from = zero == 3 ? 0 : 2, to = zero == 3 ? 3 : 1;
     assert_int_equal(ddp_comm_barrier(fx_world), DDP_OK);
     char first[300];
     snprintf(first, sizeof first, "%s.one", dir);
     if (fx_rank == 0) {
-        ddp_train_config w = zero_config(2);
+        ddp_train_config w = zero_config(from);
         snprintf(w.checkpoint_dir, sizeof w.checkpoint_dir, "%s", first);
         assert_int_equal(mkdir(first, 0755), 0);
         free(fx_train_run(&w, fx_local, &n2));
@@ -178,13 +182,13 @@ static void sharded_checkpoints_resume_exactly_and_reshard(int zero) {
         assert_int_equal(unlink(path), 0);
     }
     assert_int_equal(ddp_comm_barrier(fx_world), DDP_OK);
-    p = resume_run(zero_config(1), first, fx_world, &resumed, &n2);
+    p = resume_run(zero_config(to), first, fx_world, &resumed, &n2);
     assert_int_equal(resumed, 10);
     err = rel_error(p, reference, n);
     if (fx_rank == 0)
-        print_message("one process's --zero 2 checkpoint resumed by %d ranks at --zero 1: "
+        print_message("one process's --zero %d checkpoint resumed by %d ranks at --zero %d: "
                       "relative error %.3g (tolerance %.3g)\n",
-                      fx_size, err, tol);
+                      from, fx_size, to, err, tol);
     assert_true(err <= tol);
     assert_same_on_all_ranks(fx_world, p, n);
     free(p);
@@ -203,6 +207,11 @@ static void stage1_checkpoints_resume_exactly_and_reshard(void **state) {
 
 static void stage2_checkpoints_resume_exactly_and_reshard(void **state) {
     sharded_checkpoints_resume_exactly_and_reshard(2);
+}
+
+/* Stage 3: the shard files hold the parameters too (the manifest none). */
+static void stage3_checkpoints_resume_exactly_and_reshard(void **state) {
+    sharded_checkpoints_resume_exactly_and_reshard(3);
 }
 
 /* Resuming from dir must fail on every rank; the rank(s) that read the bad file name it. */
@@ -330,6 +339,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(stage1_checkpoints_resume_exactly_and_reshard),
         cmocka_unit_test(stage2_checkpoints_resume_exactly_and_reshard),
+        cmocka_unit_test(stage3_checkpoints_resume_exactly_and_reshard),
         cmocka_unit_test(bad_shards_are_refused_naming_the_file),
         cmocka_unit_test(shards_without_manifest_are_ignored_and_pruned),
     };

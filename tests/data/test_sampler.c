@@ -1,5 +1,5 @@
 /*
- * The distributed sampler and ddp_shard_range. The sampler is pure (its output depends
+ * The distributed sampler and ddp_split_range. The sampler is pure (its output depends
  * only on its arguments), so every rank of a world is simulated in this one process:
  * over an epoch the ranks together use each sample at most once and exactly
  * steps_per_epoch * B samples, rank r's slice is part r of the batch a single rank would
@@ -345,13 +345,13 @@ static void test_batch_change_keeps_each_sample_once_per_epoch(void **state) {
     ddp_sampler_free(&s);
 }
 
-static void test_shard_range_covers_every_item_once(void **state) {
+static void test_split_range_covers_every_item_once(void **state) {
     for (size_t n = 0; n <= 200; n += (n < 40 ? 1 : 17)) {
         for (int world = 1; world <= 17; world++) {
             size_t next = 0, min = (size_t)-1, max = 0;
             for (int r = 0; r < world; r++) {
                 size_t b, c;
-                ddp_shard_range(n, r, world, &b, &c);
+                ddp_split_range(n, r, world, &b, &c);
                 /* Contiguous, in rank order, so that together they tile 0..n. */
                 assert_int_equal(b, next);
                 next = b + c;
@@ -363,9 +363,9 @@ static void test_shard_range_covers_every_item_once(void **state) {
         }
     }
     size_t b = 1, c = 1;
-    ddp_shard_range(10000, 3, 3, &b, &c);
+    ddp_split_range(10000, 3, 3, &b, &c);
     assert_int_equal(c, 0);
-    ddp_shard_range(60000, 7, 8, &b, &c);
+    ddp_split_range(60000, 7, 8, &b, &c);
     assert_int_equal(b, 52500);
     assert_int_equal(c, 7500);
 }
@@ -380,7 +380,7 @@ int main(void) {
         cmocka_unit_test(test_rejects_invalid_batch_sizes),
         cmocka_unit_test(test_seek_rejects_step_past_the_epoch),
         cmocka_unit_test(test_batch_change_keeps_each_sample_once_per_epoch),
-        cmocka_unit_test(test_shard_range_covers_every_item_once),
+        cmocka_unit_test(test_split_range_covers_every_item_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,7 +5,8 @@
  *    moved them (u = 2^-8), the loss within the same fraction of its fall;
  *  - N ranks reach one process with the whole batch, and K micro-batches the whole batch,
  *    within SPREAD_MARGIN times the bf16 run's own rounding spread, bitwise identical on
- *    every rank; both with the products native and emulated (DDP_BF16_KERNELS=emulate).
+ *    every rank; both with the products native and emulated (DDP_BF16_KERNELS=emulate);
+ *  - so does ZeRO-3, whose gathers bring the weights' bf16 copy.
  *
  * Why those bounds. The weights stay fp32 masters and the products accumulate in fp32;
  * bf16 enters by rounding the products' operands to u relative, so each step's update is
@@ -137,6 +138,32 @@ static void gpt_accumulation_equals_whole_batch(void **state) {
     matches_one_process("gpt --accum 2", gpt(), acc);
 }
 
+/* ZeRO-3 in bf16: each unit's bf16 copy is gathered (the fp32 values only of the tensors
+ * read in fp32: biases, norms, embeddings, convolutions), and the products read it as
+ * stage 0's read the copy the optimizer writes: the same numbers up to the order of the
+ * sums, so the run reaches stage 0's on one process within its rounding spread. */
+static void mlp_zero3_matches_stage0(void **state) {
+    ddp_train_config z = mlp();
+    z.zero = 3;
+    matches_one_process("mlp --zero 3", mlp(), z);
+}
+static void gpt_zero3_matches_stage0(void **state) {
+    ddp_train_config z = gpt();
+    z.zero = 3;
+    z.accum = 2;
+    z.micro_batch = 0;
+    if ((size_t)world * 2 > z.global_batch) skip();
+    matches_one_process("gpt --zero 3 --accum 2", gpt(), z);
+}
+static void cnn_zero3_matches_stage0(void **state) {
+    /* Batch norm over each rank's share: one process of as many micro-batches. */
+    ddp_train_config one = cnn(), z = cnn();
+    one.accum = world;
+    one.micro_batch = 0;
+    z.zero = 3;
+    matches_one_process("cnn --zero 3", one, z);
+}
+
 int main(int argc, char **argv) {
     mpi_test_init(&argc, &argv, &fp32, &world_comm, &rank, &world);
     ddp_backend_options o = {.device = DDP_DEVICE_CPU, .threads = 1, .math = DDP_MATH_BF16};
@@ -163,6 +190,9 @@ int main(int argc, char **argv) {
         cmocka_unit_test(mlp_n_ranks_equal_one),
         cmocka_unit_test(gpt_n_ranks_equal_one),
         cmocka_unit_test(gpt_accumulation_equals_whole_batch),
+        cmocka_unit_test(mlp_zero3_matches_stage0),
+        cmocka_unit_test(gpt_zero3_matches_stage0),
+        cmocka_unit_test(cnn_zero3_matches_stage0),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     ddp_dataset_free(&train_set);

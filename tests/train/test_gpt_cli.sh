@@ -4,7 +4,8 @@
 # layer; resuming from its half-way checkpoint
 # ends bitwise equal to the uninterrupted run (other rank counts: tests/checkpoint); the
 # export and the checkpoint give ddp-generate the same
-# model (the same text for the same seed), greedy sampling is deterministic; a rank that
+# model (the same text for the same seed), also at --zero 3 (the export gathered and
+# streamed), greedy sampling is deterministic; a rank that
 # hangs ends the job through the watchdog (exit 3); and bad
 # input fails on every rank with a message: a text too short for the context, heads that
 # do not divide the width, a text that is missing, ddp-generate on an MLP or on nothing.
@@ -112,6 +113,35 @@ if cmp -s "$TMP/greedy_a.log" "$TMP/greedy_b.log"; then
     echo "ok   greedy_sampling_ignores_the_seed"; passes=$((passes + 1))
 else
     echo "FAIL greedy_sampling_ignores_the_seed"; fails=$((fails + 1))
+fi
+
+# Stage 3 (each rank holds its shard of the parameters): the export, gathered a unit at a
+# time and streamed by rank 0, holds the parameters the run ends with, and it and the
+# sharded checkpoint give ddp-generate the same text.
+run train_stage3 0 "final validation loss" -- \
+    $MPI -np 2 "$TRAIN" "${SMALL[@]}" --zero 3 --steps 20 --checkpoint-dir "$TMP/ckpt3" \
+    --checkpoint-every 20 --export "$TMP/gpt3.safetensors" --dump-params "$TMP/full3.bin"
+if python3 - "$TMP/gpt3.safetensors" "$TMP/full3.bin" <<'EOF'
+import struct, sys
+st = open(sys.argv[1], "rb").read()
+full = open(sys.argv[2], "rb").read()
+(n,) = struct.unpack("<Q", st[:8])
+assert len(full) > 0 and st[8 + n:8 + n + len(full)] == full
+EOF
+then
+    echo "ok   stage3_export_holds_the_trained_parameters"; passes=$((passes + 1))
+else
+    echo "FAIL stage3_export_holds_the_trained_parameters"; fails=$((fails + 1))
+fi
+run generate_from_stage3_export 0 "." -- \
+    "$GENERATE" --safetensors "$TMP/gpt3.safetensors" --prompt "the " --tokens 60 --seed 3
+run generate_from_stage3_checkpoint 0 "." -- \
+    "$GENERATE" --checkpoint-dir "$TMP/ckpt3" --prompt "the " --tokens 60 --seed 3
+if cmp -s "$TMP/generate_from_stage3_export.log" "$TMP/generate_from_stage3_checkpoint.log" &&
+    [ "$(wc -c <"$TMP/generate_from_stage3_export.log")" -ge 64 ]; then
+    echo "ok   stage3_export_and_checkpoint_generate_the_same_text"; passes=$((passes + 1))
+else
+    echo "FAIL stage3_export_and_checkpoint_generate_the_same_text"; fails=$((fails + 1))
 fi
 
 # A rank that hangs mid-training (SIGSTOP) ends the GPT's job through the watchdog:

@@ -5,7 +5,8 @@
  *    process with the whole batch, with AdamW, weight decay, clipping and accumulation,
  *    for the MLP and the GPT; parameters stay bitwise identical on every rank;
  *  - optimizer state per rank is one shard: 1/N of the replicated state plus at most the
- *    padding, and the shards add up to the whole;
+ *    padding, and the shards add up to the whole (stage 3 too; its own tests are in
+ *    test_zero3.c);
  *  - stage 2 gives the pages of sent gradient buckets back to the system: after a step
  *    only the pages at bucket edges are resident, where stage 1 keeps the whole buffer;
  *  - a non-finite gradient is seen by every rank alike from the shards: the update is
@@ -151,7 +152,7 @@ static void gpt_stages_reach_the_replicated_parameters(void **state) {
 }
 
 static void optimizer_state_is_one_shard_per_rank(void **state) {
-    for (int zero = 0; zero <= 2; zero++) {
+    for (int zero = 0; zero <= 3; zero++) {
         ddp_train_config c = mlp_config();
         c.max_steps = 1;
         c.zero = zero;
@@ -159,7 +160,11 @@ static void optimizer_state_is_one_shard_per_rank(void **state) {
         run_info info;
         free(train_info(c, world_comm, &n, &info));
         assert_int_equal(info.mem.optim_full, 2 * n * sizeof(float));
-        assert_int_equal(info.mem.params, n * sizeof(float));
+        /* Stage 3 holds its shard and the units in flight (test_zero3.c has the figures). */
+        if (zero < 3 || world == 1)
+            assert_int_equal(info.mem.params, n * sizeof(float));
+        else
+            assert_true(info.mem.params <= n * sizeof(float));
         uint64_t total = info.shard_len;
         assert_int_equal(ddp_comm_allreduce(world_comm, &total, 1, DDP_U64, DDP_SUM), DDP_OK);
         if (zero == 0) {

@@ -23,13 +23,11 @@
 
 const char *const ddp_progress_names[] = {DDP_PROGRESS_MODES(DDP_X_NAME) NULL};
 
-#include <sys/mman.h>
-#include <unistd.h>
-
 typedef struct {
     size_t begin, end; /* elements */
     size_t pending;    /* elements not yet reported final in this pass */
     int launched;      /* started in this pass */
+    int sent;          /* sharded: its reduce-scatter is complete in this pass */
     ddp_comm_req *req; /* DDP_PROGRESS_TEST: the request (NULL if complete at once) */
     int in_flight;     /* DDP_PROGRESS_TEST: started, not yet completed */
     double t_start, t_end;
@@ -51,7 +49,9 @@ struct ddp_reducer {
     ddp_reducer_options opt;
     int n_buckets;
     bucket *buckets;
-    uint16_t *wire; /* bf16 copy of the gradients (device), when grad_dtype is BF16 */
+    uint16_t *wire;      /* (n) bf16 copy of the gradients (device), when grad_dtype is BF16 */
+    uint16_t *wire_recv; /* sharded bf16: this rank's sums before they are widened, per
+                          * bucket at dst[i] (shard_size in all) */
     /* sharded (ddp_reducer_set_shard): bucket i sends counts[i * world + q] elements to
      * rank q; this rank's land at shard + dst[i] */
     int world, rank;
@@ -61,7 +61,7 @@ struct ddp_reducer {
     int queued_comm; /* the comm queues on the device (NCCL): sends complete in wait() */
     size_t *counts;  /* (n_buckets, world) */
     size_t *dst;     /* (n_buckets) */
-    size_t shard_begin, shard_size;
+    size_t shard_begin, shard_size, shard_len;
     int add; /* this pass adds to the shard */
     /* the parameters' all-gather (ddp_reducer_start_gather): a pass of its own, its
      * buckets in order[] from the start of the buffer */
@@ -94,33 +94,73 @@ static float *scratch_of(const ddp_reducer *r, int i) {
 }
 
 /* Sharded: starts the reduce-scatter of bucket i into the shard (see
- * ddp_reducer_set_shard); queued on the device with a request where the comm can, else
- * complete on return (*req NULL). */
+ * ddp_reducer_set_shard), in bf16 where asked; queued on the device with a request where
+ * the comm can, else complete on return (*req NULL). */
 static ddp_status scatter_start(ddp_reducer *r, int i, ddp_comm_req **req) {
     bucket *bk = &r->buckets[i];
     const size_t *counts = r->counts + (size_t)i * (size_t)r->world;
+    if (r->opt.grad_dtype == DDP_BF16) {
+        uint16_t *w = r->wire + bk->begin;
+        DDP_CHECK(
+            ddp_backend_f32_to_bf16(r->backend, r->grads + bk->begin, w, bk->end - bk->begin));
+        DDP_CHECK(ddp_comm_ireduce_scatterv(r->comm, w, r->wire_recv + r->dst[i], counts, DDP_BF16,
+                                            DDP_SUM, req));
+        return DDP_OK;
+    }
     float *recv = r->add ? scratch_of(r, i) : r->shard + r->dst[i];
     DDP_CHECK(ddp_comm_ireduce_scatterv_at(r->comm, bk->site, r->grads + bk->begin, recv, counts,
                                            DDP_F32, DDP_SUM, req));
     return DDP_OK;
 }
 
+/* Gives back the pages of [begin, end) of buf (r->n elements of esize bytes, n_buckets'
+ * ranges over it) that no bucket still to be sent in this pass shares: a page at an edge
+ * goes with the last of the buckets it holds, so that after a pass none stays. In whole
+ * huge pages where the buffer has them, so that none is split. */
+static ddp_status release_sent(ddp_reducer *r, void *buf, size_t esize, size_t begin, size_t end) {
+    size_t bytes = r->n * esize, page = ddp_backend_release_granule(r->backend, buf, bytes);
+    uintptr_t base = (uintptr_t)buf, lo = (base + begin * esize) / page * page;
+    uintptr_t hi = (base + end * esize + page - 1) / page * page;
+    /* Does the page at p hold an element of a bucket not yet sent? */
+    for (int edge = 0; edge < 2 && hi > lo; edge++) {
+        uintptr_t p = edge == 0 ? lo : hi - page;
+        for (int j = 0; j < r->n_buckets; j++) {
+            const bucket *b = &r->buckets[j];
+            if (b->sent || b->end == b->begin) continue;
+            uintptr_t a = base + b->begin * esize, e = base + b->end * esize;
+            if (a < p + page && e > p) {
+                if (edge == 0)
+                    lo += page;
+                else
+                    hi -= page;
+                break;
+            }
+        }
+    }
+    /* Not past the buffer's last page (its mapping ends there). */
+    uintptr_t last = (base + bytes + page - 1) / page * page;
+    if (hi > last) hi = last;
+    if (hi > lo) DDP_CHECK(ddp_backend_release_pages(r->backend, (void *)lo, hi - lo, NULL));
+    return DDP_OK;
+}
+
 /* Sharded, once bucket i's reduce-scatter is complete (or ordered before the backend's
- * later work): adds what it received to the shard, and gives the bucket's pages back. */
+ * later work): widens or adds what it received into the shard, and gives the bucket's
+ * pages back. */
 static ddp_status scatter_finish(ddp_reducer *r, int i) {
     bucket *bk = &r->buckets[i];
     size_t mine = r->counts[(size_t)i * (size_t)r->world + (size_t)r->rank];
+    float *into = r->add ? scratch_of(r, i) : r->shard + r->dst[i];
+    if (r->opt.grad_dtype == DDP_BF16 && mine > 0)
+        DDP_CHECK(ddp_backend_bf16_to_f32(r->backend, r->wire_recv + r->dst[i], into, mine));
     if (r->add && mine > 0)
         DDP_CHECK(ddp_backend_add(r->backend, r->shard + r->dst[i], r->shard + r->dst[i],
                                   scratch_of(r, i), mine));
+    bk->sent = 1;
     if (r->release) {
-        /* Whole pages only: the partial ones at the ends hold neighbouring buckets. The
-         * next backward finds them zero-filled, and overwrites them anyway. */
-        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-        uintptr_t lo = ((uintptr_t)(r->grads + bk->begin) + page - 1) / page * page;
-        uintptr_t hi = (uintptr_t)(r->grads + bk->end) / page * page;
-        if (hi > lo && madvise((void *)lo, hi - lo, MADV_DONTNEED) != 0)
-            return DDP_FAIL(DDP_ERR_INTERNAL, "reducer: releasing gradient pages failed");
+        /* The next backward overwrites the gradients: their pages come back zero-filled. */
+        DDP_CHECK(release_sent(r, r->grads, sizeof(float), bk->begin, bk->end));
+        if (r->wire) DDP_CHECK(release_sent(r, r->wire, sizeof(uint16_t), bk->begin, bk->end));
     }
     return DDP_OK;
 }
@@ -204,7 +244,7 @@ static ddp_status complete_bucket_nonblocking(ddp_reducer *r, int i) {
     bk->in_flight = 0;
     DDP_CHECK(ddp_comm_wait(r->comm, req));
     if (r->shard && r->queued_comm && !r->params) DDP_CHECK(scatter_finish(r, i));
-    if (r->opt.grad_dtype == DDP_BF16)
+    if (r->opt.grad_dtype == DDP_BF16 && !r->shard)
         DDP_CHECK(ddp_backend_bf16_to_f32(r->backend, r->wire + bk->begin, r->grads + bk->begin,
                                           bk->end - bk->begin));
     bk->t_end = ddp_time_now();
@@ -304,7 +344,7 @@ ddp_status ddp_reducer_create(ddp_comm *comm, ddp_backend *b, float *grads, size
     pthread_cond_init(&r->cv, NULL);
     ddp_status s = make_buckets(r, boundaries, n_boundaries);
     if (s == DDP_OK && opt->grad_dtype == DDP_BF16)
-        s = ddp_backend_alloc(b, n * sizeof(uint16_t), (void **)&r->wire);
+        s = ddp_backend_alloc_pages(b, n * sizeof(uint16_t), (void **)&r->wire);
     if (s == DDP_OK && r->opt.progress == DDP_PROGRESS_AUTO) {
         /* Device buffers (NCCL) progress on the GPU; MPI on the host needs a thread
          * inside MPI, which needs MPI_THREAD_MULTIPLE. */
@@ -348,7 +388,8 @@ void ddp_reducer_free(ddp_reducer *r) {
     }
     for (int i = 0; i < r->n_buckets; i++)
         if (r->buckets[i].in_flight) ddp_comm_wait(r->comm, r->buckets[i].req);
-    ddp_backend_dealloc(r->backend, r->wire);
+    ddp_backend_free_pages(r->backend, r->wire, r->n * sizeof(uint16_t));
+    ddp_backend_dealloc(r->backend, r->wire_recv);
     ddp_backend_dealloc(r->backend, r->scratch);
     free(r->counts);
     free(r->dst);
@@ -367,44 +408,44 @@ void ddp_reducer_bucket(const ddp_reducer *r, int i, size_t *begin, size_t *end)
     *end = r->buckets[i].end;
 }
 
-ddp_status ddp_reducer_set_shard(ddp_reducer *r, float *shard, size_t shard_size,
+ddp_status ddp_reducer_set_shard(ddp_reducer *r, float *shard, const ddp_shard_layout *l,
                                  int release_grads) {
     int world = ddp_comm_size(r->comm), rank = ddp_comm_rank(r->comm);
-    if (r->opt.grad_dtype != DDP_F32)
-        return DDP_FAIL(DDP_ERR_UNSUPPORTED,
-                        "sharded gradients (--zero 1 or 2) are sent in fp32: drop --grad-dtype "
-                        "bf16");
-    if (shard_size == 0 || shard_size > SIZE_MAX / (size_t)world ||
-        shard_size * (size_t)world < r->n)
+    if (l->ranks != world || l->n != r->n)
         return DDP_FAIL(DDP_ERR_INVALID_ARG,
-                        "reducer: %d shards of %zu elements do not cover %zu gradients", world,
-                        shard_size, r->n);
+                        "reducer: shards of %zu elements over %d ranks for %zu gradients on %d",
+                        l->n, l->ranks, r->n, world);
+    size_t shard_begin, shard_len;
+    ddp_shard_of(l, rank, &shard_begin, &shard_len);
     r->counts = calloc((size_t)r->n_buckets * (size_t)world, sizeof *r->counts);
     r->dst = calloc((size_t)r->n_buckets, sizeof *r->dst);
     if (!r->counts || !r->dst) return DDP_FAIL(DDP_ERR_NOMEM, "reducer: out of memory");
     size_t scratch = 0;
     for (int i = 0; i < r->n_buckets; i++) {
         const bucket *bk = &r->buckets[i];
-        for (int q = 0; q < world; q++) {
-            size_t lo = (size_t)q * shard_size, hi = lo + shard_size;
-            if (lo < bk->begin) lo = bk->begin;
-            if (hi > bk->end) hi = bk->end;
-            r->counts[(size_t)i * (size_t)world + (size_t)q] = hi > lo ? hi - lo : 0;
-            if (q == rank) r->dst[i] = hi > lo ? lo - (size_t)q * shard_size : 0;
-        }
-        size_t mine = r->counts[(size_t)i * (size_t)world + (size_t)rank];
+        size_t *counts = r->counts + (size_t)i * (size_t)world;
+        ddp_shard_counts(l, bk->begin, bk->end, counts);
+        size_t mine = counts[rank];
+        /* Where this rank's part of the bucket sits in its shard. */
+        r->dst[i] =
+            mine > 0 ? (bk->begin > shard_begin ? bk->begin : shard_begin) - shard_begin : 0;
         if (mine > scratch) scratch = mine;
     }
     /* Queued sends are in flight together: each needs its own place (at dst[i]). */
-    if (r->queued_comm) scratch = shard_size;
+    if (r->queued_comm) scratch = l->size;
     if (scratch > 0)
         DDP_CHECK(ddp_backend_alloc(r->backend, scratch * sizeof(float), (void **)&r->scratch));
+    /* bf16 sums land at dst[i] of a shard-sized array: buckets never share a place. */
+    if (r->opt.grad_dtype == DDP_BF16)
+        DDP_CHECK(
+            ddp_backend_alloc(r->backend, l->size * sizeof(uint16_t), (void **)&r->wire_recv));
     r->world = world;
     r->rank = rank;
     r->shard = shard;
-    r->shard_size = shard_size;
-    r->shard_begin = (size_t)rank * shard_size;
-    r->release = release_grads && ddp_backend_is_host(r->backend);
+    r->shard_size = l->size;
+    r->shard_begin = shard_begin;
+    r->shard_len = shard_len;
+    r->release = release_grads;
     return DDP_OK;
 }
 
@@ -425,6 +466,7 @@ ddp_status ddp_reducer_begin(ddp_reducer *r) {
     for (int i = 0; i < r->n_buckets; i++) {
         r->buckets[i].pending = r->buckets[i].end - r->buckets[i].begin;
         r->buckets[i].launched = 0;
+        r->buckets[i].sent = 0;
     }
     if (r->thread_running) {
         pthread_mutex_lock(&r->mu);
@@ -523,12 +565,9 @@ ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats) {
     ddp_status s = DDP_OK;
     if (r->opt.skip) {
         /* Sharded: the shard takes this rank's own gradients, as if it were alone. */
-        if (r->shard && r->shard_begin < r->n) {
-            size_t len =
-                r->n - r->shard_begin < r->shard_size ? r->n - r->shard_begin : r->shard_size;
+        if (r->shard && r->shard_len > 0)
             DDP_CHECK(ddp_backend_copy(r->backend, r->shard, r->grads + r->shard_begin,
-                                       len * sizeof(float), DDP_COPY_D2D));
-        }
+                                       r->shard_len * sizeof(float), DDP_COPY_D2D));
         if (stats) *stats = (ddp_reducer_stats){.n_buckets = r->n_buckets};
         return DDP_OK;
     }
