@@ -182,8 +182,24 @@ int ddp_cli_open_trace(ddp_comm *ctrl, const char *path);
  * its way out, through ctrl. Returns 1 when it started on every rank. COLLECTIVE. */
 int ddp_cli_start_watchdog(ddp_comm *ctrl, double timeout_s);
 /* The watchdog's expiry function for the programs: ends the whole job (ctx is the
- * ddp_comm to abort through) with exit status DDP_CLI_EXIT_TIMEOUT. Does not return. */
+ * ddp_comm to abort through) with exit status DDP_CLI_EXIT_TIMEOUT, through the flight
+ * recorder as ddp_cli_abort does. Does not return. */
 void ddp_cli_watchdog_expired(void *ctx, const char *message);
+/* Ends the whole job with exit status `code` after a failure on this rank (`reason`),
+ * from the main thread: the flight recorder writes this rank's ring and, where its
+ * channel is open, rank 0 gathers every rank's and prints its verdict (ddp_flight_conclude:
+ * bounded, about 15 s at most), then MPI_Abort. Does not return. */
+void ddp_cli_abort(ddp_comm *ctrl, int code, const char *reason);
+/* The flight recorder of a training program (after ddp_cli_start_watchdog, whose wake-ups
+ * answer the other ranks): --check-collectives compared over the ranks and, where given,
+ * turned on for ctrl and every communicator created after; the ring of --flight-ring; its
+ * dumps in --flight-dir (else --checkpoint-dir, else the working directory), created where
+ * missing; the side channel; the fatal signals. Names ctrl "control". Returns 0 when every
+ * rank set it up, else the exit status to end with (DDP_CLI_EXIT_USAGE when the ranks
+ * disagree on --check-collectives). COLLECTIVE over ctrl. */
+int ddp_cli_start_flight(ddp_comm *ctrl, const ddp_train_config *cfg);
+/* Closes the side channel, after ddp_watchdog_free. COLLECTIVE. */
+void ddp_cli_stop_flight(void);
 /* The compute backend of a training program: cfg's device and precision, the GPU of its
  * local rank (modulo the visible GPUs), BLAS threads by ddp_cli_default_threads. Returns
  * 1 when it was made on every rank. COLLECTIVE over ctrl (agreement). */

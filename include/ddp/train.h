@@ -110,6 +110,11 @@ typedef struct {
     size_t max_global_batch;
     /* failure detection (per rank; not part of the fingerprint) */
     float timeout_s; /* a collective blocked this long ends the job (--timeout); 0 = never */
+    int flight_ring; /* collectives the flight recorder keeps (ddp/flight.h); 0 = off */
+    char flight_dir[DDP_PATH_MAX]; /* where a failed job's rings go; "" = checkpoint_dir or . */
+    /* compare every collective's fingerprint over the ranks before it runs (in the
+     * fingerprint: it adds collectives) */
+    int check_collectives;
 } ddp_train_config;
 
 /* The option tables of a training configuration for model kind `kind`, with their bases in
@@ -205,6 +210,10 @@ typedef struct {
     double loss;      /* mean training loss over the global batch (logged steps) */
     double grad_norm; /* global gradient norm, before clipping */
     double t_forward, t_backward, t_allreduce, t_optim, t_step; /* seconds */
+    double t_data; /* loading the batch and its micro-batches (not in t_forward) */
+    /* the phase times were measured with the device idle at their edges (every step on the
+     * CPU, the logged steps on a GPU) */
+    int timed;
     double t_exposed;   /* part of the all-reduce time not hidden behind backward (with
                          * --zero: of the reduce-scatters' and the all-gather's, t_allgather
                          * not hidden behind forward) */

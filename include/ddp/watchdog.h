@@ -38,6 +38,9 @@ void ddp_watchdog_free(void);
 /* The training step the process is working on (1-based; 0 = before the first step),
  * named in the message. */
 void ddp_watchdog_set_step(int64_t step);
+/* The step last set (0 before the first). Lock-free: the flight recorder reads it for
+ * every collective, and a signal handler for its dump. */
+int64_t ddp_watchdog_step(void);
 
 /* Where the process is, for programs without training steps (copied, up to 95 bytes; NULL
  * or "" = back to the step): "in the all-reduces of 1048576 bytes" is named in the
@@ -51,6 +54,17 @@ void ddp_watchdog_set_where(const char *where);
 int ddp_watchdog_arm(const char *what);
 /* Marks the end of the operation; token -1 is ignored. */
 void ddp_watchdog_disarm(int token);
+
+/* Seconds between the thread's wake-ups at most (a tenth of the timeout, from 0.01 to 1),
+ * or 0 when the watchdog is not running. */
+double ddp_watchdog_poll_s(void);
+
+/* Called on the watchdog's thread at every wake-up (at least every ddp_watchdog_poll_s()
+ * seconds), outside its lock: how a rank whose main thread is blocked in a collective
+ * still answers the others (the flight recorder's side channel). It may end the process;
+ * it must not take long otherwise. NULL removes it. */
+typedef void (*ddp_watchdog_tick_fn)(void *ctx);
+void ddp_watchdog_set_tick(ddp_watchdog_tick_fn fn, void *ctx);
 
 /* 1 once the watchdog has fired (for tests, where the expiry function returns). */
 int ddp_watchdog_fired(void);

@@ -12,7 +12,7 @@
 #include "bench.h"
 
 typedef struct {
-    double fwd, bwd, ar, exposed, optim, step, comm_cpu, gather;
+    double fwd, bwd, ar, exposed, optim, step, comm_cpu, gather, data;
 } phase_sums;
 
 int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
@@ -41,6 +41,8 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
     if (!ddp_cli_phase_ok(ctrl, s, "checking the batch configuration")) return DDP_CLI_EXIT_USAGE;
     /* From here on a rank that dies or hangs ends the job after --timeout seconds. */
     if (!ddp_cli_start_watchdog(ctrl, cfg->timeout_s)) return 1;
+    int flight = ddp_cli_start_flight(ctrl, cfg);
+    if (flight != 0) return flight;
 
     ddp_backend *backend = NULL;
     ddp_comm *comm = NULL;
@@ -83,6 +85,7 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         sum.step += st.t_step;
         sum.comm_cpu += st.t_comm_cpu;
         sum.gather += st.t_allgather;
+        sum.data += st.t_data;
     }
     if (s == DDP_OK) s = ddp_backend_sync(backend);
     if (s == DDP_OK) s = ddp_trace_close();
@@ -92,24 +95,24 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
     double wall = ddp_time_now() - t0, cpu = ddp_thread_cpu_time() - cpu0;
     if (s != DDP_OK) {
         ddp_log_current_error("training");
-        ddp_comm_abort(ctrl, 1);
+        ddp_cli_abort(ctrl, 1, "training failed");
     }
     /* Phase times: mean over steps and over ranks; the wall time: max over ranks. The
      * training thread's CPU seconds (mean too) are what a step costs in compute, which
      * other processes on the machine inflate less than they do the wall-clock times. */
-    double v[9] = {sum.fwd,  sum.bwd,      sum.ar, sum.exposed, sum.optim,
-                   sum.step, sum.comm_cpu, cpu,    sum.gather};
-    s = ddp_comm_allreduce(ctrl, v, 9, DDP_F64, DDP_SUM);
+    double v[10] = {sum.fwd,  sum.bwd,      sum.ar, sum.exposed, sum.optim,
+                    sum.step, sum.comm_cpu, cpu,    sum.gather,  sum.data};
+    s = ddp_comm_allreduce(ctrl, v, 10, DDP_F64, DDP_SUM);
     if (s == DDP_OK) s = ddp_bench_max_over_ranks(ctrl, &wall);
     /* Peak resident memory: the largest of any rank (all ranks reach this, as the above). */
     double rss = ddp_peak_rss_mb();
     if (s == DDP_OK) s = ddp_bench_max_over_ranks(ctrl, &rss);
     if (s != DDP_OK) {
         ddp_log_current_error("gathering the timings");
-        ddp_comm_abort(ctrl, 1);
+        ddp_cli_abort(ctrl, 1, "gathering the timings failed");
     }
     double per = 1.0 / ((double)a.bench_steps * world);
-    for (int i = 0; i < 9; i++)
+    for (int i = 0; i < 10; i++)
         v[i] *= per;
     double sps = (double)a.bench_steps * (double)cfg->global_batch / wall;
     ddp_model *m = ddp_trainer_model(trainer);
@@ -145,6 +148,7 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         json_object_set_new(o, "bench_steps", json_integer(a.bench_steps));
         json_object_set_new(o, "samples_per_s", json_real(sps));
         json_object_set_new(o, "tokens_per_s", json_real(sps * (double)ddp_model_max_positions(m)));
+        json_object_set_new(o, "t_data", json_real(v[9]));
         json_object_set_new(o, "t_forward", json_real(v[0]));
         json_object_set_new(o, "t_backward", json_real(v[1]));
         json_object_set_new(o, "t_allreduce", json_real(v[2]));

@@ -58,6 +58,7 @@ int main(int argc, char **argv) {
         code = ddp_bench_train_main(ctrl, argc - 1, argv + 1);
     /* The subcommands freed everything else: ctrl, the watchdog's way out, goes last. */
     ddp_watchdog_free();
+    ddp_cli_stop_flight();
     ddp_comm_free(ctrl);
     ddp_mpi_finalize();
     return code;

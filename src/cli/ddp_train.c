@@ -92,6 +92,13 @@ int main(int argc, char **argv) {
     /* From here on, a rank that dies or hangs must not leave the others waiting forever in
      * a collective: the watchdog ends the job after --timeout seconds. */
     if (!ddp_cli_start_watchdog(ctrl, cfg->timeout_s)) goto done;
+    /* Where the watchdog and aborts write what each rank was doing, and how rank 0 learns
+     * it from the others. */
+    int flight = ddp_cli_start_flight(ctrl, cfg);
+    if (flight != 0) {
+        code = flight;
+        goto done;
+    }
 
     if (!ddp_cli_create_backend(ctrl, cfg, &backend)) goto done;
 
@@ -124,7 +131,9 @@ int main(int argc, char **argv) {
         /* Other ranks may be inside a collective already: end the whole job. */
         ddp_log_current_error("training");
         ddp_log_error("aborting all %d ranks", world);
-        ddp_comm_abort(ctrl, 1);
+        char why[1100];
+        snprintf(why, sizeof why, "training failed: %s", ddp_error_message());
+        ddp_cli_abort(ctrl, 1, why);
     }
     if (accuracy >= 0.0) {
         char what[160];
@@ -151,6 +160,7 @@ done:
     ddp_train_data_free(&data);
     ddp_backend_free(backend);
     ddp_watchdog_free();
+    ddp_cli_stop_flight();
     ddp_comm_free(ctrl);
     ddp_mpi_finalize();
     return code;

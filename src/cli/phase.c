@@ -2,12 +2,11 @@
  * The set-up of ddp-train and ddp-bench, shared: agreement on the outcome of each phase
  * (set-up may fail on one rank alone, a missing file or no device, and the others must
  * learn it instead of waiting in the next collective), the backend and trainer made that
- * way, the comparison of options over the ranks, and the watchdog's way out of a job.
+ * way, and the comparison of options over the ranks.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "ddp/cli.h"
 #include "ddp/watchdog.h"
@@ -18,7 +17,9 @@
 static void abort_if_comm_failed(ddp_comm *ctrl, ddp_status s, const char *phase) {
     if (s != DDP_ERR_COMM) return;
     ddp_log_error("%s: communication failed; aborting all %d ranks", phase, ddp_comm_size(ctrl));
-    ddp_comm_abort(ctrl, 1);
+    char why[512];
+    snprintf(why, sizeof why, "%s: %s", phase, ddp_error_message());
+    ddp_cli_abort(ctrl, 1, why);
 }
 
 void ddp_cli_log_blas_note(void) {
@@ -32,7 +33,7 @@ int ddp_cli_phase_ok(ddp_comm *ctrl, ddp_status s, const char *phase) {
     int failed = -1;
     if (ddp_comm_agree(ctrl, s, &failed) != DDP_OK) {
         ddp_log_current_error("agreeing on the outcome of set-up");
-        ddp_comm_abort(ctrl, 1);
+        ddp_cli_abort(ctrl, 1, "agreeing on the outcome of set-up failed");
     }
     if (failed >= 0 && s == DDP_OK && ddp_comm_rank(ctrl) == 0)
         ddp_log_error("%s failed on rank %d (see its message); stopping all ranks", phase, failed);
@@ -55,19 +56,6 @@ int ddp_cli_open_trace(ddp_comm *ctrl, const char *path) {
     else
         snprintf(file, sizeof file, "%s.rank%d.json", path, rank);
     return ddp_cli_phase_ok(ctrl, ddp_trace_open(file, rank), "opening the trace");
-}
-
-/* The watchdog's way out, on its own thread: a collective waited longer than --timeout,
- * so a peer died or hangs, and only ending every rank (the hung one too) frees the job. */
-void ddp_cli_watchdog_expired(void *ctx, const char *message) {
-    (void)message; /* the watchdog has logged it */
-    /* Should the abort itself hang, SIGALRM's default action ends this process, and
-     * mpirun ends the others when it sees a rank exit without finalizing. */
-    alarm(30);
-    /* MPI_Abort from a second thread is allowed only at MPI_THREAD_MULTIPLE; without it,
-     * exiting is the safe way to make mpirun end the job. */
-    if (ddp_mpi_thread_multiple()) ddp_comm_abort((ddp_comm *)ctx, DDP_CLI_EXIT_TIMEOUT);
-    _exit(DDP_CLI_EXIT_TIMEOUT);
 }
 
 int ddp_cli_start_watchdog(ddp_comm *ctrl, double timeout_s) {

@@ -9,6 +9,7 @@
 #include <mpi.h>
 
 #include "ddp/comm.h"
+#include "ddp/flight.h"
 
 typedef struct {
     const char *name;
@@ -43,6 +44,10 @@ typedef struct {
     void (*abort)(ddp_comm *c, int code);
 } ddp_comm_ops;
 
+/* --check-collectives (comm_check.c): a communicator of its own over which the ranks
+ * compare every collective's fingerprint before it runs. */
+typedef struct ddp_comm_check ddp_comm_check;
+
 /* Every comm struct starts with this header; implementations extend it. */
 struct ddp_comm {
     const ddp_comm_ops *ops;
@@ -52,7 +57,26 @@ struct ddp_comm {
     int sleeping_wait;       /* see ddp_comm_sleeping_wait */
     char allreduce_what[80]; /* what the watchdog names for an all-reduce ("" = "allreduce") */
     char allreduce_tag[32];  /* its name for fault injection ("" = "allreduce") */
+    int flight_id;           /* its name's id in the flight recorder (ddp_flight_comm_register) */
+    uint64_t flight_seq;     /* collectives called on it so far: the last one's number */
+    ddp_comm_check *check;   /* --check-collectives; NULL when off */
 };
+
+/* Every request struct of an implementation starts with this: the flight recorder's
+ * ticket of its collective, which ddp_comm_wait and ddp_comm_test mark complete. */
+typedef struct {
+    uint64_t flight_ticket;
+} ddp_comm_req_head;
+
+/* The i-th slot of the flight recorder's ring counting from the oldest (ticket 0: empty),
+ * copied into *out; -1 past the last. For the dump, which may not allocate a copy. */
+int ddp_flight_snapshot_slot(size_t i, ddp_flight_entry *out);
+
+/* Compares e (this rank's next collective on c, with its site) over the ranks: DDP_OK when
+ * every rank's is the same, else DDP_ERR_MISMATCH naming the first rank that differs from
+ * rank 0, both collectives and both sites, on every rank. COLLECTIVE over c's ranks. */
+ddp_status ddp_comm_check_compare(ddp_comm *c, const ddp_flight_entry *e);
+void ddp_comm_check_free(ddp_comm_check *k);
 
 /* Constructors, called only by the registry (comm_registry.c). */
 ddp_status ddp_comm_mpi_create(ddp_backend *b, ddp_comm **out);
@@ -61,9 +85,23 @@ ddp_status ddp_comm_local_create(ddp_backend *b, ddp_comm **out);
 ddp_status ddp_comm_nccl_create(ddp_backend *b, ddp_comm **out);
 #endif
 
-/* Fault injection (DDP_INJECT_FAULT=comm_create:RANK:N, see comm.c): fails the N-th
- * communicator creation on world rank RANK before its first collective, as a local
- * allocation failure would. DDP_OK otherwise. Not collective. */
+/* Fault injection for tests (inject.c, which lists what DDP_INJECT_FAULT and
+ * DDP_INJECT_DELAY can do). */
+typedef enum {
+    DDP_INJECT_NONE = 0,
+    DDP_INJECT_FAIL,
+    DDP_INJECT_SKIP,
+    DDP_INJECT_COUNT
+} ddp_inject_kind;
+/* Before a call of `op` on `rank` of a world of `size`: sleeps as DDP_INJECT_DELAY asks,
+ * counts the call and returns what DDP_INJECT_FAULT makes of it (never a fault in a world
+ * of one). Not collective. */
+ddp_inject_kind ddp_comm_inject(int rank, int size, const char *op);
+/* The call number N of DDP_INJECT_FAULT, for messages. */
+long ddp_comm_inject_call(void);
+/* DDP_INJECT_FAULT=comm_create:RANK:N: fails the N-th communicator creation on world rank
+ * RANK before its first collective, as a local allocation failure would. DDP_OK
+ * otherwise. Not collective. */
 ddp_status ddp_comm_inject_create_fault(int rank, int size);
 /* Nonzero when DDP_INJECT_FAULT names this call: the N-th call of `op` on `rank`, also in
  * a world of one (for faults a communicator implementation stages itself: NCCL's

@@ -62,6 +62,7 @@ static MPI_Datatype mpi_type(ddp_dtype t) {
     case DDP_U8: return MPI_UINT8_T;
     case DDP_U32: return MPI_UINT32_T;
     case DDP_U64: return MPI_UINT64_T;
+    case DDP_DTYPE_COUNT: break;
     }
     return MPI_DATATYPE_NULL;
 }
@@ -85,6 +86,7 @@ typedef struct {
 } mpi_comm;
 
 struct ddp_comm_req {
+    ddp_comm_req_head head; /* first: see comm_impl.h */
     MPI_Request req;
     void *user_buf;    /* where the result must end up */
     stage_buf *staged; /* host copy used by MPI, or NULL */
@@ -105,6 +107,7 @@ static ddp_status mpi_op(mpi_comm *c, ddp_dtype t, ddp_redop op, MPI_Op *out) {
     case DDP_AVG: *out = MPI_SUM; return DDP_OK;
     case DDP_MAX: *out = MPI_MAX; return DDP_OK;
     case DDP_MIN: *out = MPI_MIN; return DDP_OK;
+    case DDP_REDOP_COUNT: break;
     }
     return DDP_FAIL(DDP_ERR_INVALID_ARG, "unknown reduction %d", (int)op);
 }
@@ -254,8 +257,8 @@ static ddp_status mpi_allreduce(ddp_comm *base, void *buf, size_t count, ddp_dty
     ddp_shm_region *sr;
     if (t == DDP_F32 && op == DDP_SUM && bytes >= GATE_MIN_BYTES &&
         (sr = ddp_shm_node_find(&c->shm, buf, bytes)) != NULL) {
-        ddp_shm_node_sum_f32(&c->shm, sr, (size_t)((char *)buf - sr->base[base->local_rank]),
-                             count);
+        DDP_CHECK(ddp_shm_node_sum_f32(&c->shm, sr,
+                                       (size_t)((char *)buf - sr->base[base->local_rank]), count));
         return DDP_OK;
     }
     /* Sleep until the node's ranks are all here, rather than spin in MPI for them. */
@@ -406,8 +409,8 @@ static ddp_status mpi_reduce_scatterv(ddp_comm *base, const void *send, void *re
     if (t == DDP_F32 && op == DDP_SUM && total * esize >= GATE_MIN_BYTES &&
         (sr = ddp_shm_node_find(&c->shm, send, total * esize)) != NULL) {
         free(v);
-        ddp_shm_node_reduce_scatter_f32(
-            &c->shm, sr, (size_t)((const char *)send - sr->base[base->local_rank]), counts, recv);
+        DDP_CHECK(ddp_shm_node_reduce_scatter_f32(
+            &c->shm, sr, (size_t)((const char *)send - sr->base[base->local_rank]), counts, recv));
         return DDP_OK;
     }
     MPI_Op mop = MPI_OP_NULL;

@@ -39,7 +39,8 @@ typedef struct {
 } nccl_comm;
 
 struct ddp_comm_req {
-    cudaEvent_t event; /* recorded on the comm stream after the collective */
+    ddp_comm_req_head head; /* first: see comm_impl.h */
+    cudaEvent_t event;      /* recorded on the comm stream after the collective */
 };
 
 /* ---- errors --------------------------------------------------------------------------- */
@@ -170,6 +171,7 @@ static ddp_status nccl_type(ddp_dtype t, ncclDataType_t *out) {
     case DDP_U8: *out = ncclUint8; return DDP_OK;
     case DDP_U32: *out = ncclUint32; return DDP_OK;
     case DDP_U64: *out = ncclUint64; return DDP_OK;
+    case DDP_DTYPE_COUNT: break;
     }
     return DDP_FAIL(DDP_ERR_INVALID_ARG, "NCCL comm: unknown dtype %d", (int)t);
 }
@@ -180,6 +182,7 @@ static ddp_status nccl_op(ddp_redop op, ncclRedOp_t *out) {
     case DDP_MAX: *out = ncclMax; return DDP_OK;
     case DDP_MIN: *out = ncclMin; return DDP_OK;
     case DDP_AVG: *out = ncclAvg; return DDP_OK;
+    case DDP_REDOP_COUNT: break;
     }
     return DDP_FAIL(DDP_ERR_INVALID_ARG, "NCCL comm: unknown reduction %d", (int)op);
 }
@@ -205,7 +208,8 @@ static ddp_status host_type(ddp_dtype t, MPI_Datatype *out) {
     case DDP_U8: *out = MPI_UINT8_T; return DDP_OK;
     case DDP_U32: *out = MPI_UINT32_T; return DDP_OK;
     case DDP_U64: *out = MPI_UINT64_T; return DDP_OK;
-    case DDP_BF16: break;
+    case DDP_BF16:
+    case DDP_DTYPE_COUNT: break;
     }
     return DDP_FAIL(DDP_ERR_UNSUPPORTED,
                     "NCCL comm: a host buffer of dtype %d cannot be reduced; host buffers "

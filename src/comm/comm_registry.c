@@ -1,9 +1,32 @@
 /*
  * The comm registry: the one place that knows which communicators were built.
  */
+#include <stdio.h>
+
 #include "comm/comm_impl.h"
 
+static ddp_status create_kind(ddp_comm_kind kind, ddp_backend *b, ddp_comm **out);
+
 ddp_status ddp_comm_create(ddp_comm_kind kind, ddp_backend *b, ddp_comm **out) {
+    DDP_CHECK(create_kind(kind, b, out));
+    ddp_comm *c = *out;
+    /* Every rank creates its communicators in the same order: the same id on every rank. */
+    c->flight_id = ddp_flight_comm_register(NULL);
+    char name[24];
+    snprintf(name, sizeof name, "comm%d", c->flight_id);
+    ddp_flight_comm_rename(c->flight_id, name);
+    if (ddp_comm_check_all_on()) {
+        ddp_status s = ddp_comm_check_collectives(c);
+        if (s != DDP_OK) {
+            ddp_comm_free(c);
+            *out = NULL;
+            DDP_CHECK(s);
+        }
+    }
+    return DDP_OK;
+}
+
+static ddp_status create_kind(ddp_comm_kind kind, ddp_backend *b, ddp_comm **out) {
     *out = NULL;
     int on_gpu = b && !ddp_backend_is_host(b);
     (void)on_gpu; /* unused when NCCL is not built */

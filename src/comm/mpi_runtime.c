@@ -22,6 +22,11 @@ ddp_status ddp_mpi_init(int *argc, char ***argv, int *thread_level) {
         MPI_Query_thread(&provided);
     }
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    /* A dump of the flight recorder names its rank from the first collective on. */
+    int rank = 0, world = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    ddp_flight_set_rank(rank, world);
     if (thread_level) *thread_level = provided;
     return DDP_OK;
 }

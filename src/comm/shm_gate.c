@@ -20,7 +20,9 @@
  * are sleeping on. */
 typedef struct {
     _Atomic uint32_t seq;
-    char pad[64 - sizeof(uint32_t)];
+    uint32_t unused;
+    uint64_t a, b; /* the announcement of ddp_shm_gate_pass_compare */
+    char pad[64 - 2 * sizeof(uint32_t) - 2 * sizeof(uint64_t)];
 } gate_slot;
 
 struct ddp_shm_gate {
@@ -85,6 +87,21 @@ ddp_status ddp_shm_gate_create(MPI_Comm node, int want, ddp_shm_gate **out) {
     }
     *out = g;
     return DDP_OK;
+}
+
+int ddp_shm_gate_pass_compare(ddp_shm_gate *g, uint64_t a, uint64_t b, uint64_t *their_a,
+                              uint64_t *their_b) {
+    /* Written before the sequence number, whose release store publishes them. */
+    g->slots[g->me].a = a;
+    g->slots[g->me].b = b;
+    ddp_shm_gate_pass(g);
+    for (int j = 0; j < g->n; j++) {
+        if (j == g->me || (g->slots[j].a == a && g->slots[j].b == b)) continue;
+        *their_a = g->slots[j].a;
+        *their_b = g->slots[j].b;
+        return j;
+    }
+    return -1;
 }
 
 void ddp_shm_gate_pass(ddp_shm_gate *g) {

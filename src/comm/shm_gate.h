@@ -33,6 +33,15 @@ ddp_status ddp_shm_gate_create(MPI_Comm node, int want, ddp_shm_gate **out);
 /* Waits, asleep, until every rank of the node has passed as often as this one. Not an
  * MPI call: it needs no progress and any one thread per gate may call it. */
 void ddp_shm_gate_pass(ddp_shm_gate *g);
+/* The same, first announcing what this rank is about to do with the others (two numbers:
+ * an offset and a count), and then comparing: returns the lowest rank of the node whose
+ * announcement differs from this rank's (its numbers in *their_a, *their_b), or -1 when
+ * all agree. Ranks that meet in a pass but were called for different collectives (a
+ * desync) learn it here, where they would otherwise sum unrelated ranges without a word.
+ * An announcement stays readable until its rank's next announcing pass, so the pass that
+ * closes an announced operation must be a plain one. */
+int ddp_shm_gate_pass_compare(ddp_shm_gate *g, uint64_t a, uint64_t b, uint64_t *their_a,
+                              uint64_t *their_b);
 /* COLLECTIVE over the node while MPI is not finalized (frees the shared window). */
 void ddp_shm_gate_free(ddp_shm_gate *g);
 

@@ -49,16 +49,33 @@ ddp_shm_region *ddp_shm_node_find(ddp_shm_node *n, const void *buf, size_t bytes
     return NULL;
 }
 
+/* The first pass of an operation in the node's memory, with the comparison of what each
+ * rank is about to do; on a mismatch, the closing pass too (the others are waiting in it)
+ * and the error. */
+static ddp_status open_pass(ddp_shm_node *n, const char *what, size_t offset, size_t count) {
+    uint64_t their_off = 0, their_count = 0;
+    int other = ddp_shm_gate_pass_compare(n->gate, offset, count, &their_off, &their_count);
+    if (other < 0) return DDP_OK;
+    ddp_shm_gate_pass(n->gate);
+    char theirs[32], mine[32];
+    ddp_flight_count_text(their_count, theirs, sizeof theirs);
+    ddp_flight_count_text(count, mine, sizeof mine);
+    return DDP_FAIL(DDP_ERR_COMM,
+                    "%s in node-shared memory: node rank %d has %s elements at byte %llu, this "
+                    "rank %s at byte %zu: the ranks' collectives do not match (a desync)",
+                    what, other, theirs, (unsigned long long)their_off, mine, offset);
+}
+
 /* Each rank sums its share of the elements over all ranks, in rank order, and writes the
  * sum into every rank's part: identical bits everywhere, no copies, no messages. Passing
  * the gate before makes every rank's values final; passing it after makes every sum
  * written. */
-void ddp_shm_node_sum_f32(ddp_shm_node *n, ddp_shm_region *r, size_t offset, size_t count) {
+ddp_status ddp_shm_node_sum_f32(ddp_shm_node *n, ddp_shm_region *r, size_t offset, size_t count) {
     enum { BLOCK = 1024 };
     int size = n->size, me = n->rank;
     size_t lo = count * (size_t)me / (size_t)size, hi = count * (size_t)(me + 1) / (size_t)size;
     float acc[BLOCK];
-    ddp_shm_gate_pass(n->gate);
+    DDP_CHECK(open_pass(n, "all-reduce", offset, count));
     for (size_t i = lo; i < hi; i += BLOCK) {
         size_t m = hi - i < BLOCK ? hi - i : BLOCK;
         const float *x0 = (const float *)(r->base[0] + offset) + i;
@@ -73,19 +90,22 @@ void ddp_shm_node_sum_f32(ddp_shm_node *n, ddp_shm_region *r, size_t offset, siz
             memcpy((float *)(r->base[q] + offset) + i, acc, m * sizeof(float));
     }
     ddp_shm_gate_pass(n->gate);
+    return DDP_OK;
 }
 
 /* In rank order, as ddp_shm_node_sum_f32. Passing the gate before makes every rank's
  * values final; passing it after keeps every rank from overwriting its buffer while
  * another reads it. */
-void ddp_shm_node_reduce_scatter_f32(ddp_shm_node *n, ddp_shm_region *r, size_t offset,
-                                     const size_t *counts, float *recv) {
+ddp_status ddp_shm_node_reduce_scatter_f32(ddp_shm_node *n, ddp_shm_region *r, size_t offset,
+                                           const size_t *counts, float *recv) {
     int size = n->size, me = n->rank;
-    size_t lo = 0;
-    for (int q = 0; q < me; q++)
-        lo += counts[q];
+    size_t lo = 0, total = 0;
+    for (int q = 0; q < size; q++) {
+        if (q < me) lo += counts[q];
+        total += counts[q];
+    }
     size_t m = counts[me];
-    ddp_shm_gate_pass(n->gate);
+    DDP_CHECK(open_pass(n, "reduce-scatter", offset, total));
     if (m > 0) {
         const float *x0 = (const float *)(r->base[0] + offset) + lo;
         if (recv != x0) memmove(recv, x0, m * sizeof(float));
@@ -96,6 +116,7 @@ void ddp_shm_node_reduce_scatter_f32(ddp_shm_node *n, ddp_shm_region *r, size_t 
         }
     }
     ddp_shm_gate_pass(n->gate);
+    return DDP_OK;
 }
 
 /* Open MPI backs a shared window with a file in /dev/shm. A tmpfs too small for it (a

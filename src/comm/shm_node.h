@@ -47,13 +47,15 @@ ddp_status ddp_shm_node_alloc(ddp_shm_node *n, size_t bytes, void **ptr);
 /* The region holding [buf, buf + bytes) in this rank's part, or NULL. */
 ddp_shm_region *ddp_shm_node_find(ddp_shm_node *n, const void *buf, size_t bytes);
 /* In-place fp32 sum of count elements at `offset` bytes into every rank's part of r.
- * Between two passes of the gate: every rank of the node takes part. */
-void ddp_shm_node_sum_f32(ddp_shm_node *n, ddp_shm_region *r, size_t offset, size_t count);
+ * Between two passes of the gate: every rank of the node takes part. The ranks compare
+ * their offsets and counts at the first pass: where they differ (a desync) nothing is
+ * summed and every rank that sees it fails with DDP_ERR_COMM naming the other rank. */
+ddp_status ddp_shm_node_sum_f32(ddp_shm_node *n, ddp_shm_region *r, size_t offset, size_t count);
 /* This rank's block (counts[rank] elements after those of the ranks before it) of the fp32
  * elements at `offset` in r, summed over the node's ranks into recv. Between two passes of
  * the gate: every rank of the node takes part. */
-void ddp_shm_node_reduce_scatter_f32(ddp_shm_node *n, ddp_shm_region *r, size_t offset,
-                                     const size_t *counts, float *recv);
+ddp_status ddp_shm_node_reduce_scatter_f32(ddp_shm_node *n, ddp_shm_region *r, size_t offset,
+                                           const size_t *counts, float *recv);
 /* Frees the regions, the gate and the node's communicator (the MPI calls only while MPI is
  * not finalized). COLLECTIVE over the node. */
 void ddp_shm_node_free(ddp_shm_node *n);

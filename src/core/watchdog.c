@@ -38,6 +38,9 @@ static struct {
     void *ctx;
     slot slots[MAX_SLOTS];
     char where[96]; /* ddp_watchdog_set_where; "" = the step */
+    double poll;    /* seconds between the thread's wake-ups (at most) */
+    ddp_watchdog_tick_fn tick;
+    void *tick_ctx;
 } wd = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* Read without the mutex on every arm, so that an idle watchdog costs one load. */
@@ -72,9 +75,7 @@ static void *watch(void *arg) {
     (void)arg;
     /* Polling while idle bounds how late a timeout is seen after a new arm: an arm does
      * not wake this thread, so that arming stays cheap. */
-    double poll = wd.timeout / 10.0;
-    if (poll > 1.0) poll = 1.0;
-    if (poll < 0.01) poll = 0.01;
+    double poll = wd.poll;
     /* This thread wakes at least every `poll` seconds; a much longer gap means the whole
      * process did not run (SIGSTOP, a suspended machine, extreme CPU starvation). Its
      * armed waits then say nothing about the other ranks: the late one is this process,
@@ -130,6 +131,17 @@ static void *watch(void *arg) {
             }
             if (left < wait) wait = left;
         }
+        if (wd.tick) {
+            /* Outside the lock: the tick may talk to other ranks (the flight recorder's
+             * side channel), and arming must never wait for that. */
+            ddp_watchdog_tick_fn fn = wd.tick;
+            void *ctx = wd.tick_ctx;
+            pthread_mutex_unlock(&wd.mu);
+            fn(ctx);
+            pthread_mutex_lock(&wd.mu);
+            if (wd.stop) break;
+            last = ddp_time_now(); /* the tick's own time is not a frozen process */
+        }
         struct timespec until = deadline_in(wait);
         int rc = pthread_cond_timedwait(&wd.cv, &wd.mu, &until);
         if (rc != 0 && rc != ETIMEDOUT) break; /* cannot happen with valid arguments */
@@ -159,6 +171,9 @@ ddp_status ddp_watchdog_init(double timeout_s, int rank, ddp_watchdog_expire_fn 
     wd.stop = 0;
     wd.fired = 0;
     wd.started = ddp_time_now();
+    wd.poll = timeout_s / 10.0;
+    if (wd.poll > 1.0) wd.poll = 1.0;
+    if (wd.poll < 0.01) wd.poll = 0.01;
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     /* The deadline is on the monotonic clock, like every armed time: a wall-clock jump
@@ -201,6 +216,22 @@ void ddp_watchdog_free(void) {
 }
 
 void ddp_watchdog_set_step(int64_t step) { atomic_store(&wd_step, step); }
+
+int64_t ddp_watchdog_step(void) { return atomic_load_explicit(&wd_step, memory_order_relaxed); }
+
+double ddp_watchdog_poll_s(void) {
+    pthread_mutex_lock(&wd.mu);
+    double p = wd.running ? wd.poll : 0.0;
+    pthread_mutex_unlock(&wd.mu);
+    return p;
+}
+
+void ddp_watchdog_set_tick(ddp_watchdog_tick_fn fn, void *ctx) {
+    pthread_mutex_lock(&wd.mu);
+    wd.tick = fn;
+    wd.tick_ctx = ctx;
+    pthread_mutex_unlock(&wd.mu);
+}
 
 void ddp_watchdog_set_where(const char *where) {
     pthread_mutex_lock(&wd.mu);

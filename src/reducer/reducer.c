@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ddp/flight.h"
 #include "ddp/reducer.h"
 
 const char *const ddp_progress_names[] = {DDP_PROGRESS_MODES(DDP_X_NAME) NULL};
@@ -32,6 +33,9 @@ typedef struct {
     ddp_comm_req *req; /* DDP_PROGRESS_TEST: the request (NULL if complete at once) */
     int in_flight;     /* DDP_PROGRESS_TEST: started, not yet completed */
     double t_start, t_end;
+    /* The flight recorder's calling sites of its collectives ("reducer bucket 3",
+     * "parameter gather bucket 3"): which bucket a hang or a desync is in. */
+    const char *site, *gather_site;
 } bucket;
 
 /* A range of elements reported final in this pass. */
@@ -96,8 +100,8 @@ static ddp_status scatter_start(ddp_reducer *r, int i, ddp_comm_req **req) {
     bucket *bk = &r->buckets[i];
     const size_t *counts = r->counts + (size_t)i * (size_t)r->world;
     float *recv = r->add ? scratch_of(r, i) : r->shard + r->dst[i];
-    DDP_CHECK(ddp_comm_ireduce_scatterv(r->comm, r->grads + bk->begin, recv, counts, DDP_F32,
-                                        DDP_SUM, req));
+    DDP_CHECK(ddp_comm_ireduce_scatterv_at(r->comm, bk->site, r->grads + bk->begin, recv, counts,
+                                           DDP_F32, DDP_SUM, req));
     return DDP_OK;
 }
 
@@ -134,8 +138,9 @@ static ddp_status scatter_bucket(ddp_reducer *r, int i) {
  * rank order are contiguous: rank q's is its part of shard q. Queued with a request where
  * the comm can (req non-NULL), else complete on return. */
 static ddp_status gather_start(ddp_reducer *r, int i, ddp_comm_req **req) {
-    DDP_CHECK(ddp_comm_iallgatherv(r->comm, r->params + r->buckets[i].begin,
-                                   r->counts + (size_t)i * (size_t)r->world, DDP_F32, req));
+    DDP_CHECK(ddp_comm_iallgatherv_at(r->comm, r->buckets[i].gather_site,
+                                      r->params + r->buckets[i].begin,
+                                      r->counts + (size_t)i * (size_t)r->world, DDP_F32, req));
     return DDP_OK;
 }
 
@@ -147,17 +152,18 @@ static ddp_status gather_bucket(ddp_reducer *r, int i) {
 }
 
 /* Blocking all-reduce of gradients [begin, end), converting to and from bf16 when
- * asked. Called by the communication thread, or by finish() without overlap. */
-static ddp_status reduce_blocking(ddp_reducer *r, size_t begin, size_t end) {
+ * asked; `site` names it in the flight recorder. Called by the communication thread, or
+ * by finish() without overlap. */
+static ddp_status reduce_blocking(ddp_reducer *r, size_t begin, size_t end, const char *site) {
     size_t count = end - begin;
     float *g = r->grads + begin;
     if (r->opt.grad_dtype == DDP_BF16) {
         uint16_t *w = r->wire + begin;
         DDP_CHECK(ddp_backend_f32_to_bf16(r->backend, g, w, count));
-        DDP_CHECK(ddp_comm_allreduce(r->comm, w, count, DDP_BF16, DDP_SUM));
+        DDP_CHECK(ddp_comm_allreduce_at(r->comm, site, w, count, DDP_BF16, DDP_SUM));
         DDP_CHECK(ddp_backend_bf16_to_f32(r->backend, w, g, count));
     } else {
-        DDP_CHECK(ddp_comm_allreduce(r->comm, g, count, DDP_F32, DDP_SUM));
+        DDP_CHECK(ddp_comm_allreduce_at(r->comm, site, g, count, DDP_F32, DDP_SUM));
     }
     return DDP_OK;
 }
@@ -182,10 +188,10 @@ static ddp_status start_bucket_nonblocking(ddp_reducer *r, int i) {
     if (r->opt.grad_dtype == DDP_BF16) {
         uint16_t *w = r->wire + bk->begin;
         DDP_CHECK(ddp_backend_f32_to_bf16(r->backend, r->grads + bk->begin, w, count));
-        DDP_CHECK(ddp_comm_iallreduce(r->comm, w, count, DDP_BF16, DDP_SUM, &bk->req));
+        DDP_CHECK(ddp_comm_iallreduce_at(r->comm, bk->site, w, count, DDP_BF16, DDP_SUM, &bk->req));
     } else {
-        DDP_CHECK(
-            ddp_comm_iallreduce(r->comm, r->grads + bk->begin, count, DDP_F32, DDP_SUM, &bk->req));
+        DDP_CHECK(ddp_comm_iallreduce_at(r->comm, bk->site, r->grads + bk->begin, count, DDP_F32,
+                                         DDP_SUM, &bk->req));
     }
     bk->in_flight = 1;
     return DDP_OK;
@@ -223,7 +229,8 @@ static void *comm_thread(void *arg) {
         if (r->thread_status == DDP_OK)
             s = r->params  ? gather_bucket(r, i)
                 : r->shard ? scatter_bucket(r, i)
-                           : reduce_blocking(r, r->buckets[i].begin, r->buckets[i].end);
+                           : reduce_blocking(r, r->buckets[i].begin, r->buckets[i].end,
+                                             r->buckets[i].site);
         r->buckets[i].t_end = ddp_time_now();
         double cpu = ddp_thread_cpu_time() - cpu0;
         ddp_trace_span(r->params ? "allgather bucket" : "allreduce bucket", "comm",
@@ -264,6 +271,11 @@ static ddp_status make_buckets(ddp_reducer *r, const size_t *bounds, int nb) {
         }
     }
     if (end != 0) return DDP_FAIL(DDP_ERR_INVALID_ARG, "reducer: boundaries do not start at 0");
+    for (int i = 0; i < r->n_buckets; i++) {
+        r->buckets[i].site = ddp_flight_site("reducer bucket", "reducer bucket %d", i);
+        r->buckets[i].gather_site =
+            ddp_flight_site("parameter gather bucket", "parameter gather bucket %d", i);
+    }
     return DDP_OK;
 }
 
@@ -527,7 +539,7 @@ ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats) {
             for (int i = 0; i < r->n_buckets; i++)
                 DDP_CHECK(scatter_bucket(r, i));
         else
-            DDP_CHECK(reduce_blocking(r, 0, r->n));
+            DDP_CHECK(reduce_blocking(r, 0, r->n, "reducer (all buckets, no overlap)"));
         double t = ddp_time_now() - t0;
         if (stats)
             *stats = (ddp_reducer_stats){.t_comm = t,

@@ -446,6 +446,34 @@ static const ddp_opt train_opts[] = {
      .resumable = 1},
     HEADING("Failure detection"),
     DDP_TRAIN_OPT_TIMEOUT(ddp_train_config, timeout_s),
+    {.name = "flight-ring",
+     .kind = DDP_OPT_INT,
+     F(flight_ring),
+     .arg = "N",
+     .help = "the flight recorder keeps each rank's last N collectives,\n"
+             "written to --flight-dir when the job fails (0 = off)",
+     .lo = 0,
+     .hi = 1 << 20,
+     .def = "256",
+     .per_rank = 1,
+     .resumable = 1},
+    {.name = "flight-dir",
+     .kind = DDP_OPT_PATH,
+     F(flight_dir),
+     .arg = "DIR",
+     .help = "where each rank writes flight-rankR.json when the job fails",
+     .zero = "--checkpoint-dir, else the working directory",
+     .per_rank = 1,
+     .resumable = 1},
+    /* Adds a collective before every collective: every rank must agree on it. */
+    {.name = "check-collectives",
+     .kind = DDP_OPT_FLAG,
+     F(check_collectives),
+     .help = "before every collective the ranks compare its fingerprint;\n"
+             "the first that differs ends the job naming both ranks",
+     .lo = 1,
+     .def = "0",
+     .resumable = 1},
 };
 
 /* Who an inactive table's options belong to: "--model gpt" for a table of model kind

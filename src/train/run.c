@@ -36,8 +36,13 @@ typedef struct {
     int evaluated;       /* this step ran an evaluation: */
     double eval_loss;    /* mean loss per prediction */
     double eval_accuracy;
-    const double *peak_rss_mb; /* (world) each rank's peak resident memory so far, MiB */
+    /* (world, RANK_STATS) each rank's peak resident memory so far (MiB), and its mean forward,
+     * backward, data and step seconds over the timed steps since the last logging step */
+    const double *ranks;
+    int straggler; /* the straggler report names a rank (trainer's t->straggler) */
 } step_report;
+
+enum { RANK_RSS = 0, RANK_FORWARD, RANK_BACKWARD, RANK_DATA, RANK_STEP, RANK_STATS };
 
 static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, const step_report *r) {
     json_t *o = json_object();
@@ -75,10 +80,27 @@ static ddp_status write_metrics(ddp_trainer *t, const ddp_step_stats *st, const 
     int tokens = t->src->ops->positions(t->src) > 1;
     if (tokens) json_object_set_new(o, "tokens_per_s", number(r->tokens_per_s));
     if (r->mfu >= 0.0) json_object_set_new(o, "mfu", number(r->mfu));
-    json_t *rss = json_array();
-    for (int i = 0; rss && i < t->world; i++)
-        json_array_append_new(rss, json_real(r->peak_rss_mb[i]));
-    if (rss) json_object_set_new(o, "peak_rss_mb", rss);
+    /* Per rank, in rank order: memory and the phases the straggler report compares. */
+    static const struct {
+        const char *key;
+        int at;
+    } per_rank[] = {{"peak_rss_mb", RANK_RSS},
+                    {"t_forward_ranks", RANK_FORWARD},
+                    {"t_backward_ranks", RANK_BACKWARD},
+                    {"t_data_ranks", RANK_DATA},
+                    {"t_step_ranks", RANK_STEP}};
+    for (size_t k = 0; k < sizeof per_rank / sizeof *per_rank; k++) {
+        json_t *a = json_array();
+        for (int i = 0; a && i < t->world; i++)
+            json_array_append_new(a, number(r->ranks[i * RANK_STATS + per_rank[k].at]));
+        if (a) json_object_set_new(o, per_rank[k].key, a);
+    }
+    if (r->straggler)
+        json_object_set_new(o, "straggler",
+                            json_pack("{s:i, s:s, s:f, s:f, s:i}", "rank", t->straggler.rank,
+                                      "phase", ddp_enum_name(ddp_phase_names, t->straggler.phase),
+                                      "t_phase", t->straggler.time, "t_median", t->straggler.median,
+                                      "logging_steps", t->straggler.streak));
     if (r->evaluated && tokens) {
         /* Byte-level vocabulary: the loss per byte in bits is the loss in nats / ln 2. */
         json_object_set_new(o, "val_loss", number(r->eval_loss));
@@ -131,12 +153,18 @@ static ddp_status report(ddp_trainer *t, const ddp_step_stats *st, const step_re
     else
         snprintf(rate, sizeof rate, "%.0f samples/s", r->samples_per_s);
     if (r->mfu >= 0.0) snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * r->mfu);
-    char gns[48];
+    char gns[48], slow[160] = "";
     ddp_trainer_gns_text(st, gns, sizeof gns);
+    if (r->straggler) {
+        slow[0] = ' ';
+        slow[1] = '|';
+        slow[2] = ' ';
+        ddp_straggler_text(&t->straggler, slow + 3, sizeof slow - 3);
+    }
     if (!c->quiet)
-        ddp_log_info("step %lld/%lld | epoch %.2f | loss %.4f | lr %.5f%s | %s%s | left %s",
+        ddp_log_info("step %lld/%lld | epoch %.2f | loss %.4f | lr %.5f%s | %s%s | left %s%s",
                      (long long)t->step, (long long)t->total_steps, ddp_trainer_epoch_progress(t),
-                     st->loss, st->lr, gns, rate, mfu, eta_s);
+                     st->loss, st->lr, gns, rate, mfu, eta_s, slow);
     if (t->metrics) DDP_CHECK(write_metrics(t, st, r));
     return DDP_OK;
 }
@@ -166,19 +194,63 @@ static void log_memory(const ddp_trainer *t) {
                  zero, (double)m.params / 1e6, copy, grads, optim, (double)m.activations / 1e6);
 }
 
-/* Gathers every rank's peak resident memory and reports the step. COLLECTIVE on the
- * control communicator: all ranks reach it at the same steps, the logged ones (log_every
- * is in the configuration they agreed on), so other steps pay no collective. */
+/* Means over the timed steps since the last logging step, for the straggler report. */
+typedef struct {
+    double sum[RANK_STATS];
+    int steps;
+} phase_window;
+
+static void window_add(phase_window *w, const ddp_step_stats *st) {
+    if (!st->timed) return;
+    w->sum[RANK_FORWARD] += st->t_forward;
+    w->sum[RANK_BACKWARD] += st->t_backward;
+    w->sum[RANK_DATA] += st->t_data;
+    w->sum[RANK_STEP] += st->t_step;
+    w->steps++;
+}
+
+/* Gathers every rank's peak resident memory and phase times, updates the straggler report
+ * and reports the step. COLLECTIVE on the control communicator: all ranks reach it at the
+ * same steps, the logged ones (log_every is in the configuration they agreed on), so other
+ * steps pay no collective. */
 static ddp_status gather_and_report(ddp_trainer *t, const ddp_step_stats *st, step_report *r,
-                                    double eta) {
-    double mine = ddp_peak_rss_mb();
-    double *all = calloc((size_t)t->world, sizeof *all);
-    if (!all) return DDP_FAIL(DDP_ERR_NOMEM, "metrics: out of memory");
-    ddp_status s = ddp_comm_allgather(t->ctrl, &mine, all, 1, DDP_F64);
-    r->peak_rss_mb = all;
-    if (s == DDP_OK) s = report(t, st, r, eta);
+                                    phase_window *w, double eta) {
+    double mine[RANK_STATS];
+    for (int k = 0; k < RANK_STATS; k++)
+        mine[k] = w->steps > 0 ? w->sum[k] / w->steps : 0.0;
+    mine[RANK_RSS] = ddp_peak_rss_mb();
+    memset(w, 0, sizeof *w);
+    double *all = calloc((size_t)t->world * RANK_STATS, sizeof *all);
+    double *phases = calloc((size_t)t->world * DDP_PHASE_COUNT, sizeof *phases);
+    double *steps = calloc((size_t)t->world, sizeof *steps);
+    ddp_status s =
+        all && phases && steps ? DDP_OK : DDP_FAIL(DDP_ERR_NOMEM, "metrics: out of memory");
+    /* Every rank reaches this at the logged steps (see above). */
+    if (s == DDP_OK) s = ddp_comm_allgather(t->ctrl, mine, all, RANK_STATS, DDP_F64);
+    if (s == DDP_OK) {
+        for (int q = 0; q < t->world; q++) {
+            phases[q * DDP_PHASE_COUNT + DDP_PHASE_FORWARD] = all[q * RANK_STATS + RANK_FORWARD];
+            phases[q * DDP_PHASE_COUNT + DDP_PHASE_BACKWARD] = all[q * RANK_STATS + RANK_BACKWARD];
+            phases[q * DDP_PHASE_COUNT + DDP_PHASE_DATA] = all[q * RANK_STATS + RANK_DATA];
+            steps[q] = all[q * RANK_STATS + RANK_STEP];
+        }
+        /* The same numbers on every rank: every rank keeps the same report. */
+        int was = t->straggler.streak >= DDP_STRAGGLER_LOGS, who = t->straggler.rank;
+        r->straggler = ddp_straggler_update(&t->straggler, phases, steps, t->world);
+        if (r->straggler && (!was || who != t->straggler.rank) && t->rank == 0) {
+            char text[160];
+            ddp_straggler_text(&t->straggler, text, sizeof text);
+            ddp_log_warn("%s: more than %.0f%% slower than the median rank, which every rank "
+                         "waits for at each all-reduce",
+                         text, 100.0 * (DDP_STRAGGLER_RATIO - 1.0));
+        }
+        r->ranks = all;
+        s = report(t, st, r, eta);
+    }
     free(all);
-    r->peak_rss_mb = NULL;
+    free(phases);
+    free(steps);
+    r->ranks = NULL;
     DDP_CHECK(s);
     return DDP_OK;
 }
@@ -220,11 +292,13 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
     int64_t window_steps = 0, first_step = t->step, window_samples = t->samples;
     /* Seconds spent evaluating in the window: not training, so not in its throughput. */
     double eval_time = 0.0, eval_total = 0.0;
+    phase_window phases = {0};
     while (t->step < t->total_steps) {
         ddp_step_stats st;
         ddp_watchdog_set_step(t->step + 1); /* named if a collective of this step hangs */
         DDP_CHECK(ddp_trainer_step(t, &st));
         window_steps++;
+        window_add(&phases, &st);
         /* The cursor is at the start of an epoch (also when the batch has changed). */
         int epoch_end = spe > 0 && t->src->ops->cursor(t->src).step == 0;
         int eval_now = (c->eval_every > 0 ? t->step % c->eval_every == 0 : epoch_end) ||
@@ -269,7 +343,7 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
             double eta = (now - run_start) / (double)(t->step - first_step) *
                          (double)(t->total_steps - t->step);
             r.train_s = now - run_start - eval_total;
-            DDP_CHECK(gather_and_report(t, &st, &r, eta));
+            DDP_CHECK(gather_and_report(t, &st, &r, &phases, eta));
             window_start = now;
             window_steps = 0;
             window_samples = t->samples;

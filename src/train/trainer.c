@@ -165,8 +165,11 @@ static ddp_status create(ddp_trainer *t, ddp_backend *b, ddp_comm *comm, ddp_com
     t->ctrl = ctrl;
     t->last_eval_loss = -1.0;
     ddp_gns_ema_init(&t->gns, t->cfg.gns_ema);
+    ddp_straggler_init(&t->straggler);
     t->rank = ddp_comm_rank(comm);
     t->world = ddp_comm_size(comm);
+    /* What the flight recorder calls it (ctrl may be the same communicator). */
+    if (comm != ctrl) ddp_comm_set_name(comm, "gradients");
     ddp_status s = setup_local(t, b);
     if (s != DDP_OK) ddp_error_trace(__FILE__, __LINE__);
     /* All ranks agree on the outcome before the first collective of the run, so a rank
@@ -332,7 +335,11 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     int timed = ddp_backend_is_host(b) || log_step;
     double t0 = ddp_time_now(), t1;
 
+    /* Loading the batch is the data phase (with each micro-batch's, below): a rank slow
+     * at it is named by the straggler report (run.c). */
+    ddp_comm_inject_delay(t->rank, "data");
     DDP_CHECK(t->src->ops->next(t->src, t, &t->epoch));
+    double t_data = ddp_time_now() - t0;
     DDP_CHECK(ddp_backend_zero(b, t->d_stats, 2 * sizeof(float)));
     ddp_reducer_stats rs = {0};
     for (int k = 0; k < c->accum; k++) {
@@ -341,9 +348,11 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
          * that no full gradient buffer has to last from one micro-batch to the next. */
         int send = last || c->zero == 2;
         t1 = ddp_time_now();
-        DDP_CHECK(ddp_trace_begin("forward", "compute"));
         ddp_batch batch;
         DDP_CHECK(t->src->ops->micro_batch(t->src, t, k, &batch));
+        t_data += ddp_time_now() - t1;
+        t1 = ddp_time_now();
+        DDP_CHECK(ddp_trace_begin("forward", "compute"));
         DDP_CHECK(ddp_model_forward(t->model, &batch, DDP_MODE_TRAIN, grad_scale, t->d_stats));
         if (timed) DDP_CHECK(ddp_backend_sync(b));
         DDP_CHECK(ddp_trace_end());
@@ -387,6 +396,8 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         rs.t_exposed += pass.t_exposed;
         rs.t_comm_cpu += pass.t_comm_cpu;
     }
+    st->t_data = t_data;
+    st->timed = timed;
     st->t_allreduce = rs.t_comm;
     st->t_exposed = rs.t_exposed;
     st->t_comm_cpu = rs.t_comm_cpu;

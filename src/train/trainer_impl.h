@@ -7,6 +7,7 @@
 
 #include "ddp/train.h"
 #include "train/noise_scale.h"
+#include "train/straggler.h"
 
 /* Where the batches come from: a data source per ddp_data_kind (sources.c), labelled
  * samples (source_idx.c) or windows of a text (source_text.c). A source keeps its state in
@@ -120,7 +121,8 @@ struct ddp_trainer {
      * current ones */
     size_t start_batch; /* cfg.global_batch as configured */
     int start_accum;
-    int64_t batch_step; /* the step after which the batch last changed */
+    int64_t batch_step;      /* the step after which the batch last changed */
+    ddp_straggler straggler; /* the straggler report over the logging steps (run.c) */
 };
 
 /* Where the small-batch gradient of the noise scale comes from (noise_scale.c). */

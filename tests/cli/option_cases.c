@@ -77,6 +77,9 @@ const opt_case train_cases[] = {
     {"resume", NULL, "1", NULL},
     {"export", "model.safetensors", "", NULL},
     {"timeout", "7.5", "-1", NULL},
+    {"flight-ring", "1024", "-1", NULL},
+    {"flight-dir", "/tmp/flight", "", NULL},
+    {"check-collectives", NULL, "1", NULL},
     {"help", NULL, "1", NULL},
     {"version", NULL, "1", NULL},
 };
