@@ -71,6 +71,7 @@ typedef struct {
     int iters, warmup_iters; /* timed and untimed all-reduces of each size */
     int reducer;             /* also time the gradient reducer */
     int shared;              /* buffers in node-shared memory (the trainer's CPU path) */
+    ddp_hier_mode hierarchical;
     size_t tensor_bytes;     /* --reducer: tensor boundaries every this many bytes */
     ddp_reducer_options ropt;
     char json[DDP_PATH_MAX]; /* results as JSON (rank 0); "" = none */

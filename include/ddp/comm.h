@@ -112,6 +112,21 @@ int ddp_comm_local_size(const ddp_comm *c);
  * for a late peer leaves its core to the compute thread. DDP_MPI_GATE=0 turns it off. */
 int ddp_comm_sleeping_wait(const ddp_comm *c);
 
+/* Across nodes (--hierarchical): the MPI comm sums a buffer of node-shared memory
+ * (ddp_comm_alloc_shared) in the node's memory first, then the i-th rank of every node
+ * carries slice i of the node's sum between the nodes, and the node shares the result
+ * back through its memory; each node sends 2(N-1)/N of the buffer for N nodes, every
+ * local rank driving the wire. auto: used when the ranks span nodes and a node holds more
+ * than one rank; on: the same, with a warning where it does not apply; off: one flat
+ * all-reduce over all ranks. */
+#define DDP_HIER_MODES(X) X(DDP_HIER_AUTO, "auto") X(DDP_HIER_ON, "on") X(DDP_HIER_OFF, "off")
+typedef enum { DDP_HIER_MODES(DDP_X_VALUE) DDP_HIER_COUNT } ddp_hier_mode;
+extern const char *const ddp_hier_names[];
+/* For every MPI comm created from now on (set it alike on every rank). Not collective. */
+void ddp_comm_set_hierarchical(ddp_hier_mode m);
+/* Nonzero when c uses the hierarchical scheme (the same on every rank). */
+int ddp_comm_hierarchical(const ddp_comm *c);
+
 /* Host memory that the other ranks of this node can address, for a buffer that is
  * all-reduced again and again (the gradients). A blocking fp32 sum over a part of it,
  * at the same offset on every rank, then sends no MPI message: after all ranks of the

@@ -67,6 +67,7 @@ typedef struct {
     /* where */
     ddp_device_kind device;
     ddp_comm_kind comm;
+    ddp_hier_mode hierarchical; /* MPI across nodes: node sums, then slices between nodes */
     ddp_math math;
     int threads; /* BLAS threads per rank; 0 = cores / local ranks */
     /* gradient communication */
@@ -178,6 +179,14 @@ size_t ddp_train_config_resume_text(const ddp_train_config *cfg, char *buf, size
         .name = "progress", .kind = DDP_OPT_CHOICE, DDP_OPT_FIELD(type, m),                        \
         .help = "how MPI buckets progress during backward", .choices = ddp_progress_names,         \
         .def = "auto", .resumable = 1                                                              \
+    }
+#define DDP_TRAIN_OPT_HIERARCHICAL(type, m)                                                        \
+    {                                                                                              \
+        .name = "hierarchical", .kind = DDP_OPT_CHOICE, DDP_OPT_FIELD(type, m),                    \
+        .help = "across nodes, sum in each node's memory and let every\n"                          \
+                "local rank carry a slice between nodes (auto: where\n"                           \
+                "ranks span nodes and a node holds several)",                                      \
+        .choices = ddp_hier_names, .def = "auto", .resumable = 1                                   \
     }
 #define DDP_TRAIN_OPT_TIMEOUT(type, m)                                                             \
     {                                                                                              \

@@ -135,7 +135,9 @@ static ddp_status run_allreduce(bench_ctx *c, const ddp_cli_allreduce_options *a
                "timed iterations; waits for late ranks %s\n",
                c->world, ddp_comm_name(c->comm), a->warmup_iters, a->iters,
                ddp_comm_sleeping_wait(c->comm) ? "asleep (node gate)" : "in the library");
-        if (a->shared) printf("# buffers in node-shared memory\n");
+        if (a->shared)
+            printf("# buffers in node-shared memory%s\n",
+                   ddp_comm_hierarchical(c->comm) ? "; hierarchical across nodes" : "");
         printf("# time: mean per all-reduce, max over ranks; busbw = algbw * 2(n-1)/n\n");
         printf("%10s %12s %12s %10s %10s", "size", "count", "time(us)", "algbw GB/s", "busbw GB/s");
         if (a->reducer) printf(" %8s %12s %10s %7s", "buckets", "red. time", "red. busbw", "ratio");
@@ -193,6 +195,8 @@ static ddp_status run_allreduce(bench_ctx *c, const ddp_cli_allreduce_options *a
                 json_object_set_new(o, "sleeping_wait",
                                     json_boolean(ddp_comm_sleeping_wait(c->comm)));
                 json_object_set_new(o, "shared", json_boolean(a->shared));
+                json_object_set_new(o, "hierarchical",
+                                    json_boolean(ddp_comm_hierarchical(c->comm)));
                 s = ddp_bench_write_json(o, a->json);
                 json_decref(o);
             }
@@ -240,6 +244,7 @@ int ddp_bench_allreduce_main(ddp_comm *ctrl, int argc, char **argv) {
     s = c.host ? ddp_backend_alloc(c.b, max_count * sizeof(float), (void **)&c.dev)
                : DDP_FAIL(DDP_ERR_NOMEM, "out of memory for %zu bytes", a.max_bytes);
     if (!ddp_cli_phase_ok(ctrl, s, "allocating the buffers")) goto done;
+    ddp_comm_set_hierarchical(a.hierarchical);
     s = ddp_comm_create(a.comm, c.b, &c.comm);
     if (!ddp_cli_phase_ok(ctrl, s, "creating the communicator")) goto done;
     float *shared = NULL;
@@ -249,7 +254,8 @@ int ddp_bench_allreduce_main(ddp_comm *ctrl, int argc, char **argv) {
         if (s == DDP_OK && !shared)
             s = DDP_FAIL(DDP_ERR_UNSUPPORTED,
                          "--shared: no node-shared memory here (it needs the MPI comm with "
-                         "all ranks on one node, and DDP_MPI_GATE not 0)");
+                         "all ranks on one node or, across nodes, --hierarchical not off and "
+                         "a node of several ranks; and DDP_MPI_GATE not 0)");
         if (!ddp_cli_phase_ok(ctrl, s, "allocating shared memory")) goto done;
         ddp_backend_dealloc(c.b, c.dev);
         c.dev = shared; /* freed with the comm */

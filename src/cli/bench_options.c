@@ -39,6 +39,7 @@ static const ddp_opt allreduce_opts[] = {
         .max = 1e5, .def = "1"),
     DDP_TRAIN_OPT_BUCKETS(OPT_BASE, ropt.bucket_bytes, ropt.first_bucket_bytes),
     DDP_TRAIN_OPT_PROGRESS(OPT_BASE, ropt.progress),
+    DDP_TRAIN_OPT_HIERARCHICAL(OPT_BASE, hierarchical),
     OPT_HEADING("Output and failures"),
     OPT(PATH, "json", json, "FILE", "the results as JSON (rank 0)", .per_rank = 1),
     DDP_TRAIN_OPT_TIMEOUT(OPT_BASE, timeout_s),

@@ -133,6 +133,7 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         json_object_set_new(o, "comm", json_string(ddp_comm_name(comm)));
         json_object_set_new(o, "sleeping_wait", json_boolean(ddp_comm_sleeping_wait(comm)));
         json_object_set_new(o, "shared_gradients", json_boolean(ddp_trainer_grads_shared(trainer)));
+        json_object_set_new(o, "hierarchical", json_boolean(ddp_comm_hierarchical(comm)));
         json_object_set_new(o, "global_batch", json_integer((json_int_t)cfg->global_batch));
         json_object_set_new(o, "micro_batch", json_integer((json_int_t)cfg->micro_batch));
         json_object_set_new(o, "accum", json_integer(cfg->accum));

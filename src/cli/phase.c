@@ -87,6 +87,7 @@ int ddp_cli_load_data(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_train_dat
 int ddp_cli_create_trainer(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_backend *b,
                            const ddp_train_data *data, ddp_comm **comm, ddp_trainer **trainer) {
     /* Every rank creates the gradient communicator (collective). */
+    ddp_comm_set_hierarchical(cfg->hierarchical);
     ddp_status s = ddp_comm_create(cfg->comm, b, comm);
     if (!ddp_cli_phase_ok(ctrl, s, "creating the communicator")) return 0;
     s = ddp_trainer_create(cfg, b, *comm, ctrl, data, trainer);

@@ -46,6 +46,7 @@ int ddp_comm_size(const ddp_comm *c) { return c->size; }
 int ddp_comm_local_rank(const ddp_comm *c) { return c->local_rank; }
 int ddp_comm_local_size(const ddp_comm *c) { return c->local_size; }
 int ddp_comm_sleeping_wait(const ddp_comm *c) { return c->sleeping_wait; }
+int ddp_comm_hierarchical(const ddp_comm *c) { return c->hierarchical; }
 
 void ddp_comm_free(ddp_comm *c) {
     if (!c) return;

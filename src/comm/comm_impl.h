@@ -55,6 +55,7 @@ struct ddp_comm {
     int rank, size;
     int local_rank, local_size;
     int sleeping_wait;       /* see ddp_comm_sleeping_wait */
+    int hierarchical;        /* see ddp_comm_hierarchical */
     char allreduce_what[80]; /* what the watchdog names for an all-reduce ("" = "allreduce") */
     char allreduce_tag[32];  /* its name for fault injection ("" = "allreduce") */
     int flight_id;           /* its name's id in the flight recorder (ddp_flight_comm_register) */

@@ -67,6 +67,12 @@ static MPI_Datatype mpi_type(ddp_dtype t) {
     return MPI_DATATYPE_NULL;
 }
 
+const char *const ddp_hier_names[] = {DDP_HIER_MODES(DDP_X_NAME) NULL};
+/* For the MPI comms created from now on (ddp_comm_set_hierarchical). */
+static ddp_hier_mode hier_mode = DDP_HIER_AUTO;
+
+void ddp_comm_set_hierarchical(ddp_hier_mode m) { hier_mode = m; }
+
 typedef struct {
     void *ptr;
     size_t bytes;
@@ -245,8 +251,8 @@ static ddp_status mpi_alloc_shared(ddp_comm *base, size_t bytes, void **ptr) {
     mpi_comm *c = (mpi_comm *)base;
     /* The same on every rank: the backend kind and the world are the same everywhere. The
      * gradients of ranks on other nodes are not in the node's memory. */
-    if (c->device_buffers || base->local_size != base->size) return DDP_OK;
-    DDP_CHECK(ddp_shm_node_alloc(&c->shm, bytes, ptr));
+    if (c->device_buffers || (base->local_size != base->size && !c->shm.hier.on)) return DDP_OK;
+    DDP_CHECK(ddp_shm_node_alloc(&c->shm, c->comm, bytes, ptr));
     return DDP_OK;
 }
 
@@ -257,8 +263,11 @@ static ddp_status mpi_allreduce(ddp_comm *base, void *buf, size_t count, ddp_dty
     ddp_shm_region *sr;
     if (t == DDP_F32 && op == DDP_SUM && bytes >= GATE_MIN_BYTES &&
         (sr = ddp_shm_node_find(&c->shm, buf, bytes)) != NULL) {
-        DDP_CHECK(ddp_shm_node_sum_f32(&c->shm, sr,
-                                       (size_t)((char *)buf - sr->base[base->local_rank]), count));
+        size_t offset = (size_t)((char *)buf - sr->base[base->local_rank]);
+        if (c->shm.hier.on)
+            DDP_CHECK(ddp_shm_node_hier_sum_f32(&c->shm, sr, offset, count));
+        else
+            DDP_CHECK(ddp_shm_node_sum_f32(&c->shm, sr, offset, count));
         return DDP_OK;
     }
     /* Sleep until the node's ranks are all here, rather than spin in MPI for them. */
@@ -398,6 +407,14 @@ static ddp_status int_blocks(const mpi_comm *c, const size_t *counts, int **out,
     return DDP_OK;
 }
 
+/* Whether a reduce-scatter or all-gather of `bytes` in all goes the hierarchical way: the
+ * scheme is on, the nodes' ranks are consecutive, and the call is large enough to be
+ * bandwidth-bound (the same on every rank: the same threshold as the gate). Host buffers
+ * only: the scheme is never on for device buffers. */
+static int hier_blocks(const mpi_comm *c, size_t bytes) {
+    return c->shm.hier.on && c->shm.hier.contiguous && bytes >= GATE_MIN_BYTES;
+}
+
 static ddp_status mpi_reduce_scatterv(ddp_comm *base, const void *send, void *recv,
                                       const size_t *counts, ddp_dtype t, ddp_redop op) {
     mpi_comm *c = (mpi_comm *)base;
@@ -406,7 +423,8 @@ static ddp_status mpi_reduce_scatterv(ddp_comm *base, const void *send, void *re
     DDP_CHECK(int_blocks(c, counts, &v, &total));
     size_t esize = ddp_dtype_size(t), mine = counts[base->rank];
     ddp_shm_region *sr;
-    if (t == DDP_F32 && op == DDP_SUM && total * esize >= GATE_MIN_BYTES &&
+    /* (Node-shared memory holds the whole job's blocks only when the job is one node.) */
+    if (t == DDP_F32 && op == DDP_SUM && total * esize >= GATE_MIN_BYTES && !c->shm.hier.on &&
         (sr = ddp_shm_node_find(&c->shm, send, total * esize)) != NULL) {
         free(v);
         DDP_CHECK(ddp_shm_node_reduce_scatter_f32(
@@ -415,6 +433,14 @@ static ddp_status mpi_reduce_scatterv(ddp_comm *base, const void *send, void *re
     }
     MPI_Op mop = MPI_OP_NULL;
     ddp_status s = mpi_op(c, t, op, &mop);
+    if (s == DDP_OK && hier_blocks(c, total * esize)) {
+        free(v);
+        if (c->shm.gate) ddp_shm_gate_pass(c->shm.gate);
+        DDP_CHECK(ddp_shm_hier_reduce_scatterv(&c->shm, base->size, send, recv, counts, mpi_type(t),
+                                               esize, mop));
+        if (op == DDP_AVG) DDP_CHECK(divide_by_size(recv, mine, t, base->size));
+        return DDP_OK;
+    }
     stage_buf *ss = NULL, *rs = NULL;
     void *hs = NULL, *hr = NULL;
     if (s == DDP_OK) s = to_host(c, send, total * esize, 1, &ss, &hs);
@@ -442,6 +468,13 @@ static ddp_status mpi_allgatherv(ddp_comm *base, void *buf, const size_t *counts
     size_t total;
     DDP_CHECK(int_blocks(c, counts, &v, &total));
     size_t bytes = total * ddp_dtype_size(t);
+    if (hier_blocks(c, bytes)) {
+        free(v);
+        if (c->shm.gate) ddp_shm_gate_pass(c->shm.gate);
+        DDP_CHECK(ddp_shm_hier_allgatherv(&c->shm, base->size, buf, counts, mpi_type(t),
+                                          ddp_dtype_size(t)));
+        return DDP_OK;
+    }
     stage_buf *st = NULL;
     void *host = NULL;
     ddp_status s = to_host(c, buf, bytes, 1, &st, &host);
@@ -557,6 +590,19 @@ ddp_status ddp_comm_mpi_create(ddp_backend *b, ddp_comm **out) {
         c->base.local_rank = c->shm.rank;
         c->base.local_size = c->shm.size;
         c->base.sleeping_wait = c->shm.gate != NULL;
+        /* Across nodes, for the buffers of node-shared memory (the gradients, on the CPU). */
+        s = ddp_shm_node_hier_create(&c->shm, c->comm,
+                                     hier_mode != DDP_HIER_OFF && !c->device_buffers);
+    }
+    if (s == DDP_OK) {
+        c->base.hierarchical = c->shm.hier.on;
+        if (hier_mode == DDP_HIER_ON && !c->shm.hier.on && c->base.rank == 0)
+            ddp_log_warn("--hierarchical on: not used (%s)",
+                         c->device_buffers ? "the buffers are in device memory"
+                         : c->base.local_size == c->base.size
+                             ? "all ranks are on one node, which shares memory already"
+                             : "no node holds more than one rank, or a node has no gate "
+                               "(DDP_MPI_GATE=0)");
     }
     if (s != DDP_OK) {
         mpi_destroy(&c->base);

@@ -332,6 +332,7 @@ static const ddp_opt train_opts[] = {
      .def = "0",
      .resumable = 1},
     DDP_TRAIN_OPT_PROGRESS(ddp_train_config, reducer.progress),
+    DDP_TRAIN_OPT_HIERARCHICAL(ddp_train_config, hierarchical),
     {.name = "no-gns",
      .kind = DDP_OPT_FLAG,
      F(gns),

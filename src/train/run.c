@@ -270,10 +270,11 @@ ddp_status ddp_trainer_run(ddp_trainer *t, double *final_accuracy) {
     size_t spe = t->src->ops->cursor(t->src).steps_per_epoch;
     size_t positions = t->src->ops->positions(t->src);
     if (!c->quiet)
-        ddp_log_info("training %s (%zu parameters) on %d rank(s), %s backend, %s comm: batch %zu "
-                     "= %zu micro x %d accum x %d ranks%s, %lld steps (%zu per epoch)",
+        ddp_log_info("training %s (%zu parameters) on %d rank(s), %s backend, %s comm%s: batch "
+                     "%zu = %zu micro x %d accum x %d ranks%s, %lld steps (%zu per epoch)",
                      ddp_model_describe(t->model), t->num_params, t->world,
-                     ddp_backend_name(t->backend), ddp_comm_name(t->comm), c->global_batch,
+                     ddp_backend_name(t->backend), ddp_comm_name(t->comm),
+                     ddp_comm_hierarchical(t->comm) ? " (hierarchical)" : "", c->global_batch,
                      c->micro_batch, c->accum, t->world,
                      positions > 1 ? " of windows of the context length" : "",
                      (long long)t->total_steps, spe);

@@ -3,7 +3,10 @@
  * the node's arrival gate starts, that a rank waiting for a late peer sleeps instead of
  * burning its core, and that the gate is used on all ranks of a node or on none; the
  * reduce-scatter and all-gather of blocks of uneven (and empty) sizes that sharded
- * optimizers use, from ordinary and from node-shared memory.
+ * optimizers use, from ordinary and from node-shared memory. Across nodes (run on the
+ * emulated cluster by tests/cluster/test_hierarchical.sh) the hierarchical scheme is on
+ * exactly where the ranks span nodes and a node holds several, and its sums equal the flat
+ * all-reduce's within the rounding bound of the two orders, the same bits on every rank.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +14,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -73,7 +78,8 @@ static void sleeping_wait_is_on_with_several_ranks_on_a_node(void **state) {
 static void late_peer_is_awaited_asleep(void **state) {
     /* Rank 0 arrives 400 ms late; the others must wait for it in the all-reduce without
      * spending that time on the CPU (a spinning wait costs about as much CPU as wall). */
-    if (!ddp_comm_sleeping_wait(world_comm)) skip();
+    /* (Across nodes a peer on another node is awaited inside MPI.) */
+    if (!ddp_comm_sleeping_wait(world_comm) || ddp_comm_local_size(world_comm) < world) skip();
     const size_t n = 1 << 18; /* 1 MiB: gated */
     float *x = malloc(n * sizeof(float));
     assert_non_null(x);
@@ -98,10 +104,11 @@ static void shared_memory_allreduce_sums_exactly_in_place(void **state) {
     const size_t n = 1000003; /* odd: the ranks' shares differ by one */
     float *sh = NULL;
     assert_int_equal(ddp_comm_alloc_shared(world_comm, n * sizeof(float), (void **)&sh), DDP_OK);
-    if (ddp_comm_local_size(world_comm) == 1) {
+    if (ddp_comm_local_size(world_comm) == 1 && !ddp_comm_hierarchical(world_comm)) {
         assert_null(sh); /* nothing to share with */
         skip();
     }
+    /* (Across nodes, hierarchical: a node of one rank gets memory of its own.) */
     assert_non_null(sh);
     /* Whole buffer, an unaligned middle part, and parts just at and just below the size
      * where the shared path starts (16384 floats); the rest must stay untouched. */
@@ -217,11 +224,117 @@ static void gate_can_be_turned_off(void **state) {
 static void one_rank_refusing_the_gate_turns_it_off_everywhere(void **state) {
     /* If one rank gated and another did not, the gated one would wait at the gate for a
      * peer already inside MPI: a hang. The ranks agree, so nobody gates. */
-    if (world < 2) skip();
+    if (world < 2 || ddp_comm_local_size(world_comm) < world) skip(); /* per node */
     ddp_comm *c = comm_with_gate_off(rank == world - 1);
     assert_int_equal(ddp_comm_sleeping_wait(c), 0);
     check_allreduce(c, 300000);
     ddp_comm_free(c);
+}
+
+/* ---- the hierarchical scheme across nodes ------------------------------------------- */
+
+static void hierarchical_scheme_is_on_where_ranks_span_nodes(void **state) {
+    /* Expected: the ranks span nodes and some node holds more than one. */
+    int local[2] = {ddp_comm_local_size(world_comm), -ddp_comm_local_size(world_comm)};
+    assert_int_equal(ddp_comm_allreduce(world_comm, local, 2, DDP_I32, DDP_MIN), DDP_OK);
+    int largest = -local[1];
+    int want = largest > 1 && largest < world;
+    const char *env = getenv("DDP_TEST_EXPECT_HIERARCHICAL");
+    if (env) assert_int_equal(want, atoi(env)); /* the placement the caller meant */
+    assert_int_equal(ddp_comm_hierarchical(world_comm) != 0, want);
+    ddp_comm_set_hierarchical(DDP_HIER_OFF);
+    ddp_comm *flat = NULL;
+    assert_int_equal(ddp_comm_create(DDP_COMM_MPI, backend, &flat), DDP_OK);
+    ddp_comm_set_hierarchical(DDP_HIER_AUTO);
+    assert_int_equal(ddp_comm_hierarchical(flat), 0);
+    ddp_comm_free(flat);
+}
+
+/* Values of every sign and magnitude from a seed: sums that rounding makes order-dependent. */
+static void fill_random(float *x, size_t n, uint64_t seed) {
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        double u = (double)(seed >> 11) / 9007199254740992.0;
+        x[i] = (float)((u - 0.5) * ldexp(1.0, (int)(seed >> 60) - 4));
+    }
+}
+
+/* FNV-1a of the bytes: the same bits on every rank when the minimum and maximum over the
+ * ranks agree. */
+static void assert_same_bits_everywhere(const void *p, size_t bytes, const char *what) {
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < bytes; i++)
+        h = (h ^ ((const unsigned char *)p)[i]) * 1099511628211ULL;
+    uint64_t lo = h, hi = h;
+    assert_int_equal(ddp_comm_allreduce(world_comm, &lo, 1, DDP_U64, DDP_MIN), DDP_OK);
+    assert_int_equal(ddp_comm_allreduce(world_comm, &hi, 1, DDP_U64, DDP_MAX), DDP_OK);
+    if (lo != hi) fail_msg("rank %d: %s differ between ranks", rank, what);
+}
+
+/* a (one order of summation) against b (another): each is within (world - 1) u sum|x| of
+ * the exact sum, so they differ by at most twice that; abs_sum holds sum|x| per element. */
+static void assert_within_rounding(const float *a, const float *b, const double *abs_sum, size_t n,
+                                   const char *what) {
+    const double u = ldexp(1.0, -24);
+    for (size_t i = 0; i < n; i++) {
+        double bound = 2.0 * (world - 1) * u * abs_sum[i];
+        if (fabs((double)a[i] - (double)b[i]) > bound)
+            fail_msg("rank %d, %s, element %zu: %.9g against the flat %.9g (bound %.3g)", rank,
+                     what, i, a[i], b[i], bound);
+    }
+}
+
+static void hierarchical_sums_match_the_flat_ones_within_rounding(void **state) {
+    if (!ddp_comm_hierarchical(world_comm)) skip();
+    const size_t n = 300007;
+    ddp_comm_set_hierarchical(DDP_HIER_OFF);
+    ddp_comm *flat = NULL;
+    assert_int_equal(ddp_comm_create(DDP_COMM_MPI, backend, &flat), DDP_OK);
+    ddp_comm_set_hierarchical(DDP_HIER_AUTO);
+    float *sh = NULL, *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
+    double *abs_sum = malloc(n * sizeof(double));
+    assert_true(x && y && abs_sum);
+    assert_int_equal(ddp_comm_alloc_shared(world_comm, n * sizeof(float), (void **)&sh), DDP_OK);
+    assert_non_null(sh); /* across nodes, every rank gets node-shared memory or its own */
+    fill_random(x, n, 1000 + (uint64_t)rank);
+    for (size_t i = 0; i < n; i++)
+        abs_sum[i] = fabs((double)x[i]);
+    assert_int_equal(ddp_comm_allreduce(world_comm, abs_sum, n, DDP_F64, DDP_SUM), DDP_OK);
+    /* All-reduce: node-shared memory (hierarchical) against ordinary memory (flat). */
+    memcpy(sh, x, n * sizeof(float));
+    memcpy(y, x, n * sizeof(float));
+    assert_int_equal(ddp_comm_allreduce(world_comm, sh, n, DDP_F32, DDP_SUM), DDP_OK);
+    assert_int_equal(ddp_comm_allreduce(flat, y, n, DDP_F32, DDP_SUM), DDP_OK);
+    assert_within_rounding(sh, y, abs_sum, n, "all-reduce");
+    assert_same_bits_everywhere(sh, n * sizeof(float), "the hierarchical all-reduce's sums");
+    /* Reduce-scatter of uneven blocks (the last one shorter), then their all-gather. */
+    size_t counts[64], lo = 0;
+    block_counts(n, 0, counts);
+    for (int r = 0; r < rank; r++)
+        lo += counts[r];
+    float *mine = malloc((counts[rank] + 1) * sizeof(float));
+    float *theirs = malloc((counts[rank] + 1) * sizeof(float));
+    assert_true(mine && theirs);
+    memcpy(sh, x, n * sizeof(float));
+    assert_int_equal(ddp_comm_barrier(world_comm), DDP_OK);
+    assert_int_equal(ddp_comm_reduce_scatterv(world_comm, sh, mine, counts, DDP_F32, DDP_SUM),
+                     DDP_OK);
+    assert_int_equal(ddp_comm_reduce_scatterv(flat, x, theirs, counts, DDP_F32, DDP_SUM), DDP_OK);
+    assert_within_rounding(mine, theirs, abs_sum + lo, counts[rank], "reduce-scatter");
+    assert_int_equal(ddp_comm_barrier(world_comm), DDP_OK);
+    for (size_t i = 0; i < n; i++)
+        x[i] = y[i] = -1.0f;
+    memcpy(x + lo, mine, counts[rank] * sizeof(float));
+    memcpy(y + lo, mine, counts[rank] * sizeof(float));
+    assert_int_equal(ddp_comm_allgatherv(world_comm, x, counts, DDP_F32), DDP_OK);
+    assert_int_equal(ddp_comm_allgatherv(flat, y, counts, DDP_F32), DDP_OK);
+    assert_memory_equal(x, y, n * sizeof(float)); /* moved, not summed: the same bits */
+    free(mine);
+    free(theirs);
+    free(abs_sum);
+    free(y);
+    free(x);
+    ddp_comm_free(flat);
 }
 
 int main(int argc, char **argv) {
@@ -234,6 +347,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(uneven_reduce_scatter_and_all_gather_are_exact),
         cmocka_unit_test(gate_can_be_turned_off),
         cmocka_unit_test(one_rank_refusing_the_gate_turns_it_off_everywhere),
+        cmocka_unit_test(hierarchical_scheme_is_on_where_ranks_span_nodes),
+        cmocka_unit_test(hierarchical_sums_match_the_flat_ones_within_rounding),
     };
     return mpi_test_finish(cmocka_run_group_tests(tests, NULL, NULL), backend, world_comm);
 }
