@@ -33,6 +33,10 @@ static void end_job(ddp_comm *ctrl, const char *reason, int code, int main_threa
                       "merges them into one timeline",
                       o.answered, ddp_flight_dump_path());
     }
+    /* The abort gets a bound of its own: where the launcher's daemon on this node is gone
+     * (a failed node under srun) MPI_Abort can wait for it indefinitely, and the time the
+     * recorder took must not come out of the time this process may linger. */
+    alarm(10);
     /* MPI_Abort from a second thread is allowed only at MPI_THREAD_MULTIPLE; without it,
      * exiting is the safe way to make mpirun end the job. */
     if (main_thread || ddp_mpi_thread_multiple()) ddp_comm_abort(ctrl, o.code);

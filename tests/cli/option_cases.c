@@ -55,6 +55,7 @@ const opt_case train_cases[] = {
     {"gathers", "1", "4", "3"},
     {"keep-gathered", NULL, "1", NULL},
     {"progress", "thread", "fast", NULL},
+    {"hierarchical", "off", "yes", NULL},
     {"on-nonfinite", "skip", "ignore", NULL},
     {"no-gns", NULL, "1", NULL},
     {"gns-ema", "0.9", "1", NULL},
@@ -93,8 +94,8 @@ const opt_case allreduce_cases[] = {
     {"reducer", NULL, "1", NULL},       {"tensor-mb", "0.25", "0", NULL},
     {"bucket-mb", "2", "x", NULL},      {"first-bucket-mb", "0.5", "-1", NULL},
     {"progress", "test", "fast", NULL}, {"json", "/tmp/ar.json", "", NULL},
-    {"timeout", "5", "nan", NULL},      {"verbose", NULL, "1", NULL},
-    {"help", NULL, "1", NULL},
+    {"hierarchical", "on", "2", NULL},  {"timeout", "5", "nan", NULL},
+    {"verbose", NULL, "1", NULL},       {"help", NULL, "1", NULL},
 };
 
 const opt_case bench_train_cases[] = {

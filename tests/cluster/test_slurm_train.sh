@@ -321,10 +321,13 @@ if wait_log "$TMP/nodekill.out" 'checkpoint of step 10 ' 60; then
         bad "nodekill: the job was not ended and requeued within 90 s (state '$(state "$job")')"
         show "$TMP/nodekill.out"
     fi
+    # The ranks left on N1 end through ddp's watchdog (--timeout), then the flight
+    # recorder's bounded verdict (at most 15 s, rank 0 being gone: ddp_flight_conclude)
+    # and the abort (at most 10 s: src/cli/failure.c).
     t=$(now)
-    left=$(wait_no_job_pids $((TIMEOUT + 10)) 1) &&
-        ok "nodekill: the ranks left on $N1 ended $(since "$t") s after the job (ddp's watchdog, --timeout $TIMEOUT)" ||
-        bad "nodekill: processes left on $N1 $((TIMEOUT + 10)) s after the job ended: $left"
+    left=$(wait_no_job_pids $((TIMEOUT + 35)) 1) &&
+        ok "nodekill: the ranks left on $N1 ended $(since "$t") s after the job (ddp's watchdog, --timeout $TIMEOUT, and the flight recorder)" ||
+        bad "nodekill: processes left on $N1 $((TIMEOUT + 35)) s after the job ended: $left"
     "$SLURM" start-slurmd --dir "$DIR" "$N1" >/dev/null
     # Slurm holds a requeued job for 120 s (its BeginTime); no need to wait here.
     sl scontrol update JobId="$job" StartTime=now
