@@ -6,7 +6,8 @@
 # equal the flat ones (exact on integers, within the rounding bound of the two orders on
 # random values, the same bits on every rank); on 2x1 it must be off. Then the bytes each
 # node sends for a hierarchical all-reduce, read from its link's counter, are 2(N-1)/N of
-# the buffer per all-reduce (plus TCP/IP's headers), fewer than the flat all-reduce's; and
+# the buffer per all-reduce (plus TCP/IP's headers; the flat all-reduce's bytes are shown
+# beside them: what MPI's own algorithm sends depends on the size); and
 # a rank failing inside a hierarchical all-reduce ends the job on every node in bounded
 # time. The cluster is always removed at the end.
 #
@@ -120,12 +121,6 @@ for v in $h0 $h1; do
         bad "hierarchical: a node sent $v buffers per all-reduce, not 1.0-1.15"
     fi
 done
-if python3 -c "import sys; sys.exit(not $h0 + $h1 < $f0 + $f1)"; then
-    ok "hierarchical sends fewer bytes than the flat all-reduce ($h0 + $h1 < $f0 + $f1)"
-else
-    bad "hierarchical sends no fewer bytes than the flat all-reduce ($h0 + $h1, $f0 + $f1)"
-fi
-
 # A rank whose 3rd hierarchical all-reduce fails: every rank ends, in bounded time.
 start=$(date +%s)
 rc=0
