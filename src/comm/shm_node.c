@@ -77,29 +77,36 @@ static ddp_status open_pass(ddp_shm_node *n, const char *what, size_t offset, si
                     what, other, theirs, (unsigned long long)their_off, mine, offset);
 }
 
-/* Each rank sums its share of the elements over all ranks, in rank order, and writes the
- * sum into every rank's part: identical bits everywhere, no copies, no messages. Passing
- * the gate before makes every rank's values final; passing it after makes every sum
- * written. */
-ddp_status ddp_shm_node_sum_f32(ddp_shm_node *n, ddp_shm_region *r, size_t offset, size_t count) {
+/* Elements [lo, hi) of the fp32 values at `offset` in r, summed over the node's ranks in
+ * node-rank order, into every rank's part (to_all) or only this rank's. */
+static void node_sum(const ddp_shm_node *n, ddp_shm_region *r, size_t offset, size_t lo, size_t hi,
+                     int to_all) {
     enum { BLOCK = 1024 };
-    int size = n->size, me = n->rank;
-    size_t lo = count * (size_t)me / (size_t)size, hi = count * (size_t)(me + 1) / (size_t)size;
     float acc[BLOCK];
-    DDP_CHECK(open_pass(n, "all-reduce", offset, count));
     for (size_t i = lo; i < hi; i += BLOCK) {
         size_t m = hi - i < BLOCK ? hi - i : BLOCK;
         const float *x0 = (const float *)(r->base[0] + offset) + i;
         for (size_t k = 0; k < m; k++)
             acc[k] = x0[k];
-        for (int q = 1; q < size; q++) {
+        for (int q = 1; q < n->size; q++) {
             const float *x = (const float *)(r->base[q] + offset) + i;
             for (size_t k = 0; k < m; k++)
                 acc[k] += x[k];
         }
-        for (int q = 0; q < size; q++)
+        for (int q = to_all ? 0 : n->rank; q < (to_all ? n->size : n->rank + 1); q++)
             memcpy((float *)(r->base[q] + offset) + i, acc, m * sizeof(float));
     }
+}
+
+/* Each rank sums its share of the elements over all ranks, in rank order, and writes the
+ * sum into every rank's part: identical bits everywhere, no copies, no messages. Passing
+ * the gate before makes every rank's values final; passing it after makes every sum
+ * written. */
+ddp_status ddp_shm_node_sum_f32(ddp_shm_node *n, ddp_shm_region *r, size_t offset, size_t count) {
+    int size = n->size, me = n->rank;
+    size_t lo = count * (size_t)me / (size_t)size, hi = count * (size_t)(me + 1) / (size_t)size;
+    DDP_CHECK(open_pass(n, "all-reduce", offset, count));
+    node_sum(n, r, offset, lo, hi, 1);
     ddp_shm_gate_pass(n->gate);
     return DDP_OK;
 }
@@ -296,7 +303,6 @@ ddp_status ddp_shm_node_hier_create(ddp_shm_node *n, MPI_Comm job, int want) {
 
 ddp_status ddp_shm_node_hier_sum_f32(ddp_shm_node *n, ddp_shm_region *r, size_t offset,
                                      size_t count) {
-    enum { BLOCK = 1024 };
     /* MPI counts are ints: a slice goes between the nodes in pieces of at most this. */
     const size_t PIECE = (size_t)1 << 30;
     int size = n->size, me = n->rank, slices = n->hier.slices;
@@ -305,20 +311,9 @@ ddp_status ddp_shm_node_hier_sum_f32(ddp_shm_node *n, ddp_shm_region *r, size_t 
     if (me < slices) {
         size_t lo = count * (size_t)me / (size_t)slices;
         size_t hi = count * (size_t)(me + 1) / (size_t)slices;
-        float *mine = (float *)(r->base[me] + offset), acc[BLOCK];
+        float *mine = (float *)(r->base[me] + offset);
         /* The node's sum of the slice, in node-rank order, into this rank's part. */
-        for (size_t i = lo; size > 1 && i < hi; i += BLOCK) {
-            size_t m = hi - i < BLOCK ? hi - i : BLOCK;
-            const float *x0 = (const float *)(r->base[0] + offset) + i;
-            for (size_t k = 0; k < m; k++)
-                acc[k] = x0[k];
-            for (int q = 1; q < size; q++) {
-                const float *x = (const float *)(r->base[q] + offset) + i;
-                for (size_t k = 0; k < m; k++)
-                    acc[k] += x[k];
-            }
-            memcpy(mine + i, acc, m * sizeof(float));
-        }
+        if (size > 1) node_sum(n, r, offset, lo, hi, 0);
         /* Between the nodes, then into the other ranks' parts. */
         for (size_t i = lo; rc == MPI_SUCCESS && i < hi; i += PIECE) {
             size_t m = hi - i < PIECE ? hi - i : PIECE;
