@@ -31,12 +31,24 @@ extern "C" {
 typedef enum { DDP_PROGRESS_MODES(DDP_X_VALUE) DDP_PROGRESS_COUNT } ddp_progress;
 extern const char *const ddp_progress_names[];
 
+/* Gradient compression: none, or PowerSGD's low-rank factors with error feedback
+ * (ddp/powersgd.h). */
+#define DDP_COMPRESS_KINDS(X) X(DDP_COMPRESS_NONE, "none") X(DDP_COMPRESS_POWERSGD, "powersgd")
+typedef enum { DDP_COMPRESS_KINDS(DDP_X_VALUE) DDP_COMPRESS_COUNT } ddp_compress;
+extern const char *const ddp_compress_names[];
+
 typedef struct {
     size_t bucket_bytes;       /* of fp32 gradients per bucket (default 25 MB) */
     size_t first_bucket_bytes; /* the first (last-layer) bucket (default 1 MB) */
     ddp_dtype grad_dtype;      /* DDP_F32, or DDP_BF16 to halve the bytes sent */
     int overlap;               /* 0: one all-reduce of the whole buffer after backward */
     ddp_progress progress;
+    /* --compress: the kind, PowerSGD's rank R and the first step it compresses (the steps
+     * before are all-reduced as they are); the sync makes the compressor
+     * (ddp_reducer_set_compressor). */
+    ddp_compress compress;
+    int compress_rank;
+    int64_t compress_start;
     /* Benchmarks only: no communication at all, every rank keeps its own gradients and
      * the replicas drift apart. Measures what N ranks could reach with free
      * communication (ddp-bench train --no-allreduce). */
@@ -78,6 +90,14 @@ void ddp_reducer_free(ddp_reducer *r);
  * ranks. Call once, after create. Not collective. */
 ddp_status ddp_reducer_set_shard(ddp_reducer *r, float *shard, const ddp_shard_layout *l,
                                  int release_grads);
+/* Every bucket's sum goes through the compressor p (not owned; ddp/powersgd.h): two
+ * blocking all-reduces of factors per bucket, on the communication thread where there is
+ * one, else at the bucket's launch. Sharded (stage 1), the bucket is summed whole and this
+ * rank's part copied into the shard; a strategy that adds into the shard or releases the
+ * pages (stage 2) is refused. Host memory only. Call once, after set_shard. Not
+ * collective. */
+typedef struct ddp_powersgd ddp_powersgd;
+ddp_status ddp_reducer_set_compressor(ddp_reducer *r, ddp_powersgd *p);
 /* Starts a communicating backward pass. */
 ddp_status ddp_reducer_begin(ddp_reducer *r);
 /* The same for a sharded reducer: add 0 makes the bucket sums overwrite the shard, add 1

@@ -98,8 +98,9 @@ typedef struct {
     void *ctx;
 } ddp_sync_pass;
 
-/* A step of `micro_batches` forward and backward passes begins. Not collective. */
-ddp_status ddp_sync_step_begin(ddp_sync *s, int micro_batches);
+/* A step of `micro_batches` forward and backward passes begins, after `step` steps (which
+ * decides whether --compress compresses yet). Not collective. */
+ddp_status ddp_sync_step_begin(ddp_sync *s, int64_t step, int micro_batches);
 /* After micro-batch k's forward: stages 1 and 2 finish the last step's parameter gather
  * (k 0; what forward waited for it goes into st). Not collective. */
 ddp_status ddp_sync_forward_end(ddp_sync *s, int k, ddp_sync_stats *st);
@@ -169,6 +170,10 @@ ddp_status ddp_sync_read_params(ddp_sync *s, size_t a, size_t b, float *host);
 /* The most elements ddp_sync_read_params should be asked for at once to keep that bound
  * (the largest unit; the whole buffer where nothing is sharded). */
 size_t ddp_sync_read_chunk(const ddp_sync *s);
+
+/* The gradients' compressor (--compress powersgd; its state goes into checkpoints), or
+ * NULL. */
+ddp_powersgd *ddp_sync_compressor(ddp_sync *s);
 
 /* ---- memory ---------------------------------------------------------------------------- */
 

@@ -19,9 +19,11 @@
 #include <string.h>
 
 #include "ddp/flight.h"
+#include "ddp/powersgd.h"
 #include "ddp/reducer.h"
 
 const char *const ddp_progress_names[] = {DDP_PROGRESS_MODES(DDP_X_NAME) NULL};
+const char *const ddp_compress_names[] = {DDP_COMPRESS_KINDS(DDP_X_NAME) NULL};
 
 typedef struct {
     size_t begin, end; /* elements */
@@ -34,6 +36,7 @@ typedef struct {
     /* The flight recorder's calling sites of its collectives ("reducer bucket 3",
      * "parameter gather bucket 3"): which bucket a hang or a desync is in. */
     const char *site, *gather_site;
+    const char *q_site; /* PowerSGD's second all-reduce (site: its first) */
 } bucket;
 
 /* A range of elements reported final in this pass. */
@@ -68,6 +71,7 @@ struct ddp_reducer {
     float *params;      /* non-NULL while a gather is in flight */
     double gather_wait; /* seconds waited for it so far */
     int release;        /* give a sent bucket's pages back to the system */
+    ddp_powersgd *psgd; /* compressor of every bucket's sum (not owned), or NULL */
     /* per backward pass */
     int *order;      /* (n_buckets) bucket indices in the order they were started */
     int launched;    /* buckets order[0, launched) have been started */
@@ -174,6 +178,20 @@ static ddp_status scatter_bucket(ddp_reducer *r, int i) {
     return DDP_OK;
 }
 
+/* PowerSGD: bucket i summed over the ranks in place (compressed where the step
+ * compresses), blocking; sharded, this rank's part of the sum then goes into the shard. */
+static ddp_status compressed_bucket(ddp_reducer *r, int i) {
+    bucket *bk = &r->buckets[i];
+    const char *const sites[2] = {bk->site, bk->q_site};
+    DDP_CHECK(ddp_powersgd_allreduce(r->psgd, r->comm, r->grads, bk->begin, bk->end, sites));
+    if (!r->shard) return DDP_OK;
+    size_t mine = r->counts[(size_t)i * (size_t)r->world + (size_t)r->rank];
+    size_t from = bk->begin > r->shard_begin ? bk->begin : r->shard_begin;
+    if (mine > 0) memcpy(r->shard + r->dst[i], r->grads + from, mine * sizeof(float));
+    bk->sent = 1;
+    return DDP_OK;
+}
+
 /* Sharded: all-gather of bucket i of the parameters, in place. The bucket's blocks in
  * rank order are contiguous: rank q's is its part of shard q. Queued with a request where
  * the comm can (req non-NULL), else complete on return. */
@@ -213,6 +231,14 @@ static ddp_status start_bucket_nonblocking(ddp_reducer *r, int i) {
     size_t count = bk->end - bk->begin;
     bk->t_start = ddp_time_now();
     bk->t_end = bk->t_start - 1.0; /* not yet seen complete */
+    if (r->psgd) {
+        /* Two all-reduces with the products between them: blocking, here. */
+        bk->req = NULL;
+        bk->in_flight = 0;
+        DDP_CHECK(compressed_bucket(r, i));
+        bk->t_end = ddp_time_now();
+        return DDP_OK;
+    }
     if (r->shard) {
         /* Queued on the device where the comm can (NCCL): backward goes on while it runs,
          * and finish() orders the addition into the shard after it. On the host there is
@@ -268,6 +294,7 @@ static void *comm_thread(void *arg) {
         ddp_status s = DDP_OK;
         if (r->thread_status == DDP_OK)
             s = r->params  ? gather_bucket(r, i)
+                : r->psgd  ? compressed_bucket(r, i)
                 : r->shard ? scatter_bucket(r, i)
                            : reduce_blocking(r, r->buckets[i].begin, r->buckets[i].end,
                                              r->buckets[i].site);
@@ -315,6 +342,8 @@ static ddp_status make_buckets(ddp_reducer *r, const size_t *bounds, int nb) {
         r->buckets[i].site = ddp_flight_site("reducer bucket", "reducer bucket %d", i);
         r->buckets[i].gather_site =
             ddp_flight_site("parameter gather bucket", "parameter gather bucket %d", i);
+        r->buckets[i].q_site =
+            ddp_flight_site("reducer bucket Q", "reducer bucket %d (PowerSGD Q)", i);
     }
     return DDP_OK;
 }
@@ -449,6 +478,15 @@ ddp_status ddp_reducer_set_shard(ddp_reducer *r, float *shard, const ddp_shard_l
     return DDP_OK;
 }
 
+ddp_status ddp_reducer_set_compressor(ddp_reducer *r, ddp_powersgd *p) {
+    if (r->release || (r->shard && r->queued_comm) || !ddp_backend_is_host(r->backend))
+        return DDP_FAIL(DDP_ERR_UNSUPPORTED,
+                        "--compress powersgd: the compressor works on whole buckets in host "
+                        "memory (the CPU backend, --zero 0 or 1)");
+    r->psgd = p;
+    return DDP_OK;
+}
+
 /* ---- one backward pass ------------------------------------------------------------ */
 
 ddp_status ddp_reducer_begin_sharded(ddp_reducer *r, int add) {
@@ -574,7 +612,10 @@ ddp_status ddp_reducer_finish(ddp_reducer *r, ddp_reducer_stats *stats) {
     if (!r->opt.overlap) {
         /* The unbucketed path: one all-reduce of the whole buffer after backward (sharded:
          * the buckets' reduce-scatters one after another). */
-        if (r->shard)
+        if (r->psgd)
+            for (int i = 0; i < r->n_buckets; i++)
+                DDP_CHECK(compressed_bucket(r, i));
+        else if (r->shard)
             for (int i = 0; i < r->n_buckets; i++)
                 DDP_CHECK(scatter_bucket(r, i));
         else

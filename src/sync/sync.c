@@ -59,6 +59,7 @@ ddp_status ddp_sync_create(const ddp_sync_options *o, ddp_backend *b, ddp_comm *
     s->comm = comm;
     s->ctrl = ctrl;
     s->model = m;
+    s->seed = seed;
     s->rank = ddp_comm_rank(comm);
     s->world = ddp_comm_size(comm);
     s->n = ddp_model_num_params(m);
@@ -95,6 +96,7 @@ void ddp_sync_free(ddp_sync *s) {
     if (ddp_sync_settle(s) != DDP_OK) ddp_log_current_error("freeing the sync");
     if (s->ops->free) s->ops->free(s);
     ddp_reducer_free(s->reducer);
+    ddp_powersgd_free(s->psgd);
     ddp_comm_free(s->gather);
     ddp_backend_dealloc(s->backend, s->shard_grads);
     free(s);
@@ -116,12 +118,39 @@ ddp_status ddp_sync_share_gradients(ddp_sync *s) {
 
 int ddp_sync_grads_shared(const ddp_sync *s) { return s->grads_shared; }
 
+/* --compress powersgd: the compressor of the model's matrices, handed to the reducer. */
+static ddp_status make_compressor(ddp_sync *s) {
+    const ddp_reducer_options *ro = &s->opt.reducer;
+    if (s->ops->sends_each || !ddp_backend_is_host(s->backend))
+        return DDP_FAIL(DDP_ERR_UNSUPPORTED,
+                        "--compress powersgd needs the CPU backend and --zero 0 or 1 (it sums "
+                        "whole buckets in host memory; --zero %d %s)",
+                        s->opt.stage,
+                        s->ops->sends_each ? "sends each micro-batch's gradients into shards"
+                                           : "keeps them on the device");
+    int k = ddp_powersgd_matrices_of(s->model, ro->compress_rank, NULL, 0);
+    ddp_psgd_matrix *mats = malloc((size_t)(k > 0 ? k : 1) * sizeof *mats);
+    if (!mats) return DDP_FAIL(DDP_ERR_NOMEM, "sync: out of memory");
+    ddp_powersgd_matrices_of(s->model, ro->compress_rank, mats, k);
+    ddp_powersgd_options po = {.rank = ro->compress_rank,
+                               .start = ro->compress_start,
+                               .seed = s->seed,
+                               .wire = ro->grad_dtype};
+    ddp_status st = ddp_powersgd_create(&po, s->n, mats, k, &s->psgd);
+    free(mats);
+    DDP_CHECK(st);
+    DDP_CHECK(ddp_reducer_set_compressor(s->reducer, s->psgd));
+    return DDP_OK;
+}
+
 ddp_status ddp_sync_make_reducer(ddp_sync *s) {
     /* Buckets are cut where backward reports gradients ready; the first layer reports in
      * slices of a first bucket's size, so that its all-reduce, which no other layer's
-     * backward can hide, mostly overlaps with its own. */
+     * backward can hide, mostly overlaps with its own. Not under compression, which
+     * needs whole matrices in a bucket. */
     ddp_reducer_options ropt = s->opt.reducer;
-    if (ropt.overlap)
+    int compress = ropt.compress == DDP_COMPRESS_POWERSGD;
+    if (ropt.overlap && !compress)
         ropt.tail_elems =
             ddp_model_set_grad_slices(s->model, ropt.first_bucket_bytes / sizeof(float));
     int nb = ddp_model_ready_points(s->model, NULL, 0);
@@ -137,6 +166,7 @@ ddp_status ddp_sync_make_reducer(ddp_sync *s) {
                                     (void **)&s->shard_grads));
         DDP_CHECK(ddp_reducer_set_shard(s->reducer, s->shard_grads, &s->layout, s->ops->releases));
     }
+    if (compress) DDP_CHECK(make_compressor(s));
     return DDP_OK;
 }
 
@@ -148,8 +178,9 @@ ddp_status ddp_sync_start(ddp_sync *s) {
 
 /* ---- a training step --------------------------------------------------------------------- */
 
-ddp_status ddp_sync_step_begin(ddp_sync *s, int micro_batches) {
+ddp_status ddp_sync_step_begin(ddp_sync *s, int64_t step, int micro_batches) {
     s->micro_batches = micro_batches;
+    if (s->psgd) ddp_powersgd_set_step(s->psgd, step);
     if (s->ops->step_begin) DDP_CHECK(s->ops->step_begin(s));
     return DDP_OK;
 }
@@ -198,6 +229,9 @@ ddp_status ddp_sync_backward_end(ddp_sync *s, ddp_sync_stats *st) {
 ddp_status ddp_sync_grad_norm(ddp_sync *s, double *norm) {
     if (!s->ops->shards) {
         DDP_CHECK(ddp_grad_norm(s->backend, ddp_model_grads(s->model), s->n, norm));
+        /* Non-finite gradients would stay in the error feedback: every rank (the norm is
+         * the same on all) starts it afresh. */
+        if (s->psgd && !isfinite(*norm)) ddp_powersgd_reset(s->psgd);
         return DDP_OK;
     }
     /* The shards' sums of squares, summed over ranks: the same double on every rank, so
@@ -207,6 +241,7 @@ ddp_status ddp_sync_grad_norm(ddp_sync *s, double *norm) {
     DDP_CHECK(ddp_backend_sumsq(s->backend, s->shard_grads, s->view_len, &sumsq));
     DDP_CHECK(ddp_comm_allreduce(s->ctrl, &sumsq, 1, DDP_F64, DDP_SUM));
     *norm = sqrt(sumsq);
+    if (s->psgd && !isfinite(*norm)) ddp_powersgd_reset(s->psgd);
     return DDP_OK;
 }
 
@@ -370,4 +405,8 @@ void ddp_sync_memory_use(const ddp_sync *s, int ranks, ddp_sync_memory *m) {
         m->comm = 2 * one;
     }
     if (s->ops->shards) m->grad_shard = (ranks > 0 && ranks != s->world ? shard : l.size) * f;
+    /* PowerSGD's error feedback (a gradient buffer's worth), its Q factors and wire. */
+    if (s->psgd) m->comm += ddp_powersgd_bytes(s->psgd);
 }
+
+ddp_powersgd *ddp_sync_compressor(ddp_sync *s) { return s->psgd; }

@@ -7,6 +7,7 @@
 #ifndef DDP_SYNC_IMPL_H
 #define DDP_SYNC_IMPL_H
 
+#include "ddp/powersgd.h"
 #include "ddp/sync.h"
 
 typedef struct ddp_sync_ops ddp_sync_ops;
@@ -25,6 +26,8 @@ struct ddp_sync {
     size_t view_begin, view_len;   /* the optimizer's view */
     size_t param_begin, param_len; /* the parameters held between steps */
     ddp_reducer *reducer;
+    ddp_powersgd *psgd; /* --compress powersgd: the reducer's compressor, or NULL */
+    uint64_t seed;      /* of the run (PowerSGD's initial Q derives from it) */
     float *shard_grads; /* (layout.size) device: the averaged gradients of the shard */
     int grads_shared;   /* the gradients live in node-shared memory */
     int micro_batches;  /* of the step in progress */

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "ddp/powersgd.h"
 #include "train/trainer_impl.h"
 
 /* The communicators a user chooses (the local one is for a world of one, in tests) and the
@@ -290,6 +291,34 @@ static const ddp_opt train_opts[] = {
      .choices = dtypes,
      .values = dtype_values,
      .def = "fp32",
+     .resumable = 1},
+    {.name = "compress",
+     .kind = DDP_OPT_CHOICE,
+     F(reducer.compress),
+     .help = "gradient compression: powersgd sends rank-R factors of\n"
+             "each matrix (error feedback keeps what they miss for the\n"
+             "next step); vectors travel as they are",
+     .choices = ddp_compress_names,
+     .def = "none",
+     .resumable = 1},
+    {.name = "compress-rank",
+     .kind = DDP_OPT_INT,
+     F(reducer.compress_rank),
+     .arg = "R",
+     .help = "--compress powersgd: the factors' rank",
+     .lo = 1,
+     .hi = DDP_PSGD_MAX_RANK,
+     .def = "4",
+     .resumable = 1},
+    {.name = "compress-start",
+     .kind = DDP_OPT_U64,
+     F(reducer.compress_start),
+     .arg = "STEP",
+     .help = "--compress powersgd: all-reduce the gradients as they\n"
+             "are for the steps before this one (warm-up)",
+     .lo = 0,
+     .hi = (uint64_t)1 << 40,
+     .def = "0",
      .resumable = 1},
     {.name = "no-overlap",
      .kind = DDP_OPT_FLAG,

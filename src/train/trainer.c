@@ -271,7 +271,7 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
     double t_data = ddp_time_now() - t0;
     DDP_CHECK(ddp_backend_zero(b, t->d_stats, 2 * sizeof(float)));
     ddp_sync_stats cs = {0};
-    DDP_CHECK(ddp_sync_step_begin(t->sync, c->accum));
+    DDP_CHECK(ddp_sync_step_begin(t->sync, t->step, c->accum));
     for (int k = 0; k < c->accum; k++) {
         t1 = ddp_time_now();
         ddp_batch batch;
