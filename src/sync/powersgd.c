@@ -177,25 +177,41 @@ DDP_CPU_CLONES static void row_pqt(const float *P, size_t i, const float *Qt, in
 }
 
 /* Gram-Schmidt on the columns of P (rows, R), in place: dot products and norms in double,
- * the columns kept in fp32. A column with nothing left of its own (zero, or dependent on
- * the ones before) becomes zero and contributes nothing. */
+ * the columns kept in fp32, each column's projections taken off twice ("twice is enough":
+ * once leaves what fp32 rounding put back along the earlier columns, which a column that
+ * was almost dependent on them would keep after normalizing, and P^ P^^T would be no
+ * projection). A zero column stays zero and contributes nothing. */
 static void orthonormalize(float *P, size_t rows, int R) {
     for (int k = 0; k < R; k++) {
-        for (int j = 0; j < k; j++) {
-            double d = 0.0;
-            for (size_t i = 0; i < rows; i++)
-                d += (double)P[i * R + j] * (double)P[i * R + k];
-            float df = (float)d;
-            for (size_t i = 0; i < rows; i++)
-                P[i * R + k] -= df * P[i * R + j];
-        }
+        for (int pass = 0; pass < 2; pass++)
+            for (int j = 0; j < k; j++) {
+                double d = 0.0;
+                for (size_t i = 0; i < rows; i++)
+                    d += (double)P[i * R + j] * (double)P[i * R + k];
+                float df = (float)d;
+                for (size_t i = 0; i < rows; i++)
+                    P[i * R + k] -= df * P[i * R + j];
+            }
         double nn = 0.0;
         for (size_t i = 0; i < rows; i++)
             nn += (double)P[i * R + k] * (double)P[i * R + k];
-        float inv = nn > 0.0 && isfinite(nn) ? (float)(1.0 / sqrt(nn)) : 0.0f;
-        if (!isfinite(nn)) inv = NAN; /* non-finite gradients stay visibly so */
+        /* Non-finite gradients stay visibly so (NaN). */
+        float inv = !isfinite(nn) ? NAN : nn > 0.0 ? (float)(1.0 / sqrt(nn)) : 0.0f;
         for (size_t i = 0; i < rows; i++)
             P[i * R + k] *= inv;
+    }
+}
+
+/* The next step's Q (R, cols) from this step's sum Qs: a column that came back zero (the
+ * matrix's gradients were zero) keeps its last value, so that the power iteration does
+ * not stay at zero. The same on every rank: Qs is. */
+static void keep_q(float *q, const float *Qs, int R, size_t cols) {
+    for (int k = 0; k < R; k++) {
+        const float *src = Qs + (size_t)k * cols;
+        int zero = 1;
+        for (size_t j = 0; j < cols && zero; j++)
+            zero = src[j] == 0.0f;
+        if (!zero) memcpy(q + (size_t)k * cols, src, cols * sizeof *q);
     }
 }
 
@@ -329,7 +345,7 @@ ddp_status ddp_powersgd_allreduce(ddp_powersgd *p, ddp_comm *c, float *grads, si
         float *Pi = pk + at, *Qi = qs + qa, *M = grads + mt->offset;
         for (size_t r = 0; r < mt->rows; r++)
             row_pqt(Pi, r, Qi, R, mt->cols, M + r * mt->cols);
-        memcpy(p->q + p->q_at[i], Qi, mt->cols * (size_t)R * sizeof *Qi);
+        keep_q(p->q + p->q_at[i], Qi, R, mt->cols);
         at += mt->rows * (size_t)R;
         qa += mt->cols * (size_t)R;
     }
