@@ -17,17 +17,23 @@
  *   buffers (version 2 on), u64 global batch of the next step, u64 sampler position in
  *   samples, i64 samples trained, i64 step of the last batch change, f64 x 2 and i64 the
  *   noise scale's moving averages and their count, u32 shard files, u32 shard index, u64
- *   shard size (version 3 on), zero padding to a multiple of 64 bytes, float32
- *   parameters, float32 state buffers, float32 model buffers (running statistics;
- *   version 2 on), a manifest's u32 CRC-32 per shard file, u32 CRC-32 of all bytes
- *   before.
+ *   shard size (version 3 on), u32 PowerSGD rank, u32 PowerSGD Q warm, u64 Q elements,
+ *   u64 error-feedback elements (version 5 on), zero padding to a multiple of 64 bytes,
+ *   float32 parameters, float32 state buffers, float32 model buffers (running statistics;
+ *   version 2 on), float32 Q factors, float32 error feedback (version 5 on), a manifest's
+ *   u32 CRC-32 per shard file, u32 CRC-32 of all bytes before.
  *
  * Files are named ckpt-<step, 8 digits>.ddp and appear only complete: rank 0 writes a
  * hidden temporary file, syncs it, renames it into place and syncs the directory, so a
  * process killed at any moment leaves the previous checkpoints intact (and at worst a
  * stale temporary file, which is ignored and later removed). With sharded optimizer state
- * (--zero 1, 2) every rank first writes ckpt-<step>.shard-<rank>-of-<ranks>.ddp the same
- * way, and ckpt-<step>.ddp is the manifest that commits them.
+ * (--zero 1, 2, 3) every rank first writes ckpt-<step>.shard-<rank>-of-<ranks>.ddp the same
+ * way, and ckpt-<step>.ddp is the manifest that commits them. Under --compress powersgd
+ * the checkpoint is sharded at every stage: each rank's shard file holds its own error
+ * feedback (all n elements: the ranks' errors differ), the manifest the Q factors (the
+ * same on every rank). A resume on N' ranks gives rank j the sum of the errors of the
+ * writer's ranks i with i mod N' = j: the sum over ranks, which is what the next steps'
+ * results depend on, is kept, and on the same ranks each gets its own, bit for bit.
  */
 #ifndef DDP_CHECKPOINT_H
 #define DDP_CHECKPOINT_H
@@ -40,9 +46,9 @@ extern "C" {
 #endif
 
 #define DDP_CKPT_MAGIC "DDPCKPT" /* 8 bytes with its terminating zero */
-/* Versions 1 (no buffers), 2 (no schedule, no shards) and 3 (no parameters in shard files)
- * are read too. */
-#define DDP_CKPT_VERSION 4u
+/* Versions 1 (no buffers), 2 (no schedule, no shards), 3 (no parameters in shard files)
+ * and 4 (no compressor state) are read too. */
+#define DDP_CKPT_VERSION 5u
 /* shard_index of a manifest: the file that commits a sharded checkpoint */
 #define DDP_CKPT_MANIFEST 0xffffffffu
 
@@ -82,9 +88,16 @@ typedef struct {
      * [shard_index * shard_size, + state_size) of every buffer, and no parameters. */
     uint32_t shards, shard_index;
     uint64_t shard_size;
-    const void *params;     /* (num_params) float32 */
+    /* Version 5: PowerSGD's state (0 and none in older files, or without --compress). */
+    uint32_t psgd_rank;   /* R of the run that wrote it; 0: no compressor state */
+    uint32_t psgd_warm;   /* Q holds a step's result (else the seed's values) */
+    uint64_t psgd_q;      /* elements of Q in this file (a manifest's) */
+    uint64_t psgd_errors; /* elements of error feedback in this file (a shard file's: n) */
+    const void *params;   /* (num_params) float32 */
     const void *states;     /* (num_states, state_size) float32; none in a manifest */
     const void *buffers;    /* (num_buffers) float32 */
+    const void *psgd_qdata; /* (psgd_q) float32 */
+    const void *errors;     /* (psgd_errors) float32 */
     const void *shard_crcs; /* manifest: (shards) u32, little-endian */
 } ddp_checkpoint_info;
 

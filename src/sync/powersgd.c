@@ -89,8 +89,9 @@ ddp_status ddp_powersgd_create(const ddp_powersgd_options *o, size_t n, const dd
     }
     if (!p->mats || !p->q_at || !p->errors || !p->q) {
         ddp_powersgd_free(p);
-        return DDP_FAIL(DDP_ERR_NOMEM, "PowerSGD: out of memory for the error feedback of %zu "
-                                       "gradients",
+        return DDP_FAIL(DDP_ERR_NOMEM,
+                        "PowerSGD: out of memory for the error feedback of %zu "
+                        "gradients",
                         n);
     }
     init_q(p);
@@ -132,7 +133,8 @@ size_t ddp_powersgd_bytes(const ddp_powersgd *p) {
 
 /* P (rows, R) = M (rows, cols) Q, with Q stored as Qt (R, cols): one dot product per element,
  * in 8 partial sums of a fixed order. */
-DDP_CPU_CLONES static void mul_mq(const float *M, size_t rows, size_t cols, const float *Qt, int R, float *P) {
+DDP_CPU_CLONES static void mul_mq(const float *M, size_t rows, size_t cols, const float *Qt, int R,
+                                  float *P) {
     for (size_t i = 0; i < rows; i++) {
         const float *m = M + i * cols;
         for (int k = 0; k < R; k++) {
@@ -151,7 +153,8 @@ DDP_CPU_CLONES static void mul_mq(const float *M, size_t rows, size_t cols, cons
 }
 
 /* Qt (R, cols) = (M^T P)^T: row by row of M, each column of P scaling it into Qt's rows. */
-DDP_CPU_CLONES static void mul_mtp(const float *M, size_t rows, size_t cols, const float *P, int R, float *Qt) {
+DDP_CPU_CLONES static void mul_mtp(const float *M, size_t rows, size_t cols, const float *P, int R,
+                                   float *Qt) {
     memset(Qt, 0, (size_t)R * cols * sizeof *Qt);
     for (size_t i = 0; i < rows; i++) {
         const float *m = M + i * cols;
@@ -165,7 +168,8 @@ DDP_CPU_CLONES static void mul_mtp(const float *M, size_t rows, size_t cols, con
 }
 
 /* Row i of P Q^T (Q as Qt) into out (cols). */
-DDP_CPU_CLONES static void row_pqt(const float *P, size_t i, const float *Qt, int R, size_t cols, float *out) {
+DDP_CPU_CLONES static void row_pqt(const float *P, size_t i, const float *Qt, int R, size_t cols,
+                                   float *out) {
     for (size_t j = 0; j < cols; j++)
         out[j] = 0.0f;
     for (int k = 0; k < R; k++) {
@@ -233,8 +237,8 @@ static ddp_status grow_pack(ddp_powersgd *p, size_t need) {
 
 /* The all-reduce of buf (count floats) in the wire's dtype; w (count) holds the bf16 values
  * on the way. */
-static ddp_status wire_sum(ddp_powersgd *p, ddp_comm *c, const char *site, float *buf,
-                           size_t count, uint16_t *w) {
+static ddp_status wire_sum(ddp_powersgd *p, ddp_comm *c, const char *site, float *buf, size_t count,
+                           uint16_t *w) {
     if (count == 0) return DDP_OK;
     if (p->opt.wire == DDP_F32) {
         DDP_CHECK(ddp_comm_allreduce_at(c, site, buf, count, DDP_F32, DDP_SUM));

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ddp/powersgd.h"
 #include "train/checkpoint_impl.h"
 #include "train/trainer_impl.h"
 
@@ -81,9 +82,24 @@ static ddp_status write_body(ddp_trainer *t, ddp_ckpt_writer *w, const ddp_check
     size_t pb = 0, plen;
     if (h->shards > 0 && !manifest) ddp_sync_param_range(t->sync, &pb, &plen);
     ddp_status s = put_device(t, w, ddp_model_params(t->model) + pb, h->num_params, host, CHUNK);
+    /* The optimizer state: all of it, or a shard file's part, which starts past the
+     * optimizer's view where the state is whole (--zero 0 under compression). */
+    size_t state_at = 0;
+    if (h->shards > 0 && !manifest) {
+        size_t vb, vlen, sb, slen;
+        ddp_sync_view(t->sync, &vb, &vlen);
+        ddp_shard_of(ddp_sync_layout(t->sync), t->rank, &sb, &slen);
+        state_at = sb - vb;
+    }
     for (int i = 0; s == DDP_OK && !manifest && i < ddp_optim_num_states(t->optim); i++)
-        s = put_device(t, w, ddp_optim_state(t->optim, i), ddp_optim_size(t->optim), host, CHUNK);
+        s = put_device(t, w, ddp_optim_state(t->optim, i) + state_at, h->state_size, host, CHUNK);
     if (s == DDP_OK) s = put_device(t, w, ddp_model_buffers(t->model), h->num_buffers, host, CHUNK);
+    /* The compressor's state is in host memory. */
+    ddp_powersgd *psgd = ddp_sync_compressor(t->sync);
+    if (s == DDP_OK && h->psgd_q > 0)
+        s = ddp_ckpt_writer_put(w, ddp_powersgd_q(psgd), h->psgd_q * sizeof(float));
+    if (s == DDP_OK && h->psgd_errors > 0)
+        s = ddp_ckpt_writer_put(w, ddp_powersgd_errors(psgd), h->psgd_errors * sizeof(float));
     if (s == DDP_OK && manifest) s = ddp_ckpt_writer_put(w, h->shard_crcs, 4 * (size_t)h->shards);
     free(host);
     DDP_CHECK(s);
@@ -112,6 +128,13 @@ static ddp_status write_file(ddp_trainer *t, const ddp_checkpoint_info *h, ddp_c
     free(header);
     DDP_CHECK(s);
     return DDP_OK;
+}
+
+/* Whether the checkpoint is cut into one file per rank and a manifest: where the
+ * optimizer state is sharded, and where each rank has state of its own (PowerSGD's error
+ * feedback). */
+static int sharded(ddp_trainer *t) {
+    return ddp_sync_stage(t->sync) > 0 || ddp_sync_compressor(t->sync) != NULL;
 }
 
 /* The header of this step's checkpoint: a whole one without sharding, else the manifest;
@@ -146,12 +169,18 @@ static void describe(ddp_trainer *t, ddp_checkpoint_info *out, char *settings) {
         .gns_trace = t->gns.tr,
         .gns_n = t->gns.n,
     };
-    if (ddp_sync_stage(t->sync) > 0) {
+    if (sharded(t)) {
         h.shards = (uint32_t)t->world;
         h.shard_index = DDP_CKPT_MANIFEST;
         h.shard_size = ddp_sync_layout(t->sync)->size;
         /* Where no rank holds all parameters, each shard file holds its own. */
         if (!ddp_sync_params_replicated(t->sync)) h.num_params = 0;
+    }
+    ddp_powersgd *psgd = ddp_sync_compressor(t->sync);
+    if (psgd) {
+        h.psgd_rank = (uint32_t)t->cfg.reducer.compress_rank;
+        h.psgd_warm = (uint32_t)ddp_powersgd_q_warm(psgd);
+        h.psgd_q = ddp_powersgd_q_elems(psgd); /* the manifest's */
     }
     *out = h;
 }
@@ -185,13 +214,18 @@ static ddp_status write_shard(ddp_trainer *t, uint32_t *crc) {
     char settings[4096];
     ddp_checkpoint_info h;
     describe(t, &h, settings);
-    size_t view_begin, view_len, param_begin, param_len;
-    ddp_sync_view(t->sync, &view_begin, &view_len);
+    size_t shard_begin, shard_len, param_begin, param_len;
+    ddp_shard_of(ddp_sync_layout(t->sync), t->rank, &shard_begin, &shard_len);
     ddp_sync_param_range(t->sync, &param_begin, &param_len);
     h.num_params = ddp_sync_params_replicated(t->sync) ? 0 : param_len;
     h.num_buffers = 0;
-    h.state_size = view_len;
+    h.state_size = shard_len;
     h.shard_index = (uint32_t)t->rank;
+    /* Each rank's own error feedback; Q is the manifest's. */
+    if (h.psgd_rank > 0) {
+        h.psgd_q = 0;
+        h.psgd_errors = t->num_params;
+    }
     ddp_ckpt_writer w;
     DDP_CHECK(write_file(t, &h, &w, crc));
     return DDP_OK;
@@ -211,7 +245,7 @@ ddp_status ddp_trainer_save_checkpoint(ddp_trainer *t) {
         DDP_CHECK(ddp_ckpt_agree(t, s, "write a checkpoint"));
     }
     uint32_t *crcs = NULL;
-    if (ddp_sync_stage(t->sync) > 0) {
+    if (sharded(t)) {
         /* Every rank writes its shard; only when all of them are in place does rank 0
          * write the manifest, whose rename commits the checkpoint. */
         uint32_t crc = 0;

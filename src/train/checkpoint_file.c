@@ -46,9 +46,10 @@ static void put_f64(unsigned char **p, double v) {
 }
 
 static size_t header_bytes(uint32_t version, size_t settings_len, size_t model_len) {
-    size_t fixed = version >= 3   ? DDP_CKPT_FIXED_BYTES
-                   : version == 2 ? DDP_CKPT_FIXED_BYTES - 72
-                                  : DDP_CKPT_FIXED_BYTES - 80;
+    size_t fixed = version >= 5   ? DDP_CKPT_FIXED_BYTES
+                   : version >= 3 ? DDP_CKPT_FIXED_BYTES - 24
+                   : version == 2 ? DDP_CKPT_FIXED_BYTES - 96
+                                  : DDP_CKPT_FIXED_BYTES - 104;
     size_t n = fixed + settings_len + model_len;
     return (n + DDP_CKPT_ALIGN - 1) / DDP_CKPT_ALIGN * DDP_CKPT_ALIGN;
 }
@@ -95,6 +96,10 @@ ddp_status ddp_ckpt_encode_header(const ddp_checkpoint_info *in, unsigned char *
     put32(&p, in->shards);
     put32(&p, in->shard_index);
     put64(&p, in->shard_size);
+    put32(&p, in->psgd_rank);
+    put32(&p, in->psgd_warm);
+    put64(&p, in->psgd_q);
+    put64(&p, in->psgd_errors);
     *out = buf;
     *len = n;
     return DDP_OK;
@@ -171,7 +176,14 @@ static int parse_header(const unsigned char *buf, size_t len, ddp_checkpoint_inf
         h->shards = get32(&r);
         h->shard_index = get32(&r);
         h->shard_size = get64(&r);
-    } else {
+    }
+    if (h->version >= 5) {
+        h->psgd_rank = get32(&r);
+        h->psgd_warm = get32(&r);
+        h->psgd_q = get64(&r);
+        h->psgd_errors = get64(&r);
+    }
+    if (h->version < 3) {
         /* A fixed batch throughout, and no noise-scale averages. */
         h->batch_now = h->global_batch;
         h->sampler_pos = h->sampler_step * h->global_batch;
@@ -183,6 +195,8 @@ static int parse_header(const unsigned char *buf, size_t len, ddp_checkpoint_inf
     if (h->num_states > MAX_STATES || h->num_params > ((uint64_t)1 << 60) ||
         h->state_size > ((uint64_t)1 << 60) || h->num_buffers > ((uint64_t)1 << 60) ||
         h->shards > (1u << 24) || h->shard_size > ((uint64_t)1 << 60) ||
+        h->psgd_q > ((uint64_t)1 << 60) || h->psgd_errors > ((uint64_t)1 << 60) ||
+        h->psgd_warm > 1 || (h->psgd_rank == 0 && (h->psgd_q || h->psgd_errors)) ||
         (h->shards > 0 && h->shard_index != DDP_CKPT_MANIFEST && h->shard_index >= h->shards) ||
         (h->shards == 0 && h->shard_index != 0))
         return -1;
@@ -191,11 +205,15 @@ static int parse_header(const unsigned char *buf, size_t len, ddp_checkpoint_inf
     uint64_t states_off = data_off + 4 * h->num_params;
     uint64_t buffers_off =
         states_off + (manifest ? 0 : 4 * (uint64_t)h->num_states * h->state_size);
-    uint64_t crcs_off = buffers_off + 4 * h->num_buffers;
+    uint64_t q_off = buffers_off + 4 * h->num_buffers;
+    uint64_t errors_off = q_off + 4 * h->psgd_q;
+    uint64_t crcs_off = errors_off + 4 * h->psgd_errors;
     *expected = crcs_off + (manifest ? 4 * (uint64_t)h->shards : 0) + 4;
     h->params = buf + (data_off <= len ? data_off : len);
     h->states = buf + (states_off <= len ? states_off : len);
     h->buffers = buf + (buffers_off <= len ? buffers_off : len);
+    h->psgd_qdata = buf + (q_off <= len ? q_off : len);
+    h->errors = buf + (errors_off <= len ? errors_off : len);
     h->shard_crcs = buf + (crcs_off <= len ? crcs_off : len);
     return 1;
 }

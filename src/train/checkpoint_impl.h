@@ -8,7 +8,9 @@
 #include "ddp/checkpoint.h"
 
 /* Bytes of the fixed fields of the header (all but the two texts and the padding). */
-#define DDP_CKPT_FIXED_BYTES 188u /* version 2: 116 (no schedule, shards), 1: 108 (no buffers) */
+/* version 3 and 4: 188 (no compressor state), 2: 116 (no schedule, shards), 1: 108 (no
+ * buffers) */
+#define DDP_CKPT_FIXED_BYTES 212u
 /* The float data start at a multiple of this many bytes. */
 #define DDP_CKPT_ALIGN 64u
 

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ddp/powersgd.h"
 #include "train/checkpoint_impl.h"
 #include "train/trainer_impl.h"
 
@@ -248,19 +249,55 @@ static void overlap(size_t lo, size_t len, size_t qlo, size_t qhi, size_t *a, si
     *e = lo + len < qhi ? lo + len : qhi;
 }
 
-/* Reads what w asks for from the shard files that the manifest m (at path) commits, which
- * lie beside it. The shards may have been cut for another number of ranks: only those that
- * overlap the ranges are read, one at a time. They hold the optimizer state and, where the
- * manifest holds no parameters (ZeRO-3), the parameters of the same range. Each file must
- * be intact and be the one the manifest names (its CRC), or the load fails naming it. */
-static ddp_status take_from_shards(const ddp_checkpoint_info *m, const char *path, take *w) {
-    char dir[DDP_PATH_MAX + 64];
-    snprintf(dir, sizeof dir, "%s", path);
+/* The directory of the checkpoint at path. */
+static void dir_of(const char *path, char *dir, size_t cap) {
+    snprintf(dir, cap, "%s", path);
     char *slash = strrchr(dir, '/');
     if (slash)
         *slash = '\0';
     else
-        snprintf(dir, sizeof dir, ".");
+        snprintf(dir, cap, ".");
+}
+
+/* Reads shard file q of the manifest m (at path, in dir) into *buf (free() it), h pointing
+ * into it; qlen: the elements of the shard. The file must be intact and be the one the
+ * manifest names (its CRC), or this fails naming it. */
+static ddp_status read_shard(const ddp_checkpoint_info *m, const char *path, const char *dir,
+                             uint32_t q, size_t qlen, void **buf, ddp_checkpoint_info *h) {
+    char shard[DDP_PATH_MAX + 128];
+    ddp_checkpoint_shard_path(shard, sizeof shard, dir, m->step, q, m->shards);
+    size_t len = 0;
+    DDP_CHECK(ddp_checkpoint_read(shard, buf, &len, h));
+    const unsigned char *c = (const unsigned char *)m->shard_crcs + 4 * (size_t)q;
+    uint32_t want =
+        (uint32_t)c[0] | (uint32_t)c[1] << 8 | (uint32_t)c[2] << 16 | (uint32_t)c[3] << 24;
+    const unsigned char *s = (const unsigned char *)*buf + len - 4;
+    uint32_t got =
+        (uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 24;
+    int params_here = m->num_params == 0;
+    if (got != want || h->shards != m->shards || h->shard_index != q || h->step != m->step ||
+        h->num_states != m->num_states || h->shard_size != m->shard_size ||
+        h->state_size != qlen || h->fingerprint != m->fingerprint ||
+        h->num_params != (params_here ? qlen : 0) || h->psgd_rank != m->psgd_rank ||
+        h->psgd_errors != (m->psgd_rank ? m->state_size : 0)) {
+        free(*buf);
+        *buf = NULL;
+        return DDP_FAIL(DDP_ERR_FORMAT,
+                        "checkpoint shard %s does not belong to the manifest %s (checksum "
+                        "%08x where the manifest names %08x, or other sizes): it was written "
+                        "by another save; resume from an older checkpoint",
+                        shard, path, got, want);
+    }
+    return DDP_OK;
+}
+
+/* Reads what w asks for from the shard files that the manifest m (at path) commits, which
+ * lie beside it. The shards may have been cut for another number of ranks: only those that
+ * overlap the ranges are read, one at a time. They hold the optimizer state and, where the
+ * manifest holds no parameters (ZeRO-3), the parameters of the same range. */
+static ddp_status take_from_shards(const ddp_checkpoint_info *m, const char *path, take *w) {
+    char dir[DDP_PATH_MAX + 64];
+    dir_of(path, dir, sizeof dir);
     int params_here = m->num_params == 0;
     /* The layout the writer cut them with, whatever this run's. */
     ddp_shard_layout l = {.n = m->state_size, .size = m->shard_size, .ranks = (int)m->shards};
@@ -271,29 +308,9 @@ static ddp_status take_from_shards(const ddp_checkpoint_info *m, const char *pat
         overlap(w->vb, w->k > 0 ? w->vlen : 0, qlo, qlo + qlen, &sa, &se);
         overlap(w->pb, params_here ? w->plen : 0, qlo, qlo + qlen, &pa, &pe);
         if (se <= sa && pe <= pa) continue;
-        char shard[DDP_PATH_MAX + 128];
-        ddp_checkpoint_shard_path(shard, sizeof shard, dir, m->step, q, m->shards);
         void *buf = NULL;
-        size_t len = 0;
         ddp_checkpoint_info h;
-        DDP_CHECK(ddp_checkpoint_read(shard, &buf, &len, &h));
-        const unsigned char *c = (const unsigned char *)m->shard_crcs + 4 * (size_t)q;
-        uint32_t want =
-            (uint32_t)c[0] | (uint32_t)c[1] << 8 | (uint32_t)c[2] << 16 | (uint32_t)c[3] << 24;
-        const unsigned char *s = (const unsigned char *)buf + len - 4;
-        uint32_t got =
-            (uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 24;
-        if (got != want || h.shards != m->shards || h.shard_index != q || h.step != m->step ||
-            h.num_states != m->num_states || h.shard_size != m->shard_size ||
-            h.state_size != qlen || h.fingerprint != m->fingerprint ||
-            h.num_params != (params_here ? qlen : 0)) {
-            free(buf);
-            return DDP_FAIL(DDP_ERR_FORMAT,
-                            "checkpoint shard %s does not belong to the manifest %s (checksum "
-                            "%08x where the manifest names %08x, or other sizes): it was written "
-                            "by another save; resume from an older checkpoint",
-                            shard, path, got, want);
-        }
+        DDP_CHECK(read_shard(m, path, dir, q, qlen, &buf, &h));
         for (size_t i = 0; se > sa && i < w->k; i++)
             memcpy(w->states + i * w->vlen + (sa - w->vb),
                    (const char *)h.states + (i * h.state_size + (sa - qlo)) * sizeof(float),
@@ -301,6 +318,48 @@ static ddp_status take_from_shards(const ddp_checkpoint_info *m, const char *pat
         if (pe > pa)
             memcpy(w->params + (pa - w->pb), (const char *)h.params + (pa - qlo) * sizeof(float),
                    (pe - pa) * sizeof(float));
+        free(buf);
+    }
+    return DDP_OK;
+}
+
+/* PowerSGD's state into this run's compressor: Q from the manifest, and as error feedback
+ * of rank j of `world` the sum of the writer's ranks' i with i mod world = j (their own on
+ * the same ranks; the sum over ranks kept on any other number), added in ascending i.
+ * Where the checkpoint has none, or of another rank R, the compressor starts afresh. */
+static ddp_status take_compressor(ddp_trainer *t, const ddp_checkpoint_info *m, const char *path) {
+    ddp_powersgd *p = ddp_sync_compressor(t->sync);
+    if (!p) return DDP_OK;
+    if (m->psgd_rank != (uint32_t)t->cfg.reducer.compress_rank ||
+        m->psgd_q != ddp_powersgd_q_elems(p)) {
+        if (t->rank == 0)
+            ddp_log_warn("%s holds %s: PowerSGD's error feedback and Q start afresh", path,
+                         m->psgd_rank ? "the compressor state of another --compress-rank"
+                                      : "no compressor state");
+        return DDP_OK;
+    }
+    memcpy(ddp_powersgd_q(p), m->psgd_qdata, m->psgd_q * sizeof(float));
+    ddp_powersgd_set_q_warm(p, (int)m->psgd_warm);
+    float *e = ddp_powersgd_errors(p);
+    memset(e, 0, t->num_params * sizeof *e);
+    char dir[DDP_PATH_MAX + 64];
+    dir_of(path, dir, sizeof dir);
+    ddp_shard_layout l = {.n = m->state_size, .size = m->shard_size, .ranks = (int)m->shards};
+    int first = 1;
+    for (uint32_t q = (uint32_t)t->rank; q < m->shards; q += (uint32_t)t->world) {
+        size_t qlo, qlen;
+        ddp_shard_of(&l, (int)q, &qlo, &qlen);
+        void *buf = NULL;
+        ddp_checkpoint_info h;
+        DDP_CHECK(read_shard(m, path, dir, q, qlen, &buf, &h));
+        const float *src = h.errors; /* 4-byte aligned: the data start on 64 bytes */
+        /* The first one copied, not added, so that its zeros keep their signs. */
+        if (first)
+            memcpy(e, src, t->num_params * sizeof *e);
+        else
+            for (size_t i = 0; i < t->num_params; i++)
+                e[i] += src[i];
+        first = 0;
         free(buf);
     }
     return DDP_OK;
@@ -360,6 +419,7 @@ static ddp_status apply(ddp_trainer *t, const ddp_checkpoint_info *h, const char
     else
         DDP_CHECK(t->src->ops->seek(t->src, h->sampler_epoch, (size_t)h->sampler_step));
     DDP_CHECK(load_state(t, h, path));
+    DDP_CHECK(take_compressor(t, h, path));
     DDP_CHECK(ddp_backend_copy(b, ddp_model_buffers(t->model), h->buffers,
                                h->num_buffers * sizeof(float), DDP_COPY_H2D));
     /* The host buffer is freed after this: the copies must be done with it. */

@@ -158,3 +158,34 @@ unsigned char *fx_slurp(const char *path, size_t *len) {
     fclose(f);
     return b;
 }
+
+/* Rank 0 removes the manifest and the shards of checkpoint `step`. */
+void fx_forget(const char *dir, int64_t step) {
+    if (fx_rank == 0) {
+        char path[1200];
+        ddp_checkpoint_path(path, sizeof path, dir, step);
+        unlink(path);
+        for (uint32_t n = 1; n <= 4; n++)
+            for (uint32_t i = 0; i < n; i++) {
+                ddp_checkpoint_shard_path(path, sizeof path, dir, step, i, n);
+                unlink(path);
+            }
+    }
+    assert_int_equal(ddp_comm_barrier(fx_world), DDP_OK);
+}
+
+/* Resumes c (resume set) from dir over comm and runs it to the end; returns the
+ * parameters and the step resumed from. */
+float *fx_resume_run(ddp_train_config c, const char *dir, ddp_comm *comm, int64_t *resumed,
+                     size_t *n) {
+    snprintf(c.checkpoint_dir, sizeof c.checkpoint_dir, "%s", dir);
+    c.resume = 1;
+    ddp_trainer *t = fx_create(&c, comm);
+    *resumed = -1;
+    if (ddp_trainer_resume(t, dir, resumed) != DDP_OK)
+        fail_msg("resume: %s", ddp_error_trace_str());
+    assert_int_equal(ddp_trainer_run(t, NULL), DDP_OK);
+    float *p = fx_params(t, n);
+    ddp_trainer_free(t);
+    return p;
+}

@@ -39,6 +39,13 @@ ddp_trainer *fx_create(const ddp_train_config *cfg, ddp_comm *comm);
 float *fx_params(ddp_trainer *t, size_t *n);
 /* Creates, runs to the end, and returns the parameters; frees the trainer. */
 float *fx_train_run(const ddp_train_config *cfg, ddp_comm *comm, size_t *n);
+/* Rank 0 removes the manifest and the shards of checkpoint `step` (as if the run had been
+ * killed before it). COLLECTIVE (world). */
+void fx_forget(const char *dir, int64_t step);
+/* Resumes c (resume set) from dir over comm and runs it to the end; returns the parameters
+ * and the step resumed from. */
+float *fx_resume_run(ddp_train_config c, const char *dir, ddp_comm *comm, int64_t *resumed,
+                     size_t *n);
 /* The steps of the checkpoints in dir, as "4,8" (rank 0's view). */
 void fx_list(const char *dir, char *out, size_t cap);
 

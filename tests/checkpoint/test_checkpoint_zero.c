@@ -43,21 +43,6 @@ static ddp_train_config zero_config(int zero) {
     return c;
 }
 
-/* Rank 0 removes the manifest and the shards of checkpoint `step`. */
-static void forget(const char *dir, int64_t step) {
-    if (fx_rank == 0) {
-        char path[1200];
-        ddp_checkpoint_path(path, sizeof path, dir, step);
-        unlink(path);
-        for (uint32_t n = 1; n <= 4; n++)
-            for (uint32_t i = 0; i < n; i++) {
-                ddp_checkpoint_shard_path(path, sizeof path, dir, step, i, n);
-                unlink(path);
-            }
-    }
-    assert_int_equal(ddp_comm_barrier(fx_world), DDP_OK);
-}
-
 static int file_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0;
@@ -99,22 +84,6 @@ static void remove_dir(const char *dir) {
     rmdir(dir);
 }
 
-/* Resumes c (resume set) from dir over comm and runs it to the end; returns the
- * parameters and the step resumed from. */
-static float *resume_run(ddp_train_config c, const char *dir, ddp_comm *comm, int64_t *resumed,
-                         size_t *n) {
-    snprintf(c.checkpoint_dir, sizeof c.checkpoint_dir, "%s", dir);
-    c.resume = 1;
-    ddp_trainer *t = fx_create(&c, comm);
-    *resumed = -1;
-    if (ddp_trainer_resume(t, dir, resumed) != DDP_OK)
-        fail_msg("resume: %s", ddp_error_trace_str());
-    assert_int_equal(ddp_trainer_run(t, NULL), DDP_OK);
-    float *p = fx_params(t, n);
-    ddp_trainer_free(t);
-    return p;
-}
-
 /* The tolerance of a comparison with the one-process run of c (no checkpoints), whose
  * parameters are `single`. */
 static double tolerance(ddp_train_config c, const float *single) {
@@ -137,9 +106,9 @@ static void sharded_checkpoints_resume_exactly_and_reshard(int zero) {
     assert_true(file_exists(path));
 
     /* Killed after step 10, resumed on the same ranks: bit for bit. */
-    forget(dir, 20);
+    fx_forget(dir, 20);
     int64_t resumed;
-    float *p = resume_run(c, dir, fx_world, &resumed, &n2);
+    float *p = fx_resume_run(c, dir, fx_world, &resumed, &n2);
     assert_int_equal(resumed, 10);
     assert_int_equal(n, n2);
     assert_memory_equal(whole, p, n * sizeof(float));
@@ -148,12 +117,12 @@ static void sharded_checkpoints_resume_exactly_and_reshard(int zero) {
 
     /* The N-rank shards in a world of one, at stage 0, or 2 (3 for a stage-3 checkpoint),
      * by rank. */
-    forget(dir, 20);
+    fx_forget(dir, 20);
     ddp_train_config one = zero_config(fx_rank % 2 == 0 ? 0 : zero == 3 ? 3 : 2);
     char mine[300];
     snprintf(mine, sizeof mine, "%s.rank%d", dir, fx_rank);
     copy_dir(dir, mine);
-    p = resume_run(one, mine, fx_local, &resumed, &n2);
+    p = fx_resume_run(one, mine, fx_local, &resumed, &n2);
     assert_int_equal(resumed, 10);
     ddp_train_config ref = zero_config(0);
     ref.checkpoint_every = 0;
@@ -182,7 +151,7 @@ static void sharded_checkpoints_resume_exactly_and_reshard(int zero) {
         assert_int_equal(unlink(path), 0);
     }
     assert_int_equal(ddp_comm_barrier(fx_world), DDP_OK);
-    p = resume_run(zero_config(to), first, fx_world, &resumed, &n2);
+    p = fx_resume_run(zero_config(to), first, fx_world, &resumed, &n2);
     assert_int_equal(resumed, 10);
     err = rel_error(p, reference, n);
     if (fx_rank == 0)
@@ -234,7 +203,7 @@ static void bad_shards_are_refused_naming_the_file(void **state) {
     snprintf(c.checkpoint_dir, sizeof c.checkpoint_dir, "%s", dir);
     size_t n;
     free(fx_train_run(&c, fx_world, &n));
-    forget(dir, 20);
+    fx_forget(dir, 20);
     char shard[1200], name[64];
     uint32_t last = (uint32_t)fx_size - 1;
     ddp_checkpoint_shard_path(shard, sizeof shard, dir, 10, last, (uint32_t)fx_size);
@@ -285,7 +254,7 @@ static void bad_shards_are_refused_naming_the_file(void **state) {
     }
     assert_int_equal(ddp_comm_barrier(fx_world), DDP_OK);
     int64_t resumed;
-    free(resume_run(c, dir, fx_world, &resumed, &n));
+    free(fx_resume_run(c, dir, fx_world, &resumed, &n));
     assert_int_equal(resumed, 10);
     free(good);
     if (fx_rank == 0) remove_dir(odir);
@@ -324,7 +293,7 @@ static void shards_without_manifest_are_ignored_and_pruned(void **state) {
     }
     assert_int_equal(ddp_comm_barrier(fx_world), DDP_OK);
     int64_t resumed;
-    free(resume_run(c, dir, fx_world, &resumed, &n));
+    free(fx_resume_run(c, dir, fx_world, &resumed, &n));
     assert_int_equal(resumed, 0);
     ddp_checkpoint_path(path, sizeof path, dir, 20);
     assert_true(file_exists(path));

@@ -113,7 +113,8 @@ static void assert_vectors_exact(const float *got, const float *want) {
     size_t v[][2] = {{0, 7}, {1207, 1212}};
     for (int k = 0; k < 2; k++)
         for (size_t i = v[k][0]; i < v[k][1]; i++)
-            if (got[i] != want[i]) fail_msg("vector element %zu: %g, expected %g", i, got[i], want[i]);
+            if (got[i] != want[i])
+                fail_msg("vector element %zu: %g, expected %g", i, got[i], want[i]);
 }
 
 static void low_rank_sum_is_reconstructed_at_float_level(void **state) {
@@ -168,7 +169,8 @@ static void error_feedback_carries_what_was_dropped(void **state) {
     if (e > 1e-5) fail_msg("sent + errors differ from the gradients' sum by %g (relative)", e);
     /* Rank 2 of random 40 x 30 and 16 x 12 matrices drops most of them. */
     if (sqrt(dropped / den) < 0.05)
-        fail_msg("the errors hold only %g of the sum: nothing was compressed?", sqrt(dropped / den));
+        fail_msg("the errors hold only %g of the sum: nothing was compressed?",
+                 sqrt(dropped / den));
     ddp_powersgd_free(p);
 }
 
