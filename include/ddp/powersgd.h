@@ -58,6 +58,18 @@ ddp_status ddp_powersgd_create(const ddp_powersgd_options *o, size_t n, const dd
                                int n_mats, ddp_powersgd **out);
 void ddp_powersgd_free(ddp_powersgd *p);
 
+/* Moves the first compressed step (--compress auto decides it during the run). */
+void ddp_powersgd_set_start(ddp_powersgd *p, int64_t start);
+/* What a compressed all-reduce of grads[begin, end) sends: floats per rank over both
+ * all-reduces (*elems) and how many all-reduces (*calls: 0 for an empty range, 1 where it
+ * holds no matrix, else 2). */
+void ddp_powersgd_wire(const ddp_powersgd *p, size_t begin, size_t end, size_t *elems, int *calls);
+/* Seconds of this rank's compression work (the products and the orthogonalization, no
+ * communication) for the buckets [bounds[2i], bounds[2i+1]) of grads (n), measured once
+ * on copies with a compressor of the same matrices over `local` (a communicator of this
+ * rank alone). Not collective. */
+ddp_status ddp_powersgd_time_work(const ddp_powersgd *p, ddp_comm *local, const float *grads,
+                                  const size_t *bounds, int n_buckets, double *seconds);
 /* The step about to run (steps completed before it): it compresses when step >= start. */
 void ddp_powersgd_set_step(ddp_powersgd *p, int64_t step);
 int ddp_powersgd_compressing(const ddp_powersgd *p);

@@ -31,9 +31,11 @@ extern "C" {
 typedef enum { DDP_PROGRESS_MODES(DDP_X_VALUE) DDP_PROGRESS_COUNT } ddp_progress;
 extern const char *const ddp_progress_names[];
 
-/* Gradient compression: none, or PowerSGD's low-rank factors with error feedback
- * (ddp/powersgd.h). */
-#define DDP_COMPRESS_KINDS(X) X(DDP_COMPRESS_NONE, "none") X(DDP_COMPRESS_POWERSGD, "powersgd")
+/* Gradient compression: none, PowerSGD's low-rank factors with error feedback
+ * (ddp/powersgd.h), or auto: PowerSGD's compressor set up but idle until the first steps'
+ * measurements predict that it pays (src/train/compress_auto.c). */
+#define DDP_COMPRESS_KINDS(X)                                                                      \
+    X(DDP_COMPRESS_NONE, "none") X(DDP_COMPRESS_POWERSGD, "powersgd") X(DDP_COMPRESS_AUTO, "auto")
 typedef enum { DDP_COMPRESS_KINDS(DDP_X_VALUE) DDP_COMPRESS_COUNT } ddp_compress;
 extern const char *const ddp_compress_names[];
 

@@ -175,6 +175,21 @@ size_t ddp_sync_read_chunk(const ddp_sync *s);
  * NULL. */
 ddp_powersgd *ddp_sync_compressor(ddp_sync *s);
 
+/* What the gradients' collectives of a step cost as they are and compressed: the inputs of
+ * --compress auto's prediction. */
+typedef struct {
+    int buckets;       /* all-reduces per step as they are */
+    size_t bytes;      /* sent per rank per step as they are */
+    int psgd_calls;    /* all-reduces per step compressed (0: no compressor) */
+    size_t psgd_bytes; /* sent per rank per step compressed */
+    double psgd_work;  /* seconds of compression work per step on this rank */
+} ddp_compress_cost;
+/* Fills c; the work is timed on a copy of the gradient buffer as it is (after a step:
+ * real gradients) over `local`, a communicator of this rank alone. Not collective. */
+ddp_status ddp_sync_compress_cost(ddp_sync *s, ddp_comm *local, ddp_compress_cost *c);
+/* The compressor compresses from step `step` on (--compress auto's decision). */
+void ddp_sync_compress_from(ddp_sync *s, int64_t step);
+
 /* ---- memory ---------------------------------------------------------------------------- */
 
 /* Bytes per rank that the strategy holds at its peak (ddp_memory_use takes them). */

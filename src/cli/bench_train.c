@@ -141,6 +141,10 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         json_object_set_new(o, "overlap", json_boolean(cfg->reducer.overlap));
         json_object_set_new(o, "allreduce", json_boolean(!cfg->reducer.skip));
         json_object_set_new(
+            o, "compress",
+            json_string(ddp_enum_name(ddp_compress_names, (int)cfg->reducer.compress)));
+        json_object_set_new(o, "compress_rank", json_integer(cfg->reducer.compress_rank));
+        json_object_set_new(
             o, "progress",
             json_string(ddp_enum_name(ddp_progress_names, (int)cfg->reducer.progress)));
         json_object_set_new(o, "bucket_mb",

@@ -111,6 +111,7 @@ void ddp_powersgd_free(ddp_powersgd *p) {
 }
 
 void ddp_powersgd_set_step(ddp_powersgd *p, int64_t step) { p->compressing = step >= p->opt.start; }
+void ddp_powersgd_set_start(ddp_powersgd *p, int64_t start) { p->opt.start = start; }
 int ddp_powersgd_compressing(const ddp_powersgd *p) { return p->compressing; }
 
 void ddp_powersgd_reset(ddp_powersgd *p) {
@@ -354,5 +355,46 @@ ddp_status ddp_powersgd_allreduce(ddp_powersgd *p, ddp_comm *c, float *grads, si
         qa += mt->cols * (size_t)R;
     }
     p->q_warm = 1;
+    return DDP_OK;
+}
+
+/* ---- what it costs ------------------------------------------------------------------- */
+
+void ddp_powersgd_wire(const ddp_powersgd *p, size_t begin, size_t end, size_t *elems, int *calls) {
+    int a, b;
+    matrices_in(p, begin, end, &a, &b);
+    *elems = end - begin;
+    *calls = end > begin ? 1 : 0;
+    if (a == b) return;
+    *calls = 2;
+    for (int i = a; i < b; i++) {
+        const ddp_psgd_matrix *m = &p->mats[i];
+        *elems -= m->rows * m->cols;
+        *elems += (m->rows + m->cols) * (size_t)p->opt.rank;
+    }
+}
+
+ddp_status ddp_powersgd_time_work(const ddp_powersgd *p, ddp_comm *local, const float *grads,
+                                  const size_t *bounds, int n_buckets, double *seconds) {
+    *seconds = 0.0;
+    ddp_powersgd_options o = p->opt;
+    o.start = 0;
+    ddp_powersgd *w = NULL;
+    DDP_CHECK(ddp_powersgd_create(&o, p->n, p->mats, p->n_mats, &w));
+    float *g = malloc((p->n > 0 ? p->n : 1) * sizeof *g);
+    ddp_status s = g ? DDP_OK : DDP_FAIL(DDP_ERR_NOMEM, "PowerSGD: out of memory");
+    static const char *const sites[2] = {"PowerSGD timing P", "PowerSGD timing Q"};
+    ddp_powersgd_set_step(w, 0);
+    /* Twice: the first touches the error feedback's pages and the wire's. */
+    for (int rep = 0; s == DDP_OK && rep < 2; rep++) {
+        memcpy(g, grads, p->n * sizeof *g);
+        double t0 = ddp_time_now();
+        for (int i = 0; s == DDP_OK && i < n_buckets; i++)
+            s = ddp_powersgd_allreduce(w, local, g, bounds[2 * i], bounds[2 * i + 1], sites);
+        *seconds = ddp_time_now() - t0;
+    }
+    free(g);
+    ddp_powersgd_free(w);
+    DDP_CHECK(s);
     return DDP_OK;
 }

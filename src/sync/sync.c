@@ -5,6 +5,7 @@
  * sync_impl.h for the files.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -119,9 +120,16 @@ ddp_status ddp_sync_share_gradients(ddp_sync *s) {
 int ddp_sync_grads_shared(const ddp_sync *s) { return s->grads_shared; }
 
 /* --compress powersgd: the compressor of the model's matrices, handed to the reducer. */
+static int can_compress(const ddp_sync *s) {
+    return !s->ops->sends_each && ddp_backend_is_host(s->backend);
+}
+
 static ddp_status make_compressor(ddp_sync *s) {
     const ddp_reducer_options *ro = &s->opt.reducer;
-    if (s->ops->sends_each || !ddp_backend_is_host(s->backend))
+    int autoc = ro->compress == DDP_COMPRESS_AUTO;
+    /* --compress auto where it cannot compress: no compressor, and the decision says so. */
+    if (autoc && !can_compress(s)) return DDP_OK;
+    if (!can_compress(s))
         return DDP_FAIL(DDP_ERR_UNSUPPORTED,
                         "--compress powersgd needs the CPU backend and --zero 0 or 1 (it sums "
                         "whole buckets in host memory; --zero %d %s)",
@@ -133,7 +141,8 @@ static ddp_status make_compressor(ddp_sync *s) {
     if (!mats) return DDP_FAIL(DDP_ERR_NOMEM, "sync: out of memory");
     ddp_powersgd_matrices_of(s->model, ro->compress_rank, mats, k);
     ddp_powersgd_options po = {.rank = ro->compress_rank,
-                               .start = ro->compress_start,
+                               /* auto: idle until the decision moves the start */
+                               .start = autoc ? INT64_MAX : ro->compress_start,
                                .seed = s->seed,
                                .wire = ro->grad_dtype};
     ddp_status st = ddp_powersgd_create(&po, s->n, mats, k, &s->psgd);
@@ -149,7 +158,8 @@ ddp_status ddp_sync_make_reducer(ddp_sync *s) {
      * backward can hide, mostly overlaps with its own. Not under compression, which
      * needs whole matrices in a bucket. */
     ddp_reducer_options ropt = s->opt.reducer;
-    int compress = ropt.compress == DDP_COMPRESS_POWERSGD;
+    int compress = ropt.compress == DDP_COMPRESS_POWERSGD ||
+                   (ropt.compress == DDP_COMPRESS_AUTO && can_compress(s));
     if (ropt.overlap && !compress)
         ropt.tail_elems =
             ddp_model_set_grad_slices(s->model, ropt.first_bucket_bytes / sizeof(float));
@@ -410,3 +420,31 @@ void ddp_sync_memory_use(const ddp_sync *s, int ranks, ddp_sync_memory *m) {
 }
 
 ddp_powersgd *ddp_sync_compressor(ddp_sync *s) { return s->psgd; }
+
+ddp_status ddp_sync_compress_cost(ddp_sync *s, ddp_comm *local, ddp_compress_cost *c) {
+    memset(c, 0, sizeof *c);
+    int nb = ddp_reducer_num_buckets(s->reducer);
+    size_t esize = s->opt.reducer.grad_dtype == DDP_BF16 ? 2 : 4;
+    c->buckets = nb;
+    c->bytes = s->n * esize;
+    if (!s->psgd) return DDP_OK;
+    size_t *bounds = malloc(2 * (size_t)nb * sizeof *bounds);
+    if (!bounds) return DDP_FAIL(DDP_ERR_NOMEM, "sync: out of memory");
+    for (int i = 0; i < nb; i++) {
+        ddp_reducer_bucket(s->reducer, i, &bounds[2 * i], &bounds[2 * i + 1]);
+        size_t elems;
+        int calls;
+        ddp_powersgd_wire(s->psgd, bounds[2 * i], bounds[2 * i + 1], &elems, &calls);
+        c->psgd_bytes += elems * esize;
+        c->psgd_calls += calls;
+    }
+    ddp_status st = ddp_powersgd_time_work(s->psgd, local, ddp_model_grads(s->model), bounds, nb,
+                                           &c->psgd_work);
+    free(bounds);
+    DDP_CHECK(st);
+    return DDP_OK;
+}
+
+void ddp_sync_compress_from(ddp_sync *s, int64_t step) {
+    if (s->psgd) ddp_powersgd_set_start(s->psgd, step);
+}

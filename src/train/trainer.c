@@ -367,6 +367,8 @@ ddp_status ddp_trainer_step(ddp_trainer *t, ddp_step_stats *st) {
         st->logged = 1;
     }
     st->t_step = ddp_time_now() - t0;
+    if (c->reducer.compress == DDP_COMPRESS_AUTO && !t->autoc.decided)
+        DDP_CHECK(ddp_trainer_compress_auto(t, st));
     return DDP_OK;
 }
 
