@@ -79,3 +79,19 @@ run() {
         sed 's/^/     | /' "$out" | tail -25; fails=$((fails + 1))
     fi
 }
+
+# script_need_netns: exits 77 (skipped, naming why) unless this process may create network
+# namespaces (root, iproute2, and a kernel and container that allow them): what the
+# emulated cluster (cluster/emu) needs.
+script_need_netns() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "skip: the emulated cluster needs root (network namespaces)"
+        exit 77
+    fi
+    command -v ip >/dev/null || { echo "skip: iproute2 is not installed"; exit 77; }
+    if ! ip netns add "ddp-probe$$" 2>/dev/null; then
+        echo "skip: this machine refuses network namespaces (no CAP_SYS_ADMIN/NET_ADMIN)"
+        exit 77
+    fi
+    ip netns del "ddp-probe$$"
+}

@@ -70,7 +70,9 @@ void ddp_powersgd_wire(const ddp_powersgd *p, size_t begin, size_t end, size_t *
  * rank alone). Not collective. */
 ddp_status ddp_powersgd_time_work(const ddp_powersgd *p, ddp_comm *local, const float *grads,
                                   const size_t *bounds, int n_buckets, double *seconds);
-/* The step about to run (steps completed before it): it compresses when step >= start. */
+/* The step about to run (steps completed before it): it compresses when step >= start.
+ * The first step that does not compress after one that did adds the error feedback into
+ * its sums (and clears it), so that stopping loses nothing. */
 void ddp_powersgd_set_step(ddp_powersgd *p, int64_t step);
 int ddp_powersgd_compressing(const ddp_powersgd *p);
 

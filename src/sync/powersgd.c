@@ -21,6 +21,7 @@ struct ddp_powersgd {
     size_t q_elems;
     int q_warm;      /* q holds a step's result */
     int compressing; /* this step */
+    int flush;       /* this (uncompressed) step adds the error feedback in and clears it */
     /* the wire: a bucket's P's and vectors, then its Q's (grown to the largest bucket) */
     float *pack;
     uint16_t *pack16;
@@ -110,7 +111,12 @@ void ddp_powersgd_free(ddp_powersgd *p) {
     free(p);
 }
 
-void ddp_powersgd_set_step(ddp_powersgd *p, int64_t step) { p->compressing = step >= p->opt.start; }
+void ddp_powersgd_set_step(ddp_powersgd *p, int64_t step) {
+    int now = step >= p->opt.start;
+    /* The first uncompressed step after compressed ones sends what they left. */
+    p->flush = !now && p->compressing;
+    p->compressing = now;
+}
 void ddp_powersgd_set_start(ddp_powersgd *p, int64_t start) { p->opt.start = start; }
 int ddp_powersgd_compressing(const ddp_powersgd *p) { return p->compressing; }
 
@@ -275,7 +281,15 @@ ddp_status ddp_powersgd_allreduce(ddp_powersgd *p, ddp_comm *c, float *grads, si
     int a, b;
     matrices_in(p, begin, end, &a, &b);
     if (!p->compressing || a == b) {
-        /* Warm-up, or nothing to compress: the bucket as it is. */
+        /* Warm-up, or nothing to compress: the bucket as it is (with what compressed
+         * steps before it did not send). */
+        if (p->flush) {
+            float *e = p->errors;
+            for (size_t i = begin; i < end; i++) {
+                grads[i] += e[i];
+                e[i] = 0.0f;
+            }
+        }
         if (p->opt.wire == DDP_BF16) DDP_CHECK(grow_pack(p, end - begin));
         DDP_CHECK(wire_sum(p, c, sites[0], grads + begin, end - begin, p->pack16));
         return DDP_OK;

@@ -123,16 +123,18 @@ struct ddp_trainer {
     int start_accum;
     int64_t batch_step;      /* the step after which the batch last changed */
     ddp_straggler straggler; /* the straggler report over the logging steps (run.c) */
-    /* --compress auto (compress_auto.c): steps seen, sums of their timings, the verdict */
+    /* --compress auto (compress_auto.c): steps seen, sums of their timings, the
+     * uncompressed steps' mean, the model's predictions, the verdict */
     struct {
         int seen, decided, compressing;
         double fwd, bwd, comm, exposed, step;
+        double step_plain, pred_plain, pred_psgd;
     } autoc;
 };
 
-/* --compress auto: after each step; measures the first steps and then decides, every rank
- * alike, whether PowerSGD compresses from the next step on. COLLECTIVE over comm and ctrl
- * on the step where it decides (the same step on every rank). */
+/* --compress auto: after each step; measures the first steps uncompressed, then some
+ * compressed, and decides, every rank alike, whether PowerSGD goes on. COLLECTIVE over comm
+ * and ctrl on the steps where it switches (the same steps on every rank). */
 ddp_status ddp_trainer_compress_auto(ddp_trainer *t, const ddp_step_stats *st);
 
 /* Where the small-batch gradient of the noise scale comes from (noise_scale.c). */

@@ -5,17 +5,20 @@
  *  - error feedback carries what was dropped: over several steps of full-rank gradients,
  *    the results' sum plus the ranks' remaining errors equals the sum of every rank's
  *    gradients, while the errors themselves are far from zero (the test can fail);
- *  - the warm-up steps are the plain sum, bit for bit, with no error kept;
+ *  - the warm-up steps are the plain sum, bit for bit, with no error kept; once compression
+ *    stops, the first uncompressed step sends what was left (nothing is lost);
  *  - in bf16 on the wire the low-rank sum comes back within bf16's rounding;
  *  - training: replicas bitwise equal under compression; --zero 1 takes the same bits as
  *    --zero 0 (both sum whole buckets); warm-up over the whole run trains the bits of
- *    no compression; a GPT compresses on every rank alike.
+ *    no compression; a GPT compresses on every rank alike; --compress auto decides the
+ *    same on every rank.
  *
  * Tolerances: a product of two factors of K terms each in fp32 carries a relative error of
  * a few K x 2^-24; the reconstructions here have K <= 64 terms and sums over <= 3 ranks,
  * so 1e-5 relative bounds them with a margin of ~10 (bf16: 2^-8 per value, so 2e-2).
  */
 #include <math.h>
+#include <stdint.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -30,6 +33,7 @@
 #include "ddp/powersgd.h"
 #include "ddp/train.h"
 #include "train/synthetic.h"
+#include "train/trainer_impl.h"
 
 static ddp_backend *backend;
 static ddp_comm *world_comm;
@@ -174,6 +178,35 @@ static void error_feedback_carries_what_was_dropped(void **state) {
     ddp_powersgd_free(p);
 }
 
+/* Compressed steps, then compression stopped (as --compress auto may decide): the first
+ * uncompressed step sends what was left, so the results add up to the gradients' sum. */
+static void stopping_sends_what_was_left(void **state) {
+    ddp_powersgd *p = make(2, 0, DDP_F32);
+    double sent[N_BUCKET] = {0}, truth[N_BUCKET] = {0};
+    float g[N_BUCKET], sum[N_BUCKET];
+    for (int s = 0; s < 5; s++) {
+        if (s == 3) ddp_powersgd_set_start(p, INT64_MAX);
+        ddp_powersgd_set_step(p, s);
+        assert_int_equal(ddp_powersgd_compressing(p), s < 3);
+        fill(g, s, 0);
+        plain_sum(g, sum);
+        for (size_t i = 0; i < N_BUCKET; i++)
+            truth[i] += sum[i];
+        assert_int_equal(ddp_powersgd_allreduce(p, world_comm, g, 0, N_BUCKET, sites), DDP_OK);
+        for (size_t i = 0; i < N_BUCKET; i++)
+            sent[i] += g[i];
+    }
+    assert_true(norm_of(ddp_powersgd_errors(p), N_BUCKET) == 0.0);
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < N_BUCKET; i++) {
+        num += (sent[i] - truth[i]) * (sent[i] - truth[i]);
+        den += truth[i] * truth[i];
+    }
+    if (sqrt(num / den) > 1e-5)
+        fail_msg("after stopping, the results miss %g of the gradients' sum", sqrt(num / den));
+    ddp_powersgd_free(p);
+}
+
 static void warm_up_steps_are_the_plain_sum(void **state) {
     ddp_powersgd *p = make(2, 2, DDP_F32);
     float g[N_BUCKET], want[N_BUCKET];
@@ -295,6 +328,29 @@ static void gpt_compresses_alike_on_every_rank(void **state) {
     free(p);
 }
 
+/* --compress auto: measures, tries compressed steps, decides; every rank the same way
+ * (whatever it decides here: the timings are this machine's), the replicas equal. */
+static void auto_decides_alike_on_every_rank(void **state) {
+    ddp_train_config c = compressed_mlp();
+    c.reducer.compress = DDP_COMPRESS_AUTO;
+    c.max_steps = 14;
+    ddp_trainer *t = NULL;
+    assert_int_equal(ddp_trainer_create(&c, backend, world_comm, world_comm,
+                                        SAMPLES_DATA(&train_set, &test_set), &t),
+                     DDP_OK);
+    if (ddp_trainer_run(t, NULL) != DDP_OK) fail_msg("run: %s", ddp_error_trace_str());
+    assert_true(t->autoc.decided);
+    int32_t verdict[2] = {t->autoc.compressing, -t->autoc.compressing};
+    assert_int_equal(ddp_comm_allreduce(world_comm, verdict, 2, DDP_I32, DDP_MAX), DDP_OK);
+    assert_int_equal(verdict[0], -verdict[1]); /* the same verdict on every rank */
+    size_t n = t->num_params;
+    float *p = malloc(n * sizeof *p);
+    assert_int_equal(ddp_trainer_get_params(t, p), DDP_OK);
+    assert_same_on_all_ranks(world_comm, p, n);
+    free(p);
+    ddp_trainer_free(t);
+}
+
 static void stage_2_is_refused_with_a_reason(void **state) {
     ddp_train_config c = compressed_mlp();
     c.zero = 2;
@@ -314,6 +370,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(low_rank_sum_is_reconstructed_at_float_level),
         cmocka_unit_test(error_feedback_carries_what_was_dropped),
+        cmocka_unit_test(stopping_sends_what_was_left),
         cmocka_unit_test(warm_up_steps_are_the_plain_sum),
         cmocka_unit_test(bf16_wire_reconstructs_within_bf16_rounding),
         cmocka_unit_test(reset_forgets_the_errors),
@@ -321,6 +378,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(training_compresses_alike_under_zero_0_and_1),
         cmocka_unit_test(warm_up_over_the_whole_run_trains_the_uncompressed_bits),
         cmocka_unit_test(gpt_compresses_alike_on_every_rank),
+        cmocka_unit_test(auto_decides_alike_on_every_rank),
         cmocka_unit_test(stage_2_is_refused_with_a_reason),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
