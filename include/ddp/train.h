@@ -300,6 +300,9 @@ ddp_model *ddp_trainer_model(ddp_trainer *t);
  * (ddp_comm_alloc_shared), so that their all-reduce sends no message; 0 when they are in
  * the model's own buffer (one rank, several nodes, a GPU, no room in /dev/shm). */
 int ddp_trainer_grads_shared(const ddp_trainer *t);
+/* Nonzero when the last step's gradients went through PowerSGD (--compress powersgd after
+ * its warm-up, or --compress auto once it chose to). */
+int ddp_trainer_compressing(const ddp_trainer *t);
 /* The mean loss per prediction of the last evaluation of ddp_trainer_run (< 0: none). */
 double ddp_trainer_last_eval_loss(const ddp_trainer *t);
 /* An evaluation's result in the data's terms ("test accuracy 0.9004, test loss 0.2914";

@@ -144,6 +144,7 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
             o, "compress",
             json_string(ddp_enum_name(ddp_compress_names, (int)cfg->reducer.compress)));
         json_object_set_new(o, "compress_rank", json_integer(cfg->reducer.compress_rank));
+        json_object_set_new(o, "compressing", json_boolean(ddp_trainer_compressing(trainer)));
         json_object_set_new(
             o, "progress",
             json_string(ddp_enum_name(ddp_progress_names, (int)cfg->reducer.progress)));

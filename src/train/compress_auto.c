@@ -129,6 +129,12 @@ static ddp_status decide(ddp_trainer *t) {
 }
 
 ddp_status ddp_trainer_compress_auto(ddp_trainer *t, const ddp_step_stats *st) {
+    if (t->world == 1) {
+        /* Nothing crosses a wire. */
+        t->autoc.decided = 1;
+        if (t->rank == 0) ddp_log_info("--compress auto: not compressing (one rank)");
+        return DDP_OK;
+    }
     int phase = t->autoc.seen++ % (AUTO_WARM + AUTO_MEASURED);
     if (phase < AUTO_WARM) return DDP_OK;
     t->autoc.fwd += st->t_forward;

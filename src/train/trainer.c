@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ddp/powersgd.h"
 #include "train/trainer_impl.h"
 
 /* Every rank must run the same configuration on the same data with the same model, or
@@ -220,6 +221,10 @@ void ddp_trainer_memory(const ddp_trainer *t, int ranks, ddp_memory_use *m) {
 int64_t ddp_trainer_total_steps(const ddp_trainer *t) { return t->total_steps; }
 ddp_model *ddp_trainer_model(ddp_trainer *t) { return t->model; }
 int ddp_trainer_grads_shared(const ddp_trainer *t) { return ddp_sync_grads_shared(t->sync); }
+int ddp_trainer_compressing(const ddp_trainer *t) {
+    ddp_powersgd *p = ddp_sync_compressor(t->sync);
+    return p && ddp_powersgd_compressing(p);
+}
 double ddp_trainer_last_eval_loss(const ddp_trainer *t) { return t->last_eval_loss; }
 
 void ddp_trainer_eval_text(const ddp_trainer *t, double accuracy, double loss, char *buf,
