@@ -40,6 +40,12 @@ run bad_option_on_one_rank 2 "rank 1" -- \
     $MPI -np 1 "$TRAIN" --data "$TMP/good" "${COMMON[@]}" : -np 1 "$TRAIN" --data "$TMP/good" --batch 0 "${COMMON[@]}"
 run comm_failure_mid_training nonzero "injected fault.*|aborting all" -- \
     env DDP_INJECT_FAULT=allreduce:1:40 $MPI -np 2 "$TRAIN" --data "$TMP/good" --steps 2000 --quiet
+# PowerSGD's all-reduces of factors go through the same wrappers: a fault in one ends the job.
+run comm_failure_in_compressed_allreduce nonzero "injected fault.*|aborting all" -- \
+    env DDP_INJECT_FAULT=allreduce:1:40 $MPI -np 2 "$TRAIN" --data "$TMP/good" --steps 2000 \
+    --compress powersgd --quiet
+run compress_with_zero3 nonzero "compress powersgd needs the CPU backend and --zero 0 or 1" -- \
+    $MPI -np 2 "$TRAIN" --data "$TMP/good" --compress powersgd --zero 3 "${COMMON[@]}"
 # Only meaningful where there is no GPU: with one, --device cuda is expected to work.
 if nvidia-smi -L >/dev/null 2>&1; then
     echo "skip cuda_without_gpu_or_build: a GPU is present"
