@@ -89,11 +89,11 @@ typedef struct {
     uint32_t shards, shard_index;
     uint64_t shard_size;
     /* Version 5: PowerSGD's state (0 and none in older files, or without --compress). */
-    uint32_t psgd_rank;   /* R of the run that wrote it; 0: no compressor state */
-    uint32_t psgd_warm;   /* Q holds a step's result (else the seed's values) */
-    uint64_t psgd_q;      /* elements of Q in this file (a manifest's) */
-    uint64_t psgd_errors; /* elements of error feedback in this file (a shard file's: n) */
-    const void *params;   /* (num_params) float32 */
+    uint32_t psgd_rank;     /* R of the run that wrote it; 0: no compressor state */
+    uint32_t psgd_warm;     /* Q holds a step's result (else the seed's values) */
+    uint64_t psgd_q;        /* elements of Q in this file (a manifest's) */
+    uint64_t psgd_errors;   /* elements of error feedback in this file (a shard file's: n) */
+    const void *params;     /* (num_params) float32 */
     const void *states;     /* (num_states, state_size) float32; none in a manifest */
     const void *buffers;    /* (num_buffers) float32 */
     const void *psgd_qdata; /* (psgd_q) float32 */

@@ -184,7 +184,7 @@ size_t ddp_train_config_resume_text(const ddp_train_config *cfg, char *buf, size
     {                                                                                              \
         .name = "hierarchical", .kind = DDP_OPT_CHOICE, DDP_OPT_FIELD(type, m),                    \
         .help = "across nodes, sum in each node's memory and let every\n"                          \
-                "local rank carry a slice between nodes (auto: where\n"                           \
+                "local rank carry a slice between nodes (auto: where\n"                            \
                 "ranks span nodes and a node holds several)",                                      \
         .choices = ddp_hier_names, .def = "auto", .resumable = 1                                   \
     }

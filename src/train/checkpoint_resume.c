@@ -276,10 +276,9 @@ static ddp_status read_shard(const ddp_checkpoint_info *m, const char *path, con
         (uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 24;
     int params_here = m->num_params == 0;
     if (got != want || h->shards != m->shards || h->shard_index != q || h->step != m->step ||
-        h->num_states != m->num_states || h->shard_size != m->shard_size ||
-        h->state_size != qlen || h->fingerprint != m->fingerprint ||
-        h->num_params != (params_here ? qlen : 0) || h->psgd_rank != m->psgd_rank ||
-        h->psgd_errors != (m->psgd_rank ? m->state_size : 0)) {
+        h->num_states != m->num_states || h->shard_size != m->shard_size || h->state_size != qlen ||
+        h->fingerprint != m->fingerprint || h->num_params != (params_here ? qlen : 0) ||
+        h->psgd_rank != m->psgd_rank || h->psgd_errors != (m->psgd_rank ? m->state_size : 0)) {
         free(*buf);
         *buf = NULL;
         return DDP_FAIL(DDP_ERR_FORMAT,

@@ -39,6 +39,8 @@ ddp_trainer *fx_create(const ddp_train_config *cfg, ddp_comm *comm);
 float *fx_params(ddp_trainer *t, size_t *n);
 /* Creates, runs to the end, and returns the parameters; frees the trainer. */
 float *fx_train_run(const ddp_train_config *cfg, ddp_comm *comm, size_t *n);
+/* Every rank copies the regular files of `from` into the new directory `to`. */
+void fx_copy_dir(const char *from, const char *to);
 /* Rank 0 removes the manifest and the shards of checkpoint `step` (as if the run had been
  * killed before it). COLLECTIVE (world). */
 void fx_forget(const char *dir, int64_t step);

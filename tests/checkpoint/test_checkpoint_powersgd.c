@@ -152,24 +152,7 @@ static void error_feedback_is_resharded(void **state) {
     /* N ranks' checkpoint in a world of one (each rank its own copy of the files). */
     char mine[300];
     snprintf(mine, sizeof mine, "%s.rank%d", dir, fx_rank);
-    assert_int_equal(mkdir(mine, 0755), 0);
-    for (int i = 0; i <= fx_size; i++) {
-        char from[1200], to[1200];
-        if (i == fx_size) {
-            ddp_checkpoint_path(from, sizeof from, dir, 10);
-            ddp_checkpoint_path(to, sizeof to, mine, 10);
-        } else {
-            ddp_checkpoint_shard_path(from, sizeof from, dir, 10, (uint32_t)i, (uint32_t)fx_size);
-            ddp_checkpoint_shard_path(to, sizeof to, mine, 10, (uint32_t)i, (uint32_t)fx_size);
-        }
-        size_t len;
-        unsigned char *data = fx_slurp(from, &len);
-        FILE *f = fopen(to, "wb");
-        assert_non_null(f);
-        assert_int_equal(fwrite(data, 1, len, f), len);
-        assert_int_equal(fclose(f), 0);
-        free(data);
-    }
+    fx_copy_dir(dir, mine);
     size_t n2;
     float *p = resume_and_check(psgd_config(1), mine, fx_local, sum, q, nq, &n2);
     free(p);

@@ -48,28 +48,6 @@ static int file_exists(const char *path) {
     return stat(path, &st) == 0;
 }
 
-/* Every rank copies the regular files of `from` into the new directory `to`. */
-static void copy_dir(const char *from, const char *to) {
-    assert_int_equal(mkdir(to, 0755), 0);
-    DIR *d = opendir(from);
-    assert_non_null(d);
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        char a[1200], b[1200];
-        snprintf(a, sizeof a, "%s/%s", from, e->d_name);
-        snprintf(b, sizeof b, "%s/%s", to, e->d_name);
-        size_t len;
-        unsigned char *data = fx_slurp(a, &len);
-        FILE *f = fopen(b, "wb");
-        assert_non_null(f);
-        assert_int_equal(fwrite(data, 1, len, f), len);
-        assert_int_equal(fclose(f), 0);
-        free(data);
-    }
-    closedir(d);
-}
-
 static void remove_dir(const char *dir) {
     DIR *d = opendir(dir);
     if (!d) return;
@@ -121,7 +99,7 @@ static void sharded_checkpoints_resume_exactly_and_reshard(int zero) {
     ddp_train_config one = zero_config(fx_rank % 2 == 0 ? 0 : zero == 3 ? 3 : 2);
     char mine[300];
     snprintf(mine, sizeof mine, "%s.rank%d", dir, fx_rank);
-    copy_dir(dir, mine);
+    fx_copy_dir(dir, mine);
     p = fx_resume_run(one, mine, fx_local, &resumed, &n2);
     assert_int_equal(resumed, 10);
     ddp_train_config ref = zero_config(0);
