@@ -199,27 +199,40 @@ size_t ddp_model_activation_bytes(const ddp_model *m);
  * all-reducing gradients on the trainer's at the same time. Without one they compute on
  * this rank's batch alone. */
 void ddp_model_set_comm(ddp_model *m, ddp_comm *comm);
-/* Units: the layers from one recompute segment's end to the next (a GPT block, a CNN
- * stage, a dense layer with its activation; the GPT's embedding, final norm and output
- * projection each one of their own), the pieces in which ZeRO-3 gathers the parameters.
- * Unit u owns a contiguous range of the flat parameter buffer (the tensors its layers
- * declare, possibly none) and may use tensors of earlier units as well (the GPT's output
- * projection uses the token embedding of the first). */
+/* Units: the layers from one recompute segment's end to the next (a CNN stage, a dense
+ * layer with its activation; the GPT's embedding, final norm and output projection each
+ * one of their own), and the parts of a layer that uses its parameters in turn (a GPT
+ * block's four linear maps with the norms before them, each its own unit, and each cut
+ * into row chunks under ddp_model_set_unit_limit): the pieces in which ZeRO-3 gathers the
+ * parameters. Unit u owns a contiguous range of the flat parameter buffer (the tensors
+ * its layers declare, possibly none) and may use tensors of earlier units as well (the
+ * GPT's output projection uses the token embedding of the first). */
 int ddp_model_num_units(const ddp_model *m);
+/* Cuts the linear maps of layers that have parts into row chunks of at least max_elems
+ * elements (whole rows, the last chunk the rest; 0: whole maps), each chunk a unit and a place where a
+ * gradient bucket may end (ddp_model_ready_points), and makes the units again. Call it
+ * before anything reads the units or the ready points. Changes the order of sums in those
+ * maps' backward (input gradients summed chunk by chunk), not what they compute. */
+ddp_status ddp_model_set_unit_limit(ddp_model *m, size_t max_elems);
 /* Unit u's own range [*begin, *end) and the ids of the tensors of other units it uses
  * (up to max into shared; returns how many there are). */
 int ddp_model_unit_params(const ddp_model *m, int u, size_t *begin, size_t *end, int *shared,
                           int max);
 /* The name of unit u's last layer ("h3", "lm_head"), for messages. */
 const char *ddp_model_unit_name(const ddp_model *m, int u);
-/* What the unit hook is told: a unit's forward or backward begins (before its first
- * layer; in backward before its last layer and before any recomputation, which does not
- * change the events) or ends (after it). Forward passes in evaluation tell it too. */
+/* What the unit hook is told: a unit's use begins (before its first layer; in backward
+ * before its last layer and before any recomputation of its segment) or ends (after it).
+ * A parted layer's parts are used again, as forwards, in its segment's recomputation.
+ * Forward passes in evaluation tell it too. */
 #define DDP_UNIT_EVENTS(X)                                                                         \
     X(DDP_UNIT_FORWARD_BEGIN, "forward begins")                                                    \
     X(DDP_UNIT_FORWARD_END, "forward ends")                                                        \
     X(DDP_UNIT_BACKWARD_BEGIN, "backward begins") X(DDP_UNIT_BACKWARD_END, "backward ends")
 typedef enum { DDP_UNIT_EVENTS(DDP_X_VALUE) DDP_UNIT_EVENT_COUNT } ddp_unit_event;
+/* The units in the order of their uses (each use one begin and one end event) in a
+ * training forward and, with backward, the backward after it (recomputation included):
+ * writes at most max into uses, returns how many there are. */
+int ddp_model_unit_uses(const ddp_model *m, int backward, int *uses, int max);
 /* A nonzero status stops the pass and is returned from it. */
 typedef ddp_status (*ddp_unit_fn)(void *ctx, int unit, ddp_unit_event ev);
 /* Lets the parameters of a sharded update arrive while the first layers already compute

@@ -62,7 +62,7 @@ static ddp_status conv_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, c
     return DDP_OK;
 }
 
-static const ddp_layer_ops conv_ops = {"conv2d", conv_forward, conv_backward, NULL};
+static const ddp_layer_ops conv_ops = {"conv2d", conv_forward, conv_backward, NULL, NULL};
 
 /* ---- batch normalization --------------------------------------------------------------- */
 
@@ -142,7 +142,7 @@ static void bn_destroy(ddp_layer *l) {
     ddp_backend_dealloc(N->backend, N->sums);
 }
 
-static const ddp_layer_ops bn_ops = {"batchnorm", bn_forward, bn_backward, bn_destroy};
+static const ddp_layer_ops bn_ops = {"batchnorm", bn_forward, bn_backward, bn_destroy, NULL};
 
 /* ---- max pooling and flatten ----------------------------------------------------------- */
 
@@ -172,7 +172,7 @@ static ddp_status pool_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, c
     return DDP_OK;
 }
 
-static const ddp_layer_ops pool_ops = {"maxpool", pool_forward, pool_backward, NULL};
+static const ddp_layer_ops pool_ops = {"maxpool", pool_forward, pool_backward, NULL, NULL};
 
 typedef struct {
     ddp_layer base;
@@ -194,7 +194,7 @@ static ddp_status flatten_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p
     return DDP_OK;
 }
 
-static const ddp_layer_ops flatten_ops = {"flatten", flatten_forward, flatten_backward, NULL};
+static const ddp_layer_ops flatten_ops = {"flatten", flatten_forward, flatten_backward, NULL, NULL};
 
 /* ---- the model ------------------------------------------------------------------------- */
 

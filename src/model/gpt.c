@@ -57,7 +57,7 @@ static ddp_status embed_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, 
     return DDP_OK;
 }
 
-static const ddp_layer_ops embed_ops = {"embedding", embed_forward, embed_backward, NULL};
+static const ddp_layer_ops embed_ops = {"embedding", embed_forward, embed_backward, NULL, NULL};
 
 /* ---- normalization: LayerNorm or RMSNorm (--norm) --------------------------------------- */
 
@@ -131,12 +131,16 @@ static ddp_status norm_backward(ddp_model *m, const norm *n, float *dres, const 
 
 /* ---- one transformer block ------------------------------------------------------------- */
 
+/* Its parts (ddp_layer_ops.parts), in the order forward uses them: ln_1 with the first
+ * chunk of the qkv map, its other chunks, the attention's projection, ln_2 with the first
+ * chunk of the MLP's up map, its other chunks, the down map; each map's bias in its last
+ * chunk's part. Whole maps unless the model cuts them (ddp_model_set_unit_limit). */
 typedef struct {
     ddp_layer base;
     int C, NH, ctx;
     norm ln1, ln2;
-    int qkv_w, qkv_b, proj_w, proj_b; /* attention half */
-    int fc_w, fc_b, fcp_w, fcp_b;     /* MLP half */
+    ddp_matmul_parts qkv, proj; /* attention half */
+    ddp_matmul_parts fc, fcp;   /* MLP half */
 } block;
 
 /* The block's saved activations for a batch of `rows` positions of t each. */
@@ -176,49 +180,74 @@ static ddp_status block_forward(ddp_layer *l, ddp_model *m, const ddp_pass *p, c
     size_t rows = p->n * p->t, C = (size_t)K->C;
     block_acts a = carve(K, p);
     /* x + attn(ln1(x)) */
+    DDP_CHECK(ddp_layer_part(m, l, K->qkv.part, DDP_UNIT_FORWARD_BEGIN));
     DDP_CHECK(norm_forward(m, &K->ln1, a.ln1, a.ln1_mean, a.ln1_rstd, x, rows, K->C));
-    DDP_CHECK(ddp_matmul_forward(m, a.ln1, K->qkv_w, K->qkv_b, a.qkv, rows, C, 3 * C));
+    DDP_CHECK(ddp_matmul_parts_forward(m, l, &K->qkv, a.ln1, a.qkv, rows, 1));
     DDP_CHECK(ddp_backend_attention_forward(b, a.atty, a.att, a.qkv, l->scratch, (int)p->n,
                                             (int)p->t, K->C, K->NH));
-    DDP_CHECK(ddp_matmul_forward(m, a.atty, K->proj_w, K->proj_b, a.res2, rows, C, C));
+    DDP_CHECK(ddp_matmul_parts_forward(m, l, &K->proj, a.atty, a.res2, rows, 0));
     DDP_CHECK(ddp_backend_add(b, a.res2, a.res2, x, rows * C));
     /* res2 + mlp(ln2(res2)) */
+    DDP_CHECK(ddp_layer_part(m, l, K->fc.part, DDP_UNIT_FORWARD_BEGIN));
     DDP_CHECK(norm_forward(m, &K->ln2, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, rows, K->C));
-    DDP_CHECK(ddp_matmul_forward(m, a.ln2, K->fc_w, K->fc_b, a.fch, rows, C, 4 * C));
+    DDP_CHECK(ddp_matmul_parts_forward(m, l, &K->fc, a.ln2, a.fch, rows, 1));
     DDP_CHECK(ddp_backend_act_forward(b, DDP_ACT_GELU, a.fch, a.fch_gelu, rows * 4 * C));
-    DDP_CHECK(ddp_matmul_forward(m, a.fch_gelu, K->fcp_w, K->fcp_b, y, rows, 4 * C, C));
+    DDP_CHECK(ddp_matmul_parts_forward(m, l, &K->fcp, a.fch_gelu, y, rows, 0));
     DDP_CHECK(ddp_backend_add(b, y, y, a.res2, rows * C));
     return DDP_OK;
 }
 
+/* The gradients go where the saved tensors that backward has finished with were: the MLP's
+ * hidden gradient over fch_gelu, the attention's qkv gradient over fch, each (rows, C)
+ * input gradient of a linear map over that map's input (ddp_matmul_parts_backward reads
+ * its input before it writes the gradient); only attention's work is scratch. */
 static ddp_status block_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, const float *x,
                                  const float *y, const float *dy, float *dx) {
     block *K = (block *)l;
     ddp_backend *b = ddp_model_backend(m);
     size_t rows = p->n * p->t, C = (size_t)K->C;
     block_acts a = carve(K, p);
-    /* Scratch: the MLP's hidden gradient, one (rows, C) gradient, dqkv, attention's work. */
-    float *d_fch = l->scratch;          /* (rows, 4C) */
-    float *d_c = d_fch + rows * 4 * C;  /* (rows, C) */
-    float *d_qkv = d_c + rows * C;      /* (rows, 3C) */
-    float *work = d_qkv + rows * 3 * C; /* DDP_ATTENTION_WORK */
+    float *d_fch = a.fch_gelu; /* (rows, 4C) */
+    float *d_qkv = a.fch;      /* (rows, 3C) of (rows, 4C) */
     /* dx accumulates the gradient of the residual stream: y = res2 + mlp(..), so the
      * gradient of res2 starts as dy, and the two norms' input gradients add to it. */
     DDP_CHECK(ddp_backend_copy(b, dx, dy, rows * C * sizeof(float), DDP_COPY_D2D));
-    DDP_CHECK(ddp_matmul_backward(m, a.fch_gelu, dy, K->fcp_w, K->fcp_b, d_fch, rows, 4 * C, C));
+    DDP_CHECK(ddp_matmul_parts_backward(m, l, &K->fcp, a.fch_gelu, dy, d_fch, rows, 0));
     DDP_CHECK(ddp_backend_act_backward(b, DDP_ACT_GELU, a.fch, d_fch, d_fch, rows * 4 * C));
-    DDP_CHECK(ddp_matmul_backward(m, a.ln2, d_fch, K->fc_w, K->fc_b, d_c, rows, C, 4 * C));
-    DDP_CHECK(norm_backward(m, &K->ln2, dx, d_c, a.res2, a.ln2_mean, a.ln2_rstd, rows, K->C));
+    DDP_CHECK(ddp_matmul_parts_backward(m, l, &K->fc, a.ln2, d_fch, a.ln2, rows, 1));
+    DDP_CHECK(norm_backward(m, &K->ln2, dx, a.ln2, a.res2, a.ln2_mean, a.ln2_rstd, rows, K->C));
+    DDP_CHECK(ddp_layer_part(m, l, K->fc.part, DDP_UNIT_BACKWARD_END));
     /* res2 = x + proj(atty): the gradient of x starts as that of res2 (in dx already). */
-    DDP_CHECK(ddp_matmul_backward(m, a.atty, dx, K->proj_w, K->proj_b, d_c, rows, C, C));
-    DDP_CHECK(ddp_backend_attention_backward(b, d_qkv, d_c, a.qkv, a.att, work, (int)p->n,
-                                             (int)p->t, K->C, K->NH));
-    DDP_CHECK(ddp_matmul_backward(m, a.ln1, d_qkv, K->qkv_w, K->qkv_b, d_c, rows, C, 3 * C));
-    DDP_CHECK(norm_backward(m, &K->ln1, dx, d_c, x, a.ln1_mean, a.ln1_rstd, rows, K->C));
+    DDP_CHECK(ddp_matmul_parts_backward(m, l, &K->proj, a.atty, dx, a.atty, rows, 0));
+    DDP_CHECK(ddp_backend_attention_backward(b, d_qkv, a.atty, a.qkv, a.att, l->scratch,
+                                             (int)p->n, (int)p->t, K->C, K->NH));
+    DDP_CHECK(ddp_matmul_parts_backward(m, l, &K->qkv, a.ln1, d_qkv, a.ln1, rows, 1));
+    DDP_CHECK(norm_backward(m, &K->ln1, dx, a.ln1, x, a.ln1_mean, a.ln1_rstd, rows, K->C));
+    DDP_CHECK(ddp_layer_part(m, l, K->qkv.part, DDP_UNIT_BACKWARD_END));
     return DDP_OK;
 }
 
-static const ddp_layer_ops block_ops = {"transformer block", block_forward, block_backward, NULL};
+/* The parts: each map's chunks (whole at limit 0), a cut where the projection, ln_2 and
+ * the down map begin. */
+static int block_parts(ddp_layer *l, ddp_model *m, size_t limit, size_t *cuts, int max) {
+    block *K = (block *)l;
+    ddp_matmul_parts *maps[4] = {&K->qkv, &K->proj, &K->fc, &K->fcp};
+    int begins[4] = {-1, K->proj.w, K->ln2.w, K->fcp.w}; /* the first tensor of each part */
+    int n = 0, parts = 0;
+    for (int i = 0; i < 4; i++) {
+        if (begins[i] >= 0) {
+            if (n < max) cuts[n] = ddp_model_view(m, begins[i])->offset;
+            n++;
+        }
+        maps[i]->part = parts;
+        parts += ddp_matmul_parts_plan(m, maps[i], limit);
+        ddp_matmul_parts_cuts(m, maps[i], cuts, &n, max);
+    }
+    return parts;
+}
+
+static const ddp_layer_ops block_ops = {"transformer block", block_forward, block_backward, NULL,
+                                        block_parts};
 
 /* ---- final norm ------------------------------------------------------------------------ */
 
@@ -246,7 +275,7 @@ static ddp_status lnf_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, co
     return DDP_OK;
 }
 
-static const ddp_layer_ops lnf_ops = {"norm", lnf_forward, lnf_backward, NULL};
+static const ddp_layer_ops lnf_ops = {"norm", lnf_forward, lnf_backward, NULL, NULL};
 
 /* ---- output projection through the token embedding ------------------------------------- */
 
@@ -281,7 +310,7 @@ static ddp_status head_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, c
     return DDP_OK;
 }
 
-static const ddp_layer_ops head_ops = {"output projection", head_forward, head_backward, NULL};
+static const ddp_layer_ops head_ops = {"output projection", head_forward, head_backward, NULL, NULL};
 
 /* ---- the model ------------------------------------------------------------------------- */
 
@@ -311,33 +340,40 @@ static ddp_status add_block(ddp_model *m, const ddp_model_spec *spec, int i) {
     K->base.segment_end = 1;
     /* ln1, mean, rstd, qkv, att, atty, res2, ln2, mean, rstd, fch, fch_gelu (carve()) */
     K->base.saved_per_pos = 15 * C + 4 + (size_t)spec->heads * (size_t)spec->ctx;
-    /* backward: d_fch, d_c, d_qkv and attention's work (per position of a full context) */
-    K->base.scratch_per_pos =
-        8 * C + DDP_ATTENTION_WORK(1, spec->ctx, spec->dim, spec->heads) / (size_t)spec->ctx;
+    /* attention's work (per position of a full context); backward's gradients live over
+     * the saved tensors (block_backward) */
+    K->base.scratch_per_pos = DDP_ATTENTION_WORK(1, spec->ctx, spec->dim, spec->heads) / (size_t)spec->ctx;
     char prefix[48];
     snprintf(prefix, sizeof prefix, "transformer.h.%d.", i);
     ddp_init w = {DDP_INIT_NORMAL, INIT_STD};
     ddp_init wres = {DDP_INIT_NORMAL, INIT_STD / sqrtf(2.0f * (float)spec->layers)};
     ddp_status s = DDP_OK;
     if (s == DDP_OK) s = norm_declare(m, prefix, "ln_1", C, spec->norm, &K->ln1);
-    if (s == DDP_OK) s = param(m, prefix, "attn.c_attn.weight", 3 * C, C, w, 1, &K->qkv_w);
-    if (s == DDP_OK) s = param(m, prefix, "attn.c_attn.bias", 3 * C, 0, init_zero, 0, &K->qkv_b);
-    if (s == DDP_OK) s = param(m, prefix, "attn.c_proj.weight", C, C, wres, 1, &K->proj_w);
-    if (s == DDP_OK) s = param(m, prefix, "attn.c_proj.bias", C, 0, init_zero, 0, &K->proj_b);
+    if (s == DDP_OK) s = param(m, prefix, "attn.c_attn.weight", 3 * C, C, w, 1, &K->qkv.w);
+    if (s == DDP_OK) s = param(m, prefix, "attn.c_attn.bias", 3 * C, 0, init_zero, 0, &K->qkv.b);
+    if (s == DDP_OK) s = param(m, prefix, "attn.c_proj.weight", C, C, wres, 1, &K->proj.w);
+    if (s == DDP_OK) s = param(m, prefix, "attn.c_proj.bias", C, 0, init_zero, 0, &K->proj.b);
     if (s == DDP_OK) s = norm_declare(m, prefix, "ln_2", C, spec->norm, &K->ln2);
-    if (s == DDP_OK) s = param(m, prefix, "mlp.c_fc.weight", 4 * C, C, w, 1, &K->fc_w);
-    if (s == DDP_OK) s = param(m, prefix, "mlp.c_fc.bias", 4 * C, 0, init_zero, 0, &K->fc_b);
-    if (s == DDP_OK) s = param(m, prefix, "mlp.c_proj.weight", C, 4 * C, wres, 1, &K->fcp_w);
-    if (s == DDP_OK) s = param(m, prefix, "mlp.c_proj.bias", C, 0, init_zero, 0, &K->fcp_b);
+    if (s == DDP_OK) s = param(m, prefix, "mlp.c_fc.weight", 4 * C, C, w, 1, &K->fc.w);
+    if (s == DDP_OK) s = param(m, prefix, "mlp.c_fc.bias", 4 * C, 0, init_zero, 0, &K->fc.b);
+    if (s == DDP_OK) s = param(m, prefix, "mlp.c_proj.weight", C, 4 * C, wres, 1, &K->fcp.w);
+    if (s == DDP_OK) s = param(m, prefix, "mlp.c_proj.bias", C, 0, init_zero, 0, &K->fcp.b);
     if (s != DDP_OK) {
         free(K);
         DDP_CHECK(s);
     }
-    /* The four linear maps' weights meet nothing but products. */
-    ddp_model_products_only(m, K->qkv_w);
-    ddp_model_products_only(m, K->proj_w);
-    ddp_model_products_only(m, K->fc_w);
-    ddp_model_products_only(m, K->fcp_w);
+    /* The four linear maps (out, in), whole until the model cuts them; their weights meet
+     * nothing but products. */
+    K->qkv.in = K->proj.in = K->fc.in = C;
+    K->fcp.in = 4 * C;
+    K->qkv.out = 3 * C;
+    K->proj.out = K->fcp.out = C;
+    K->fc.out = 4 * C;
+    ddp_matmul_parts *maps[4] = {&K->qkv, &K->proj, &K->fc, &K->fcp};
+    for (int k = 0; k < 4; k++) {
+        maps[k]->rows = maps[k]->out;
+        ddp_model_products_only(m, maps[k]->w);
+    }
     /* Per sequence of a full context: the four linear maps (24 C^2 multiply-adds per
      * position, counted as 2 FLOPs each) and attention's two products over all ctx
      * positions. */

@@ -52,6 +52,14 @@ typedef struct {
                            const float *y, const float *dy, float *dx);
     /* Frees what the layer allocated itself (may be NULL). */
     void (*destroy)(ddp_layer *l);
+    /* May be NULL. A layer whose parameters are used in turn (a transformer block's four
+     * linear maps, each cut into row chunks of about `limit` elements when limit is not
+     * 0): returns its number of parts, at least 1, and writes the interior cuts between
+     * them (flat offsets of the parameters, ascending; at most max). Each part is a unit
+     * of its own (ddp_model_num_units), and the layer brackets every use of a part's
+     * parameters with ddp_layer_part: its forward uses parts 0, 1, ... in turn, its
+     * backward the reverse, each use one bracket. */
+    int (*parts)(ddp_layer *l, ddp_model *m, size_t limit, size_t *cuts, int max);
 } ddp_layer_ops;
 
 /* Every layer struct starts with this header; kinds extend it. */
@@ -79,6 +87,10 @@ struct ddp_layer {
      * tensors before it is added and shares only earlier ones, so its forward reads
      * parameters in [0, param_end) alone. */
     size_t param_end;
+    /* Set by the model: the layer's parts as units (0: not parted, the model brackets it
+     * with the other layers of its unit), and the first one's unit. */
+    int n_parts;
+    int first_unit;
 };
 
 /* ---- building (called by the model kinds while constructing) ------------------------ */
@@ -133,6 +145,14 @@ void ddp_model_add_flops(ddp_model *m, double flops);
 void ddp_model_add_product(ddp_model *m, int rows, int N, int K);
 
 /* ---- gradients (called by layers during backward) ------------------------------------ */
+
+/* A parted layer's use of part k begins or ends (the unit hook's event); nothing where the
+ * model does not run the layer in parts. */
+ddp_status ddp_layer_part(ddp_model *m, ddp_layer *l, int k, ddp_unit_event ev);
+/* Says that the layer reports tensor id's gradient in chunks of `rows` rows (from row 0 up:
+ * the last chunk may be short), each with ddp_grad_report_part, then
+ * ddp_grad_done_reported: each chunk's start is a place where a bucket may end. */
+void ddp_model_chunk_rows(ddp_model *m, int id, size_t rows);
 
 float ddp_grad_gemm_beta(ddp_model *m, int id);
 ddp_status ddp_grad_prepare_add(ddp_model *m, int id);
@@ -211,6 +231,33 @@ ddp_status ddp_matmul_forward(ddp_model *m, const float *x, int w, int b, float 
                               size_t in, size_t out);
 ddp_status ddp_matmul_backward(ddp_model *m, const float *x, const float *dy, int w, int b,
                                float *dx, size_t rows, size_t in, size_t out);
+
+/* A linear map of a parted layer (ddp_layer_ops.parts): W's rows in chunks, each chunk a
+ * part of the layer (the last one holding the bias too). */
+typedef struct {
+    int w, b;        /* (out, in), (out) */
+    size_t in, out;  /* W's shape */
+    size_t rows;     /* rows per chunk (set by ddp_matmul_parts_plan) */
+    int part;        /* the layer's part of the first chunk (set by the layer) */
+} ddp_matmul_parts;
+/* Cuts W into chunks of whole rows, at least `limit` elements each but the last (0: whole), tells the model
+ * (ddp_model_chunk_rows), returns the number of chunks. */
+int ddp_matmul_parts_plan(ddp_model *m, ddp_matmul_parts *mp, size_t limit);
+/* Interior cuts of its chunks (mp->w's offset + k rows, k = 1..) into cuts[*n..] (up to
+ * max), *n advanced. */
+void ddp_matmul_parts_cuts(ddp_model *m, const ddp_matmul_parts *mp, size_t *cuts, int *n, int max);
+/* y = x W^T + b chunk by chunk, each chunk's product inside its part's use (begun: the
+ * caller has begun the first part's use, for what it reads before, such as a norm); every
+ * part's use is ended. */
+ddp_status ddp_matmul_parts_forward(ddp_model *m, ddp_layer *l, const ddp_matmul_parts *mp,
+                                    const float *x, float *y, size_t rows, int begun);
+/* The backward: the bias and weight gradients first (W is not read; each chunk reported
+ * apart when there are several), then dx (rows, in) summed over the chunks in reverse,
+ * each inside its part's use; the first part's use is left open with keep_first (the caller
+ * ends it after what it reads too). dx may alias x: x is read only before dx is written. */
+ddp_status ddp_matmul_parts_backward(ddp_model *m, ddp_layer *l, const ddp_matmul_parts *mp,
+                                     const float *x, const float *dy, float *dx, size_t rows,
+                                     int keep_first);
 
 /* The linear layer's weight slicing (rows per ready report, 0: whole), for the model. */
 int ddp_layer_is_linear(const ddp_layer *l);

@@ -50,6 +50,79 @@ ddp_status ddp_matmul_backward(ddp_model *m, const float *x, const float *dy, in
     return DDP_OK;
 }
 
+/* ---- a linear map in row chunks ------------------------------------------------------- */
+
+int ddp_matmul_parts_plan(ddp_model *m, ddp_matmul_parts *mp, size_t limit) {
+    /* At least limit elements per chunk (a bucket closes once it holds that much). */
+    size_t rows = limit ? (limit + mp->in - 1) / mp->in : mp->out;
+    if (rows > mp->out) rows = mp->out;
+    mp->rows = rows;
+    ddp_model_chunk_rows(m, mp->w, rows);
+    return (int)((mp->out + rows - 1) / rows);
+}
+
+void ddp_matmul_parts_cuts(ddp_model *m, const ddp_matmul_parts *mp, size_t *cuts, int *n,
+                           int max) {
+    size_t w0 = ddp_model_view(m, mp->w)->offset;
+    for (size_t r = mp->rows; r < mp->out; r += mp->rows) {
+        if (*n < max) cuts[*n] = w0 + r * mp->in;
+        (*n)++;
+    }
+}
+
+ddp_status ddp_matmul_parts_forward(ddp_model *m, ddp_layer *l, const ddp_matmul_parts *mp,
+                                    const float *x, float *y, size_t rows, int begun) {
+    ddp_backend *be = ddp_model_backend(m);
+    const float *w = ddp_model_w(m, mp->w);
+    int k = 0;
+    for (size_t r0 = 0; r0 < mp->out; r0 += mp->rows, k++) {
+        size_t n = mp->out - r0 < mp->rows ? mp->out - r0 : mp->rows;
+        if (k > 0 || !begun) DDP_CHECK(ddp_layer_part(m, l, mp->part + k, DDP_UNIT_FORWARD_BEGIN));
+        /* y[:, r0:r0+n] (rows, n) = x (rows, in) . W[r0:r0+n]^T (in, n) */
+        DDP_CHECK(ddp_backend_gemm(be, 0, 1, (int)rows, (int)n, (int)mp->in, 1.0f, x, (int)mp->in,
+                                   w + r0 * mp->in, (int)mp->in, 0.0f, y + r0, (int)mp->out));
+        if (r0 + n == mp->out)
+            DDP_CHECK(ddp_backend_bias_add(be, y, ddp_model_w(m, mp->b), (int)rows, (int)mp->out));
+        DDP_CHECK(ddp_layer_part(m, l, mp->part + k, DDP_UNIT_FORWARD_END));
+    }
+    return DDP_OK;
+}
+
+ddp_status ddp_matmul_parts_backward(ddp_model *m, ddp_layer *l, const ddp_matmul_parts *mp,
+                                     const float *x, const float *dy, float *dx, size_t rows,
+                                     int keep_first) {
+    ddp_backend *be = ddp_model_backend(m);
+    int in = (int)mp->in, out = (int)mp->out, chunks = (int)((mp->out + mp->rows - 1) / mp->rows);
+    DDP_CHECK(ddp_grad_prepare_add(m, mp->b));
+    DDP_CHECK(ddp_backend_bias_grad(be, ddp_model_dw(m, mp->b), dy, (int)rows, out));
+    DDP_CHECK(ddp_grad_done(m, mp->b));
+    /* dW rows [r0, r0 + n) (+)= dy[:, r0:r0+n]^T (n, rows) . x (rows, in), the last rows
+     * first (as backward reports the buffer, from its end). */
+    float beta = ddp_grad_gemm_beta(m, mp->w);
+    for (int k = chunks - 1; k >= 0; k--) {
+        size_t r0 = (size_t)k * mp->rows, n = mp->out - r0 < mp->rows ? mp->out - r0 : mp->rows;
+        DDP_CHECK(ddp_backend_gemm(be, 1, 0, (int)n, in, (int)rows, 1.0f, dy + r0, out, x, in, beta,
+                                   ddp_model_dw(m, mp->w) + r0 * mp->in, in));
+        if (chunks > 1) DDP_CHECK(ddp_grad_report_part(m, mp->w, r0 * mp->in, n * mp->in));
+    }
+    if (chunks > 1)
+        ddp_grad_done_reported(m, mp->w);
+    else
+        DDP_CHECK(ddp_grad_done(m, mp->w));
+    /* dx (rows, in) = sum over chunks of dy[:, r0:r0+n] (rows, n) . W[r0:r0+n] (n, in) */
+    for (int k = chunks - 1; k >= 0; k--) {
+        size_t r0 = (size_t)k * mp->rows, n = mp->out - r0 < mp->rows ? mp->out - r0 : mp->rows;
+        DDP_CHECK(ddp_layer_part(m, l, mp->part + k, DDP_UNIT_BACKWARD_BEGIN));
+        if (dx)
+            DDP_CHECK(ddp_backend_gemm(be, 0, 0, (int)rows, in, (int)n, 1.0f, dy + r0, out,
+                                       ddp_model_w(m, mp->w) + r0 * mp->in, in,
+                                       k == chunks - 1 ? 0.0f : 1.0f, dx, in));
+        if (k > 0 || !keep_first)
+            DDP_CHECK(ddp_layer_part(m, l, mp->part + k, DDP_UNIT_BACKWARD_END));
+    }
+    return DDP_OK;
+}
+
 static ddp_status linear_forward(ddp_layer *l, ddp_model *m, const ddp_pass *p, const float *x,
                                  float *y) {
     linear *L = (linear *)l;
@@ -96,7 +169,7 @@ static ddp_status linear_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p,
     return DDP_OK;
 }
 
-static const ddp_layer_ops linear_ops = {"linear", linear_forward, linear_backward, NULL};
+static const ddp_layer_ops linear_ops = {"linear", linear_forward, linear_backward, NULL, NULL};
 
 ddp_status ddp_layer_linear_create(ddp_model *m, const char *name, const char *param_prefix,
                                    size_t in, size_t out, ddp_init weight_init, ddp_layer **out_l) {
@@ -148,7 +221,7 @@ static ddp_status act_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, co
     return DDP_OK;
 }
 
-static const ddp_layer_ops act_ops = {"activation", act_forward, act_backward, NULL};
+static const ddp_layer_ops act_ops = {"activation", act_forward, act_backward, NULL, NULL};
 
 ddp_status ddp_layer_activation_create(ddp_model *m, const char *name, ddp_act act, size_t dim,
                                        ddp_layer **out_l) {

@@ -32,18 +32,75 @@ ddp_status ddp_model_add_layer(ddp_model *m, ddp_layer *l) {
     return DDP_OK;
 }
 
-/* The units: a unit ends where a recompute segment does, and at the last layer. */
+/* Whether layer i runs in parts: it has them and, under recomputation, begins its segment
+ * (whose recomputation then runs its parts before any other layer's parameters are read). */
+static int runs_in_parts(const ddp_model *m, int i) {
+    if (!m->layers[i]->ops->parts) return 0;
+    return !m->spec.recompute || i == 0 || m->layers[i - 1]->segment_end;
+}
+
+/* The units: a unit ends where a recompute segment does, at the last layer, around a
+ * layer that runs in parts, and between its parts. */
 static ddp_status make_units(ddp_model *m) {
-    m->unit_of = calloc((size_t)m->n_layers, sizeof *m->unit_of);
-    m->unit_first = calloc((size_t)m->n_layers + 1, sizeof *m->unit_first);
-    if (!m->unit_of || !m->unit_first) return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
+    free(m->unit_of);
+    free(m->unit_layer);
+    free(m->unit_end);
+    m->unit_layer = NULL;
+    m->unit_end = NULL;
     m->n_units = 0;
+    int total = 0, most = 1;
+    for (int i = 0; i < m->n_tensors; i++)
+        m->tensors[i].chunk_rows = 0;
     for (int i = 0; i < m->n_layers; i++) {
-        if (i == 0 || m->layers[i - 1]->segment_end) m->unit_first[m->n_units++] = i;
-        m->unit_of[i] = m->n_units - 1;
+        ddp_layer *l = m->layers[i];
+        l->n_parts = 0;
+        if (runs_in_parts(m, i)) {
+            int k = l->ops->parts(l, m, m->unit_limit, NULL, 0);
+            l->n_parts = k > 0 ? k : 1;
+        }
+        total += l->n_parts ? l->n_parts : 1;
+        if (l->n_parts > most) most = l->n_parts;
     }
-    m->unit_first[m->n_units] = m->n_layers;
+    m->unit_of = calloc((size_t)m->n_layers, sizeof *m->unit_of);
+    m->unit_layer = calloc((size_t)total, sizeof *m->unit_layer);
+    m->unit_end = calloc((size_t)total, sizeof *m->unit_end);
+    size_t *cuts = calloc((size_t)most, sizeof *cuts);
+    if (!m->unit_of || !m->unit_layer || !m->unit_end || !cuts) {
+        free(cuts);
+        return DDP_FAIL(DDP_ERR_NOMEM, "model: out of memory");
+    }
+    int n = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        ddp_layer *l = m->layers[i];
+        if (l->n_parts) {
+            l->ops->parts(l, m, m->unit_limit, cuts, l->n_parts - 1);
+            l->first_unit = m->unit_of[i] = n;
+            for (int k = 0; k < l->n_parts; k++) {
+                m->unit_layer[n] = i;
+                m->unit_end[n++] = k + 1 < l->n_parts ? cuts[k] : l->param_end;
+            }
+            continue;
+        }
+        if (i == 0 || m->layers[i - 1]->segment_end || m->layers[i - 1]->n_parts) n++;
+        l->first_unit = m->unit_of[i] = n - 1;
+        m->unit_layer[n - 1] = i;
+        m->unit_end[n - 1] = l->param_end;
+    }
+    free(cuts);
+    m->unit_end[n - 1] = m->num_params;
+    m->n_units = n;
     return DDP_OK;
+}
+
+ddp_status ddp_model_set_unit_limit(ddp_model *m, size_t max_elems) {
+    m->unit_limit = max_elems;
+    DDP_CHECK(make_units(m));
+    return DDP_OK;
+}
+
+void ddp_model_chunk_rows(ddp_model *m, int id, size_t rows) {
+    tensor *t = &m->tensors[id];
+    t->chunk_rows = rows < t->view.shape[0] ? rows : 0;
 }
 
 ddp_status ddp_model_add_param(ddp_model *m, const char *name, int ndim, const size_t *shape,
@@ -303,7 +360,8 @@ void ddp_model_free(ddp_model *m) {
     free(m->buffers);
     free(m->outs);
     free(m->unit_of);
-    free(m->unit_first);
+    free(m->unit_layer);
+    free(m->unit_end);
     free(m->shares);
     free(m);
 }
@@ -357,16 +415,10 @@ void ddp_model_unit_hook(const ddp_model *m, ddp_unit_fn *fn, void **ctx) {
 
 int ddp_model_num_units(const ddp_model *m) { return m->n_units; }
 
-/* The end of the parameters declared up to unit u's last layer (the last unit's: all). */
-static size_t unit_end(const ddp_model *m, int u) {
-    if (u == m->n_units - 1) return m->num_params;
-    return m->layers[m->unit_first[u + 1] - 1]->param_end;
-}
-
 int ddp_model_unit_params(const ddp_model *m, int u, size_t *begin, size_t *end, int *shared,
                           int max) {
-    *begin = u > 0 ? unit_end(m, u - 1) : 0;
-    *end = unit_end(m, u);
+    *begin = u > 0 ? m->unit_end[u - 1] : 0;
+    *end = m->unit_end[u];
     int n = 0;
     for (int i = 0; i < m->n_shares; i++) {
         int layer = m->shares[i][0], id = m->shares[i][1];
@@ -380,7 +432,7 @@ int ddp_model_unit_params(const ddp_model *m, int u, size_t *begin, size_t *end,
 }
 
 const char *ddp_model_unit_name(const ddp_model *m, int u) {
-    return m->layers[m->unit_first[u + 1] - 1]->name;
+    return m->layers[m->unit_layer[u]]->name;
 }
 
 const char *ddp_model_describe(const ddp_model *m) { return m->describe; }

@@ -15,6 +15,7 @@ typedef struct {
     int touched;   /* got its first contribution */
     int uses_left; /* contributions still to come */
     int reported;  /* reported ready */
+    size_t chunk_rows; /* reported in chunks of this many rows (0: whole); ddp_model_chunk_rows */
 } tensor;
 
 struct ddp_model {
@@ -53,10 +54,13 @@ struct ddp_model {
     void *ready_ctx;
     ddp_unit_fn unit_hook; /* see ddp_model_set_unit_hook */
     void *unit_ctx;
-    /* units (ddp_model_num_units): the layers between recompute segment ends */
+    /* units (ddp_model_num_units): the layers between recompute segment ends, and each part
+     * of a layer that has parts (ddp_layer_ops.parts) a unit of its own */
     int n_units;
-    int *unit_of;     /* (n_layers) the unit of each layer */
-    int *unit_first;  /* (n_units) its first layer; its last is unit_first[u + 1] - 1 */
+    size_t unit_limit; /* ddp_model_set_unit_limit */
+    int *unit_of;      /* (n_layers) the unit of each layer (a parted one's first) */
+    int *unit_layer;   /* (n_units) its last layer */
+    size_t *unit_end;  /* (n_units) the end of its range; it begins where unit u - 1 ends */
     int (*shares)[2]; /* (n_shares) layer, tensor: a layer uses an earlier tensor */
     int n_shares, cap_shares;
     int share_failed; /* out of memory in ddp_model_share_param */

@@ -15,6 +15,62 @@ static ddp_status unit_event(ddp_model *m, int u, ddp_unit_event ev) {
     return DDP_OK;
 }
 ddp_comm *ddp_model_comm(ddp_model *m) { return m->comm; }
+
+ddp_status ddp_layer_part(ddp_model *m, ddp_layer *l, int k, ddp_unit_event ev) {
+    if (l->n_parts) DDP_CHECK(unit_event(m, l->first_unit + k, ev));
+    return DDP_OK;
+}
+
+/* Whether layer i, not parted, begins or ends its unit (the model tells the hook then; a
+ * parted layer tells it itself). */
+static int unit_starts(const ddp_model *m, int i) {
+    return !m->layers[i]->n_parts && (i == 0 || m->unit_of[i - 1] != m->unit_of[i]);
+}
+static int unit_ends(const ddp_model *m, int i) {
+    return !m->layers[i]->n_parts && (i == m->n_layers - 1 || m->unit_of[i + 1] != m->unit_of[i]);
+}
+
+/* The first layer of the recompute segment that ends at layer b. */
+static int segment_start(const ddp_model *m, int b) {
+    int a = b;
+    while (a > 0 && !ddp_model_segment_end(m, a - 1))
+        a--;
+    return a;
+}
+
+/* Whether recompute_segment runs layer j of the segment that ends at b: all but a last
+ * layer that saves nothing (its output, which ends the segment, is kept). */
+static int reruns(const ddp_model *m, int j, int b) {
+    return j < b || m->layers[j]->saved_per_pos != 0;
+}
+
+/* The unit uses of the passes, as the events come (see ddp_model_forward and _backward). */
+int ddp_model_unit_uses(const ddp_model *m, int backward, int *uses, int max) {
+    int n = 0;
+#define USE(u)                                                                                     \
+    do {                                                                                           \
+        if (n < max) uses[n] = (u);                                                                \
+        n++;                                                                                       \
+    } while (0)
+    for (int i = 0; i < m->n_layers; i++) {
+        const ddp_layer *l = m->layers[i];
+        for (int k = 0; k < l->n_parts; k++)
+            USE(l->first_unit + k);
+        if (unit_starts(m, i)) USE(m->unit_of[i]);
+    }
+    for (int i = m->n_layers - 1; backward && i >= 0; i--) {
+        const ddp_layer *l = m->layers[i];
+        if (unit_ends(m, i)) USE(m->unit_of[i]);
+        if (m->spec.recompute && ddp_model_segment_end(m, i))
+            for (int j = segment_start(m, i); j <= i && reruns(m, j, i); j++)
+                for (int k = 0; k < m->layers[j]->n_parts; k++)
+                    USE(m->layers[j]->first_unit + k);
+        for (int k = l->n_parts - 1; k >= 0; k--)
+            USE(l->first_unit + k);
+    }
+#undef USE
+    return n;
+}
 /* ---- forward and backward ------------------------------------------------------------ */
 
 static ddp_status check_batch(const ddp_model *m, const ddp_batch *batch) {
@@ -44,12 +100,12 @@ ddp_status ddp_model_forward(ddp_model *m, const ddp_batch *batch, ddp_mode mode
     for (int i = 0; i < m->n_layers; i++) {
         ddp_layer *l = m->layers[i];
         int u = m->unit_of[i];
-        if (i == m->unit_first[u]) DDP_CHECK(unit_event(m, u, DDP_UNIT_FORWARD_BEGIN));
+        if (unit_starts(m, i)) DDP_CHECK(unit_event(m, u, DDP_UNIT_FORWARD_BEGIN));
         DDP_CHECK(ddp_trace_begin(l->name, "forward"));
         DDP_CHECK(l->ops->forward(l, m, &m->pass, x, m->outs[i]));
         DDP_CHECK(ddp_trace_end());
         x = m->outs[i];
-        if (i == m->unit_first[u + 1] - 1) DDP_CHECK(unit_event(m, u, DDP_UNIT_FORWARD_END));
+        if (unit_ends(m, i)) DDP_CHECK(unit_event(m, u, DDP_UNIT_FORWARD_END));
     }
     if (!batch->targets) return DDP_OK;
     /* The loss belongs to the model: softmax cross-entropy over every prediction. */
@@ -108,15 +164,12 @@ void ddp_grad_done_reported(ddp_model *m, int id) {
  * saves something; its output, which ends the segment, is still there (and is written again with
  * the same values if it runs). */
 static ddp_status recompute_segment(ddp_model *m, int b) {
-    int a = b;
-    while (a > 0 && !ddp_model_segment_end(m, a - 1))
-        a--;
+    int a = segment_start(m, b);
     ddp_pass p = m->pass;
     p.recompute = 1;
     const float *x = a > 0 ? m->outs[a - 1] : m->batch.x;
-    for (int j = a; j <= b; j++) {
+    for (int j = a; j <= b && reruns(m, j, b); j++) {
         ddp_layer *l = m->layers[j];
-        if (j == b && l->saved_per_pos == 0) break;
         DDP_CHECK(ddp_trace_begin(l->name, "recompute"));
         DDP_CHECK(l->ops->forward(l, m, &p, x, m->outs[j]));
         DDP_CHECK(ddp_trace_end());
@@ -144,9 +197,9 @@ ddp_status ddp_model_backward(ddp_model *m, int first, ddp_grad_ready_fn ready, 
         ddp_layer *l = m->layers[i];
         int u = m->unit_of[i];
         /* A unit's backward starts at its last layer (its parameters first, whatever
-         * recomputation does: ranks may differ in it), and a recompute segment's with its
-         * activations. */
-        if (i == m->unit_first[u + 1] - 1) {
+         * recomputation does), and a recompute segment's with its activations; a parted
+         * layer tells of its parts' uses itself, those of the recomputation too. */
+        if (unit_ends(m, i)) {
             s = unit_event(m, u, DDP_UNIT_BACKWARD_BEGIN);
             if (s != DDP_OK) break;
         }
@@ -160,7 +213,7 @@ ddp_status ddp_model_backward(ddp_model *m, int first, ddp_grad_ready_fn ready, 
         s = ddp_trace_begin(l->name, "backward");
         if (s == DDP_OK) s = l->ops->backward(l, m, &m->pass, x, m->outs[i], dy, dx);
         if (s == DDP_OK) s = ddp_trace_end();
-        if (s == DDP_OK && i == m->unit_first[u]) s = unit_event(m, u, DDP_UNIT_BACKWARD_END);
+        if (s == DDP_OK && unit_starts(m, i)) s = unit_event(m, u, DDP_UNIT_BACKWARD_END);
         dy = dx;
     }
     /* Tensors that got no contribution, or fewer than their users promised (a layer
@@ -208,6 +261,15 @@ int ddp_model_ready_points(ddp_model *m, size_t *offsets, int max) {
     int sliced = slice ? ddp_layer_linear_weight(first) : -1;
     for (int i = 0; i < m->n_tensors; i++) {
         const ddp_param_view *v = &m->tensors[i].view;
+        size_t chunk = m->tensors[i].chunk_rows;
+        if (i != sliced && chunk) {
+            /* Chunks from row 0 up (ddp_model_chunk_rows). */
+            for (size_t r = 0; r < v->shape[0]; r += chunk) {
+                if (n < max) offsets[n] = v->offset + r * (v->count / v->shape[0]);
+                n++;
+            }
+            continue;
+        }
         if (i != sliced) {
             if (n < max) offsets[n] = v->offset;
             n++;

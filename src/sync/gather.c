@@ -11,8 +11,9 @@
  * tensor is never gathered twice at once, and given back when the last lets go.
  *
  * The plan. The trainer says what comes (K micro-batches of forward and backward, or an
- * evaluation's forward), so the sequence of unit uses is known: 0..U-1 forward, U-1..0
- * backward, and again. At most `window` units are held at once (the one computing
+ * evaluation's forward), so the sequence of unit uses is known (ddp_model_unit_uses: 0..U-1
+ * forward, U-1..0 backward with the parts of a recomputed block used forward again just
+ * before their backward, and again). At most `window` units are held at once (the one computing
  * included): when a unit's use begins, the units among the next `window` distinct ones of
  * the sequence are acquired (their gathers start, in sequence order, the same on every
  * rank) and the others let go; when it ends, it is let go unless it is among the next
@@ -465,21 +466,16 @@ ddp_status ddp_gather_unit_event(void *ctx, int u, ddp_unit_event ev) {
 }
 
 ddp_status ddp_gather_plan(ddp_gather *g, int micro_batches, int backward) {
-    int n = micro_batches * g->n_units * (backward ? 2 : 1);
+    int per = ddp_model_unit_uses(g->m, backward, NULL, 0), n = micro_batches * per;
     if (n > g->cap_seq) {
         int *grown = realloc(g->seq, (size_t)n * sizeof *grown);
         if (!grown) return DDP_FAIL(DDP_ERR_NOMEM, "gather: out of memory");
         g->seq = grown;
         g->cap_seq = n;
     }
-    int at = 0;
-    for (int k = 0; k < micro_batches; k++) {
-        for (int u = 0; u < g->n_units; u++)
-            g->seq[at++] = u;
-        for (int u = g->n_units - 1; backward && u >= 0; u--)
-            g->seq[at++] = u;
-    }
-    g->n_seq = at;
+    for (int k = 0; k < micro_batches; k++)
+        ddp_model_unit_uses(g->m, backward, g->seq + (size_t)k * per, per);
+    g->n_seq = n;
     g->cursor = 0;
     return DDP_OK;
 }

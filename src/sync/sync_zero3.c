@@ -32,6 +32,10 @@ static ddp_status zero3_init(ddp_sync *s) {
     zero3 *z = calloc(1, sizeof *z);
     if (!z) return DDP_FAIL(DDP_ERR_NOMEM, "sync: out of memory");
     s->impl = z;
+    /* Units no larger than the maps' chunks: half a gradient bucket each, so that a bucket
+     * closes inside a large matrix too, and the largest units held at once, not a whole
+     * block, bound the parameters in memory. */
+    DDP_CHECK(ddp_model_set_unit_limit(s->model, s->opt.reducer.bucket_bytes / sizeof(float) / 2));
     if (ddp_backend_math(s->backend) != DDP_MATH_BF16) return DDP_OK;
     DDP_CHECK(ddp_backend_alloc_pages(s->backend, s->n * sizeof(uint16_t), (void **)&z->w16));
     DDP_CHECK(ddp_backend_set_bf16_copy(s->backend, ddp_model_params(s->model), z->w16, s->n));

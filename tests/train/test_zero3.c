@@ -7,9 +7,12 @@
  *    the last unit) and the CNN (batch norm: the running statistics too); bitwise the same
  *    whatever the gathers held at once (--gathers 1, 2, 3) and with --keep-gathered, since
  *    the schedule of gathers changes no sum;
+ *  - the GPT in parts: with --recompute and buckets small enough that each of a block's
+ *    linear maps is cut into row chunks (a unit and a bucket boundary each), the same;
  *  - residency: a rank holds no pages of other ranks' parameters except those of the units
  *    it is using or has prefetched (checked at every unit's forward and backward through a
- *    wrapped unit hook, with mincore), and none at all once settled;
+ *    wrapped unit hook, with mincore), and none at all once settled; the units' uses come
+ *    in the order the model announces (ddp_model_unit_uses), recomputation included;
  *  - the export: gathered a unit at a time and streamed to the file by rank 0, the trained
  *    floats bit for bit, and no page outside the shard resident after it;
  *  - memory accounting: the parameters of the shard and of the largest units at most;
@@ -161,6 +164,19 @@ static void gpt_stage3_reaches_the_replicated_parameters(void **state) {
     reaches(gpt_config(), gpt_config(), 1, "gpt");
 }
 
+/* Buckets of 64 floats: every linear map of the blocks in chunks of 2 rows (32 floats), a
+ * unit each, with the blocks recomputed (each chunk gathered for the recomputation too). */
+static ddp_train_config gpt_parts_config(void) {
+    ddp_train_config c = gpt_config();
+    c.model.recompute = 1;
+    c.reducer.bucket_bytes = 64 * sizeof(float);
+    return c;
+}
+
+static void gpt_in_parts_reaches_the_replicated_parameters(void **state) {
+    reaches(gpt_parts_config(), gpt_config(), 1, "gpt in parts");
+}
+
 static void cnn_stage3_reaches_the_replicated_parameters(void **state) {
     /* Batch norm normalizes each micro-batch on its own: W ranks of 2 micro-batches see the
      * samples that one process of 2 W micro-batches does (test_equivalence.c), and reach its
@@ -198,7 +214,8 @@ typedef struct {
     ddp_model *m;
     size_t shard_begin, shard_end;
     int window;
-    int checks, violations;
+    int *uses, n_uses, at; /* a micro-batch's unit uses; the next one's place */
+    int checks, violations, out_of_order;
 } watch;
 
 /* Whether the page at byte address pg of the parameters overlaps [a, b) (elements). */
@@ -247,27 +264,70 @@ static int stray_pages(watch *w, const int *allowed, int n_allowed) {
 }
 
 /* The wrapped hook: after the sync's own handling of a unit's use beginning, the pages
- * outside the shard belong to that unit or (with a window of 2) to the next one of the
- * pass's order, and nothing else. */
+ * outside the shard belong to that unit or to the next ones the pass will use (as many as
+ * the window holds), and nothing else. The uses follow the model's order, micro-batch after
+ * micro-batch. */
 static ddp_status watching_hook(void *ctx, int unit, ddp_unit_event ev) {
     watch *w = ctx;
     DDP_CHECK(w->inner(w->inner_ctx, unit, ev));
     if (ev != DDP_UNIT_FORWARD_BEGIN && ev != DDP_UNIT_BACKWARD_BEGIN) return DDP_OK;
-    int n_units = ddp_model_num_units(w->m), allowed[2], na = 0;
+    int here = w->at % w->n_uses, allowed[4], na = 0;
+    if (w->uses[here] != unit) w->out_of_order++;
     allowed[na++] = unit;
-    if (w->window > 1 && n_units > 1) {
-        /* The next other unit used: the pass's next, or at a turn (the last forward unit
-         * is the first of backward, the first backward unit the first of the next
-         * micro-batch's forward) the one after it. */
-        int fwd = ev == DDP_UNIT_FORWARD_BEGIN;
-        int next = fwd ? unit + 1 : unit - 1;
-        if (next >= n_units) next = unit - 1;
-        if (next < 0) next = 1;
-        allowed[na++] = next;
+    for (int k = 1; k < w->n_uses && na < w->window; k++) {
+        int v = w->uses[(here + k) % w->n_uses], seen = 0;
+        for (int j = 0; j < na; j++)
+            seen |= allowed[j] == v;
+        if (!seen) allowed[na++] = v;
     }
+    w->at++;
     w->checks++;
     if (stray_pages(w, allowed, na) > 0) w->violations++;
     return DDP_OK;
+}
+
+/* Trains c (stage 3) for its steps under the watching hook with a window of `window`. */
+static void watch_residency(ddp_train_config c, int window, const char *what) {
+    c.zero = 3;
+    c.gathers = window;
+    ddp_trainer *t = NULL;
+    ddp_train_data data = data_of(&c);
+    OK(ddp_trainer_create(&c, backend, world_comm, world_comm, &data, &t));
+    ddp_model *m = ddp_trainer_model(t);
+    size_t np = ddp_model_num_params(m);
+    ddp_shard_layout l = ddp_shard_layout_of(np, world);
+    size_t b, len;
+    ddp_shard_of(&l, rank, &b, &len);
+    watch w = {.m = m, .shard_begin = b, .shard_end = b + len, .window = window};
+    w.n_uses = ddp_model_unit_uses(m, 1, NULL, 0);
+    w.uses = malloc((size_t)w.n_uses * sizeof *w.uses);
+    assert_non_null(w.uses);
+    ddp_model_unit_uses(m, 1, w.uses, w.n_uses);
+    ddp_model_unit_hook(m, &w.inner, &w.inner_ctx);
+    assert_non_null(w.inner);
+    ddp_model_set_unit_hook(m, watching_hook, &w);
+    ddp_step_stats st;
+    for (int64_t i = 0; i < c.max_steps; i++)
+        OK(ddp_trainer_step(t, &st));
+    /* Settled (as before a checkpoint or an export): the shard's pages alone. */
+    float *p = malloc(np * sizeof *p);
+    OK(ddp_trainer_get_params(t, p));
+    int stray = stray_pages(&w, NULL, 0);
+    ddp_model_set_unit_hook(m, w.inner, w.inner_ctx);
+    if (rank == 0)
+        print_message("%s, --gathers %d, %d rank(s): %d units, %d unit uses checked, %d out of "
+                      "order, %d with pages of units not in use; %d pages outside the shard "
+                      "once settled\n",
+                      what, window, world, ddp_model_num_units(m), w.checks, w.out_of_order,
+                      w.violations, stray);
+    assert_int_equal(w.checks, (int)c.max_steps * c.accum * w.n_uses);
+    assert_true(w.n_uses >= 2 * ddp_model_num_units(m));
+    assert_int_equal(w.out_of_order, 0);
+    assert_int_equal(w.violations, 0);
+    assert_int_equal(stray, 0);
+    free(p);
+    free(w.uses);
+    ddp_trainer_free(t);
 }
 
 static void only_the_units_in_use_are_resident(void **state) {
@@ -279,37 +339,14 @@ static void only_the_units_in_use_are_resident(void **state) {
         c.model.hidden.v[1] = 96;
         c.model.hidden.v[2] = 64;
         c.max_steps = 4;
-        c.zero = 3;
-        c.gathers = window;
-        ddp_trainer *t = NULL;
-        ddp_train_data data = data_of(&c);
-        OK(ddp_trainer_create(&c, backend, world_comm, world_comm, &data, &t));
-        ddp_model *m = ddp_trainer_model(t);
-        size_t np = ddp_model_num_params(m);
-        ddp_shard_layout l = ddp_shard_layout_of(np, world);
-        size_t b, len;
-        ddp_shard_of(&l, rank, &b, &len);
-        watch w = {.m = m, .shard_begin = b, .shard_end = b + len, .window = window};
-        ddp_model_unit_hook(m, &w.inner, &w.inner_ctx);
-        assert_non_null(w.inner);
-        ddp_model_set_unit_hook(m, watching_hook, &w);
-        ddp_step_stats st;
-        for (int64_t i = 0; i < c.max_steps; i++)
-            OK(ddp_trainer_step(t, &st));
-        /* Settled (as before a checkpoint or an export): the shard's pages alone. */
-        float *p = malloc(np * sizeof *p);
-        OK(ddp_trainer_get_params(t, p));
-        int stray = stray_pages(&w, NULL, 0);
-        ddp_model_set_unit_hook(m, w.inner, w.inner_ctx);
-        if (rank == 0)
-            print_message("--gathers %d, %d rank(s): %d unit uses checked, %d with pages of "
-                          "units not in use; %d pages outside the shard once settled\n",
-                          window, world, w.checks, w.violations, stray);
-        assert_true(w.checks >= (int)c.max_steps * 2 * ddp_model_num_units(m));
-        assert_int_equal(w.violations, 0);
-        assert_int_equal(stray, 0);
-        free(p);
-        ddp_trainer_free(t);
+        watch_residency(c, window, "mlp");
+        /* A GPT of width 128 in parts of 16 rows (8 KB, two pages), recomputed. */
+        ddp_train_config g = gpt_parts_config();
+        g.model.dim = 128;
+        g.model.heads = 2;
+        g.reducer.bucket_bytes = 2 * 2048 * sizeof(float);
+        g.max_steps = 2;
+        watch_residency(g, window, "gpt in parts");
     }
 }
 
@@ -437,6 +474,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(mlp_stage3_reaches_the_replicated_parameters),
         cmocka_unit_test(gpt_stage3_reaches_the_replicated_parameters),
+        cmocka_unit_test(gpt_in_parts_reaches_the_replicated_parameters),
         cmocka_unit_test(cnn_stage3_reaches_the_replicated_parameters),
         cmocka_unit_test(only_the_units_in_use_are_resident),
         cmocka_unit_test(export_streams_the_sharded_parameters),
