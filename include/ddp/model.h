@@ -209,8 +209,8 @@ void ddp_model_set_comm(ddp_model *m, ddp_comm *comm);
  * GPT's output projection uses the token embedding of the first). */
 int ddp_model_num_units(const ddp_model *m);
 /* Cuts the linear maps of layers that have parts into row chunks of at least max_elems
- * elements (whole rows, the last chunk the rest; 0: whole maps), each chunk a unit and a place where a
- * gradient bucket may end (ddp_model_ready_points), and makes the units again. Call it
+ * elements (whole rows, the last chunk the rest; 0: whole maps), each chunk a unit and a place
+ * where a gradient bucket may end (ddp_model_ready_points), and makes the units again. Call it
  * before anything reads the units or the ready points. Changes the order of sums in those
  * maps' backward (input gradients summed chunk by chunk), not what they compute. */
 ddp_status ddp_model_set_unit_limit(ddp_model *m, size_t max_elems);

@@ -219,8 +219,8 @@ static ddp_status block_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, 
     DDP_CHECK(ddp_layer_part(m, l, K->fc.part, DDP_UNIT_BACKWARD_END));
     /* res2 = x + proj(atty): the gradient of x starts as that of res2 (in dx already). */
     DDP_CHECK(ddp_matmul_parts_backward(m, l, &K->proj, a.atty, dx, a.atty, rows, 0));
-    DDP_CHECK(ddp_backend_attention_backward(b, d_qkv, a.atty, a.qkv, a.att, l->scratch,
-                                             (int)p->n, (int)p->t, K->C, K->NH));
+    DDP_CHECK(ddp_backend_attention_backward(b, d_qkv, a.atty, a.qkv, a.att, l->scratch, (int)p->n,
+                                             (int)p->t, K->C, K->NH));
     DDP_CHECK(ddp_matmul_parts_backward(m, l, &K->qkv, a.ln1, d_qkv, a.ln1, rows, 1));
     DDP_CHECK(norm_backward(m, &K->ln1, dx, a.ln1, x, a.ln1_mean, a.ln1_rstd, rows, K->C));
     DDP_CHECK(ddp_layer_part(m, l, K->qkv.part, DDP_UNIT_BACKWARD_END));
@@ -310,7 +310,8 @@ static ddp_status head_backward(ddp_layer *l, ddp_model *m, const ddp_pass *p, c
     return DDP_OK;
 }
 
-static const ddp_layer_ops head_ops = {"output projection", head_forward, head_backward, NULL, NULL};
+static const ddp_layer_ops head_ops = {"output projection", head_forward, head_backward, NULL,
+                                       NULL};
 
 /* ---- the model ------------------------------------------------------------------------- */
 
@@ -342,7 +343,8 @@ static ddp_status add_block(ddp_model *m, const ddp_model_spec *spec, int i) {
     K->base.saved_per_pos = 15 * C + 4 + (size_t)spec->heads * (size_t)spec->ctx;
     /* attention's work (per position of a full context); backward's gradients live over
      * the saved tensors (block_backward) */
-    K->base.scratch_per_pos = DDP_ATTENTION_WORK(1, spec->ctx, spec->dim, spec->heads) / (size_t)spec->ctx;
+    K->base.scratch_per_pos =
+        DDP_ATTENTION_WORK(1, spec->ctx, spec->dim, spec->heads) / (size_t)spec->ctx;
     char prefix[48];
     snprintf(prefix, sizeof prefix, "transformer.h.%d.", i);
     ddp_init w = {DDP_INIT_NORMAL, INIT_STD};

@@ -235,13 +235,13 @@ ddp_status ddp_matmul_backward(ddp_model *m, const float *x, const float *dy, in
 /* A linear map of a parted layer (ddp_layer_ops.parts): W's rows in chunks, each chunk a
  * part of the layer (the last one holding the bias too). */
 typedef struct {
-    int w, b;        /* (out, in), (out) */
-    size_t in, out;  /* W's shape */
-    size_t rows;     /* rows per chunk (set by ddp_matmul_parts_plan) */
-    int part;        /* the layer's part of the first chunk (set by the layer) */
+    int w, b;       /* (out, in), (out) */
+    size_t in, out; /* W's shape */
+    size_t rows;    /* rows per chunk (set by ddp_matmul_parts_plan) */
+    int part;       /* the layer's part of the first chunk (set by the layer) */
 } ddp_matmul_parts;
-/* Cuts W into chunks of whole rows, at least `limit` elements each but the last (0: whole), tells the model
- * (ddp_model_chunk_rows), returns the number of chunks. */
+/* Cuts W into chunks of whole rows, at least `limit` elements each but the last (0: whole), tells
+ * the model (ddp_model_chunk_rows), returns the number of chunks. */
 int ddp_matmul_parts_plan(ddp_model *m, ddp_matmul_parts *mp, size_t limit);
 /* Interior cuts of its chunks (mp->w's offset + k rows, k = 1..) into cuts[*n..] (up to
  * max), *n advanced. */

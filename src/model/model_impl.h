@@ -12,9 +12,9 @@ typedef struct {
     ddp_init init;
     int uses; /* layers that contribute to its gradient */
     /* per backward pass */
-    int touched;   /* got its first contribution */
-    int uses_left; /* contributions still to come */
-    int reported;  /* reported ready */
+    int touched;       /* got its first contribution */
+    int uses_left;     /* contributions still to come */
+    int reported;      /* reported ready */
     size_t chunk_rows; /* reported in chunks of this many rows (0: whole); ddp_model_chunk_rows */
 } tensor;
 
@@ -61,7 +61,7 @@ struct ddp_model {
     int *unit_of;      /* (n_layers) the unit of each layer (a parted one's first) */
     int *unit_layer;   /* (n_units) its last layer */
     size_t *unit_end;  /* (n_units) the end of its range; it begins where unit u - 1 ends */
-    int (*shares)[2]; /* (n_shares) layer, tensor: a layer uses an earlier tensor */
+    int (*shares)[2];  /* (n_shares) layer, tensor: a layer uses an earlier tensor */
     int n_shares, cap_shares;
     int share_failed; /* out of memory in ddp_model_share_param */
     char describe[256];
