@@ -445,6 +445,21 @@ ddp_status ddp_sync_compress_cost(ddp_sync *s, ddp_comm *local, ddp_compress_cos
     return DDP_OK;
 }
 
+void ddp_sync_wire(const ddp_sync *s, size_t *bytes, int *collectives) {
+    size_t esize = s->opt.reducer.grad_dtype == DDP_BF16 ? 2 : 4;
+    int nb = ddp_reducer_num_buckets(s->reducer), on = s->psgd && ddp_powersgd_compressing(s->psgd);
+    *bytes = on ? 0 : s->n * esize;
+    *collectives = on ? 0 : nb;
+    for (int i = 0; on && i < nb; i++) {
+        size_t a, e, elems;
+        int calls;
+        ddp_reducer_bucket(s->reducer, i, &a, &e);
+        ddp_powersgd_wire(s->psgd, a, e, &elems, &calls);
+        *bytes += elems * esize;
+        *collectives += calls;
+    }
+}
+
 void ddp_sync_compress_from(ddp_sync *s, int64_t step) {
     if (s->psgd) ddp_powersgd_set_start(s->psgd, step);
 }
