@@ -165,7 +165,9 @@ else
     rc=$?
     dt=$(elapsed "$t0" "$(now)")
     kill -CONT "$pid" 2>/dev/null; kill -KILL "$pid" 2>/dev/null
-    V='flight recorder: ranks 0-1, 3 in allreduce #[0-9]+ on gradients \(reducer bucket 0\) for [0-9.]+ s; rank 2 did not answer within [0-9.]+ s: stopped or dead'
+    # Which collective the others wait in depends on where SIGSTOP caught rank 2: a
+    # gradient bucket's all-reduce mostly, the step's control all-gather at a logging step.
+    V='flight recorder: ranks 0-1, 3 in (allreduce|allgather) #[0-9]+ on [a-z]+ \([^)]*\) for [0-9.]+ s; rank 2 did not answer within [0-9.]+ s: stopped or dead'
     if [ "$rc" -ne 3 ]; then
         fail stopped_rank "exit status $rc, expected 3" "$stop_log"
     elif ! le "$dt" $((WD + 10)); then
