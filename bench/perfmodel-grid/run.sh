@@ -31,6 +31,7 @@ echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; out $OUT"
 
 # Batch per rank and steps of each model (a step of the 8-rank GPT takes seconds here).
 declare -A BATCH=([mlp]=128 [gpt]=8 [cnn]=32) STEPS=([mlp]=12 [gpt]=5 [cnn]=6)
+declare -A SHAPE=([mlp]="--hidden 1024,1024" [gpt]="" [cnn]="")
 declare -A SCHEME=([flat]="--hierarchical off" [hier]="--hierarchical on"
     [powersgd]="--compress powersgd --compress-rank 4")
 
@@ -55,7 +56,7 @@ for n in $NODES; do
                     name=$model-z$zero-$scheme-$tag
                     [ -s "$OUT/$name.json" ] && continue
                     # shellcheck disable=SC2086
-                    emu "$BUILD/ddp-bench" train --model "$model" --batch $((BATCH[$model] * n * RPN)) \
+                    emu "$BUILD/ddp-bench" train --model "$model" ${SHAPE[$model]} --batch $((BATCH[$model] * n * RPN)) \
                         --threads 1 --zero "$zero" ${SCHEME[$scheme]} --warmup-steps 2 \
                         --bench-steps "${STEPS[$model]}" --json "$OUT/$name.json" \
                         >/dev/null 2>"$OUT/$name.err" || { tail -5 "$OUT/$name.err" >&2; exit 1; }
@@ -68,7 +69,11 @@ for n in $NODES; do
             for h in off on; do
                 name=allreduce-$h-$tag
                 [ -s "$OUT/$name.json" ] && continue
-                emu "$BUILD/ddp-bench" allreduce --shared --hierarchical "$h" --min-bytes 4096 \
+                # As the trainer keeps its gradients: in the node's shared memory where the
+                # hierarchical scheme sums them there, in each rank's own memory otherwise.
+                shared=()
+                [ "$h" = on ] && shared=(--shared)
+                emu "$BUILD/ddp-bench" allreduce "${shared[@]}" --hierarchical "$h" --min-bytes 4096 \
                     --max-bytes 67108864 --iters 10 --warmup-iters 2 --json "$OUT/$name.json" \
                     >/dev/null 2>"$OUT/$name.err" || { tail -5 "$OUT/$name.err" >&2; exit 1; }
                 echo "$name: done"
