@@ -64,9 +64,17 @@ void ddp_cli_usage(FILE *f, const char *prog, ddp_model_kind kind);
 
 /* ---- ddp-bench ---------------------------------------------------------------------- */
 
+/* ddp-bench allreduce: the collectives it can time. */
+typedef enum {
+    DDP_BENCH_ALLREDUCE,      /* in place, every rank gets the sum */
+    DDP_BENCH_REDUCE_SCATTER, /* in place, rank r gets the sum of its own block */
+    DDP_BENCH_ALLGATHER,      /* in place, every rank gets every rank's block */
+} ddp_bench_collective;
+
 /* ddp-bench allreduce. */
 typedef struct {
     ddp_comm_kind comm;
+    ddp_bench_collective collective;
     size_t min_bytes, max_bytes;
     int iters, warmup_iters; /* timed and untimed all-reduces of each size */
     int reducer;             /* also time the gradient reducer */

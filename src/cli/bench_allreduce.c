@@ -3,7 +3,8 @@
  * integers, so the sums are exact and each rank verifies its own result), the time of a
  * size is the mean over the timed iterations, maximum over ranks, and bandwidth is
  * reported as algbw = bytes / time and busbw = algbw * 2(n-1)/n, the bytes a ring moves
- * through each link. With --reducer the same total size also goes through the gradient
+ * through each link ((n-1)/n for --collective reduce-scatter and allgather, which time
+ * --zero's collectives on a whole buffer of the size instead). With --reducer the same total size also goes through the gradient
  * reducer (tensors of --tensor-mb, buckets as in training), and the table gives its busbw
  * and its ratio to the plain all-reduce.
  */
@@ -18,29 +19,75 @@
 typedef struct {
     ddp_backend *b;
     ddp_comm *comm, *ctrl;
-    float *dev;  /* (max_count) backend memory */
-    float *host; /* (max_count) */
+    float *dev;     /* (max_count) backend memory */
+    float *host;    /* (max_count) */
+    float *shard;   /* (max_count / world + 1) backend memory: the reduce-scatter's result */
+    size_t *counts; /* (world) the blocks of --collective reduce-scatter and allgather */
     int rank, world;
+    ddp_bench_collective op;
 } bench_ctx;
 
-/* Every rank fills with rank + 1, so each element of the sum is n(n+1)/2, exact in fp32. */
+static const char *const op_names[] = {"all-reduce", "reduce-scatter", "all-gather"};
+
+/* The ranks' blocks of count elements, as --zero shards a bucket: the first count % world
+ * ranks one element more. Returns where this rank's block starts. */
+static size_t set_blocks(bench_ctx *c, size_t count) {
+    size_t begin = 0;
+    for (int r = 0; r < c->world; r++) {
+        c->counts[r] = count / (size_t)c->world + ((size_t)r < count % (size_t)c->world);
+        if (r < c->rank) begin += c->counts[r];
+    }
+    return begin;
+}
+
+/* Every rank fills with rank + 1, so each element of a sum is n(n+1)/2, exact in fp32. For
+ * the all-gather a rank fills its own block and zeroes the others, which must then hold
+ * their owner's rank + 1. */
 static ddp_status fill(bench_ctx *c, size_t count) {
     float v = (float)(c->rank + 1);
+    size_t begin = set_blocks(c, count), end = begin + c->counts[c->rank];
     for (size_t i = 0; i < count; i++)
-        c->host[i] = v;
+        c->host[i] = c->op != DDP_BENCH_ALLGATHER || (i >= begin && i < end) ? v : 0.0f;
     DDP_CHECK(ddp_backend_copy(c->b, c->dev, c->host, count * sizeof(float), DDP_COPY_H2D));
     DDP_CHECK(ddp_backend_sync(c->b));
     return DDP_OK;
 }
 
+/* Elements of the collective's result that are wrong: all of the all-reduce's, the
+ * reduce-scatter's shard (this rank's block of the sum), every block of the all-gather's. */
 static ddp_status count_wrong(bench_ctx *c, size_t count, long *wrong) {
-    DDP_CHECK(ddp_backend_copy(c->b, c->host, c->dev, count * sizeof(float), DDP_COPY_D2H));
-    float want = (float)c->world * (float)(c->world + 1) / 2.0f;
+    float sum = (float)c->world * (float)(c->world + 1) / 2.0f;
+    set_blocks(c, count);
     long w = 0;
-    for (size_t i = 0; i < count; i++)
-        w += c->host[i] != want;
+    if (c->op == DDP_BENCH_REDUCE_SCATTER) {
+        size_t n = c->counts[c->rank];
+        DDP_CHECK(ddp_backend_copy(c->b, c->host, c->shard, n * sizeof(float), DDP_COPY_D2H));
+        for (size_t i = 0; i < n; i++)
+            w += c->host[i] != sum;
+    } else {
+        DDP_CHECK(ddp_backend_copy(c->b, c->host, c->dev, count * sizeof(float), DDP_COPY_D2H));
+        size_t i = 0;
+        for (int r = 0; r < c->world; r++)
+            for (size_t k = 0; k < c->counts[r]; k++, i++)
+                w += c->host[i] != (c->op == DDP_BENCH_ALLGATHER ? (float)(r + 1) : sum);
+    }
     *wrong = w;
     return DDP_OK;
+}
+
+/* One collective of count elements of the buffer, as --collective says (the blocks are
+ * set). The reduce-scatter sums into a shard of its own, as --zero's reducer does (the
+ * node-shared buffer is read by the node's other ranks while the sums are written).
+ * COLLECTIVE. */
+static ddp_status run_op(bench_ctx *c, size_t count) {
+    switch (c->op) {
+    case DDP_BENCH_REDUCE_SCATTER:
+        return ddp_comm_reduce_scatterv(c->comm, c->dev, c->shard, c->counts, DDP_F32, DDP_SUM);
+    case DDP_BENCH_ALLGATHER:
+        return ddp_comm_allgatherv(c->comm, c->dev, c->counts, DDP_F32);
+    default:
+        return ddp_comm_allreduce(c->comm, c->dev, count, DDP_F32, DDP_SUM);
+    }
 }
 
 /* One reducer pass over the buffer: begin, every tensor reported ready from the end of
@@ -57,7 +104,7 @@ static ddp_status reducer_pass(ddp_reducer *r, const size_t *bounds, int nb, siz
 }
 
 typedef struct {
-    double t_plain, t_reducer; /* seconds per all-reduce, max over ranks */
+    double t_plain, t_reducer; /* seconds per collective, max over ranks */
     long wrong;                /* elements wrong, summed over ranks and both paths */
     int n_buckets;
 } size_result;
@@ -67,21 +114,21 @@ static ddp_status bench_size(bench_ctx *c, const ddp_cli_allreduce_options *a, s
                              size_t *bounds, size_result *res) {
     memset(res, 0, sizeof *res);
     long wrong = 0, w;
-    /* Check: one all-reduce of fresh inputs. */
+    /* Check: one collective of fresh inputs. */
     DDP_CHECK(fill(c, count));
-    DDP_CHECK(ddp_comm_allreduce(c->comm, c->dev, count, DDP_F32, DDP_SUM));
+    DDP_CHECK(run_op(c, count));
     DDP_CHECK(ddp_backend_sync(c->b));
     DDP_CHECK(count_wrong(c, count, &w));
     wrong += w;
     /* Timing: the values keep growing (a power-of-n multiple of the first sum); they are
      * only moved, so what they are does not change the time. */
     for (int i = 0; i < a->warmup_iters; i++)
-        DDP_CHECK(ddp_comm_allreduce(c->comm, c->dev, count, DDP_F32, DDP_SUM));
+        DDP_CHECK(run_op(c, count));
     DDP_CHECK(ddp_backend_sync(c->b));
     DDP_CHECK(ddp_comm_barrier(c->ctrl));
     double t0 = ddp_time_now();
     for (int i = 0; i < a->iters; i++)
-        DDP_CHECK(ddp_comm_allreduce(c->comm, c->dev, count, DDP_F32, DDP_SUM));
+        DDP_CHECK(run_op(c, count));
     DDP_CHECK(ddp_backend_sync(c->b));
     res->t_plain = (ddp_time_now() - t0) / a->iters;
     DDP_CHECK(ddp_bench_max_over_ranks(c->ctrl, &res->t_plain));
@@ -129,16 +176,20 @@ static ddp_status run_allreduce(bench_ctx *c, const ddp_cli_allreduce_options *a
         json_decref(rows);
         return DDP_FAIL(DDP_ERR_NOMEM, "out of memory");
     }
-    double factor = c->world > 1 ? 2.0 * (c->world - 1) / c->world : 0.0;
+    double factor = c->world > 1 ? (c->op == DDP_BENCH_ALLREDUCE ? 2.0 : 1.0) * (c->world - 1) /
+                                       c->world
+                                 : 0.0;
+    const char *name = op_names[c->op];
     if (c->rank == 0) {
-        printf("# ddp-bench allreduce: %d rank(s), comm %s, fp32 sum in place, %d warm-up + %d "
+        printf("# ddp-bench allreduce: %d rank(s), comm %s, fp32 %s in place, %d warm-up + %d "
                "timed iterations; waits for late ranks %s\n",
-               c->world, ddp_comm_name(c->comm), a->warmup_iters, a->iters,
+               c->world, ddp_comm_name(c->comm), name, a->warmup_iters, a->iters,
                ddp_comm_sleeping_wait(c->comm) ? "asleep (node gate)" : "in the library");
         if (a->shared)
             printf("# buffers in node-shared memory%s\n",
                    ddp_comm_hierarchical(c->comm) ? "; hierarchical across nodes" : "");
-        printf("# time: mean per all-reduce, max over ranks; busbw = algbw * 2(n-1)/n\n");
+        printf("# time: mean per %s, max over ranks; busbw = algbw * %s(n-1)/n\n", name,
+               c->op == DDP_BENCH_ALLREDUCE ? "2" : "");
         printf("%10s %12s %12s %10s %10s", "size", "count", "time(us)", "algbw GB/s", "busbw GB/s");
         if (a->reducer) printf(" %8s %12s %10s %7s", "buckets", "red. time", "red. busbw", "ratio");
         printf(" %6s\n", "wrong");
@@ -147,7 +198,7 @@ static ddp_status run_allreduce(bench_ctx *c, const ddp_cli_allreduce_options *a
     *total_wrong = 0;
     for (size_t bytes = a->min_bytes; s == DDP_OK && bytes <= a->max_bytes; bytes *= 2) {
         char where[96];
-        snprintf(where, sizeof where, "in the all-reduces of %zu bytes", bytes);
+        snprintf(where, sizeof where, "in the %ss of %zu bytes", name, bytes);
         ddp_watchdog_set_where(where);
         size_t count = bytes / sizeof(float);
         size_result res;
@@ -192,6 +243,7 @@ static ddp_status run_allreduce(bench_ctx *c, const ddp_cli_allreduce_options *a
                 s = DDP_FAIL(DDP_ERR_INTERNAL, "could not build the JSON results");
             else {
                 json_object_set_new(o, "wrong", json_integer(*total_wrong));
+                json_object_set_new(o, "collective", json_string(name));
                 json_object_set_new(o, "sleeping_wait",
                                     json_boolean(ddp_comm_sleeping_wait(c->comm)));
                 json_object_set_new(o, "shared", json_boolean(a->shared));
@@ -229,7 +281,7 @@ int ddp_bench_allreduce_main(ddp_comm *ctrl, int argc, char **argv) {
     /* From here on a rank that dies or hangs ends the job after --timeout seconds. */
     if (!ddp_cli_start_watchdog(ctrl, a.timeout_s)) return 1;
 
-    bench_ctx c = {.ctrl = ctrl, .rank = rank, .world = ddp_comm_size(ctrl)};
+    bench_ctx c = {.ctrl = ctrl, .rank = rank, .world = ddp_comm_size(ctrl), .op = a.collective};
     ddp_backend_options bo = {.device = a.comm == DDP_COMM_NCCL ? DDP_DEVICE_CUDA : DDP_DEVICE_CPU,
                               .threads = 1};
     if (bo.device == DDP_DEVICE_CUDA) {
@@ -241,8 +293,12 @@ int ddp_bench_allreduce_main(ddp_comm *ctrl, int argc, char **argv) {
     if (!ddp_cli_phase_ok(ctrl, s, "creating the backend")) goto done;
     size_t max_count = a.max_bytes / sizeof(float);
     c.host = malloc(max_count * sizeof(float));
-    s = c.host ? ddp_backend_alloc(c.b, max_count * sizeof(float), (void **)&c.dev)
+    c.counts = malloc((size_t)c.world * sizeof *c.counts);
+    s = c.host && c.counts ? ddp_backend_alloc(c.b, max_count * sizeof(float), (void **)&c.dev)
                : DDP_FAIL(DDP_ERR_NOMEM, "out of memory for %zu bytes", a.max_bytes);
+    if (s == DDP_OK && a.collective == DDP_BENCH_REDUCE_SCATTER)
+        s = ddp_backend_alloc(c.b, (max_count / (size_t)c.world + 1) * sizeof(float),
+                              (void **)&c.shard);
     if (!ddp_cli_phase_ok(ctrl, s, "allocating the buffers")) goto done;
     ddp_comm_set_hierarchical(a.hierarchical);
     s = ddp_comm_create(a.comm, c.b, &c.comm);
@@ -264,15 +320,17 @@ int ddp_bench_allreduce_main(ddp_comm *ctrl, int argc, char **argv) {
     long wrong = 0;
     s = run_allreduce(&c, &a, &wrong);
     if (s != DDP_OK) {
-        ddp_log_current_error("benchmarking the all-reduce");
+        ddp_log_current_error("benchmarking the collective");
         ddp_comm_abort(ctrl, 1);
     }
     code = wrong == 0 ? 0 : 1;
     if (wrong != 0 && rank == 0) ddp_log_error("%ld elements had a wrong sum", wrong);
 done:
     if (c.b && !dev_is_shared) ddp_backend_dealloc(c.b, c.dev);
+    if (c.b && c.shard) ddp_backend_dealloc(c.b, c.shard);
     ddp_comm_free(c.comm);
     free(c.host);
+    free(c.counts);
     ddp_backend_free(c.b);
     return code;
 }

@@ -10,6 +10,9 @@
 
 static const char *const ar_comms[] = {"mpi", "nccl", NULL};
 static const int ar_comm_values[] = {DDP_COMM_MPI, DDP_COMM_NCCL};
+static const char *const ar_collectives[] = {"allreduce", "reduce-scatter", "allgather", NULL};
+static const int ar_collective_values[] = {DDP_BENCH_ALLREDUCE, DDP_BENCH_REDUCE_SCATTER,
+                                           DDP_BENCH_ALLGATHER};
 
 /* The largest buffer: 2^30 floats, well within the int counts of MPI. */
 #define MAX_BYTES ((uint64_t)4 << 30)
@@ -19,6 +22,10 @@ static const ddp_opt allreduce_opts[] = {
     OPT_HEADING("Sizes and repetitions"),
     OPT(CHOICE, "comm", comm, NULL, "(nccl needs GPUs)", .choices = ar_comms,
         .values = ar_comm_values, .def = "mpi"),
+    OPT(CHOICE, "collective", collective, NULL,
+        "what is timed: the all-reduce, or the reduce-scatter and\n"
+        "all-gather of --zero's shards (in place, blocks of size / ranks)",
+        .choices = ar_collectives, .values = ar_collective_values, .def = "allreduce"),
     OPT(BYTES, "min-bytes", min_bytes, "BYTES", "smallest size; sizes double up to --max-bytes",
         .lo = 4, .hi = MAX_BYTES, .def = "8"),
     OPT(BYTES, "max-bytes", max_bytes, "BYTES", "largest size", .lo = 4, .hi = MAX_BYTES,
@@ -64,6 +71,10 @@ ddp_status ddp_cli_parse_allreduce(int argc, char **argv, ddp_cli_allreduce_opti
     if (a->max_bytes < a->min_bytes)
         return DDP_FAIL(DDP_ERR_INVALID_ARG, "--max-bytes %zu is below --min-bytes %zu",
                         a->max_bytes, a->min_bytes);
+    if (a->reducer && a->collective != DDP_BENCH_ALLREDUCE)
+        return DDP_FAIL(DDP_ERR_INVALID_ARG,
+                        "--reducer times the gradient reducer's all-reduces: it needs "
+                        "--collective allreduce");
     return DDP_OK;
 }
 
