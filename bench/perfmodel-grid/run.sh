@@ -4,13 +4,15 @@
 # the GPT and the CNN (their defaults), at --zero 0 and 1, with the flat all-reduce
 # (--hierarchical off), the hierarchical one (on) and PowerSGD (--compress powersgd, rank 4,
 # hierarchical auto), a fixed batch per rank (weak scaling). Then the micro-benchmarks of
-# `cluster/perfmodel calibrate`: `ddp-bench allreduce` from 4 KiB to 64 MiB on the same
-# clusters, flat and hierarchical. One JSON per run in OUT (a run whose JSON exists is not
-# run again, so an interrupted sweep resumes), and OUT/grid.csv, OUT/allreduce.csv, which
-# `cluster/perfmodel calibrate` and `cluster/perfmodel grid` read. Needs root.
+# `cluster/perfmodel calibrate`: `ddp-bench allreduce --collective C` for the all-reduce
+# and --zero's reduce-scatter and all-gather, 4 KiB to 16 MiB, 20 timed iterations, on the
+# same clusters, flat and hierarchical. One JSON per run in OUT (a run whose JSON exists is
+# not run again, so an interrupted sweep resumes), and OUT/grid.csv, OUT/collectives.csv,
+# which `cluster/perfmodel calibrate` and `cluster/perfmodel grid` read. Needs root.
 #
 #   bench/perfmodel-grid/run.sh [OUT]   (default bench/perfmodel-grid/out)
-#       env NODES ("1 2 4"), BWS ("1gbit 10gbit"), MODELS ("mlp gpt cnn"), BUILD_DIR
+#       env NODES ("1 2 4"), BWS ("1gbit 10gbit"), MODELS ("mlp gpt cnn"),
+#           PARTS ("grid micro": the training runs, the micro-benchmarks), BUILD_DIR
 #
 # At one node the link is not used and the flat and hierarchical schemes are the same (the
 # node's shared memory): one run each of flat and powersgd per model and stage, the same
@@ -22,6 +24,7 @@ OUT=$(mkdir -p "${1:-$ROOT/bench/perfmodel-grid/out}" && cd "${1:-$ROOT/bench/pe
 NODES=${NODES:-1 2 4}
 BWS=${BWS:-1gbit 10gbit}
 MODELS=${MODELS:-mlp gpt cnn}
+PARTS=${PARTS:-grid micro}
 RPN=2
 PREFIX=ddpgr$$
 EMU=$OUT/emu
@@ -50,6 +53,7 @@ for n in $NODES; do
         emu() { "$ROOT/cluster/emu" run --dir "$EMU" -- mpirun "${place[@]}" "$@"; }
         tag=$n-$([ "$n" -eq 1 ] && echo local || echo "$bw")
         for model in $MODELS; do
+            [[ " $PARTS " == *" grid "* ]] || break
             for zero in 0 1; do
                 for scheme in flat hier powersgd; do
                     [ "$n" -eq 1 ] && [ "$scheme" = hier ] && continue
@@ -65,18 +69,22 @@ for n in $NODES; do
             done
         done
         # The micro-benchmarks of the link and of the node's memory.
-        if [ "$n" -gt 1 ]; then
-            for h in off on; do
-                name=allreduce-$h-$tag
-                [ -s "$OUT/$name.json" ] && continue
-                # As the trainer keeps its gradients: in the node's shared memory where the
-                # hierarchical scheme sums them there, in each rank's own memory otherwise.
-                shared=()
-                [ "$h" = on ] && shared=(--shared)
-                emu "$BUILD/ddp-bench" allreduce "${shared[@]}" --hierarchical "$h" --min-bytes 4096 \
-                    --max-bytes 67108864 --iters 10 --warmup-iters 2 --json "$OUT/$name.json" \
-                    >/dev/null 2>"$OUT/$name.err" || { tail -5 "$OUT/$name.err" >&2; exit 1; }
-                echo "$name: done"
+        if [ "$n" -gt 1 ] && [[ " $PARTS " == *" micro "* ]]; then
+            for op in allreduce reduce-scatter allgather; do
+                for h in off on; do
+                    name=coll-$op-$h-$tag
+                    [ -s "$OUT/$name.json" ] && continue
+                    # As the trainer keeps its gradients: in the node's shared memory where
+                    # the hierarchical scheme sums them there, in each rank's own memory
+                    # otherwise.
+                    shared=()
+                    [ "$h" = on ] && shared=(--shared)
+                    emu "$BUILD/ddp-bench" allreduce --collective "$op" "${shared[@]}" \
+                        --hierarchical "$h" --min-bytes 4096 --max-bytes 16777216 --iters 20 \
+                        --warmup-iters 3 --json "$OUT/$name.json" \
+                        >/dev/null 2>"$OUT/$name.err" || { tail -5 "$OUT/$name.err" >&2; exit 1; }
+                    echo "$name: done"
+                done
             done
         fi
         "$ROOT/cluster/emu" down --dir "$EMU" --prefix "$PREFIX" >/dev/null
@@ -92,27 +100,33 @@ cols = ["model", "zero", "scheme", "nodes", "link", "ranks", "params", "global_b
 rows = []
 for f in sorted(glob.glob(os.path.join(out, "*.json"))):
     name = os.path.basename(f)[:-5]
-    if name.startswith("allreduce-"):
+    if name.startswith(("allreduce-", "coll-")) or name == "machine":
         continue
     model, zero, scheme, nodes, link = name.split("-", 4)
     d = json.load(open(f))
     r = {"model": model, "zero": zero[1:], "scheme": scheme, "nodes": nodes, "link": link}
     r.update({k: d.get(k, "") for k in cols if k not in r})
     rows.append(r)
-with open(os.path.join(out, "grid.csv"), "w", newline="") as fh:
-    w = csv.DictWriter(fh, fieldnames=cols)
-    w.writeheader()
-    w.writerows(rows)
+# A part that was not run this time keeps its CSV.
+if rows:
+    with open(os.path.join(out, "grid.csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {out}/grid.csv ({len(rows)} runs)")
 ar = []
-for f in sorted(glob.glob(os.path.join(out, "allreduce-*.json"))):
-    _, h, nodes, link = os.path.basename(f)[:-5].split("-", 3)
+for f in sorted(glob.glob(os.path.join(out, "coll-*.json"))):
+    _, h, nodes, link = os.path.basename(f)[:-5].rsplit("-", 3)  # coll-OP-H-NODES-LINK
     d = json.load(open(f))
     for s in d["sizes"]:
-        ar.append({"hierarchical": h, "nodes": nodes, "link": link, "ranks": d.get("ranks", ""),
-                   "bytes": s.get("bytes"), "seconds": s["time_us"] * 1e-6})
-with open(os.path.join(out, "allreduce.csv"), "w", newline="") as fh:
-    w = csv.DictWriter(fh, fieldnames=["hierarchical", "nodes", "link", "ranks", "bytes", "seconds"])
-    w.writeheader()
-    w.writerows(ar)
-print(f"wrote {out}/grid.csv ({len(rows)} runs) and {out}/allreduce.csv ({len(ar)} sizes)")
+        ar.append({"collective": d["collective"], "hierarchical": h, "nodes": nodes, "link": link,
+                   "ranks": d.get("ranks", ""), "bytes": s.get("bytes"),
+                   "seconds": s["time_us"] * 1e-6})
+if ar:
+    with open(os.path.join(out, "collectives.csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["collective", "hierarchical", "nodes", "link", "ranks",
+                                           "bytes", "seconds"])
+        w.writeheader()
+        w.writerows(ar)
+    print(f"wrote {out}/collectives.csv ({len(ar)} sizes)")
 PY

@@ -77,10 +77,11 @@ typedef struct {
     ddp_bench_collective collective;
     size_t min_bytes, max_bytes;
     int iters, warmup_iters; /* timed and untimed all-reduces of each size */
+    float gap_ms;            /* CPU time each rank computes before each collective */
     int reducer;             /* also time the gradient reducer */
     int shared;              /* buffers in node-shared memory (the trainer's CPU path) */
     ddp_hier_mode hierarchical;
-    size_t tensor_bytes;     /* --reducer: tensor boundaries every this many bytes */
+    size_t tensor_bytes; /* --reducer: tensor boundaries every this many bytes */
     ddp_reducer_options ropt;
     char json[DDP_PATH_MAX]; /* results as JSON (rank 0); "" = none */
     float timeout_s;         /* the watchdog's --timeout */

@@ -4,9 +4,11 @@
  * size is the mean over the timed iterations, maximum over ranks, and bandwidth is
  * reported as algbw = bytes / time and busbw = algbw * 2(n-1)/n, the bytes a ring moves
  * through each link ((n-1)/n for --collective reduce-scatter and allgather, which time
- * --zero's collectives on a whole buffer of the size instead). With --reducer the same total size also goes through the gradient
- * reducer (tensors of --tensor-mb, buckets as in training), and the table gives its busbw
- * and its ratio to the plain all-reduce.
+ * --zero's collectives on a whole buffer of the size instead). With --gap-ms each rank
+ * computes before every collective and the time is what the collectives add to that. With
+ * --reducer the same total size also goes through the gradient reducer (tensors of
+ * --tensor-mb, buckets as in training), and the table gives its busbw and its ratio to the
+ * plain all-reduce.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,10 +85,8 @@ static ddp_status run_op(bench_ctx *c, size_t count) {
     switch (c->op) {
     case DDP_BENCH_REDUCE_SCATTER:
         return ddp_comm_reduce_scatterv(c->comm, c->dev, c->shard, c->counts, DDP_F32, DDP_SUM);
-    case DDP_BENCH_ALLGATHER:
-        return ddp_comm_allgatherv(c->comm, c->dev, c->counts, DDP_F32);
-    default:
-        return ddp_comm_allreduce(c->comm, c->dev, count, DDP_F32, DDP_SUM);
+    case DDP_BENCH_ALLGATHER: return ddp_comm_allgatherv(c->comm, c->dev, c->counts, DDP_F32);
+    default: return ddp_comm_allreduce(c->comm, c->dev, count, DDP_F32, DDP_SUM);
     }
 }
 
@@ -109,6 +109,36 @@ typedef struct {
     int n_buckets;
 } size_result;
 
+/* Computes for ms milliseconds of this thread's CPU time (what a rank's compute needs,
+ * however the machine's cores are shared). */
+static void compute_for(double ms) {
+    if (ms <= 0) return;
+    double end = ddp_thread_cpu_time() + ms * 1e-3;
+    volatile double x = 1.0;
+    while (ddp_thread_cpu_time() < end)
+        for (int i = 0; i < 1000; i++)
+            x = x * 1.0000001 + 1e-9;
+}
+
+/* Seconds per iteration of the timed loop: --gap-ms of compute, then the collective (none
+ * where with_op is 0). Max over ranks. COLLECTIVE. */
+static ddp_status time_loop(bench_ctx *c, const ddp_cli_allreduce_options *a, size_t count,
+                            int with_op, double *t) {
+    DDP_CHECK(ddp_backend_sync(c->b));
+    DDP_CHECK(ddp_comm_barrier(c->ctrl));
+    double t0 = ddp_time_now();
+    for (int i = 0; i < a->iters; i++) {
+        compute_for(a->gap_ms);
+        if (with_op) DDP_CHECK(run_op(c, count));
+    }
+    DDP_CHECK(ddp_backend_sync(c->b));
+    /* The loop ends when the last rank's last collective ends. */
+    if (!with_op) DDP_CHECK(ddp_comm_barrier(c->ctrl));
+    *t = (ddp_time_now() - t0) / a->iters;
+    DDP_CHECK(ddp_bench_max_over_ranks(c->ctrl, t));
+    return DDP_OK;
+}
+
 /* Times one size. COLLECTIVE. */
 static ddp_status bench_size(bench_ctx *c, const ddp_cli_allreduce_options *a, size_t count,
                              size_t *bounds, size_result *res) {
@@ -124,14 +154,15 @@ static ddp_status bench_size(bench_ctx *c, const ddp_cli_allreduce_options *a, s
      * only moved, so what they are does not change the time. */
     for (int i = 0; i < a->warmup_iters; i++)
         DDP_CHECK(run_op(c, count));
-    DDP_CHECK(ddp_backend_sync(c->b));
-    DDP_CHECK(ddp_comm_barrier(c->ctrl));
-    double t0 = ddp_time_now();
-    for (int i = 0; i < a->iters; i++)
-        DDP_CHECK(run_op(c, count));
-    DDP_CHECK(ddp_backend_sync(c->b));
-    res->t_plain = (ddp_time_now() - t0) / a->iters;
-    DDP_CHECK(ddp_bench_max_over_ranks(c->ctrl, &res->t_plain));
+    DDP_CHECK(time_loop(c, a, count, 1, &res->t_plain));
+    /* With compute between the collectives: what they add to the compute alone (the
+     * ranks computing on shared cores reach each collective at different times). */
+    if (a->gap_ms > 0) {
+        double alone;
+        DDP_CHECK(time_loop(c, a, count, 0, &alone));
+        /* (Noise can make the difference negative where the collective is far shorter.) */
+        res->t_plain = res->t_plain > alone ? res->t_plain - alone : 0.0;
+    }
 
     if (a->reducer) {
         size_t step = a->tensor_bytes / sizeof(float);
@@ -151,7 +182,7 @@ static ddp_status bench_size(bench_ctx *c, const ddp_cli_allreduce_options *a, s
             s = reducer_pass(r, bounds, nb, count);
         if (s == DDP_OK) s = ddp_backend_sync(c->b);
         if (s == DDP_OK) s = ddp_comm_barrier(c->ctrl);
-        t0 = ddp_time_now();
+        double t0 = ddp_time_now();
         for (int i = 0; s == DDP_OK && i < a->iters; i++)
             s = reducer_pass(r, bounds, nb, count);
         if (s == DDP_OK) s = ddp_backend_sync(c->b);
@@ -176,9 +207,8 @@ static ddp_status run_allreduce(bench_ctx *c, const ddp_cli_allreduce_options *a
         json_decref(rows);
         return DDP_FAIL(DDP_ERR_NOMEM, "out of memory");
     }
-    double factor = c->world > 1 ? (c->op == DDP_BENCH_ALLREDUCE ? 2.0 : 1.0) * (c->world - 1) /
-                                       c->world
-                                 : 0.0;
+    double factor =
+        c->world > 1 ? (c->op == DDP_BENCH_ALLREDUCE ? 2.0 : 1.0) * (c->world - 1) / c->world : 0.0;
     const char *name = op_names[c->op];
     if (c->rank == 0) {
         printf("# ddp-bench allreduce: %d rank(s), comm %s, fp32 %s in place, %d warm-up + %d "
@@ -190,6 +220,10 @@ static ddp_status run_allreduce(bench_ctx *c, const ddp_cli_allreduce_options *a
                    ddp_comm_hierarchical(c->comm) ? "; hierarchical across nodes" : "");
         printf("# time: mean per %s, max over ranks; busbw = algbw * %s(n-1)/n\n", name,
                c->op == DDP_BENCH_ALLREDUCE ? "2" : "");
+        if (a->gap_ms > 0)
+            printf("# %.3g ms of compute before each: the time is what the collective adds to "
+                   "it\n",
+                   a->gap_ms);
         printf("%10s %12s %12s %10s %10s", "size", "count", "time(us)", "algbw GB/s", "busbw GB/s");
         if (a->reducer) printf(" %8s %12s %10s %7s", "buckets", "red. time", "red. busbw", "ratio");
         printf(" %6s\n", "wrong");
@@ -206,10 +240,11 @@ static ddp_status run_allreduce(bench_ctx *c, const ddp_cli_allreduce_options *a
         if (s != DDP_OK) break;
         *total_wrong += res.wrong;
         size_t nbytes = count * sizeof(float);
-        double algbw = nbytes / res.t_plain / 1e9, busbw = algbw * factor;
+        /* (0 where --gap-ms found the collective adding nothing measurable.) */
+        double algbw = res.t_plain > 0 ? nbytes / res.t_plain / 1e9 : 0.0, busbw = algbw * factor;
         double ralg = a->reducer ? nbytes / res.t_reducer / 1e9 : 0.0, rbus = ralg * factor;
         /* With one rank busbw is 0 by definition; compare algbw then. */
-        double ratio = a->reducer ? (factor > 0 ? rbus / busbw : ralg / algbw) : 0.0;
+        double ratio = !a->reducer || algbw <= 0 ? 0.0 : factor > 0 ? rbus / busbw : ralg / algbw;
         if (c->rank == 0) {
             char sz[32];
             ddp_opt_format_bytes(nbytes, sz, sizeof sz);
@@ -244,6 +279,7 @@ static ddp_status run_allreduce(bench_ctx *c, const ddp_cli_allreduce_options *a
             else {
                 json_object_set_new(o, "wrong", json_integer(*total_wrong));
                 json_object_set_new(o, "collective", json_string(name));
+                json_object_set_new(o, "gap_ms", json_real(a->gap_ms));
                 json_object_set_new(o, "sleeping_wait",
                                     json_boolean(ddp_comm_sleeping_wait(c->comm)));
                 json_object_set_new(o, "shared", json_boolean(a->shared));
@@ -295,7 +331,7 @@ int ddp_bench_allreduce_main(ddp_comm *ctrl, int argc, char **argv) {
     c.host = malloc(max_count * sizeof(float));
     c.counts = malloc((size_t)c.world * sizeof *c.counts);
     s = c.host && c.counts ? ddp_backend_alloc(c.b, max_count * sizeof(float), (void **)&c.dev)
-               : DDP_FAIL(DDP_ERR_NOMEM, "out of memory for %zu bytes", a.max_bytes);
+                           : DDP_FAIL(DDP_ERR_NOMEM, "out of memory for %zu bytes", a.max_bytes);
     if (s == DDP_OK && a.collective == DDP_BENCH_REDUCE_SCATTER)
         s = ddp_backend_alloc(c.b, (max_count / (size_t)c.world + 1) * sizeof(float),
                               (void **)&c.shard);

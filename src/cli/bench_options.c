@@ -34,6 +34,11 @@ static const ddp_opt allreduce_opts[] = {
         .def = "20"),
     OPT(INT, "warmup-iters", warmup_iters, "N", "untimed all-reduces per size before them", .lo = 0,
         .hi = 1000000000, .def = "5"),
+    OPT(FLOAT, "gap-ms", gap_ms, "MS",
+        "each rank computes MS milliseconds of CPU time before every\n"
+        "collective, as a training step does, and the time given is\n"
+        "what the collectives add to that compute alone (0: back to back)",
+        .min = 0, .max = 1e4, .def = "0"),
     OPT(FLAG, "shared", shared, NULL,
         "buffers in memory shared by the node's ranks, as the trainer\n"
         "keeps its gradients on the CPU: sums of 64 KiB and more then\n"

@@ -92,9 +92,9 @@ const opt_case train_cases[] = {
 
 const opt_case allreduce_cases[] = {
     {"comm", "nccl", "gloo", NULL},     {"collective", "allgather", "gather", NULL},
-    {"min-bytes", "1K", "1.5", NULL},
-    {"max-bytes", "1M", "5G", NULL},    {"iters", "3", "0", NULL},
-    {"warmup-iters", "0", "-1", NULL},  {"shared", NULL, "1", NULL},
+    {"min-bytes", "1K", "1.5", NULL},   {"max-bytes", "1M", "5G", NULL},
+    {"iters", "3", "0", NULL},          {"warmup-iters", "0", "-1", NULL},
+    {"gap-ms", "2.5", "-1", NULL},      {"shared", NULL, "1", NULL},
     {"reducer", NULL, "1", NULL},       {"tensor-mb", "0.25", "0", NULL},
     {"bucket-mb", "2", "x", NULL},      {"first-bucket-mb", "0.5", "-1", NULL},
     {"progress", "test", "fast", NULL}, {"json", "/tmp/ar.json", "", NULL},

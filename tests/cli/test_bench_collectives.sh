@@ -34,6 +34,18 @@ PY
     done
 done
 
+# --gap-ms: compute before each collective, the time what the collective adds (not
+# negative), the results still checked.
+timeout -k 5 120 "$MPIEXEC" --oversubscribe -np 2 "$BENCH" allreduce --gap-ms 1 --min-bytes 4K \
+    --max-bytes 64K --iters 3 --warmup-iters 1 --json "$TMP/gap.json" >"$TMP/gap.log" 2>&1 ||
+    bad "--gap-ms 1: exit status $?"
+python3 - "$TMP/gap.json" <<'PY' || bad "--gap-ms 1: JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["gap_ms"] == 1 and d["wrong"] == 0, d
+assert all(s["time_us"] >= 0 for s in d["sizes"]) and len(d["sizes"]) == 5, d["sizes"]
+PY
+
 # A refusal on every rank, not a hang.
 timeout -k 5 60 "$MPIEXEC" --oversubscribe -np 2 "$BENCH" allreduce --collective allgather \
     --reducer --max-bytes 1K >"$TMP/refused.log" 2>&1

@@ -150,6 +150,51 @@ else
     echo "ok   check refuses zero = 3: $msg"
 fi
 
+# calibrate and grid: collectives measured as t = 1 ms + s / 1e8 (all-reduce) and
+# 0.5 ms + s / 2e8 (reduce-scatter, all-gather) per buffer of s bytes, 2 nodes at 1 Gbit; a
+# one-node run of 2 ranks (forward 10 ms, backward 20 ms, optimizer 2 ms) predicts 4 ranks
+# on the 2 cores at twice those times, with no overlap, plus the step's collectives:
+#   --zero 0: 2 all-reduces of 512 KiB = 2 x 6.24288 ms; step 76.48576 ms
+#   --zero 1: 2 reduce-scatters and 2 all-gathers of 512 KiB (2 x 3.12144 ms each) and the
+#   norm's all-reduce (8 bytes: the smallest size's 1.04096 ms); step 77.52672 ms, which
+#   is -9.1% of the 85.279392 ms the row says was measured.
+python3 - "$tmp/coll.csv" <<'PY'
+import sys
+with open(sys.argv[1], "w") as fh:
+    fh.write("collective,hierarchical,nodes,link,ranks,bytes,seconds\n")
+    for op, a, b in [("all-reduce", 1e-3, 1e-8), ("reduce-scatter", 5e-4, 5e-9), ("all-gather", 5e-4, 5e-9)]:
+        for k in range(13):
+            size = 4096 << k
+            fh.write("%s,off,2,1gbit,4,%d,%.12g\n" % (op, size, a + b * size))
+PY
+cols=model,zero,scheme,nodes,link,ranks,hierarchical,compressing,grad_wire_bytes,grad_collectives,t_forward,t_backward,t_allreduce,t_allgather,t_exposed,t_optim,t_step
+{
+    echo "$cols"
+    echo "mlp,0,flat,1,local,2,False,False,1048576,2,0.01,0.02,0.001,0,0.001,0.002,0.033"
+    echo "mlp,1,flat,1,local,2,False,False,1048576,2,0.01,0.02,0.001,0,0.001,0.002,0.033"
+    echo "mlp,0,flat,2,1gbit,4,False,False,1048576,2,0.02,0.04,0.01,0,0.01,0.004,0.07648576"
+    echo "mlp,1,flat,2,1gbit,4,False,False,1048576,2,0.02,0.04,0.01,0.005,0.01,0.004,0.085279392"
+} >"$tmp/grid.csv"
+if ! python3 "$PM" calibrate --collectives "$tmp/coll.csv" --out "$tmp/machine.json" >/dev/null; then
+    echo "FAIL calibrate exited $?"; fails=$((fails + 1))
+fi
+out=$(python3 "$PM" grid --machine "$tmp/machine.json" --csv "$tmp/grid.csv" 2>&1)
+for want in "| mlp | 0 | flat | 2 | 1gbit | 76.5 | 76.5 | +0.0% |" \
+            "| mlp | 1 | flat | 2 | 1gbit | 85.3 | 77.5 | -9.1% |" \
+            "multi-node rows: 2; absolute error of the step: median 4.5%, worst 9.1%"; do
+    if grep -qF -- "$want" <<<"$out"; then echo "ok   grid: $want"
+    else echo "FAIL grid: no '$want' in:"; echo "$out"; fails=$((fails + 1)); fi
+done
+# A cluster shape the machine file lacks: named, no traceback.
+grep -v reduce-scatter "$tmp/coll.csv" >"$tmp/coll-rs.csv"
+python3 "$PM" calibrate --collectives "$tmp/coll-rs.csv" --out "$tmp/machine-rs.json" >/dev/null
+if msg=$(python3 "$PM" grid --machine "$tmp/machine-rs.json" --csv "$tmp/grid.csv" 2>&1) ||
+    grep -q Traceback <<<"$msg" || ! grep -q "no reduce-scatter/2/1gbit/off" <<<"$msg"; then
+    echo "FAIL grid without the reduce-scatter's curve: $(tail -1 <<<"$msg")"; fails=$((fails + 1))
+else
+    echo "ok   grid names the missing curve: $msg"
+fi
+
 for bad in "--bw fast" "--bw 1bps" "--bw 0gbit" "--params -5" "--overlap 2" "--latency=-1us" "--batch 0" "--nodes 1,x" "--nodes 0" \
            "--zero 3" "--zero x" "--accum 0" "--accum 3" "--gather-overlap 2" "--optim-state-bytes -1"; do
     # shellcheck disable=SC2086 # split on purpose
