@@ -94,7 +94,7 @@ python3 - "$OUT" <<'PY'
 import csv, glob, json, os, sys
 out = sys.argv[1]
 cols = ["model", "zero", "scheme", "nodes", "link", "ranks", "params", "global_batch",
-        "hierarchical", "compressing", "grad_wire_bytes", "grad_collectives", "t_forward", "t_backward", "t_allreduce",
+        "hierarchical", "compressing", "grad_wire_bytes", "grad_collectives", "buckets", "t_forward", "t_backward", "t_allreduce",
         "t_allgather", "t_exposed", "t_optim", "t_step", "t_comm_cpu", "t_step_cpu",
         "samples_per_s"]
 rows = []

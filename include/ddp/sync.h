@@ -188,8 +188,9 @@ typedef struct {
  * real gradients) over `local`, a communicator of this rank alone. Not collective. */
 ddp_status ddp_sync_compress_cost(ddp_sync *s, ddp_comm *local, ddp_compress_cost *c);
 /* What the reducer sends per rank per step now (compressed where the compressor is
- * compressing): *bytes and *collectives, the buckets' all-reduces or reduce-scatters. */
-void ddp_sync_wire(const ddp_sync *s, size_t *bytes, int *collectives);
+ * compressing): *bytes and *collectives, the buckets' all-reduces or reduce-scatters, and
+ * its *buckets (under --zero, one parameter all-gather each). */
+void ddp_sync_wire(const ddp_sync *s, size_t *bytes, int *collectives, int *buckets);
 /* The compressor compresses from step `step` on (--compress auto's decision). */
 void ddp_sync_compress_from(ddp_sync *s, int64_t step);
 

@@ -303,8 +303,9 @@ int ddp_trainer_grads_shared(const ddp_trainer *t);
 /* Nonzero when the last step's gradients went through PowerSGD (--compress powersgd after
  * its warm-up, or --compress auto once it chose to). */
 int ddp_trainer_compressing(const ddp_trainer *t);
-/* Gradient bytes each rank sends per step and the collectives that carry them (ddp_sync_wire). */
-void ddp_trainer_wire(const ddp_trainer *t, size_t *bytes, int *collectives);
+/* Gradient bytes each rank sends per step, the collectives that carry them and the
+ * reducer's buckets (ddp_sync_wire). */
+void ddp_trainer_wire(const ddp_trainer *t, size_t *bytes, int *collectives, int *buckets);
 /* The mean loss per prediction of the last evaluation of ddp_trainer_run (< 0: none). */
 double ddp_trainer_last_eval_loss(const ddp_trainer *t);
 /* An evaluation's result in the data's terms ("test accuracy 0.9004, test loss 0.2914";

@@ -146,10 +146,11 @@ int ddp_bench_train_main(ddp_comm *ctrl, int argc, char **argv) {
         json_object_set_new(o, "compress_rank", json_integer(cfg->reducer.compress_rank));
         json_object_set_new(o, "compressing", json_boolean(ddp_trainer_compressing(trainer)));
         size_t wire_bytes;
-        int wire_calls;
-        ddp_trainer_wire(trainer, &wire_bytes, &wire_calls);
+        int wire_calls, buckets;
+        ddp_trainer_wire(trainer, &wire_bytes, &wire_calls, &buckets);
         json_object_set_new(o, "grad_wire_bytes", json_integer((json_int_t)wire_bytes));
         json_object_set_new(o, "grad_collectives", json_integer(wire_calls));
+        json_object_set_new(o, "buckets", json_integer(buckets));
         json_object_set_new(
             o, "progress",
             json_string(ddp_enum_name(ddp_progress_names, (int)cfg->reducer.progress)));

@@ -445,9 +445,10 @@ ddp_status ddp_sync_compress_cost(ddp_sync *s, ddp_comm *local, ddp_compress_cos
     return DDP_OK;
 }
 
-void ddp_sync_wire(const ddp_sync *s, size_t *bytes, int *collectives) {
+void ddp_sync_wire(const ddp_sync *s, size_t *bytes, int *collectives, int *buckets) {
     size_t esize = s->opt.reducer.grad_dtype == DDP_BF16 ? 2 : 4;
     int nb = ddp_reducer_num_buckets(s->reducer), on = s->psgd && ddp_powersgd_compressing(s->psgd);
+    *buckets = nb;
     *bytes = on ? 0 : s->n * esize;
     *collectives = on ? 0 : nb;
     for (int i = 0; on && i < nb; i++) {

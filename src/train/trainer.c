@@ -225,8 +225,8 @@ int ddp_trainer_compressing(const ddp_trainer *t) {
     ddp_powersgd *p = ddp_sync_compressor(t->sync);
     return p && ddp_powersgd_compressing(p);
 }
-void ddp_trainer_wire(const ddp_trainer *t, size_t *bytes, int *collectives) {
-    ddp_sync_wire(t->sync, bytes, collectives);
+void ddp_trainer_wire(const ddp_trainer *t, size_t *bytes, int *collectives, int *buckets) {
+    ddp_sync_wire(t->sync, bytes, collectives, buckets);
 }
 double ddp_trainer_last_eval_loss(const ddp_trainer *t) { return t->last_eval_loss; }
 
