@@ -33,7 +33,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; out $OUT"
 
 # Batch per rank and steps of each model (a step of the 8-rank GPT takes seconds here).
-declare -A BATCH=([mlp]=128 [gpt]=8 [cnn]=32) STEPS=([mlp]=12 [gpt]=5 [cnn]=6)
+declare -A BATCH=([mlp]=128 [gpt]=8 [cnn]=32) STEPS=([mlp]=40 [gpt]=5 [cnn]=30)
 declare -A SHAPE=([mlp]="--hidden 1024,1024" [gpt]="" [cnn]="")
 declare -A SCHEME=([flat]="--hierarchical off" [hier]="--hierarchical on"
     [powersgd]="--compress powersgd --compress-rank 4")
@@ -107,10 +107,17 @@ for f in sorted(glob.glob(os.path.join(out, "*.json"))):
     r = {"model": model, "zero": zero[1:], "scheme": scheme, "nodes": nodes, "link": link}
     r.update({k: d.get(k, "") for k in cols if k not in r})
     rows.append(r)
-# A part that was not run this time keeps its CSV.
+# Runs whose JSON is gone (a sweep of some models only) keep their row of the CSV.
+key = lambda r: (r["model"], r["zero"], r["scheme"], r["nodes"], r["link"])
+path = os.path.join(out, "grid.csv")
+if rows and os.path.exists(path):
+    with open(path) as fh:
+        have = {key(r): r for r in csv.DictReader(fh)}
+    have.update({key(r): r for r in rows})
+    rows = sorted(have.values(), key=key)
 if rows:
-    with open(os.path.join(out, "grid.csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     print(f"wrote {out}/grid.csv ({len(rows)} runs)")
