@@ -4,8 +4,9 @@
 # a bridge), started through launch/ddp-run, as 2 nodes x 1 rank and 2 nodes x 2 ranks;
 # its final parameters match a single-process run to a relative error under 1e-5, the
 # gradients really crossed the emulated links (each node sent at least one gradient's
-# bytes per step), and no process is left behind on any node. The cluster is always
-# removed at the end.
+# bytes per step), no process is left behind on any node, and the ranks of every node yield
+# while they wait (the nodes share the machine's cores). The cluster is always removed at
+# the end.
 #
 # Needs root (network namespaces), iproute2, python3; DDP_TRAIN (path to ddp-train),
 # MPIEXEC (default mpirun) and Fashion-MNIST in DDP_FASHION_MNIST (default below).
@@ -156,6 +157,21 @@ on_cluster() {
 
 on_cluster 2x1 2
 on_cluster 2x2 4
+
+# Every host's ranks share this machine's cores, which Open MPI cannot see: emu run makes
+# waiting ranks yield on every host (Open MPI forwards its MCA variables to the ranks),
+# unless the environment chose already.
+yield_of() { # what each of 2 ranks, one per host, sees of OMPI_MCA_mpi_yield_when_idle
+    timeout -k 5 60 "$EMU" run --dir "$EMU_DIR" -- "$MPIEXEC" -np 2 --map-by node \
+        -H 10.77.0.1,10.77.0.2 sh -c 'echo "rank$OMPI_COMM_WORLD_RANK=${OMPI_MCA_mpi_yield_when_idle:-unset}"' |
+        sort | tr '\n' ' '
+}
+got=$(yield_of) || true
+[[ $got == "rank0=1 rank1=1 " ]] && ok "waiting ranks yield on both hosts ($got)" ||
+    bad "emu run should set OMPI_MCA_mpi_yield_when_idle=1 on both hosts, the ranks saw: $got"
+got=$(OMPI_MCA_mpi_yield_when_idle=0 yield_of) || true
+[[ $got == "rank0=0 rank1=0 " ]] && ok "the environment's choice is kept ($got)" ||
+    bad "emu run should keep OMPI_MCA_mpi_yield_when_idle=0 from the environment, the ranks saw: $got"
 
 if ((fails)); then
     echo "$fails check(s) failed"
