@@ -169,6 +169,14 @@ int ddp_cli_threads_for(int requested, int local_size, const ddp_cli_cpu_info *i
  * buf and returns 1. Returns 0 (buf untouched) when they fit, when no number was
  * requested, or when the mask is unknown. Pure. */
 int ddp_cli_threads_warning(int requested, const ddp_cli_cpu_info *info, char *buf, size_t cap);
+/* Where the node's `local_size` ranks outnumber the CPUs they may keep busy (the node's,
+ * capped by the quota) and MPI makes waiting ranks spin (`yields` 0, from
+ * ddp_mpi_yields_when_idle), each waiting rank holds a CPU another needs: writes a
+ * warning that says so and how to make them yield into buf and returns 1. Returns 0 (buf
+ * untouched) when the CPUs suffice or the ranks yield or it is unknown (`yields` -1).
+ * Pure. */
+int ddp_cli_spin_warning(int local_size, int yields, const ddp_cli_cpu_info *info, char *buf,
+                         size_t cap);
 /* ddp_cli_threads_for with the system's numbers; logs ddp_cli_threads_warning's warning
  * where there is one. */
 int ddp_cli_default_threads(int requested, int local_size);

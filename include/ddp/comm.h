@@ -57,6 +57,10 @@ ddp_status ddp_mpi_init(int *argc, char ***argv, int *thread_level);
 int ddp_mpi_thread_multiple(void);
 /* Finalizes MPI if ddp_mpi_init initialized it. COLLECTIVE. */
 void ddp_mpi_finalize(void);
+/* Whether this rank yields its CPU while it waits in MPI (Open MPI's control variable
+ * mpi_yield_when_idle, read through MPI_T): 1 it yields, 0 it spins, -1 unknown (MPI not
+ * initialized, no MPI_T, or a library without that variable). Not collective. */
+int ddp_mpi_yields_when_idle(void);
 
 /* Creates a communicator over all ranks of the job (MPI_COMM_WORLD). The backend says
  * where buffers live; NCCL needs a CUDA backend. AUTO picks NCCL for a CUDA backend

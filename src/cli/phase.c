@@ -66,6 +66,14 @@ int ddp_cli_start_watchdog(ddp_comm *ctrl, double timeout_s) {
 
 int ddp_cli_create_backend(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_backend **out) {
     int gpus = ddp_backend_cuda_device_count();
+    if (ddp_comm_local_rank(ctrl) == 0) {
+        ddp_cli_cpu_info info;
+        ddp_cli_cpu_info_read(&info);
+        char warning[640];
+        if (ddp_cli_spin_warning(ddp_comm_local_size(ctrl), ddp_mpi_yields_when_idle(), &info,
+                                 warning, sizeof warning))
+            ddp_log_warn("%s", warning);
+    }
     ddp_backend_options bo = {
         .device = cfg->device,
         .device_index = gpus > 0 ? ddp_comm_local_rank(ctrl) % gpus : 0,

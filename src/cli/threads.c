@@ -15,14 +15,20 @@
 
 #define CGROUP_ROOT "/sys/fs/cgroup"
 
+/* The CPUs the node's ranks may keep busy: its CPUs, capped by the quota (a quota of 2.5
+ * CPUs keeps 2 busy without being throttled). */
+static int usable_cpus(const ddp_cli_cpu_info *info) {
+    int node = info->node_cpus > 0 ? info->node_cpus : 1;
+    if (info->quota > 0.0 && info->quota < (double)node)
+        node = info->quota >= 1.0 ? (int)info->quota : 1;
+    return node;
+}
+
 int ddp_cli_threads_for(int requested, int local_size, const ddp_cli_cpu_info *info) {
     if (requested > 0) return requested;
     /* Whoever set the library's own variables decided already. */
     if (info->env_threads) return 0;
-    int node = info->node_cpus > 0 ? info->node_cpus : 1;
-    /* A quota of 2.5 CPUs keeps 2 busy without being throttled. */
-    if (info->quota > 0.0 && info->quota < (double)node)
-        node = info->quota >= 1.0 ? (int)info->quota : 1;
+    int node = usable_cpus(info);
     int share = node / (local_size > 0 ? local_size : 1);
     if (share < 1) share = 1;
     /* A mask narrower than the node's CPUs means the launcher bound this rank: it uses
@@ -167,6 +173,20 @@ int ddp_cli_threads_warning(int requested, const ddp_cli_cpu_info *info, char *b
              "ranks with mpirun --bind-to none, or with launch/ddp-run, or lower --threads",
              requested, info->mask_cpus, info->mask_cpus == 1 ? "" : "s",
              info->mask_cpus == 1 ? "it" : "them", info->mask_cpus);
+    return 1;
+}
+
+int ddp_cli_spin_warning(int local_size, int yields, const ddp_cli_cpu_info *info, char *buf,
+                         size_t cap) {
+    int node = usable_cpus(info);
+    if (yields != 0 || local_size <= node) return 0;
+    snprintf(buf, cap,
+             "%d ranks share this node's %d CPU%s and wait in MPI by spinning, so a waiting "
+             "rank holds a CPU that another rank needs to compute (Open MPI yields by itself "
+             "only on a node it counts oversubscribed, and a hostfile's slots or mpirun -H "
+             "host:N can overstate a node): set OMPI_MCA_mpi_yield_when_idle=1 (mpirun -x "
+             "OMPI_MCA_mpi_yield_when_idle=1), or start at most %d rank%s per node",
+             local_size, node, node == 1 ? "" : "s", node, node == 1 ? "" : "s");
     return 1;
 }
 

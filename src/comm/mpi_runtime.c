@@ -44,6 +44,42 @@ void ddp_mpi_finalize(void) {
     if (we_initialized_mpi && !finalized) MPI_Finalize();
 }
 
+int ddp_mpi_yields_when_idle(void) {
+    int inited = 0, level = MPI_THREAD_SINGLE, provided = 0, idx = 0, count = 0, answer = -1;
+    MPI_Initialized(&inited);
+    if (!inited) return -1;
+    /* At the level MPI runs at: Open MPI's MPI_T_init_thread sets the level that
+     * MPI_Query_thread reports afterwards, so a lower one would turn the reducer's
+     * communication thread off on this rank alone. */
+    MPI_Query_thread(&level);
+    if (MPI_T_init_thread(level, &provided) != MPI_SUCCESS) return -1;
+    /* Open MPI's own name; other libraries do not have it (answer stays unknown). It is a
+     * bool of one byte there, which Open MPI sets itself on a node it counts
+     * oversubscribed. */
+    if (MPI_T_cvar_get_index("mpi_yield_when_idle", &idx) == MPI_SUCCESS) {
+        char name[64], desc[8];
+        int name_len = sizeof name, desc_len = sizeof desc, verbosity, bind, scope;
+        MPI_Datatype type;
+        MPI_T_enum enumtype;
+        MPI_T_cvar_handle h;
+        if (MPI_T_cvar_get_info(idx, name, &name_len, &verbosity, &type, &enumtype, desc,
+                                &desc_len, &bind, &scope) == MPI_SUCCESS &&
+            MPI_T_cvar_handle_alloc(idx, NULL, &h, &count) == MPI_SUCCESS) {
+            int size = 0;
+            unsigned char value[16] = {0};
+            if (count == 1 && MPI_Type_size(type, &size) == MPI_SUCCESS && size >= 1 &&
+                size <= (int)sizeof value && MPI_T_cvar_read(h, value) == MPI_SUCCESS) {
+                answer = 0;
+                for (int i = 0; i < size; i++)
+                    if (value[i]) answer = 1;
+            }
+            MPI_T_cvar_handle_free(&h);
+        }
+    }
+    MPI_T_finalize();
+    return answer;
+}
+
 ddp_status ddp_mpi_fail(int rc, const char *what, const char *file, int line) {
     char msg[MPI_MAX_ERROR_STRING] = "";
     int len = 0;

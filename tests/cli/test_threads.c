@@ -54,6 +54,29 @@ static void more_threads_than_the_mask_are_warned_about(void **state) {
     assert_string_equal(buf, "");
 }
 
+/* mpirun -np 4 -H host:4 on a 2-CPU node: Open MPI counts 4 slots, so its waiting ranks
+ * spin (yields 0) on the CPUs the others compute on. */
+static void ranks_spinning_on_too_few_cpus_are_warned_about(void **state) {
+    char buf[640] = "";
+    ddp_cli_cpu_info m = machine(2, 2, 0.0);
+    assert_int_equal(ddp_cli_spin_warning(4, 0, &m, buf, sizeof buf), 1);
+    assert_non_null(strstr(buf, "4 ranks share this node's 2 CPUs and wait in MPI by spinning"));
+    assert_non_null(strstr(buf, "OMPI_MCA_mpi_yield_when_idle=1"));
+    assert_non_null(strstr(buf, "at most 2 ranks per node"));
+    /* The quota is what the ranks may keep busy: 1.5 CPUs of 16 keep one. */
+    m = machine(16, 16, 1.5);
+    assert_int_equal(ddp_cli_spin_warning(2, 0, &m, buf, sizeof buf), 1);
+    assert_non_null(strstr(buf, "2 ranks share this node's 1 CPU and"));
+    assert_non_null(strstr(buf, "at most 1 rank per node"));
+    /* Nothing to say: the CPUs suffice, the ranks yield, or nobody knows. */
+    buf[0] = '\0';
+    m = machine(2, 2, 0.0);
+    assert_int_equal(ddp_cli_spin_warning(2, 0, &m, buf, sizeof buf), 0);
+    assert_int_equal(ddp_cli_spin_warning(4, 1, &m, buf, sizeof buf), 0);
+    assert_int_equal(ddp_cli_spin_warning(4, -1, &m, buf, sizeof buf), 0);
+    assert_string_equal(buf, "");
+}
+
 static void environment_is_left_to_the_library(void **state) {
     ddp_cli_cpu_info m = machine(64, 64, 0.0);
     m.env_threads = 1;
@@ -211,6 +234,7 @@ int main(void) {
         cmocka_unit_test(unbound_ranks_share_the_node),
         cmocka_unit_test(bound_ranks_get_their_mask_up_to_their_share),
         cmocka_unit_test(more_threads_than_the_mask_are_warned_about),
+        cmocka_unit_test(ranks_spinning_on_too_few_cpus_are_warned_about),
         cmocka_unit_test(quota_caps_the_node),
         cmocka_unit_test(environment_variables_are_respected),
     };

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # --threads beyond the CPUs a rank may run on: ddp-train warns, naming the binding and the
 # way out, where taskset (or a launcher) bound it to fewer; it does not where they fit.
+# More ranks on a node than its CPUs, waiting by spinning in MPI: warned about once, with
+# the way out; not where the ranks yield (set in the environment, or by Open MPI itself on
+# a node it counts oversubscribed), and every such run trains to its end.
 # Needs DDP_TRAIN and MPIEXEC, taskset; Fashion-MNIST in DATA (default below).
 set -u
 # shellcheck source=../script_lib.sh
@@ -24,5 +27,26 @@ if [ "$(nproc)" -ge 2 ]; then
         $MPI -np 1 --bind-to core "$TRAIN" "${ONE_STEP[@]}" --threads 2
     run mpirun_unbound 0 "" -- $MPI -np 1 --bind-to none "$TRAIN" "${ONE_STEP[@]}" --threads 2
     check unbound_is_not_warned_about bash -c "! grep -q 'more than the' '$TMP/mpirun_unbound.log'"
+fi
+# mpirun -H localhost:N promises N slots, so Open MPI does not count the node
+# oversubscribed and its waiting ranks spin (on a machine of at most 4 CPUs: one rank per
+# CPU and one more).
+cpus=$(nproc)
+if [ "$cpus" -le 4 ]; then
+    n=$((cpus + 1))
+    STEPS=(--data "$TMP/data" --hidden 16 --batch $((8 * n)) --steps 2 --quiet)
+    SPIN="$n ranks share this node's [0-9]+ CPUs? and wait in MPI by spinning.*OMPI_MCA_mpi_yield_when_idle=1"
+    run ranks_outnumber_cpus 0 "$SPIN" -- $MPI -np "$n" -H "localhost:$n" "$TRAIN" "${STEPS[@]}"
+    check spinning_is_warned_about_once \
+        bash -c "[ \$(grep -c 'wait in MPI by spinning' '$TMP/ranks_outnumber_cpus.log') -eq 1 ]"
+    # Reading whether the ranks yield must leave MPI's thread level alone: it once turned
+    # rank 0's communication thread off and the job hung.
+    run ranks_that_yield 0 "" -- $MPI -np "$n" -H "localhost:$n" \
+        -x OMPI_MCA_mpi_yield_when_idle=1 "$TRAIN" "${STEPS[@]}"
+    check yielding_ranks_are_not_warned_about \
+        bash -c "! grep -q 'by spinning' '$TMP/ranks_that_yield.log'"
+    run ranks_oversubscribed 0 "" -- $MPI -np "$n" "$TRAIN" "${STEPS[@]}"
+    check open_mpi_yields_where_it_counts_oversubscription \
+        bash -c "! grep -q 'by spinning' '$TMP/ranks_oversubscribed.log'"
 fi
 script_finish
