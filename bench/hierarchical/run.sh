@@ -23,20 +23,20 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; 2 emulated nodes x 2 ranks at $BW"
 "$ROOT/cluster/emu" up 2 --bw "$BW" --dir "$DIR/emu" --prefix "$PREFIX" >/dev/null
 for map in $MAPS; do
-echo "== placement --map-by $map"
-place=(-np 4 --oversubscribe --map-by "$map" -H 10.77.0.1:2,10.77.0.2:2 -x OPENBLAS_NUM_THREADS=1)
-emu() { "$ROOT/cluster/emu" run --dir "$DIR/emu" -- mpirun "${place[@]}" "$@"; }
-for r in $(seq "$ROUNDS"); do
-    order=(on off)
-    ((r % 2 == 0)) && order=(off on)
-    for mode in "${order[@]}"; do
-        emu "$BUILD/ddp-bench" train --hidden 1024,1024 --batch 512 --threads 1 \
-            --warmup-steps 3 --bench-steps 20 --hierarchical "$mode" \
-            --json "$DIR/$mode-$r.json" >/dev/null 2>"$DIR/$mode-$r.err"
-        python3 -c "import json; d=json.load(open('$DIR/$mode-$r.json')); print(f\"round $r $mode: {d['samples_per_s']:.0f} samples/s (hierarchical {d['hierarchical']}, shared gradients {d['shared_gradients']})\")"
+    echo "== placement --map-by $map"
+    place=(-np 4 --oversubscribe --map-by "$map" -H 10.77.0.1:2,10.77.0.2:2 -x OPENBLAS_NUM_THREADS=1)
+    emu() { "$ROOT/cluster/emu" run --dir "$DIR/emu" -- mpirun "${place[@]}" "$@"; }
+    for r in $(seq "$ROUNDS"); do
+        order=(on off)
+        ((r % 2 == 0)) && order=(off on)
+        for mode in "${order[@]}"; do
+            emu "$BUILD/ddp-bench" train --hidden 1024,1024 --batch 512 --threads 1 \
+                --warmup-steps 3 --bench-steps 20 --hierarchical "$mode" \
+                --json "$DIR/$mode-$r.json" >/dev/null 2>"$DIR/$mode-$r.err"
+            python3 -c "import json; d=json.load(open('$DIR/$mode-$r.json')); print(f\"round $r $mode: {d['samples_per_s']:.0f} samples/s (hierarchical {d['hierarchical']}, shared gradients {d['shared_gradients']})\")"
+        done
     done
-done
-python3 - "$DIR" "$ROUNDS" <<'PY'
+    python3 - "$DIR" "$ROUNDS" <<'PY'
 import json, statistics, sys
 d, n = sys.argv[1], int(sys.argv[2])
 on = [json.load(open(f"{d}/on-{r}.json"))["samples_per_s"] for r in range(1, n + 1)]
@@ -45,10 +45,10 @@ ratios = [a / b for a, b in zip(on, off)]
 print(f"median samples/s: hierarchical {statistics.median(on):.0f}, flat {statistics.median(off):.0f}; "
       f"median ratio {statistics.median(ratios):.3f} (rounds: {' '.join(f'{x:.3f}' for x in ratios)})")
 PY
-for mode in on off; do
-    shared=()
-    [[ $mode == on ]] && shared=(--shared)
-    emu "$BUILD/ddp-bench" allreduce --min-bytes 4M --max-bytes 16M --iters 5 --warmup-iters 2 \
-        ${shared[@]+"${shared[@]}"} --hierarchical "$mode" 2>&1 | grep -v '^# time'
-done
+    for mode in on off; do
+        shared=()
+        [[ $mode == on ]] && shared=(--shared)
+        emu "$BUILD/ddp-bench" allreduce --min-bytes 4M --max-bytes 16M --iters 5 --warmup-iters 2 \
+            ${shared[@]+"${shared[@]}"} --hierarchical "$mode" 2>&1 | grep -v '^# time'
+    done
 done

@@ -62,8 +62,8 @@ int ddp_mpi_yields_when_idle(void) {
         MPI_Datatype type;
         MPI_T_enum enumtype;
         MPI_T_cvar_handle h;
-        if (MPI_T_cvar_get_info(idx, name, &name_len, &verbosity, &type, &enumtype, desc,
-                                &desc_len, &bind, &scope) == MPI_SUCCESS &&
+        if (MPI_T_cvar_get_info(idx, name, &name_len, &verbosity, &type, &enumtype, desc, &desc_len,
+                                &bind, &scope) == MPI_SUCCESS &&
             MPI_T_cvar_handle_alloc(idx, NULL, &h, &count) == MPI_SUCCESS) {
             int size = 0;
             unsigned char value[16] = {0};
