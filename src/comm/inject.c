@@ -13,6 +13,8 @@
  *                      broadcast, allgather; a desync of sizes);
  *   comm_create        the N-th communicator creation fails locally, as an allocation
  *                      would;
+ *   thread_single      (N = 1) MPI gives rank RANK only MPI_THREAD_SINGLE, as a library
+ *                      installed apart from the others' would (ddp_mpi_init);
  *   nccl_hang, nccl_async  staged by the NCCL comm itself (comm_nccl.c): the N-th
  *                      collective never completes (a stopped peer), the N-th check for
  *                      asynchronous errors reports one (a dead peer).

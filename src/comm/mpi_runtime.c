@@ -3,11 +3,21 @@
  * errors as statuses, the agreement of set-up steps and the node's local rank.
  */
 #include <limits.h>
+#include <stdio.h>
 #include <mpi.h>
 
 #include "comm/comm_impl.h"
 
 static int we_initialized_mpi = 0;
+/* The thread level the job runs at (ddp_mpi_init): the lowest any rank got; -1 before. */
+static int job_level = -1;
+
+static const char *level_name(int level) {
+    return level == MPI_THREAD_MULTIPLE     ? "MPI_THREAD_MULTIPLE"
+           : level == MPI_THREAD_SERIALIZED ? "MPI_THREAD_SERIALIZED"
+           : level == MPI_THREAD_FUNNELED   ? "MPI_THREAD_FUNNELED"
+                                            : "MPI_THREAD_SINGLE";
+}
 
 ddp_status ddp_mpi_init(int *argc, char ***argv, int *thread_level) {
     int inited = 0, provided = MPI_THREAD_SINGLE;
@@ -27,11 +37,31 @@ ddp_status ddp_mpi_init(int *argc, char ***argv, int *thread_level) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &world);
     ddp_flight_set_rank(rank, world);
-    if (thread_level) *thread_level = provided;
+    /* A library that gives less than it gave the others, as one installed apart would:
+     * DDP_INJECT_FAULT="thread_single:RANK:1". */
+    if (world > 1 && ddp_comm_inject_due(rank, "thread_single")) provided = MPI_THREAD_SINGLE;
+    /* Every rank runs at the lowest level any rank got. Ranks at different levels would
+     * progress the gradients' all-reduces differently (a communication thread's blocking
+     * calls on some, non-blocking ones tested by the trainer on others), and blocking and
+     * non-blocking collectives never match each other: the job would hang in its first
+     * step. (The standard orders the levels: SINGLE < FUNNELED < SERIALIZED < MULTIPLE.) */
+    int mine[2] = {provided, rank}, lowest[2] = {provided, rank};
+    if (MPI_Allreduce(mine, lowest, 1, MPI_2INT, MPI_MINLOC, MPI_COMM_WORLD) != MPI_SUCCESS)
+        return DDP_FAIL(DDP_ERR_COMM, "agreeing on MPI's thread level failed");
+    job_level = lowest[0];
+    if (rank == 0 && job_level < MPI_THREAD_MULTIPLE && provided == MPI_THREAD_MULTIPLE)
+        fprintf(stderr,
+                "[rank 0] warning: MPI gave rank %d only %s (this rank %s): every rank runs "
+                "at %s, without a communication thread (--progress test); give every rank "
+                "the same MPI library\n",
+                lowest[1], level_name(job_level), level_name(provided), level_name(job_level));
+    if (thread_level) *thread_level = job_level;
     return DDP_OK;
 }
 
 int ddp_mpi_thread_multiple(void) {
+    if (job_level >= 0) return job_level == MPI_THREAD_MULTIPLE;
+    /* MPI started by someone else and ddp_mpi_init not called: this process's level. */
     int inited = 0, level = MPI_THREAD_SINGLE;
     MPI_Initialized(&inited);
     if (inited) MPI_Query_thread(&level);

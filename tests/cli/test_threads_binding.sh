@@ -4,6 +4,8 @@
 # More ranks on a node than its CPUs, waiting by spinning in MPI: warned about once, with
 # the way out; not where the ranks yield (set in the environment, or by Open MPI itself on
 # a node it counts oversubscribed), and every such run trains to its end.
+# A rank whose MPI gives it a lower thread level than the others': the job runs at the
+# lowest, warned about, and does not hang.
 # Needs DDP_TRAIN and MPIEXEC, taskset; Fashion-MNIST in DATA (default below).
 set -u
 # shellcheck source=../script_lib.sh
@@ -49,4 +51,13 @@ if [ "$cpus" -le 4 ]; then
     check open_mpi_yields_where_it_counts_oversubscription \
         bash -c "! grep -q 'by spinning' '$TMP/ranks_oversubscribed.log'"
 fi
+# A rank that MPI gives a lower thread level than the others (a library installed apart):
+# every rank runs at the lowest level, rank 0 names the rank, and the job trains to its
+# end. Ranks at different levels once progressed their all-reduces differently (blocking
+# calls on a thread against non-blocking ones), which never match: the job hung until the
+# watchdog's --timeout.
+run one_rank_without_thread_multiple 0 \
+    "MPI gave rank 1 only MPI_THREAD_SINGLE .*every rank runs at MPI_THREAD_SINGLE" -- \
+    $MPI -np 2 -x DDP_INJECT_FAULT=thread_single:1:1 "$TRAIN" --data "$TMP/data" --hidden 16 \
+    --batch 32 --steps 3 --quiet --timeout 20
 script_finish
