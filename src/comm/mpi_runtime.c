@@ -44,17 +44,21 @@ ddp_status ddp_mpi_init(int *argc, char ***argv, int *thread_level) {
      * progress the gradients' all-reduces differently (a communication thread's blocking
      * calls on some, non-blocking ones tested by the trainer on others), and blocking and
      * non-blocking collectives never match each other: the job would hang in its first
-     * step. (The standard orders the levels: SINGLE < FUNNELED < SERIALIZED < MULTIPLE.) */
-    int mine[2] = {provided, rank}, lowest[2] = {provided, rank};
-    if (MPI_Allreduce(mine, lowest, 1, MPI_2INT, MPI_MINLOC, MPI_COMM_WORLD) != MPI_SUCCESS)
+     * step. (The standard orders the levels: SINGLE < FUNNELED < SERIALIZED < MULTIPLE.)
+     * One all-reduce finds the lowest level with the lowest rank at it (level * world +
+     * rank) and the highest level (negated), so that rank 0 can name the rank. */
+    int mine[2] = {provided * world + rank, -provided}, all[2];
+    if (MPI_Allreduce(mine, all, 2, MPI_INT, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS)
         return DDP_FAIL(DDP_ERR_COMM, "agreeing on MPI's thread level failed");
-    job_level = lowest[0];
-    if (rank == 0 && job_level < MPI_THREAD_MULTIPLE && provided == MPI_THREAD_MULTIPLE)
+    job_level = all[0] / world;
+    if (rank == 0 && job_level < -all[1])
         fprintf(stderr,
-                "[rank 0] warning: MPI gave rank %d only %s (this rank %s): every rank runs "
-                "at %s, without a communication thread (--progress test); give every rank "
-                "the same MPI library\n",
-                lowest[1], level_name(job_level), level_name(provided), level_name(job_level));
+                "[rank 0] warning: MPI gave rank %d only %s and other ranks up to %s: every "
+                "rank runs at %s%s; give every rank the same MPI library\n",
+                all[0] % world, level_name(job_level), level_name(-all[1]), level_name(job_level),
+                job_level < MPI_THREAD_MULTIPLE
+                    ? ", without a communication thread (--progress test)"
+                    : "");
     if (thread_level) *thread_level = job_level;
     return DDP_OK;
 }

@@ -60,4 +60,9 @@ run one_rank_without_thread_multiple 0 \
     "MPI gave rank 1 only MPI_THREAD_SINGLE .*every rank runs at MPI_THREAD_SINGLE" -- \
     $MPI -np 2 -x DDP_INJECT_FAULT=thread_single:1:1 "$TRAIN" --data "$TMP/data" --hidden 16 \
     --batch 32 --steps 3 --quiet --timeout 20
+# The same where rank 0, which warns, is the one with less.
+run rank_0_without_thread_multiple 0 \
+    "MPI gave rank 0 only MPI_THREAD_SINGLE and other ranks up to MPI_THREAD_MULTIPLE" -- \
+    $MPI -np 2 -x DDP_INJECT_FAULT=thread_single:0:1 "$TRAIN" --data "$TMP/data" --hidden 16 \
+    --batch 32 --steps 3 --quiet --timeout 20
 script_finish
