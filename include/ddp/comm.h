@@ -51,8 +51,9 @@ typedef struct ddp_comm_req ddp_comm_req;
 /* Initializes MPI (with thread level MPI_THREAD_MULTIPLE where available, else the best
  * offered) if nobody has yet. Call once at program start, before any comm is created.
  * The job runs at the lowest thread level any rank obtained (rank 0 warns, naming the
- * rank, where ranks got different levels), returned in *thread_level (may be NULL); tells the flight recorder
- * this process's rank (ddp_flight_set_rank). COLLECTIVE over MPI_COMM_WORLD. */
+ * rank, where ranks got different levels), returned in *thread_level (may be NULL).
+ * Tells the flight recorder this process's rank (ddp_flight_set_rank). COLLECTIVE over
+ * MPI_COMM_WORLD. */
 ddp_status ddp_mpi_init(int *argc, char ***argv, int *thread_level);
 /* Nonzero when the job runs with MPI_THREAD_MULTIPLE (any thread may call MPI), on every
  * rank: the level ddp_mpi_init agreed on. */
