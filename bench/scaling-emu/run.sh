@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Weak and strong scaling of ddp-bench train on 1, 2 and 4 emulated nodes (one rank per
 # node) at several link bandwidths, through cluster/scaling on a cluster/emu cluster.
-# Needs root. Writes raw/<bw>-<algo>-rep<k>/ (each a cluster/scaling output directory);
+# Needs root. Writes RAW/<bw>-<algo>-rep<k>/ (each a cluster/scaling output directory;
+# RAW defaults to bench/scaling-emu/raw);
 # bench/scaling-emu/merge.py then takes the medians and draws the plots.
 #
 #   bench/scaling-emu/run.sh [REPS]            (default 3 repetitions of every config)
@@ -14,13 +15,14 @@ root=$(cd "$here/../.." && pwd)
 reps=${1:-3}
 configs=${CONFIGS:-"1gbit:default 10gbit:default unshaped:default 1gbit:ring 1gbit:rd"}
 steps=${STEPS:-20}
+raw=${RAW:-bench/scaling-emu/raw}
 warmup=${WARMUP:-3}
 trap '"$root/cluster/emu" down >/dev/null 2>&1 || true' EXIT INT TERM
 cd "$root"
 for ((k = 1; k <= reps; k++)); do
     for c in $configs; do
         bw=${c%%:*} algo=${c##*:}
-        out=bench/scaling-emu/raw/$bw-$algo-rep$k
+        out=$raw/$bw-$algo-rep$k
         if [ -f "$out/scaling.csv" ]; then continue; fi
         bwopt=()
         [ "$bw" = unshaped ] || bwopt=(--bw "$bw")
