@@ -7,9 +7,10 @@
  * two ranks' records of the same number must describe the same call: where they do not,
  * the ranks called different collectives (a desync), and the first such number is where
  * their code parted. Otherwise the job is stuck in the collective that some rank has
- * waited in longest, and each other rank either waits in it too, has not entered it (it
- * waits in another collective: a desync too; or in none: it is busy outside
- * communication), has passed it, or did not answer (stopped or dead).
+ * waited in longest, and each other rank either waits in it too, has passed it (a
+ * collective may complete on some ranks first: those wait in a later one), has not entered
+ * it (it waits in another collective: a desync, unless the ranks stuck have passed that
+ * one; or in none: it is busy outside communication), or did not answer (stopped or dead).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -260,10 +261,27 @@ int ddp_flight_verdict(const ddp_flight_summary *const *all, int world, double s
             add(&t, "completed #%llu", (unsigned long long)stuck->seq);
         else
             add(&t, "never entered #%llu", (unsigned long long)stuck->seq);
-        if (now) {
+        if (now && passed[r]) {
+            /* Ahead: a collective can complete on some ranks before others (a ring passes
+             * the last pieces on), and those go on to the next one. */
+            add(&t, " and waits in the later ");
+            call_text(&t, now, 0);
+        } else if (now) {
+            /* Behind: consistent if a waiting rank completed the call it waits in. */
+            int done[1024] = {0}, any = 0;
+            for (int q = 0; q < world; q++) {
+                const ddp_flight_brief *w = waiting[q] ? find(all[q], now->comm, now->seq) : NULL;
+                any |= done[q] = w && !is_open(w);
+            }
             add(&t, " and waits in ");
             call_text(&t, now, 0);
-            desync = 1;
+            if (any) {
+                add(&t, ", which ");
+                ranks_text(&t, done, world);
+                add(&t, " completed");
+            } else {
+                desync = 1;
+            }
         } else {
             const ddp_flight_brief *last = latest(all[r]);
             add(&t, " and is in no collective");

@@ -298,6 +298,46 @@ static void test_verdict_stopped_rank(void **state) {
                            "7.0 s; rank 1 did not answer within 2.5 s: stopped or dead");
 }
 
+/* A collective can complete on some ranks before others: with rank 2 stopped, ranks 1 and 3
+ * got all they needed of all-gather #29 and went on, rank 0 did not. Not a desync. */
+static void test_verdict_stopped_rank_some_ahead(void **state) {
+    (void)state;
+    ddp_flight_summary s[4];
+    const ddp_flight_summary *all[4] = {NULL};
+    memset(s, 0, sizeof s);
+    for (int r = 0; r < 4; r++) {
+        if (r == 2) continue;
+        brief(&s[r], GRADS, 61, DDP_FLIGHT_ALLREDUCE, 4096, "reducer bucket 0", 0, 5.2);
+        brief(&s[r], CTRL, 29, DDP_FLIGHT_ALLGATHER, 5, "src/train/run.c:232", r == 0, 5.0);
+        if (r != 0)
+            brief(&s[r], GRADS, 62, DDP_FLIGHT_ALLREDUCE, 4096, "reducer bucket 0", 1, 4.9);
+        all[r] = &s[r];
+    }
+    char v[1024];
+    assert_int_equal(ddp_flight_verdict(all, 4, 2.5, v, sizeof v), 0);
+    assert_string_equal(v, "rank 0 in allgather #29 on control (src/train/run.c:232) for 5.0 s; "
+                           "rank 1 completed #29 and waits in the later allreduce #62 on "
+                           "gradients (reducer bucket 0); rank 3 completed #29 and waits in the "
+                           "later allreduce #62 on gradients (reducer bucket 0); rank 2 did not "
+                           "answer within 2.5 s: stopped or dead");
+    /* Rank 1 still waits in all-reduce #61, which rank 0 completed: ahead if #61 is the
+     * older wait, behind if #29 is. */
+    memset(s, 0, sizeof s);
+    brief(&s[0], GRADS, 61, DDP_FLIGHT_ALLREDUCE, 4096, "reducer bucket 0", 0, 5.2);
+    brief(&s[0], CTRL, 29, DDP_FLIGHT_ALLGATHER, 5, "src/train/run.c:232", 1, 5.0);
+    brief(&s[1], GRADS, 61, DDP_FLIGHT_ALLREDUCE, 4096, "reducer bucket 0", 1, 5.3);
+    const ddp_flight_summary *two[2] = {&s[0], &s[1]};
+    assert_int_equal(ddp_flight_verdict(two, 2, 2.5, v, sizeof v), 0);
+    assert_string_equal(v, "rank 1 in allreduce #61 on gradients (reducer bucket 0) for 5.3 s; "
+                           "rank 0 completed #61 and waits in the later allgather #29 on control "
+                           "(src/train/run.c:232)");
+    s[1].e[0].age = 4.0;
+    assert_int_equal(ddp_flight_verdict(two, 2, 2.5, v, sizeof v), 0);
+    assert_string_equal(v, "rank 0 in allgather #29 on control (src/train/run.c:232) for 5.0 s; "
+                           "rank 1 never entered #29 and waits in allreduce #61 on gradients "
+                           "(reducer bucket 0), which rank 0 completed");
+}
+
 static void test_verdict_waiting_elsewhere(void **state) {
     (void)state;
     ddp_flight_summary s[2];
@@ -364,6 +404,7 @@ int main(void) {
         cmocka_unit_test(test_summary_keeps_newest_and_oldest_open),
         cmocka_unit_test(test_verdict_count_desync),
         cmocka_unit_test(test_verdict_stopped_rank),
+        cmocka_unit_test(test_verdict_stopped_rank_some_ahead),
         cmocka_unit_test(test_verdict_waiting_elsewhere),
         cmocka_unit_test(test_verdict_busy_and_all_in),
         cmocka_unit_test(test_texts),
