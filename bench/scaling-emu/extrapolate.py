@@ -17,6 +17,11 @@ per hop. Variants:
 Writes extrapolation.csv and prints a Markdown table.
 
   python3 bench/scaling-emu/extrapolate.py
+  RAW=raw-yielding OUT=yielding python3 bench/scaling-emu/extrapolate.py
+
+RAW (default raw) is where the one-node runs are read, OUT (default .) where merge.py wrote
+scaling-emu.csv for them and where extrapolation.csv goes, both relative to
+bench/scaling-emu.
 """
 import csv
 import glob
@@ -30,6 +35,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 PM = os.path.join(ROOT, "cluster", "perfmodel")
+RAW = os.path.join(HERE, os.environ.get("RAW", "raw"))
+OUT = os.path.normpath(os.path.join(HERE, os.environ.get("OUT", ".")))
 NODES = "1,8,16,32,64,128,256,512,1024"
 LINKS = ("1gbit", "10gbit", "25gbit", "100gbit")
 PARAMS = 784 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10  # 1,863,690
@@ -44,7 +51,7 @@ def pm(*args):
 
 
 fb, opt = [], []
-for path in sorted(glob.glob(os.path.join(HERE, "raw", "*", "scaling.csv"))):
+for path in sorted(glob.glob(os.path.join(RAW, "*", "scaling.csv"))):
     if not re.match(r".+-(default|ring|rd)-rep\d+$", os.path.basename(os.path.dirname(path))):
         continue  # a run cut short (.tmp)
     with open(path) as fh:
@@ -54,7 +61,7 @@ for path in sorted(glob.glob(os.path.join(HERE, "raw", "*", "scaling.csv"))):
                 opt.append(float(r["t_optim"]))
 sample, optim = statistics.median(fb), statistics.median(opt)
 
-check = pm("check", "--csv", os.path.join(HERE, "scaling-emu.csv"), *MODEL, "--overlap",
+check = pm("check", "--csv", os.path.join(OUT, "scaling-emu.csv"), *MODEL, "--overlap",
            "0.63", "--shared-host", "--calibrate", "host")
 m = re.search(r"# calibrated .* host cost ([0-9.]+) ns/byte", check)
 host_ns = float(m.group(1))
@@ -73,7 +80,7 @@ for name, extra in variants:
         out = pm("predict", *base, *extra, "--bw", link)
         for r in csv.DictReader(io.StringIO(out)):
             rows.append(dict(variant=name, link=link, **r))
-with open(os.path.join(HERE, "extrapolation.csv"), "w", newline="") as fh:
+with open(os.path.join(OUT, "extrapolation.csv"), "w", newline="") as fh:
     w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
     w.writeheader()
     w.writerows(rows)

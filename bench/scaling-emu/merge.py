@@ -17,6 +17,10 @@ runs), to show the spread. The output depends only on raw/: running it twice giv
 same files.
 
   python3 bench/scaling-emu/merge.py
+  RAW=raw-yielding OUT=yielding python3 bench/scaling-emu/merge.py
+
+RAW (default raw) is the directory of repetitions and OUT (default .) where the files go,
+both relative to bench/scaling-emu.
 """
 import csv
 import glob
@@ -28,12 +32,15 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+RAW = os.path.join(HERE, os.environ.get("RAW", "raw"))
+OUT = os.path.normpath(os.path.join(HERE, os.environ.get("OUT", ".")))
+os.makedirs(OUT, exist_ok=True)
 BW_ORDER = {"1gbit": 0, "10gbit": 1, "unshaped": 2}
 ALGO_ORDER = {"default": 0, "ring": 1, "rd": 2}
 RUN_DIR = re.compile(r"(.+)-(default|ring|rd)-rep(\d+)$")
 
 runs = {}  # (bw, algo) -> {(mode, ranks): [row, ...]}
-for d in sorted(glob.glob(os.path.join(HERE, "raw", "*"))):
+for d in sorted(glob.glob(os.path.join(RAW, "*"))):
     name = os.path.basename(d)
     m = RUN_DIR.match(name)
     path = os.path.join(d, "scaling.csv")
@@ -84,7 +91,7 @@ for cfg in sorted(runs, key=lambda c: (ALGO_ORDER[c[1]], BW_ORDER.get(c[0], 9), 
         cfg_rows.append(row)
     out_rows += cfg_rows
     # cluster/scaling's own format, for cluster/scaling.gp
-    f = os.path.join(HERE, "%s-%s.csv" % (bw, algo))
+    f = os.path.join(OUT, "%s-%s.csv" % (bw, algo))
     own = ("mode", "nodes", "global_batch", "samples_per_s", "efficiency") + TIMES
     with open(f, "w") as fh:
         fh.write("mode,ranks," + ",".join(own[2:]) + "\n")
@@ -93,13 +100,13 @@ for cfg in sorted(runs, key=lambda c: (ALGO_ORDER[c[1]], BW_ORDER.get(c[0], 9), 
     subprocess.run(["gnuplot", "-e", "csv='%s'; png='%s'" % (f, f[:-4] + ".png"),
                     os.path.join(ROOT, "cluster", "scaling.gp")], check=True)
 
-with open(os.path.join(HERE, "scaling-emu.csv"), "w", newline="") as fh:
+with open(os.path.join(OUT, "scaling-emu.csv"), "w", newline="") as fh:
     w = csv.DictWriter(fh, fieldnames=cols)
     w.writeheader()
     w.writerows(out_rows)
 
 # Series for the combined plot: one data file per (bw, algo, mode).
-ser_dir = os.path.join(HERE, "series")
+ser_dir = os.path.join(OUT, "series")
 os.makedirs(ser_dir, exist_ok=True)
 series = []
 for row in out_rows:
@@ -139,7 +146,7 @@ def plots(mode, what):
         bw, algo, m = key
         if m != mode:
             continue
-        f = "series/%s-%s-%s.dat" % key  # relative: plot.gp runs in this directory
+        f = "series/%s-%s-%s.dat" % key  # relative: plot.gp runs in OUT
         title = "%s%s" % (bw, "" if algo == "default" else " " + algo)
         pt = {"default": 7, "ring": 5, "rd": 9}[algo]
         if what == "sps":
@@ -203,6 +210,6 @@ unset multiplot
 gpf = os.path.join(ser_dir, "plot.gp")
 with open(gpf, "w") as fh:
     fh.write(gp)
-subprocess.run(["gnuplot", os.path.join("series", "plot.gp")], cwd=HERE, check=True)
-with open(os.path.join(HERE, "scaling-emu.csv")) as fh:
+subprocess.run(["gnuplot", os.path.join("series", "plot.gp")], cwd=OUT, check=True)
+with open(os.path.join(OUT, "scaling-emu.csv")) as fh:
     print(fh.read(), end="")
