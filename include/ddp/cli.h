@@ -177,9 +177,9 @@ int ddp_cli_threads_warning(int requested, const ddp_cli_cpu_info *info, char *b
  * Pure. */
 int ddp_cli_spin_warning(int local_size, int yields, const ddp_cli_cpu_info *info, char *buf,
                          size_t cap);
-/* ddp_cli_threads_for with the system's numbers; logs ddp_cli_threads_warning's warning
- * where there is one. */
-int ddp_cli_default_threads(int requested, int local_size);
+/* ddp_cli_threads_for with the system's numbers (info, or read now where NULL); logs
+ * ddp_cli_threads_warning's warning where there is one. */
+int ddp_cli_default_threads(int requested, int local_size, const ddp_cli_cpu_info *info);
 
 /* ---- set-up phases ------------------------------------------------------------------ */
 

@@ -99,7 +99,7 @@ int main(int argc, char **argv) {
     if (o.verbose) ddp_log_show_traces(1);
     ddp_backend_options bo = {.device = (ddp_device_kind)o.device,
                               .math = (ddp_math)o.math,
-                              .threads = ddp_cli_default_threads(o.threads, 1)};
+                              .threads = ddp_cli_default_threads(o.threads, 1, NULL)};
     ddp_backend *b = NULL;
     ddp_model *m = NULL;
     int32_t *prompt = NULL;

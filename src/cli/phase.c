@@ -66,9 +66,9 @@ int ddp_cli_start_watchdog(ddp_comm *ctrl, double timeout_s) {
 
 int ddp_cli_create_backend(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_backend **out) {
     int gpus = ddp_backend_cuda_device_count();
+    ddp_cli_cpu_info info;
+    ddp_cli_cpu_info_read(&info);
     if (ddp_comm_local_rank(ctrl) == 0) {
-        ddp_cli_cpu_info info;
-        ddp_cli_cpu_info_read(&info);
         char warning[640];
         if (ddp_cli_spin_warning(ddp_comm_local_size(ctrl), ddp_mpi_yields_when_idle(), &info,
                                  warning, sizeof warning))
@@ -77,7 +77,7 @@ int ddp_cli_create_backend(ddp_comm *ctrl, const ddp_train_config *cfg, ddp_back
     ddp_backend_options bo = {
         .device = cfg->device,
         .device_index = gpus > 0 ? ddp_comm_local_rank(ctrl) % gpus : 0,
-        .threads = ddp_cli_default_threads(cfg->threads, ddp_comm_local_size(ctrl)),
+        .threads = ddp_cli_default_threads(cfg->threads, ddp_comm_local_size(ctrl), &info),
         .math = cfg->math,
     };
     return ddp_cli_phase_ok(ctrl, ddp_backend_create(&bo, out), "creating the compute backend");

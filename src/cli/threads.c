@@ -190,11 +190,14 @@ int ddp_cli_spin_warning(int local_size, int yields, const ddp_cli_cpu_info *inf
     return 1;
 }
 
-int ddp_cli_default_threads(int requested, int local_size) {
-    ddp_cli_cpu_info info;
-    ddp_cli_cpu_info_read(&info);
+int ddp_cli_default_threads(int requested, int local_size, const ddp_cli_cpu_info *info) {
+    ddp_cli_cpu_info read;
+    if (!info) {
+        ddp_cli_cpu_info_read(&read);
+        info = &read;
+    }
     char warning[512];
-    if (ddp_cli_threads_warning(requested, &info, warning, sizeof warning))
+    if (ddp_cli_threads_warning(requested, info, warning, sizeof warning))
         ddp_log_warn("%s", warning);
-    return ddp_cli_threads_for(requested, local_size, &info);
+    return ddp_cli_threads_for(requested, local_size, info);
 }

@@ -133,12 +133,12 @@ static void environment_variables_are_respected(void **state) {
     unsetenv("OMP_NUM_THREADS");
     ddp_cli_cpu_info_read(&m);
     assert_int_equal(m.env_threads, 1);
-    assert_int_equal(ddp_cli_default_threads(0, 2), 0);
-    assert_int_equal(ddp_cli_default_threads(3, 2), 3);
+    assert_int_equal(ddp_cli_default_threads(0, 2, NULL), 0);
+    assert_int_equal(ddp_cli_default_threads(3, 2, NULL), 3);
 
     unsetenv("OPENBLAS_NUM_THREADS");
     setenv("OMP_NUM_THREADS", "2", 1);
-    assert_int_equal(ddp_cli_default_threads(0, 1), 0);
+    assert_int_equal(ddp_cli_default_threads(0, 1, NULL), 0);
 
     /* Empty means unset. */
     setenv("OMP_NUM_THREADS", "", 1);
@@ -149,7 +149,7 @@ static void environment_variables_are_respected(void **state) {
     assert_int_equal(m.env_threads, 0);
     assert_true(m.node_cpus >= 1);
     assert_true(m.mask_cpus >= 1 && m.mask_cpus <= m.node_cpus);
-    int t = ddp_cli_default_threads(0, 1);
+    int t = ddp_cli_default_threads(0, 1, NULL);
     assert_true(t >= 1 && t <= m.mask_cpus);
     setenv("OPENBLAS_NUM_THREADS", "1", 1);
 }
