@@ -6,6 +6,10 @@
 # test accuracy (MLP, CNN) or validation loss (GPT) and the differences. Logs in OUT.
 #
 #   bench/powersgd/accuracy.sh [MODELS (default "mlp cnn gpt")]   R (default 4), OUT, BUILD_DIR
+#
+# ARGS is added to every run (e.g. ARGS="--steps 3900 --compress-start 1000": a longer run,
+# with --compress-start taking effect in the compressed one only); MODES (default
+# "none powersgd") picks the runs.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${BUILD_DIR:-$ROOT/build}
@@ -15,10 +19,10 @@ mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; logs in $OUT"
 for model in ${1:-mlp cnn gpt}; do
-    for mode in none powersgd; do
+    for mode in ${MODES:-none powersgd}; do
         start=$(date +%s)
         mpirun -np 2 --oversubscribe "$BUILD/ddp-train" --model "$model" --compress "$mode" \
-            --compress-rank "$R" >"$OUT/$model-$mode.log" 2>&1
+            --compress-rank "$R" ${ARGS:-} >"$OUT/$model-$mode.log" 2>&1
         final=$(grep -E "\] final " "$OUT/$model-$mode.log" | tail -1 |
             sed 's/^\[rank 0\] //')
         echo "$model $mode: $final ($(($(date +%s) - start)) s)"
