@@ -159,9 +159,10 @@ void ddp_flight_summarize_entries(int rank, const ddp_flight_entry *entries, siz
 /* The verdict over the ranks' summaries (all[r] NULL for a rank that did not answer,
  * which `silent_s` seconds of waiting did not bring), as one line: the first collective
  * where two ranks' fingerprints differ ("desync"), or the collective the ranks wait in
- * longest and where each of the others is (in another collective: a desync; in none:
- * busy outside communication; no answer: stopped or dead). Returns 1 for a desync, else
- * 0. Pure. */
+ * longest and where each of the others is (past it, in a later collective: ahead; in
+ * another collective that the ranks stuck have completed: behind; in another one: a
+ * desync; in none: busy outside communication; no answer: stopped or dead). Returns 1 for
+ * a desync, else 0. Pure. */
 int ddp_flight_verdict(const ddp_flight_summary *const *all, int world, double silent_s, char *buf,
                        size_t cap);
 /* A count with thousands separated ("4,096"). */
