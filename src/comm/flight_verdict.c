@@ -252,19 +252,36 @@ int ddp_flight_verdict(const ddp_flight_summary *const *all, int world, double s
     add(&t, " in ");
     call_text(&t, stuck, 0);
     add(&t, " for %.1f s", waited);
-    int desync = 0;
+    /* The other ranks, those in the same place together: a rank's place is whether it
+     * passed the stuck collective and the collective it waits in, or else its last one. */
+    int desync = 0, told[1024] = {0};
     for (int r = 0; r < world; r++) {
-        if (!elsewhere[r] && !passed[r] && !idle[r]) continue;
-        const ddp_flight_brief *now = longest_open(all[r]);
-        add(&t, "; rank %d ", r);
-        if (passed[r])
-            add(&t, "completed #%llu", (unsigned long long)stuck->seq);
-        else
-            add(&t, "never entered #%llu", (unsigned long long)stuck->seq);
+        if (told[r] || (!elsewhere[r] && !passed[r] && !idle[r])) continue;
+        const ddp_flight_brief *now = longest_open(all[r]), *last = now ? NULL : latest(all[r]);
+        int group[1024] = {0}, n = 0;
+        double youngest = last ? last->age : 0.0;
+        for (int q = r; q < world; q++) {
+            if (told[q] || (!elsewhere[q] && !passed[q] && !idle[q]) || passed[q] != passed[r])
+                continue;
+            const ddp_flight_brief *qn = longest_open(all[q]), *ql = qn ? NULL : latest(all[q]);
+            if (!now != !qn || !last != !ql) continue;
+            const ddp_flight_brief *a = now ? now : last, *b = qn ? qn : ql;
+            if (a && (a->comm != b->comm || a->seq != b->seq || a->op != b->op ||
+                      strcmp(a->site, b->site) != 0))
+                continue;
+            group[q] = told[q] = 1;
+            n++;
+            if (ql && ql->age < youngest) youngest = ql->age;
+        }
+        const int one = n == 1;
+        add(&t, "; ");
+        ranks_text(&t, group, world);
+        add(&t, passed[r] ? " completed #%llu" : " never entered #%llu",
+            (unsigned long long)stuck->seq);
         if (now && passed[r]) {
             /* Ahead: a collective can complete on some ranks before others (a ring passes
              * the last pieces on), and those go on to the next one. */
-            add(&t, " and waits in the later ");
+            add(&t, " and %s in the later ", one ? "waits" : "wait");
             call_text(&t, now, 0);
         } else if (now) {
             /* Behind: consistent if a waiting rank completed the call it waits in. */
@@ -273,7 +290,7 @@ int ddp_flight_verdict(const ddp_flight_summary *const *all, int world, double s
                 const ddp_flight_brief *w = waiting[q] ? find(all[q], now->comm, now->seq) : NULL;
                 any |= done[q] = w && !is_open(w);
             }
-            add(&t, " and waits in ");
+            add(&t, " and %s in ", one ? "waits" : "wait");
             call_text(&t, now, 0);
             if (any) {
                 add(&t, ", which ");
@@ -283,12 +300,12 @@ int ddp_flight_verdict(const ddp_flight_summary *const *all, int world, double s
                 desync = 1;
             }
         } else {
-            const ddp_flight_brief *last = latest(all[r]);
-            add(&t, " and is in no collective");
+            add(&t, " and %s in no collective", one ? "is" : "are");
             if (last) {
-                add(&t, " (its last, ");
+                add(&t, one ? " (its last, " : " (their last, ");
                 call_text(&t, last, 0);
-                add(&t, ", ended %.1f s ago): busy outside communication", last->age);
+                add(&t, ", ended %.1f s ago%s): busy outside communication", youngest,
+                    one ? "" : " or earlier");
             }
         }
     }

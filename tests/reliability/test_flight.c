@@ -316,10 +316,9 @@ static void test_verdict_stopped_rank_some_ahead(void **state) {
     char v[1024];
     assert_int_equal(ddp_flight_verdict(all, 4, 2.5, v, sizeof v), 0);
     assert_string_equal(v, "rank 0 in allgather #29 on control (src/train/run.c:232) for 5.0 s; "
-                           "rank 1 completed #29 and waits in the later allreduce #62 on "
-                           "gradients (reducer bucket 0); rank 3 completed #29 and waits in the "
-                           "later allreduce #62 on gradients (reducer bucket 0); rank 2 did not "
-                           "answer within 2.5 s: stopped or dead");
+                           "ranks 1, 3 completed #29 and wait in the later allreduce #62 on "
+                           "gradients (reducer bucket 0); rank 2 did not answer within 2.5 s: "
+                           "stopped or dead");
     /* Rank 1 still waits in all-reduce #61, which rank 0 completed: ahead if #61 is the
      * older wait, behind if #29 is. */
     memset(s, 0, sizeof s);
@@ -368,6 +367,17 @@ static void test_verdict_busy_and_all_in(void **state) {
     assert_string_equal(v, "ranks 0-1 in barrier #9 on gradients (src/a.c:1) for 6.0 s; rank 2 "
                            "never entered #9 and is in no collective (its last, allreduce #8 on "
                            "gradients (src/a.c:2), ended 3.0 s ago): busy outside communication");
+    /* Two busy ranks after the same last collective: one group, the more recent end. */
+    ddp_flight_summary s4[4];
+    memcpy(s4, s, sizeof s);
+    s4[3] = s[2];
+    s4[3].e[0].age = 2.0;
+    const ddp_flight_summary *all4[4] = {&s4[0], &s4[1], &s4[2], &s4[3]};
+    assert_int_equal(ddp_flight_verdict(all4, 4, 2.5, v, sizeof v), 0);
+    assert_string_equal(v, "ranks 0-1 in barrier #9 on gradients (src/a.c:1) for 6.0 s; ranks "
+                           "2-3 never entered #9 and are in no collective (their last, allreduce "
+                           "#8 on gradients (src/a.c:2), ended 2.0 s ago or earlier): busy outside "
+                           "communication");
     brief(&s[2], GRADS, 9, DDP_FLIGHT_BARRIER, 0, "src/a.c:1", 1, 6.0);
     assert_int_equal(ddp_flight_verdict(all, 3, 2.5, v, sizeof v), 0);
     assert_string_equal(v, "ranks 0-2 in barrier #9 on gradients (src/a.c:1) for 6.0 s: every "

@@ -171,7 +171,7 @@ else
     # nothing more from rank 2 go on to the next one): the verdict names them, and it must
     # not call that a desync.
     C='(allreduce|allgather) #[0-9]+ on [a-z]+ \([^)]*\)'
-    V="flight recorder: ranks? [0-9, -]+ in $C for [0-9.]+ s(; rank [013] completed #[0-9]+ and waits in the later $C)*; rank 2 did not answer within [0-9.]+ s: stopped or dead\$"
+    V="flight recorder: ranks? [0-9, -]+ in $C for [0-9.]+ s(; ranks? [0-9, -]+ completed #[0-9]+ and waits? in the later $C)*; rank 2 did not answer within [0-9.]+ s: stopped or dead\$"
     if [ "$rc" -ne 3 ]; then
         fail stopped_rank "exit status $rc, expected 3" "$stop_log"
     elif ! le "$dt" $((WD + 10)); then
