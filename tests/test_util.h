@@ -239,7 +239,7 @@ static inline int cpu_backend_teardown(void **state) {
  * rank-prefixed warnings. */
 static inline void mpi_test_init(int *argc, char ***argv, ddp_backend **b, ddp_comm **world_comm,
                                  int *rank, int *world) {
-    assert_int_equal(ddp_mpi_init(argc, argv, NULL), DDP_OK);
+    assert_int_equal(ddp_mpi_init(argc, argv), DDP_OK);
     ddp_backend_options bo = {.device = DDP_DEVICE_CPU, .threads = 1};
     assert_int_equal(ddp_backend_create(&bo, b), DDP_OK);
     assert_int_equal(ddp_comm_create(DDP_COMM_MPI, *b, world_comm), DDP_OK);

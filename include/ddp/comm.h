@@ -51,10 +51,10 @@ typedef struct ddp_comm_req ddp_comm_req;
 /* Initializes MPI (with thread level MPI_THREAD_MULTIPLE where available, else the best
  * offered) if nobody has yet. Call once at program start, before any comm is created.
  * The job runs at the lowest thread level any rank obtained (rank 0 warns, naming the
- * rank, where ranks got different levels), returned in *thread_level (may be NULL).
+ * rank, where ranks got different levels; ddp_mpi_thread_multiple answers with it).
  * Tells the flight recorder this process's rank (ddp_flight_set_rank). COLLECTIVE over
  * MPI_COMM_WORLD. */
-ddp_status ddp_mpi_init(int *argc, char ***argv, int *thread_level);
+ddp_status ddp_mpi_init(int *argc, char ***argv);
 /* Nonzero when the job runs with MPI_THREAD_MULTIPLE (any thread may call MPI), on every
  * rank: the level ddp_mpi_init agreed on. */
 int ddp_mpi_thread_multiple(void);

@@ -39,7 +39,7 @@ int main(int argc, char **argv) {
     }
     /* Before anything else: this may start the program again with other BLAS kernels. */
     ddp_blas_choose_kernels(argv);
-    if (ddp_mpi_init(&argc, &argv, NULL) != DDP_OK) {
+    if (ddp_mpi_init(&argc, &argv) != DDP_OK) {
         fprintf(stderr, "ddp-bench: %s\n", ddp_error_message());
         return 1;
     }

@@ -231,7 +231,10 @@ int ddp_flight_verdict(const ddp_flight_summary *const *all, int world, double s
         return 0;
     }
 
-    int waiting[1024] = {0}, passed[1024] = {0}, elsewhere[1024] = {0}, idle[1024] = {0};
+    /* Each other rank's place: whether it passed the stuck collective, and the collective
+     * it waits in, or else its last one (NULL: none recorded). */
+    int waiting[1024] = {0}, passed[1024] = {0};
+    const ddp_flight_brief *place[1024] = {NULL};
     double waited = 0.0;
     for (int r = 0; r < world; r++) {
         if (!all[r]) continue;
@@ -240,38 +243,33 @@ int ddp_flight_verdict(const ddp_flight_summary *const *all, int world, double s
         if (b && is_open(b)) {
             waiting[r] = 1;
             if (b->age > waited) waited = b->age;
-        } else if (b || (last && last->seq > stuck->seq)) {
-            passed[r] = 1;
-        } else if (longest_open(all[r])) {
-            elsewhere[r] = 1;
-        } else {
-            idle[r] = 1;
+            continue;
         }
+        passed[r] = b || (last && last->seq > stuck->seq);
+        place[r] = longest_open(all[r]);
+        if (!place[r]) place[r] = latest(all[r]);
     }
     ranks_text(&t, waiting, world);
     add(&t, " in ");
     call_text(&t, stuck, 0);
     add(&t, " for %.1f s", waited);
-    /* The other ranks, those in the same place together: a rank's place is whether it
-     * passed the stuck collective and the collective it waits in, or else its last one. */
+    /* The other ranks, those in the same place named together. */
     int desync = 0, told[1024] = {0};
     for (int r = 0; r < world; r++) {
-        if (told[r] || (!elsewhere[r] && !passed[r] && !idle[r])) continue;
-        const ddp_flight_brief *now = longest_open(all[r]), *last = now ? NULL : latest(all[r]);
+        if (told[r] || !all[r] || waiting[r]) continue;
+        const ddp_flight_brief *at = place[r];
+        const ddp_flight_brief *now = at && is_open(at) ? at : NULL, *last = now ? NULL : at;
         int group[1024] = {0}, n = 0;
         double youngest = last ? last->age : 0.0;
         for (int q = r; q < world; q++) {
-            if (told[q] || (!elsewhere[q] && !passed[q] && !idle[q]) || passed[q] != passed[r])
-                continue;
-            const ddp_flight_brief *qn = longest_open(all[q]), *ql = qn ? NULL : latest(all[q]);
-            if (!now != !qn || !last != !ql) continue;
-            const ddp_flight_brief *a = now ? now : last, *b = qn ? qn : ql;
-            if (a && (a->comm != b->comm || a->seq != b->seq || a->op != b->op ||
-                      strcmp(a->site, b->site) != 0))
+            const ddp_flight_brief *b = place[q];
+            if (told[q] || !all[q] || waiting[q] || passed[q] != passed[r] || !at != !b) continue;
+            if (at && (is_open(at) != is_open(b) || at->comm != b->comm || at->seq != b->seq ||
+                       at->op != b->op || strcmp(at->site, b->site) != 0))
                 continue;
             group[q] = told[q] = 1;
             n++;
-            if (ql && ql->age < youngest) youngest = ql->age;
+            if (last && b->age < youngest) youngest = b->age;
         }
         const int one = n == 1;
         add(&t, "; ");

@@ -19,7 +19,7 @@ static const char *level_name(int level) {
                                             : "MPI_THREAD_SINGLE";
 }
 
-ddp_status ddp_mpi_init(int *argc, char ***argv, int *thread_level) {
+ddp_status ddp_mpi_init(int *argc, char ***argv) {
     int inited = 0, provided = MPI_THREAD_SINGLE;
     MPI_Initialized(&inited);
     if (!inited) {
@@ -59,7 +59,6 @@ ddp_status ddp_mpi_init(int *argc, char ***argv, int *thread_level) {
                 job_level < MPI_THREAD_MULTIPLE
                     ? ", without a communication thread (--progress test)"
                     : "");
-    if (thread_level) *thread_level = job_level;
     return DDP_OK;
 }
 

@@ -21,7 +21,7 @@ ddp_text fx_text;
 int fx_rank, fx_size;
 
 void fx_init(int *argc, char ***argv) {
-    if (ddp_mpi_init(argc, argv, NULL) != DDP_OK) abort();
+    if (ddp_mpi_init(argc, argv) != DDP_OK) abort();
     ddp_backend_options bo = {.device = DDP_DEVICE_CPU, .threads = 1};
     if (ddp_backend_create(&bo, &fx_backend) != DDP_OK ||
         ddp_comm_create(DDP_COMM_MPI, fx_backend, &fx_world) != DDP_OK ||

@@ -43,7 +43,7 @@ static void ranks_stay_in_step_after_the_failure(void **state) {
 int main(int argc, char **argv) {
     /* Read once, at the first creation: set before it. */
     setenv("DDP_INJECT_FAULT", "comm_create:1:1", 1);
-    if (ddp_mpi_init(&argc, &argv, NULL) != DDP_OK) return 1;
+    if (ddp_mpi_init(&argc, &argv) != DDP_OK) return 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(local_failure_fails_creation_on_every_rank),

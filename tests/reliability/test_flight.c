@@ -309,8 +309,7 @@ static void test_verdict_stopped_rank_some_ahead(void **state) {
         if (r == 2) continue;
         brief(&s[r], GRADS, 61, DDP_FLIGHT_ALLREDUCE, 4096, "reducer bucket 0", 0, 5.2);
         brief(&s[r], CTRL, 29, DDP_FLIGHT_ALLGATHER, 5, "src/train/run.c:232", r == 0, 5.0);
-        if (r != 0)
-            brief(&s[r], GRADS, 62, DDP_FLIGHT_ALLREDUCE, 4096, "reducer bucket 0", 1, 4.9);
+        if (r != 0) brief(&s[r], GRADS, 62, DDP_FLIGHT_ALLREDUCE, 4096, "reducer bucket 0", 1, 4.9);
         all[r] = &s[r];
     }
     char v[1024];

@@ -280,7 +280,7 @@ static void zero_ranks_sharing_gpu_match_one(void **state) {
 }
 
 int main(int argc, char **argv) {
-    assert_int_equal(ddp_mpi_init(&argc, &argv, NULL), DDP_OK);
+    assert_int_equal(ddp_mpi_init(&argc, &argv), DDP_OK);
     if (ddp_backend_cuda_device_count() == 0) {
         printf("no GPU: skipped\n");
         ddp_mpi_finalize();
