@@ -170,8 +170,13 @@ else
     # A collective can also complete on some ranks and not others (those that needed
     # nothing more from rank 2 go on to the next one): the verdict names them, and it must
     # not call that a desync.
+    # A rank that never entered it may wait in an earlier one that a waiting rank
+    # completed (behind, not a desync either).
     C='(allreduce|allgather) #[0-9]+ on [a-z]+ \([^)]*\)'
-    V="flight recorder: ranks? [0-9, -]+ in $C for [0-9.]+ s(; ranks? [0-9, -]+ completed #[0-9]+ and waits? in the later $C)*; rank 2 did not answer within [0-9.]+ s: stopped or dead\$"
+    L='ranks? [0-9, -]+'
+    AHEAD="$L completed #[0-9]+ and waits? in the later $C"
+    BEHIND="$L never entered #[0-9]+ and waits? in $C, which $L completed"
+    V="flight recorder: $L in $C for [0-9.]+ s(; ($AHEAD|$BEHIND))*; rank 2 did not answer within [0-9.]+ s: stopped or dead\$"
     if [ "$rc" -ne 3 ]; then
         fail stopped_rank "exit status $rc, expected 3" "$stop_log"
     elif ! le "$dt" $((WD + 10)); then
